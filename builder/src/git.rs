@@ -1,0 +1,72 @@
+//! `--git-ref`: building from a clean export of a commit.
+//!
+//! The commit is exported with `git archive` (so `export-ignore` attributes
+//! apply, and nothing untracked or modified in the work tree gets in) into a
+//! temporary directory, and the build runs there. The commit id, and the tag
+//! that names it exactly if there is one, go into the release metadata.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use ferry_formats::release::GitInfo;
+
+use crate::BuildError;
+
+/// A checked-out export; removed when dropped.
+#[derive(Debug)]
+pub struct Export {
+    pub dir: tempfile::TempDir,
+    /// The export's counterpart of the directory the export was asked from.
+    pub workdir: PathBuf,
+    pub info: GitInfo,
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String, BuildError> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| BuildError::Git(format!("cannot run git: {e}")))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(BuildError::Git(format!("git {} in {}: {}", args.join(" "), dir.display(), stderr.trim())));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Exports `reference` of the repository that holds `workdir`.
+pub fn export(workdir: &Path, reference: &str) -> Result<Export, BuildError> {
+    let commit =
+        git(workdir, &["rev-parse", "--verify", "--quiet", "--end-of-options", &format!("{reference}^{{commit}}")])
+            .map_err(|_| {
+                BuildError::Git(format!("git ref {reference:?} does not name a commit in {}", workdir.display()))
+            })?;
+    let top = PathBuf::from(git(workdir, &["rev-parse", "--show-toplevel"])?);
+    let prefix = git(workdir, &["rev-parse", "--show-prefix"])?;
+    let tag = git(workdir, &["describe", "--tags", "--exact-match", &commit]).ok();
+
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-git-")
+        .tempdir()
+        .map_err(|e| BuildError::Git(format!("cannot make a directory for the export: {e}")))?;
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(&top)
+        .args(["archive", "--format=tar", &commit])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| BuildError::Git(format!("cannot run git archive: {e}")))?;
+    let stdout = child.stdout.take().expect("piped");
+    let unpacked = tar::Archive::new(stdout).unpack(dir.path());
+    let out = child.wait_with_output().map_err(|e| BuildError::Git(format!("git archive: {e}")))?;
+    if !out.status.success() {
+        return Err(BuildError::Git(format!("git archive {commit}: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    unpacked.map_err(|e| BuildError::Git(format!("cannot unpack the export of {commit}: {e}")))?;
+    let workdir = dir.path().join(prefix.trim_end_matches('/'));
+    Ok(Export { workdir, dir, info: GitInfo { commit, tag } })
+}

@@ -1,0 +1,22 @@
+//! ferry-builder: turns a release tree into a content-addressed bundle.
+//!
+//! - [`build`]: walk, hash, relocate, write — `ferry build`.
+//! - [`walk`]: which paths of the tree go in.
+//! - [`venv`], [`pyc`]: make a virtualenv and its bytecode work from wherever
+//!   a release is unpacked.
+//! - [`cache`]: reuse the last build's hashes for files whose stat is unchanged.
+//! - [`store`]: the local directory of bundles.
+//! - [`git`]: builds from a clean export of a git ref.
+
+pub mod build;
+pub mod cache;
+mod error;
+pub mod git;
+pub mod pyc;
+pub mod store;
+pub mod venv;
+pub mod walk;
+
+pub use build::{build, BuildSpec, Built, Progress, Silent};
+pub use error::{BuildError, StoreError};
+pub use store::{BundleInfo, Store};

@@ -1,0 +1,215 @@
+//! Making a virtualenv run from wherever a release is unpacked.
+//!
+//! A venv built at `/build/svc/venv` names that path in a few files; on a host
+//! it lives at `<deploy_to>/releases/<id>/venv`. The builder rewrites them:
+//!
+//! | file | what it holds | rewritten to |
+//! |---|---|---|
+//! | `bin/*` scripts | `#!/build/svc/venv/bin/python` (or pip's `#!/bin/sh` + `'''exec' /build/…/python` form for long paths) | a `/bin/sh` trampoline that execs the `python` beside the script's resolved path |
+//! | `bin/activate` | `VIRTUAL_ENV="/build/svc/venv"` | the directory above the sourced script (bash, zsh) |
+//! | `bin/activate.fish` | `set -gx VIRTUAL_ENV "/build/svc/venv"` | `(builtin realpath (status dirname)/..)` |
+//! | `bin/activate.csh` | `setenv VIRTUAL_ENV "/build/svc/venv"` | the directory above the sourced script, from tcsh's `$_` |
+//!
+//! `pyvenv.cfg`'s `command` line is informational (Python never reads it) and
+//! is left as it is. `bin/python*` stay symlinks to the base interpreter, which
+//! every host must have at the same path, as with any venv.
+//!
+//! Any other file under the venv that still holds the build path (a `.pth` of
+//! an editable install, an rpath in a shared library, …) is reported as not
+//! relocated; `ferry build --strict` makes that an error.
+
+use std::borrow::Cow;
+
+use ferry_formats::RelPath;
+use memchr::memmem;
+
+/// How one file of a venv is rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Rewrite {
+    Script,
+    ActivateSh,
+    ActivateFish,
+    ActivateCsh,
+}
+
+/// A venv component and the absolute paths it was built under.
+#[derive(Debug, Clone)]
+pub struct Venv {
+    pub rel: RelPath,
+    /// Absolute paths that mean "this venv" in its files: where `bin/activate`
+    /// says it was created, and where it is now (as given and canonical).
+    pub origins: Vec<String>,
+}
+
+impl Venv {
+    /// The rewrite for the file at `rel`, if it is one of the venv's own
+    /// scripts (decided by path; the content decides whether anything changes).
+    pub fn rewrite_for(&self, rel: &RelPath) -> Option<Rewrite> {
+        let bin = self.rel.join("bin").ok()?;
+        if rel.parent().as_ref() != Some(&bin) {
+            return None;
+        }
+        Some(match rel.file_name() {
+            "activate" => Rewrite::ActivateSh,
+            "activate.fish" => Rewrite::ActivateFish,
+            "activate.csh" => Rewrite::ActivateCsh,
+            _ => Rewrite::Script,
+        })
+    }
+
+    /// Whether `content` still names the venv's build path.
+    pub fn names_build_path(&self, content: &[u8]) -> bool {
+        self.origins.iter().any(|o| memmem::find(content, o.as_bytes()).is_some())
+    }
+
+    /// Applies a rewrite. Content without the build path comes back borrowed.
+    pub fn apply<'a>(&self, rewrite: Rewrite, content: &'a [u8]) -> Cow<'a, [u8]> {
+        let mut out = Cow::Borrowed(content);
+        for origin in &self.origins {
+            if let Some(new) = apply_one(rewrite, &out, origin) {
+                out = Cow::Owned(new);
+            }
+        }
+        out
+    }
+}
+
+fn apply_one(rewrite: Rewrite, content: &[u8], origin: &str) -> Option<Vec<u8>> {
+    match rewrite {
+        Rewrite::Script => rewrite_script(content, origin),
+        Rewrite::ActivateSh => {
+            replace_quoted(content, origin, r#""$(cd -- "$(dirname -- "${BASH_SOURCE[0]:-$0}")/.." && pwd)""#)
+        }
+        Rewrite::ActivateFish => replace_quoted(content, origin, "(builtin realpath (status dirname)/..)"),
+        Rewrite::ActivateCsh => {
+            let line = format!("setenv VIRTUAL_ENV \"{origin}\"");
+            let text = std::str::from_utf8(content).ok()?;
+            text.contains(&line).then(|| {
+                text.replace(
+                    &line,
+                    "set _ferry_args = ($_)\n\
+                     set _ferry_bin = `dirname \"$_ferry_args[2]\"`\n\
+                     setenv VIRTUAL_ENV `cd \"$_ferry_bin/..\" && pwd`\n\
+                     unset _ferry_args _ferry_bin",
+                )
+                .into_bytes()
+            })
+        }
+    }
+}
+
+/// Replaces `"origin"` and `'origin'` with `with`.
+fn replace_quoted(content: &[u8], origin: &str, with: &str) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(content).ok()?;
+    let (dq, sq) = (format!("\"{origin}\""), format!("'{origin}'"));
+    (text.contains(&dq) || text.contains(&sq)).then(|| text.replace(&dq, with).replace(&sq, with).into_bytes())
+}
+
+/// The shell lines that run `python` from the directory of the script's
+/// resolved path. `readlink -f` resolves `current`, so a running process keeps
+/// the release it started from even after the next flip.
+fn trampoline(exe: &str, args: &str) -> String {
+    let args = if args.is_empty() { String::new() } else { format!(" {args}") };
+    format!("#!/bin/sh\n'''exec' \"$(dirname -- \"$(readlink -f -- \"$0\")\")/{exe}\"{args} \"$0\" \"$@\"\n' '''\n")
+}
+
+fn rewrite_script(content: &[u8], origin: &str) -> Option<Vec<u8>> {
+    let bin = format!("{origin}/bin/");
+    let first_end = memchr::memchr(b'\n', content)?;
+    let first = std::str::from_utf8(&content[..first_end]).ok()?;
+    // `#!/build/venv/bin/python3 -E`
+    if let Some(rest) = first.strip_prefix("#!").and_then(|s| s.strip_prefix(bin.as_str())) {
+        let (exe, args) = rest.split_once(' ').unwrap_or((rest, ""));
+        let mut out = trampoline(exe, args.trim()).into_bytes();
+        out.extend_from_slice(&content[first_end + 1..]);
+        return Some(out);
+    }
+    // pip's form for shebangs too long for the kernel:
+    // #!/bin/sh
+    // '''exec' /build/venv/bin/python "$0" "$@"
+    // ' '''
+    if first == "#!/bin/sh" {
+        let rest = &content[first_end + 1..];
+        let second_end = memchr::memchr(b'\n', rest)?;
+        let second = std::str::from_utf8(&rest[..second_end]).ok()?;
+        let after = second.strip_prefix("'''exec' ")?.strip_prefix(bin.as_str())?;
+        let (exe, tail) = after.split_once(' ')?;
+        let third = rest[second_end + 1..].strip_prefix(b"' '''\n")?;
+        if tail != "\"$0\" \"$@\"" {
+            return None;
+        }
+        let mut out = trampoline(exe, "").into_bytes();
+        out.extend_from_slice(third);
+        return Some(out);
+    }
+    None
+}
+
+/// Where `bin/activate` says the venv was created, if it says.
+pub fn origin_from_activate(activate: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(activate).ok()?;
+    text.lines().find_map(|line| {
+        let value = line.trim().strip_prefix("export ").unwrap_or(line.trim()).strip_prefix("VIRTUAL_ENV=")?;
+        let value = value.trim_matches(|c| c == '"' || c == '\'');
+        (value.starts_with('/') && !value.contains('$')).then(|| value.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn venv() -> Venv {
+        Venv { rel: RelPath::new("venv").unwrap(), origins: vec!["/build/svc/venv".into()] }
+    }
+
+    #[test]
+    fn script_shebang_becomes_a_trampoline() {
+        let v = venv();
+        let script = b"#!/build/svc/venv/bin/python3\n# -*- coding: utf-8 -*-\nimport sys\n";
+        let out = v.apply(Rewrite::Script, script);
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.starts_with("#!/bin/sh\n'''exec' \"$(dirname -- \"$(readlink -f -- \"$0\")\")/python3\" \"$0\" \"$@\"\n' '''\n# -*- coding"), "{text}");
+        assert!(!v.names_build_path(&out));
+        // A script that runs elsewhere is untouched.
+        assert!(matches!(v.apply(Rewrite::Script, b"#!/usr/bin/env python3\n"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn pips_long_form_is_rewritten() {
+        let script = b"#!/bin/sh\n'''exec' /build/svc/venv/bin/python \"$0\" \"$@\"\n' '''\nimport sys\n";
+        let out = venv().apply(Rewrite::Script, script);
+        assert!(out.ends_with(b"/python\" \"$0\" \"$@\"\n' '''\nimport sys\n"), "{}", String::from_utf8_lossy(&out));
+        assert!(!venv().names_build_path(&out));
+    }
+
+    #[test]
+    fn activate_scripts_find_themselves() {
+        let v = venv();
+        let sh = v.apply(Rewrite::ActivateSh, b"VIRTUAL_ENV=\"/build/svc/venv\"\nexport VIRTUAL_ENV\n");
+        assert_eq!(
+            &*sh,
+            b"VIRTUAL_ENV=\"$(cd -- \"$(dirname -- \"${BASH_SOURCE[0]:-$0}\")/..\" && pwd)\"\nexport VIRTUAL_ENV\n"
+        );
+        let fish = v.apply(Rewrite::ActivateFish, b"set -gx VIRTUAL_ENV \"/build/svc/venv\"\n");
+        assert_eq!(&*fish, b"set -gx VIRTUAL_ENV (builtin realpath (status dirname)/..)\n");
+        let csh = v.apply(Rewrite::ActivateCsh, b"setenv VIRTUAL_ENV \"/build/svc/venv\"\n");
+        assert!(!v.names_build_path(&csh));
+        assert!(std::str::from_utf8(&csh).unwrap().contains("setenv VIRTUAL_ENV `cd \"$_ferry_bin/..\" && pwd`"));
+    }
+
+    #[test]
+    fn origin_is_read_from_activate() {
+        assert_eq!(origin_from_activate(b"# x\nVIRTUAL_ENV=\"/a/b/venv\"\n").as_deref(), Some("/a/b/venv"));
+        assert_eq!(origin_from_activate(b"    export VIRTUAL_ENV='/c'\n").as_deref(), Some("/c"));
+        assert_eq!(origin_from_activate(b"VIRTUAL_ENV=\"$(pwd)\"\n"), None);
+    }
+
+    #[test]
+    fn only_files_in_bin_are_rewritten() {
+        let v = venv();
+        assert_eq!(v.rewrite_for(&RelPath::new("venv/bin/gunicorn").unwrap()), Some(Rewrite::Script));
+        assert_eq!(v.rewrite_for(&RelPath::new("venv/bin/activate.fish").unwrap()), Some(Rewrite::ActivateFish));
+        assert_eq!(v.rewrite_for(&RelPath::new("venv/lib/x.py").unwrap()), None);
+    }
+}

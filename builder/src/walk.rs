@@ -1,0 +1,305 @@
+//! Walking a release tree: which paths go into the bundle.
+//!
+//! Exclude and include patterns are globs with gitignore's two most-used
+//! rules: a pattern without `/` matches a name at any depth (`*.log`,
+//! `__pycache__`), a pattern with `/` matches the whole path from the release
+//! root (`media/cache/**`, a leading `/` is allowed), and a trailing `/`
+//! matches directories only (`.git/`). An excluded directory is not entered.
+//! When include patterns are given, only files and symlinks that match one are
+//! kept, with the directories above them.
+//!
+//! The top-level `.ferry` is always left out: a bundle keeps it for metadata,
+//! and it is where a project's local store lives.
+
+use std::collections::BTreeMap;
+use std::fs::{FileType, Metadata};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use ferry_formats::RelPath;
+use fs_err as fs;
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use rayon::prelude::*;
+use walkdir::WalkDir;
+
+use crate::BuildError;
+
+/// One path of the release tree.
+#[derive(Debug)]
+pub struct Found {
+    pub rel: RelPath,
+    pub abs: PathBuf,
+    pub meta: Metadata,
+    pub kind: FoundKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FoundKind {
+    Dir,
+    File,
+    Symlink(String),
+}
+
+/// Compiled include and exclude patterns.
+#[derive(Debug)]
+pub struct Filter {
+    exclude: Patterns,
+    include: Option<Patterns>,
+}
+
+#[derive(Debug)]
+struct Patterns {
+    by_name: GlobSet,
+    by_name_dirs: GlobSet,
+    by_path: GlobSet,
+    by_path_dirs: GlobSet,
+}
+
+impl Patterns {
+    fn new(patterns: &[String]) -> Result<Self, String> {
+        let mut sets: [GlobSetBuilder; 4] = std::array::from_fn(|_| GlobSetBuilder::new());
+        for p in patterns {
+            let (body, dirs_only) = match p.strip_suffix('/') {
+                Some(b) => (b, true),
+                None => (p.as_str(), false),
+            };
+            let anchored = body.contains('/');
+            let body = body.strip_prefix('/').unwrap_or(body);
+            if body.is_empty() {
+                return Err(format!("pattern {p:?} is empty"));
+            }
+            let glob: Glob = GlobBuilder::new(body)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("pattern {p:?}: {}", e.kind()))?;
+            sets[usize::from(anchored) * 2 + usize::from(dirs_only)].add(glob);
+        }
+        let [a, b, c, d] = sets.map(|s| s.build().expect("globs were each checked"));
+        Ok(Self { by_name: a, by_name_dirs: b, by_path: c, by_path_dirs: d })
+    }
+
+    fn matches(&self, rel: &RelPath, is_dir: bool) -> bool {
+        let name = rel.file_name();
+        self.by_name.is_match(name)
+            || self.by_path.is_match(rel.as_str())
+            || (is_dir && (self.by_name_dirs.is_match(name) || self.by_path_dirs.is_match(rel.as_str())))
+    }
+}
+
+impl Filter {
+    /// Compiles the patterns; an invalid glob is an error that quotes it.
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, String> {
+        Ok(Self {
+            exclude: Patterns::new(exclude)?,
+            include: if include.is_empty() { None } else { Some(Patterns::new(include)?) },
+        })
+    }
+
+    fn excluded(&self, rel: &RelPath, is_dir: bool) -> bool {
+        rel.components().next() == Some(".ferry") || self.exclude.matches(rel, is_dir)
+    }
+}
+
+/// Walks `starts` (release-relative paths; the whole root when empty) under
+/// `root`, in parallel, and returns every kept path by path order. The
+/// directories above each start are included. Paths in `skip` (absolute) are
+/// left out with everything below them.
+pub fn walk(root: &Path, starts: &[RelPath], filter: &Filter, skip: &[PathBuf]) -> Result<Vec<Found>, BuildError> {
+    let mut found: BTreeMap<RelPath, Found> = BTreeMap::new();
+    let mut tasks: Vec<PathBuf> = Vec::new();
+    let starts: Vec<Option<&RelPath>> = if starts.is_empty() { vec![None] } else { starts.iter().map(Some).collect() };
+    for start in starts {
+        let abs = start.map_or_else(|| root.to_path_buf(), |s| root.join(s.as_str()));
+        if let Some(start) = start {
+            // The directories above a component, and the component itself.
+            let mut at = Some(start.clone());
+            while let Some(rel) = at {
+                let abs = root.join(rel.as_str());
+                let meta = fs::symlink_metadata(&abs).map_err(BuildError::io(&abs))?;
+                let kind = classify(&abs, meta.file_type())?;
+                if rel != *start && kind != FoundKind::Dir {
+                    return Err(BuildError::BadPath {
+                        path: abs,
+                        reason: "a component path goes through something that is not a directory".into(),
+                    });
+                }
+                at = rel.parent();
+                found.insert(rel.clone(), Found { rel, abs, meta, kind });
+            }
+            if found[start].kind != FoundKind::Dir {
+                continue;
+            }
+        }
+        for entry in fs::read_dir(&abs).map_err(BuildError::io(&abs))? {
+            tasks.push(entry.map_err(BuildError::io(&abs))?.path());
+        }
+    }
+    let walked: Vec<Result<Vec<Found>, BuildError>> =
+        tasks.par_iter().map(|top| walk_one(root, top, filter, skip)).collect();
+    for part in walked {
+        for f in part? {
+            found.insert(f.rel.clone(), f);
+        }
+    }
+    let mut out: Vec<Found> = found.into_values().collect();
+    if let Some(include) = &filter.include {
+        let kept: Vec<bool> = out.iter().map(|f| f.kind == FoundKind::Dir || include.matches(&f.rel, false)).collect();
+        let mut keep_dir: std::collections::HashSet<RelPath> = Default::default();
+        for (f, k) in out.iter().zip(&kept) {
+            if *k && f.kind != FoundKind::Dir {
+                let mut at = f.rel.parent();
+                while let Some(p) = at {
+                    at = p.parent();
+                    if !keep_dir.insert(p) {
+                        break;
+                    }
+                }
+            }
+        }
+        out.retain(
+            |f| if f.kind == FoundKind::Dir { keep_dir.contains(&f.rel) } else { include.matches(&f.rel, false) },
+        );
+    }
+    Ok(out)
+}
+
+fn walk_one(root: &Path, top: &Path, filter: &Filter, skip: &[PathBuf]) -> Result<Vec<Found>, BuildError> {
+    let mut out = Vec::new();
+    let mut error = None;
+    let walker = WalkDir::new(top).follow_links(false).follow_root_links(false).into_iter().filter_entry(|e| {
+        if skip.iter().any(|s| s == e.path()) {
+            return false;
+        }
+        match rel_of(root, e.path()) {
+            Ok(rel) => !filter.excluded(&rel, e.file_type().is_dir()),
+            Err(_) => true, // reported below, where errors can be returned
+        }
+    });
+    for entry in walker {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                let path = e.path().map(Path::to_path_buf).unwrap_or_else(|| top.to_path_buf());
+                let source = e.into_io_error().unwrap_or_else(|| std::io::Error::other("filesystem loop"));
+                return Err(BuildError::Io { path, source });
+            }
+        };
+        let abs = entry.path().to_path_buf();
+        let rel = rel_of(root, &abs)?;
+        let meta = entry.metadata().map_err(|e| BuildError::Io {
+            path: abs.clone(),
+            source: e.into_io_error().unwrap_or_else(|| std::io::Error::other("cannot stat")),
+        })?;
+        let kind = match classify(&abs, entry.file_type()) {
+            Ok(k) => k,
+            Err(e) => {
+                error.get_or_insert(e);
+                continue;
+            }
+        };
+        out.push(Found { rel, abs, meta, kind });
+    }
+    match error {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+fn rel_of(root: &Path, abs: &Path) -> Result<RelPath, BuildError> {
+    let rel = abs.strip_prefix(root).expect("walked paths are under the root");
+    RelPath::from_bytes(rel.as_os_str().as_bytes()).map_err(|e| match e {
+        ferry_formats::path::PathError::NotUtf8 => BuildError::NotUtf8(abs.to_path_buf()),
+        e => BuildError::BadPath { path: abs.to_path_buf(), reason: e.to_string() },
+    })
+}
+
+fn classify(abs: &Path, t: FileType) -> Result<FoundKind, BuildError> {
+    let special = |what| Err(BuildError::Special { path: abs.to_path_buf(), what });
+    if t.is_dir() {
+        Ok(FoundKind::Dir)
+    } else if t.is_file() {
+        Ok(FoundKind::File)
+    } else if t.is_symlink() {
+        let target = fs::read_link(abs).map_err(BuildError::io(abs))?;
+        let target = target.into_os_string().into_string().map_err(|_| BuildError::BadPath {
+            path: abs.to_path_buf(),
+            reason: "the symlink's target is not UTF-8".into(),
+        })?;
+        Ok(FoundKind::Symlink(target))
+    } else if t.is_fifo() {
+        special("fifo")
+    } else if t.is_socket() {
+        special("socket")
+    } else if t.is_block_device() {
+        special("block device")
+    } else if t.is_char_device() {
+        special("character device")
+    } else {
+        special("file of unknown type")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rels(found: &[Found]) -> Vec<&str> {
+        found.iter().map(|f| f.rel.as_str()).collect()
+    }
+
+    #[test]
+    fn patterns_follow_gitignore_rules() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path();
+        for d in [".git/objects", "app/__pycache__", "app/logs", "media/cache", ".ferry/store"] {
+            fs::create_dir_all(r.join(d)).unwrap();
+        }
+        for f in [
+            ".git/HEAD",
+            "app/a.py",
+            "app/x.log",
+            "app/logs/keep.txt",
+            "media/cache/c.jpg",
+            "media/a.jpg",
+            "app/__pycache__/a.pyc",
+            ".ferry/store/b",
+        ] {
+            fs::write(r.join(f), b"x").unwrap();
+        }
+        let filter = Filter::new(&[], &[".git/".into(), "*.log".into(), "/media/cache/".into()]).unwrap();
+        let found = walk(r, &[], &filter, &[]).unwrap();
+        assert_eq!(
+            rels(&found),
+            [
+                "app",
+                "app/__pycache__",
+                "app/__pycache__/a.pyc",
+                "app/a.py",
+                "app/logs",
+                "app/logs/keep.txt",
+                "media",
+                "media/a.jpg"
+            ]
+        );
+        let only_py = Filter::new(&["*.py".into()], &[]).unwrap();
+        assert_eq!(rels(&walk(r, &[], &only_py, &[]).unwrap()), ["app", "app/a.py"]);
+    }
+
+    #[test]
+    fn components_bring_their_parents() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir_all(tmp.path().join("build/libs")).unwrap();
+        fs::write(tmp.path().join("build/libs/app.jar"), b"PK").unwrap();
+        fs::write(tmp.path().join("build/other"), b"").unwrap();
+        let filter = Filter::new(&[], &[]).unwrap();
+        let found = walk(tmp.path(), &[RelPath::new("build/libs/app.jar").unwrap()], &filter, &[]).unwrap();
+        assert_eq!(rels(&found), ["build", "build/libs", "build/libs/app.jar"]);
+    }
+
+    #[test]
+    fn bad_glob_is_quoted() {
+        let err = Filter::new(&[], &["a[".into()]).unwrap_err();
+        assert!(err.contains("pattern \"a[\""), "{err}");
+    }
+}

@@ -1,0 +1,115 @@
+//! `ferry build`.
+
+use anyhow::{Context as _, Result};
+use ferry_builder::build::BuildSpec;
+use ferry_formats::bundle::WriteOptions;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::exit;
+use crate::output::{self, Bar};
+use crate::settings::{BuildSettings, ConfigSource, Settings};
+
+pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
+    // Keeps a --git-ref export alive until the build is done.
+    let mut _export = None;
+    let (config, git) = match &b.config {
+        ConfigSource::Loaded(c) => ((**c).clone(), None),
+        ConfigSource::Git { reference, workdir, file_name } => {
+            let export = ferry_builder::git::export(workdir, reference)?;
+            let path = export.workdir.join(file_name);
+            let config = Config::load(&path).with_context(|| format!("in the export of {reference}"))?;
+            let info = export.info.clone();
+            _export = Some(export);
+            (config, Some(info))
+        }
+    };
+    let version = b.version.clone().or_else(|| git.as_ref().and_then(|g| g.tag.clone()));
+    let spec = BuildSpec {
+        service: config.service.clone(),
+        root: config.root.clone(),
+        components: config.components.clone(),
+        include: config.include.clone(),
+        exclude: config.exclude.clone(),
+        version,
+        git,
+        strict: b.strict,
+        compression: WriteOptions { level: config.compression_level, ..WriteOptions::default() },
+    };
+    let built = ferry_builder::build(&spec, &settings.store, &Bar::new(settings.output))?;
+    let info = &built.info;
+    if settings.output.json {
+        output::json(&json!({
+            "id": built.id,
+            "path": built.path,
+            "service": info.service,
+            "version": info.version,
+            "git_commit": info.git_commit,
+            "size": info.size,
+            "files": info.files,
+            "bytes": info.bytes,
+            "entries": built.entries,
+            "reused": built.reused,
+            "cache_hits": built.cache_hits,
+            "pycs_normalized": built.pycs_normalized,
+            "scripts_relocated": built.scripts_relocated,
+            "unrelocated": built.unrelocated,
+            "stale_pycs": built.stale_pycs,
+            "warnings": built.warnings,
+            "timings_ms": {
+                "walk": output::ms(built.timings.walk),
+                "hash": output::ms(built.timings.hash),
+                "write": output::ms(built.timings.write),
+                "total": output::ms(built.timings.total),
+            },
+        }));
+    } else {
+        let label = info.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
+        let what = if built.reused { "unchanged, reused" } else { "built" };
+        eprintln!(
+            "{what} {}{label} {}: {} files, {} → {} bundle in {:.2}s",
+            info.service,
+            built.id.short(12),
+            info.files,
+            output::bytes(info.bytes),
+            output::bytes(info.size),
+            built.timings.total.as_secs_f64()
+        );
+        if built.cache_hits > 0 {
+            eprintln!("  {} of {} files unchanged since the last build (hashes reused)", built.cache_hits, info.files);
+        }
+        if built.pycs_normalized + built.scripts_relocated > 0 {
+            eprintln!(
+                "  {} .pyc timestamps normalized, {} venv scripts made relocatable",
+                built.pycs_normalized, built.scripts_relocated
+            );
+        }
+        if !built.unrelocated.is_empty() {
+            eprintln!(
+                "warning: {} venv file(s) still name the build path and may not work from the release directory (--strict makes this an error): {}",
+                built.unrelocated.len(),
+                shorten(&built.unrelocated)
+            );
+        }
+        if !built.stale_pycs.is_empty() {
+            eprintln!(
+                "warning: {} .pyc file(s) are older than their source and will be recompiled on every start: {}; recompile them (python -m compileall) before building",
+                built.stale_pycs.len(),
+                shorten(&built.stale_pycs)
+            );
+        }
+        for w in &built.warnings {
+            eprintln!("warning: {w}");
+        }
+        println!("{}", built.id);
+    }
+    Ok(exit::OK)
+}
+
+fn shorten(list: &[String]) -> String {
+    let mut s = list.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    if list.len() > 5 {
+        s.push_str(&format!(", … ({} more)", list.len() - 5));
+    }
+    s
+}

@@ -1,0 +1,36 @@
+//! `ferry bundles`: the store's listing.
+
+use anyhow::Result;
+
+use crate::exit;
+use crate::output;
+use crate::settings::Settings;
+
+pub fn run(settings: &Settings) -> Result<u8> {
+    let list = settings.store.list()?;
+    if settings.output.json {
+        output::json(&serde_json::to_value(&list)?);
+        return Ok(exit::OK);
+    }
+    if list.is_empty() {
+        eprintln!("no bundles in {}; `ferry build` makes one", settings.store.root().display());
+        return Ok(exit::OK);
+    }
+    println!(
+        "{:<12}  {:<16}  {:<20}  {:>7}  {:>10}  {:>10}  BUILT",
+        "ID", "SERVICE", "VERSION", "FILES", "SIZE", "BUNDLE"
+    );
+    for b in &list {
+        println!(
+            "{:<12}  {:<16}  {:<20}  {:>7}  {:>10}  {:>10}  {}",
+            b.id.short(12),
+            b.service,
+            b.version.as_deref().unwrap_or("-"),
+            b.files,
+            output::bytes(b.bytes),
+            output::bytes(b.size),
+            output::time(b.built_at)
+        );
+    }
+    Ok(exit::OK)
+}

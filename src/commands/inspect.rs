@@ -1,0 +1,140 @@
+//! `ferry inspect`, `ferry verify`, `ferry diff`: reading bundles.
+
+use anyhow::Result;
+use ferry_formats::bundle::Head;
+use ferry_formats::manifest::{self, Entry, EntryKind};
+use serde_json::{json, Value};
+
+use super::{head, verified};
+use crate::exit;
+use crate::output;
+use crate::settings::{Settings, Target};
+
+pub fn inspect(settings: &Settings, target: &Target) -> Result<u8> {
+    let head = head(settings, target)?;
+    if settings.output.json {
+        output::json(&json!({
+            "id": head.id,
+            "meta": head.meta,
+            "entries": head.manifest.entries().iter().map(entry_json).collect::<Vec<_>>(),
+        }));
+        return Ok(exit::OK);
+    }
+    print_head(&head);
+    println!("entries");
+    for e in head.manifest.entries() {
+        match &e.kind {
+            EntryKind::Dir { mode } => println!("  d {mode:03o} {:>10}  {}/", "", e.path),
+            EntryKind::File { mode, size, .. } => println!("  f {mode:03o} {size:>10}  {}", e.path),
+            EntryKind::Symlink { target } => println!("  l     {:>10}  {} -> {target}", "", e.path),
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn print_head(head: &Head) {
+    let m = &head.meta;
+    let (files, bytes) = head.manifest.file_totals();
+    let count = |f: fn(&EntryKind) -> bool| head.manifest.entries().iter().filter(|e| f(&e.kind)).count();
+    println!("release   {}", head.id);
+    println!("service   {}", m.service);
+    if let Some(v) = &m.version {
+        println!("version   {v}");
+    }
+    if let Some(g) = &m.git {
+        let tag = g.tag.as_deref().map(|t| format!(" (tag {t})")).unwrap_or_default();
+        println!("git       {}{tag}", g.commit);
+    }
+    println!(
+        "contents  {files} files ({}), {} directories, {} symlinks",
+        output::bytes(bytes),
+        count(|k| matches!(k, EntryKind::Dir { .. })),
+        count(|k| matches!(k, EntryKind::Symlink { .. })),
+    );
+    if !m.components.is_empty() {
+        println!("components");
+        for c in &m.components {
+            let envs =
+                if c.environments.is_empty() { String::new() } else { format!(" ({})", c.environments.join(", ")) };
+            println!("  {:<7} {}{envs}", c.kind.to_string(), c.path);
+        }
+    }
+}
+
+fn entry_json(e: &Entry) -> Value {
+    match &e.kind {
+        EntryKind::Dir { mode } => json!({"path": e.path, "kind": "dir", "mode": format!("{mode:03o}")}),
+        EntryKind::File { mode, size, hash } => {
+            json!({"path": e.path, "kind": "file", "mode": format!("{mode:03o}"), "size": size, "blake3": hash})
+        }
+        EntryKind::Symlink { target } => json!({"path": e.path, "kind": "symlink", "target": target}),
+    }
+}
+
+pub fn verify(settings: &Settings, target: &Target) -> Result<u8> {
+    let (path, v) = verified(settings, target)?;
+    let head = v.head();
+    let (files, bytes) = head.manifest.file_totals();
+    if settings.output.json {
+        output::json(&json!({"ok": true, "id": head.id, "path": path, "files": files, "bytes": bytes}));
+    } else {
+        println!("ok: release {} ({}): {files} files, {} verified", head.id, head.meta.service, output::bytes(bytes));
+    }
+    Ok(exit::OK)
+}
+
+pub fn diff(settings: &Settings, from: &Target, to: &Target) -> Result<u8> {
+    let (a, b) = (head(settings, from)?, head(settings, to)?);
+    let d = manifest::diff(&a.manifest, &b.manifest);
+    let sum = |v: &[&Entry]| v.iter().map(|e| e.size()).sum::<u64>();
+    let (old_changed, new_changed): (u64, u64) =
+        d.changed.iter().fold((0, 0), |(o, n), (x, y)| (o + x.size(), n + y.size()));
+    if settings.output.json {
+        let brief = |e: &&Entry| json!({"path": e.path, "size": e.size()});
+        output::json(&json!({
+            "from": a.id,
+            "to": b.id,
+            "added": d.added.iter().map(brief).collect::<Vec<_>>(),
+            "removed": d.removed.iter().map(brief).collect::<Vec<_>>(),
+            "changed": d.changed.iter().map(|(x, y)| json!({
+                "path": y.path, "old_size": x.size(), "new_size": y.size(),
+                "what": what_changed(x, y),
+            })).collect::<Vec<_>>(),
+            "unchanged": d.unchanged,
+            "bytes": {"added": sum(&d.added), "removed": sum(&d.removed), "changed_from": old_changed, "changed_to": new_changed},
+        }));
+        return Ok(exit::OK);
+    }
+    for e in &d.added {
+        println!("+ {} ({})", e.path, output::bytes(e.size()));
+    }
+    for e in &d.removed {
+        println!("- {} ({})", e.path, output::bytes(e.size()));
+    }
+    for (x, y) in &d.changed {
+        println!("~ {} ({}: {} → {})", y.path, what_changed(x, y), output::bytes(x.size()), output::bytes(y.size()));
+    }
+    println!(
+        "{} → {}: {} added ({}), {} removed ({}), {} changed ({} → {}), {} unchanged",
+        a.id.short(12),
+        b.id.short(12),
+        d.added.len(),
+        output::bytes(sum(&d.added)),
+        d.removed.len(),
+        output::bytes(sum(&d.removed)),
+        d.changed.len(),
+        output::bytes(old_changed),
+        output::bytes(new_changed),
+        d.unchanged
+    );
+    Ok(exit::OK)
+}
+
+fn what_changed(x: &Entry, y: &Entry) -> &'static str {
+    match (&x.kind, &y.kind) {
+        (EntryKind::File { hash: h1, .. }, EntryKind::File { hash: h2, .. }) if h1 != h2 => "content",
+        (EntryKind::File { .. }, EntryKind::File { .. }) | (EntryKind::Dir { .. }, EntryKind::Dir { .. }) => "mode",
+        (EntryKind::Symlink { .. }, EntryKind::Symlink { .. }) => "target",
+        _ => "kind",
+    }
+}

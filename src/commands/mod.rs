@@ -1,0 +1,61 @@
+//! One module per command; each takes the validated settings.
+
+mod build;
+mod bundles;
+mod inspect;
+
+use std::io::BufReader;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use ferry_formats::bundle::{self, Head, Verified};
+use ferry_formats::ReleaseId;
+
+use crate::settings::{Action, Settings, Target};
+
+/// Runs the command and returns the exit code.
+pub fn run(settings: &Settings) -> Result<u8> {
+    match &settings.action {
+        Action::Build(b) => build::run(settings, b),
+        Action::Inspect(t) => inspect::inspect(settings, t),
+        Action::Verify(t) => inspect::verify(settings, t),
+        Action::Diff(a, b) => inspect::diff(settings, a, b),
+        Action::Bundles => bundles::run(settings),
+    }
+}
+
+/// A bundle file, and the id it must have if its name or the store says so.
+fn locate(settings: &Settings, target: &Target) -> Result<(PathBuf, Option<ReleaseId>)> {
+    Ok(match target {
+        Target::File(path) => {
+            let named = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".tar.zst"))
+                .and_then(|n| n.parse().ok());
+            (path.clone(), named)
+        }
+        Target::Id(prefix) => {
+            let id = settings.store.resolve(prefix)?;
+            (settings.store.bundle_path(&id), Some(id))
+        }
+    })
+}
+
+fn open(path: &PathBuf) -> Result<BufReader<fs_err::File>> {
+    Ok(BufReader::with_capacity(1 << 20, fs_err::File::open(path)?))
+}
+
+/// Reads and checks a bundle's head.
+fn head(settings: &Settings, target: &Target) -> Result<Head> {
+    let (path, expect) = locate(settings, target)?;
+    bundle::read_head(open(&path)?, expect.as_ref()).with_context(|| format!("{}", path.display()))
+}
+
+/// Reads and checks a whole bundle.
+fn verified(settings: &Settings, target: &Target) -> Result<(PathBuf, Verified)> {
+    let (path, expect) = locate(settings, target)?;
+    let v = bundle::read(open(&path)?, expect.as_ref(), &mut bundle::Discard)
+        .with_context(|| format!("{}", path.display()))?;
+    Ok((path, v))
+}

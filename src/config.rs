@@ -1,0 +1,268 @@
+//! `ferry.toml`: the service's one config file.
+//!
+//! Every key is documented in `docs/ferry-toml.md`; unknown keys are refused
+//! with their line and column, and so are values that parse but are wrong (a
+//! bad service name, a component path that leaves the tree).
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use ferry_formats::release::valid_service_name;
+use ferry_formats::{ComponentKind, RelPath};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Patterns left out of every release unless `default_excludes = false`.
+pub const DEFAULT_EXCLUDES: &[&str] = &[
+    ".git/",
+    ".hg/",
+    ".svn/",
+    ".DS_Store",
+    "*.swp",
+    "*.log",
+    ".pytest_cache/",
+    ".mypy_cache/",
+    ".ruff_cache/",
+    ".tox/",
+    ".nox/",
+];
+
+/// The whole file, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FerryToml {
+    pub service: Spanned<String>,
+    #[serde(default)]
+    pub release: ReleaseSection,
+    #[serde(default)]
+    pub components: Components,
+    #[serde(default)]
+    pub store: StoreSection,
+}
+
+/// `[release]`: what goes into a bundle and how it is packed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSection {
+    #[serde(default = "dot")]
+    pub root: String,
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default = "yes")]
+    pub default_excludes: bool,
+    #[serde(default = "three")]
+    pub compression_level: Spanned<i32>,
+}
+
+impl Default for ReleaseSection {
+    fn default() -> Self {
+        Self {
+            root: dot(),
+            include: vec![],
+            exclude: vec![],
+            default_excludes: true,
+            compression_level: Spanned::new(0..0, 3),
+        }
+    }
+}
+
+fn dot() -> String {
+    ".".into()
+}
+fn yes() -> bool {
+    true
+}
+fn three() -> Spanned<i32> {
+    Spanned::new(0..0, 3)
+}
+
+/// `[components]`: the labelled parts of the release tree.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Components {
+    pub code: Option<Spanned<OneOrMany>>,
+    pub venv: Option<Spanned<String>>,
+    pub jar: Option<Spanned<String>>,
+    pub media: Option<Spanned<OneOrMany>>,
+    pub config: Option<Spanned<String>>,
+}
+
+/// A path or a list of paths.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Each path of a one-or-many field, with the field's span.
+fn each(field: &Option<Spanned<OneOrMany>>) -> Vec<Spanned<String>> {
+    let Some(f) = field else { return vec![] };
+    let paths = match f.get_ref() {
+        OneOrMany::One(p) => std::slice::from_ref(p),
+        OneOrMany::Many(v) => v.as_slice(),
+    };
+    paths.iter().map(|p| Spanned::new(f.span(), p.clone())).collect()
+}
+
+/// `[store]`: where bundles are kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    pub path: Option<String>,
+}
+
+/// A loaded and checked `ferry.toml`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub service: String,
+    pub root: PathBuf,
+    pub components: Vec<(ComponentKind, RelPath)>,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub compression_level: i32,
+    pub store: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = fs_err::read_to_string(path)
+            .context("cannot read the service config (ferry.toml); pass --config or run ferry where it is")?;
+        Self::parse(path, &text)
+    }
+
+    /// Checks `text` as the contents of `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let raw: FerryToml =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        let at = |span: Range<usize>| {
+            let (line, col) = line_col(text, span.start);
+            format!("{}:{line}:{col}", path.display())
+        };
+        let service = raw.service.get_ref();
+        if !valid_service_name(service) {
+            bail!(
+                "{}: service {service:?} must be lowercase letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64 bytes",
+                at(raw.service.span())
+            );
+        }
+        let level = *raw.release.compression_level.get_ref();
+        if !(1..=19).contains(&level) {
+            bail!("{}: compression_level {level} must be from 1 to 19", at(raw.release.compression_level.span()));
+        }
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
+        let root = normalize(&dir.join(&raw.release.root));
+
+        let c = &raw.components;
+        let mut components = Vec::new();
+        let tagged = each(&c.code)
+            .into_iter()
+            .map(|p| (ComponentKind::Code, p))
+            .chain(c.venv.iter().map(|p| (ComponentKind::Venv, p.clone())))
+            .chain(c.jar.iter().map(|p| (ComponentKind::Jar, p.clone())))
+            .chain(each(&c.media).into_iter().map(|p| (ComponentKind::Media, p)))
+            .chain(c.config.iter().map(|p| (ComponentKind::Config, p.clone())));
+        for (kind, p) in tagged {
+            let s = p.get_ref().trim_end_matches('/');
+            let rel = RelPath::new(s).map_err(|e| {
+                anyhow::anyhow!("{}: {kind} path {s:?}: {e}; give a path inside the release root", at(p.span()))
+            })?;
+            if rel.components().next() == Some(".ferry") {
+                bail!("{}: {kind} path {s:?}: .ferry is reserved for ferry's own files", at(p.span()));
+            }
+            if let Some((other, _)) = components.iter().find(|(_, r): &&(ComponentKind, RelPath)| *r == rel) {
+                bail!("{}: {kind} path {s:?} is already the {other} component", at(p.span()));
+            }
+            components.push((kind, rel));
+        }
+        let mut exclude: Vec<String> = Vec::new();
+        if raw.release.default_excludes {
+            exclude.extend(DEFAULT_EXCLUDES.iter().map(ToString::to_string));
+        }
+        exclude.extend(raw.release.exclude.iter().cloned());
+        let store = raw.store.path.as_ref().map(|p| normalize(&dir.join(p)));
+        Ok(Self {
+            path: path.to_path_buf(),
+            service: service.clone(),
+            root,
+            components,
+            include: raw.release.include.clone(),
+            exclude,
+            compression_level: level,
+            store,
+        })
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Removes `.` and `..` components lexically (the root need not exist yet).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(Path::new("/srv/svc/ferry.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config() {
+        let c = parse("service = \"shop\"\n").unwrap();
+        assert_eq!(c.service, "shop");
+        assert_eq!(c.root, Path::new("/srv/svc"));
+        assert!(c.components.is_empty());
+        assert!(c.exclude.contains(&".git/".to_string()));
+    }
+
+    #[test]
+    fn unknown_key_has_line_and_column() {
+        let err =
+            parse("service = \"shop\"\n[components]\ncode = \"app\"\nvenvs = \"venv\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("/srv/svc/ferry.toml: TOML parse error at line 4, column 1"), "{err}");
+        assert!(err.contains("unknown field `venvs`"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_have_line_and_column() {
+        let err = parse("service = \"Shop Front\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("/srv/svc/ferry.toml:1:11: service \"Shop Front\" must be"), "{err}");
+        let err = parse("service = \"s\"\n[components]\ncode = [\"app\", \"../etc\"]\n").unwrap_err().to_string();
+        assert!(err.starts_with("/srv/svc/ferry.toml:3:8: code path \"../etc\""), "{err}");
+        let err = parse("service = \"s\"\n[release]\ncompression_level = 30\n").unwrap_err().to_string();
+        assert!(err.contains("ferry.toml:3:21: compression_level 30"), "{err}");
+        let err = parse("service = \"s\"\n[components]\ncode = \"app\"\nmedia = \"app\"\n").unwrap_err().to_string();
+        assert!(err.contains("media path \"app\" is already the code component"), "{err}");
+    }
+
+    #[test]
+    fn missing_service() {
+        let err = parse("[components]\n").unwrap_err().to_string();
+        assert!(err.contains("missing field `service`"), "{err}");
+    }
+}

@@ -1,0 +1,29 @@
+//! `ferry`: parse, run one command, report.
+
+mod cli;
+mod commands;
+mod config;
+mod output;
+mod settings;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit codes, as `ferry --help` documents them (1, "some hosts failed",
+/// comes with the commands that reach hosts).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FATAL: u8 = 2;
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match settings::Settings::new(cli).and_then(|s| commands::run(&s)) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("ferry: error: {err:#}");
+            ExitCode::from(exit::FATAL)
+        }
+    }
+}
