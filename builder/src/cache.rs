@@ -3,9 +3,10 @@
 //! Stored in the store as `cache/<service>.json`, one per service and release
 //! root. An entry is reused when the file's path, size, mtime, ctime, inode and
 //! device are all the same as when it was hashed — and for a `.pyc`, its
-//! source's too, since the pyc's treatment depends on it. Files modified within
-//! [`RACY_SECS`] of the cache being written are not cached: a write in the same
-//! clock tick could otherwise go unnoticed (git's "racily clean" problem).
+//! source's too, since the pyc's treatment depends on it. Files whose mtime is
+//! within [`RACY_SECS`] of the cache being written are not cached: a write in
+//! the same clock tick could otherwise go unnoticed (git's "racily clean"
+//! problem).
 //! A damaged or foreign cache file is ignored, never trusted.
 
 use std::collections::HashMap;
@@ -127,7 +128,8 @@ impl Cache {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         let mut entries = self.new.into_inner().expect("cache lock");
         entries.retain(|_, c| {
-            let recent = |s: &Stamp| s.mtime.0 >= now - RACY_SECS || s.ctime.0 >= now - RACY_SECS;
+            // A write sets mtime; a recent ctime alone (touch, chmod, chown) is no race.
+            let recent = |s: &Stamp| s.mtime.0 >= now - RACY_SECS;
             !recent(&c.stamp) && !c.dep.as_ref().is_some_and(recent)
         });
         let file = CacheFile { ferry: env!("CARGO_PKG_VERSION").into(), root: self.root, entries };

@@ -28,6 +28,8 @@ pub fn write_atomic<T, E: From<io::Error>>(
         .map_err(|e| io::Error::new(e.kind(), format!("cannot create a temporary file in {}: {e}", dir.display())))?;
     let (file, temp_path) = temp.into_parts();
     let mut file = fs::File::from_parts(file, PathBuf::from(&*temp_path));
+    // tempfile makes files 0600; what ferry writes atomically is meant to be read.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     let value = fill(&mut file)?;
     file.flush()?;
     file.sync_all()?;
@@ -96,6 +98,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.to_string(), "disk on fire");
         assert_eq!(fs::read(&path).unwrap(), b"one");
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&path).unwrap().permissions()) & 0o777, 0o644);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "temporary file left behind");
     }
 

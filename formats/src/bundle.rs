@@ -15,10 +15,24 @@
 //! devices. GNU tar and bsdtar list and extract a bundle as they would any
 //! tarball.
 //!
-//! The tar stream is compressed as one zstd stream with content checksums,
+//! The tar stream is compressed as one zstd frame with a content checksum,
 //! multi-threaded. zstd's multi-threaded output does not depend on the
 //! number of worker threads, so the same release gives the same bytes on
 //! any machine (see the `same_bytes_with_any_worker_count` test).
+//!
+//! After the frame comes a 48-byte trailer, a zstd *skippable* frame that
+//! zstd, GNU tar and bsdtar pass over:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0..4 | skippable-frame magic `0x184D2A5E`, little-endian |
+//! | 4..8 | payload length, 40, little-endian |
+//! | 8..16 | `ferry-b3` |
+//! | 16..48 | blake3 of every byte of the file before the trailer |
+//!
+//! Some bits of a compressed stream do not change what it decodes to (unused
+//! header bits, slack in entropy tables); the trailer makes a flip of any
+//! bit of the file an error, not only one that changes a file's content.
 //!
 //! Reading is strict ([`read`]): the metadata must come first; the manifest and
 //! metadata must be canonical; the computed [`ReleaseId`] must be the expected
@@ -53,6 +67,63 @@ pub const MAX_META: u64 = 1 << 20;
 const MAX_WINDOW_LOG: u32 = 27;
 /// GNU long names longer than a path can be are refused before they are read.
 const MAX_LONG_NAME: u64 = crate::path::MAX_PATH as u64 + 1;
+/// The trailer: a skippable frame holding the blake3 of the bytes before it.
+const TRAILER_LEN: usize = 48;
+const TRAILER_MAGIC: u32 = 0x184D_2A5E;
+const TRAILER_TAG: &[u8; 8] = b"ferry-b3";
+
+fn trailer(hash: blake3::Hash) -> [u8; TRAILER_LEN] {
+    let mut t = [0u8; TRAILER_LEN];
+    t[0..4].copy_from_slice(&TRAILER_MAGIC.to_le_bytes());
+    t[4..8].copy_from_slice(&40u32.to_le_bytes());
+    t[8..16].copy_from_slice(TRAILER_TAG);
+    t[16..48].copy_from_slice(hash.as_bytes());
+    t
+}
+
+/// A writer that hashes what it passes on.
+struct HashWriter<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A reader that hashes everything but the last [`TRAILER_LEN`] bytes it has
+/// passed on, which it holds back until it knows they are not the trailer.
+struct TrailerReader<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    held: Vec<u8>,
+}
+
+impl<R: Read> Read for TrailerReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n >= TRAILER_LEN {
+            self.hasher.update(&self.held);
+            self.hasher.update(&buf[..n - TRAILER_LEN]);
+            self.held.clear();
+            self.held.extend_from_slice(&buf[n - TRAILER_LEN..n]);
+        } else {
+            self.held.extend_from_slice(&buf[..n]);
+            let excess = self.held.len().saturating_sub(TRAILER_LEN);
+            self.hasher.update(&self.held[..excess]);
+            self.held.drain(..excess);
+        }
+        Ok(n)
+    }
+}
 
 /// How to compress a bundle.
 #[derive(Debug, Clone)]
@@ -129,6 +200,7 @@ pub fn write<W: Write, R: Read>(
     mut open: impl FnMut(&Entry) -> io::Result<R>,
     mut progress: impl FnMut(u64),
 ) -> Result<W, WriteError> {
+    let out = HashWriter { inner: out, hasher: blake3::Hasher::new() };
     let mut enc = zstd::Encoder::new(out, opts.level).map_err(WriteError::Output)?;
     enc.include_checksum(true).map_err(WriteError::Output)?;
     enc.multithread(opts.workers.max(1)).map_err(WriteError::Output)?;
@@ -176,7 +248,9 @@ pub fn write<W: Write, R: Read>(
         }
     }
     let enc = tar.into_inner().map_err(out)?;
-    enc.finish().map_err(out)
+    let HashWriter { mut inner, hasher } = enc.finish().map_err(out)?;
+    inner.write_all(&trailer(hasher.finalize())).map_err(out)?;
+    Ok(inner)
 }
 
 fn header(kind: EntryType, mode: u32, size: u64) -> tar::Header {
@@ -307,6 +381,7 @@ fn read_impl<R: Read>(
         move |source| ReadError::Corrupt { at, source }
     };
     // One frame only: anything after it, even a valid or skippable zstd frame, is trailing data.
+    let input = TrailerReader { inner: input, hasher: blake3::Hasher::new(), held: Vec::new() };
     let mut decoder = zstd::Decoder::new(input).map_err(corrupt("at the start"))?.single_frame();
     decoder.window_log_max(MAX_WINDOW_LOG).map_err(corrupt("at the start"))?;
     let mut archive = tar::Archive::new(decoder);
@@ -380,11 +455,33 @@ fn read_impl<R: Read>(
             format!("{} trailing bytes, expected one 512-byte zero block", tail.len()),
         ));
     }
-    // And nothing may follow the zstd frame.
+    // Then the trailer, and nothing else.
     let mut rest = decoder.finish();
-    let mut byte = [0u8; 1];
-    if rest.read(&mut byte).map_err(corrupt("after the zstd frame"))? != 0 {
-        return Err(refused("after the zstd frame", "trailing data after the compressed stream"));
+    let mut after = Vec::new();
+    (&mut rest).take(1 << 20).read_to_end(&mut after).map_err(corrupt("after the zstd frame"))?;
+    let at = "after the zstd frame";
+    let fixed = &trailer(blake3::Hash::from_bytes([0; 32]))[..16];
+    let problem = if after.is_empty() {
+        Some("the checksum trailer is missing (truncated?)")
+    } else if !after.starts_with(fixed) {
+        Some("trailing data after the compressed stream, where the checksum trailer belongs")
+    } else if after.len() < TRAILER_LEN {
+        Some("the checksum trailer is cut short (truncated?)")
+    } else if after.len() > TRAILER_LEN {
+        Some("trailing data after the checksum trailer")
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        return Err(refused(at, problem));
+    }
+    let expected = blake3::Hash::from_bytes(after[16..48].try_into().expect("32 bytes"));
+    let actual = rest.into_inner().hasher.finalize();
+    if actual != expected {
+        return Err(refused(
+            at,
+            format!("the file's bytes hash to {actual}, its trailer says {expected}: the file was changed after it was written"),
+        ));
     }
     Ok(head)
 }

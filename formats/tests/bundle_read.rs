@@ -152,13 +152,24 @@ fn tar_of(parts: &[Part]) -> Vec<u8> {
     tar.into_inner().unwrap()
 }
 
+/// One zstd frame of `tar`, without ferry's checksum trailer.
 fn zst(tar: &[u8]) -> Vec<u8> {
     zstd::stream::encode_all(tar, 3).unwrap()
 }
 
+/// `compressed` followed by ferry's trailer: a skippable frame holding its blake3.
+fn with_trailer(mut compressed: Vec<u8>) -> Vec<u8> {
+    let hash = blake3::hash(&compressed);
+    compressed.extend_from_slice(&0x184D_2A5Eu32.to_le_bytes());
+    compressed.extend_from_slice(&40u32.to_le_bytes());
+    compressed.extend_from_slice(b"ferry-b3");
+    compressed.extend_from_slice(hash.as_bytes());
+    compressed
+}
+
 /// The one helper that crafts a bundle.
 fn bundle(parts: &[Part]) -> Vec<u8> {
-    zst(&tar_of(parts))
+    with_trailer(zst(&tar_of(parts)))
 }
 
 /// The good bundle with the entry at `path` replaced by `with` (one or more parts).
@@ -639,7 +650,7 @@ fn garbage_after_the_zstd_frame() {
     let mut bytes = bundle(&good());
     bytes.extend_from_slice(b"garbage!");
     let err = read(&bytes[..], None, &mut Discard).map(|v| v.head().id).unwrap_err();
-    assert_eq!(err.to_string(), "after the zstd frame: trailing data after the compressed stream");
+    assert_eq!(err.to_string(), "after the zstd frame: trailing data after the checksum trailer");
 }
 
 #[test]
@@ -650,7 +661,7 @@ fn skippable_zstd_frame_after_the_bundle() {
     bytes.extend_from_slice(&8u32.to_le_bytes());
     bytes.extend_from_slice(b"payload!");
     let err = read(&bytes[..], None, &mut Discard).map(|v| v.head().id).unwrap_err();
-    assert_eq!(err.to_string(), "after the zstd frame: trailing data after the compressed stream");
+    assert_eq!(err.to_string(), "after the zstd frame: trailing data after the checksum trailer");
 }
 
 #[test]
@@ -659,7 +670,7 @@ fn second_zstd_frame_after_the_bundle() {
     let mut bytes = bundle(&good());
     bytes.extend_from_slice(&zst(b""));
     let err = read(&bytes[..], None, &mut Discard).map(|v| v.head().id).unwrap_err();
-    assert_eq!(err.to_string(), "after the zstd frame: trailing data after the compressed stream");
+    assert_eq!(err.to_string(), "after the zstd frame: trailing data after the checksum trailer");
 }
 
 #[test]
@@ -700,7 +711,7 @@ fn zstd_window_larger_than_allowed() {
         f.extend_from_slice(&tar);
         f
     };
-    read(&frame(20)[..], None, &mut Discard).unwrap();
+    read(&with_trailer(frame(20))[..], None, &mut Discard).unwrap();
     let msg = corrupt(&frame(28));
     assert!(msg.contains("corrupt or truncated at the start: Frame requires too much memory"), "{msg}");
 }
@@ -979,4 +990,30 @@ fn gnu_long_link_on_a_metadata_file() {
     parts.insert(1, long_name(EntryType::GNULongLink, b"/etc/passwd"));
     let msg = head_refused(&bundle(&parts));
     assert!(msg.contains(".ferry/manifest") && msg.contains("long link"), "{msg}");
+}
+
+#[test]
+fn a_flipped_bit_that_decodes_the_same_is_caught_by_the_trailer() {
+    // Bit 4 of the zstd frame header descriptor is unused: decoders ignore it,
+    // so only the trailer's hash of the file can notice the change.
+    let mut bytes = bundle(&good());
+    bytes[4] ^= 0x10;
+    let msg = refused(&bytes);
+    assert!(msg.starts_with("after the zstd frame: the file's bytes hash to "), "{msg}");
+    assert!(msg.ends_with("the file was changed after it was written"), "{msg}");
+}
+
+#[test]
+fn a_missing_or_damaged_trailer_is_refused() {
+    let plain = zst(&tar_of(&good()));
+    assert_eq!(refused(&plain), "after the zstd frame: the checksum trailer is missing (truncated?)");
+    let good_bytes = bundle(&good());
+    let cut = &good_bytes[..good_bytes.len() - 10];
+    assert_eq!(refused(cut), "after the zstd frame: the checksum trailer is cut short (truncated?)");
+    let mut junk = plain.clone();
+    junk.extend_from_slice(&[0xAB; 48]);
+    assert_eq!(
+        refused(&junk),
+        "after the zstd frame: trailing data after the compressed stream, where the checksum trailer belongs"
+    );
 }

@@ -1,0 +1,279 @@
+//! `ferry build`: reproducible bundles, the cache, and every bad input.
+
+use std::os::unix::ffi::OsStrExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fs_err as fs;
+
+use crate::kit::{ferry_cmd, is_root, run, sample_project, sh, tempdir, Project};
+
+#[test]
+fn same_tree_on_other_paths_mtimes_and_owners_gives_the_same_bytes() {
+    let a = sample_project();
+    let b = tempdir();
+    sh(&format!("cp -a {}/. {}", a.root().display(), b.path().display()));
+    // Other mtimes (files and links) and, where we can, other owners.
+    sh(&format!("find {} -exec touch -h -d @1700000000 {{}} +", b.path().display()));
+    if is_root() {
+        sh(&format!("chown -hR 4321:4321 {}", b.path().display()));
+    }
+    let one = a.build(&[]);
+    let store_b = tempdir();
+    let two = kit_build_at(b.path(), store_b.path());
+    assert_eq!(one["id"], two["id"]);
+    let (pa, pb) = (one["path"].as_str().unwrap(), two["path"].as_str().unwrap());
+    assert_ne!(pa, pb);
+    sh(&format!("cmp {pa} {pb}"));
+    assert_eq!(one["files"], 6, "debug.log is excluded by default: {one}");
+}
+
+fn kit_build_at(root: &std::path::Path, store: &std::path::Path) -> serde_json::Value {
+    let r = run(ferry_cmd().args(["build", "--json", "--store"]).arg(store).arg("-c").arg(root.join("ferry.toml")));
+    r.ok().json()
+}
+
+#[test]
+fn gnu_tar_and_bsdtar_list_the_bundle() {
+    let p = sample_project();
+    let built = p.build(&[]);
+    let path = built["path"].as_str().unwrap();
+    let gnu = sh(&format!("tar --zstd -tf {path}"));
+    let bsd = sh(&format!("bsdtar -tf {path}"));
+    for listing in [&gnu, &bsd] {
+        let names: Vec<&str> = listing.lines().map(|l| l.trim_end_matches('/')).collect();
+        assert_eq!(&names[..3], [".ferry", ".ferry/manifest", ".ferry/release.json"], "{listing}");
+        for want in ["app/main.py", "config/production/settings.env", "media/main-link.py"] {
+            assert!(names.contains(&want), "{want} missing from\n{listing}");
+        }
+        assert!(!names.contains(&"app/debug.log"));
+    }
+    // GNU tar extracts it with the normalized mtime and the link intact.
+    let out = tempdir();
+    sh(&format!("tar --zstd -xf {path} -C {}", out.path().display()));
+    let stat = sh(&format!("stat -c '%Y %a' {}/app/main.py {}/app/run.sh", out.path().display(), out.path().display()));
+    assert_eq!(stat, "315532800 644\n315532800 755\n");
+    assert_eq!(fs::read_link(out.path().join("media/main-link.py")).unwrap().to_str(), Some("../app/main.py"));
+}
+
+#[test]
+fn a_rebuild_with_nothing_changed_reuses_everything() {
+    let p = sample_project();
+    // Files written just now are "racy" for the cache; age them like a checkout.
+    sh(&format!("find {} -exec touch -h -d '-1 hour' {{}} +", p.root().display()));
+    let first = p.build(&[]);
+    assert_eq!(first["reused"], false);
+    let second = p.build(&[]);
+    assert_eq!(second["id"], first["id"]);
+    assert_eq!(second["reused"], true);
+    assert_eq!(second["cache_hits"], first["files"], "{second}");
+    // A change is seen even when size and mtime are kept (ctime and content differ).
+    p.write("app/lib/util.py", "X = 2\n");
+    sh(&format!("touch -d '-1 hour' {}", p.path("app/lib/util.py").display()));
+    let third = p.build(&[]);
+    assert_ne!(third["id"], first["id"]);
+    assert_eq!(third["reused"], false);
+    let diff = p.ferry(["diff", first["id"].as_str().unwrap(), third["id"].as_str().unwrap()]).ok().stdout;
+    assert!(diff.contains("~ app/lib/util.py (content: 6 B → 6 B)"), "{diff}");
+    assert!(diff.contains("0 added (0 B), 0 removed (0 B), 1 changed"), "{diff}");
+}
+
+#[test]
+fn the_human_output_prints_the_id_on_stdout() {
+    let p = sample_project();
+    let r = p.ferry(["build", "--version", "v1.2"]).ok();
+    let id = r.stdout.trim();
+    assert_eq!(id.len(), 64, "{}", r.stdout);
+    assert!(r.stderr.contains(&format!("built shop v1.2 {}: 6 files", &id[..12])), "{}", r.stderr);
+    let list = p.ferry(["bundles"]).ok().stdout;
+    assert!(list.contains(&id[..12]) && list.contains("v1.2"), "{list}");
+    // Ids work by unique prefix, as in git.
+    let inspect = p.ferry(["inspect", &id[..6]]).ok().stdout;
+    assert!(inspect.contains("version   v1.2"), "{inspect}");
+    assert!(inspect.contains("config  config (production, staging)"), "{inspect}");
+    assert!(inspect.contains("  l                 media/main-link.py -> ../app/main.py\n"), "{inspect}");
+}
+
+#[test]
+fn unknown_and_ambiguous_ids_are_explained() {
+    let p = sample_project();
+    p.build(&[]);
+    let err = p.ferry(["verify", "ffffffff"]).fails(2);
+    assert!(err.contains("no bundle in") && err.contains("has an id starting with \"ffffffff\""), "{err}");
+    let err = p.ferry(["inspect", "xyz"]).fails(2);
+    assert!(err.contains("\"xyz\" is not a release id or id prefix"), "{err}");
+}
+
+#[test]
+fn missing_config_is_explained() {
+    let dir = tempdir();
+    let r = run(ferry_cmd().arg("build").current_dir(dir.path()));
+    let err = r.fails(2);
+    assert!(err.contains("cannot read the service config (ferry.toml)"), "{err}");
+    assert!(err.contains("ferry.toml"), "{err}");
+}
+
+#[test]
+fn broken_config_names_line_and_column() {
+    let p = Project::new("service = \"shop\"\n[components]\ncode = \"app\"\nvenvv = \"venv\"\n");
+    let err = p.ferry(["build"]).fails(2);
+    assert!(err.contains("ferry.toml: TOML parse error at line 4, column 1"), "{err}");
+    assert!(err.contains("unknown field `venvv`, expected one of `code`, `venv`, `jar`, `media`, `config`"), "{err}");
+    assert!(p.store_files().is_empty());
+    let p = Project::new("service = \"shop\"\n[components]\ncode = \"app\"\n");
+    let err = p.ferry(["build"]).fails(2);
+    assert!(err.contains("component code \"app\":") && err.contains("does not exist"), "{err}");
+}
+
+/// Builds `p`, expecting failure, and checks that the store holds no bundle.
+#[track_caller]
+fn build_fails(p: &Project) -> String {
+    let err = p.ferry(["build"]).fails(2);
+    let files = p.store_files();
+    assert!(!files.iter().any(|f| f.ends_with(".tar.zst") || f.starts_with(".tmp-")), "left behind: {files:?}");
+    err
+}
+
+#[test]
+fn a_path_that_is_not_utf8_is_named() {
+    let p = sample_project();
+    let bad = p.path("app").join(std::ffi::OsStr::from_bytes(b"caf\xe9.py"));
+    fs::write(&bad, b"x").unwrap();
+    let err = build_fails(&p);
+    assert!(err.contains("app/caf\u{fffd}.py: the path is not UTF-8"), "{err}");
+}
+
+#[test]
+fn special_files_are_refused() {
+    let p = sample_project();
+    sh(&format!("mkfifo {}", p.path("app/queue").display()));
+    let err = build_fails(&p);
+    assert!(err.contains("app/queue: is a fifo; a release holds only files, directories and symlinks"), "{err}");
+}
+
+#[test]
+fn a_symlink_out_of_the_tree_is_refused() {
+    let p = sample_project();
+    std::os::unix::fs::symlink("../../etc/passwd", p.path("app/passwd")).unwrap();
+    let err = build_fails(&p);
+    assert!(
+        err.contains("manifest entry \"app/passwd\": symlink to \"../../etc/passwd\" resolves outside the release"),
+        "{err}"
+    );
+    let p = sample_project();
+    std::os::unix::fs::symlink("/etc/passwd", p.path("app/passwd")).unwrap();
+    let err = build_fails(&p);
+    assert!(err.contains("\"app/passwd\": symlink to \"/etc/passwd\" points outside the release"), "{err}");
+}
+
+#[test]
+fn setuid_files_are_refused() {
+    let p = sample_project();
+    sh(&format!("chmod 4755 {}", p.path("app/run.sh").display()));
+    let err = build_fails(&p);
+    assert!(err.contains("app/run.sh: has the setuid bit"), "{err}");
+}
+
+#[test]
+fn an_unreadable_file_is_named() {
+    let p = sample_project();
+    let secret = p.path("app/secret.key");
+    fs::write(&secret, b"k").unwrap();
+    sh(&format!("chmod 000 {}", secret.display()));
+    let r = if is_root() {
+        // Root reads anything: drop to nobody, who can read all but the one file.
+        sh(&format!(
+            "chmod -R a+rX {} && chmod 000 {} && chmod 777 {}",
+            p.root().display(),
+            secret.display(),
+            p.store.path().display()
+        ));
+        run(Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(crate::kit::ferry_bin())
+            .args(["build", "--store"])
+            .arg(p.store.path())
+            .arg("-c")
+            .arg(p.path("ferry.toml")))
+    } else {
+        p.ferry(["build"])
+    };
+    let err = r.fails(2);
+    assert!(err.contains("app/secret.key") && err.contains("Permission denied"), "{err}");
+    assert!(p.store_files().iter().all(|f| !f.ends_with(".tar.zst")));
+}
+
+#[test]
+fn a_full_disk_leaves_no_bundle() {
+    assert!(is_root(), "this test mounts a small tmpfs in a private mount namespace and needs root (CI runs as root)");
+    let p = sample_project();
+    sh(&format!("head -c 3000000 /dev/urandom > {}", p.path("media/big.bin").display()));
+    let store = p.store.path().display();
+    let script = format!(
+        "mount -t tmpfs -o size=1m tmpfs {store} && {ferry} build --store {store} -c {cfg}; code=$?; ls -A {store}/bundles; exit $code",
+        ferry = crate::kit::ferry_bin(),
+        cfg = p.path("ferry.toml").display(),
+    );
+    let r = run(Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("No space left on device"), "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("writing {store}/bundles/")), "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), "", "the store kept something: {}", r.stdout);
+}
+
+#[test]
+fn an_interrupted_build_leaves_no_bundle_and_the_next_cleans_up() {
+    let p = sample_project();
+    // Slow enough to be caught mid-write: incompressible data at zstd's slowest level.
+    sh(&format!("head -c 48000000 /dev/urandom > {}", p.path("media/big.bin").display()));
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write("ferry.toml", format!("{toml}\n[release]\ncompression_level = 19\n"));
+    let mut child = ferry_cmd()
+        .args(["build", "--quiet", "--store"])
+        .arg(p.store.path())
+        .arg("-c")
+        .arg(p.path("ferry.toml"))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !p.store_files().iter().any(|f| f.starts_with(".tmp-")) {
+        assert!(Instant::now() < deadline, "the build never started writing");
+        assert!(child.try_wait().unwrap().is_none(), "the build finished before it could be interrupted");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let files = p.store_files();
+    assert!(files.iter().all(|f| !f.ends_with(".tar.zst") && !f.ends_with(".json")), "{files:?}");
+    assert!(p.ferry(["bundles"]).ok().stderr.contains("no bundles"));
+    // The next build clears the dead build's temporary file.
+    p.write("ferry.toml", format!("{toml}\n[release]\ncompression_level = 1\n"));
+    let built = p.build(&[]);
+    let files = p.store_files();
+    assert!(!files.iter().any(|f| f.starts_with(".tmp-")), "{files:?}");
+    p.ferry(["verify", built["id"].as_str().unwrap()]).ok();
+}
+
+#[test]
+fn git_ref_builds_a_clean_export_and_records_the_commit() {
+    let p = sample_project();
+    let root = p.root().display();
+    sh(&format!(
+        "cd {root} && git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm one && git tag v7"
+    ));
+    let commit = sh(&format!("git -C {root} rev-parse HEAD")).trim().to_owned();
+    // Work-tree changes and untracked files are not part of the export.
+    p.write("app/main.py", "print('uncommitted')\n").write("app/untracked.py", "x\n");
+    let built = p.build(&["--git-ref", "v7"]);
+    assert_eq!(built["git_commit"], commit.as_str());
+    assert_eq!(built["version"], "v7", "the exact tag is the default version");
+    let head = p.ferry(["inspect", "--json", built["id"].as_str().unwrap()]).ok().json();
+    let paths: Vec<&str> = head["entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert!(!paths.contains(&"app/untracked.py"), "{paths:?}");
+    assert_eq!(head["meta"]["git"]["commit"], commit.as_str());
+    // The export of the same commit is the same release whatever the work tree holds.
+    let again = p.build(&["--git-ref", &commit, "--version", "v7"]);
+    assert_eq!(again["id"], built["id"]);
+    let err = p.ferry(["build", "--git-ref", "no-such-ref"]).fails(2);
+    assert!(err.contains("git ref \"no-such-ref\" does not name a commit"), "{err}");
+}

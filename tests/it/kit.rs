@@ -1,0 +1,148 @@
+//! The harness: runs the real `ferry` binary against temporary projects.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use fs_err as fs;
+
+/// The `ferry` binary under test.
+pub fn ferry_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ferry")
+}
+
+/// A finished run of a command.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with both streams unless the run exited 0.
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    /// Panics unless the run exited with `code`; returns stderr.
+    #[track_caller]
+    pub fn fails(self, code: i32) -> String {
+        assert_eq!(self.code, code, "expected exit {code}\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self.stderr
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// Runs any command to completion.
+pub fn run(cmd: &mut Command) -> Run {
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    Run::from(out)
+}
+
+/// Runs a shell snippet, panicking if it fails.
+#[track_caller]
+pub fn sh(script: &str) -> String {
+    let r = run(Command::new("sh").args(["-c", script]));
+    assert_eq!(r.code, 0, "sh -c {script:?} failed:\n{}{}", r.stdout, r.stderr);
+    r.stdout
+}
+
+/// A `ferry` command with a clean environment for ferry's own variables.
+pub fn ferry_cmd() -> Command {
+    let mut c = Command::new(ferry_bin());
+    c.env_remove("FERRY_STORE").env_remove("FERRY_CONFIG");
+    c
+}
+
+/// A release tree with a ferry.toml, and a store of its own.
+#[derive(Debug)]
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub store: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new(ferry_toml: &str) -> Self {
+        let p = Self { dir: tempdir(), store: tempdir() };
+        p.write("ferry.toml", ferry_toml);
+        p
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) -> &Self {
+        let path = self.path(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+        self
+    }
+
+    /// `ferry <args> --store <store> -c <dir>/ferry.toml`.
+    pub fn ferry<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(&self, args: I) -> Run {
+        run(ferry_cmd().args(args).arg("--store").arg(self.store.path()).arg("-c").arg(self.path("ferry.toml")))
+    }
+
+    /// Builds and returns the `--json` report.
+    #[track_caller]
+    pub fn build(&self, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["build", "--json"];
+        args.extend_from_slice(extra);
+        self.ferry(args).ok().json()
+    }
+
+    /// The files in the store's bundles directory.
+    pub fn store_files(&self) -> Vec<String> {
+        let dir = self.store.path().join("bundles");
+        let mut names: Vec<String> = match fs::read_dir(&dir) {
+            Ok(d) => d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+            Err(_) => vec![],
+        };
+        names.sort();
+        names
+    }
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("ferry-it-").tempdir().unwrap()
+}
+
+/// Whether this process runs as root (tests that need root say so when it does not).
+pub fn is_root() -> bool {
+    sh("id -u").trim() == "0"
+}
+
+/// A small service: code, config for two environments, media, a symlink.
+pub fn sample_project() -> Project {
+    let p =
+        Project::new("service = \"shop\"\n\n[components]\ncode = \"app\"\nmedia = \"media\"\nconfig = \"config\"\n");
+    p.write("app/main.py", "print('shop v1')\n")
+        .write("app/lib/util.py", "X = 1\n")
+        .write("app/debug.log", "noise\n")
+        .write("app/run.sh", "#!/bin/sh\nexec python3 main.py\n")
+        .write("config/staging/settings.env", "DEBUG=1\n")
+        .write("config/production/settings.env", "DEBUG=0\n")
+        .write("media/logo.svg", "<svg/>\n");
+    sh(&format!("chmod 755 {}", p.path("app/run.sh").display()));
+    std::os::unix::fs::symlink("../app/main.py", p.path("media/main-link.py")).unwrap();
+    p
+}

@@ -1,0 +1,98 @@
+//! A real virtualenv, built at one path, run from another after a bundle round trip.
+
+use std::path::Path;
+use std::process::Command;
+
+use fs_err as fs;
+
+use crate::kit::{run, sh, tempdir, Project};
+
+/// A venv at `<project>/venv` with a package `greet` (timestamp-based pycs,
+/// as `pip install` writes without SOURCE_DATE_EPOCH) and a console script.
+fn project_with_venv() -> Project {
+    let p = Project::new("service = \"greeter\"\n\n[components]\ncode = \"app\"\nvenv = \"venv\"\n");
+    p.write("app/main.py", "import greet\n");
+    let venv = p.path("venv");
+    let r = run(Command::new("python3").args(["-m", "venv", "--without-pip"]).arg(&venv));
+    assert_eq!(r.code, 0, "python3 -m venv failed (scripts/test installs python3-venv): {}", r.stderr);
+    let site =
+        sh(&format!("{}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'", venv.display()));
+    let site = Path::new(site.trim());
+    fs::create_dir_all(site.join("greet")).unwrap();
+    fs::write(site.join("greet/__init__.py"), "from .words import hello\n").unwrap();
+    fs::write(site.join("greet/words.py"), "def hello():\n    return 'hello'\n").unwrap();
+    let script =
+        format!("#!{}/bin/python\nimport sys\nfrom greet import hello\nprint(hello(), sys.prefix)\n", venv.display());
+    p.write("venv/bin/greet", script);
+    sh(&format!("chmod 755 {}/bin/greet", venv.display()));
+    // Age the sources like a CI checkout, then compile as pip does, with timestamps.
+    sh(&format!("find {} -exec touch -h -d '-1 hour' {{}} +", p.root().display()));
+    let r = run(Command::new(venv.join("bin/python"))
+        .args(["-m", "compileall", "-q", "--invalidation-mode", "timestamp"])
+        .arg(site)
+        .env_remove("SOURCE_DATE_EPOCH"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    p
+}
+
+/// Unpacks a bundle with GNU tar (which sets each file's mtime from the tar
+/// header, as ferry's host side does), read-only, at `dest`.
+fn unpack(bundle: &str, dest: &Path, extra: &str) {
+    fs::create_dir_all(dest).unwrap();
+    sh(&format!("tar --zstd -xf {bundle} -C {} {extra} && chmod -R a-w {}", dest.display(), dest.display()));
+}
+
+#[test]
+fn the_venv_runs_from_another_path_and_imports_without_recompiling() {
+    let p = project_with_venv();
+    let built = p.build(&["--strict"]);
+    assert!(built["pycs_normalized"].as_u64().unwrap() >= 2, "{built}");
+    assert!(built["scripts_relocated"].as_u64().unwrap() >= 4, "greet and the activate scripts: {built}");
+    assert_eq!(built["unrelocated"], serde_json::json!([]));
+    let bundle = built["path"].as_str().unwrap().to_owned();
+    // The build path is gone: nothing can quietly fall back to it.
+    fs::remove_dir_all(p.path("venv")).unwrap();
+
+    let hosts = tempdir();
+    let release = hosts.path().join("releases/r1");
+    unpack(&bundle, &release, "");
+    let venv = release.join("venv");
+    let out = sh(&format!("{}/bin/greet", venv.display()));
+    assert_eq!(out, format!("hello {}\n", venv.display()), "the console script ran the release's own venv");
+    let activated = sh(&format!("bash -c '. {}/bin/activate && echo $VIRTUAL_ENV'", venv.display()));
+    assert_eq!(activated.trim(), venv.display().to_string());
+
+    // `python -v` says where each module came from.
+    let trace = |venv: &Path| {
+        let r = run(Command::new(venv.join("bin/python")).args(["-v", "-c", "import greet"]));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.stderr
+    };
+    let log = trace(&venv);
+    assert!(log.contains("/greet/__pycache__/words.cpython-") && log.contains("# code object from"), "{log}");
+    assert!(!log.contains("bytecode is stale"), "Python recompiled: {log}");
+
+    // The control: the same release with mtimes of now is stale, which is what
+    // normalizing the pyc timestamps prevents.
+    let touched = hosts.path().join("releases/r2");
+    unpack(&bundle, &touched, "--touch");
+    let log = trace(&touched.join("venv"));
+    assert!(log.contains("bytecode is stale for 'greet.words'"), "{log}");
+}
+
+#[test]
+fn strict_fails_on_a_venv_file_that_names_the_build_path() {
+    let p = project_with_venv();
+    let pth = format!("{}\n", p.path("venv/src/editable").display());
+    let site = sh(&format!(
+        "{}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'",
+        p.path("venv").display()
+    ));
+    fs::write(Path::new(site.trim()).join("editable.pth"), pth).unwrap();
+    let built = p.build(&[]);
+    let unrelocated = built["unrelocated"].as_array().unwrap();
+    assert_eq!(unrelocated.len(), 1, "{built}");
+    assert!(unrelocated[0].as_str().unwrap().ends_with("site-packages/editable.pth"));
+    let err = p.ferry(["build", "--strict"]).fails(2);
+    assert!(err.contains("1 file(s) of the venv still name the build path (--strict): venv/lib/python3"), "{err}");
+}
