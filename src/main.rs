@@ -21,9 +21,15 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match settings::Settings::new(cli).and_then(|s| commands::run(&s)) {
         Ok(code) => ExitCode::from(code),
+        // A reader that stops early (`ferry inspect … | head`) is not an error.
+        Err(err) if is_broken_pipe(&err) => ExitCode::from(exit::OK),
         Err(err) => {
             eprintln!("ferry: error: {err:#}");
             ExitCode::from(exit::FATAL)
         }
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
 }

@@ -1,6 +1,6 @@
 //! ferry-builder: turns a release tree into a content-addressed bundle.
 //!
-//! - [`build`]: walk, hash, relocate, write — `ferry build`.
+//! - [`mod@build`]: walk, hash, relocate, write — `ferry build`.
 //! - [`walk`]: which paths of the tree go in.
 //! - [`venv`], [`pyc`]: make a virtualenv and its bytecode work from wherever
 //!   a release is unpacked.

@@ -1,5 +1,7 @@
 //! `ferry inspect`, `ferry verify`, `ferry diff`: reading bundles.
 
+use std::io::Write;
+
 use anyhow::Result;
 use ferry_formats::bundle::Head;
 use ferry_formats::manifest::{self, Entry, EntryKind};
@@ -20,45 +22,48 @@ pub fn inspect(settings: &Settings, target: &Target) -> Result<u8> {
         }));
         return Ok(exit::OK);
     }
-    print_head(&head);
-    println!("entries");
+    let mut out = std::io::stdout().lock();
+    print_head(&mut out, &head)?;
+    writeln!(out, "entries")?;
     for e in head.manifest.entries() {
         match &e.kind {
-            EntryKind::Dir { mode } => println!("  d {mode:03o} {:>10}  {}/", "", e.path),
-            EntryKind::File { mode, size, .. } => println!("  f {mode:03o} {size:>10}  {}", e.path),
-            EntryKind::Symlink { target } => println!("  l     {:>10}  {} -> {target}", "", e.path),
+            EntryKind::Dir { mode } => writeln!(out, "  d {mode:03o} {:>10}  {}/", "", e.path)?,
+            EntryKind::File { mode, size, .. } => writeln!(out, "  f {mode:03o} {size:>10}  {}", e.path)?,
+            EntryKind::Symlink { target } => writeln!(out, "  l     {:>10}  {} -> {target}", "", e.path)?,
         }
     }
     Ok(exit::OK)
 }
 
-fn print_head(head: &Head) {
+fn print_head(out: &mut impl Write, head: &Head) -> std::io::Result<()> {
     let m = &head.meta;
     let (files, bytes) = head.manifest.file_totals();
     let count = |f: fn(&EntryKind) -> bool| head.manifest.entries().iter().filter(|e| f(&e.kind)).count();
-    println!("release   {}", head.id);
-    println!("service   {}", m.service);
+    writeln!(out, "release   {}", head.id)?;
+    writeln!(out, "service   {}", m.service)?;
     if let Some(v) = &m.version {
-        println!("version   {v}");
+        writeln!(out, "version   {v}")?;
     }
     if let Some(g) = &m.git {
         let tag = g.tag.as_deref().map(|t| format!(" (tag {t})")).unwrap_or_default();
-        println!("git       {}{tag}", g.commit);
+        writeln!(out, "git       {}{tag}", g.commit)?;
     }
-    println!(
+    writeln!(
+        out,
         "contents  {files} files ({}), {} directories, {} symlinks",
         output::bytes(bytes),
         count(|k| matches!(k, EntryKind::Dir { .. })),
         count(|k| matches!(k, EntryKind::Symlink { .. })),
-    );
+    )?;
     if !m.components.is_empty() {
-        println!("components");
+        writeln!(out, "components")?;
         for c in &m.components {
             let envs =
                 if c.environments.is_empty() { String::new() } else { format!(" ({})", c.environments.join(", ")) };
-            println!("  {:<7} {}{envs}", c.kind.to_string(), c.path);
+            writeln!(out, "  {:<7} {}{envs}", c.kind.to_string(), c.path)?;
         }
     }
+    Ok(())
 }
 
 fn entry_json(e: &Entry) -> Value {
@@ -105,16 +110,25 @@ pub fn diff(settings: &Settings, from: &Target, to: &Target) -> Result<u8> {
         }));
         return Ok(exit::OK);
     }
+    let mut out = std::io::stdout().lock();
     for e in &d.added {
-        println!("+ {} ({})", e.path, output::bytes(e.size()));
+        writeln!(out, "+ {} ({})", e.path, output::bytes(e.size()))?;
     }
     for e in &d.removed {
-        println!("- {} ({})", e.path, output::bytes(e.size()));
+        writeln!(out, "- {} ({})", e.path, output::bytes(e.size()))?;
     }
     for (x, y) in &d.changed {
-        println!("~ {} ({}: {} → {})", y.path, what_changed(x, y), output::bytes(x.size()), output::bytes(y.size()));
+        writeln!(
+            out,
+            "~ {} ({}: {} → {})",
+            y.path,
+            what_changed(x, y),
+            output::bytes(x.size()),
+            output::bytes(y.size())
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "{} → {}: {} added ({}), {} removed ({}), {} changed ({} → {}), {} unchanged",
         a.id.short(12),
         b.id.short(12),
@@ -126,7 +140,7 @@ pub fn diff(settings: &Settings, from: &Target, to: &Target) -> Result<u8> {
         output::bytes(old_changed),
         output::bytes(new_changed),
         d.unchanged
-    );
+    )?;
     Ok(exit::OK)
 }
 

@@ -83,3 +83,21 @@ fn inspect_json_lists_every_entry() {
     sorted.sort();
     assert_eq!(paths, sorted, "entries are in manifest (byte) order");
 }
+
+#[test]
+fn a_reader_that_stops_early_is_not_an_error() {
+    let p = sample_project();
+    for i in 0..3000 {
+        p.write(&format!("media/many/{i:05}.txt"), "x");
+    }
+    let id = p.build(&[])["id"].as_str().unwrap().to_owned();
+    // More than a pipe buffer of entries, so ferry is still writing when head exits.
+    let script = format!(
+        "{} inspect --store {} {id} | head -1; echo \"status=${{PIPESTATUS[0]}}\"",
+        crate::kit::ferry_bin(),
+        p.store.path().display()
+    );
+    let r = run(std::process::Command::new("bash").args(["-c", &script]));
+    assert!(r.stdout.ends_with("status=0\n"), "{r:?}");
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}
