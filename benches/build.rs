@@ -137,9 +137,10 @@ fn main() -> Result<()> {
     println!();
     let t = &cold_med.timings;
     println!(
-        "ferry cold timings_ms (median run): walk {}  hash {}  write {}  total {}  (wall {} ms, process overhead {} ms)",
+        "ferry cold timings_ms (median run): walk {}  check {}  pack {}  write {}  total {}  (wall {} ms, process overhead {} ms)",
         t.walk,
-        t.hash,
+        t.check,
+        t.pack,
         t.write,
         t.total,
         cold_med.wall.as_millis(),
@@ -147,8 +148,8 @@ fn main() -> Result<()> {
     );
     let t = &reb_med.timings;
     println!(
-        "ferry rebuild timings_ms (median run): walk {}  hash {}  write {}  total {}  (cache_hits {})",
-        t.walk, t.hash, t.write, t.total, reb_med.cache_hits
+        "ferry rebuild timings_ms (median run): walk {}  check {}  pack {}  write {}  total {}  (cache_hits {})",
+        t.walk, t.check, t.pack, t.write, t.total, reb_med.cache_hits
     );
     println!(
         "sanity: ferry files {}, entries {}; tar regular files {}, members {}{}",
@@ -221,7 +222,8 @@ fn count_tree(root: &Path) -> Result<Tree> {
 #[derive(Debug, Default)]
 struct Timings {
     walk: u64,
-    hash: u64,
+    check: u64,
+    pack: u64,
     write: u64,
     total: u64,
 }
@@ -267,7 +269,8 @@ fn run_ferry(ferry: &Path, config: &Path, store: &Path) -> Result<Ferry> {
         cache_hits: num(&json, "cache_hits")?,
         timings: Timings {
             walk: num(t, "walk")?,
-            hash: num(t, "hash")?,
+            check: num(t, "check")?,
+            pack: num(t, "pack")?,
             write: num(t, "write")?,
             total: num(t, "total")?,
         },

@@ -1,27 +1,30 @@
 //! `ferry build`: release tree → manifest → bundle in the store.
 //!
 //! 1. Walk the components (in parallel) with the include and exclude patterns.
-//! 2. Prepare every file in parallel: reuse the cache's hash when the file's
-//!    stat is unchanged; otherwise read it, normalize `.pyc` timestamps and
-//!    relocate venv scripts, and hash the result with blake3.
-//! 3. Make the manifest (modes normalized to 644/755, as git does) and the
-//!    release metadata; their hash is the release id.
-//! 4. If the store already has that id, stop: nothing changed. Otherwise write
-//!    the bundle atomically (temporary file, fsync, rename) with
-//!    multi-threaded zstd, hashing every file again as it goes in.
+//! 2. Check every file's stat against the build cache. If all match, the
+//!    manifest — and so the release id — is known without reading a byte; if
+//!    the store has that release, the build is done.
+//! 3. Otherwise, one pass in manifest order reads each file once, normalizes
+//!    `.pyc` timestamps and relocates venv scripts, and hands the result to the
+//!    bundle's files frame, which hashes it (blake3) and compresses it
+//!    (multi-threaded zstd) into a temporary file in the store. Reading once
+//!    matters: a release larger than the page cache would otherwise come off
+//!    the disk twice, and hashing overlaps compression.
+//! 4. The manifest (modes normalized to 644/755, as git does) and the release
+//!    metadata make the id. The metadata frame goes in front of the files
+//!    frame in a second temporary file, which is fsynced and renamed to
+//!    `bundles/<id>.tar.zst`: an interrupted build leaves no bundle.
 
 use std::collections::HashMap;
-use std::io::{self, BufWriter, Read};
+use std::io::{self, BufWriter};
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferry_formats::bundle::{self, Head, WriteOptions};
+use ferry_formats::bundle::{self, FilesWriter, Head, WriteOptions};
 use ferry_formats::release::{GitInfo, FORMAT_VERSION};
-use ferry_formats::{
-    atomic, BlobHash, Component, ComponentKind, Entry, EntryKind, Manifest, RelPath, ReleaseId, ReleaseMeta,
-};
+use ferry_formats::{atomic, Component, ComponentKind, Entry, EntryKind, Manifest, RelPath, ReleaseId, ReleaseMeta};
 use fs_err as fs;
 use rayon::prelude::*;
 
@@ -81,10 +84,16 @@ pub struct Built {
     pub warnings: Vec<String>,
 }
 
+/// Where a build's time went.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Timings {
+    /// Walking the tree.
     pub walk: Duration,
-    pub hash: Duration,
+    /// Comparing every file's stat with the build cache.
+    pub check: Duration,
+    /// Reading, hashing and compressing every file (nothing when reused).
+    pub pack: Duration,
+    /// Putting the metadata in front and writing the bundle durably.
     pub write: Duration,
     pub total: Duration,
 }
@@ -108,53 +117,14 @@ pub fn build(spec: &BuildSpec, store: &Store, progress: &dyn Progress) -> Result
     }
     let starts: Vec<RelPath> = spec.components.iter().map(|(_, p)| p.clone()).collect();
     let skip = vec![store.root().to_path_buf()];
+    // The cache is parsed while the tree is walked.
+    let (cache_path, root) = (store.cache_path(&spec.service), spec.root.clone());
+    let loading = std::thread::spawn(move || Cache::load(cache_path, &root));
     let found = walk::walk(&spec.root, &starts, &filter, &skip)?;
+    let cache = loading.join().expect("loading the build cache does not panic");
     timings.walk = start.elapsed();
 
-    let t = Instant::now();
-    let ctx = Context::new(spec, &found, store)?;
-    let total: u64 = found.iter().filter(|f| f.kind == FoundKind::File).map(|f| f.meta.len()).sum();
-    progress.phase("hashing", total);
-    let prepared: Vec<Option<Prepared>> = found
-        .par_iter()
-        .map(|f| {
-            let p = if f.kind == FoundKind::File { Some(ctx.prepare(f)?) } else { None };
-            progress.advance(f.meta.len());
-            Ok(p)
-        })
-        .collect::<Result<_, BuildError>>()?;
-    timings.hash = t.elapsed();
-
-    let mut entries = Vec::with_capacity(found.len());
-    let (mut pycs_normalized, mut scripts_relocated) = (0, 0);
-    let (mut unrelocated, mut stale_pycs) = (Vec::new(), Vec::new());
-    for (f, p) in found.iter().zip(&prepared) {
-        let kind = match (&f.kind, p) {
-            (FoundKind::Dir, _) => EntryKind::Dir { mode: 0o755 },
-            (FoundKind::Symlink(target), _) => EntryKind::Symlink { target: target.clone() },
-            (FoundKind::File, Some(p)) => {
-                let mode = f.meta.mode();
-                if mode & 0o4000 != 0 || mode & 0o2000 != 0 {
-                    let bit = if mode & 0o4000 != 0 { "setuid" } else { "setgid" };
-                    return Err(BuildError::SetId { path: f.abs.clone(), bit });
-                }
-                match (p.treatment, p.note) {
-                    (_, Some(Note::Unrelocated)) => unrelocated.push(f.rel.to_string()),
-                    (_, Some(Note::StalePyc)) => stale_pycs.push(f.rel.to_string()),
-                    (Treatment::Pyc, None) => pycs_normalized += 1,
-                    (Treatment::Venv(_), None) => scripts_relocated += 1,
-                    (Treatment::Plain, None) => {}
-                }
-                EntryKind::File { mode: if mode & 0o111 != 0 { 0o755 } else { 0o644 }, size: p.size, hash: p.hash }
-            }
-            (FoundKind::File, None) => unreachable!("every file was prepared"),
-        };
-        entries.push(Entry { path: f.rel.clone(), kind });
-    }
-    if spec.strict && !unrelocated.is_empty() {
-        return Err(BuildError::Unrelocated { count: unrelocated.len(), list: unrelocated });
-    }
-    let manifest = Manifest::from_entries(entries).map_err(|e| BuildError::Release(e.into()))?;
+    let ctx = Context::new(spec, &found);
     let meta = ReleaseMeta {
         format: FORMAT_VERSION,
         service: spec.service.clone(),
@@ -162,36 +132,91 @@ pub fn build(spec: &BuildSpec, store: &Store, progress: &dyn Progress) -> Result
         git: spec.git.clone(),
         components: components(spec, &found),
     };
-    let head = Head::new(manifest, meta)?;
-    let id = head.id;
-    let (files, bytes) = head.manifest.file_totals();
-
     store.prepare()?;
-    let path = store.bundle_path(&id);
-    let reused = store.has(&id);
-    let t = Instant::now();
-    if !reused {
-        progress.phase("compressing", bytes);
-        let by_path: HashMap<&str, (&Found, &Prepared)> =
-            found.iter().zip(&prepared).filter_map(|(f, p)| p.as_ref().map(|p| (f.rel.as_str(), (f, p)))).collect();
-        let open = |e: &Entry| -> io::Result<Box<dyn Read>> {
-            let (f, p) = by_path[e.path.as_str()];
-            ctx.content(f, p)
-        };
-        atomic::write_atomic(&path, |file| {
-            let out = bundle::write(BufWriter::with_capacity(1 << 20, file), &head, &spec.compression, open, |n| {
-                progress.advance(n);
-            })?;
-            out.into_inner().map_err(|e| bundle::WriteError::Output(e.into_error()))?;
-            Ok(())
-        })
-        .map_err(|source| BuildError::Write { path: path.clone(), source })?;
-    }
-    progress.finish();
-    timings.write = t.elapsed();
 
+    // 1. When every file's stat is the cache's, the release is known without reading a byte.
+    let t = Instant::now();
+    let cached: Vec<Option<Prepared>> = found
+        .par_iter()
+        .map(|f| match f.kind {
+            FoundKind::File => {
+                let (_, dep) = ctx.treatment(&f.rel);
+                cache.get(f.rel.as_str(), &Stamp::of(&f.meta), dep.as_ref())
+            }
+            _ => None,
+        })
+        .collect();
+    let cache_hits = cache.hits.load(Ordering::Relaxed);
+    let all_known = found.iter().zip(&cached).all(|(f, p)| f.kind != FoundKind::File || p.is_some());
+    let mut release = None;
+    if all_known {
+        let known = Release::of(spec, &found, &cached, meta.clone())?;
+        if store.has(&known.head.id) {
+            release = Some(known);
+        }
+    }
+    timings.check = t.elapsed();
+
+    // 2. Otherwise one pass reads each file once, hashing and compressing it,
+    //    into the files frame; the metadata frame goes in front of it after.
+    let t = Instant::now();
+    // The cache is saved while the bundle is written: it needs nothing from it.
+    let saving;
+    let reused = release.is_some();
+    let release = match release {
+        Some(r) => {
+            saving = std::thread::spawn(move || cache.save());
+            r
+        }
+        None => {
+            let bundles = store.bundles_dir();
+            let writing = |source| BuildError::Write { path: bundles.clone(), source };
+            let temp = atomic::temp_file(&bundles).map_err(|e| writing(e.into()))?;
+            let total: u64 = found.iter().filter(|f| f.kind == FoundKind::File).map(|f| f.meta.len()).sum();
+            progress.phase("packing", total);
+            let mut files = FilesWriter::new(BufWriter::with_capacity(1 << 20, temp.as_file()), &spec.compression)
+                .map_err(writing)?;
+            let mut prepared = Vec::with_capacity(found.len());
+            let mut buf = Vec::new();
+            for f in &found {
+                prepared.push(match &f.kind {
+                    FoundKind::Dir => files.dir(&f.rel, 0o755).map(|()| None).map_err(writing)?,
+                    FoundKind::Symlink(target) => files.symlink(&f.rel, target).map(|()| None).map_err(writing)?,
+                    FoundKind::File => Some(ctx.pack(f, &mut files, &mut buf, &cache, &bundles)?),
+                });
+                if f.kind == FoundKind::File {
+                    progress.advance(f.meta.len());
+                }
+            }
+            let (out, frame) = files.finish().map_err(writing)?;
+            out.into_inner().map_err(|e| writing(e.into_error().into()))?;
+            timings.pack = t.elapsed();
+            saving = std::thread::spawn(move || cache.save());
+
+            let t = Instant::now();
+            let release = Release::of(spec, &found, &prepared, meta)?;
+            let path = store.bundle_path(&release.head.id);
+            if !store.has(&release.head.id) {
+                progress.phase("writing", 0);
+                let frame_bytes = temp.reopen().map_err(|e| writing(e.into()))?;
+                // Plain files on both sides: the kernel copies the frame (copy_file_range).
+                atomic::write_atomic(&path, |file| {
+                    bundle::assemble(file.file_mut(), &release.head, &frame, frame_bytes, &spec.compression)?;
+                    Ok(())
+                })
+                .map_err(|source| BuildError::Write { path: path.clone(), source })?;
+            }
+            timings.write = t.elapsed();
+            release
+        }
+    };
+    progress.finish();
+
+    let id = release.head.id;
+    let path = store.bundle_path(&id);
+    let (files, bytes) = release.head.manifest.file_totals();
     let size = fs::metadata(&path).map_err(BuildError::io(&path))?.len();
-    let info = match reused.then(|| store.info(&id).ok()).flatten() {
+    let info = match store.info(&id).ok().filter(|_| reused) {
         Some(info) => info,
         None => {
             let info = BundleInfo {
@@ -210,12 +235,14 @@ pub fn build(spec: &BuildSpec, store: &Store, progress: &dyn Progress) -> Result
             info
         }
     };
-    let cache_hits = ctx.cache.hits.load(Ordering::Relaxed);
     let mut warnings = Vec::new();
-    if let Err(e) = ctx.cache.save() {
-        warnings.push(format!("could not save the build cache: {e}"));
+    match saving.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warnings.push(format!("could not save the build cache: {e}")),
+        Err(_) => warnings.push("saving the build cache panicked".into()),
     }
     timings.total = start.elapsed();
+    let Release { head, report } = release;
     Ok(Built {
         id,
         path,
@@ -223,13 +250,74 @@ pub fn build(spec: &BuildSpec, store: &Store, progress: &dyn Progress) -> Result
         reused,
         entries: head.manifest.entries().len(),
         cache_hits,
-        pycs_normalized,
-        scripts_relocated,
-        unrelocated,
-        stale_pycs,
+        pycs_normalized: report.pycs_normalized,
+        scripts_relocated: report.scripts_relocated,
+        unrelocated: report.unrelocated,
+        stale_pycs: report.stale_pycs,
         timings,
         warnings,
     })
+}
+
+/// A release's head, and what its build should tell the user.
+struct Release {
+    head: Head,
+    report: Report,
+}
+
+#[derive(Default)]
+struct Report {
+    pycs_normalized: usize,
+    scripts_relocated: usize,
+    unrelocated: Vec<String>,
+    stale_pycs: Vec<String>,
+}
+
+impl Release {
+    /// The release made of `found`, whose files were prepared (hashed).
+    fn of(
+        spec: &BuildSpec,
+        found: &[Found],
+        prepared: &[Option<Prepared>],
+        meta: ReleaseMeta,
+    ) -> Result<Self, BuildError> {
+        let mut entries = Vec::with_capacity(found.len());
+        let mut report = Report::default();
+        for (f, p) in found.iter().zip(prepared) {
+            let kind = match (&f.kind, p) {
+                (FoundKind::Dir, _) => EntryKind::Dir { mode: 0o755 },
+                (FoundKind::Symlink(target), _) => EntryKind::Symlink { target: target.clone() },
+                (FoundKind::File, Some(p)) => {
+                    match (p.treatment, p.note) {
+                        (_, Some(Note::Unrelocated)) => report.unrelocated.push(f.rel.to_string()),
+                        (_, Some(Note::StalePyc)) => report.stale_pycs.push(f.rel.to_string()),
+                        (Treatment::Pyc, None) => report.pycs_normalized += 1,
+                        (Treatment::Venv(_), None) => report.scripts_relocated += 1,
+                        (Treatment::Plain, None) => {}
+                    }
+                    EntryKind::File { mode: file_mode(f)?, size: p.size, hash: p.hash }
+                }
+                (FoundKind::File, None) => unreachable!("every file was prepared"),
+            };
+            entries.push(Entry { path: f.rel.clone(), kind });
+        }
+        if spec.strict && !report.unrelocated.is_empty() {
+            return Err(BuildError::Unrelocated { count: report.unrelocated.len(), list: report.unrelocated });
+        }
+        let manifest = Manifest::from_entries(entries).map_err(|e| BuildError::Release(e.into()))?;
+        Ok(Self { head: Head::new(manifest, meta)?, report })
+    }
+}
+
+/// A file's mode in the release: 755 if anyone may run it, else 644, as git
+/// does. Setuid and setgid files are refused.
+fn file_mode(f: &Found) -> Result<u32, BuildError> {
+    let mode = f.meta.mode();
+    if mode & 0o6000 != 0 {
+        let bit = if mode & 0o4000 != 0 { "setuid" } else { "setgid" };
+        return Err(BuildError::SetId { path: f.abs.clone(), bit });
+    }
+    Ok(if mode & 0o111 != 0 { 0o755 } else { 0o644 })
 }
 
 /// The release metadata's components, with each config's environments.
@@ -266,11 +354,10 @@ struct Context {
     venvs: Vec<Venv>,
     /// Each `.py` file's stat, for pycs to check themselves against.
     sources: HashMap<RelPath, Stamp>,
-    cache: Cache,
 }
 
 impl Context {
-    fn new(spec: &BuildSpec, found: &[Found], store: &Store) -> Result<Self, BuildError> {
+    fn new(spec: &BuildSpec, found: &[Found]) -> Self {
         let mut venvs = Vec::new();
         for (kind, rel) in &spec.components {
             if *kind != ComponentKind::Venv {
@@ -294,8 +381,7 @@ impl Context {
             .filter(|f| f.kind == FoundKind::File && f.rel.as_str().ends_with(".py"))
             .map(|f| (f.rel.clone(), Stamp::of(&f.meta)))
             .collect();
-        let cache = Cache::load(store.cache_path(&spec.service), &spec.root);
-        Ok(Self { venvs, sources, cache })
+        Self { venvs, sources }
     }
 
     fn venv_of(&self, rel: &RelPath) -> Option<&Venv> {
@@ -314,30 +400,36 @@ impl Context {
         }
     }
 
-    /// Hashes one file (or takes its hash from the cache).
-    fn prepare(&self, f: &Found) -> Result<Prepared, BuildError> {
+    /// Reads one file into `buf`, makes its bundled content, and adds it to
+    /// the files frame, which hashes it.
+    fn pack<W: io::Write>(
+        &self,
+        f: &Found,
+        files: &mut FilesWriter<W>,
+        buf: &mut Vec<u8>,
+        cache: &Cache,
+        bundles: &Path,
+    ) -> Result<Prepared, BuildError> {
+        let mode = file_mode(f)?;
         let stamp = Stamp::of(&f.meta);
         let (treatment, dep) = self.treatment(&f.rel);
-        if let Some(p) = self.cache.get(f.rel.as_str(), &stamp, dep.as_ref()) {
-            return Ok(p);
-        }
-        let data = fs::read(&f.abs).map_err(BuildError::Fs)?;
-        if data.len() as u64 != stamp.size {
+        buf.clear();
+        buf.reserve(stamp.size as usize + 1);
+        let file = fs::File::open(&f.abs).map_err(BuildError::Fs)?;
+        // The size is known from the walk; a bounded read spares a stat per file.
+        io::Read::read_to_end(&mut io::Read::take(file, stamp.size + 1), buf).map_err(BuildError::Fs)?;
+        if buf.len() as u64 != stamp.size {
             return Err(BuildError::Io {
                 path: f.abs.clone(),
                 source: io::Error::other("the file changed size while it was read; build again"),
             });
         }
-        let (content, note) = self.transform(f, treatment, dep.as_ref(), &data);
-        let mut hasher = blake3::Hasher::new();
-        if content.len() > 1 << 20 {
-            hasher.update_rayon(&content);
-        } else {
-            hasher.update(&content);
-        }
-        let prepared =
-            Prepared { hash: BlobHash::from(hasher.finalize()), size: content.len() as u64, treatment, note };
-        self.cache.put(f.rel.as_str(), stamp, dep, prepared.clone());
+        let (content, note) = self.transform(f, treatment, dep.as_ref(), buf);
+        let hash = files
+            .file(&f.rel, mode, &content)
+            .map_err(|source| BuildError::Write { path: bundles.to_path_buf(), source })?;
+        let prepared = Prepared { hash, size: content.len() as u64, treatment, note };
+        cache.put(f.rel.as_str(), stamp, dep, prepared.clone());
         Ok(prepared)
     }
 
@@ -371,16 +463,6 @@ impl Context {
                 (Cow::Borrowed(data), unrelocated.then_some(Note::Unrelocated))
             }
         }
-    }
-
-    /// What goes into the bundle for a prepared file.
-    fn content(&self, f: &Found, p: &Prepared) -> io::Result<Box<dyn Read>> {
-        if p.treatment == Treatment::Plain {
-            return Ok(Box::new(fs::File::open(&f.abs)?));
-        }
-        let data = fs::read(&f.abs)?;
-        let (content, _) = self.transform(f, p.treatment, self.treatment(&f.rel).1.as_ref(), &data);
-        Ok(Box::new(io::Cursor::new(content.into_owned())))
     }
 }
 

@@ -109,24 +109,31 @@ impl Cache {
         Self { path, old, new: Default::default(), root: root.to_path_buf(), hits: Default::default() }
     }
 
-    /// The cached result for `rel`, if its stamps still match.
+    /// The cached result for `rel`, if its stamps still match. A hit is kept
+    /// for the next build.
     pub fn get(&self, rel: &str, stamp: &Stamp, dep: Option<&Stamp>) -> Option<Prepared> {
         let c = self.old.entries.get(rel)?;
         (c.stamp == *stamp && c.dep.as_ref() == dep).then(|| {
             self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.new.lock().expect("cache lock").insert(rel.to_owned(), c.clone());
             c.prepared.clone()
         })
     }
 
-    /// Records a result for the next build.
+    /// Records a freshly computed result for the next build.
     pub fn put(&self, rel: &str, stamp: Stamp, dep: Option<Stamp>, prepared: Prepared) {
         self.new.lock().expect("cache lock").insert(rel.to_owned(), Cached { stamp, dep, prepared });
     }
 
-    /// Writes what this build recorded, leaving out racy entries.
+    /// Writes what this build recorded, leaving out racy entries. When every
+    /// file was a hit and none went away, the file on disk is already right.
     pub fn save(self) -> std::io::Result<()> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         let mut entries = self.new.into_inner().expect("cache lock");
+        let hits = self.hits.into_inner();
+        if hits == entries.len() && hits == self.old.entries.len() {
+            return Ok(());
+        }
         entries.retain(|_, c| {
             // A write sets mtime; a recent ctime alone (touch, chmod, chown) is no race.
             let recent = |s: &Stamp| s.mtime.0 >= now - RACY_SECS;

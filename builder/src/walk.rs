@@ -101,42 +101,60 @@ impl Filter {
     }
 }
 
+/// Below this many directories to walk, the walk goes one level deeper
+/// before it splits the work across threads (a venv keeps nearly all its files
+/// under one directory, so splitting at the top would leave one thread busy).
+const PARALLEL_TASKS: usize = 32;
+
 /// Walks `starts` (release-relative paths; the whole root when empty) under
 /// `root`, in parallel, and returns every kept path by path order. The
 /// directories above each start are included. Paths in `skip` (absolute) are
 /// left out with everything below them.
 pub fn walk(root: &Path, starts: &[RelPath], filter: &Filter, skip: &[PathBuf]) -> Result<Vec<Found>, BuildError> {
     let mut found: BTreeMap<RelPath, Found> = BTreeMap::new();
-    let mut tasks: Vec<PathBuf> = Vec::new();
-    let starts: Vec<Option<&RelPath>> = if starts.is_empty() { vec![None] } else { starts.iter().map(Some).collect() };
+    let mut frontier: Vec<PathBuf> = Vec::new();
+    if starts.is_empty() {
+        frontier.push(root.to_path_buf());
+    }
     for start in starts {
-        let abs = start.map_or_else(|| root.to_path_buf(), |s| root.join(s.as_str()));
-        if let Some(start) = start {
-            // The directories above a component, and the component itself.
-            let mut at = Some(start.clone());
-            while let Some(rel) = at {
-                let abs = root.join(rel.as_str());
-                let meta = fs::symlink_metadata(&abs).map_err(BuildError::io(&abs))?;
-                let kind = classify(&abs, meta.file_type())?;
-                if rel != *start && kind != FoundKind::Dir {
-                    return Err(BuildError::BadPath {
-                        path: abs,
-                        reason: "a component path goes through something that is not a directory".into(),
-                    });
-                }
-                at = rel.parent();
-                found.insert(rel.clone(), Found { rel, abs, meta, kind });
+        // The directories above a component, and the component itself.
+        let mut at = Some(start.clone());
+        while let Some(rel) = at {
+            let abs = root.join(rel.as_str());
+            let meta = fs::symlink_metadata(&abs).map_err(BuildError::Fs)?;
+            let kind = classify(&abs, meta.file_type())?;
+            if rel != *start && kind != FoundKind::Dir {
+                return Err(BuildError::BadPath {
+                    path: abs,
+                    reason: "a component path goes through something that is not a directory".into(),
+                });
             }
-            if found[start].kind != FoundKind::Dir {
-                continue;
-            }
+            at = rel.parent();
+            found.insert(rel.clone(), Found { rel, abs, meta, kind });
         }
-        for entry in fs::read_dir(&abs).map_err(BuildError::io(&abs))? {
-            tasks.push(entry.map_err(BuildError::io(&abs))?.path());
+        if found[start].kind == FoundKind::Dir {
+            frontier.push(root.join(start.as_str()));
         }
     }
+    // Breadth first until there are enough directories to share out.
+    while !frontier.is_empty() && frontier.len() < PARALLEL_TASKS {
+        let mut next = Vec::new();
+        for dir in frontier {
+            for entry in fs::read_dir(&dir).map_err(BuildError::Fs)? {
+                let abs = entry.map_err(BuildError::Fs)?.path();
+                let meta = fs::symlink_metadata(&abs).map_err(BuildError::Fs)?;
+                if let Some(f) = keep(root, abs, meta, filter, skip)? {
+                    if f.kind == FoundKind::Dir {
+                        next.push(f.abs.clone());
+                    }
+                    found.insert(f.rel.clone(), f);
+                }
+            }
+        }
+        frontier = next;
+    }
     let walked: Vec<Result<Vec<Found>, BuildError>> =
-        tasks.par_iter().map(|top| walk_one(root, top, filter, skip)).collect();
+        frontier.par_iter().map(|dir| walk_below(root, dir, filter, skip)).collect();
     for part in walked {
         for f in part? {
             found.insert(f.rel.clone(), f);
@@ -144,16 +162,13 @@ pub fn walk(root: &Path, starts: &[RelPath], filter: &Filter, skip: &[PathBuf]) 
     }
     let mut out: Vec<Found> = found.into_values().collect();
     if let Some(include) = &filter.include {
-        let kept: Vec<bool> = out.iter().map(|f| f.kind == FoundKind::Dir || include.matches(&f.rel, false)).collect();
         let mut keep_dir: std::collections::HashSet<RelPath> = Default::default();
-        for (f, k) in out.iter().zip(&kept) {
-            if *k && f.kind != FoundKind::Dir {
-                let mut at = f.rel.parent();
-                while let Some(p) = at {
-                    at = p.parent();
-                    if !keep_dir.insert(p) {
-                        break;
-                    }
+        for f in out.iter().filter(|f| f.kind != FoundKind::Dir && include.matches(&f.rel, false)) {
+            let mut at = f.rel.parent();
+            while let Some(p) = at {
+                at = p.parent();
+                if !keep_dir.insert(p) {
+                    break;
                 }
             }
         }
@@ -164,46 +179,48 @@ pub fn walk(root: &Path, starts: &[RelPath], filter: &Filter, skip: &[PathBuf]) 
     Ok(out)
 }
 
-fn walk_one(root: &Path, top: &Path, filter: &Filter, skip: &[PathBuf]) -> Result<Vec<Found>, BuildError> {
+/// One path, unless the patterns or `skip` leave it out.
+fn keep(
+    root: &Path,
+    abs: PathBuf,
+    meta: Metadata,
+    filter: &Filter,
+    skip: &[PathBuf],
+) -> Result<Option<Found>, BuildError> {
+    if skip.contains(&abs) {
+        return Ok(None);
+    }
+    let rel = rel_of(root, &abs)?;
+    if filter.excluded(&rel, meta.is_dir()) {
+        return Ok(None);
+    }
+    let kind = classify(&abs, meta.file_type())?;
+    Ok(Some(Found { rel, abs, meta, kind }))
+}
+
+/// Everything below `dir` (not `dir` itself), with walkdir.
+fn walk_below(root: &Path, dir: &Path, filter: &Filter, skip: &[PathBuf]) -> Result<Vec<Found>, BuildError> {
     let mut out = Vec::new();
-    let mut error = None;
-    let walker = WalkDir::new(top).follow_links(false).follow_root_links(false).into_iter().filter_entry(|e| {
-        if skip.iter().any(|s| s == e.path()) {
-            return false;
-        }
-        match rel_of(root, e.path()) {
-            Ok(rel) => !filter.excluded(&rel, e.file_type().is_dir()),
-            Err(_) => true, // reported below, where errors can be returned
-        }
-    });
-    for entry in walker {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) => {
-                let path = e.path().map(Path::to_path_buf).unwrap_or_else(|| top.to_path_buf());
-                let source = e.into_io_error().unwrap_or_else(|| std::io::Error::other("filesystem loop"));
-                return Err(BuildError::Io { path, source });
-            }
-        };
-        let abs = entry.path().to_path_buf();
-        let rel = rel_of(root, &abs)?;
+    let mut walker = WalkDir::new(dir).min_depth(1).follow_links(false).follow_root_links(false).into_iter();
+    while let Some(entry) = walker.next() {
+        let entry = entry.map_err(|e| {
+            let path = e.path().map_or_else(|| dir.to_path_buf(), Path::to_path_buf);
+            let source = e.into_io_error().unwrap_or_else(|| std::io::Error::other("filesystem loop"));
+            BuildError::Io { path, source }
+        })?;
         let meta = entry.metadata().map_err(|e| BuildError::Io {
-            path: abs.clone(),
+            path: entry.path().to_path_buf(),
             source: e.into_io_error().unwrap_or_else(|| std::io::Error::other("cannot stat")),
         })?;
-        let kind = match classify(&abs, entry.file_type()) {
-            Ok(k) => k,
-            Err(e) => {
-                error.get_or_insert(e);
-                continue;
-            }
-        };
-        out.push(Found { rel, abs, meta, kind });
+        let is_dir = entry.file_type().is_dir();
+        match keep(root, entry.into_path(), meta, filter, skip)? {
+            Some(f) => out.push(f),
+            // An excluded directory is not entered.
+            None if is_dir => walker.skip_current_dir(),
+            None => {}
+        }
     }
-    match error {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
+    Ok(out)
 }
 
 fn rel_of(root: &Path, abs: &Path) -> Result<RelPath, BuildError> {

@@ -22,9 +22,7 @@ pub fn write_atomic<T, E: From<io::Error>>(
     fill: impl FnOnce(&mut fs::File) -> Result<T, E>,
 ) -> Result<T, E> {
     let dir = parent(path);
-    let temp = tempfile::Builder::new()
-        .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
-        .tempfile_in(dir)
+    let temp = temp_file(dir)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot create a temporary file in {}: {e}", dir.display())))?;
     let (file, temp_path) = temp.into_parts();
     let mut file = fs::File::from_parts(file, PathBuf::from(&*temp_path));
@@ -39,6 +37,12 @@ pub fn write_atomic<T, E: From<io::Error>>(
         .map_err(|e| io::Error::new(e.error.kind(), format!("cannot rename into {}: {}", path.display(), e.error)))?;
     fsync_dir(dir)?;
     Ok(value)
+}
+
+/// A temporary file in `dir` with this module's naming, removed when dropped
+/// (or, after a crash, by [`remove_stale_temps`]).
+pub fn temp_file(dir: &Path) -> io::Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new().prefix(&format!("{TEMP_PREFIX}{}-", std::process::id())).tempfile_in(dir)
 }
 
 /// Makes a directory's entries (new names, renames) durable.

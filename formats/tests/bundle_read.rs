@@ -157,19 +157,32 @@ fn zst(tar: &[u8]) -> Vec<u8> {
     zstd::stream::encode_all(tar, 3).unwrap()
 }
 
-/// `compressed` followed by ferry's trailer: a skippable frame holding its blake3.
-fn with_trailer(mut compressed: Vec<u8>) -> Vec<u8> {
-    let hash = blake3::hash(&compressed);
-    compressed.extend_from_slice(&0x184D_2A5Eu32.to_le_bytes());
-    compressed.extend_from_slice(&40u32.to_le_bytes());
-    compressed.extend_from_slice(b"ferry-b3");
-    compressed.extend_from_slice(hash.as_bytes());
-    compressed
+/// A metadata frame and a files frame, followed by ferry's trailer: a
+/// skippable frame holding the blake3 of each.
+fn seal(metadata_frame: Vec<u8>, files_frame: Vec<u8>) -> Vec<u8> {
+    let trailer = ferry_formats::bundle::trailer(blake3::hash(&metadata_frame), blake3::hash(&files_frame));
+    [metadata_frame, files_frame, trailer.to_vec()].concat()
 }
 
 /// The one helper that crafts a bundle.
+/// A bundle of `parts` as ferry lays it out: the first three entries (the
+/// metadata) in a zstd frame of their own, the rest and the end marker in a
+/// second, then the trailer.
 fn bundle(parts: &[Part]) -> Vec<u8> {
-    with_trailer(zst(&tar_of(parts)))
+    sealed(&tar_of(parts))
+}
+
+/// A tar stream that starts with the good metadata entries, compressed as ferry
+/// does: the metadata in a zstd frame of its own, the rest in a second.
+fn two_frames(tar: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let split = (tar_of(&good()[..3]).len() - 1024).min(tar.len());
+    (zst(&tar[..split]), zst(&tar[split..]))
+}
+
+/// [`two_frames`] and the trailer.
+fn sealed(tar: &[u8]) -> Vec<u8> {
+    let (metadata, files) = two_frames(tar);
+    seal(metadata, files)
 }
 
 /// The good bundle with the entry at `path` replaced by `with` (one or more parts).
@@ -231,13 +244,9 @@ fn corrupt(bundle: &[u8]) -> String {
 #[test]
 fn crafted_good_bundle_is_the_writers_bundle() {
     let head = good_head();
-    let written = write(
-        Vec::new(),
-        &head,
-        &WriteOptions { level: 3, workers: 1 },
-        |e| Ok(io::Cursor::new(content(e.path.as_str()))),
-        |_| {},
-    )
+    let written = write(Vec::new(), &head, &WriteOptions { level: 3, workers: 1 }, |e| {
+        Ok(io::Cursor::new(content(e.path.as_str())))
+    })
     .unwrap();
     assert!(
         zstd::stream::decode_all(&written[..]).unwrap() == tar_of(&good()),
@@ -262,7 +271,7 @@ fn longest_path_and_link_target_are_accepted() {
     assert_eq!(long.len(), 4096);
     entries.push(file(&long, 0o644, A));
     let head = Head::new(Manifest::from_entries(entries).unwrap(), meta()).unwrap();
-    let bytes = write(Vec::new(), &head, &WriteOptions { level: 3, workers: 1 }, |_| Ok(A), |_| {}).unwrap();
+    let bytes = write(Vec::new(), &head, &WriteOptions { level: 3, workers: 1 }, |_| Ok(A)).unwrap();
     read(&bytes[..], Some(&head.id), &mut Discard).unwrap();
 }
 
@@ -572,18 +581,14 @@ fn crafted_content_hash_mismatch() {
 #[test]
 fn written_bundle_with_one_flipped_content_byte() {
     let head = good_head();
-    let written = write(
-        Vec::new(),
-        &head,
-        &WriteOptions { level: 3, workers: 1 },
-        |e| Ok(io::Cursor::new(content(e.path.as_str()))),
-        |_| {},
-    )
+    let written = write(Vec::new(), &head, &WriteOptions { level: 3, workers: 1 }, |e| {
+        Ok(io::Cursor::new(content(e.path.as_str())))
+    })
     .unwrap();
     let mut tar = zstd::stream::decode_all(&written[..]).unwrap();
     let at = tar.windows(A.len()).position(|w| w == A).unwrap();
     tar[at + 6] ^= 0x01; // print('a') -> print('`')
-    let msg = refused(&zst(&tar));
+    let msg = refused(&sealed(&tar));
     assert!(msg.contains("entry \"app/a\" (#2 of the manifest): content hashes to"), "{msg}");
     assert!(msg.contains(&format!("the manifest says {}", BlobHash::of(A))), "{msg}");
 }
@@ -596,7 +601,7 @@ fn tar_stream_ends_inside_a_file() {
     let mut tar = tar_of(&parts[..i]);
     tar.truncate(tar.len() - 1024); // no end marker yet
     tar.extend_from_slice(&tar_of(&parts[i..=i])[..512 + 3]);
-    let msg = refused(&zst(&tar));
+    let msg = refused(&sealed(&tar));
     assert!(msg.contains("entry \"app/b\" (#3 of the manifest): 3 bytes of content, the manifest says 17"), "{msg}");
 }
 
@@ -621,7 +626,7 @@ fn trailing_tar_entry_not_in_manifest() {
 fn extra_block_after_the_end_of_the_archive() {
     let mut tar = tar_of(&good());
     tar.extend_from_slice(&[0x41; 512]);
-    let msg = refused(&zst(&tar));
+    let msg = refused(&sealed(&tar));
     assert!(
         msg.contains("after the end of the archive: 1024 trailing bytes, expected one 512-byte zero block"),
         "{msg}"
@@ -630,7 +635,7 @@ fn extra_block_after_the_end_of_the_archive() {
     let mut tar = tar_of(&good());
     tar.truncate(tar.len() - 512);
     tar.extend_from_slice(&tar_of(&[file_part("zzz", 0o644, A)]));
-    let msg = refused(&zst(&tar));
+    let msg = refused(&sealed(&tar));
     assert!(msg.contains("after the end of the archive: 2048 trailing bytes"), "{msg}");
 }
 
@@ -638,10 +643,10 @@ fn extra_block_after_the_end_of_the_archive() {
 fn missing_end_blocks() {
     let mut tar = tar_of(&good());
     tar.truncate(tar.len() - 512);
-    let msg = refused(&zst(&tar));
+    let msg = refused(&sealed(&tar));
     assert!(msg.contains("after the end of the archive: 0 trailing bytes, expected one 512-byte zero block"), "{msg}");
     tar.truncate(tar.len() - 512);
-    let msg = refused(&zst(&tar));
+    let msg = refused(&sealed(&tar));
     assert!(msg.contains("after the end of the archive: 0 trailing bytes"), "{msg}");
 }
 
@@ -677,7 +682,15 @@ fn second_zstd_frame_after_the_bundle() {
 fn truncated_zstd_stream() {
     // 512 KiB of incompressible content (several zstd blocks), so half the
     // compressed bytes cuts the stream inside that file.
-    let big: Vec<u8> = (0u32..1 << 19).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let big: Vec<u8> = (0..1 << 19)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
     let mut entries = good_entries();
     entries.push(file("zzz", 0o644, &big));
     let head = Head::new(Manifest::from_entries(entries).unwrap(), meta()).unwrap();
@@ -702,18 +715,23 @@ fn not_zstd_at_all() {
 
 #[test]
 fn zstd_window_larger_than_allowed() {
-    // A hand-made frame: header with a 256 MiB window (log 28), one raw last block.
+    // Hand-made frames: a header with the given window, one raw last block.
     let tar = tar_of(&good());
     assert!(tar.len() < 128 << 10);
-    let frame = |window_log: u8| {
+    let split = tar_of(&good()[..3]).len() - 1024;
+    let frame = |window_log: u8, data: &[u8]| {
         let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, (window_log - 10) << 3];
-        f.extend_from_slice(&((tar.len() as u32) << 3 | 1).to_le_bytes()[..3]);
-        f.extend_from_slice(&tar);
+        f.extend_from_slice(&((data.len() as u32) << 3 | 1).to_le_bytes()[..3]);
+        f.extend_from_slice(data);
         f
     };
-    read(&with_trailer(frame(20))[..], None, &mut Discard).unwrap();
-    let msg = corrupt(&frame(28));
+    let bundle = |meta_log: u8, files_log: u8| seal(frame(meta_log, &tar[..split]), frame(files_log, &tar[split..]));
+    read(&bundle(20, 20)[..], None, &mut Discard).unwrap();
+    // A 256 MiB window (log 28) in either frame.
+    let msg = corrupt(&bundle(28, 20));
     assert!(msg.contains("corrupt or truncated at the start: Frame requires too much memory"), "{msg}");
+    let msg = corrupt(&bundle(20, 28));
+    assert!(msg.contains("Frame requires too much memory"), "{msg}");
 }
 
 #[test]
@@ -722,7 +740,7 @@ fn bad_header_checksum() {
     let mut tar = tar_of(&good());
     let h = tar.windows(6).position(|w| w == b"app/a\0").unwrap();
     tar[h + 136] ^= 0x01;
-    let msg = corrupt(&zst(&tar));
+    let msg = corrupt(&sealed(&tar));
     assert!(
         msg.contains("corrupt or truncated after entry \"app\" (tar entry #4): archive header checksum mismatch"),
         "{msg}"
@@ -999,21 +1017,34 @@ fn a_flipped_bit_that_decodes_the_same_is_caught_by_the_trailer() {
     let mut bytes = bundle(&good());
     bytes[4] ^= 0x10;
     let msg = refused(&bytes);
-    assert!(msg.starts_with("after the zstd frame: the file's bytes hash to "), "{msg}");
+    assert!(msg.starts_with("after the zstd frame: the metadata frame's bytes hash to "), "{msg}");
     assert!(msg.ends_with("the file was changed after it was written"), "{msg}");
 }
 
 #[test]
 fn a_missing_or_damaged_trailer_is_refused() {
-    let plain = zst(&tar_of(&good()));
+    let plain = two_frames(&tar_of(&good())).0;
+    let plain = [plain, two_frames(&tar_of(&good())).1].concat();
     assert_eq!(refused(&plain), "after the zstd frame: the checksum trailer is missing (truncated?)");
     let good_bytes = bundle(&good());
     let cut = &good_bytes[..good_bytes.len() - 10];
     assert_eq!(refused(cut), "after the zstd frame: the checksum trailer is cut short (truncated?)");
     let mut junk = plain.clone();
-    junk.extend_from_slice(&[0xAB; 48]);
+    junk.extend_from_slice(&[0xAB; 80]);
     assert_eq!(
         refused(&junk),
         "after the zstd frame: trailing data after the compressed stream, where the checksum trailer belongs"
     );
+}
+
+#[test]
+fn a_flipped_bit_in_the_files_frame_header_is_caught_too() {
+    let (metadata, mut files) = two_frames(&tar_of(&good()));
+    let sealed_good = seal(metadata.clone(), files.clone());
+    read(&sealed_good[..], None, &mut Discard).unwrap();
+    let good_trailer = sealed_good[sealed_good.len() - 80..].to_vec();
+    files[4] ^= 0x10; // the unused bit of the files frame's header descriptor
+    let bytes = [metadata, files, good_trailer].concat();
+    let msg = refused(&bytes);
+    assert!(msg.starts_with("after the zstd frame: the files frame's bytes hash to "), "{msg}");
 }

@@ -58,7 +58,8 @@ pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
             "warnings": built.warnings,
             "timings_ms": {
                 "walk": output::ms(built.timings.walk),
-                "hash": output::ms(built.timings.hash),
+                "check": output::ms(built.timings.check),
+                "pack": output::ms(built.timings.pack),
                 "write": output::ms(built.timings.write),
                 "total": output::ms(built.timings.total),
             },

@@ -1,0 +1,286 @@
+//! The bundle: one release as a reproducible `.tar.zst` file.
+//!
+//! Decompressed, a bundle is one tar stream:
+//!
+//! | order | tar entry | type | content |
+//! |---|---|---|---|
+//! | 1 | `.ferry` | directory, mode 755 | |
+//! | 2 | `.ferry/manifest` | file, mode 644 | the canonical [manifest](crate::manifest) text |
+//! | 3 | `.ferry/release.json` | file, mode 644 | the canonical [release metadata](crate::release) |
+//! | 4… | every manifest entry, in manifest order | directory, file or symlink | the release's files |
+//! | end | two 512-byte zero blocks | | |
+//!
+//! Every header is a GNU tar header with mtime [`NORMALIZED_MTIME`], uid and
+//! gid 0, no user or group names, and the manifest's mode; a name or link
+//! target longer than 100 bytes is carried by a GNU long-name entry
+//! (`././@LongLink`, type `L` or `K`). No PAX headers, no hard links, no
+//! devices. GNU tar and bsdtar list and extract a bundle as they would any
+//! tarball.
+//!
+//! The file is three zstd frames, which any zstd decoder reads as one stream:
+//!
+//! | frame | holds | compression |
+//! |---|---|---|
+//! | metadata | entries 1–3 | level of [`WriteOptions`], one thread, content checksum |
+//! | files | entries 4… and the end blocks | the same level, multi-threaded, window 2^[`WINDOW_LOG`], content checksum |
+//! | trailer | 80 bytes, a *skippable* frame that decoders pass over | |
+//!
+//! The metadata has a frame of its own so a builder can read each file once,
+//! hashing and compressing it in the same pass, and put the manifest — known
+//! only at the end — in front. zstd's multi-threaded output does not depend on
+//! the number of worker threads, so the same release gives the same bytes on
+//! any machine (the `same_bytes_with_any_worker_count` test).
+//!
+//! | trailer bytes | field |
+//! |---|---|
+//! | 0..4 | skippable-frame magic `0x184D2A5E`, little-endian |
+//! | 4..8 | payload length, 72, little-endian |
+//! | 8..16 | `ferry-b3` |
+//! | 16..48 | blake3 of the metadata frame's bytes |
+//! | 48..80 | blake3 of the files frame's bytes |
+//!
+//! Some bits of a compressed stream do not change what it decodes to (unused
+//! header bits, slack in entropy tables); the trailer makes a flip of any bit
+//! of the file an error, not only one that changes a file's content. Each
+//! frame has its own hash so a builder can hash the files frame as it writes
+//! it, and copy it behind the metadata without reading it again.
+//!
+//! Reading is strict ([`read`]): the metadata must come first, in its own
+//! frame; the manifest and metadata must be canonical; the computed
+//! [`ReleaseId`] must be the expected one; then every tar entry must be the next
+//! manifest entry — same path, type, mode, size, target and blake3 — and
+//! nothing may follow the end of the archive but the trailer. The reader never
+//! unpacks anything itself: a [`Visitor`] sees each entry after its path has
+//! been checked and learns of a bad hash before the reader returns. The tar
+//! crate runs in raw mode so ferry, not the crate, decides what every header
+//! means.
+
+mod read;
+mod write;
+
+pub use read::{read, read_head, Discard, ReadError, Verified, Visitor};
+pub use write::{assemble, write, FilesFrame, FilesWriter, WriteError};
+
+use crate::manifest::ManifestError;
+use crate::release::MetaError;
+use crate::{Manifest, ReleaseId, ReleaseMeta};
+
+#[cfg(doc)]
+use crate::NORMALIZED_MTIME;
+
+/// The bundle layout version. It changes with the manifest or metadata format.
+pub const FORMAT_VERSION: u32 = 1;
+/// Where the metadata lives in a bundle.
+pub const META_DIR: &str = ".ferry";
+/// The manifest's path in a bundle.
+pub const MANIFEST_PATH: &str = ".ferry/manifest";
+/// The release metadata's path in a bundle.
+pub const RELEASE_PATH: &str = ".ferry/release.json";
+/// The largest manifest a reader accepts (about two million entries).
+pub const MAX_MANIFEST: u64 = 256 << 20;
+/// The largest release metadata a reader accepts.
+pub const MAX_META: u64 = 1 << 20;
+/// The largest window a reader lets the zstd stream ask for (128 MiB).
+pub(crate) const MAX_WINDOW_LOG: u32 = 27;
+/// GNU long names longer than a path can be are refused before they are read.
+pub(crate) const MAX_LONG_NAME: u64 = crate::path::MAX_PATH as u64 + 1;
+/// The trailer: a skippable frame holding the blake3 of each frame before it.
+pub(crate) const TRAILER_LEN: usize = 80;
+const TRAILER_MAGIC: u32 = 0x184D_2A5E;
+const TRAILER_TAG: &[u8; 8] = b"ferry-b3";
+/// The trailer's first 16 bytes, the same in every bundle.
+pub(crate) const TRAILER_START: [u8; 16] = {
+    let mut t = [0u8; 16];
+    let (magic, len) = (TRAILER_MAGIC.to_le_bytes(), ((TRAILER_LEN - 8) as u32).to_le_bytes());
+    let mut i = 0;
+    while i < 4 {
+        t[i] = magic[i];
+        t[4 + i] = len[i];
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 8 {
+        t[8 + i] = TRAILER_TAG[i];
+        i += 1;
+    }
+    t
+};
+
+/// The trailer of a bundle whose metadata and files frames hash to these.
+pub fn trailer(metadata_frame: blake3::Hash, files_frame: blake3::Hash) -> [u8; TRAILER_LEN] {
+    let mut t = [0u8; TRAILER_LEN];
+    t[..16].copy_from_slice(&TRAILER_START);
+    t[16..48].copy_from_slice(metadata_frame.as_bytes());
+    t[48..80].copy_from_slice(files_frame.as_bytes());
+    t
+}
+
+/// The zstd window, as a power of two: 4 MiB, twice level 3's default.
+/// Measured on the benchmark release (10,000 files, 183 MiB): 0.6% smaller at
+/// the same speed, because a venv repeats itself across more than 2 MiB.
+/// Decompressing needs a 4 MiB buffer.
+pub const WINDOW_LOG: u32 = 22;
+
+/// How to compress a bundle.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// zstd level, 1 to 19.
+    pub level: i32,
+    /// zstd worker threads (at least 1; the output does not depend on it).
+    pub workers: u32,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        Self { level: 3, workers: cores }
+    }
+}
+
+/// What a bundle is: its id, manifest and metadata.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub id: ReleaseId,
+    pub manifest: Manifest,
+    pub meta: ReleaseMeta,
+}
+
+impl Head {
+    /// Validates a manifest and metadata as a pair and computes their id.
+    pub fn new(manifest: Manifest, meta: ReleaseMeta) -> Result<Self, HeadError> {
+        meta.validate()?;
+        manifest.check_links(|p| meta.may_link_outside(p))?;
+        let id = ReleaseId::compute(&manifest.to_text(), &meta.to_canonical());
+        Ok(Self { id, manifest, meta })
+    }
+}
+
+/// Why a manifest and metadata do not make a release.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::{self, Read};
+
+    use super::*;
+    use crate::release::{Component, ComponentKind, FORMAT_VERSION};
+    use crate::{BlobHash, Entry, EntryKind, RelPath};
+
+    /// A release with a long path and a long link target, and its file contents.
+    pub(crate) fn sample() -> (Head, BTreeMap<String, Vec<u8>>) {
+        let long = format!("app/{}", "d".repeat(120));
+        let files: BTreeMap<String, Vec<u8>> = [
+            ("app/main.py".to_string(), b"print('hi')\n".to_vec()),
+            (format!("{long}/x.txt"), vec![7u8; 70_000]),
+            ("venv/bin/gunicorn".to_string(), b"#!/bin/sh\n".to_vec()),
+        ]
+        .into();
+        let mut entries = vec![
+            Entry { path: RelPath::new("app").unwrap(), kind: EntryKind::Dir { mode: 0o755 } },
+            Entry { path: RelPath::new(long.clone()).unwrap(), kind: EntryKind::Dir { mode: 0o755 } },
+            Entry { path: RelPath::new("venv").unwrap(), kind: EntryKind::Dir { mode: 0o755 } },
+            Entry { path: RelPath::new("venv/bin").unwrap(), kind: EntryKind::Dir { mode: 0o755 } },
+            Entry {
+                path: RelPath::new("venv/bin/python").unwrap(),
+                kind: EntryKind::Symlink { target: format!("/opt/{}/python3", "p".repeat(110)) },
+            },
+            Entry { path: RelPath::new("link").unwrap(), kind: EntryKind::Symlink { target: format!("{long}/x.txt") } },
+        ];
+        for (p, c) in &files {
+            let mode = if p.contains("/bin/") { 0o755 } else { 0o644 };
+            entries.push(Entry {
+                path: RelPath::new(p.clone()).unwrap(),
+                kind: EntryKind::File { mode, size: c.len() as u64, hash: BlobHash::of(c) },
+            });
+        }
+        let meta = ReleaseMeta {
+            format: FORMAT_VERSION,
+            service: "shop".into(),
+            version: Some("v1".into()),
+            git: None,
+            components: vec![
+                Component { kind: ComponentKind::Code, path: RelPath::new("app").unwrap(), environments: vec![] },
+                Component { kind: ComponentKind::Venv, path: RelPath::new("venv").unwrap(), environments: vec![] },
+            ],
+        };
+        (Head::new(Manifest::from_entries(entries).unwrap(), meta).unwrap(), files)
+    }
+
+    pub(crate) fn write_sample(workers: u32) -> (Head, Vec<u8>) {
+        let (head, files) = sample();
+        let opts = WriteOptions { level: 3, workers };
+        let bytes = write(Vec::new(), &head, &opts, |e| Ok(&files[e.path.as_str()][..])).unwrap();
+        (head, bytes)
+    }
+
+    #[test]
+    fn round_trip_checks_every_byte() {
+        let (head, bytes) = write_sample(2);
+        struct Collect(Vec<(String, Vec<u8>)>);
+        impl Visitor for Collect {
+            fn entry(&mut self, e: &Entry, content: &mut dyn Read) -> io::Result<()> {
+                let mut buf = Vec::new();
+                content.read_to_end(&mut buf)?;
+                self.0.push((e.path.to_string(), buf));
+                Ok(())
+            }
+        }
+        let mut seen = Collect(Vec::new());
+        let verified = read(&bytes[..], Some(&head.id), &mut seen).unwrap();
+        assert_eq!(verified.head().id, head.id);
+        assert_eq!(seen.0.len(), head.manifest.entries().len());
+        let (_, files) = sample();
+        for (p, c) in &seen.0 {
+            if let Some(want) = files.get(p) {
+                assert_eq!(c, want, "{p}");
+            }
+        }
+        assert_eq!(read_head(&bytes[..], None).unwrap().id, head.id);
+    }
+
+    #[test]
+    fn same_bytes_with_any_worker_count() {
+        let (_, one) = write_sample(1);
+        let (_, three) = write_sample(3);
+        assert!(one == three, "zstd output depends on the number of workers");
+    }
+
+    #[test]
+    fn writer_refuses_content_that_is_not_the_manifests() {
+        let (head, mut files) = sample();
+        files.get_mut("app/main.py").unwrap().pop();
+        let err = write(Vec::new(), &head, &WriteOptions::default(), |e| Ok(&files[e.path.as_str()][..])).unwrap_err();
+        assert!(err.to_string().contains("\"app/main.py\" changed while the bundle was written (11 bytes"), "{err}");
+        files.get_mut("app/main.py").unwrap().push(b'?');
+        let err = write(Vec::new(), &head, &WriteOptions::default(), |e| Ok(&files[e.path.as_str()][..])).unwrap_err();
+        assert!(err.to_string().contains("changed while the bundle was written (blake3 "), "{err}");
+    }
+
+    #[test]
+    fn files_must_come_in_manifest_order() {
+        let mut w = FilesWriter::new(Vec::new(), &WriteOptions::default()).unwrap();
+        w.dir(&RelPath::new("b").unwrap(), 0o755).unwrap();
+        let err = w.file(&RelPath::new("a").unwrap(), 0o644, b"").unwrap_err();
+        assert_eq!(err.to_string(), "entry \"a\" comes after \"b\": a bundle's entries must be in manifest order");
+    }
+
+    #[test]
+    fn metadata_in_the_files_frame_is_refused() {
+        // One zstd frame for everything, sealed as if it were the metadata and an empty files frame.
+        let (head, bytes) = write_sample(1);
+        let tar = zstd::decode_all(&bytes[..]).unwrap();
+        let mut one = zstd::encode_all(&tar[..], 3).unwrap();
+        let hash = blake3::hash(&one);
+        one.extend_from_slice(&trailer(hash, blake3::hash(b"")));
+        let err = read(&one[..], Some(&head.id), &mut Discard).unwrap_err().to_string();
+        assert!(err.starts_with("the metadata frame: it decompresses to "), "{err}");
+        assert!(err.ends_with("the metadata must be a zstd frame of its own"), "{err}");
+    }
+}
