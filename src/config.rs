@@ -260,6 +260,41 @@ mod tests {
         assert!(err.contains("media path \"app\" is already the code component"), "{err}");
     }
 
+    /// Every example config the project ships parses: the fixtures and the
+    /// full example in docs/ferry-toml.md.
+    #[test]
+    fn every_example_config_parses() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut checked = 0;
+        for entry in walkdir_like(&repo.join("fixtures")) {
+            if entry.file_name().is_some_and(|n| n == "ferry.toml") {
+                let text = fs_err::read_to_string(&entry).unwrap();
+                Config::parse(&entry, &text).unwrap_or_else(|e| panic!("{}: {e:#}", entry.display()));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 2, "found {checked} fixture configs");
+        let docs = fs_err::read_to_string(repo.join("docs/ferry-toml.md")).unwrap();
+        let block = docs.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).expect("a toml block");
+        let c = Config::parse(&repo.join("docs/ferry.toml"), block).unwrap();
+        assert_eq!(c.components.len(), 6, "the docs example names every component kind");
+        assert!(c.exclude.contains(&"media/cache/".to_string()));
+    }
+
+    /// The files below `dir`, recursively (a test helper; the builder walks with walkdir).
+    fn walkdir_like(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in fs_err::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walkdir_like(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+
     #[test]
     fn missing_service() {
         let err = parse("[components]\n").unwrap_err().to_string();
