@@ -24,7 +24,7 @@
 //! Anything that does not render back to the same bytes is refused, so a
 //! manifest has exactly one text and one id.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 
 use crate::path::MAX_PATH;
 use crate::{BlobHash, RelPath};
@@ -32,8 +32,9 @@ use crate::{BlobHash, RelPath};
 /// The manifest format version.
 pub const FORMAT_VERSION: u32 = 1;
 const HEADER: &str = "ferry-manifest 1";
-/// How many symlinks a path may pass through while resolving (Linux's limit).
-const MAX_LINK_HOPS: u32 = 40;
+/// The most entries a manifest may have. A release of a million files is far
+/// past any real service; the cap bounds a hostile manifest's memory.
+pub const MAX_ENTRIES: usize = 1_000_000;
 
 /// Why a manifest was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,8 +116,13 @@ impl Manifest {
             let line = text.lines().count();
             return Err(line_err(line, "the last line has no newline (truncated?)".into()));
         }
-        let mut entries = Vec::new();
-        for (i, line) in body.lines().enumerate() {
+        let count = body.bytes().filter(|&b| b == b'\n').count();
+        if count > MAX_ENTRIES {
+            return Err(line_err(MAX_ENTRIES + 2, format!("{count} entries; at most {MAX_ENTRIES} are accepted")));
+        }
+        let mut entries = Vec::with_capacity(count);
+        // Split on '\n' only: a '\r' stays in the line and is refused with its line number.
+        for (i, line) in body.split_terminator('\n').enumerate() {
             let n = i + 2;
             let entry = parse_line(line).map_err(|reason| line_err(n, reason))?;
             if let Some(prev) = entries.last().map(|e: &Entry| &e.path) {
@@ -168,69 +174,117 @@ impl Manifest {
             .fold((0, 0), |(n, b), e| (n + 1, b + e.size()))
     }
 
-    /// Checks that every symlink resolves inside the release, following the
-    /// release's own symlinks on the way. `may_link_outside` says which links
-    /// may have an absolute target (a virtualenv's interpreter).
+    /// Checks that every symlink resolves inside the release, as the kernel
+    /// would resolve it, through the release's own symlinks. A link whose
+    /// target is absolute — or that ends on such a link — is refused unless
+    /// `may_link_outside` allows it (a virtualenv's interpreter links); no
+    /// link may pass *through* an outside link. Each link is resolved once,
+    /// so the check is linear in the size of the manifest.
     pub fn check_links(&self, may_link_outside: impl Fn(&RelPath) -> bool) -> Result<(), ManifestError> {
+        let mut resolver = Resolver { manifest: self, may_link_outside: &may_link_outside, done: HashMap::new() };
         for e in &self.entries {
             if let EntryKind::Symlink { target } = &e.kind {
-                let external = target.starts_with('/');
-                let result = if external {
-                    if may_link_outside(&e.path) {
-                        Ok(())
-                    } else {
-                        Err(format!("symlink to {target:?} points outside the release"))
-                    }
-                } else {
-                    self.resolve_link(&e.path, target)
-                };
-                result.map_err(|reason| ManifestError::Entry { path: e.path.to_string(), reason })?;
+                resolver
+                    .link(e.path.as_str(), target)
+                    .map_err(|reason| ManifestError::Entry { path: e.path.to_string(), reason })?;
             }
         }
         Ok(())
+    }
+}
+
+/// Where a path leads inside a release.
+#[derive(Clone)]
+enum Resolved {
+    /// To this existing path (empty: the release root).
+    Inside(String),
+    /// Nowhere: a missing component, or a file used as a directory. The kernel
+    /// stops there (ENOENT, ENOTDIR), so nothing can escape through it.
+    Nowhere,
+    /// To an allowed link that points outside the release.
+    Outside,
+}
+
+struct Resolver<'a, F> {
+    manifest: &'a Manifest,
+    may_link_outside: &'a F,
+    /// Each link's resolution, once known; `None` while it is being resolved (a loop).
+    done: HashMap<String, Option<Result<Resolved, String>>>,
+}
+
+impl<F: Fn(&RelPath) -> bool> Resolver<'_, F> {
+    /// Where the link at `path` leads.
+    fn link(&mut self, path: &str, target: &str) -> Result<Resolved, String> {
+        match self.done.get(path) {
+            Some(Some(r)) => return r.clone(),
+            Some(None) => return Err(format!("symlink to {target:?} is part of a loop of links")),
+            None => {}
+        }
+        self.done.insert(path.to_owned(), None);
+        let result = if target.starts_with('/') {
+            let allowed = RelPath::new(path).is_ok_and(|p| (self.may_link_outside)(&p)) && is_interpreter(target);
+            if allowed {
+                Ok(Resolved::Outside)
+            } else {
+                Err(format!("symlink to {target:?} points outside the release"))
+            }
+        } else {
+            let parent = path.rfind('/').map_or("", |i| &path[..i]);
+            match self.walk(parent, target) {
+                Ok(Resolved::Outside) if !RelPath::new(path).is_ok_and(|p| (self.may_link_outside)(&p)) => {
+                    Err(format!("symlink to {target:?} ends at a link that points outside the release"))
+                }
+                Err(why) => Err(format!("symlink to {target:?} {why}")),
+                other => other,
+            }
+        };
+        self.done.insert(path.to_owned(), Some(result.clone()));
+        result
     }
 
-    /// Resolves a relative link target the way the kernel would, with the
-    /// release's own symlinks, and fails if it climbs above the release root.
-    fn resolve_link(&self, link: &RelPath, target: &str) -> Result<(), String> {
-        let escape = || format!("symlink to {target:?} resolves outside the release");
-        let mut at: Vec<String> =
-            link.parent().map(|p| p.components().map(str::to_owned).collect()).unwrap_or_default();
-        let mut pending: VecDeque<String> = target.split('/').map(str::to_owned).collect();
-        let mut hops = 0;
-        while let Some(c) = pending.pop_front() {
-            match c.as_str() {
-                "" | "." => {}
-                ".." => {
-                    at.pop().ok_or_else(escape)?;
+    /// Resolves `target`'s components from the directory `from`.
+    fn walk(&mut self, from: &str, target: &str) -> Result<Resolved, String> {
+        let mut at = from.to_owned();
+        let parts: Vec<&str> = target.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+        for (i, part) in parts.iter().enumerate() {
+            if *part == ".." {
+                if at.is_empty() {
+                    return Err("resolves outside the release".into());
                 }
-                _ => {
-                    at.push(c);
-                    if pending.is_empty() {
-                        // The last component may itself be a link; it is checked on its own.
-                        break;
+                at.truncate(at.rfind('/').unwrap_or(0));
+                continue;
+            }
+            if !at.is_empty() {
+                at.push('/');
+            }
+            at.push_str(part);
+            let last = i + 1 == parts.len();
+            match self.manifest.get(&at).map(|e| e.kind.clone()) {
+                None => return Ok(Resolved::Nowhere),
+                Some(EntryKind::Dir { .. }) => {}
+                Some(EntryKind::File { .. }) if last => {}
+                Some(EntryKind::File { .. }) => return Ok(Resolved::Nowhere),
+                Some(EntryKind::Symlink { target: next }) => match self.link(&at, &next)? {
+                    Resolved::Inside(there) => at = there,
+                    Resolved::Nowhere => return Ok(Resolved::Nowhere),
+                    Resolved::Outside if last => return Ok(Resolved::Outside),
+                    Resolved::Outside => {
+                        return Err(format!("goes through {:?}, which points outside the release", &at[..]));
                     }
-                    let so_far = at.join("/");
-                    if let Some(Entry { kind: EntryKind::Symlink { target: next }, .. }) = self.get(&so_far) {
-                        hops += 1;
-                        if hops > MAX_LINK_HOPS {
-                            return Err(format!("symlink to {target:?} passes through too many links"));
-                        }
-                        if next.starts_with('/') {
-                            return Err(format!(
-                                "symlink to {target:?} goes through {so_far:?}, which points outside the release"
-                            ));
-                        }
-                        at.pop();
-                        for part in next.split('/').rev() {
-                            pending.push_front(part.to_owned());
-                        }
-                    }
-                }
+                },
             }
         }
-        Ok(())
+        Ok(Resolved::Inside(at))
     }
+}
+
+/// An absolute, normalized path to a Python interpreter: what a venv's
+/// `bin/python*` links point at.
+fn is_interpreter(target: &str) -> bool {
+    let name = target.rsplit('/').next().unwrap_or("");
+    target.starts_with('/')
+        && target[1..].split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+        && (name.starts_with("python") || name.starts_with("pypy"))
 }
 
 fn parse_line(line: &str) -> Result<Entry, String> {
@@ -424,7 +478,7 @@ mod tests {
 
     #[test]
     fn links_must_stay_inside() {
-        let ok = |m: &Manifest| m.check_links(|p| p.as_str() == "venv/bin/python");
+        let ok = |m: &Manifest| m.check_links(|p| p.as_str().starts_with("venv/bin/python"));
         ok(&sample()).unwrap();
         let escapes = [
             (vec![link("a", "../x")], "resolves outside"),
@@ -437,12 +491,25 @@ mod tests {
                 vec![
                     dir("venv"),
                     dir("venv/bin"),
-                    link("venv/bin/python", "/usr"),
+                    link("venv/bin/python", "/usr/bin/python3"),
                     link("x", "venv/bin/python/../etc"),
                 ],
                 "goes through \"venv/bin/python\"",
             ),
-            (vec![link("a", "b/x"), link("b", "a/x")], "too many links"),
+            // Ending at it: x would be a second way out.
+            (
+                vec![
+                    dir("venv"),
+                    dir("venv/bin"),
+                    link("venv/bin/python", "/usr/bin/python3"),
+                    link("x", "venv/bin/python"),
+                ],
+                "ends at a link that points outside",
+            ),
+            // An interpreter link must name an interpreter.
+            (vec![dir("venv"), dir("venv/bin"), link("venv/bin/python", "/")], "points outside"),
+            (vec![dir("venv"), dir("venv/bin"), link("venv/bin/python", "/usr/../etc/python")], "points outside"),
+            (vec![link("a", "b/x"), link("b", "a/x")], "loop of links"),
         ];
         for (entries, want) in escapes {
             let m = Manifest::from_entries(entries).unwrap();
@@ -453,6 +520,58 @@ mod tests {
         let inside =
             Manifest::from_entries(vec![dir("s"), dir("s/t"), link("up", "s/t"), link("x", "up/../..")]).unwrap();
         ok(&inside).unwrap();
+    }
+
+    #[test]
+    fn a_venvs_own_links_pass() {
+        // As `python3 -m venv` makes them: two relative links ending at the absolute one.
+        let m = Manifest::from_entries(vec![
+            dir("venv"),
+            dir("venv/bin"),
+            link("venv/bin/python", "python3"),
+            link("venv/bin/python3", "/root/.pyenv/versions/3.11.7/bin/python3"),
+            link("venv/bin/python3.11", "python3"),
+            dir("venv/lib"),
+            link("venv/lib64", "lib"),
+        ])
+        .unwrap();
+        m.check_links(|p| p.as_str().starts_with("venv/bin/python")).unwrap();
+    }
+
+    #[test]
+    fn missing_and_non_directory_components_stop_the_walk() {
+        // The kernel fails these (ENOENT, ENOTDIR) before any `..` can climb out.
+        let m = Manifest::from_entries(vec![file("f", b""), link("a", "missing/../../../x"), link("b", "f/../../x")])
+            .unwrap();
+        m.check_links(|_| false).unwrap();
+    }
+
+    #[test]
+    fn many_links_through_a_chain_resolve_once_each() {
+        // A hostile shape: a chain of 40 links, and 2,000 links through its end.
+        // Resolved naively (each link walked anew) this took about a minute.
+        let mut entries = vec![dir("s")];
+        entries.push(link("s/c00", "."));
+        for i in 1..40 {
+            entries.push(link(&format!("s/c{i:02}"), &format!("c{:02}", i - 1)));
+        }
+        for i in 0..2000 {
+            entries.push(link(&format!("s/x{i:04}"), &"c39/".repeat(100)));
+        }
+        Manifest::from_entries(entries).unwrap().check_links(|_| false).unwrap();
+    }
+
+    #[test]
+    fn too_many_entries_are_refused_before_parsing() {
+        let text = format!("{HEADER}\n{}", "d\t755\ta\n".repeat(MAX_ENTRIES + 1));
+        let err = Manifest::parse(text.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains(&format!("{} entries; at most {MAX_ENTRIES}", MAX_ENTRIES + 1)), "{err}");
+    }
+
+    #[test]
+    fn a_carriage_return_is_refused_with_its_line() {
+        let err = parse_err("ferry-manifest 1\nd\t755\ta\r\nd\t755\tb\n");
+        assert!(err.starts_with("manifest line 2: path \"a\\r\": the path has a control character"), "{err}");
     }
 
     #[test]

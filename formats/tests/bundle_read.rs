@@ -263,7 +263,9 @@ fn longest_path_and_link_target_are_accepted() {
     let lens = [[255; 15].as_slice(), &[240, 15]].concat();
     let comps: Vec<String> =
         lens.iter().enumerate().map(|(i, n)| char::from(b'a' + i as u8).to_string().repeat(*n)).collect();
-    let mut entries = vec![dir("venv"), dir("venv/bin"), link("venv/bin/python", &format!("/{}", "p".repeat(4095)))];
+    let interpreter = format!("/{}python3", "q/".repeat(2044));
+    assert_eq!(interpreter.len(), 4096);
+    let mut entries = vec![dir("venv"), dir("venv/bin"), link("venv/bin/python", &interpreter)];
     for i in 1..comps.len() {
         entries.push(dir(&comps[..i].join("/")));
     }
@@ -1047,4 +1049,46 @@ fn a_flipped_bit_in_the_files_frame_header_is_caught_too() {
     let bytes = [metadata, files, good_trailer].concat();
     let msg = refused(&bytes);
     assert!(msg.starts_with("after the zstd frame: the files frame's bytes hash to "), "{msg}");
+}
+
+// ---- canonical headers: every field, byte for byte ----------------------------
+
+/// The good bundle with `app/a`'s header changed by `edit` (checksum fixed by `tar_of`).
+fn with_app_a_header(edit: impl Fn(&mut Header)) -> String {
+    let mut part = file_part("app/a", 0o644, A);
+    edit(&mut part.0);
+    refused(&replaced("app/a", vec![part]))
+}
+
+#[test]
+fn owner_and_time_must_be_the_canonical_ones() {
+    // GNU tar run as root would restore this owner from a bundle that "verified".
+    let msg = with_app_a_header(|h| h.set_uid(1000));
+    assert!(msg.ends_with("its tar header differs from the one ferry writes, in the uid field"), "{msg}");
+    let msg = with_app_a_header(|h| h.set_gid(1000));
+    assert!(msg.ends_with("in the gid field"), "{msg}");
+    let msg = with_app_a_header(|h| h.set_mtime(1_700_000_000));
+    assert!(msg.ends_with("in the mtime field"), "{msg}");
+    let msg = with_app_a_header(|h| h.set_username("alice").unwrap());
+    assert!(msg.ends_with("in the user name field"), "{msg}");
+    assert!(msg.starts_with("entry \"app/a\""), "{msg}");
+}
+
+#[test]
+fn an_old_style_file_type_or_a_stray_link_name_is_refused() {
+    let msg = with_app_a_header(|h| h.as_old_mut().linkflag = [0]);
+    assert!(msg.ends_with("in the type field"), "{msg}");
+    let msg = with_app_a_header(|h| h.as_old_mut().linkname[..4].copy_from_slice(b"/etc"));
+    assert!(msg.ends_with("in the link name field"), "{msg}");
+}
+
+#[test]
+fn a_long_name_for_a_short_path_is_refused() {
+    let mut long = Header::new_gnu();
+    long.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    long.set_entry_type(EntryType::GNULongName);
+    long.set_size(6);
+    long.set_mode(0o644);
+    let msg = refused(&replaced("app/a", vec![(long, b"app/a\0".to_vec()), file_part("app/a", 0o644, A)]));
+    assert!(msg.contains("1536 bytes of tar headers where ferry writes 512"), "{msg}");
 }

@@ -4,11 +4,12 @@ use std::io::{self, BufReader, Read};
 
 use tar::EntryType;
 
+use super::write::{header_blocks, metadata_entry};
 use super::{
     Head, MANIFEST_PATH, MAX_LONG_NAME, MAX_MANIFEST, MAX_META, MAX_WINDOW_LOG, META_DIR, RELEASE_PATH, TRAILER_LEN,
     TRAILER_START,
 };
-use crate::{BlobHash, Entry, EntryKind, Manifest, RelPath, ReleaseId, ReleaseMeta};
+use crate::{BlobHash, Entry, EntryKind, Manifest, ReleaseId, ReleaseMeta};
 
 /// The raw bytes under the decoders: hashes the metadata frame and the files
 /// frame apart, as the trailer has them. Until the metadata frame's end is
@@ -193,12 +194,11 @@ fn read_impl<R: Read>(
         let mut raw = RawEntries { entries, index: 0, last: None };
 
         let at = "the metadata directory .ferry";
-        let (path, link, e) = raw.next()?.ok_or_else(|| refused(at, "missing: the bundle is empty"))?;
-        if path != META_DIR.as_bytes() {
-            return Err(refused(at, format!("the first entry must be it, found {:?}", lossy(&path))));
+        let first = raw.next()?.ok_or_else(|| refused(at, "missing: the bundle is empty"))?;
+        if first.path != META_DIR.as_bytes() {
+            return Err(refused(at, format!("the first entry must be it, found {:?}", lossy(&first.path))));
         }
-        let meta_dir = Entry { path: RelPath::new(META_DIR).expect("valid"), kind: EntryKind::Dir { mode: 0o755 } };
-        check_header(&e, link.as_deref(), &meta_dir).map_err(|reason| refused(at, reason))?;
+        check_entry(&first, &metadata_entry(META_DIR, None)).map_err(|reason| refused(at, reason))?;
         let manifest_text = raw.metadata_file(MANIFEST_PATH, MAX_MANIFEST)?;
         let meta_text = raw.metadata_file(RELEASE_PATH, MAX_META)?;
         let manifest = Manifest::parse(&manifest_text).map_err(|e| refused(MANIFEST_PATH, e.to_string()))?;
@@ -217,11 +217,12 @@ fn read_impl<R: Read>(
 
         for (i, want) in head.manifest.entries().iter().enumerate() {
             let at = format!("entry {:?} (#{} of the manifest)", want.path.as_str(), i + 1);
-            let (path, link, mut e) = raw.next()?.ok_or_else(|| refused(&at, "missing: the bundle ends early"))?;
-            if path != want.path.as_str().as_bytes() {
-                return Err(refused(&at, format!("the tar has {:?} in its place", lossy(&path))));
+            let raw_entry = raw.next()?.ok_or_else(|| refused(&at, "missing: the bundle ends early"))?;
+            if raw_entry.path != want.path.as_str().as_bytes() {
+                return Err(refused(&at, format!("the tar has {:?} in its place", lossy(&raw_entry.path))));
             }
-            check_header(&e, link.as_deref(), want).map_err(|reason| refused(&at, reason))?;
+            check_entry(&raw_entry, want).map_err(|reason| refused(&at, reason))?;
+            let mut e = raw_entry.entry;
             if let EntryKind::File { size, hash, .. } = &want.kind {
                 let mut content = Hashing::new(&mut e);
                 let visited = visitor.entry(want, &mut content);
@@ -244,8 +245,8 @@ fn read_impl<R: Read>(
                 visitor.entry(want, &mut io::empty()).map_err(|source| ReadError::Visitor { at, source })?;
             }
         }
-        if let Some((path, _, _)) = raw.next()? {
-            return Err(refused(format!("entry {:?}", lossy(&path)), "trailing: it is not in the manifest"));
+        if let Some(extra) = raw.next()? {
+            return Err(refused(format!("entry {:?}", lossy(&extra.path)), "trailing: it is not in the manifest"));
         }
     }
     // The tar crate stopped at the first zero block; exactly one more may follow.
@@ -302,6 +303,54 @@ fn read_impl<R: Read>(
         }
     }
     Ok(head)
+}
+
+/// Checks one entry's tar headers against its manifest entry: first field by
+/// field, for a message that says what is wrong, then byte for byte against
+/// the blocks ferry writes, so owners, times, type bytes, name encodings and
+/// every other field are exactly the canonical ones.
+fn check_entry<R: Read>(raw: &RawEntry<'_, R>, want: &Entry) -> Result<(), String> {
+    check_header(&raw.entry, raw.link.as_deref(), want)?;
+    let canonical = header_blocks(want).map_err(|e| e.to_string())?;
+    if raw.blocks == canonical {
+        return Ok(());
+    }
+    if raw.blocks.len() != canonical.len() {
+        return Err(format!(
+            "{} bytes of tar headers where ferry writes {} (a GNU long name where none belongs, or none where one does)",
+            raw.blocks.len(),
+            canonical.len()
+        ));
+    }
+    // The checksum changes with any other field, so it is named only when nothing else differs.
+    let differs = |i: &usize| raw.blocks[*i] != canonical[*i];
+    let first = (0..canonical.len()).filter(|i| !(148..156).contains(&(i % 512))).find(differs);
+    let at = first.or_else(|| (0..canonical.len()).find(differs)).expect("they differ");
+    Err(format!("its tar header differs from the one ferry writes, in the {} field", header_field(at % 512)))
+}
+
+/// The name of the GNU tar header field at this offset.
+fn header_field(offset: usize) -> &'static str {
+    const FIELDS: [(usize, &str); 17] = [
+        (0, "name"),
+        (100, "mode"),
+        (108, "uid"),
+        (116, "gid"),
+        (124, "size"),
+        (136, "mtime"),
+        (148, "checksum"),
+        (156, "type"),
+        (157, "link name"),
+        (257, "magic"),
+        (263, "version"),
+        (265, "user name"),
+        (297, "group name"),
+        (329, "device major"),
+        (337, "device minor"),
+        (345, "access time, change time and other GNU"),
+        (512, ""),
+    ];
+    FIELDS.windows(2).find(|w| offset < w[1].0).map_or("unknown", |w| w[0].1)
 }
 
 /// Checks one tar header against its manifest entry.
@@ -368,7 +417,16 @@ struct RawEntries<'a, R: Read> {
     last: Option<String>,
 }
 
-type RawEntry<'a, R> = (Vec<u8>, Option<Vec<u8>>, tar::Entry<'a, R>);
+/// One entry as the tar stream has it.
+struct RawEntry<'a, R: Read> {
+    path: Vec<u8>,
+    /// From a GNU long-link entry, if one came first.
+    link: Option<Vec<u8>>,
+    /// Every header block of the entry: GNU long-name entries (header and
+    /// data, padded), then its own header.
+    blocks: Vec<u8>,
+    entry: tar::Entry<'a, R>,
+}
 
 impl<'a, R: Read> RawEntries<'a, R> {
     fn position(&self) -> String {
@@ -382,6 +440,7 @@ impl<'a, R: Read> RawEntries<'a, R> {
     fn next(&mut self) -> Result<Option<RawEntry<'a, R>>, ReadError> {
         let mut long_name: Option<Vec<u8>> = None;
         let mut long_link: Option<Vec<u8>> = None;
+        let mut blocks = Vec::new();
         loop {
             let mut e = match self.entries.next() {
                 None if long_name.is_some() || long_link.is_some() => {
@@ -396,6 +455,7 @@ impl<'a, R: Read> RawEntries<'a, R> {
                 return Err(refused(self.position(), "a tar header that is not in GNU format"));
             }
             let kind = e.header().entry_type();
+            blocks.extend_from_slice(e.header().as_bytes());
             let slot = match kind {
                 EntryType::GNULongName => &mut long_name,
                 EntryType::GNULongLink => &mut long_link,
@@ -408,7 +468,7 @@ impl<'a, R: Read> RawEntries<'a, R> {
                         None => e.header().path_bytes().into_owned(),
                     };
                     self.last = Some(lossy(&path));
-                    return Ok(Some((path, long_link, e)));
+                    return Ok(Some(RawEntry { path, link: long_link, blocks, entry: e }));
                 }
             };
             if slot.is_some() {
@@ -420,6 +480,8 @@ impl<'a, R: Read> RawEntries<'a, R> {
             }
             let mut name = Vec::with_capacity(size as usize);
             e.read_to_end(&mut name).map_err(|source| ReadError::Corrupt { at: self.position(), source })?;
+            blocks.extend_from_slice(&name);
+            blocks.resize(blocks.len().div_ceil(512) * 512, 0);
             while name.last() == Some(&0) {
                 name.pop();
             }
@@ -429,21 +491,19 @@ impl<'a, R: Read> RawEntries<'a, R> {
 
     /// Reads one of the metadata files, which must come in its place.
     fn metadata_file(&mut self, path: &str, max: u64) -> Result<Vec<u8>, ReadError> {
-        let (got, link, mut e) = self.next()?.ok_or_else(|| refused(path, "missing: the bundle ends early"))?;
-        if got != path.as_bytes() {
-            return Err(refused(path, format!("expected it next, found {:?}", lossy(&got))));
+        let mut raw = self.next()?.ok_or_else(|| refused(path, "missing: the bundle ends early"))?;
+        if raw.path != path.as_bytes() {
+            return Err(refused(path, format!("expected it next, found {:?}", lossy(&raw.path))));
         }
-        let size = e.size();
+        let size = raw.entry.size();
         if size > max {
             return Err(refused(path, format!("{size} bytes; at most {max} are accepted")));
         }
         // Checked as a file of this size with the mode every bundle gives its metadata.
-        let hash = BlobHash::of(b"");
-        let want =
-            Entry { path: RelPath::new(path).expect("valid"), kind: EntryKind::File { mode: 0o644, size, hash } };
-        check_header(&e, link.as_deref(), &want).map_err(|reason| refused(path, reason))?;
+        let want = metadata_entry(path, Some(size));
+        check_entry(&raw, &want).map_err(|reason| refused(path, reason))?;
         let mut buf = Vec::with_capacity(size.min(1 << 20) as usize);
-        e.read_to_end(&mut buf).map_err(|source| ReadError::Corrupt { at: format!("in {path}"), source })?;
+        raw.entry.read_to_end(&mut buf).map_err(|source| ReadError::Corrupt { at: format!("in {path}"), source })?;
         if buf.len() as u64 != size {
             return Err(refused(path, "truncated"));
         }

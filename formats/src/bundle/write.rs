@@ -37,7 +37,7 @@ impl From<io::Error> for WriteError {
 /// hashing each file as it goes in, multi-threaded.
 #[allow(missing_debug_implementations)] // the zstd encoder has no Debug
 pub struct FilesWriter<W: Write> {
-    tar: tar::Builder<BufWriter<zstd::Encoder<'static, HashWriter<W>>>>,
+    out: BufWriter<zstd::Encoder<'static, HashWriter<W>>>,
     entries: Vec<Entry>,
 }
 
@@ -62,35 +62,29 @@ impl<W: Write> FilesWriter<W> {
         enc.multithread(opts.workers.max(1))?;
         enc.window_log(WINDOW_LOG)?;
         // A large buffer in front of the encoder: zstd gets few, large writes.
-        Ok(Self { tar: tar::Builder::new(BufWriter::with_capacity(1 << 20, enc)), entries: Vec::new() })
+        Ok(Self { out: BufWriter::with_capacity(1 << 20, enc), entries: Vec::new() })
     }
 
-    fn check_order(&self, path: &RelPath) -> Result<(), WriteError> {
-        match self.entries.last() {
-            Some(last) if last.path >= *path => {
-                Err(WriteError::Order { path: path.to_string(), after: last.path.to_string() })
-            }
-            _ => Ok(()),
+    /// Appends an entry and its content, in manifest order.
+    fn push(&mut self, entry: Entry, content: &[u8]) -> Result<(), WriteError> {
+        if let Some(last) = self.entries.last().filter(|last| last.path >= entry.path) {
+            return Err(WriteError::Order { path: entry.path.to_string(), after: last.path.to_string() });
         }
+        append(&mut self.out, &entry, content)?;
+        self.entries.push(entry);
+        Ok(())
     }
 
     pub fn dir(&mut self, path: &RelPath, mode: u32) -> Result<(), WriteError> {
-        self.check_order(path)?;
-        self.tar.append_data(&mut header(EntryType::Directory, mode, 0), path.as_str(), io::empty())?;
-        self.entries.push(Entry { path: path.clone(), kind: EntryKind::Dir { mode } });
-        Ok(())
+        self.push(Entry { path: path.clone(), kind: EntryKind::Dir { mode } }, &[])
     }
 
     pub fn symlink(&mut self, path: &RelPath, target: &str) -> Result<(), WriteError> {
-        self.check_order(path)?;
-        self.tar.append_link(&mut header(EntryType::Symlink, 0o777, 0), path.as_str(), target)?;
-        self.entries.push(Entry { path: path.clone(), kind: EntryKind::Symlink { target: target.to_owned() } });
-        Ok(())
+        self.push(Entry { path: path.clone(), kind: EntryKind::Symlink { target: target.to_owned() } }, &[])
     }
 
     /// Adds a file and returns the blake3 of its content.
     pub fn file(&mut self, path: &RelPath, mode: u32, content: &[u8]) -> Result<BlobHash, WriteError> {
-        self.check_order(path)?;
         let mut hasher = blake3::Hasher::new();
         if content.len() > 1 << 20 {
             hasher.update_rayon(content);
@@ -99,15 +93,14 @@ impl<W: Write> FilesWriter<W> {
         }
         let hash = BlobHash::from(hasher.finalize());
         let size = content.len() as u64;
-        self.tar.append_data(&mut header(EntryType::Regular, mode, size), path.as_str(), content)?;
-        self.entries.push(Entry { path: path.clone(), kind: EntryKind::File { mode, size, hash } });
+        self.push(Entry { path: path.clone(), kind: EntryKind::File { mode, size, hash } }, content)?;
         Ok(hash)
     }
 
-    /// Ends the tar stream and the frame.
-    pub fn finish(self) -> Result<(W, FilesFrame), WriteError> {
-        let buffered = self.tar.into_inner()?;
-        let enc = buffered.into_inner().map_err(|e| WriteError::Output(e.into_error()))?;
+    /// Ends the tar stream (two zero blocks) and the frame.
+    pub fn finish(mut self) -> Result<(W, FilesFrame), WriteError> {
+        self.out.write_all(&[0; 1024])?;
+        let enc = self.out.into_inner().map_err(|e| WriteError::Output(e.into_error()))?;
         let HashWriter { inner, hasher } = enc.finish()?;
         Ok((inner, FilesFrame { entries: self.entries, hash: hasher.finalize() }))
     }
@@ -175,10 +168,44 @@ pub fn write<W: Write, R: Read>(
 fn metadata_tar(head: &Head) -> io::Result<Vec<u8>> {
     let manifest = head.manifest.to_text();
     let meta = head.meta.to_canonical();
+    let mut out = Vec::new();
+    append(&mut out, &metadata_entry(META_DIR, None), &[])?;
+    append(&mut out, &metadata_entry(MANIFEST_PATH, Some(manifest.len() as u64)), &manifest)?;
+    append(&mut out, &metadata_entry(RELEASE_PATH, Some(meta.len() as u64)), &meta)?;
+    Ok(out)
+}
+
+/// The entry a bundle's metadata directory (`None`) or file of this size
+/// has. Its hash is not recorded anywhere: the id covers the metadata.
+pub(crate) fn metadata_entry(path: &str, size: Option<u64>) -> Entry {
+    let path = RelPath::new(path).expect("metadata paths are valid");
+    match size {
+        None => Entry { path, kind: EntryKind::Dir { mode: 0o755 } },
+        Some(size) => Entry { path, kind: EntryKind::File { mode: 0o644, size, hash: BlobHash::of(b"") } },
+    }
+}
+
+/// Writes an entry's header blocks, its content and the padding to 512.
+fn append(out: &mut impl Write, entry: &Entry, content: &[u8]) -> io::Result<()> {
+    out.write_all(&header_blocks(entry)?)?;
+    out.write_all(content)?;
+    out.write_all(&[0; 512][..(512 - content.len() % 512) % 512])
+}
+
+/// The exact header blocks ferry writes for an entry: a GNU long-name entry
+/// first when the path or link target is over 100 bytes, then the header.
+/// The reader compares every header of a bundle with these, byte for byte.
+pub(crate) fn header_blocks(entry: &Entry) -> io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
-    tar.append_data(&mut header(EntryType::Directory, 0o755, 0), META_DIR, io::empty())?;
-    tar.append_data(&mut header(EntryType::Regular, 0o644, manifest.len() as u64), MANIFEST_PATH, &manifest[..])?;
-    tar.append_data(&mut header(EntryType::Regular, 0o644, meta.len() as u64), RELEASE_PATH, &meta[..])?;
+    let path = entry.path.as_str();
+    match &entry.kind {
+        EntryKind::Dir { mode } => tar.append_data(&mut header(EntryType::Directory, *mode, 0), path, io::empty())?,
+        // The size is in the header; the content is written by the caller.
+        EntryKind::File { mode, size, .. } => {
+            tar.append_data(&mut header(EntryType::Regular, *mode, *size), path, io::empty())?;
+        }
+        EntryKind::Symlink { target } => tar.append_link(&mut header(EntryType::Symlink, 0o777, 0), path, target)?,
+    }
     // Taken before the builder is dropped, which would append the end marker.
     Ok(std::mem::take(tar.get_mut()))
 }
