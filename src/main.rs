@@ -19,12 +19,17 @@ pub mod exit {
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    let json = cli.json;
     match settings::Settings::new(cli).and_then(|s| commands::run(&s)) {
         Ok(code) => ExitCode::from(code),
         // A reader that stops early (`ferry inspect … | head`) is not an error.
         Err(err) if is_broken_pipe(&err) => ExitCode::from(exit::OK),
         Err(err) => {
             eprintln!("ferry: error: {err:#}");
+            if json {
+                // CI reads stdout: it gets a document that says what failed, too.
+                let _ = output::json(&serde_json::json!({"ok": false, "error": format!("{err:#}")}));
+            }
             ExitCode::from(exit::FATAL)
         }
     }

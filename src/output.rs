@@ -79,8 +79,17 @@ pub fn ms(d: Duration) -> u64 {
 }
 
 /// Prints a JSON value on stdout.
-pub fn json(value: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(value).expect("JSON values serialize"));
+pub fn json(value: &serde_json::Value) -> std::io::Result<()> {
+    line(&serde_json::to_string_pretty(value).expect("JSON values serialize"))
+}
+
+/// Prints a line on stdout. A closed stdout is an error to return, not a
+/// panic (`println!` panics): `ferry bundles | head -1` must exit quietly.
+pub fn line(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use ferry_builder::Store;
+use ferry_formats::release::{valid_version, VERSION_RULE};
 
 use crate::cli::{Cli, Command};
 use crate::config::Config;
@@ -97,10 +98,8 @@ impl Settings {
                         ConfigSource::Loaded(Box::new(c))
                     }
                 };
-                if let Some(v) = &args.version {
-                    if v.is_empty() || v.len() > 128 || v.chars().any(|c| c.is_control() || c == ' ') {
-                        anyhow::bail!("--version {v:?} must be 1 to 128 printable characters without spaces");
-                    }
+                if let Some(v) = args.version.as_deref().filter(|v| !valid_version(v)) {
+                    anyhow::bail!("--version {v:?} must be {VERSION_RULE}");
                 }
                 Action::Build(BuildSettings { config, version: args.version, strict: args.strict })
             }
@@ -109,11 +108,18 @@ impl Settings {
             Command::Diff(d) => Action::Diff(Target::parse(&d.from), Target::parse(&d.to)),
             Command::Bundles => Action::Bundles,
         };
+        // Commands that read bundle files only need no config: a broken
+        // ferry.toml in the current directory is none of their business.
+        let needs_store = match &action {
+            Action::Build(_) | Action::Bundles => true,
+            Action::Inspect(t) | Action::Verify(t) => matches!(t, Target::Id(_)),
+            Action::Diff(a, b) => matches!(a, Target::Id(_)) || matches!(b, Target::Id(_)),
+        };
         let store = match cli.store {
             Some(s) => s,
             None => match store_hint {
                 Some(s) => s,
-                None if explicit || config_path.exists() => {
+                None if needs_store && (explicit || config_path.exists()) => {
                     let c = Config::load(&config_path)?;
                     c.store.clone().unwrap_or_else(|| default_store(&c.path))
                 }

@@ -47,6 +47,10 @@ pub struct BuildSpec {
     pub exclude: Vec<String>,
     pub version: Option<String>,
     pub git: Option<GitInfo>,
+    /// The tag of the `--git-ref` commit, for the store's record (not the id).
+    pub git_tag: Option<String>,
+    /// Use and update the build cache (off for one-off trees such as git exports).
+    pub use_cache: bool,
     /// Fail when a venv file cannot be relocated.
     pub strict: bool,
     pub compression: WriteOptions,
@@ -119,7 +123,8 @@ pub fn build(spec: &BuildSpec, store: &Store, progress: &dyn Progress) -> Result
     let skip = vec![store.root().to_path_buf()];
     // The cache is parsed while the tree is walked.
     let (cache_path, root) = (store.cache_path(&spec.service), spec.root.clone());
-    let loading = std::thread::spawn(move || Cache::load(cache_path, &root));
+    let use_cache = spec.use_cache;
+    let loading = std::thread::spawn(move || if use_cache { Cache::load(cache_path, &root) } else { Cache::off() });
     let found = walk::walk(&spec.root, &starts, &filter, &skip)?;
     let cache = loading.join().expect("loading the build cache does not panic");
     timings.walk = start.elapsed();
@@ -151,7 +156,7 @@ pub fn build(spec: &BuildSpec, store: &Store, progress: &dyn Progress) -> Result
     let mut release = None;
     if all_known {
         let known = Release::of(spec, &found, &cached, meta.clone())?;
-        if store.has(&known.head.id) {
+        if store.has_intact(&known.head.id) {
             release = Some(known);
         }
     }
@@ -196,7 +201,7 @@ pub fn build(spec: &BuildSpec, store: &Store, progress: &dyn Progress) -> Result
             let t = Instant::now();
             let release = Release::of(spec, &found, &prepared, meta)?;
             let path = store.bundle_path(&release.head.id);
-            if !store.has(&release.head.id) {
+            if !store.has_intact(&release.head.id) {
                 progress.phase("writing", 0);
                 let frame_bytes = temp.reopen().map_err(|e| writing(e.into()))?;
                 // Plain files on both sides: the kernel copies the frame (copy_file_range).
@@ -214,23 +219,13 @@ pub fn build(spec: &BuildSpec, store: &Store, progress: &dyn Progress) -> Result
 
     let id = release.head.id;
     let path = store.bundle_path(&id);
-    let (files, bytes) = release.head.manifest.file_totals();
     let size = fs::metadata(&path).map_err(BuildError::io(&path))?.len();
-    let info = match store.info(&id).ok().filter(|_| reused) {
+    // The store keeps what it knows of the first build of this release.
+    let info = match store.recorded(&id) {
         Some(info) => info,
         None => {
-            let info = BundleInfo {
-                id,
-                service: spec.service.clone(),
-                version: spec.version.clone(),
-                git_commit: spec.git.as_ref().map(|g| g.commit.clone()),
-                size,
-                files,
-                bytes,
-                built_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-                built_on: hostname(),
-                ferry_version: env!("CARGO_PKG_VERSION").into(),
-            };
+            let built_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let info = BundleInfo::new(&release.head, size, spec.git_tag.clone(), built_at, hostname());
             store.record(&info)?;
             info
         }

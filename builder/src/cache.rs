@@ -91,7 +91,8 @@ struct CacheFile {
 /// The cache of one service's release root.
 #[derive(Debug)]
 pub struct Cache {
-    path: PathBuf,
+    /// Where it is saved; `None` for a cache that is off.
+    path: Option<PathBuf>,
     old: CacheFile,
     new: std::sync::Mutex<HashMap<String, Cached>>,
     root: PathBuf,
@@ -106,7 +107,18 @@ impl Cache {
             .and_then(|b| serde_json::from_slice::<CacheFile>(&b).ok())
             .filter(|c| c.ferry == env!("CARGO_PKG_VERSION") && c.root == root)
             .unwrap_or_default();
-        Self { path, old, new: Default::default(), root: root.to_path_buf(), hits: Default::default() }
+        Self { path: Some(path), old, new: Default::default(), root: root.to_path_buf(), hits: Default::default() }
+    }
+
+    /// A cache that knows nothing and saves nothing.
+    pub fn off() -> Self {
+        Self {
+            path: None,
+            old: CacheFile::default(),
+            new: Default::default(),
+            root: PathBuf::new(),
+            hits: Default::default(),
+        }
     }
 
     /// The cached result for `rel`, if its stamps still match. A hit is kept
@@ -128,6 +140,7 @@ impl Cache {
     /// Writes what this build recorded, leaving out racy entries. When every
     /// file was a hit and none went away, the file on disk is already right.
     pub fn save(self) -> std::io::Result<()> {
+        let Some(path) = self.path else { return Ok(()) };
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         let mut entries = self.new.into_inner().expect("cache lock");
         let hits = self.hits.into_inner();
@@ -140,10 +153,10 @@ impl Cache {
             !recent(&c.stamp) && !c.dep.as_ref().is_some_and(recent)
         });
         let file = CacheFile { ferry: env!("CARGO_PKG_VERSION").into(), root: self.root, entries };
-        if let Some(dir) = self.path.parent() {
+        if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
-        atomic::write_atomic(&self.path, |f| {
+        atomic::write_atomic(&path, |f| {
             serde_json::to_writer(std::io::BufWriter::new(f), &file).map_err(std::io::Error::other)
         })
     }

@@ -2,8 +2,8 @@
 //!
 //! The commit is exported with `git archive` (so `export-ignore` attributes
 //! apply, and nothing untracked or modified in the work tree gets in) into a
-//! temporary directory, and the build runs there. The commit id, and the tag
-//! that names it exactly if there is one, go into the release metadata.
+//! temporary directory, and the build runs there. The commit id goes into the
+//! release metadata; the tag that names it, if any, into the store's record.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,6 +19,9 @@ pub struct Export {
     /// The export's counterpart of the directory the export was asked from.
     pub workdir: PathBuf,
     pub info: GitInfo,
+    /// The tag that names the commit exactly, if any (the newest, if several).
+    /// Recorded in the store, not in the release: tags come and go.
+    pub tag: Option<String>,
 }
 
 fn git(dir: &Path, args: &[&str]) -> Result<String, BuildError> {
@@ -45,7 +48,9 @@ pub fn export(workdir: &Path, reference: &str) -> Result<Export, BuildError> {
             })?;
     let top = PathBuf::from(git(workdir, &["rev-parse", "--show-toplevel"])?);
     let prefix = git(workdir, &["rev-parse", "--show-prefix"])?;
-    let tag = git(workdir, &["describe", "--tags", "--exact-match", &commit]).ok();
+    let tag = git(workdir, &["tag", "--points-at", &commit, "--sort=-creatordate"])
+        .ok()
+        .and_then(|tags| tags.lines().next().map(str::to_owned));
 
     let dir = tempfile::Builder::new()
         .prefix("ferry-git-")
@@ -68,5 +73,5 @@ pub fn export(workdir: &Path, reference: &str) -> Result<Export, BuildError> {
     }
     unpacked.map_err(|e| BuildError::Git(format!("cannot unpack the export of {commit}: {e}")))?;
     let workdir = dir.path().join(prefix.trim_end_matches('/'));
-    Ok(Export { workdir, dir, info: GitInfo { commit, tag } })
+    Ok(Export { workdir, dir, info: GitInfo { commit }, tag })
 }

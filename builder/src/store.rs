@@ -32,6 +32,9 @@ pub struct BundleInfo {
     pub version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_commit: Option<String>,
+    /// The tag that named the commit when it was built, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_tag: Option<String>,
     /// The bundle's size on disk.
     pub size: u64,
     /// Regular files in the release, and their total size.
@@ -41,6 +44,26 @@ pub struct BundleInfo {
     pub built_at: u64,
     pub built_on: String,
     pub ferry_version: String,
+}
+
+impl BundleInfo {
+    /// The record of the release `head`, whose bundle is `size` bytes.
+    pub fn new(head: &Head, size: u64, git_tag: Option<String>, built_at: u64, built_on: String) -> Self {
+        let (files, bytes) = head.manifest.file_totals();
+        Self {
+            id: head.id,
+            service: head.meta.service.clone(),
+            version: head.meta.version.clone(),
+            git_commit: head.meta.git.as_ref().map(|g| g.commit.clone()),
+            git_tag,
+            size,
+            files,
+            bytes,
+            built_at,
+            built_on,
+            ferry_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
 }
 
 /// A store directory.
@@ -75,9 +98,15 @@ impl Store {
         self.root.join("cache").join(format!("{service}.json"))
     }
 
-    /// Whether the store has this bundle.
-    pub fn has(&self, id: &ReleaseId) -> bool {
-        self.bundle_path(id).is_file()
+    /// Whether the store has this bundle and its head reads back as this
+    /// release. (A damaged bundle is not "had": the next build replaces it.)
+    pub fn has_intact(&self, id: &ReleaseId) -> bool {
+        self.read_head(id).is_ok()
+    }
+
+    /// What the store recorded when it first got this bundle, if anything.
+    pub fn recorded(&self, id: &ReleaseId) -> Option<BundleInfo> {
+        fs::read(self.info_path(id)).ok().and_then(|b| serde_json::from_slice(&b).ok())
     }
 
     /// Creates `bundles/` and clears temporary files of builds that died.
@@ -137,25 +166,13 @@ impl Store {
     /// What the store knows of a bundle: its record, or failing that (a
     /// bundle copied in by hand) what its head says.
     pub fn info(&self, id: &ReleaseId) -> Result<BundleInfo, StoreError> {
-        if let Some(info) = fs::read(self.info_path(id)).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+        if let Some(info) = self.recorded(id) {
             return Ok(info);
         }
         let path = self.bundle_path(id);
         let head = self.read_head(id)?;
         let size = fs::metadata(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?.len();
-        let (files, bytes) = head.manifest.file_totals();
-        Ok(BundleInfo {
-            id: *id,
-            service: head.meta.service.clone(),
-            version: head.meta.version.clone(),
-            git_commit: head.meta.git.as_ref().map(|g| g.commit.clone()),
-            size,
-            files,
-            bytes,
-            built_at: 0,
-            built_on: String::new(),
-            ferry_version: String::new(),
-        })
+        Ok(BundleInfo { ferry_version: String::new(), ..BundleInfo::new(&head, size, None, 0, String::new()) })
     }
 
     /// Reads and checks a stored bundle's head (not its files).

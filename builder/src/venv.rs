@@ -6,9 +6,13 @@
 //! | file | what it holds | rewritten to |
 //! |---|---|---|
 //! | `bin/*` scripts | `#!/build/svc/venv/bin/python` (or pip's `#!/bin/sh` + `'''exec' /build/…/python` form for long paths) | a `/bin/sh` trampoline that execs the `python` beside the script's resolved path |
-//! | `bin/activate` | `VIRTUAL_ENV="/build/svc/venv"` | the directory above the sourced script (bash, zsh) |
-//! | `bin/activate.fish` | `set -gx VIRTUAL_ENV "/build/svc/venv"` | `(builtin realpath (status dirname)/..)` |
-//! | `bin/activate.csh` | `setenv VIRTUAL_ENV "/build/svc/venv"` | the directory above the sourced script, from tcsh's `$_` |
+//! | `bin/activate` | `VIRTUAL_ENV="/build/svc/venv"`, or unquoted (CPython ≥ 3.12.8, 3.13.1), also inside `$(cygpath …)` | the directory above the sourced script (bash, zsh) |
+//! | `bin/activate.fish` | `set -gx VIRTUAL_ENV "/build/svc/venv"` (or unquoted) | `(builtin realpath (status dirname)/..)` |
+//! | `bin/activate.csh` | `setenv VIRTUAL_ENV "/build/svc/venv"` (or unquoted) | the directory above the sourced script, from tcsh's `$_` |
+//!
+//! Only scripts whose interpreter is the venv's `python*` or `pypy*` get the
+//! trampoline (it is Python syntax); another interpreter's script in `bin/`
+//! is left as it is and reported.
 //!
 //! `pyvenv.cfg`'s `command` line is informational (Python never reads it) and
 //! is left as it is. `bin/python*` stay symlinks to the base interpreter, which
@@ -74,35 +78,69 @@ impl Venv {
     }
 }
 
+/// The venv's directory, as the sourced `activate` finds it (bash, zsh).
+const SH_SELF: &str = r#""$(CDPATH= cd -- "$(dirname -- "${BASH_SOURCE[0]:-$0}")/.." >/dev/null && pwd)""#;
+/// The same for fish.
+const FISH_SELF: &str = "(builtin realpath (status dirname)/..)";
+/// The same for tcsh, which knows the sourced file only from `$_`.
+const CSH_SELF: &str = "set _ferry_args = ($_)\n\
+                        set _ferry_bin = `dirname \"$_ferry_args[2]\"`\n\
+                        setenv VIRTUAL_ENV `cd \"$_ferry_bin/..\" && pwd`\n\
+                        unset _ferry_args _ferry_bin";
+
 fn apply_one(rewrite: Rewrite, content: &[u8], origin: &str) -> Option<Vec<u8>> {
-    match rewrite {
-        Rewrite::Script => rewrite_script(content, origin),
-        Rewrite::ActivateSh => {
-            replace_quoted(content, origin, r#""$(cd -- "$(dirname -- "${BASH_SOURCE[0]:-$0}")/.." && pwd)""#)
-        }
-        Rewrite::ActivateFish => replace_quoted(content, origin, "(builtin realpath (status dirname)/..)"),
+    let text = std::str::from_utf8(content).ok()?;
+    let out = match rewrite {
+        Rewrite::Script => return rewrite_script(content, origin),
+        Rewrite::ActivateSh => replace_word(text, origin, SH_SELF)?,
+        Rewrite::ActivateFish => replace_word(text, origin, FISH_SELF)?,
         Rewrite::ActivateCsh => {
-            let line = format!("setenv VIRTUAL_ENV \"{origin}\"");
-            let text = std::str::from_utf8(content).ok()?;
-            text.contains(&line).then(|| {
-                text.replace(
-                    &line,
-                    "set _ferry_args = ($_)\n\
-                     set _ferry_bin = `dirname \"$_ferry_args[2]\"`\n\
-                     setenv VIRTUAL_ENV `cd \"$_ferry_bin/..\" && pwd`\n\
-                     unset _ferry_args _ferry_bin",
-                )
-                .into_bytes()
-            })
+            let mut out = String::with_capacity(text.len());
+            for line in text.split_inclusive('\n') {
+                let value = line.trim().strip_prefix("setenv VIRTUAL_ENV ").map(|v| v.trim_matches(['"', '\'']));
+                if value == Some(origin) {
+                    out.push_str(CSH_SELF);
+                    out.push_str(if line.ends_with('\n') { "\n" } else { "" });
+                } else {
+                    out.push_str(line);
+                }
+            }
+            if out == text {
+                return None;
+            }
+            out
         }
-    }
+    };
+    Some(out.into_bytes())
 }
 
-/// Replaces `"origin"` and `'origin'` with `with`.
-fn replace_quoted(content: &[u8], origin: &str, with: &str) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(content).ok()?;
-    let (dq, sq) = (format!("\"{origin}\""), format!("'{origin}'"));
-    (text.contains(&dq) || text.contains(&sq)).then(|| text.replace(&dq, with).replace(&sq, with).into_bytes())
+/// Replaces each shell word that is exactly `origin` — bare as `python -m
+/// venv` writes it since CPython 3.12.8 and 3.13.1, or in double or single
+/// quotes as before — with `with`.
+fn replace_word(text: &str, origin: &str, with: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut changed = false;
+    while let Some(i) = rest.find(origin) {
+        let end = i + origin.len();
+        let before = rest[..i].chars().last();
+        let after = rest[end..].chars().next();
+        let (from, to) = match (before, after) {
+            (Some(q @ ('"' | '\'')), Some(p)) if q == p => (i - 1, end + 1),
+            (None | Some('=' | ' ' | '\t' | '('), None | Some(' ' | '\t' | '\n' | ')' | ';')) => (i, end),
+            _ => {
+                out.push_str(&rest[..end]);
+                rest = &rest[end..];
+                continue;
+            }
+        };
+        out.push_str(&rest[..from]);
+        out.push_str(with);
+        rest = &rest[to..];
+        changed = true;
+    }
+    out.push_str(rest);
+    changed.then_some(out)
 }
 
 /// The shell lines that run `python` from the directory of the script's
@@ -120,6 +158,11 @@ fn rewrite_script(content: &[u8], origin: &str) -> Option<Vec<u8>> {
     // `#!/build/venv/bin/python3 -E`
     if let Some(rest) = first.strip_prefix("#!").and_then(|s| s.strip_prefix(bin.as_str())) {
         let (exe, args) = rest.split_once(' ').unwrap_or((rest, ""));
+        if !is_python(exe) {
+            // The trampoline is Python syntax; another interpreter's script
+            // (node from nodeenv, say) is left as it is and reported.
+            return None;
+        }
         let mut out = trampoline(exe, args.trim()).into_bytes();
         out.extend_from_slice(&content[first_end + 1..]);
         return Some(out);
@@ -134,6 +177,9 @@ fn rewrite_script(content: &[u8], origin: &str) -> Option<Vec<u8>> {
         let second = std::str::from_utf8(&rest[..second_end]).ok()?;
         let after = second.strip_prefix("'''exec' ")?.strip_prefix(bin.as_str())?;
         let (exe, tail) = after.split_once(' ')?;
+        if !is_python(exe) {
+            return None;
+        }
         let third = rest[second_end + 1..].strip_prefix(b"' '''\n")?;
         if tail != "\"$0\" \"$@\"" {
             return None;
@@ -143,6 +189,10 @@ fn rewrite_script(content: &[u8], origin: &str) -> Option<Vec<u8>> {
         return Some(out);
     }
     None
+}
+
+fn is_python(exe: &str) -> bool {
+    exe.starts_with("python") || exe.starts_with("pypy")
 }
 
 /// Where `bin/activate` says the venv was created, if it says.
@@ -187,15 +237,42 @@ mod tests {
     fn activate_scripts_find_themselves() {
         let v = venv();
         let sh = v.apply(Rewrite::ActivateSh, b"VIRTUAL_ENV=\"/build/svc/venv\"\nexport VIRTUAL_ENV\n");
-        assert_eq!(
-            &*sh,
-            b"VIRTUAL_ENV=\"$(cd -- \"$(dirname -- \"${BASH_SOURCE[0]:-$0}\")/..\" && pwd)\"\nexport VIRTUAL_ENV\n"
-        );
+        assert_eq!(std::str::from_utf8(&sh).unwrap(), format!("VIRTUAL_ENV={SH_SELF}\nexport VIRTUAL_ENV\n"));
         let fish = v.apply(Rewrite::ActivateFish, b"set -gx VIRTUAL_ENV \"/build/svc/venv\"\n");
         assert_eq!(&*fish, b"set -gx VIRTUAL_ENV (builtin realpath (status dirname)/..)\n");
         let csh = v.apply(Rewrite::ActivateCsh, b"setenv VIRTUAL_ENV \"/build/svc/venv\"\n");
         assert!(!v.names_build_path(&csh));
         assert!(std::str::from_utf8(&csh).unwrap().contains("setenv VIRTUAL_ENV `cd \"$_ferry_bin/..\" && pwd`"));
+    }
+
+    /// The templates of CPython 3.12.8+ and 3.13.1+, which quote the path only
+    /// when it needs quoting (CVE-2024-9287).
+    #[test]
+    fn unquoted_activate_templates_are_rewritten() {
+        let v = venv();
+        let sh = "case \"$(uname)\" in\n    CYGWIN*|MSYS*|MINGW*)\n        VIRTUAL_ENV=$(cygpath /build/svc/venv)\n        \
+                  export VIRTUAL_ENV\n        ;;\n    *)\n        export VIRTUAL_ENV=/build/svc/venv\n        ;;\nesac\n";
+        let out = String::from_utf8(v.apply(Rewrite::ActivateSh, sh.as_bytes()).into_owned()).unwrap();
+        assert!(out.contains(&format!("VIRTUAL_ENV=$(cygpath {SH_SELF})")), "{out}");
+        assert!(out.contains(&format!("export VIRTUAL_ENV={SH_SELF}\n")), "{out}");
+        assert!(!v.names_build_path(out.as_bytes()));
+        let fish = v.apply(Rewrite::ActivateFish, b"set -gx VIRTUAL_ENV /build/svc/venv\n");
+        assert_eq!(std::str::from_utf8(&fish).unwrap(), format!("set -gx VIRTUAL_ENV {FISH_SELF}\n"));
+        let csh = v.apply(Rewrite::ActivateCsh, b"setenv VIRTUAL_ENV /build/svc/venv\nset x\n");
+        assert_eq!(std::str::from_utf8(&csh).unwrap(), format!("{CSH_SELF}\nset x\n"));
+        // A longer path that merely starts with the origin is another path.
+        let other = b"export OTHER=/build/svc/venv2\n";
+        assert!(matches!(v.apply(Rewrite::ActivateSh, other), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn only_python_scripts_get_the_trampoline() {
+        let v = venv();
+        let node = b"#!/build/svc/venv/bin/node\nconsole.log(1)\n";
+        assert!(matches!(v.apply(Rewrite::Script, node), Cow::Borrowed(_)));
+        assert!(v.names_build_path(node), "left as it is, so the build reports it");
+        let pypy = v.apply(Rewrite::Script, b"#!/build/svc/venv/bin/pypy3\nimport x\n");
+        assert!(!v.names_build_path(&pypy));
     }
 
     #[test]

@@ -9,12 +9,13 @@
 //! | `format` | integer | [`FORMAT_VERSION`] |
 //! | `service` | string | the service's name: `[a-z0-9][a-z0-9._-]*`, at most 64 bytes |
 //! | `version` | string, optional | the version label given at build time (`ferry build --version`) |
-//! | `git` | object, optional | `commit` (40 or 64 hex digits) and optional `tag` of a `--git-ref` build |
+//! | `git` | object, optional | `commit` (40 or 64 hex digits) of a `--git-ref` build |
 //! | `components` | array | `{kind, path, environments?}`; kind is `code`, `venv`, `jar`, `media` or `config`; sorted by path |
 //!
-//! Build time and builder host are *not* here: they are recorded beside the
-//! bundle in the store, so the same inputs give the same id and the same bytes
-//! on any machine.
+//! Build time, builder host and git tags are *not* here: they are recorded
+//! beside the bundle in the store, so the same inputs give the same id and the
+//! same bytes on any machine — a CI clone without tags, or a tag added later,
+//! gives the same release for the same commit.
 
 use serde::{Deserialize, Serialize};
 
@@ -54,8 +55,6 @@ pub struct ReleaseMeta {
 #[serde(deny_unknown_fields)]
 pub struct GitInfo {
     pub commit: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tag: Option<String>,
 }
 
 /// One labelled part of the release tree.
@@ -122,10 +121,8 @@ impl ReleaseMeta {
                 self.service
             ));
         }
-        if let Some(v) = &self.version {
-            if v.is_empty() || v.len() > 128 || v.chars().any(|c| c.is_control() || c == ' ') {
-                return bad(format!("version {v:?} must be 1 to 128 printable characters without spaces"));
-            }
+        if let Some(v) = self.version.as_deref().filter(|v| !valid_version(v)) {
+            return bad(format!("version {v:?} must be {VERSION_RULE}"));
         }
         if let Some(git) = &self.git {
             let hex = git.commit.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
@@ -171,6 +168,14 @@ pub fn valid_service_name(s: &str) -> bool {
         && s.len() <= 64
         && s.as_bytes()[0].is_ascii_alphanumeric()
         && s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+}
+
+/// What a version label may be, in words.
+pub const VERSION_RULE: &str = "1 to 128 printable characters without spaces";
+
+/// A version label: 1 to 128 printable characters without spaces.
+pub fn valid_version(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 128 && !v.chars().any(|c| c.is_control() || c == ' ')
 }
 
 /// `[A-Za-z0-9_-]+`, at most 64 bytes.

@@ -630,7 +630,7 @@ fn extra_block_after_the_end_of_the_archive() {
     tar.extend_from_slice(&[0x41; 512]);
     let msg = refused(&sealed(&tar));
     assert!(
-        msg.contains("after the end of the archive: 1024 trailing bytes, expected one 512-byte zero block"),
+        msg.contains("in the files frame, after the last entry: 1024 trailing bytes, expected one 512-byte zero block"),
         "{msg}"
     );
     // A hidden entry after the first zero block.
@@ -638,7 +638,7 @@ fn extra_block_after_the_end_of_the_archive() {
     tar.truncate(tar.len() - 512);
     tar.extend_from_slice(&tar_of(&[file_part("zzz", 0o644, A)]));
     let msg = refused(&sealed(&tar));
-    assert!(msg.contains("after the end of the archive: 2048 trailing bytes"), "{msg}");
+    assert!(msg.contains("in the files frame, after the last entry: 2048 trailing bytes"), "{msg}");
 }
 
 #[test]
@@ -646,10 +646,13 @@ fn missing_end_blocks() {
     let mut tar = tar_of(&good());
     tar.truncate(tar.len() - 512);
     let msg = refused(&sealed(&tar));
-    assert!(msg.contains("after the end of the archive: 0 trailing bytes, expected one 512-byte zero block"), "{msg}");
+    assert!(
+        msg.contains("in the files frame, after the last entry: 0 trailing bytes, expected one 512-byte zero block"),
+        "{msg}"
+    );
     tar.truncate(tar.len() - 512);
     let msg = refused(&sealed(&tar));
-    assert!(msg.contains("after the end of the archive: 0 trailing bytes"), "{msg}");
+    assert!(msg.contains("in the files frame, after the last entry: 0 trailing bytes"), "{msg}");
 }
 
 #[test]
@@ -657,7 +660,7 @@ fn garbage_after_the_zstd_frame() {
     let mut bytes = bundle(&good());
     bytes.extend_from_slice(b"garbage!");
     let err = read(&bytes[..], None, &mut Discard).map(|v| v.head().id).unwrap_err();
-    assert_eq!(err.to_string(), "after the zstd frame: trailing data after the checksum trailer");
+    assert_eq!(err.to_string(), "after the files frame: trailing data after the checksum trailer");
 }
 
 #[test]
@@ -668,7 +671,7 @@ fn skippable_zstd_frame_after_the_bundle() {
     bytes.extend_from_slice(&8u32.to_le_bytes());
     bytes.extend_from_slice(b"payload!");
     let err = read(&bytes[..], None, &mut Discard).map(|v| v.head().id).unwrap_err();
-    assert_eq!(err.to_string(), "after the zstd frame: trailing data after the checksum trailer");
+    assert_eq!(err.to_string(), "after the files frame: trailing data after the checksum trailer");
 }
 
 #[test]
@@ -677,7 +680,7 @@ fn second_zstd_frame_after_the_bundle() {
     let mut bytes = bundle(&good());
     bytes.extend_from_slice(&zst(b""));
     let err = read(&bytes[..], None, &mut Discard).map(|v| v.head().id).unwrap_err();
-    assert_eq!(err.to_string(), "after the zstd frame: trailing data after the checksum trailer");
+    assert_eq!(err.to_string(), "after the files frame: trailing data after the checksum trailer");
 }
 
 #[test]
@@ -710,7 +713,7 @@ fn truncated_zstd_stream() {
 #[test]
 fn not_zstd_at_all() {
     let msg = corrupt(&tar_of(&good()));
-    assert!(msg.contains("the bundle is corrupt or truncated at the start"), "{msg}");
+    assert!(msg.contains("the bundle is corrupt or truncated in the metadata frame, before the first entry"), "{msg}");
     let err = read_head(&b"not a bundle"[..], None).map(|h| h.id).unwrap_err();
     assert!(matches!(err, ReadError::Corrupt { .. }), "{err}");
 }
@@ -731,7 +734,12 @@ fn zstd_window_larger_than_allowed() {
     read(&bundle(20, 20)[..], None, &mut Discard).unwrap();
     // A 256 MiB window (log 28) in either frame.
     let msg = corrupt(&bundle(28, 20));
-    assert!(msg.contains("corrupt or truncated at the start: Frame requires too much memory"), "{msg}");
+    assert!(
+        msg.contains(
+            "corrupt or truncated in the metadata frame, before the first entry: Frame requires too much memory"
+        ),
+        "{msg}"
+    );
     let msg = corrupt(&bundle(20, 28));
     assert!(msg.contains("Frame requires too much memory"), "{msg}");
 }
@@ -772,7 +780,10 @@ fn pax_extended_header() {
     let mut parts = good();
     parts.insert(0, g);
     let msg = refused(&bundle(&parts));
-    assert!(msg.contains("at the start: a PAX extended header (ferry bundles have none)"), "{msg}");
+    assert!(
+        msg.contains("in the metadata frame, before the first entry: a PAX extended header (ferry bundles have none)"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -1019,7 +1030,7 @@ fn a_flipped_bit_that_decodes_the_same_is_caught_by_the_trailer() {
     let mut bytes = bundle(&good());
     bytes[4] ^= 0x10;
     let msg = refused(&bytes);
-    assert!(msg.starts_with("after the zstd frame: the metadata frame's bytes hash to "), "{msg}");
+    assert!(msg.starts_with("after the files frame: the metadata frame's bytes hash to "), "{msg}");
     assert!(msg.ends_with("the file was changed after it was written"), "{msg}");
 }
 
@@ -1027,15 +1038,15 @@ fn a_flipped_bit_that_decodes_the_same_is_caught_by_the_trailer() {
 fn a_missing_or_damaged_trailer_is_refused() {
     let plain = two_frames(&tar_of(&good())).0;
     let plain = [plain, two_frames(&tar_of(&good())).1].concat();
-    assert_eq!(refused(&plain), "after the zstd frame: the checksum trailer is missing (truncated?)");
+    assert_eq!(refused(&plain), "after the files frame: the checksum trailer is missing (truncated?)");
     let good_bytes = bundle(&good());
     let cut = &good_bytes[..good_bytes.len() - 10];
-    assert_eq!(refused(cut), "after the zstd frame: the checksum trailer is cut short (truncated?)");
+    assert_eq!(refused(cut), "after the files frame: the checksum trailer is cut short (truncated?)");
     let mut junk = plain.clone();
     junk.extend_from_slice(&[0xAB; 80]);
     assert_eq!(
         refused(&junk),
-        "after the zstd frame: trailing data after the compressed stream, where the checksum trailer belongs"
+        "after the files frame: trailing data after the compressed stream, where the checksum trailer belongs"
     );
 }
 
@@ -1048,7 +1059,7 @@ fn a_flipped_bit_in_the_files_frame_header_is_caught_too() {
     files[4] ^= 0x10; // the unused bit of the files frame's header descriptor
     let bytes = [metadata, files, good_trailer].concat();
     let msg = refused(&bytes);
-    assert!(msg.starts_with("after the zstd frame: the files frame's bytes hash to "), "{msg}");
+    assert!(msg.starts_with("after the files frame: the files frame's bytes hash to "), "{msg}");
 }
 
 // ---- canonical headers: every field, byte for byte ----------------------------

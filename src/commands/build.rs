@@ -13,26 +13,29 @@ use crate::settings::{BuildSettings, ConfigSource, Settings};
 pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
     // Keeps a --git-ref export alive until the build is done.
     let mut _export = None;
-    let (config, git) = match &b.config {
-        ConfigSource::Loaded(c) => ((**c).clone(), None),
+    let (config, git, git_tag) = match &b.config {
+        ConfigSource::Loaded(c) => ((**c).clone(), None, None),
         ConfigSource::Git { reference, workdir, file_name } => {
             let export = ferry_builder::git::export(workdir, reference)?;
             let path = export.workdir.join(file_name);
             let config = Config::load(&path).with_context(|| format!("in the export of {reference}"))?;
-            let info = export.info.clone();
+            let (info, tag) = (export.info.clone(), export.tag.clone());
             _export = Some(export);
-            (config, Some(info))
+            (config, Some(info), tag)
         }
     };
-    let version = b.version.clone().or_else(|| git.as_ref().and_then(|g| g.tag.clone()));
+    // An export is a new directory every time: a cache of it would never hit.
+    let use_cache = git.is_none();
     let spec = BuildSpec {
         service: config.service.clone(),
         root: config.root.clone(),
         components: config.components.clone(),
         include: config.include.clone(),
         exclude: config.exclude.clone(),
-        version,
+        version: b.version.clone(),
         git,
+        git_tag,
+        use_cache,
         strict: b.strict,
         compression: WriteOptions { level: config.compression_level, ..WriteOptions::default() },
     };
@@ -45,6 +48,7 @@ pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
             "service": info.service,
             "version": info.version,
             "git_commit": info.git_commit,
+            "git_tag": info.git_tag,
             "size": info.size,
             "files": info.files,
             "bytes": info.bytes,
@@ -63,7 +67,7 @@ pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
                 "write": output::ms(built.timings.write),
                 "total": output::ms(built.timings.total),
             },
-        }));
+        }))?;
     } else {
         let label = info.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
         let what = if built.reused { "unchanged, reused" } else { "built" };
@@ -102,7 +106,7 @@ pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
         for w in &built.warnings {
             eprintln!("warning: {w}");
         }
-        println!("{}", built.id);
+        output::line(&built.id.to_string())?;
     }
     Ok(exit::OK)
 }

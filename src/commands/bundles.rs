@@ -1,5 +1,7 @@
 //! `ferry bundles`: the store's listing.
 
+use std::io::Write;
+
 use anyhow::Result;
 
 use crate::exit;
@@ -9,28 +11,31 @@ use crate::settings::Settings;
 pub fn run(settings: &Settings) -> Result<u8> {
     let list = settings.store.list()?;
     if settings.output.json {
-        output::json(&serde_json::to_value(&list)?);
+        output::json(&serde_json::to_value(&list)?)?;
         return Ok(exit::OK);
     }
     if list.is_empty() {
         eprintln!("no bundles in {}; `ferry build` makes one", settings.store.root().display());
         return Ok(exit::OK);
     }
-    println!(
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "{:<12}  {:<16}  {:<20}  {:>7}  {:>10}  {:>10}  BUILT",
         "ID", "SERVICE", "VERSION", "FILES", "SIZE", "BUNDLE"
-    );
+    )?;
     for b in &list {
-        println!(
+        writeln!(
+            out,
             "{:<12}  {:<16}  {:<20}  {:>7}  {:>10}  {:>10}  {}",
             b.id.short(12),
             b.service,
-            b.version.as_deref().unwrap_or("-"),
+            b.version.as_deref().or(b.git_tag.as_deref()).unwrap_or("-"),
             b.files,
             output::bytes(b.bytes),
             output::bytes(b.size),
             output::time(b.built_at)
-        );
+        )?;
     }
     Ok(exit::OK)
 }

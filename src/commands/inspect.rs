@@ -19,7 +19,7 @@ pub fn inspect(settings: &Settings, target: &Target) -> Result<u8> {
             "id": head.id,
             "meta": head.meta,
             "entries": head.manifest.entries().iter().map(entry_json).collect::<Vec<_>>(),
-        }));
+        }))?;
         return Ok(exit::OK);
     }
     let mut out = std::io::stdout().lock();
@@ -45,8 +45,7 @@ fn print_head(out: &mut impl Write, head: &Head) -> std::io::Result<()> {
         writeln!(out, "version   {v}")?;
     }
     if let Some(g) = &m.git {
-        let tag = g.tag.as_deref().map(|t| format!(" (tag {t})")).unwrap_or_default();
-        writeln!(out, "git       {}{tag}", g.commit)?;
+        writeln!(out, "git       {}", g.commit)?;
     }
     writeln!(
         out,
@@ -81,9 +80,14 @@ pub fn verify(settings: &Settings, target: &Target) -> Result<u8> {
     let head = v.head();
     let (files, bytes) = head.manifest.file_totals();
     if settings.output.json {
-        output::json(&json!({"ok": true, "id": head.id, "path": path, "files": files, "bytes": bytes}));
+        output::json(&json!({"ok": true, "id": head.id, "path": path, "files": files, "bytes": bytes}))?;
     } else {
-        println!("ok: release {} ({}): {files} files, {} verified", head.id, head.meta.service, output::bytes(bytes));
+        output::line(&format!(
+            "ok: release {} ({}): {files} files, {} verified",
+            head.id,
+            head.meta.service,
+            output::bytes(bytes)
+        ))?;
     }
     Ok(exit::OK)
 }
@@ -107,7 +111,7 @@ pub fn diff(settings: &Settings, from: &Target, to: &Target) -> Result<u8> {
             })).collect::<Vec<_>>(),
             "unchanged": d.unchanged,
             "bytes": {"added": sum(&d.added), "removed": sum(&d.removed), "changed_from": old_changed, "changed_to": new_changed},
-        }));
+        }))?;
         return Ok(exit::OK);
     }
     let mut out = std::io::stdout().lock();

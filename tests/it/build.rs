@@ -266,18 +266,29 @@ fn git_ref_builds_a_clean_export_and_records_the_commit() {
         "cd {root} && git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm one && git tag v7"
     ));
     let commit = sh(&format!("git -C {root} rev-parse HEAD")).trim().to_owned();
+    // A normal build first, so the cache has something to lose.
+    sh(&format!("find {root} -path '*/.git' -prune -o -exec touch -h -d '-1 hour' {{}} +"));
+    let files = p.build(&[])["files"].clone();
     // Work-tree changes and untracked files are not part of the export.
     p.write("app/main.py", "print('uncommitted')\n").write("app/untracked.py", "x\n");
     let built = p.build(&["--git-ref", "v7"]);
     assert_eq!(built["git_commit"], commit.as_str());
-    assert_eq!(built["version"], "v7", "the exact tag is the default version");
+    assert_eq!(built["git_tag"], "v7", "the tag is recorded in the store");
+    assert_eq!(built["version"], serde_json::Value::Null, "a tag is not a version: tags come and go");
     let head = p.ferry(["inspect", "--json", built["id"].as_str().unwrap()]).ok().json();
     let paths: Vec<&str> = head["entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
     assert!(!paths.contains(&"app/untracked.py"), "{paths:?}");
-    assert_eq!(head["meta"]["git"]["commit"], commit.as_str());
-    // The export of the same commit is the same release whatever the work tree holds.
-    let again = p.build(&["--git-ref", &commit, "--version", "v7"]);
+    assert_eq!(head["meta"]["git"], serde_json::json!({"commit": commit}));
+    assert!(p.ferry(["bundles"]).ok().stdout.contains(" v7 "), "the listing shows the tag");
+    // The same commit is the same release, whatever the work tree or the tags say.
+    sh(&format!("git -C {root} tag later"));
+    let again = p.build(&["--git-ref", &commit]);
     assert_eq!(again["id"], built["id"]);
+    // The exports did not clobber the work tree's build cache.
+    sh(&format!("git -C {root} checkout -q app/main.py && rm {root}/app/untracked.py"));
+    sh(&format!("touch -d '-1 hour' {root}/app/main.py"));
+    let normal = p.build(&[]);
+    assert_eq!(normal["cache_hits"].as_u64().unwrap() + 1, files.as_u64().unwrap(), "{normal}");
     let err = p.ferry(["build", "--git-ref", "no-such-ref"]).fails(2);
     assert!(err.contains("git ref \"no-such-ref\" does not name a commit"), "{err}");
 }

@@ -38,8 +38,8 @@ fn damaged_v1_bundles_are_refused_with_the_reason() {
     let cases = [
         ("flipped-content", "entry \"app/main.py\" (#3 of the manifest): content hashes to 68b122d812f1"),
         ("truncated", "the bundle is corrupt or truncated"),
-        ("trailing-junk", "after the zstd frame: trailing data after the checksum trailer"),
-        ("unused-bit", "after the zstd frame: the files frame's bytes hash to 3718ae8ef1e8f0e7"),
+        ("trailing-junk", "after the files frame: trailing data after the checksum trailer"),
+        ("unused-bit", "after the files frame: the files frame's bytes hash to 3718ae8ef1e8f0e7"),
     ];
     for (name, want) in cases {
         let err = run(ferry_cmd().arg("verify").arg(golden(&format!("v1/{name}.tar.zst")))).fails(2);

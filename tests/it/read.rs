@@ -31,7 +31,8 @@ fn verify_fails_on_any_flipped_byte_and_says_where() {
         bad[pos] ^= 0x10;
         fs::write(&copy, &bad).unwrap();
         let err = run(ferry_cmd().arg("verify").arg(&copy)).fails(2);
-        let says_where = ["entry \"", ".ferry/", "at the start", "after the", "the metadata directory"];
+        // Each message names the entry, or where no entry is to blame, the frame.
+        let says_where = ["entry \"", ".ferry/", "frame"];
         assert!(says_where.iter().any(|w| err.contains(w)), "flipping byte {pos} gave: {err}");
         assert!(err.contains("copy.tar.zst"), "the message names the file: {err}");
     }
@@ -92,12 +93,38 @@ fn a_reader_that_stops_early_is_not_an_error() {
     }
     let id = p.build(&[])["id"].as_str().unwrap().to_owned();
     // More than a pipe buffer of entries, so ferry is still writing when head exits.
-    let script = format!(
-        "{} inspect --store {} {id} | head -1; echo \"status=${{PIPESTATUS[0]}}\"",
-        crate::kit::ferry_bin(),
-        p.store.path().display()
-    );
-    let r = run(std::process::Command::new("bash").args(["-c", &script]));
-    assert!(r.stdout.ends_with("status=0\n"), "{r:?}");
-    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    for args in ["inspect", "inspect --json"] {
+        let script = format!(
+            "{} {args} --store {} {id} | head -1; echo \"status=${{PIPESTATUS[0]}}\"",
+            crate::kit::ferry_bin(),
+            p.store.path().display()
+        );
+        let r = run(std::process::Command::new("bash").args(["-c", &script]));
+        assert!(r.stdout.ends_with("status=0\n"), "{args}: {r:?}");
+        assert!(!r.stderr.contains("panicked"), "{args}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn reading_a_bundle_file_needs_no_config() {
+    let p = sample_project();
+    let path = p.build(&[])["path"].as_str().unwrap().to_owned();
+    // A broken ferry.toml where the command runs is none of verify's business.
+    let elsewhere = tempdir();
+    fs::write(elsewhere.path().join("ferry.toml"), "this is not toml = = =").unwrap();
+    let r = run(ferry_cmd().args(["verify", &path]).current_dir(elsewhere.path())).ok();
+    assert!(r.stdout.starts_with("ok: release "), "{}", r.stdout);
+    // Asking for an id does need the store, and so the config.
+    let err = run(ferry_cmd().args(["verify", "abcd"]).current_dir(elsewhere.path())).fails(2);
+    assert!(err.contains("ferry.toml: TOML parse error"), "{err}");
+}
+
+#[test]
+fn json_errors_are_json() {
+    let dir = tempdir();
+    let r = run(ferry_cmd().args(["verify", "--json", "/nonexistent/x.tar.zst"]).current_dir(dir.path()));
+    assert_eq!(r.code, 2);
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout));
+    assert_eq!(j["ok"], false);
+    assert!(j["error"].as_str().unwrap().contains("/nonexistent/x.tar.zst"), "{j}");
 }

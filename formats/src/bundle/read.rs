@@ -186,11 +186,12 @@ fn read_impl<R: Read>(
         let at = at.to_owned();
         move |source| ReadError::Corrupt { at, source }
     };
-    let mut archive = tar::Archive::new(Frames::new(input).map_err(corrupt("at the start"))?);
+    let mut archive =
+        tar::Archive::new(Frames::new(input).map_err(corrupt("in the metadata frame, before the first entry"))?);
     let head;
     let meta_frame_len;
     {
-        let entries = archive.entries().map_err(corrupt("at the start"))?.raw(true);
+        let entries = archive.entries().map_err(corrupt("in the metadata frame, before the first entry"))?.raw(true);
         let mut raw = RawEntries { entries, index: 0, last: None };
 
         let at = "the metadata directory .ferry";
@@ -252,10 +253,10 @@ fn read_impl<R: Read>(
     // The tar crate stopped at the first zero block; exactly one more may follow.
     let mut frames = archive.into_inner();
     let mut tail = Vec::new();
-    (&mut frames).take(1 << 20).read_to_end(&mut tail).map_err(corrupt("after the end of the archive"))?;
+    (&mut frames).take(1 << 20).read_to_end(&mut tail).map_err(corrupt("in the files frame, after the last entry"))?;
     if tail.len() != 512 || tail.iter().any(|&b| b != 0) {
         return Err(refused(
-            "after the end of the archive",
+            "in the files frame, after the last entry",
             format!("{} trailing bytes, expected one 512-byte zero block", tail.len()),
         ));
     }
@@ -273,8 +274,8 @@ fn read_impl<R: Read>(
         return Err(refused("the metadata frame", "the bundle has no files frame"));
     };
     let mut after = Vec::new();
-    (&mut rest).take(1 << 20).read_to_end(&mut after).map_err(corrupt("after the zstd frame"))?;
-    let at = "after the zstd frame";
+    (&mut rest).take(1 << 20).read_to_end(&mut after).map_err(corrupt("after the files frame"))?;
+    let at = "after the files frame";
     let problem = if after.is_empty() {
         Some("the checksum trailer is missing (truncated?)")
     } else if !after.starts_with(&TRAILER_START) {
@@ -432,7 +433,7 @@ impl<'a, R: Read> RawEntries<'a, R> {
     fn position(&self) -> String {
         match &self.last {
             Some(p) => format!("after entry {p:?} (tar entry #{})", self.index),
-            None => "at the start".into(),
+            None => "in the metadata frame, before the first entry".into(),
         }
     }
 
