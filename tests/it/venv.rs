@@ -96,3 +96,27 @@ fn strict_fails_on_a_venv_file_that_names_the_build_path() {
     let err = p.ferry(["build", "--strict"]).fails(2);
     assert!(err.contains("1 file(s) of the venv still name the build path (--strict): venv/lib/python3"), "{err}");
 }
+
+#[test]
+fn a_venv_copied_elsewhere_with_other_owners_builds_the_same_bytes() {
+    let p = project_with_venv();
+    let one = p.build(&[]);
+    // cp -a keeps mtimes, so every pyc stays valid for its source; the path and,
+    // as root, the owners differ.
+    let copy = tempdir();
+    sh(&format!("cp -a {}/. {}", p.root().display(), copy.path().display()));
+    if crate::kit::is_root() {
+        sh(&format!("chown -hR 4321:4321 {}", copy.path().display()));
+    }
+    let store = tempdir();
+    let r = run(crate::kit::ferry_cmd()
+        .args(["build", "--json", "--store"])
+        .arg(store.path())
+        .arg("-c")
+        .arg(copy.path().join("ferry.toml")))
+    .ok();
+    let two = r.json();
+    assert_eq!(one["id"], two["id"]);
+    assert!(one["pycs_normalized"].as_u64().unwrap() >= 2);
+    sh(&format!("cmp {} {}", one["path"].as_str().unwrap(), two["path"].as_str().unwrap()));
+}

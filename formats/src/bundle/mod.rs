@@ -35,7 +35,7 @@
 //! |---|---|
 //! | 0..4 | skippable-frame magic `0x184D2A5E`, little-endian |
 //! | 4..8 | payload length, 72, little-endian |
-//! | 8..16 | `ferry-b3` |
+//! | 8..16 | `ferry-b3`, which also names this layout: another layout gets another tag |
 //! | 16..48 | blake3 of the metadata frame's bytes |
 //! | 48..80 | blake3 of the files frame's bytes |
 //!
@@ -68,8 +68,6 @@ use crate::{Manifest, ReleaseId, ReleaseMeta};
 #[cfg(doc)]
 use crate::NORMALIZED_MTIME;
 
-/// The bundle layout version. It changes with the manifest or metadata format.
-pub const FORMAT_VERSION: u32 = 1;
 /// Where the metadata lives in a bundle.
 pub const META_DIR: &str = ".ferry";
 /// The manifest's path in a bundle.
