@@ -98,10 +98,17 @@ impl Store {
         self.root.join("cache").join(format!("{service}.json"))
     }
 
-    /// Whether the store has this bundle and its head reads back as this
-    /// release. (A damaged bundle is not "had": the next build replaces it.)
+    /// Whether the store has this bundle whole: its size is the one recorded
+    /// when it was stored, or with no record, its head reads back as this
+    /// release. A truncated or half-replaced bundle is not "had", so the next
+    /// build writes it again; a flipped bit is `ferry verify`'s to find (and
+    /// every host verifies every byte before it activates a release).
     pub fn has_intact(&self, id: &ReleaseId) -> bool {
-        self.read_head(id).is_ok()
+        let Ok(meta) = fs::metadata(self.bundle_path(id)) else { return false };
+        match self.recorded(id) {
+            Some(info) => info.size == meta.len(),
+            None => self.read_head(id).is_ok(),
+        }
     }
 
     /// What the store recorded when it first got this bundle, if anything.
@@ -113,7 +120,9 @@ impl Store {
     pub fn prepare(&self) -> Result<(), StoreError> {
         let dir = self.bundles_dir();
         fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
-        atomic::remove_stale_temps(&dir).map_err(|source| StoreError::Io { path: dir, source })?;
+        for dir in [dir, self.root.join("cache")] {
+            atomic::remove_stale_temps(&dir).map_err(|source| StoreError::Io { path: dir, source })?;
+        }
         Ok(())
     }
 

@@ -292,3 +292,16 @@ fn git_ref_builds_a_clean_export_and_records_the_commit() {
     let err = p.ferry(["build", "--git-ref", "no-such-ref"]).fails(2);
     assert!(err.contains("git ref \"no-such-ref\" does not name a commit"), "{err}");
 }
+
+#[test]
+fn a_truncated_bundle_in_the_store_is_written_again() {
+    let p = sample_project();
+    let first = p.build(&[]);
+    let path = first["path"].as_str().unwrap();
+    let len = fs::metadata(path).unwrap().len();
+    fs::OpenOptions::new().write(true).open(path).unwrap().set_len(len / 2).unwrap();
+    let again = p.build(&[]);
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["reused"], false, "a damaged bundle is not reused");
+    p.ferry(["verify", first["id"].as_str().unwrap()]).ok();
+}
