@@ -73,7 +73,8 @@ pub struct BuildArgs {
     #[arg(long, value_name = "REF")]
     pub git_ref: Option<String>,
 
-    /// A version label for the release (part of its id) [default: the git tag of --git-ref, if any].
+    /// A version label for the release (part of its id). A --git-ref build records the commit, and
+    /// its tag in the store, without one.
     #[arg(long, value_name = "LABEL")]
     pub version: Option<String>,
 

@@ -74,7 +74,8 @@ pub struct Built {
     pub id: ReleaseId,
     pub path: PathBuf,
     pub info: BundleInfo,
-    /// The store had this release already; nothing was written.
+    /// The store had this release already; nothing was written (the files
+    /// may still have been read, if their stat no longer matched the cache).
     pub reused: bool,
     pub entries: usize,
     pub cache_hits: usize,
@@ -167,7 +168,7 @@ pub fn build(spec: &BuildSpec, store: &Store, progress: &dyn Progress) -> Result
     let t = Instant::now();
     // The cache is saved while the bundle is written: it needs nothing from it.
     let saving;
-    let reused = release.is_some();
+    let mut reused = release.is_some();
     let release = match release {
         Some(r) => {
             saving = std::thread::spawn(move || cache.save());
@@ -201,7 +202,9 @@ pub fn build(spec: &BuildSpec, store: &Store, progress: &dyn Progress) -> Result
             let t = Instant::now();
             let release = Release::of(spec, &found, &prepared, meta)?;
             let path = store.bundle_path(&release.head.id);
-            if !store.has_intact(&release.head.id) {
+            // Files touched but not changed: the store has this release after all.
+            reused = store.has_intact(&release.head.id);
+            if !reused {
                 progress.phase("writing", 0);
                 let frame_bytes = temp.reopen().map_err(|e| writing(e.into()))?;
                 // Plain files on both sides: the kernel copies the frame (copy_file_range).

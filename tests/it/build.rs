@@ -67,6 +67,12 @@ fn a_rebuild_with_nothing_changed_reuses_everything() {
     assert_eq!(second["id"], first["id"]);
     assert_eq!(second["reused"], true);
     assert_eq!(second["cache_hits"], first["files"], "{second}");
+    // Touched but not changed: read again, and the stored release is the same one.
+    sh(&format!("touch -d '-30 min' {}", p.path("app/main.py").display()));
+    let touched = p.build(&[]);
+    assert_eq!(touched["id"], first["id"]);
+    assert_eq!(touched["reused"], true, "{touched}");
+    assert_eq!(touched["cache_hits"].as_u64().unwrap() + 1, first["files"].as_u64().unwrap());
     // A change is seen even when size and mtime are kept (ctime and content differ).
     p.write("app/lib/util.py", "X = 2\n");
     sh(&format!("touch -d '-1 hour' {}", p.path("app/lib/util.py").display()));
