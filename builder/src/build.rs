@@ -194,13 +194,20 @@ pub fn build(spec: &BuildSpec, store: &Store, progress: &dyn Progress) -> Result
                     progress.advance(f.meta.len());
                 }
             }
-            let (out, frame) = files.finish().map_err(writing)?;
+            // The release is known once the last file is in; it is worked out
+            // while zstd compresses its last job, which leaves a core free.
+            let (finished, release) = std::thread::scope(|s| {
+                let finishing = s.spawn(move || files.finish());
+                let release = Release::of(spec, &found, &prepared, meta);
+                (finishing.join().expect("finishing the files frame does not panic"), release)
+            });
+            let (out, frame) = finished.map_err(writing)?;
             out.into_inner().map_err(|e| writing(e.into_error().into()))?;
+            let release = release?;
             timings.pack = t.elapsed();
             saving = std::thread::spawn(move || cache.save());
 
             let t = Instant::now();
-            let release = Release::of(spec, &found, &prepared, meta)?;
             let path = store.bundle_path(&release.head.id);
             // Files touched but not changed: the store has this release after all.
             reused = store.has_intact(&release.head.id);
