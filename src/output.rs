@@ -30,9 +30,10 @@ impl Bar {
 impl ferry_builder::Progress for Bar {
     fn phase(&self, name: &str, total: u64) {
         if let Some(b) = &self.0 {
-            b.set_prefix(name.to_owned());
+            // Length first: setting the prefix redraws the bar.
             b.set_length(total);
             b.set_position(0);
+            b.set_prefix(name.to_owned());
         }
     }
 
