@@ -63,11 +63,6 @@ pub trait Progress: Sync {
     fn finish(&self) {}
 }
 
-/// A [`Progress`] that shows nothing.
-#[derive(Debug)]
-pub struct Silent;
-impl Progress for Silent {}
-
 /// What a build made.
 #[derive(Debug)]
 pub struct Built {
@@ -142,10 +137,11 @@ pub fn build(spec: &BuildSpec, store: &Store, progress: &dyn Progress) -> Result
 
     // 1. When every file's stat is the cache's, the release is known without reading a byte.
     let t = Instant::now();
+    // A cold build (nothing cached) has nothing to check.
     let cached: Vec<Option<Prepared>> = found
         .par_iter()
         .map(|f| match f.kind {
-            FoundKind::File => {
+            FoundKind::File if !cache.is_empty() => {
                 let (_, dep) = ctx.treatment(&f.rel);
                 cache.get(f.rel.as_str(), &Stamp::of(&f.meta), dep.as_ref())
             }
@@ -229,11 +225,11 @@ pub fn build(spec: &BuildSpec, store: &Store, progress: &dyn Progress) -> Result
 
     let id = release.head.id;
     let path = store.bundle_path(&id);
-    let size = fs::metadata(&path).map_err(BuildError::io(&path))?.len();
     // The store keeps what it knows of the first build of this release.
     let info = match store.recorded(&id) {
         Some(info) => info,
         None => {
+            let size = fs::metadata(&path).map_err(BuildError::io(&path))?.len();
             let built_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let info = BundleInfo::new(&release.head, size, spec.git_tag.clone(), built_at, hostname());
             store.record(&info)?;

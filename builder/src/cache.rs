@@ -121,6 +121,11 @@ impl Cache {
         }
     }
 
+    /// Whether the last build left nothing to reuse.
+    pub fn is_empty(&self) -> bool {
+        self.old.entries.is_empty()
+    }
+
     /// The cached result for `rel`, if its stamps still match. A hit is kept
     /// for the next build.
     pub fn get(&self, rel: &str, stamp: &Stamp, dep: Option<&Stamp>) -> Option<Prepared> {

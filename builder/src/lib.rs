@@ -17,6 +17,6 @@ pub mod store;
 pub mod venv;
 pub mod walk;
 
-pub use build::{build, BuildSpec, Built, Progress, Silent};
+pub use build::{build, BuildSpec, Built, Progress};
 pub use error::{BuildError, StoreError};
 pub use store::{BundleInfo, Store};
