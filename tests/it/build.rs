@@ -6,31 +6,22 @@ use std::time::{Duration, Instant};
 
 use fs_err as fs;
 
-use crate::kit::{ferry_cmd, is_root, run, sample_project, sh, tempdir, Project};
+use crate::kit::{build_at, copy_elsewhere, ferry_cmd, is_root, run, sample_project, sh, tempdir, Project};
 
 #[test]
 fn same_tree_on_other_paths_mtimes_and_owners_gives_the_same_bytes() {
     let a = sample_project();
-    let b = tempdir();
-    sh(&format!("cp -a {}/. {}", a.root().display(), b.path().display()));
-    // Other mtimes (files and links) and, where we can, other owners.
+    // Another path, other owners (as root), and other mtimes (files and links).
+    let b = copy_elsewhere(a.root());
     sh(&format!("find {} -exec touch -h -d @1700000000 {{}} +", b.path().display()));
-    if is_root() {
-        sh(&format!("chown -hR 4321:4321 {}", b.path().display()));
-    }
     let one = a.build(&[]);
     let store_b = tempdir();
-    let two = kit_build_at(b.path(), store_b.path());
+    let two = build_at(b.path(), store_b.path(), &[]);
     assert_eq!(one["id"], two["id"]);
     let (pa, pb) = (one["path"].as_str().unwrap(), two["path"].as_str().unwrap());
     assert_ne!(pa, pb);
     sh(&format!("cmp {pa} {pb}"));
     assert_eq!(one["files"], 6, "debug.log is excluded by default: {one}");
-}
-
-fn kit_build_at(root: &std::path::Path, store: &std::path::Path) -> serde_json::Value {
-    let r = run(ferry_cmd().args(["build", "--json", "--store"]).arg(store).arg("-c").arg(root.join("ferry.toml")));
-    r.ok().json()
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::kit::{ferry_cmd, run, sh, tempdir};
+use crate::kit::{build_at, copy_elsewhere, ferry_cmd, run, sh, tempdir};
 
 const V1_ID: &str = "796f5366d8c78b411a80f784ffeb8cad33e0d4c66efe240bd461120fe25a7be5";
 
@@ -13,16 +13,9 @@ fn golden(rel: &str) -> PathBuf {
 #[test]
 fn todays_build_of_the_golden_tree_is_byte_identical_to_v1() {
     // Copy the tree so a local store or cache never lands in fixtures/.
-    let tree = tempdir();
-    sh(&format!("cp -a {}/. {}", golden("tree").display(), tree.path().display()));
+    let tree = copy_elsewhere(&golden("tree"));
     let store = tempdir();
-    let r = run(ferry_cmd()
-        .args(["build", "--json", "--version", "1.0.0", "--store"])
-        .arg(store.path())
-        .arg("-c")
-        .arg(tree.path().join("ferry.toml")))
-    .ok();
-    let built = r.json();
+    let built = build_at(tree.path(), store.path(), &["--version", "1.0.0"]);
     assert_eq!(built["id"], V1_ID, "the release id of the golden tree changed: the format changed");
     sh(&format!("cmp {} {}", built["path"].as_str().unwrap(), golden(&format!("v1/{V1_ID}.tar.zst")).display()));
 }

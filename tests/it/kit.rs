@@ -105,9 +105,7 @@ impl Project {
     /// Builds and returns the `--json` report.
     #[track_caller]
     pub fn build(&self, extra: &[&str]) -> serde_json::Value {
-        let mut args = vec!["build", "--json"];
-        args.extend_from_slice(extra);
-        self.ferry(args).ok().json()
+        build_at(self.root(), self.store.path(), extra)
     }
 
     /// The files in the store's bundles directory.
@@ -120,6 +118,26 @@ impl Project {
         names.sort();
         names
     }
+}
+
+/// Builds the tree whose `ferry.toml` is in `root` into `store`, and returns
+/// the `--json` report.
+#[track_caller]
+pub fn build_at(root: &Path, store: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut cmd = ferry_cmd();
+    cmd.args(["build", "--json"]).args(extra).arg("--store").arg(store).arg("-c").arg(root.join("ferry.toml"));
+    run(&mut cmd).ok().json()
+}
+
+/// A copy of the tree at `from` in a new directory: `cp -a`, so mtimes are
+/// kept; as root, owned by another user.
+pub fn copy_elsewhere(from: &Path) -> tempfile::TempDir {
+    let to = tempdir();
+    sh(&format!("cp -a {}/. {}", from.display(), to.path().display()));
+    if is_root() {
+        sh(&format!("chown -hR 4321:4321 {}", to.path().display()));
+    }
+    to
 }
 
 pub fn tempdir() -> tempfile::TempDir {

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use fs_err as fs;
 
-use crate::kit::{run, sh, tempdir, Project};
+use crate::kit::{build_at, copy_elsewhere, run, sh, tempdir, Project};
 
 /// A venv at `<project>/venv` with a package `greet` (timestamp-based pycs,
 /// as `pip install` writes without SOURCE_DATE_EPOCH) and a console script.
@@ -103,19 +103,9 @@ fn a_venv_copied_elsewhere_with_other_owners_builds_the_same_bytes() {
     let one = p.build(&[]);
     // cp -a keeps mtimes, so every pyc stays valid for its source; the path and,
     // as root, the owners differ.
-    let copy = tempdir();
-    sh(&format!("cp -a {}/. {}", p.root().display(), copy.path().display()));
-    if crate::kit::is_root() {
-        sh(&format!("chown -hR 4321:4321 {}", copy.path().display()));
-    }
+    let copy = copy_elsewhere(p.root());
     let store = tempdir();
-    let r = run(crate::kit::ferry_cmd()
-        .args(["build", "--json", "--store"])
-        .arg(store.path())
-        .arg("-c")
-        .arg(copy.path().join("ferry.toml")))
-    .ok();
-    let two = r.json();
+    let two = build_at(copy.path(), store.path(), &[]);
     assert_eq!(one["id"], two["id"]);
     assert!(one["pycs_normalized"].as_u64().unwrap() >= 2);
     sh(&format!("cmp {} {}", one["path"].as_str().unwrap(), two["path"].as_str().unwrap()));
