@@ -14,6 +14,12 @@ Examples:
   ferry inspect 3f2a                  show a release's metadata and entries (id by unique prefix)
   ferry verify 3f2a                   check every byte of a bundle against its manifest
   ferry diff 3f2a 9c1e                what changed between two releases
+  ferry push staging                  ship the newest build to every host of a stage, canary first
+  ferry push production 9c1e --json   push a named release; print the per-host report as JSON
+  ferry status staging                what each host runs, what it keeps, who holds its lock
+  ferry rollback staging              flip every host back to its previous release
+  ferry delta 3f2a 9c1e               make (or find) the delta a host on 3f2a needs for 9c1e
+  ferry host --deploy-to /srv/app status    on a host: what the agent sees
 
 Exit codes: 0 ok, 1 some hosts failed, 2 usage error or fatal error.";
 
@@ -65,6 +71,137 @@ with nothing changed reuses the stored bundle.")]
     Diff(DiffArgs),
     /// List the bundles in the store, newest first.
     Bundles,
+    /// Make the delta from one release to another (stored, and reused next time).
+    #[command(after_help = "\
+Examples:
+  ferry delta 3f2a 9c1e
+  ferry delta 3f2a 9c1e --json
+
+Writes <store>/deltas/<from>..<to>: the target's manifest against the base's,
+and every file content the base lacks, as a zstd patch against the base's file
+at the same path or on its own. A file the base has anywhere costs nothing.")]
+    Delta(DiffArgs),
+    /// Ship a release to every host of a stage and flip them batch by batch.
+    #[command(after_help = "\
+Examples:
+  ferry push staging                 the newest build of the service in the store
+  ferry push production 9c1e         a given release, by id prefix
+  ferry push production --json       the per-host report as JSON, for CI
+
+Each host gets the delta from its current release (the whole bundle when it has
+none), stages it beside the running release, then the hosts flip in the stage's
+batches (default: 1 host, then half, then all). A failure stops the push and
+flips back every host it flipped. Exit 0: all hosts ok; 1: some failed; 2: nothing
+could start.")]
+    Push(PushArgs),
+    /// Flip every host of a stage back to its previous release (or --to one).
+    #[command(after_help = "\
+Examples:
+  ferry rollback production
+  ferry rollback production --to 3f2a
+
+Picks a release every host still has: the previous release, when it is the same
+on all hosts, or the one named with --to. Refuses, changing nothing, otherwise.")]
+    Rollback(RollbackArgs),
+    /// Show each host of a stage: current and previous release, kept releases, lock.
+    #[command(after_help = "Examples:\n  ferry status staging\n  ferry status production --json")]
+    Status(StageArgs),
+    /// Show the journals of a stage's hosts, merged in time order.
+    #[command(after_help = "Examples:\n  ferry history staging\n  ferry history production --json")]
+    History(StageArgs),
+    /// The on-host agent: what the controller runs on each host (also by hand).
+    Host(HostArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// A stage of ferry.toml.
+    pub stage: String,
+    /// The release to push (id or unique prefix) [default: the service's newest build].
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// A stage of ferry.toml.
+    pub stage: String,
+    /// The release to flip to [default: each host's previous release, if it is the same everywhere].
+    #[arg(long, value_name = "ID")]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StageArgs {
+    /// A stage of ferry.toml.
+    pub stage: String,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  ferry host --deploy-to /srv/shop stage 9c1e…tar.zst --env production
+  ferry host --deploy-to /srv/shop stage - < 3f2a..9c1e      a delta on stdin
+  ferry host --deploy-to /srv/shop activate 9c1e
+  ferry host --deploy-to /srv/shop rollback
+  ferry host --deploy-to /srv/shop prune --keep 5
+  ferry host --deploy-to /srv/shop status --json")]
+pub struct HostArgs {
+    /// The service's directory on this host (releases/, current, shared/).
+    #[arg(long, value_name = "DIR", env = "FERRY_DEPLOY_TO")]
+    pub deploy_to: PathBuf,
+    #[command(subcommand)]
+    pub verb: HostVerb,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostVerb {
+    /// Unpack a bundle or a delta into releases/ID, verified and synced, without flipping.
+    Stage {
+        /// A bundle or delta file, or - for stdin.
+        input: PathBuf,
+        #[command(flatten)]
+        options: HostOptions,
+    },
+    /// Flip current to a staged release.
+    Activate {
+        /// A staged release (id or unique prefix).
+        id: String,
+        #[command(flatten)]
+        options: HostOptions,
+    },
+    /// Flip current back to the previous release, or --to a kept one.
+    Rollback {
+        #[arg(long, value_name = "ID")]
+        to: Option<String>,
+    },
+    /// Remove old releases, keeping N and always current, previous and pinned ones.
+    Prune {
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        keep: usize,
+    },
+    /// Keep a release from being pruned.
+    Pin { id: String },
+    /// Let a pinned release be pruned again.
+    Unpin { id: String },
+    /// Current, previous and kept releases, and who holds the lock.
+    Status,
+    /// The journal: every stage, deploy, rollback and prune.
+    History,
+    /// Hash every file of a release (default: current) against its manifest.
+    Verify { id: Option<String> },
+}
+
+#[derive(Debug, Args)]
+pub struct HostOptions {
+    /// Activate config/ENV/ of the release (a config/active symlink).
+    #[arg(long, value_name = "ENV")]
+    pub env: Option<String>,
+    /// A path linked to shared/PATH in each release (a directory; repeatable).
+    #[arg(long = "linked-dir", value_name = "PATH")]
+    pub linked_dirs: Vec<String>,
+    /// A file linked to shared/PATH in each release; must exist (repeatable).
+    #[arg(long = "linked-file", value_name = "PATH")]
+    pub linked_files: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -4,12 +4,14 @@
 //! with their line and column, and so are values that parse but are wrong (a
 //! bad service name, a component path that leaves the tree).
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
-use ferry_formats::release::valid_service_name;
+use ferry_formats::release::{valid_env_name, valid_service_name};
 use ferry_formats::{ComponentKind, RelPath};
+use ferry_switcher::fleet::{OnFailure, Step};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -39,6 +41,41 @@ pub struct FerryToml {
     pub components: Components,
     #[serde(default)]
     pub store: StoreSection,
+    #[serde(default)]
+    pub deploy: DeploySection,
+    #[serde(default)]
+    pub stages: BTreeMap<String, Spanned<StageSection>>,
+}
+
+/// `[deploy]`: how releases live on every host, for every stage.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySection {
+    pub deploy_to: Option<Spanned<String>>,
+    #[serde(default)]
+    pub linked_dirs: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub linked_files: Vec<Spanned<String>>,
+    pub keep_releases: Option<Spanned<usize>>,
+}
+
+/// `[stages.<name>]`: a set of hosts pushed to together.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSection {
+    #[serde(default = "local")]
+    pub transport: Spanned<String>,
+    pub hosts: Spanned<Vec<String>>,
+    pub env: Option<Spanned<String>>,
+    pub strategy: Option<Spanned<Vec<String>>>,
+    pub deploy_to: Option<Spanned<String>>,
+    pub keep_releases: Option<Spanned<usize>>,
+    pub max_parallel: Option<Spanned<usize>>,
+    pub on_failure: Option<Spanned<String>>,
+}
+
+fn local() -> Spanned<String> {
+    Spanned::new(0..0, "local".into())
 }
 
 /// `[release]`: what goes into a bundle and how it is packed.
@@ -126,6 +163,26 @@ pub struct Config {
     pub exclude: Vec<String>,
     pub compression_level: i32,
     pub store: Option<PathBuf>,
+    pub stages: BTreeMap<String, Stage>,
+}
+
+/// The default batches: a canary, then half the fleet, then the rest.
+pub const DEFAULT_STRATEGY: &[&str] = &["1", "50%", "100%"];
+/// Releases kept on each host after a push, as Capistrano's `keep_releases`.
+pub const DEFAULT_KEEP: usize = 5;
+
+/// A checked stage. `hosts` of a local stage are absolute directories.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub hosts: Vec<(String, PathBuf)>,
+    pub env: String,
+    pub strategy: Vec<Step>,
+    pub deploy_to: PathBuf,
+    pub keep_releases: usize,
+    pub max_parallel: usize,
+    pub on_failure: OnFailure,
+    pub linked_dirs: Vec<RelPath>,
+    pub linked_files: Vec<RelPath>,
 }
 
 impl Config {
@@ -187,6 +244,10 @@ impl Config {
         }
         exclude.extend(raw.release.exclude.iter().cloned());
         let store = raw.store.path.as_ref().map(|p| normalize(&dir.join(p)));
+        let mut stages = BTreeMap::new();
+        for (name, stage) in &raw.stages {
+            stages.insert(name.clone(), check_stage(name, stage.get_ref(), &raw, &dir, &at)?);
+        }
         Ok(Self {
             path: path.to_path_buf(),
             service: service.clone(),
@@ -196,8 +257,106 @@ impl Config {
             exclude,
             compression_level: level,
             store,
+            stages,
         })
     }
+}
+
+fn check_stage(
+    name: &str,
+    stage: &StageSection,
+    raw: &FerryToml,
+    dir: &Path,
+    at: &dyn Fn(Range<usize>) -> String,
+) -> Result<Stage> {
+    if !valid_env_name(name) {
+        bail!("stage {name:?}: a stage name is letters, digits, '_' or '-'");
+    }
+    match stage.transport.get_ref().as_str() {
+        "local" => {}
+        "ssh" => bail!(
+            "{}: stage {name}: the ssh transport is not built yet; use transport = \"local\" (hosts are directories)",
+            at(stage.transport.span())
+        ),
+        other => {
+            bail!("{}: stage {name}: transport {other:?} must be \"local\" or \"ssh\"", at(stage.transport.span()))
+        }
+    }
+    if stage.hosts.get_ref().is_empty() {
+        bail!("{}: stage {name} has no hosts", at(stage.hosts.span()));
+    }
+    let mut hosts: Vec<(String, PathBuf)> = Vec::new();
+    for h in stage.hosts.get_ref() {
+        if hosts.iter().any(|(n, _)| n == h) {
+            bail!("{}: stage {name} lists host {h:?} twice", at(stage.hosts.span()));
+        }
+        hosts.push((h.clone(), normalize(&dir.join(h))));
+    }
+    let env = match &stage.env {
+        Some(e) if !valid_env_name(e.get_ref()) => {
+            bail!("{}: env {:?} must be letters, digits, '_' or '-'", at(e.span()), e.get_ref())
+        }
+        Some(e) => e.get_ref().clone(),
+        None => name.to_owned(),
+    };
+    let strategy = match &stage.strategy {
+        Some(s) => {
+            let steps = s
+                .get_ref()
+                .iter()
+                .map(|step| step.parse::<Step>())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!("{}: strategy: {e}", at(s.span())))?;
+            if steps.is_empty() {
+                bail!("{}: strategy is empty; leave it out for [\"1\", \"50%\", \"100%\"]", at(s.span()));
+            }
+            steps
+        }
+        None => DEFAULT_STRATEGY.iter().map(|s| s.parse().expect("the default parses")).collect(),
+    };
+    let deploy_to = stage.deploy_to.as_ref().or(raw.deploy.deploy_to.as_ref());
+    let deploy_to = match deploy_to {
+        Some(d) if !d.get_ref().starts_with('/') => {
+            bail!("{}: deploy_to {:?} must be an absolute path on the host", at(d.span()), d.get_ref())
+        }
+        Some(d) => PathBuf::from(d.get_ref()),
+        None => PathBuf::from(format!("/srv/{}", raw.service.get_ref())),
+    };
+    let keep = stage.keep_releases.as_ref().or(raw.deploy.keep_releases.as_ref());
+    let keep_releases = match keep {
+        Some(k) if *k.get_ref() < 1 => bail!("{}: keep_releases must be at least 1", at(k.span())),
+        Some(k) => *k.get_ref(),
+        None => DEFAULT_KEEP,
+    };
+    let max_parallel = match &stage.max_parallel {
+        Some(m) if *m.get_ref() < 1 => bail!("{}: max_parallel must be at least 1", at(m.span())),
+        Some(m) => *m.get_ref(),
+        None => 10,
+    };
+    let on_failure = match stage.on_failure.as_ref().map(|o| (o, o.get_ref().as_str())) {
+        None | Some((_, "revert")) => OnFailure::Revert,
+        Some((_, "stop")) => OnFailure::Stop,
+        Some((o, other)) => bail!("{}: on_failure {other:?} must be \"revert\" or \"stop\"", at(o.span())),
+    };
+    let linked = |list: &[Spanned<String>], what: &str| -> Result<Vec<RelPath>> {
+        list.iter()
+            .map(|p| {
+                let s = p.get_ref().trim_end_matches('/');
+                RelPath::new(s).map_err(|e| anyhow::anyhow!("{}: {what} {s:?}: {e}", at(p.span())))
+            })
+            .collect()
+    };
+    Ok(Stage {
+        hosts,
+        env,
+        strategy,
+        deploy_to,
+        keep_releases,
+        max_parallel,
+        on_failure,
+        linked_dirs: linked(&raw.deploy.linked_dirs, "linked_dirs")?,
+        linked_files: linked(&raw.deploy.linked_files, "linked_files")?,
+    })
 }
 
 /// 1-based line and column (in characters) of a byte offset.

@@ -10,10 +10,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Exit codes, as `ferry --help` documents them (1, "some hosts failed",
-/// comes with the commands that reach hosts).
+/// Exit codes, as `ferry --help` documents them.
 pub mod exit {
     pub const OK: u8 = 0;
+    pub const HOSTS_FAILED: u8 = 1;
     pub const FATAL: u8 = 2;
 }
 

@@ -7,9 +7,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use ferry_builder::Store;
-use ferry_formats::release::{valid_version, VERSION_RULE};
+use ferry_formats::release::{valid_env_name, valid_version, VERSION_RULE};
 
-use crate::cli::{Cli, Command};
+use ferry_formats::RelPath;
+use ferry_switcher::fleet::{HostSpec, Stage};
+use ferry_switcher::host::{Host, StageOptions};
+
+use crate::cli::{Cli, Command, HostOptions, HostVerb};
 use crate::config::Config;
 
 /// How results are shown.
@@ -45,6 +49,33 @@ pub enum Action {
     Verify(Target),
     Diff(Target, Target),
     Bundles,
+    Delta(Target, Target),
+    Push(StageSettings, Option<String>),
+    Rollback(StageSettings, Option<String>),
+    Status(StageSettings),
+    History(StageSettings),
+    Host(Host, HostAction),
+}
+
+/// A stage of ferry.toml, as the fleet runs it.
+#[derive(Debug)]
+pub struct StageSettings {
+    pub service: String,
+    pub stage: Stage,
+}
+
+/// One verb of `ferry host`.
+#[derive(Debug)]
+pub enum HostAction {
+    /// `None` reads stdin.
+    Stage(Option<PathBuf>, StageOptions),
+    Activate(String, StageOptions),
+    Rollback(Option<String>),
+    Prune(usize),
+    Pin(String, bool),
+    Status,
+    History,
+    Verify(Option<String>),
 }
 
 #[derive(Debug)]
@@ -107,13 +138,30 @@ impl Settings {
             Command::Verify(t) => Action::Verify(Target::parse(&t.target)),
             Command::Diff(d) => Action::Diff(Target::parse(&d.from), Target::parse(&d.to)),
             Command::Bundles => Action::Bundles,
+            Command::Delta(d) => Action::Delta(Target::parse(&d.from), Target::parse(&d.to)),
+            Command::Push(p) => {
+                let (stage, store) = load_stage(&config_path, &p.stage)?;
+                store_hint = Some(store);
+                Action::Push(stage, p.id)
+            }
+            Command::Rollback(r) => {
+                let (stage, store) = load_stage(&config_path, &r.stage)?;
+                store_hint = Some(store);
+                Action::Rollback(stage, r.to)
+            }
+            Command::Status(a) => Action::Status(load_stage(&config_path, &a.stage)?.0),
+            Command::History(a) => Action::History(load_stage(&config_path, &a.stage)?.0),
+            Command::Host(h) => Action::Host(Host::new(std::path::absolute(&h.deploy_to)?), host_action(h.verb)?),
         };
         // Commands that read bundle files only need no config: a broken
         // ferry.toml in the current directory is none of their business.
         let needs_store = match &action {
-            Action::Build(_) | Action::Bundles => true,
+            Action::Build(_) | Action::Bundles | Action::Delta(..) => true,
             Action::Inspect(t) | Action::Verify(t) => matches!(t, Target::Id(_)),
             Action::Diff(a, b) => matches!(a, Target::Id(_)) || matches!(b, Target::Id(_)),
+            Action::Push(..) | Action::Rollback(..) | Action::Status(_) | Action::History(_) | Action::Host(..) => {
+                false
+            }
         };
         let store = match cli.store {
             Some(s) => s,
@@ -129,6 +177,84 @@ impl Settings {
         let store = std::path::absolute(&store)?;
         Ok(Self { output, store: Store::new(store), action })
     }
+}
+
+/// The named stage of the config at `path`, and the config's store.
+fn load_stage(path: &Path, name: &str) -> Result<(StageSettings, PathBuf)> {
+    let config = Config::load(path)?;
+    let store = config.store.clone().unwrap_or_else(|| default_store(&config.path));
+    let Some(stage) = config.stages.get(name) else {
+        let known: Vec<&str> = config.stages.keys().map(String::as_str).collect();
+        anyhow::bail!(
+            "{} has no stage {name:?}{}",
+            config.path.display(),
+            if known.is_empty() {
+                "; add a [stages.<name>] table".to_owned()
+            } else {
+                format!(" (it has: {})", known.join(", "))
+            }
+        );
+    };
+    // Reports name a local host by its directory's last component when that
+    // tells them apart.
+    let short = |dir: &Path| dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    let shorts: std::collections::BTreeSet<_> = stage.hosts.iter().filter_map(|(_, d)| short(d)).collect();
+    let unique = shorts.len() == stage.hosts.len();
+    let hosts = stage
+        .hosts
+        .iter()
+        .map(|(name, dir)| HostSpec {
+            name: if unique { short(dir).unwrap_or_else(|| name.clone()) } else { name.clone() },
+            // A local host is a directory standing for the host's root.
+            deploy_to: dir.join(stage.deploy_to.strip_prefix("/").unwrap_or(&stage.deploy_to)),
+        })
+        .collect();
+    let options = StageOptions {
+        env: Some(stage.env.clone()),
+        linked_dirs: stage.linked_dirs.clone(),
+        linked_files: stage.linked_files.clone(),
+    };
+    let stage = Stage {
+        name: name.to_owned(),
+        hosts,
+        strategy: stage.strategy.clone(),
+        options,
+        keep_releases: stage.keep_releases,
+        max_parallel: stage.max_parallel,
+        on_failure: stage.on_failure,
+    };
+    Ok((StageSettings { service: config.service, stage }, store))
+}
+
+fn host_action(verb: HostVerb) -> Result<HostAction> {
+    let options = |o: HostOptions| -> Result<StageOptions> {
+        if let Some(env) = o.env.as_deref().filter(|e| !valid_env_name(e)) {
+            anyhow::bail!("--env {env:?} must be letters, digits, '_' or '-'");
+        }
+        let rel = |list: Vec<String>, flag: &str| -> Result<Vec<RelPath>> {
+            list.into_iter()
+                .map(|p| RelPath::new(p.trim_end_matches('/')).map_err(|e| anyhow::anyhow!("{flag} {p:?}: {e}")))
+                .collect()
+        };
+        Ok(StageOptions {
+            env: o.env,
+            linked_dirs: rel(o.linked_dirs, "--linked-dir")?,
+            linked_files: rel(o.linked_files, "--linked-file")?,
+        })
+    };
+    Ok(match verb {
+        HostVerb::Stage { input, options: o } => {
+            HostAction::Stage(Some(input).filter(|p| p.as_os_str() != "-"), options(o)?)
+        }
+        HostVerb::Activate { id, options: o } => HostAction::Activate(id, options(o)?),
+        HostVerb::Rollback { to } => HostAction::Rollback(to),
+        HostVerb::Prune { keep } => HostAction::Prune(keep),
+        HostVerb::Pin { id } => HostAction::Pin(id, true),
+        HostVerb::Unpin { id } => HostAction::Pin(id, false),
+        HostVerb::Status => HostAction::Status,
+        HostVerb::History => HostAction::History,
+        HostVerb::Verify { id } => HostAction::Verify(id),
+    })
 }
 
 /// `.ferry/store` beside the config file.

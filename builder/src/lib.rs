@@ -10,6 +10,7 @@
 
 pub mod build;
 pub mod cache;
+pub mod delta;
 mod error;
 pub mod git;
 pub mod pyc;

@@ -194,7 +194,9 @@ impl Store {
     /// Every bundle's record, newest first.
     pub fn list(&self) -> Result<Vec<BundleInfo>, StoreError> {
         let mut all = self.ids()?.iter().map(|id| self.info(id)).collect::<Result<Vec<_>, _>>()?;
-        all.sort_by(|a, b| b.built_at.cmp(&a.built_at).then(a.id.cmp(&b.id)));
+        // Builds in the same second are told apart by their bundle files' mtimes.
+        let modified = |id: &ReleaseId| fs::metadata(self.bundle_path(id)).and_then(|m| m.modified()).ok();
+        all.sort_by_cached_key(|b| (std::cmp::Reverse(b.built_at), std::cmp::Reverse(modified(&b.id)), b.id));
         Ok(all)
     }
 }

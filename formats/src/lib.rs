@@ -11,7 +11,9 @@
 
 pub mod atomic;
 pub mod bundle;
+pub mod delta;
 pub mod id;
+pub mod journal;
 pub mod manifest;
 pub mod path;
 pub mod release;

@@ -2,6 +2,9 @@
 
 mod build;
 mod bundles;
+mod delta;
+mod fleet;
+mod host;
 mod inspect;
 
 use std::io::BufReader;
@@ -21,6 +24,23 @@ pub fn run(settings: &Settings) -> Result<u8> {
         Action::Verify(t) => inspect::verify(settings, t),
         Action::Diff(a, b) => inspect::diff(settings, a, b),
         Action::Bundles => bundles::run(settings),
+        Action::Delta(a, b) => delta::run(settings, a, b),
+        Action::Push(s, id) => fleet::push(settings, s, id.as_deref()),
+        Action::Rollback(s, to) => fleet::rollback(settings, s, to.as_deref()),
+        Action::Status(s) => fleet::status(settings, s),
+        Action::History(s) => fleet::history(settings, s),
+        Action::Host(host, action) => host::run(settings, host, action),
+    }
+}
+
+/// A release that must be in the store: by id prefix, or a bundle file's
+/// name.
+fn stored_id(settings: &Settings, target: &Target) -> Result<ReleaseId> {
+    match locate(settings, target)? {
+        (_, Some(id)) if settings.store.has_intact(&id) => Ok(id),
+        (path, _) => {
+            anyhow::bail!("{} is not a bundle in the store {}", path.display(), settings.store.root().display())
+        }
     }
 }
 

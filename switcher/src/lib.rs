@@ -1,8 +1,13 @@
-//! ferry-switcher: everything that gets a release live — the on-host side
-//! (`host`: stage, flip, rollback, prune, lock, journal) and the fleet
-//! controller (`fleet`: transports, rollout, gates).
+//! ferry-switcher: everything that gets a release live.
 //!
-//! Not built yet: issue 3 (the host side and the local transport) and issue 4
-//! (fleets over SSH) fill this crate. It exists now so the workspace has its
-//! final shape and the dependency direction (formats ← switcher, no builder)
-//! is fixed from the start.
+//! - [`host`]: the on-host side — stage, flip, rollback, prune, lock,
+//!   journal. Runs as `ferry host <verb>` on every host.
+//! - [`fleet`]: the controller side — transports, the rollout plan in
+//!   batches, the push and the fleet rollback.
+//!
+//! The switcher does not depend on the builder: the fleet reaches bundles and
+//! deltas through [`fleet::ReleaseSource`], which the CLI implements with the
+//! builder's store.
+
+pub mod fleet;
+pub mod host;

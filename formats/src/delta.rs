@@ -1,0 +1,446 @@
+//! Deltas: release B as the bytes a host that has release A lacks.
+//!
+//! A delta names its base A and its target B and is refused against anything
+//! but A. It carries B's manifest and metadata compressed against A's, then
+//! one *op* for each file content of B that A does not have. Every file of B
+//! whose hash A has somewhere (at any path: a moved file costs nothing) is
+//! reused implicitly, so a release that changed two files carries two ops.
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `FERRYDLT` |
+//! | 8 | 4 | format version, u32 little-endian ([`FORMAT_VERSION`]) |
+//! | 12 | 32 | base release id |
+//! | 44 | 32 | target release id |
+//! | 76 | varint + n | the head: one zstd frame whose reference prefix is A's manifest text followed by A's `release.json`; it holds varint(len of B's manifest) ‖ B's manifest text ‖ B's `release.json` |
+//! | … | varint | op count: the number of distinct file hashes of B that A lacks |
+//! | … | … | the ops, in the order those hashes first appear in B's manifest |
+//! | end − 32 | 32 | blake3 of every byte before it |
+//!
+//! Each op is a kind byte, then:
+//!
+//! | kind | fields | content |
+//! |---|---|---|
+//! | 1 patch | varint index of a file entry in A's manifest, varint n, n bytes | one zstd frame whose reference prefix is that file of A |
+//! | 2 literal | varint n, n bytes | one zstd frame |
+//!
+//! Varints are unsigned LEB128, at most 10 bytes. zstd frames carry their
+//! content size and no checksum: each decoded file is checked against the
+//! blake3 in B's manifest, the head against B's id, and the op stream against
+//! the trailing hash — all before anything is made visible.
+
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+
+use zstd::zstd_safe;
+
+use crate::bundle::Head;
+use crate::{BlobHash, Entry, EntryKind, Manifest, ReleaseId, ReleaseMeta};
+
+/// The magic at the start of every delta.
+pub const MAGIC: [u8; 8] = *b"FERRYDLT";
+/// The version of this layout.
+pub const FORMAT_VERSION: u32 = 1;
+/// The largest zstd window a delta frame may ask for (128 MiB): a file patched
+/// against an old version of itself needs both in the window.
+pub const MAX_WINDOW_LOG: u32 = 27;
+
+const FIXED_LEN: usize = 8 + 4 + 32 + 32;
+const OP_PATCH: u8 = 1;
+const OP_LITERAL: u8 = 2;
+
+/// What a delta goes from and to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ends {
+    pub base: ReleaseId,
+    pub target: ReleaseId,
+}
+
+/// How one file content of the target travels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// zstd with the file at `reference` (an index into the base manifest) as
+    /// the reference prefix.
+    Patch { reference: usize, data: Vec<u8> },
+    /// zstd on its own.
+    Literal { data: Vec<u8> },
+}
+
+impl Op {
+    /// The encoded bytes this op carries.
+    pub fn len(&self) -> usize {
+        match self {
+            Op::Patch { data, .. } | Op::Literal { data } => data.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decodes this op into `entry`'s content and checks it against the
+    /// entry's size and hash. `reference` is the base file a patch names.
+    pub fn decode(&self, entry: &Entry, reference: Option<&[u8]>) -> Result<Vec<u8>, DeltaError> {
+        let EntryKind::File { size, hash, .. } = &entry.kind else {
+            return Err(bad(entry.path.as_str(), "an op for an entry that is not a file"));
+        };
+        let (data, prefix) = match (self, reference) {
+            (Op::Patch { data, .. }, Some(r)) => (data, r),
+            (Op::Patch { .. }, None) => return Err(bad(entry.path.as_str(), "a patch without its base file")),
+            (Op::Literal { data }, _) => (data, &[][..]),
+        };
+        let content = decompress(data, prefix, *size).map_err(|e| bad(entry.path.as_str(), e))?;
+        let actual = BlobHash::of(&content);
+        if actual != *hash {
+            return Err(DeltaError::HashMismatch { path: entry.path.to_string(), expected: *hash, actual });
+        }
+        Ok(content)
+    }
+}
+
+/// Why a delta was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    #[error("not a ferry delta (bad magic)")]
+    Magic,
+    #[error("delta format version {0} is not supported (this ferry reads version {FORMAT_VERSION})")]
+    Version(u32),
+    #[error("the delta goes from release {actual}, not from {expected}: it only applies to its own base")]
+    WrongBase { expected: ReleaseId, actual: ReleaseId },
+    #[error("the delta's head hashes to release {actual}, not to the {expected} it names")]
+    TargetMismatch { expected: ReleaseId, actual: ReleaseId },
+    #[error("{at}: {reason}")]
+    Corrupt { at: String, reason: String },
+    #[error("{path}: the patched content hashes to {actual}, not the manifest's {expected}")]
+    HashMismatch { path: String, expected: BlobHash, actual: BlobHash },
+    #[error("the delta is truncated or unreadable {at}")]
+    Io {
+        at: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn bad(at: impl Into<String>, reason: impl ToString) -> DeltaError {
+    DeltaError::Corrupt { at: at.into(), reason: reason.to_string() }
+}
+
+/// The target files that need an op, in op order: the first file of each
+/// content hash the base does not have. Every other target file is a copy of
+/// a base file or of an earlier op's file.
+pub fn needed<'a>(base: &Manifest, target: &'a Manifest) -> Vec<&'a Entry> {
+    let have: HashSet<&BlobHash> = base.entries().iter().filter_map(file_hash).collect();
+    let mut seen = HashSet::new();
+    target.entries().iter().filter(|e| file_hash(e).is_some_and(|h| !have.contains(h) && seen.insert(h))).collect()
+}
+
+fn file_hash(e: &Entry) -> Option<&BlobHash> {
+    match &e.kind {
+        EntryKind::File { hash, .. } => Some(hash),
+        _ => None,
+    }
+}
+
+/// The bytes a head frame is compressed against, or holds: manifest text
+/// then metadata.
+fn head_text(head: &Head, with_len: bool) -> Vec<u8> {
+    let manifest = head.manifest.to_text();
+    let meta = head.meta.to_canonical();
+    let mut out = Vec::with_capacity(manifest.len() + meta.len() + 10);
+    if with_len {
+        put_varint(&mut out, manifest.len() as u64);
+    }
+    out.extend_from_slice(&manifest);
+    out.extend_from_slice(&meta);
+    out
+}
+
+/// Compresses `content` with `prefix` as zstd's reference prefix (empty for
+/// none), at `level`.
+pub fn compress(content: &[u8], prefix: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    let mut cctx = zstd_safe::CCtx::create();
+    let window = window_log(prefix.len() + content.len());
+    let set = |cctx: &mut zstd_safe::CCtx<'_>, p| cctx.set_parameter(p).map(drop).map_err(zstd_error);
+    set(&mut cctx, zstd_safe::CParameter::CompressionLevel(level))?;
+    set(&mut cctx, zstd_safe::CParameter::WindowLog(window))?;
+    set(&mut cctx, zstd_safe::CParameter::ChecksumFlag(false))?;
+    set(&mut cctx, zstd_safe::CParameter::ContentSizeFlag(true))?;
+    if !prefix.is_empty() {
+        cctx.ref_prefix(prefix).map_err(zstd_error)?;
+    }
+    let mut out = Vec::with_capacity(zstd_safe::compress_bound(content.len()));
+    cctx.compress2(&mut out, content).map_err(zstd_error)?;
+    Ok(out)
+}
+
+/// The smallest window that holds prefix and content, within zstd's limits
+/// and [`MAX_WINDOW_LOG`].
+fn window_log(len: usize) -> u32 {
+    let bits = usize::BITS - len.max(1).leading_zeros();
+    bits.clamp(10, MAX_WINDOW_LOG)
+}
+
+/// Decompresses one frame of exactly `size` bytes against `prefix`.
+fn decompress(data: &[u8], prefix: &[u8], size: u64) -> Result<Vec<u8>, String> {
+    let mut decoder = zstd::stream::read::Decoder::with_ref_prefix(data, prefix).map_err(|e| e.to_string())?;
+    decoder.window_log_max(MAX_WINDOW_LOG).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 30));
+    decoder.take(size.saturating_add(1)).read_to_end(&mut out).map_err(|e| format!("cannot decompress: {e}"))?;
+    if out.len() as u64 != size {
+        return Err(format!("decompresses to {} bytes, the manifest says {size}", out.len()));
+    }
+    Ok(out)
+}
+
+fn zstd_error(code: usize) -> io::Error {
+    io::Error::other(zstd_safe::get_error_name(code))
+}
+
+/// The head frame: the target's manifest and metadata against the base's.
+pub fn encode_head(base: &Head, target: &Head, level: i32) -> io::Result<Vec<u8>> {
+    compress(&head_text(target, true), &head_text(base, false), level)
+}
+
+/// Writes a delta and returns its length. `ops` must be in [`needed`] order.
+pub fn write(out: &mut dyn Write, ends: Ends, head: &[u8], ops: &[Op]) -> io::Result<u64> {
+    let mut w = HashingWriter { inner: out, hasher: blake3::Hasher::new(), count: 0 };
+    w.write_all(&MAGIC)?;
+    w.write_all(&FORMAT_VERSION.to_le_bytes())?;
+    w.write_all(ends.base.as_bytes())?;
+    w.write_all(ends.target.as_bytes())?;
+    let mut buf = Vec::new();
+    put_varint(&mut buf, head.len() as u64);
+    w.write_all(&buf)?;
+    w.write_all(head)?;
+    buf.clear();
+    put_varint(&mut buf, ops.len() as u64);
+    w.write_all(&buf)?;
+    for op in ops {
+        buf.clear();
+        match op {
+            Op::Patch { reference, data } => {
+                buf.push(OP_PATCH);
+                put_varint(&mut buf, *reference as u64);
+                put_varint(&mut buf, data.len() as u64);
+            }
+            Op::Literal { data } => {
+                buf.push(OP_LITERAL);
+                put_varint(&mut buf, data.len() as u64);
+            }
+        }
+        w.write_all(&buf)?;
+        w.write_all(match op {
+            Op::Patch { data, .. } | Op::Literal { data } => data,
+        })?;
+    }
+    let hash = w.hasher.finalize();
+    w.inner.write_all(hash.as_bytes())?;
+    Ok(w.count + 32)
+}
+
+struct HashingWriter<'a> {
+    inner: &'a mut dyn Write,
+    hasher: blake3::Hasher,
+    count: u64,
+}
+
+impl Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reads only the fixed header: what the delta goes from and to.
+pub fn read_ends(input: &mut dyn Read) -> Result<Ends, DeltaError> {
+    let mut fixed = [0u8; FIXED_LEN];
+    input.read_exact(&mut fixed).map_err(|source| DeltaError::Io { at: "in its header".into(), source })?;
+    parse_fixed(&fixed)
+}
+
+fn parse_fixed(fixed: &[u8; FIXED_LEN]) -> Result<Ends, DeltaError> {
+    if fixed[..8] != MAGIC {
+        return Err(DeltaError::Magic);
+    }
+    let version = u32::from_le_bytes(fixed[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(DeltaError::Version(version));
+    }
+    let id = |r: std::ops::Range<usize>| ReleaseId::from_bytes(fixed[r].try_into().expect("32 bytes"));
+    Ok(Ends { base: id(12..44), target: id(44..76) })
+}
+
+/// A delta read whole and checked: its target's head, and one op for each
+/// entry of [`needed`]`(base, target)`, in that order.
+#[derive(Debug)]
+pub struct Parsed {
+    pub ends: Ends,
+    pub head: Head,
+    pub ops: Vec<Op>,
+}
+
+/// Reads a whole delta against `base`, checking the magic, version, base,
+/// the head against the target id, every op's shape, and the trailing hash.
+/// File contents are checked as each op is decoded ([`Op::decode`]).
+pub fn read(input: &mut dyn Read, base: &Head) -> Result<Parsed, DeltaError> {
+    let mut r = Reader { inner: input, hasher: blake3::Hasher::new() };
+    let mut fixed = [0u8; FIXED_LEN];
+    r.exact(&mut fixed, "in its header")?;
+    let ends = parse_fixed(&fixed)?;
+    if ends.base != base.id {
+        return Err(DeltaError::WrongBase { expected: base.id, actual: ends.base });
+    }
+
+    let head_len = r.varint("the head's length")?;
+    let head_data = r.bytes(head_len, 2 * (crate::bundle::MAX_MANIFEST + crate::bundle::MAX_META), "the head")?;
+    let head = decode_head(&head_data, base)?;
+    if head.id != ends.target {
+        return Err(DeltaError::TargetMismatch { expected: ends.target, actual: head.id });
+    }
+
+    let needed = needed(&base.manifest, &head.manifest);
+    let count = r.varint("the op count")?;
+    if count != needed.len() as u64 {
+        return Err(bad(
+            "the op count",
+            format!("{count}, but the target has {} file contents the base lacks", needed.len()),
+        ));
+    }
+    let mut ops = Vec::with_capacity(needed.len());
+    for entry in needed {
+        let at = entry.path.as_str();
+        let bound =
+            (zstd_safe::compress_bound(usize::try_from(entry.size()).unwrap_or(usize::MAX)) as u64).saturating_add(64);
+        let mut kind = [0u8];
+        r.exact(&mut kind, at)?;
+        let op = match kind[0] {
+            OP_PATCH => {
+                let reference = r.varint(at)?;
+                let is_file = usize::try_from(reference)
+                    .ok()
+                    .and_then(|i| base.manifest.entries().get(i))
+                    .is_some_and(|e| file_hash(e).is_some());
+                if !is_file {
+                    return Err(bad(at, format!("the patch's base entry {reference} is not a file of the base")));
+                }
+                let len = r.varint(at)?;
+                Op::Patch { reference: reference as usize, data: r.bytes(len, bound, at)? }
+            }
+            OP_LITERAL => {
+                let len = r.varint(at)?;
+                Op::Literal { data: r.bytes(len, bound, at)? }
+            }
+            other => return Err(bad(at, format!("unknown op kind {other}"))),
+        };
+        ops.push(op);
+    }
+    let expected = r.hasher.finalize();
+    let mut trailer = [0u8; 32];
+    r.inner.read_exact(&mut trailer).map_err(|source| DeltaError::Io { at: "in its trailing hash".into(), source })?;
+    if trailer != *expected.as_bytes() {
+        return Err(bad("the trailing hash", "does not match the delta's bytes: the delta is damaged"));
+    }
+    let mut probe = [0u8; 1];
+    match r.inner.read(&mut probe) {
+        Ok(0) => {}
+        Ok(_) => return Err(bad("the end", "bytes after the trailing hash")),
+        Err(source) => return Err(DeltaError::Io { at: "after its trailing hash".into(), source }),
+    }
+    Ok(Parsed { ends, head, ops })
+}
+
+fn decode_head(data: &[u8], base: &Head) -> Result<Head, DeltaError> {
+    let prefix = head_text(base, false);
+    let limit = crate::bundle::MAX_MANIFEST + crate::bundle::MAX_META + 10;
+    let mut decoder = zstd::stream::read::Decoder::with_ref_prefix(data, &prefix)
+        .map_err(|e| bad("the head", format!("cannot decompress: {e}")))?;
+    decoder.window_log_max(MAX_WINDOW_LOG).map_err(|e| bad("the head", e))?;
+    let mut text = Vec::new();
+    decoder.take(limit).read_to_end(&mut text).map_err(|e| bad("the head", format!("cannot decompress: {e}")))?;
+    let mut cursor = &text[..];
+    let len = get_varint(&mut cursor).ok_or_else(|| bad("the head", "no manifest length"))?;
+    let len = usize::try_from(len).ok().filter(|&l| l <= cursor.len()).ok_or_else(|| bad("the head", "too short"))?;
+    let (manifest, meta) = cursor.split_at(len);
+    let manifest = Manifest::parse(manifest).map_err(|e| bad("the target manifest", e))?;
+    let meta = ReleaseMeta::parse(meta).map_err(|e| bad("the target release.json", e))?;
+    Head::new(manifest, meta).map_err(|e| bad("the target release", e))
+}
+
+struct Reader<'a> {
+    inner: &'a mut dyn Read,
+    hasher: blake3::Hasher,
+}
+
+impl Reader<'_> {
+    fn exact(&mut self, buf: &mut [u8], at: &str) -> Result<(), DeltaError> {
+        self.inner.read_exact(buf).map_err(|source| DeltaError::Io { at: format!("at {at}"), source })?;
+        self.hasher.update(buf);
+        Ok(())
+    }
+
+    fn varint(&mut self, at: &str) -> Result<u64, DeltaError> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let mut b = [0u8];
+            self.exact(&mut b, at)?;
+            let bits = u64::from(b[0] & 0x7f);
+            if (i == 9 && b[0] > 1) || (i > 0 && b[0] == 0) {
+                // Overflow, or a padded (non-canonical) encoding.
+                break;
+            }
+            value |= bits << (7 * i);
+            if b[0] & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(bad(at, "a length that overflows 64 bits or is not in its shortest form"))
+    }
+
+    fn bytes(&mut self, len: u64, max: u64, at: &str) -> Result<Vec<u8>, DeltaError> {
+        if len > max {
+            return Err(bad(at, format!("{len} bytes of data, more than the {max} it can need")));
+        }
+        // Grow with the bytes that really arrive: a length is only a claim.
+        let mut buf = Vec::new();
+        let got = (&mut *self.inner)
+            .take(len)
+            .read_to_end(&mut buf)
+            .map_err(|source| DeltaError::Io { at: format!("at {at}"), source })?;
+        if got as u64 != len {
+            let source = io::Error::new(io::ErrorKind::UnexpectedEof, format!("{got} of {len} bytes"));
+            return Err(DeltaError::Io { at: format!("at {at}"), source });
+        }
+        self.hasher.update(&buf);
+        Ok(buf)
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(input: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let (&b, rest) = input.split_first()?;
+        *input = rest;
+        if i == 9 && b > 1 {
+            return None;
+        }
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}

@@ -1,0 +1,217 @@
+//! `ferry push`, `ferry rollback`, `ferry status`, `ferry history`: a stage's
+//! hosts, through the local transport.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use ferry_builder::{delta, Store};
+use ferry_formats::journal::{Outcome as JournalOutcome, Record};
+use ferry_formats::ReleaseId;
+use ferry_switcher::fleet::{self, Local, Observer, Outcome, ReleaseSource, Report, SourceError};
+use ferry_switcher::host::Host;
+
+use crate::exit;
+use crate::output;
+use crate::settings::{Settings, StageSettings};
+
+/// The store, as the fleet sees it.
+struct StoreSource<'a>(&'a Store);
+
+impl ReleaseSource for StoreSource<'_> {
+    fn bundle(&self, id: &ReleaseId) -> Result<PathBuf, SourceError> {
+        if !self.0.has_intact(id) {
+            return Err(format!("the store {} has no intact bundle of it", self.0.root().display()).into());
+        }
+        Ok(self.0.bundle_path(id))
+    }
+
+    fn delta(&self, base: &ReleaseId, target: &ReleaseId) -> Result<Option<PathBuf>, SourceError> {
+        if !self.0.has_intact(base) {
+            return Ok(None);
+        }
+        Ok(Some(delta::encode(self.0, base, target)?.path))
+    }
+}
+
+/// Progress lines on stderr, one per step of each host.
+struct Lines;
+
+impl Observer for Lines {
+    fn event(&self, host: &str, step: &str, detail: &str) {
+        eprintln!("  {host:<12} {step:<11} {detail}");
+    }
+}
+
+fn observer(settings: &Settings) -> &'static dyn Observer {
+    if settings.output.json {
+        &fleet::Quiet
+    } else {
+        &Lines
+    }
+}
+
+pub fn push(settings: &Settings, s: &StageSettings, id: Option<&str>) -> Result<u8> {
+    let release = match id {
+        Some(prefix) => settings.store.resolve(prefix)?,
+        None => match settings.store.list()?.into_iter().find(|b| b.service == s.service) {
+            Some(newest) => newest.id,
+            None => bail!(
+                "the store {} has no build of {}; run `ferry build` first",
+                settings.store.root().display(),
+                s.service
+            ),
+        },
+    };
+    let head = settings.store.read_head(&release)?;
+    if head.meta.service != s.service {
+        bail!("release {} is of service {}, not {}", release.short(12), head.meta.service, s.service);
+    }
+    if !settings.output.json {
+        eprintln!(
+            "pushing {} ({}) to {} hosts of {}",
+            release.short(12),
+            head.meta.version.as_deref().unwrap_or("no version"),
+            s.stage.hosts.len(),
+            s.stage.name
+        );
+    }
+    let report = fleet::push(&s.stage, &Local, &StoreSource(&settings.store), &release, observer(settings));
+    show(settings, &report, "pushed")
+}
+
+pub fn rollback(settings: &Settings, s: &StageSettings, to: Option<&str>) -> Result<u8> {
+    let to = to
+        .map(|t| settings.store.resolve(t).or_else(|_| t.parse::<ReleaseId>().map_err(anyhow::Error::from)))
+        .transpose()?;
+    let report = fleet::rollback(&s.stage, &Local, to.as_ref(), observer(settings))?;
+    show(settings, &report, "rolled back")
+}
+
+/// Prints the report and returns the exit code: 0 all ok, 1 some hosts
+/// failed, 2 nothing could start (no host got past connecting).
+fn show(settings: &Settings, report: &Report, verb: &str) -> Result<u8> {
+    let code = if report.ok {
+        exit::OK
+    } else if report.hosts.iter().all(|h| h.step == "connect" || h.result == Outcome::Skipped) {
+        exit::FATAL
+    } else {
+        exit::HOSTS_FAILED
+    };
+    if settings.output.json {
+        output::json(&serde_json::to_value(report)?)?;
+        return Ok(code);
+    }
+    let id = |i: &Option<ReleaseId>| i.map_or_else(|| "-".to_owned(), |i| i.short(12));
+    output::line(&format!(
+        "{:<12}  {:<12}  {:<12}  {:<9}  {:<8}  {:>7}  {:<7}  {:>10}",
+        "HOST", "FROM", "TO", "STEP", "RESULT", "SECONDS", "SHIPPED", "BYTES"
+    ))?;
+    for h in &report.hosts {
+        let result = serde_json::to_value(h.result)?.as_str().unwrap_or("?").to_owned();
+        output::line(&format!(
+            "{:<12}  {:<12}  {:<12}  {:<9}  {:<8}  {:>7.2}  {:<7}  {:>10}",
+            h.host,
+            id(&h.from),
+            id(&h.to),
+            h.step,
+            result,
+            h.seconds,
+            h.shipped,
+            output::bytes(h.bytes)
+        ))?;
+    }
+    for h in report.hosts.iter().filter(|h| h.error.is_some()) {
+        eprintln!("{}: {} failed: {}", h.host, h.step, h.error.as_deref().unwrap_or_default());
+    }
+    let batches: Vec<String> = report.batches.iter().map(|b| b.join(", ")).collect();
+    let shipped: u64 = report.hosts.iter().map(|h| h.bytes).sum();
+    let ok = report.hosts.iter().filter(|h| h.result == Outcome::Ok).count();
+    eprintln!(
+        "{verb} {} on {ok}/{} hosts of {} in {:.2}s{}; shipped {}",
+        id(&report.release),
+        report.hosts.len(),
+        report.stage,
+        report.seconds,
+        if batches.is_empty() { String::new() } else { format!(" (batches: {})", batches.join(" | ")) },
+        output::bytes(shipped)
+    );
+    Ok(code)
+}
+
+pub fn status(settings: &Settings, s: &StageSettings) -> Result<u8> {
+    let statuses = fleet::status(&s.stage, &Local);
+    let failed = statuses.iter().any(|(_, st)| st.is_err());
+    if settings.output.json {
+        let hosts: Vec<_> = statuses
+            .iter()
+            .map(|(host, st)| match st {
+                Ok(st) => serde_json::json!({"host": host, "ok": true, "status": st}),
+                Err(e) => serde_json::json!({"host": host, "ok": false, "error": e}),
+            })
+            .collect();
+        output::json(&serde_json::json!({"stage": s.stage.name, "hosts": hosts}))?;
+    } else {
+        let id = |i: &Option<ReleaseId>| i.map_or_else(|| "-".to_owned(), |i| i.short(12));
+        output::line(&format!("{:<12}  {:<12}  {:<12}  {:>4}  LOCK", "HOST", "CURRENT", "PREVIOUS", "KEPT"))?;
+        for (host, st) in &statuses {
+            match st {
+                Ok(st) => output::line(&format!(
+                    "{host:<12}  {:<12}  {:<12}  {:>4}  {}",
+                    id(&st.current),
+                    id(&st.previous),
+                    st.releases.len(),
+                    st.lock.as_ref().map_or_else(|| "free".to_owned(), ToString::to_string)
+                ))?,
+                Err(e) => output::line(&format!("{host:<12}  error: {e}"))?,
+            }
+        }
+        let currents: std::collections::BTreeSet<_> =
+            statuses.iter().filter_map(|(_, st)| st.as_ref().ok().map(|st| st.current)).collect();
+        if currents.len() > 1 {
+            eprintln!("the hosts of {} run different releases", s.stage.name);
+        }
+    }
+    Ok(if failed { exit::HOSTS_FAILED } else { exit::OK })
+}
+
+pub fn history(settings: &Settings, s: &StageSettings) -> Result<u8> {
+    let mut all: Vec<(String, Record)> = Vec::new();
+    for spec in &s.stage.hosts {
+        for record in Host::new(&spec.deploy_to).journal()? {
+            all.push((spec.name.clone(), record));
+        }
+    }
+    // RFC 3339 UTC with fixed precision sorts as text.
+    all.sort_by(|a, b| a.1.time.cmp(&b.1.time));
+    for (host, record) in &all {
+        if settings.output.json {
+            let mut v = serde_json::to_value(record)?;
+            v["host"] = serde_json::Value::String(host.clone());
+            output::line(&v.to_string())?;
+        } else {
+            output::line(&history_line(Some(host), record))?;
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// One journal record as a line of text.
+pub fn history_line(host: Option<&str>, r: &Record) -> String {
+    let id = |i: &Option<ReleaseId>| i.map_or_else(|| "-".to_owned(), |i| i.short(12));
+    let mut line = format!("{}  ", r.time);
+    if let Some(host) = host {
+        line.push_str(&format!("{host:<12}  "));
+    }
+    let result = if r.result == JournalOutcome::Ok { "ok" } else { "FAILED" };
+    line.push_str(&format!(
+        "{:<8}  {:<12} -> {:<12}  {result:<6}  {}",
+        format!("{:?}", r.action).to_lowercase(),
+        id(&r.from),
+        id(&r.to),
+        r.user
+    ));
+    if let Some(reason) = &r.reason {
+        line.push_str(&format!("  ({reason})"));
+    }
+    line
+}

@@ -1,0 +1,58 @@
+//! The `local` transport: hosts are directories on this machine (each one
+//! stands for a host's root file system, and the service lives at
+//! `<dir>/<deploy_to>`). The embedded default: the quickstart and the fast
+//! orchestration tests use it. It calls the host side in-process.
+
+use std::path::Path;
+
+use ferry_formats::ReleaseId;
+use fs_err as fs;
+
+use super::{HostSpec, Session, Transport};
+use crate::host::{Flipped, Host, HostError, Lock, Pruned, StageOptions, Staged, Status};
+
+/// Reaches hosts that are directories.
+#[derive(Debug, Default)]
+pub struct Local;
+
+struct LocalSession {
+    host: Host,
+    lock: Option<Lock>,
+}
+
+impl Transport for Local {
+    fn connect(&self, spec: &HostSpec, lock: Option<&str>) -> Result<Box<dyn Session>, HostError> {
+        let host = Host::new(&spec.deploy_to);
+        let lock = lock.map(|command| host.lock(command)).transpose()?;
+        Ok(Box::new(LocalSession { host, lock }))
+    }
+}
+
+impl LocalSession {
+    fn lock(&self) -> &Lock {
+        self.lock.as_ref().expect("a session that changes things is connected with a lock")
+    }
+}
+
+impl Session for LocalSession {
+    fn status(&mut self) -> Result<Status, HostError> {
+        self.host.status()
+    }
+
+    fn stage(&mut self, payload: &Path, opts: &StageOptions) -> Result<Staged, HostError> {
+        let mut file = fs::File::open(payload).map_err(HostError::Fs)?;
+        self.host.stage(self.lock(), &mut file, opts)
+    }
+
+    fn activate(&mut self, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError> {
+        self.host.activate(self.lock(), id, opts)
+    }
+
+    fn rollback(&mut self, to: Option<&ReleaseId>) -> Result<Flipped, HostError> {
+        self.host.rollback(self.lock(), to)
+    }
+
+    fn prune(&mut self, keep: usize) -> Result<Pruned, HostError> {
+        self.host.prune(self.lock(), keep)
+    }
+}

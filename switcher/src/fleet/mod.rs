@@ -1,0 +1,96 @@
+//! The controller side: a stage's hosts, reached through a transport, moved
+//! from one release to the next in batches.
+//!
+//! A push has two phases. **Stage**: every target host gets the delta from
+//! its current release (or the whole bundle when it has none, or none the
+//! store knows) and stages it, in parallel; nothing changes for users yet.
+//! **Activate**: the hosts flip batch by batch (`["1", "50%", "100%"]` is a
+//! canary, then half the fleet, then the rest). A host that fails stops the
+//! push, and every host this push flipped is flipped back.
+
+mod local;
+mod plan;
+mod push;
+
+use std::path::{Path, PathBuf};
+
+use ferry_formats::ReleaseId;
+
+use crate::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
+
+pub use local::Local;
+pub use plan::{batches, Step};
+pub use push::{push, rollback, status, HostReport, Outcome, Report, RollbackError};
+
+/// Where the fleet gets bundles and deltas: the CLI hands it the builder's
+/// store.
+pub trait ReleaseSource: Sync {
+    /// The path of the whole bundle of `id`.
+    fn bundle(&self, id: &ReleaseId) -> Result<PathBuf, SourceError>;
+    /// The path of a delta from `base` to `target`, made if need be; `None`
+    /// when the source does not have `base`.
+    fn delta(&self, base: &ReleaseId, target: &ReleaseId) -> Result<Option<PathBuf>, SourceError>;
+}
+
+pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One host of a stage, as the transport reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSpec {
+    /// How reports name it.
+    pub name: String,
+    /// Where the service lives on it.
+    pub deploy_to: PathBuf,
+}
+
+/// A connection to one host. Sessions that change things hold the host's
+/// lock from [`Transport::connect`] until they are dropped.
+pub trait Session: Send {
+    fn status(&mut self) -> Result<Status, HostError>;
+    fn stage(&mut self, payload: &Path, opts: &StageOptions) -> Result<Staged, HostError>;
+    fn activate(&mut self, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError>;
+    fn rollback(&mut self, to: Option<&ReleaseId>) -> Result<Flipped, HostError>;
+    fn prune(&mut self, keep: usize) -> Result<Pruned, HostError>;
+}
+
+/// How to reach hosts.
+pub trait Transport: Sync {
+    /// Connects to `host`; with `lock`, takes the service's lock there for
+    /// `command` (as the next comer will read it).
+    fn connect(&self, host: &HostSpec, lock: Option<&str>) -> Result<Box<dyn Session>, HostError>;
+}
+
+/// What to do when a host fails during activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFailure {
+    /// Stop, and flip back every host this push flipped.
+    #[default]
+    Revert,
+    /// Stop where it is.
+    Stop,
+}
+
+/// A stage of ferry.toml, resolved.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub name: String,
+    pub hosts: Vec<HostSpec>,
+    pub strategy: Vec<Step>,
+    pub options: StageOptions,
+    pub keep_releases: usize,
+    pub max_parallel: usize,
+    pub on_failure: OnFailure,
+}
+
+/// Sees a push as it goes, for progress on a terminal.
+pub trait Observer: Sync {
+    fn event(&self, host: &str, step: &str, detail: &str);
+}
+
+/// An observer that sees nothing.
+#[derive(Debug, Default)]
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn event(&self, _: &str, _: &str, _: &str) {}
+}

@@ -1,0 +1,390 @@
+//! `ferry push`, `ferry rollback` and `ferry status` over a stage.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ferry_formats::ReleaseId;
+use fs_err as fs;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::{batches, HostSpec, Observer, OnFailure, ReleaseSource, Session, Stage, Transport};
+use crate::host::{error_chain, HostError, Status};
+
+/// How one host fared.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostReport {
+    pub host: String,
+    pub from: Option<ReleaseId>,
+    pub to: Option<ReleaseId>,
+    /// The last step reached: connect, stage, activate, revert, prune, rollback.
+    pub step: String,
+    pub result: Outcome,
+    /// What was shipped: "delta", "bundle", or "none" (already staged).
+    pub shipped: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// The batch it was flipped in (1-based), if any.
+    pub batch: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Ok,
+    Failed,
+    /// Flipped in this push and flipped back after another host failed.
+    Reverted,
+    /// Never reached: the push stopped first.
+    Skipped,
+}
+
+/// The end of a push or rollback.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub stage: String,
+    pub release: Option<ReleaseId>,
+    pub ok: bool,
+    /// The hosts of each batch, in order.
+    pub batches: Vec<Vec<String>>,
+    pub hosts: Vec<HostReport>,
+    pub seconds: f64,
+}
+
+struct Slot {
+    spec: HostSpec,
+    session: Option<Box<dyn Session>>,
+    report: HostReport,
+    started: Instant,
+}
+
+impl Slot {
+    fn fail(&mut self, step: &str, e: &dyn std::error::Error) {
+        self.report.step = step.into();
+        self.report.result = Outcome::Failed;
+        self.report.error = Some(error_chain(e));
+    }
+}
+
+fn pool(max_parallel: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new().num_threads(max_parallel.max(1)).build().expect("a thread pool")
+}
+
+/// Connects to every host of the stage in parallel, with its lock when
+/// `lock` names the command.
+fn connect(stage: &Stage, transport: &dyn Transport, lock: Option<&str>, observer: &dyn Observer) -> Vec<Slot> {
+    let mut slots: Vec<Slot> = stage
+        .hosts
+        .iter()
+        .map(|spec| Slot {
+            spec: spec.clone(),
+            session: None,
+            report: HostReport {
+                host: spec.name.clone(),
+                from: None,
+                to: None,
+                step: "connect".into(),
+                result: Outcome::Skipped,
+                shipped: "none".into(),
+                bytes: 0,
+                seconds: 0.0,
+                batch: None,
+                error: None,
+            },
+            started: Instant::now(),
+        })
+        .collect();
+    pool(stage.max_parallel).install(|| {
+        slots.par_iter_mut().for_each(|slot| match transport.connect(&slot.spec, lock) {
+            Ok(session) => slot.session = Some(session),
+            Err(e) => {
+                observer.event(&slot.spec.name, "connect", &format!("failed: {}", error_chain(&e)));
+                slot.fail("connect", &e);
+            }
+        });
+    });
+    slots
+}
+
+fn finish(
+    stage: &Stage,
+    release: Option<ReleaseId>,
+    slots: Vec<Slot>,
+    batches: Vec<Vec<String>>,
+    start: Instant,
+) -> Report {
+    let hosts: Vec<HostReport> = slots
+        .into_iter()
+        .map(|mut s| {
+            s.report.seconds = s.started.elapsed().as_secs_f64();
+            s.report
+        })
+        .collect();
+    let ok = hosts.iter().all(|h| h.result == Outcome::Ok);
+    Report { stage: stage.name.clone(), release, ok, batches, hosts, seconds: start.elapsed().as_secs_f64() }
+}
+
+/// Pushes `release` to every host of `stage`: stage everywhere, then flip
+/// batch by batch; on a failure, stop and (by the stage's policy) flip back
+/// the hosts this push flipped.
+pub fn push(
+    stage: &Stage,
+    transport: &dyn Transport,
+    source: &dyn ReleaseSource,
+    release: &ReleaseId,
+    observer: &dyn Observer,
+) -> Report {
+    let start = Instant::now();
+    let command = format!("ferry push {} {}", stage.name, release.short(12));
+    let mut slots = connect(stage, transport, Some(&command), observer);
+    if slots.iter().any(|s| s.session.is_none()) {
+        // Nothing has changed anywhere yet: stop before staging.
+        return finish(stage, Some(*release), slots, Vec::new(), start);
+    }
+
+    // What each host has, and so what it needs.
+    let pool = pool(stage.max_parallel);
+    pool.install(|| {
+        slots.par_iter_mut().for_each(|slot| {
+            slot.report.step = "status".into();
+            slot.report.to = Some(*release);
+            match slot.session.as_mut().expect("connected").status() {
+                Ok(status) => {
+                    slot.report.from = status.current;
+                    if status.releases.iter().any(|r| r.id == *release) {
+                        slot.report.shipped = "none".into();
+                    }
+                }
+                Err(e) => slot.fail("status", &e),
+            }
+        });
+    });
+    if slots.iter().any(|s| s.report.result == Outcome::Failed) {
+        return finish(stage, Some(*release), slots, Vec::new(), start);
+    }
+
+    // One delta per distinct base, made once, before any host is staged.
+    let mut payloads: BTreeMap<Option<ReleaseId>, Result<(PathBuf, &'static str), String>> = BTreeMap::new();
+    for slot in &slots {
+        let base = slot.report.from.filter(|b| b != release);
+        payloads.entry(base).or_insert_with(|| payload(source, base, release));
+    }
+
+    // Stage everywhere.
+    pool.install(|| {
+        slots.par_iter_mut().for_each(|slot| {
+            slot.report.step = "stage".into();
+            let base = slot.report.from.filter(|b| b != release);
+            let (path, kind) = match &payloads[&base] {
+                Ok(p) => p.clone(),
+                Err(e) => {
+                    slot.report.result = Outcome::Failed;
+                    slot.report.error = Some(e.clone());
+                    return;
+                }
+            };
+            observer.event(&slot.spec.name, "stage", kind);
+            let session = slot.session.as_mut().expect("connected");
+            match session.stage(&path, &stage.options) {
+                Ok(staged) => {
+                    if !staged.already {
+                        slot.report.shipped = kind.into();
+                        slot.report.bytes = fs::metadata(&path).map_or(0, |m| m.len());
+                    }
+                    observer.event(&slot.spec.name, "staged", &format!("{:.2}s", staged.elapsed.as_secs_f64()));
+                }
+                Err(e) => {
+                    observer.event(&slot.spec.name, "stage", &format!("failed: {}", error_chain(&e)));
+                    slot.fail("stage", &e);
+                }
+            }
+        });
+    });
+    if slots.iter().any(|s| s.report.result == Outcome::Failed) {
+        return finish(stage, Some(*release), slots, Vec::new(), start);
+    }
+
+    // Activate batch by batch.
+    let plan = batches(slots.len(), &stage.strategy);
+    let names: Vec<Vec<String>> =
+        plan.iter().map(|r| slots[r.clone()].iter().map(|s| s.spec.name.clone()).collect()).collect();
+    let mut failed = false;
+    for (n, range) in plan.iter().enumerate() {
+        pool.install(|| {
+            slots[range.clone()].par_iter_mut().for_each(|slot| {
+                slot.report.step = "activate".into();
+                slot.report.batch = Some(n + 1);
+                match slot.session.as_mut().expect("connected").activate(release, &stage.options) {
+                    Ok(_) => {
+                        slot.report.result = Outcome::Ok;
+                        observer.event(&slot.spec.name, "activated", &format!("batch {}", n + 1));
+                    }
+                    Err(e) => {
+                        observer.event(&slot.spec.name, "activate", &format!("failed: {}", error_chain(&e)));
+                        slot.fail("activate", &e);
+                    }
+                }
+            });
+        });
+        if slots[range.clone()].iter().any(|s| s.report.result == Outcome::Failed) {
+            failed = true;
+            break;
+        }
+    }
+    if failed {
+        if stage.on_failure == OnFailure::Revert {
+            revert(&pool, &mut slots, observer);
+        }
+        return finish(stage, Some(*release), slots, names, start);
+    }
+
+    // Capistrano's deploy:cleanup: old releases go once the push succeeded.
+    pool.install(|| {
+        slots.par_iter_mut().for_each(|slot| {
+            if let Err(e) = slot.session.as_mut().expect("connected").prune(stage.keep_releases) {
+                // The push succeeded; a failed cleanup is reported, not undone.
+                slot.report.error = Some(format!("prune: {}", error_chain(&e)));
+            }
+        });
+    });
+    finish(stage, Some(*release), slots, names, start)
+}
+
+/// The payload a host on `base` needs: a delta when the source has `base`,
+/// else the whole bundle.
+fn payload(
+    source: &dyn ReleaseSource,
+    base: Option<ReleaseId>,
+    target: &ReleaseId,
+) -> Result<(PathBuf, &'static str), String> {
+    if let Some(base) = base {
+        match source.delta(&base, target) {
+            Ok(Some(path)) => return Ok((path, "delta")),
+            Ok(None) => {}
+            Err(e) => return Err(format!("cannot make the delta from {base}: {e}")),
+        }
+    }
+    source.bundle(target).map(|p| (p, "bundle")).map_err(|e| format!("cannot find the bundle of {target}: {e}"))
+}
+
+/// Flips every host this push flipped back to where it was.
+fn revert(pool: &rayon::ThreadPool, slots: &mut [Slot], observer: &dyn Observer) {
+    pool.install(|| {
+        slots.par_iter_mut().for_each(|slot| {
+            if slot.report.result != Outcome::Ok {
+                return;
+            }
+            let Some(from) = slot.report.from else {
+                slot.report.step = "revert".into();
+                slot.report.error = Some("flipped, and there is no earlier release to flip back to".into());
+                return;
+            };
+            slot.report.step = "revert".into();
+            match slot.session.as_mut().expect("connected").rollback(Some(&from)) {
+                Ok(_) => {
+                    slot.report.result = Outcome::Reverted;
+                    observer.event(&slot.spec.name, "reverted", &from.short(12));
+                }
+                Err(e) => slot.fail("revert", &e),
+            }
+        });
+    });
+}
+
+/// Flips every host of `stage` back: to `to`, or to the previous release,
+/// which must be the same on every host and still on every host.
+pub fn rollback(
+    stage: &Stage,
+    transport: &dyn Transport,
+    to: Option<&ReleaseId>,
+    observer: &dyn Observer,
+) -> Result<Report, RollbackError> {
+    let start = Instant::now();
+    let command = format!("ferry rollback {}", stage.name);
+    let mut slots = connect(stage, transport, Some(&command), observer);
+    if slots.iter().any(|s| s.session.is_none()) {
+        return Ok(finish(stage, to.copied(), slots, Vec::new(), start));
+    }
+    let statuses: Vec<Result<Status, HostError>> =
+        slots.iter_mut().map(|s| s.session.as_mut().expect("connected").status()).collect();
+    let mut targets = BTreeMap::new();
+    for (slot, status) in slots.iter_mut().zip(&statuses) {
+        match status {
+            Ok(st) => {
+                slot.report.from = st.current;
+                let target = to.copied().or(st.previous);
+                let has = target.is_some_and(|t| st.releases.iter().any(|r| r.id == t));
+                targets.entry(target.filter(|_| has)).or_insert_with(Vec::new).push(slot.spec.name.clone());
+            }
+            Err(e) => slot.fail("status", e),
+        }
+    }
+    if slots.iter().any(|s| s.report.result == Outcome::Failed) {
+        return Ok(finish(stage, to.copied(), slots, Vec::new(), start));
+    }
+    let target = match (targets.len(), targets.keys().next()) {
+        (1, Some(Some(t))) => *t,
+        _ => {
+            return Err(RollbackError::NoCommonRelease {
+                stage: stage.name.clone(),
+                asked: to.copied(),
+                by_host: targets,
+            })
+        }
+    };
+    pool(stage.max_parallel).install(|| {
+        slots.par_iter_mut().for_each(|slot| {
+            slot.report.step = "rollback".into();
+            slot.report.to = Some(target);
+            match slot.session.as_mut().expect("connected").rollback(Some(&target)) {
+                Ok(_) => {
+                    slot.report.result = Outcome::Ok;
+                    observer.event(&slot.spec.name, "rolled back", &target.short(12));
+                }
+                Err(e) => slot.fail("rollback", &e),
+            }
+        });
+    });
+    let names = vec![slots.iter().map(|s| s.spec.name.clone()).collect()];
+    Ok(finish(stage, Some(target), slots, names, start))
+}
+
+/// Why a fleet rollback could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error("{}", no_common(stage, asked, by_host))]
+    NoCommonRelease { stage: String, asked: Option<ReleaseId>, by_host: BTreeMap<Option<ReleaseId>, Vec<String>> },
+}
+
+fn no_common(stage: &str, asked: &Option<ReleaseId>, by_host: &BTreeMap<Option<ReleaseId>, Vec<String>>) -> String {
+    let mut s = match asked {
+        Some(id) => format!("not every host of {stage} has release {}; nothing was changed:", id.short(12)),
+        None => format!("the hosts of {stage} have no previous release in common; nothing was changed:"),
+    };
+    for (target, hosts) in by_host {
+        let what = target.map_or_else(|| "none on disk".to_owned(), |t| t.short(12));
+        s.push_str(&format!(" {what} on {};", hosts.join(", ")));
+    }
+    s.push_str(" name a release they all have with --to");
+    s
+}
+
+/// Every host's status, without taking locks.
+pub fn status(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Result<Status, String>)> {
+    let mut slots = connect(stage, transport, None, &super::Quiet);
+    pool(stage.max_parallel).install(|| {
+        slots
+            .par_iter_mut()
+            .map(|slot| {
+                let status = match slot.session.as_mut() {
+                    Some(s) => s.status().map_err(|e| error_chain(&e)),
+                    None => Err(slot.report.error.clone().unwrap_or_default()),
+                };
+                (slot.spec.name.clone(), status)
+            })
+            .collect()
+    })
+}

@@ -1,0 +1,112 @@
+//! The flip: `current` goes from one complete release to another in one
+//! rename(2). A new symlink is made under a temporary name beside `current`,
+//! renamed over it, and the directory is fsynced. Never `ln -sfn`, which
+//! unlinks first and leaves a moment with no `current`.
+
+use ferry_formats::atomic;
+use ferry_formats::journal::{Action, Outcome, Record};
+use ferry_formats::{ComponentKind, ReleaseId};
+use fs_err as fs;
+use serde::Serialize;
+
+use super::stage::{error_chain, StageOptions, ACTIVE_CONFIG};
+use super::{at, whoami, Host, HostError, Lock};
+
+/// What a flip did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Flipped {
+    pub from: Option<ReleaseId>,
+    pub to: ReleaseId,
+    /// `current` already pointed there; nothing changed.
+    pub already: bool,
+}
+
+impl Host {
+    /// Points `current` at the staged release `id`, after checking that the
+    /// linked files it needs are in `shared/`.
+    pub fn activate(&self, _lock: &Lock, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError> {
+        self.flip(id, Action::Deploy, opts)
+    }
+
+    /// Points `current` back at `to`, or at the release that was current
+    /// before the current one was deployed.
+    pub fn rollback(&self, _lock: &Lock, to: Option<&ReleaseId>) -> Result<Flipped, HostError> {
+        let to = match to {
+            Some(id) => *id,
+            None => previous(self)?.ok_or_else(|| HostError::NoPrevious { journal: self.journal_path() })?,
+        };
+        self.flip(&to, Action::Rollback, &StageOptions::default())
+    }
+
+    fn flip(&self, id: &ReleaseId, action: Action, opts: &StageOptions) -> Result<Flipped, HostError> {
+        let from = self.current()?;
+        let result = self.flip_inner(id, opts);
+        let record = Record::now(whoami(), action, from, Some(*id));
+        match result {
+            Ok(true) => {
+                self.record(&record)?;
+                Ok(Flipped { from, to: *id, already: false })
+            }
+            Ok(false) => Ok(Flipped { from, to: *id, already: true }),
+            Err(e) => {
+                let _ = self.record(&record.failed(error_chain(&e)));
+                Err(e)
+            }
+        }
+    }
+
+    /// Returns whether `current` changed.
+    fn flip_inner(&self, id: &ReleaseId, opts: &StageOptions) -> Result<bool, HostError> {
+        // A release is complete once its head is there (it is written last,
+        // and the directory only gets its name after a syncfs).
+        let head = self.head(id)?;
+        let shared = self.shared_dir();
+        for file in &opts.linked_files {
+            let path = shared.join(file.as_str());
+            if !path.exists() {
+                return Err(HostError::MissingLinked { path, shared });
+            }
+        }
+        if let Some(env) = &opts.env {
+            for config in head.meta.components_of(ComponentKind::Config) {
+                let active = self.release_dir(id).join(config.path.as_str()).join(ACTIVE_CONFIG);
+                let linked = fs::read_link(&active).ok();
+                if linked.as_deref() != Some(std::path::Path::new(env)) {
+                    return Err(HostError::Broken {
+                        id: *id,
+                        root: self.root.clone(),
+                        reason: format!(
+                            "it was not staged for environment {env:?} ({} is {}); stage it for this environment",
+                            active.display(),
+                            linked.map_or("missing".into(), |l| format!("-> {}", l.display()))
+                        ),
+                    });
+                }
+            }
+        }
+        if self.current()? == Some(*id) {
+            return Ok(false);
+        }
+        let link = self.current_link();
+        let temp = self.root.join(format!("{}{}-current", atomic::TEMP_PREFIX, std::process::id()));
+        let _ = fs::remove_file(&temp);
+        fs::os::unix::fs::symlink(format!("releases/{id}"), &temp).map_err(HostError::Fs)?;
+        if let Err(e) = fs::rename(&temp, &link) {
+            let _ = fs::remove_file(&temp);
+            return Err(HostError::Fs(e));
+        }
+        atomic::fsync_dir(&self.root).map_err(at(&self.root))?;
+        Ok(true)
+    }
+}
+
+/// The release that was current before the current one was deployed, as
+/// the journal tells: Capistrano's "previous release". Rolling back twice
+/// goes back twice, not to and fro.
+pub fn previous(host: &Host) -> Result<Option<ReleaseId>, HostError> {
+    let Some(current) = host.current()? else { return Ok(None) };
+    let journal = host.journal()?;
+    let deployed =
+        journal.iter().rev().find(|r| r.action == Action::Deploy && r.result == Outcome::Ok && r.to == Some(current));
+    Ok(deployed.and_then(|r| r.from).filter(|id| *id != current && host.has(id)))
+}

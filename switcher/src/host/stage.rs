@@ -1,0 +1,513 @@
+//! Staging: a bundle or a delta becomes `releases/<id>`, all or nothing.
+//!
+//! Everything is built in `releases/.staging-<id>`: directories first, then
+//! each file — hardlinked from a kept release that has the same (hash, mode),
+//! copied when only the hash matches, else written from the bundle or the
+//! delta — then symlinks, the release's `.ferry/` head, the `shared/` links and
+//! the config link. Written files were checked as they were decoded; linked
+//! and copied ones are hashed again, so a drifted kept release is caught
+//! rather than spread. Then one syncfs(2) makes it all durable and a rename
+//! makes it a release. A kill at any point leaves only the staging directory,
+//! which the next lock holder removes.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use ferry_formats::bundle::{self, Head, ReadError, Visitor, MANIFEST_PATH, META_DIR, RELEASE_PATH};
+use ferry_formats::delta::{self, Op};
+use ferry_formats::journal::{Action, Record};
+use ferry_formats::{atomic, BlobHash, ComponentKind, Entry, EntryKind, RelPath, ReleaseId, NORMALIZED_MTIME};
+use fs_err as fs;
+use rayon::prelude::*;
+
+use super::{at, Host, HostError, Lock};
+
+/// How a release is staged on this host.
+#[derive(Debug, Clone, Default)]
+pub struct StageOptions {
+    /// The environment whose `config/<env>/` the release activates.
+    pub env: Option<String>,
+    /// Paths linked to `shared/<path>` (directories, created when missing).
+    pub linked_dirs: Vec<RelPath>,
+    /// Paths linked to `shared/<path>` (files, which must exist).
+    pub linked_files: Vec<RelPath>,
+}
+
+/// What staging did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Staged {
+    pub id: Option<ReleaseId>,
+    /// The release was already complete here; nothing was done.
+    pub already: bool,
+    /// Files written from the bundle or delta, and their bytes.
+    pub written: usize,
+    pub written_bytes: u64,
+    /// Files hardlinked from a kept release, or copied from one (mode differed).
+    pub linked: usize,
+    pub copied: usize,
+    #[serde(with = "millis")]
+    pub elapsed: Duration,
+}
+
+mod millis {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+/// The name of the symlink that activates one environment's config inside a
+/// release: `<config>/active -> <env>`.
+pub const ACTIVE_CONFIG: &str = "active";
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+impl Host {
+    /// Stages the bundle or delta read from `input` (told apart by their
+    /// magic). Takes the lock's word that nobody else works here.
+    pub fn stage(&self, _lock: &Lock, input: &mut dyn Read, opts: &StageOptions) -> Result<Staged, HostError> {
+        let start = std::time::Instant::now();
+        let mut input = BufReader::with_capacity(1 << 20, input);
+        let magic = input.fill_buf().map_err(|e| HostError::Input(format!("cannot read the input: {e}")))?;
+        let mut staged = if magic.starts_with(&delta::MAGIC) {
+            self.stage_delta(&mut input, opts)
+        } else if magic.starts_with(&ZSTD_MAGIC) {
+            self.stage_bundle(&mut input, opts)
+        } else if magic.is_empty() {
+            Err(HostError::Input("the input is empty: expected a bundle or a delta".into()))
+        } else {
+            Err(HostError::Input("the input is neither a ferry bundle (.tar.zst) nor a ferry delta".into()))
+        };
+        if let Ok(s) = &mut staged {
+            s.elapsed = start.elapsed();
+        }
+        staged
+    }
+
+    fn stage_delta(&self, input: &mut dyn Read, opts: &StageOptions) -> Result<Staged, HostError> {
+        let mut fixed = Vec::new();
+        let ends = {
+            let mut tee = TeeRead { inner: &mut *input, copy: &mut fixed };
+            delta::read_ends(&mut tee).map_err(HostError::Delta)?
+        };
+        if self.has(&ends.target) {
+            return Ok(Staged { id: Some(ends.target), already: true, ..Staged::default() });
+        }
+        if !self.has(&ends.base) {
+            return Err(HostError::MissingBase { base: ends.base, root: self.root.clone() });
+        }
+        let base = self.head(&ends.base)?;
+        let mut whole = io::Cursor::new(fixed).chain(input);
+        let parsed = delta::read(&mut whole, &base).map_err(HostError::Delta)?;
+        let target = parsed.head;
+        let mut staging = Staging::begin(self, &target, opts)?;
+        let result = (|| {
+            staging.dirs(&target)?;
+            let needed = delta::needed(&base.manifest, &target.manifest);
+            let base_dir = self.release_dir(&base.id);
+            let written: Vec<(BlobHash, PathBuf, u32, u64)> = needed
+                .par_iter()
+                .zip(parsed.ops.par_iter())
+                .map(|(entry, op)| {
+                    let reference = match op {
+                        Op::Patch { reference, .. } => {
+                            let r = &base.manifest.entries()[*reference];
+                            let path = base_dir.join(r.path.as_str());
+                            Some(fs::read(&path).map_err(HostError::Fs)?)
+                        }
+                        Op::Literal { .. } => None,
+                    };
+                    let content = op.decode(entry, reference.as_deref()).map_err(HostError::Delta)?;
+                    staging.write_file(entry, &mut &content[..])?;
+                    let (mode, hash) = file_parts(entry);
+                    Ok((hash, staging.path(entry), mode, content.len() as u64))
+                })
+                .collect::<Result<_, HostError>>()?;
+            for (hash, path, mode, len) in written {
+                staging.written.insert(hash, (path, mode));
+                staging.counts.written += 1;
+                staging.counts.written_bytes += len;
+            }
+            let needed_paths: std::collections::HashSet<&str> = needed.iter().map(|e| e.path.as_str()).collect();
+            for entry in target.manifest.entries() {
+                match &entry.kind {
+                    EntryKind::File { .. } if needed_paths.contains(entry.path.as_str()) => {}
+                    EntryKind::File { .. } => staging.reuse(entry)?,
+                    EntryKind::Symlink { target } => staging.symlink(entry, target)?,
+                    EntryKind::Dir { .. } => {}
+                }
+            }
+            Ok(())
+        })();
+        staging.finish(result, &target, opts)
+    }
+
+    fn stage_bundle(&self, input: &mut dyn Read, opts: &StageOptions) -> Result<Staged, HostError> {
+        struct Stager<'a> {
+            host: &'a Host,
+            opts: &'a StageOptions,
+            staging: Option<Staging<'a>>,
+            already: Option<ReleaseId>,
+        }
+        impl Visitor for Stager<'_> {
+            fn head(&mut self, head: &Head) -> io::Result<()> {
+                if self.host.has(&head.id) {
+                    self.already = Some(head.id);
+                    return Err(io::Error::other("already staged"));
+                }
+                let staging = Staging::begin(self.host, head, self.opts).map_err(io::Error::other)?;
+                staging.dirs(head).map_err(io::Error::other)?;
+                self.staging = Some(staging);
+                Ok(())
+            }
+
+            fn entry(&mut self, entry: &Entry, content: &mut dyn Read) -> io::Result<()> {
+                let staging = self.staging.as_mut().expect("head comes first");
+                let done = match &entry.kind {
+                    EntryKind::Dir { .. } => Ok(()),
+                    EntryKind::Symlink { target } => staging.symlink(entry, target),
+                    EntryKind::File { hash, mode, .. } => {
+                        if staging.can_reuse(entry) {
+                            staging.reuse(entry)
+                        } else {
+                            staging.write_file(entry, content).map(|len| {
+                                staging.written.insert(*hash, (staging.path(entry), *mode));
+                                staging.counts.written += 1;
+                                staging.counts.written_bytes += len;
+                            })
+                        }
+                    }
+                };
+                done.map_err(io::Error::other)
+            }
+        }
+        let mut stager = Stager { host: self, opts, staging: None, already: None };
+        let read = bundle::read(input, None, &mut stager);
+        if let Some(id) = stager.already {
+            return Ok(Staged { id: Some(id), already: true, ..Staged::default() });
+        }
+        let Some(staging) = stager.staging.take() else {
+            return Err(HostError::Bundle(read.expect_err("a bundle read without a head failed")));
+        };
+        let head = staging.head.clone();
+        let result = read.map(drop).map_err(|e| match e {
+            ReadError::Visitor { source, .. } => match source.downcast::<HostError>() {
+                Ok(host) => host,
+                Err(other) => HostError::Input(other.to_string()),
+            },
+            other => HostError::Bundle(other),
+        });
+        staging.finish(result, &head, opts)
+    }
+}
+
+struct TeeRead<'a> {
+    inner: &'a mut dyn Read,
+    copy: &'a mut Vec<u8>,
+}
+
+impl Read for TeeRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.copy.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn file_parts(entry: &Entry) -> (u32, BlobHash) {
+    match &entry.kind {
+        EntryKind::File { mode, hash, .. } => (*mode, *hash),
+        _ => unreachable!("only files are placed"),
+    }
+}
+
+/// The mode a release file has on disk: read-only.
+fn disk_mode(mode: u32) -> u32 {
+    mode & 0o555
+}
+
+/// Where each content already is on this host: kept releases, by (hash,
+/// mode) for a hardlink and by hash alone for a copy.
+#[derive(Default)]
+struct Kept {
+    exact: HashMap<(BlobHash, u32), PathBuf>,
+    any: HashMap<BlobHash, PathBuf>,
+}
+
+impl Kept {
+    fn index(host: &Host) -> Result<Self, HostError> {
+        let mut kept = Kept::default();
+        for id in host.releases()? {
+            // A release whose head cannot be read offers nothing to link.
+            let Ok(head) = host.head(&id) else { continue };
+            let dir = host.release_dir(&id);
+            for entry in head.manifest.entries() {
+                if let EntryKind::File { mode, hash, .. } = &entry.kind {
+                    let path = dir.join(entry.path.as_str());
+                    kept.exact.entry((*hash, *mode)).or_insert_with(|| path.clone());
+                    kept.any.entry(*hash).or_insert(path);
+                }
+            }
+        }
+        Ok(kept)
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    written: usize,
+    written_bytes: u64,
+    linked: usize,
+    copied: usize,
+}
+
+/// A release being built in `releases/.staging-<id>`.
+struct Staging<'a> {
+    host: &'a Host,
+    head: Head,
+    dir: PathBuf,
+    kept: Kept,
+    /// Contents written into this staging directory, for later duplicates.
+    written: HashMap<BlobHash, (PathBuf, u32)>,
+    /// Files linked or copied, to hash again before the rename.
+    reused: Vec<(PathBuf, BlobHash)>,
+    counts: Counts,
+}
+
+impl<'a> Staging<'a> {
+    fn begin(host: &'a Host, head: &Head, opts: &StageOptions) -> Result<Self, HostError> {
+        check_env(host, head, opts)?;
+        let dir = host.releases_dir().join(format!(".staging-{}", head.id));
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(HostError::Fs)?;
+        }
+        fs::create_dir(&dir).map_err(HostError::Fs)?;
+        Ok(Self {
+            host,
+            head: head.clone(),
+            dir,
+            kept: Kept::index(host)?,
+            written: HashMap::new(),
+            reused: Vec::new(),
+            counts: Counts::default(),
+        })
+    }
+
+    fn path(&self, entry: &Entry) -> PathBuf {
+        self.dir.join(entry.path.as_str())
+    }
+
+    fn dirs(&self, head: &Head) -> Result<(), HostError> {
+        for entry in head.manifest.entries() {
+            if let EntryKind::Dir { mode } = entry.kind {
+                let path = self.path(entry);
+                fs::create_dir(&path).map_err(HostError::Fs)?;
+                fs::set_permissions(&path, std::fs::Permissions::from_mode(mode | 0o700)).map_err(HostError::Fs)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn symlink(&self, entry: &Entry, target: &str) -> Result<(), HostError> {
+        let path = self.path(entry);
+        fs::os::unix::fs::symlink(target, &path).map_err(HostError::Fs)
+    }
+
+    fn can_reuse(&self, entry: &Entry) -> bool {
+        let (_, hash) = file_parts(entry);
+        self.kept.any.contains_key(&hash) || self.written.contains_key(&hash)
+    }
+
+    /// Writes one file, read-only, with the normalized mtime, and returns its length.
+    fn write_file(&self, entry: &Entry, content: &mut dyn Read) -> Result<u64, HostError> {
+        let (mode, _) = file_parts(entry);
+        let path = self.path(entry);
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(HostError::Fs)?;
+        let len = io::copy(content, &mut file).map_err(at(&path))?;
+        file.flush().map_err(at(&path))?;
+        finish_file(file.file(), mode).map_err(at(&path))?;
+        Ok(len)
+    }
+
+    /// Places a file whose content this host already has: a hardlink when a
+    /// kept file (or one written in this staging) has the same mode, a copy
+    /// when only the content matches.
+    fn reuse(&mut self, entry: &Entry) -> Result<(), HostError> {
+        let (mode, hash) = file_parts(entry);
+        let path = self.path(entry);
+        let (source, exact) = match self.kept.exact.get(&(hash, mode)) {
+            Some(p) => (p.clone(), true),
+            None => match self.kept.any.get(&hash) {
+                Some(p) => (p.clone(), false),
+                None => match self.written.get(&hash) {
+                    Some((p, m)) => (p.clone(), *m == mode),
+                    None => {
+                        return Err(HostError::Input(format!(
+                            "{}: its content ({hash}) is neither on this host nor in the input",
+                            entry.path
+                        )))
+                    }
+                },
+            },
+        };
+        if exact && fs::hard_link(&source, &path).is_ok() {
+            self.counts.linked += 1;
+            if !source.starts_with(&self.dir) {
+                self.reused.push((path, hash));
+            }
+            return Ok(());
+        }
+        // Another mode, or the link failed (too many links, another file
+        // system): copy the bytes.
+        let mut from = fs::File::open(&source).map_err(HostError::Fs)?;
+        self.write_file(entry, &mut from)?;
+        self.counts.copied += 1;
+        self.reused.push((path, hash));
+        Ok(())
+    }
+
+    /// Completes the release if `result` is Ok, else removes the staging
+    /// directory and journals the failure.
+    fn finish(self, result: Result<(), HostError>, head: &Head, opts: &StageOptions) -> Result<Staged, HostError> {
+        let done = result.and_then(|()| self.complete(head, opts));
+        match done {
+            Ok(staged) => Ok(staged),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&self.dir);
+                let record = Record::now(super::whoami(), Action::Stage, None, Some(head.id)).failed(error_chain(&e));
+                let _ = self.host.record(&record);
+                Err(e)
+            }
+        }
+    }
+
+    fn complete(&self, head: &Head, opts: &StageOptions) -> Result<Staged, HostError> {
+        self.verify_reused()?;
+        let meta_dir = self.dir.join(META_DIR);
+        fs::create_dir_all(&meta_dir).map_err(HostError::Fs)?;
+        for (name, bytes) in [(MANIFEST_PATH, head.manifest.to_text()), (RELEASE_PATH, head.meta.to_canonical())] {
+            let path = self.dir.join(name);
+            let mut file = fs::File::create(&path).map_err(HostError::Fs)?;
+            file.write_all(&bytes).map_err(at(&path))?;
+            finish_file(file.file(), 0o444).map_err(at(&path))?;
+        }
+        self.link_shared(opts)?;
+        self.link_config(head, opts)?;
+
+        // One syncfs for every file and directory written, then the rename.
+        let dir = fs::File::open(&self.dir).map_err(HostError::Fs)?;
+        rustix::fs::syncfs(&dir).map_err(|e| at(&self.dir)(e.into()))?;
+        let release = self.host.release_dir(&head.id);
+        fs::rename(&self.dir, &release).map_err(HostError::Fs)?;
+        atomic::fsync_dir(&self.host.releases_dir()).map_err(at(self.host.releases_dir()))?;
+        self.host.record(&Record::now(super::whoami(), Action::Stage, None, Some(head.id)))?;
+        Ok(Staged {
+            id: Some(head.id),
+            already: false,
+            written: self.counts.written,
+            written_bytes: self.counts.written_bytes,
+            linked: self.counts.linked,
+            copied: self.counts.copied,
+            elapsed: Duration::ZERO,
+        })
+    }
+
+    /// Hashes every file that came from a kept release.
+    fn verify_reused(&self) -> Result<(), HostError> {
+        self.reused.par_iter().try_for_each(|(path, expected)| {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_mmap(path).map_err(|e| at(path)(e))?;
+            let actual = BlobHash::from_bytes(*hasher.finalize().as_bytes());
+            if actual != *expected {
+                return Err(HostError::Input(format!(
+                    "{}: a kept release's copy hashes to {actual}, not {expected}; that release was changed on this host (see `ferry host verify`)",
+                    path.display()
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    fn link_shared(&self, opts: &StageOptions) -> Result<(), HostError> {
+        let shared = self.host.shared_dir();
+        for dir in &opts.linked_dirs {
+            let target = shared.join(dir.as_str());
+            fs::create_dir_all(&target).map_err(HostError::Fs)?;
+        }
+        for file in &opts.linked_files {
+            let target = shared.join(file.as_str());
+            if !target.exists() {
+                return Err(HostError::MissingLinked { path: target, shared });
+            }
+        }
+        for path in opts.linked_dirs.iter().chain(&opts.linked_files) {
+            let link = self.dir.join(path.as_str());
+            // As Capistrano does: whatever the release has there gives way.
+            match fs::symlink_metadata(&link) {
+                Ok(m) if m.is_dir() => fs::remove_dir_all(&link).map_err(HostError::Fs)?,
+                Ok(_) => fs::remove_file(&link).map_err(HostError::Fs)?,
+                Err(_) => {}
+            }
+            if let Some(parent) = link.parent() {
+                fs::create_dir_all(parent).map_err(HostError::Fs)?;
+            }
+            let depth = path.components().count();
+            let target = format!("{}shared/{path}", "../".repeat(depth + 1));
+            fs::os::unix::fs::symlink(&target, &link).map_err(HostError::Fs)?;
+        }
+        Ok(())
+    }
+
+    fn link_config(&self, head: &Head, opts: &StageOptions) -> Result<(), HostError> {
+        let Some(env) = &opts.env else { return Ok(()) };
+        for config in head.meta.components_of(ComponentKind::Config) {
+            let link = self.dir.join(config.path.as_str()).join(ACTIVE_CONFIG);
+            fs::os::unix::fs::symlink(env, &link).map_err(HostError::Fs)?;
+        }
+        Ok(())
+    }
+}
+
+/// Refuses, before anything is written, a release that has no config for the
+/// host's environment or already holds a path named like the config link.
+fn check_env(host: &Host, head: &Head, opts: &StageOptions) -> Result<(), HostError> {
+    let Some(env) = &opts.env else { return Ok(()) };
+    for config in head.meta.components_of(ComponentKind::Config) {
+        if !config.environments.iter().any(|e| e == env) {
+            return Err(HostError::NoEnvironment { id: head.id, env: env.clone(), have: config.environments.clone() });
+        }
+        if head.manifest.get(&format!("{}/{ACTIVE_CONFIG}", config.path)).is_some() {
+            return Err(HostError::Broken {
+                id: head.id,
+                root: host.root.clone(),
+                reason: format!(
+                    "{}/{ACTIVE_CONFIG} is in the release, where ferry links the active config",
+                    config.path
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Read-only permissions and the normalized mtime (which the release's
+/// `.pyc` files were made against).
+fn finish_file(file: &std::fs::File, mode: u32) -> io::Result<()> {
+    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(NORMALIZED_MTIME);
+    file.set_times(std::fs::FileTimes::new().set_modified(mtime).set_accessed(mtime))?;
+    file.set_permissions(std::fs::Permissions::from_mode(disk_mode(mode)))
+}
+
+/// An error and its causes, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}

@@ -1,0 +1,131 @@
+//! What a host has: `status`, and `verify`, which re-hashes a release.
+
+use std::io;
+
+use ferry_formats::{BlobHash, EntryKind, ReleaseId};
+use fs_err as fs;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::{at, previous, Holder, Host, HostError};
+
+/// One host's state for one service.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub deploy_to: String,
+    pub current: Option<ReleaseId>,
+    pub previous: Option<ReleaseId>,
+    /// Newest first by the journal.
+    pub releases: Vec<ReleaseStatus>,
+    pub lock: Option<Holder>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseStatus {
+    pub id: ReleaseId,
+    pub version: Option<String>,
+    pub pinned: bool,
+    /// When it was last staged, deployed or rolled back to.
+    pub last_used: Option<String>,
+}
+
+/// A release whose every entry matched its manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verified {
+    pub id: ReleaseId,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+impl Host {
+    pub fn status(&self) -> Result<Status, HostError> {
+        let current = self.current()?;
+        let previous = previous(self)?;
+        let journal = self.journal()?;
+        let mut releases = Vec::new();
+        for id in self.releases()? {
+            let version = self.head(&id).ok().and_then(|h| h.meta.version);
+            let last =
+                journal.iter().rposition(|r| r.to == Some(id) && r.result == ferry_formats::journal::Outcome::Ok);
+            releases.push((
+                last,
+                ReleaseStatus {
+                    id,
+                    version,
+                    pinned: self.is_pinned(&id),
+                    last_used: last.map(|i| journal[i].time.clone()),
+                },
+            ));
+        }
+        releases.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.id.cmp(&b.1.id)));
+        Ok(Status {
+            deploy_to: self.root.display().to_string(),
+            current,
+            previous,
+            releases: releases.into_iter().map(|(_, r)| r).collect(),
+            lock: self.holder()?,
+        })
+    }
+
+    /// Checks every entry of release `id` against its manifest: types,
+    /// modes, link targets and every file's blake3. Paths linked into
+    /// `shared/` and the config link are ferry's own and are not in it.
+    pub fn verify(&self, id: &ReleaseId) -> Result<Verified, HostError> {
+        let head = self.head(id)?;
+        let dir = self.release_dir(id);
+        let broken = |reason: String| HostError::Broken { id: *id, root: self.root.clone(), reason };
+        let mut files = Vec::new();
+        for entry in head.manifest.entries() {
+            let path = dir.join(entry.path.as_str());
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // Replaced by a link into shared/ (linked_dirs, linked_files)?
+                    return Err(broken(format!("{} is missing", entry.path)));
+                }
+                Err(e) => return Err(HostError::Fs(e)),
+            };
+            match &entry.kind {
+                EntryKind::Dir { .. } if meta.is_dir() => {}
+                EntryKind::Symlink { target } if meta.file_type().is_symlink() => {
+                    let actual = fs::read_link(&path).map_err(HostError::Fs)?;
+                    if actual.as_os_str() != target.as_str() {
+                        return Err(broken(format!("{} points at {}, not {target}", entry.path, actual.display())));
+                    }
+                }
+                EntryKind::File { size, hash, .. } if meta.is_file() => {
+                    if meta.len() != *size {
+                        return Err(broken(format!("{} has {} bytes, not {size}", entry.path, meta.len())));
+                    }
+                    files.push((entry, path, *hash));
+                }
+                // ferry put a link into shared/ here (linked_dirs, linked_files).
+                _ if meta.file_type().is_symlink() && is_shared_link(&path) => {}
+                _ => return Err(broken(format!("{} is not a {}", entry.path, kind_name(&entry.kind)))),
+            }
+        }
+        files.par_iter().try_for_each(|(entry, path, expected)| {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_mmap(path).map_err(at(path))?;
+            let actual = BlobHash::from_bytes(*hasher.finalize().as_bytes());
+            if actual != *expected {
+                return Err(broken(format!("{}: content hashes to {actual}, not {expected}", entry.path)));
+            }
+            Ok(())
+        })?;
+        let (count, bytes) = head.manifest.file_totals();
+        Ok(Verified { id: *id, files: count, bytes })
+    }
+}
+
+fn is_shared_link(path: &std::path::Path) -> bool {
+    fs::read_link(path).is_ok_and(|t| t.to_string_lossy().contains("shared/"))
+}
+
+fn kind_name(kind: &EntryKind) -> &'static str {
+    match kind {
+        EntryKind::Dir { .. } => "directory",
+        EntryKind::File { .. } => "file",
+        EntryKind::Symlink { .. } => "symlink",
+    }
+}
