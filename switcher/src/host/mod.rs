@@ -230,8 +230,25 @@ pub fn whoami() -> String {
     }
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw()));
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(user_name);
     format!("{user}@{}", hostname())
+}
+
+/// This process's user name from /etc/passwd (services and cron jobs often
+/// run without `USER`), or `uid N`.
+fn user_name() -> String {
+    let uid = rustix::process::getuid().as_raw();
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            (fields.nth(1)? == uid.to_string()).then(|| name.to_owned())
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 pub fn hostname() -> String {

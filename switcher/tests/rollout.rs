@@ -1,0 +1,272 @@
+//! The push and the fleet rollback, orchestrated over real host directories
+//! (the `local` transport) with one fault-injecting wrapper: a host named in
+//! `fail_activate` or `fail_stage` refuses that step, as a host with a full
+//! disk or a dead link would.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ferry_formats::bundle::{self, Head, WriteOptions};
+use ferry_formats::release::FORMAT_VERSION;
+use ferry_formats::{BlobHash, Component, ComponentKind, Entry, EntryKind, Manifest, RelPath, ReleaseId, ReleaseMeta};
+use ferry_switcher::fleet::{
+    self, HostSpec, Local, OnFailure, Outcome, Quiet, ReleaseSource, Session, SourceError, Stage, Step, Transport,
+};
+use ferry_switcher::host::{Flipped, Host, HostError, Pruned, StageOptions, Staged, Status};
+use fs_err as fs;
+
+/// Bundles written into a directory; no deltas (every host gets the bundle).
+struct Bundles(PathBuf);
+
+impl ReleaseSource for Bundles {
+    fn bundle(&self, id: &ReleaseId) -> Result<PathBuf, SourceError> {
+        Ok(self.0.join(format!("{id}.tar.zst")))
+    }
+
+    fn delta(&self, _: &ReleaseId, _: &ReleaseId) -> Result<Option<PathBuf>, SourceError> {
+        Ok(None)
+    }
+}
+
+/// A release of service `shop` whose app says `version`, with staging config.
+fn release(dir: &Path, version: &str) -> ReleaseId {
+    let files: BTreeMap<&str, Vec<u8>> = [
+        ("app/main.py", format!("VERSION = {version:?}\n").into_bytes()),
+        ("app/lib.py", b"def f():\n    return 1\n".to_vec()),
+        ("config/staging/settings.json", format!("{{\"v\": {version:?}}}\n").into_bytes()),
+    ]
+    .into();
+    let mut entries: Vec<Entry> = ["app", "config", "config/staging"]
+        .iter()
+        .map(|d| Entry { path: RelPath::new(*d).unwrap(), kind: EntryKind::Dir { mode: 0o755 } })
+        .collect();
+    for (p, c) in &files {
+        entries.push(Entry {
+            path: RelPath::new(*p).unwrap(),
+            kind: EntryKind::File { mode: 0o644, size: c.len() as u64, hash: BlobHash::of(c) },
+        });
+    }
+    let meta = ReleaseMeta {
+        format: FORMAT_VERSION,
+        service: "shop".into(),
+        version: Some(version.into()),
+        git: None,
+        components: vec![
+            Component { kind: ComponentKind::Code, path: RelPath::new("app").unwrap(), environments: vec![] },
+            Component {
+                kind: ComponentKind::Config,
+                path: RelPath::new("config").unwrap(),
+                environments: vec!["staging".into()],
+            },
+        ],
+    };
+    let head = Head::new(Manifest::from_entries(entries).unwrap(), meta).unwrap();
+    let opts = WriteOptions { level: 3, workers: 1 };
+    let bytes = bundle::write(Vec::new(), &head, &opts, |e| Ok(&files[e.path.as_str()][..])).unwrap();
+    fs::write(dir.join(format!("{}.tar.zst", head.id)), bytes).unwrap();
+    head.id
+}
+
+/// The local transport, with chosen hosts refusing a step.
+#[derive(Default)]
+struct Faulty {
+    fail_stage: Vec<String>,
+    fail_activate: Vec<String>,
+}
+
+struct FaultySession {
+    name: String,
+    inner: Box<dyn Session>,
+    fail_stage: bool,
+    fail_activate: bool,
+}
+
+fn injected(step: &str, host: &str) -> HostError {
+    HostError::Input(format!("injected fault: {step} on {host}"))
+}
+
+impl Transport for Faulty {
+    fn connect(&self, host: &HostSpec, lock: Option<&str>) -> Result<Box<dyn Session>, HostError> {
+        Ok(Box::new(FaultySession {
+            name: host.name.clone(),
+            inner: Local.connect(host, lock)?,
+            fail_stage: self.fail_stage.contains(&host.name),
+            fail_activate: self.fail_activate.contains(&host.name),
+        }))
+    }
+}
+
+impl Session for FaultySession {
+    fn status(&mut self) -> Result<Status, HostError> {
+        self.inner.status()
+    }
+    fn stage(&mut self, payload: &Path, opts: &StageOptions) -> Result<Staged, HostError> {
+        if self.fail_stage {
+            return Err(injected("stage", &self.name));
+        }
+        self.inner.stage(payload, opts)
+    }
+    fn activate(&mut self, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError> {
+        if self.fail_activate {
+            return Err(injected("activate", &self.name));
+        }
+        self.inner.activate(id, opts)
+    }
+    fn rollback(&mut self, to: Option<&ReleaseId>) -> Result<Flipped, HostError> {
+        self.inner.rollback(to)
+    }
+    fn prune(&mut self, keep: usize) -> Result<Pruned, HostError> {
+        self.inner.prune(keep)
+    }
+}
+
+struct Fleet {
+    _dir: tempfile::TempDir,
+    stage: Stage,
+    source: Bundles,
+    v1: ReleaseId,
+    v2: ReleaseId,
+}
+
+/// Four hosts, all on v1, and v2 in the source.
+fn fleet() -> Fleet {
+    let dir = tempfile::tempdir().unwrap();
+    let bundles = dir.path().join("bundles");
+    fs::create_dir(&bundles).unwrap();
+    let (v1, v2) = (release(&bundles, "v1"), release(&bundles, "v2"));
+    let hosts = (1..=4)
+        .map(|i| HostSpec { name: format!("web{i}"), deploy_to: dir.path().join(format!("web{i}/srv/shop")) })
+        .collect();
+    let stage = Stage {
+        name: "test".into(),
+        hosts,
+        strategy: ["1", "50%", "100%"].iter().map(|s| s.parse::<Step>().unwrap()).collect(),
+        options: StageOptions { env: Some("staging".into()), ..StageOptions::default() },
+        keep_releases: 5,
+        max_parallel: 4,
+        on_failure: OnFailure::Revert,
+    };
+    let source = Bundles(bundles);
+    let report = fleet::push(&stage, &Local, &source, &v1, &Quiet);
+    assert!(report.ok, "{report:#?}");
+    Fleet { _dir: dir, stage, source, v1, v2 }
+}
+
+impl Fleet {
+    fn currents(&self) -> Vec<Option<ReleaseId>> {
+        self.stage.hosts.iter().map(|h| Host::new(&h.deploy_to).current().unwrap()).collect()
+    }
+
+    fn outcome(report: &fleet::Report, host: &str) -> (Outcome, String) {
+        let h = report.hosts.iter().find(|h| h.host == host).unwrap();
+        (h.result, h.step.clone())
+    }
+}
+
+#[test]
+fn a_good_push_flips_every_host_in_canary_then_halves() {
+    let f = fleet();
+    let report = fleet::push(&f.stage, &Local, &f.source, &f.v2, &Quiet);
+    assert!(report.ok, "{report:#?}");
+    assert_eq!(report.batches, vec![vec!["web1"], vec!["web2"], vec!["web3", "web4"]]);
+    assert_eq!(f.currents(), vec![Some(f.v2); 4]);
+    for h in &f.stage.hosts {
+        let settings = fs::read_to_string(h.deploy_to.join("current/config/active/settings.json")).unwrap();
+        assert_eq!(settings, "{\"v\": \"v2\"}\n");
+    }
+}
+
+#[test]
+fn a_failing_canary_stops_the_push_before_any_other_host_flips() {
+    let f = fleet();
+    let faulty = Faulty { fail_activate: vec!["web1".into()], ..Faulty::default() };
+    let report = fleet::push(&f.stage, &faulty, &f.source, &f.v2, &Quiet);
+    assert!(!report.ok);
+    assert_eq!(Fleet::outcome(&report, "web1"), (Outcome::Failed, "activate".into()));
+    let web1 = report.hosts.iter().find(|h| h.host == "web1").unwrap();
+    assert!(web1.error.as_deref().unwrap().contains("injected fault: activate on web1"), "{web1:?}");
+    for host in ["web2", "web3", "web4"] {
+        assert_eq!(Fleet::outcome(&report, host).0, Outcome::Skipped, "{host}");
+    }
+    assert_eq!(f.currents(), vec![Some(f.v1); 4]);
+}
+
+#[test]
+fn a_failure_in_the_last_batch_reverts_every_host_this_push_flipped() {
+    let f = fleet();
+    let faulty = Faulty { fail_activate: vec!["web3".into()], ..Faulty::default() };
+    let report = fleet::push(&f.stage, &faulty, &f.source, &f.v2, &Quiet);
+    assert!(!report.ok);
+    assert_eq!(Fleet::outcome(&report, "web1"), (Outcome::Reverted, "revert".into()));
+    assert_eq!(Fleet::outcome(&report, "web2"), (Outcome::Reverted, "revert".into()));
+    assert_eq!(Fleet::outcome(&report, "web3"), (Outcome::Failed, "activate".into()));
+    // web4 flipped in the same batch as web3, and went back with the others.
+    assert_eq!(Fleet::outcome(&report, "web4"), (Outcome::Reverted, "revert".into()));
+    assert_eq!(f.currents(), vec![Some(f.v1); 4]);
+    // The revert is a rollback in each host's journal.
+    let journal = Host::new(&f.stage.hosts[0].deploy_to).journal().unwrap();
+    let last = journal.last().unwrap();
+    assert_eq!((last.from, last.to), (Some(f.v2), Some(f.v1)));
+}
+
+#[test]
+fn with_on_failure_stop_flipped_hosts_stay_where_they_are() {
+    let mut f = fleet();
+    f.stage.on_failure = OnFailure::Stop;
+    let faulty = Faulty { fail_activate: vec!["web3".into(), "web4".into()], ..Faulty::default() };
+    let report = fleet::push(&f.stage, &faulty, &f.source, &f.v2, &Quiet);
+    assert!(!report.ok);
+    assert_eq!(f.currents(), vec![Some(f.v2), Some(f.v2), Some(f.v1), Some(f.v1)]);
+}
+
+#[test]
+fn a_host_that_cannot_stage_stops_the_push_before_anything_flips() {
+    let f = fleet();
+    let faulty = Faulty { fail_stage: vec!["web4".into()], ..Faulty::default() };
+    let report = fleet::push(&f.stage, &faulty, &f.source, &f.v2, &Quiet);
+    assert!(!report.ok);
+    assert_eq!(Fleet::outcome(&report, "web4"), (Outcome::Failed, "stage".into()));
+    assert!(report.batches.is_empty(), "no batch started");
+    assert_eq!(f.currents(), vec![Some(f.v1); 4]);
+    // The others staged v2 and keep it for the next try, which ships nothing to them.
+    assert!(Host::new(&f.stage.hosts[0].deploy_to).has(&f.v2));
+    let report = fleet::push(&f.stage, &Local, &f.source, &f.v2, &Quiet);
+    assert!(report.ok);
+    let shipped: Vec<&str> = report.hosts.iter().map(|h| h.shipped.as_str()).collect();
+    assert_eq!(shipped, vec!["none", "none", "none", "bundle"]);
+}
+
+#[test]
+fn a_fleet_rollback_needs_a_release_every_host_has() {
+    let f = fleet();
+    assert!(fleet::push(&f.stage, &Local, &f.source, &f.v2, &Quiet).ok);
+    let report = fleet::rollback(&f.stage, &Local, None, &Quiet).unwrap();
+    assert!(report.ok, "{report:#?}");
+    assert_eq!(f.currents(), vec![Some(f.v1); 4]);
+
+    // web4 is moved on alone to a v3 the others never had: no common release.
+    let v3 = release(&f.source.0, "v3");
+    let mut one = f.stage.clone();
+    one.hosts.retain(|h| h.name == "web4");
+    assert!(fleet::push(&one, &Local, &f.source, &v3, &Quiet).ok);
+    let err = fleet::rollback(&f.stage, &Local, Some(&v3), &Quiet).unwrap_err().to_string();
+    assert!(err.contains("not every host of test has release"), "{err}");
+    assert!(err.contains("web1, web2, web3"), "{err}");
+    assert_eq!(f.currents(), vec![Some(f.v1), Some(f.v1), Some(f.v1), Some(v3)], "nothing changed");
+}
+
+#[test]
+fn a_second_push_is_refused_while_a_host_is_locked() {
+    let f = fleet();
+    let held = Host::new(&f.stage.hosts[2].deploy_to).lock("ferry push test (the first one)").unwrap();
+    let report = fleet::push(&f.stage, &Local, &f.source, &f.v2, &Quiet);
+    assert!(!report.ok);
+    let web3 = report.hosts.iter().find(|h| h.host == "web3").unwrap();
+    assert_eq!(web3.step, "connect");
+    let error = web3.error.as_deref().unwrap();
+    assert!(error.contains("locked by `ferry push test (the first one)`"), "{error}");
+    assert!(error.contains(&format!("pid {}", std::process::id())), "{error}");
+    assert_eq!(f.currents(), vec![Some(f.v1); 4], "nothing flipped");
+    drop(held);
+    assert!(fleet::push(&f.stage, &Local, &f.source, &f.v2, &Quiet).ok, "the lock is gone with its holder");
+}
