@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use ferry_formats::bundle::{self, Head, ReadError, Visitor};
 use ferry_formats::delta::{self, Ends, Op};
+use ferry_formats::signature::Signature;
 use ferry_formats::{atomic, BlobHash, Entry, EntryKind, Manifest, ReleaseId};
 use fs_err as fs;
 use rayon::prelude::*;
@@ -28,7 +29,6 @@ pub const LEVEL: i32 = 19;
 /// A delta in the store.
 #[derive(Debug, Clone)]
 pub struct Encoded {
-    pub ends: Ends,
     pub path: PathBuf,
     /// The delta's size in bytes.
     pub bytes: u64,
@@ -54,6 +54,12 @@ pub enum DeltaBuildError {
         #[source]
         source: io::Error,
     },
+    #[error("the host's signature of {path} cannot be used")]
+    Signature {
+        path: String,
+        #[source]
+        source: fast_rsync::SignatureParseError,
+    },
     #[error("cannot write the delta {}", path.display())]
     Write {
         path: PathBuf,
@@ -75,16 +81,7 @@ pub fn encode(store: &Store, base: &ReleaseId, target: &ReleaseId) -> Result<Enc
     if let Some(found) = stored(&path, base, target)? {
         let (base_head, target_head) = (store.read_head(base)?, store.read_head(target)?);
         let (patches, literals, reused) = counts(&base_head.manifest, &target_head.manifest);
-        return Ok(Encoded {
-            ends: Ends { base: *base, target: *target },
-            path,
-            bytes: found,
-            patches,
-            literals,
-            reused,
-            made: false,
-            elapsed: start.elapsed(),
-        });
+        return Ok(Encoded { path, bytes: found, patches, literals, reused, made: false, elapsed: start.elapsed() });
     }
     let plan = Plan::new(store, base, target)?;
     let (ops, head) = plan.encode(store)?;
@@ -101,7 +98,6 @@ pub fn encode(store: &Store, base: &ReleaseId, target: &ReleaseId) -> Result<Enc
     .map_err(|source| DeltaBuildError::Write { path: path.clone(), source })?;
     let patches = ops.iter().filter(|o| matches!(o, Op::Patch { .. })).count();
     Ok(Encoded {
-        ends,
         path,
         bytes,
         patches,
@@ -317,4 +313,80 @@ pub fn one_stream_size(
     let head = delta::encode_head(&plan.base, &plan.target, LEVEL)
         .map_err(|source| DeltaBuildError::Encode { path: "the head".into(), source })?;
     Ok(((data.len() + head.len() + 76 + 32) as u64, start.elapsed()))
+}
+
+/// Where the store keeps the rsync delta for a host with signature `basis`.
+pub fn rsync_delta_path(store: &Store, basis: &BlobHash, target: &ReleaseId) -> PathBuf {
+    store.root().join("deltas").join(format!("rsync-{basis}..{target}"))
+}
+
+/// The delta for a host whose content the store does not know, from its
+/// signature: every target content the host lacks is a fast_rsync delta
+/// against the host's file at the same path (or the same path with other
+/// version digits), or a literal. Cached in the store like release deltas.
+pub fn encode_rsync(store: &Store, signature: &Signature, target: &ReleaseId) -> Result<Encoded, DeltaBuildError> {
+    let start = Instant::now();
+    let path = rsync_delta_path(store, &signature.id, target);
+    let head = store.read_head(target)?;
+    let have: HashSet<&BlobHash> = signature.files.iter().map(|f| &f.hash).collect();
+    let needed = delta::needed_from(&have, &head.manifest);
+    let files = head.manifest.entries().iter().filter(|e| matches!(e.kind, EntryKind::File { .. })).count();
+    let reused = files - needed.len();
+    let mut by_path = HashMap::new();
+    let mut by_shape = HashMap::new();
+    for (i, f) in signature.files.iter().enumerate() {
+        if f.size > 0 {
+            by_path.insert(f.path.as_str(), i);
+            by_shape.entry(shape(f.path.as_str())).or_insert(i);
+        }
+    }
+    let reference = |e: &Entry| by_path.get(e.path.as_str()).or_else(|| by_shape.get(&shape(e.path.as_str()))).copied();
+    if let Ok(meta) = fs::metadata(&path) {
+        let patches = needed.iter().filter(|e| reference(e).is_some()).count();
+        let literals = needed.len() - patches;
+        return Ok(Encoded {
+            path,
+            bytes: meta.len(),
+            patches,
+            literals,
+            reused,
+            made: false,
+            elapsed: start.elapsed(),
+        });
+    }
+    let want: HashSet<&BlobHash> = needed.iter().map(|e| file_hash(e)).collect();
+    let blobs = collect(store, target, &want)?;
+    let ops = needed
+        .par_iter()
+        .map(|entry| {
+            let content = &blobs[file_hash(entry)];
+            let encode_error = |source| DeltaBuildError::Encode { path: entry.path.to_string(), source };
+            match reference(entry) {
+                Some(r) => {
+                    let signed = &signature.files[r];
+                    let parsed = fast_rsync::Signature::deserialize(signed.rsync.clone())
+                        .map_err(|source| DeltaBuildError::Signature { path: signed.path.to_string(), source })?;
+                    let mut diff = Vec::new();
+                    fast_rsync::diff(&parsed.index(), content, &mut diff)
+                        .map_err(|e| encode_error(io::Error::other(e)))?;
+                    let data = delta::compress(&diff, &[], LEVEL).map_err(encode_error)?;
+                    Ok(Op::Rsync { reference: r, data })
+                }
+                None => Ok(Op::Literal { data: delta::compress(content, &[], LEVEL).map_err(encode_error)? }),
+            }
+        })
+        .collect::<Result<Vec<_>, DeltaBuildError>>()?;
+    let head_frame = delta::encode_head_rsync(signature, &head, LEVEL)
+        .map_err(|source| DeltaBuildError::Encode { path: "the head".into(), source })?;
+    let dir = store.root().join("deltas");
+    fs::create_dir_all(&dir).map_err(|source| DeltaBuildError::Write { path: dir.clone(), source })?;
+    let bytes = atomic::write_atomic(&path, |f| {
+        let mut out = io::BufWriter::new(f);
+        let n = delta::write_rsync(&mut out, &signature.id, target, &head_frame, &ops)?;
+        io::Write::flush(&mut out)?;
+        Ok::<_, io::Error>(n)
+    })
+    .map_err(|source| DeltaBuildError::Write { path: path.clone(), source })?;
+    let patches = ops.iter().filter(|o| matches!(o, Op::Rsync { .. })).count();
+    Ok(Encoded { path, bytes, patches, literals: ops.len() - patches, reused, made: true, elapsed: start.elapsed() })
 }

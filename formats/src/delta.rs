@@ -24,7 +24,18 @@
 //! | 1 patch | varint index of a file entry in A's manifest, varint n, n bytes | one zstd frame whose reference prefix is that file of A |
 //! | 2 literal | varint n, n bytes | one zstd frame |
 //!
-//! Varints are unsigned LEB128, at most 10 bytes. zstd frames carry their
+//! An **rsync delta** (magic `FERRYRSD`) is the same layout for a host whose
+//! release the controller does not have: its base field is the id of the
+//! host's [`Signature`](crate::signature) (the blake3 of the signature file),
+//! its head is compressed against `size TAB blake3 TAB path NL` for each file
+//! of the signature, a target file whose hash the
+//! signature lists is reused, and a changed file comes as
+//!
+//! | kind | fields | content |
+//! |---|---|---|
+//! | 3 rsync | varint index of a file in the signature, varint n, n bytes | one zstd frame holding a fast_rsync delta against that file |
+//!
+//! Varints are unsigned LEB128, at most 10 bytes, in their shortest form. zstd frames carry their
 //! content size and no checksum: each decoded file is checked against the
 //! blake3 in B's manifest, the head against B's id, and the op stream against
 //! the trailing hash — all before anything is made visible.
@@ -35,10 +46,13 @@ use std::io::{self, Read, Write};
 use zstd::zstd_safe;
 
 use crate::bundle::Head;
+use crate::signature::{get_varint, put_varint, Signature};
 use crate::{BlobHash, Entry, EntryKind, Manifest, ReleaseId, ReleaseMeta};
 
-/// The magic at the start of every delta.
+/// The magic at the start of every delta against a release.
 pub const MAGIC: [u8; 8] = *b"FERRYDLT";
+/// The magic at the start of every delta against a host's signature.
+pub const RSYNC_MAGIC: [u8; 8] = *b"FERRYRSD";
 /// The version of this layout.
 pub const FORMAT_VERSION: u32 = 1;
 /// The largest zstd window a delta frame may ask for (128 MiB): a file patched
@@ -48,6 +62,7 @@ pub const MAX_WINDOW_LOG: u32 = 27;
 const FIXED_LEN: usize = 8 + 4 + 32 + 32;
 const OP_PATCH: u8 = 1;
 const OP_LITERAL: u8 = 2;
+const OP_RSYNC: u8 = 3;
 
 /// What a delta goes from and to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,13 +79,22 @@ pub enum Op {
     Patch { reference: usize, data: Vec<u8> },
     /// zstd on its own.
     Literal { data: Vec<u8> },
+    /// A zstd-compressed fast_rsync delta against the signature's file at
+    /// `reference` (rsync deltas only).
+    Rsync { reference: usize, data: Vec<u8> },
 }
 
 impl Op {
     /// The encoded bytes this op carries.
     pub fn len(&self) -> usize {
         match self {
-            Op::Patch { data, .. } | Op::Literal { data } => data.len(),
+            Op::Patch { data, .. } | Op::Literal { data } | Op::Rsync { data, .. } => data.len(),
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        match self {
+            Op::Patch { data, .. } | Op::Literal { data } | Op::Rsync { data, .. } => data,
         }
     }
 
@@ -84,12 +108,27 @@ impl Op {
         let EntryKind::File { size, hash, .. } = &entry.kind else {
             return Err(bad(entry.path.as_str(), "an op for an entry that is not a file"));
         };
-        let (data, prefix) = match (self, reference) {
-            (Op::Patch { data, .. }, Some(r)) => (data, r),
-            (Op::Patch { .. }, None) => return Err(bad(entry.path.as_str(), "a patch without its base file")),
-            (Op::Literal { data }, _) => (data, &[][..]),
+        let at = entry.path.as_str();
+        let content = match (self, reference) {
+            (Op::Patch { .. } | Op::Rsync { .. }, None) => return Err(bad(at, "a patch without its base file")),
+            (Op::Patch { data, .. }, Some(r)) => decompress(data, r, *size).map_err(|e| bad(at, e))?,
+            (Op::Literal { data }, _) => decompress(data, &[], *size).map_err(|e| bad(at, e))?,
+            (Op::Rsync { data, .. }, Some(r)) => {
+                // The rsync delta itself is at most a little over the file.
+                let limit = size.saturating_add(size / 8).saturating_add(1024);
+                let delta = decompress_unsized(data, limit).map_err(|e| bad(at, e))?;
+                let mut out = Vec::new();
+                fast_rsync::apply_limited(r, &delta, &mut out, usize::try_from(*size).unwrap_or(usize::MAX))
+                    .map_err(|e| bad(at, format!("the rsync delta does not apply: {e}")))?;
+                if out.len() as u64 != *size {
+                    return Err(bad(
+                        at,
+                        format!("the rsync delta makes {} bytes, the manifest says {size}", out.len()),
+                    ));
+                }
+                out
+            }
         };
-        let content = decompress(data, prefix, *size).map_err(|e| bad(entry.path.as_str(), e))?;
         let actual = BlobHash::of(&content);
         if actual != *hash {
             return Err(DeltaError::HashMismatch { path: entry.path.to_string(), expected: *hash, actual });
@@ -107,6 +146,8 @@ pub enum DeltaError {
     Version(u32),
     #[error("the delta goes from release {actual}, not from {expected}: it only applies to its own base")]
     WrongBase { expected: ReleaseId, actual: ReleaseId },
+    #[error("the rsync delta was made against signature {actual}, not against this host's {expected}")]
+    WrongBasis { expected: BlobHash, actual: BlobHash },
     #[error("the delta's head hashes to release {actual}, not to the {expected} it names")]
     TargetMismatch { expected: ReleaseId, actual: ReleaseId },
     #[error("{at}: {reason}")]
@@ -129,7 +170,11 @@ fn bad(at: impl Into<String>, reason: impl ToString) -> DeltaError {
 /// content hash the base does not have. Every other target file is a copy of
 /// a base file or of an earlier op's file.
 pub fn needed<'a>(base: &Manifest, target: &'a Manifest) -> Vec<&'a Entry> {
-    let have: HashSet<&BlobHash> = base.entries().iter().filter_map(file_hash).collect();
+    needed_from(&base.entries().iter().filter_map(file_hash).collect(), target)
+}
+
+/// [`needed`] for a base known only by the contents it has.
+pub fn needed_from<'a>(have: &HashSet<&BlobHash>, target: &'a Manifest) -> Vec<&'a Entry> {
     let mut seen = HashSet::new();
     target.entries().iter().filter(|e| file_hash(e).is_some_and(|h| !have.contains(h) && seen.insert(h))).collect()
 }
@@ -192,6 +237,18 @@ fn decompress(data: &[u8], prefix: &[u8], size: u64) -> Result<Vec<u8>, String> 
     Ok(out)
 }
 
+/// Decompresses one frame of at most `limit` bytes.
+fn decompress_unsized(data: &[u8], limit: u64) -> Result<Vec<u8>, String> {
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(data).map_err(|e| e.to_string())?;
+    decoder.window_log_max(MAX_WINDOW_LOG).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    decoder.take(limit.saturating_add(1)).read_to_end(&mut out).map_err(|e| format!("cannot decompress: {e}"))?;
+    if out.len() as u64 > limit {
+        return Err(format!("decompresses to more than {limit} bytes"));
+    }
+    Ok(out)
+}
+
 fn zstd_error(code: usize) -> io::Error {
     io::Error::other(zstd_safe::get_error_name(code))
 }
@@ -201,13 +258,52 @@ pub fn encode_head(base: &Head, target: &Head, level: i32) -> io::Result<Vec<u8>
     compress(&head_text(target, true), &head_text(base, false), level)
 }
 
+/// The head frame of an rsync delta: the target's manifest and metadata
+/// against the signature's list of sizes, hashes and paths (which most
+/// manifest lines repeat).
+pub fn encode_head_rsync(basis: &Signature, target: &Head, level: i32) -> io::Result<Vec<u8>> {
+    compress(&head_text(target, true), &signature_text(basis), level)
+}
+
+/// `size TAB hash TAB path` per signed file: the head prefix of rsync deltas.
+fn signature_text(basis: &Signature) -> Vec<u8> {
+    let mut out = String::new();
+    for f in &basis.files {
+        out.push_str(&format!("{}\t{}\t{}\n", f.size, f.hash, f.path));
+    }
+    out.into_bytes()
+}
+
 /// Writes a delta and returns its length. `ops` must be in [`needed`] order.
 pub fn write(out: &mut dyn Write, ends: Ends, head: &[u8], ops: &[Op]) -> io::Result<u64> {
+    write_raw(out, MAGIC, ends.base.as_bytes(), &ends.target, head, ops)
+}
+
+/// Writes an rsync delta against the signature `basis`; `ops` in
+/// [`needed_from`] order over the signature's hashes.
+pub fn write_rsync(
+    out: &mut dyn Write,
+    basis: &BlobHash,
+    target: &ReleaseId,
+    head: &[u8],
+    ops: &[Op],
+) -> io::Result<u64> {
+    write_raw(out, RSYNC_MAGIC, basis.as_bytes(), target, head, ops)
+}
+
+fn write_raw(
+    out: &mut dyn Write,
+    magic: [u8; 8],
+    base: &[u8; 32],
+    target: &ReleaseId,
+    head: &[u8],
+    ops: &[Op],
+) -> io::Result<u64> {
     let mut w = HashingWriter { inner: out, hasher: blake3::Hasher::new(), count: 0 };
-    w.write_all(&MAGIC)?;
+    w.write_all(&magic)?;
     w.write_all(&FORMAT_VERSION.to_le_bytes())?;
-    w.write_all(ends.base.as_bytes())?;
-    w.write_all(ends.target.as_bytes())?;
+    w.write_all(base)?;
+    w.write_all(target.as_bytes())?;
     let mut buf = Vec::new();
     put_varint(&mut buf, head.len() as u64);
     w.write_all(&buf)?;
@@ -227,11 +323,14 @@ pub fn write(out: &mut dyn Write, ends: Ends, head: &[u8], ops: &[Op]) -> io::Re
                 buf.push(OP_LITERAL);
                 put_varint(&mut buf, data.len() as u64);
             }
+            Op::Rsync { reference, data } => {
+                buf.push(OP_RSYNC);
+                put_varint(&mut buf, *reference as u64);
+                put_varint(&mut buf, data.len() as u64);
+            }
         }
         w.write_all(&buf)?;
-        w.write_all(match op {
-            Op::Patch { data, .. } | Op::Literal { data } => data,
-        })?;
+        w.write_all(op.data())?;
     }
     let hash = w.hasher.finalize();
     w.inner.write_all(hash.as_bytes())?;
@@ -265,7 +364,11 @@ pub fn read_ends(input: &mut dyn Read) -> Result<Ends, DeltaError> {
 }
 
 fn parse_fixed(fixed: &[u8; FIXED_LEN]) -> Result<Ends, DeltaError> {
-    if fixed[..8] != MAGIC {
+    parse_fixed_as(fixed, MAGIC)
+}
+
+fn parse_fixed_as(fixed: &[u8; FIXED_LEN], magic: [u8; 8]) -> Result<Ends, DeltaError> {
+    if fixed[..8] != magic {
         return Err(DeltaError::Magic);
     }
     let version = u32::from_le_bytes(fixed[8..12].try_into().expect("4 bytes"));
@@ -285,26 +388,93 @@ pub struct Parsed {
     pub ops: Vec<Op>,
 }
 
+/// What a delta is read against.
+enum Basis<'a> {
+    Release(&'a Head),
+    Files(&'a Signature),
+}
+
+impl Basis<'_> {
+    fn hashes(&self) -> HashSet<&BlobHash> {
+        match self {
+            Basis::Release(h) => h.manifest.entries().iter().filter_map(file_hash).collect(),
+            Basis::Files(s) => s.files.iter().map(|f| &f.hash).collect(),
+        }
+    }
+
+    /// Whether an op of `kind` may name `reference`.
+    fn reference_ok(&self, kind: u8, reference: u64) -> bool {
+        let Ok(i) = usize::try_from(reference) else { return false };
+        match (self, kind) {
+            (Basis::Release(h), OP_PATCH) => h.manifest.entries().get(i).is_some_and(|e| file_hash(e).is_some()),
+            (Basis::Files(s), OP_RSYNC) => i < s.files.len(),
+            _ => false,
+        }
+    }
+}
+
 /// Reads a whole delta against `base`, checking the magic, version, base,
 /// the head against the target id, every op's shape, and the trailing hash.
 /// File contents are checked as each op is decoded ([`Op::decode`]).
 pub fn read(input: &mut dyn Read, base: &Head) -> Result<Parsed, DeltaError> {
+    let (ends, head, ops) = read_impl(input, &Basis::Release(base))?;
+    Ok(Parsed { ends, head, ops })
+}
+
+/// An rsync delta read whole and checked, as [`read`] does: the target's
+/// head and one op for each entry of [`needed_from`] over the signature.
+#[derive(Debug)]
+pub struct RsyncParsed {
+    pub head: Head,
+    pub ops: Vec<Op>,
+}
+
+/// Reads a whole rsync delta against the host's signature `basis`.
+pub fn read_rsync(input: &mut dyn Read, basis: &Signature) -> Result<RsyncParsed, DeltaError> {
+    let (_, head, ops) = read_impl(input, &Basis::Files(basis))?;
+    Ok(RsyncParsed { head, ops })
+}
+
+/// The signature id an rsync delta was made against, from its header.
+pub fn read_rsync_basis(input: &mut dyn Read) -> Result<(BlobHash, ReleaseId), DeltaError> {
+    let mut fixed = [0u8; FIXED_LEN];
+    input.read_exact(&mut fixed).map_err(|source| DeltaError::Io { at: "in its header".into(), source })?;
+    let ends = parse_fixed_as(&fixed, RSYNC_MAGIC)?;
+    Ok((BlobHash::from_bytes(*ends.base.as_bytes()), ends.target))
+}
+
+fn read_impl(input: &mut dyn Read, basis: &Basis<'_>) -> Result<(Ends, Head, Vec<Op>), DeltaError> {
     let mut r = Reader { inner: input, hasher: blake3::Hasher::new() };
     let mut fixed = [0u8; FIXED_LEN];
     r.exact(&mut fixed, "in its header")?;
-    let ends = parse_fixed(&fixed)?;
-    if ends.base != base.id {
-        return Err(DeltaError::WrongBase { expected: base.id, actual: ends.base });
-    }
+    let (ends, prefix) = match basis {
+        Basis::Release(base) => {
+            let ends = parse_fixed(&fixed)?;
+            if ends.base != base.id {
+                return Err(DeltaError::WrongBase { expected: base.id, actual: ends.base });
+            }
+            (ends, head_text(base, false))
+        }
+        Basis::Files(signature) => {
+            let ends = parse_fixed_as(&fixed, RSYNC_MAGIC)?;
+            if ends.base.as_bytes() != signature.id.as_bytes() {
+                return Err(DeltaError::WrongBasis {
+                    expected: signature.id,
+                    actual: BlobHash::from_bytes(*ends.base.as_bytes()),
+                });
+            }
+            (ends, signature_text(signature))
+        }
+    };
 
     let head_len = r.varint("the head's length")?;
     let head_data = r.bytes(head_len, 2 * (crate::bundle::MAX_MANIFEST + crate::bundle::MAX_META), "the head")?;
-    let head = decode_head(&head_data, base)?;
+    let head = decode_head(&head_data, &prefix)?;
     if head.id != ends.target {
         return Err(DeltaError::TargetMismatch { expected: ends.target, actual: head.id });
     }
 
-    let needed = needed(&base.manifest, &head.manifest);
+    let needed = needed_from(&basis.hashes(), &head.manifest);
     let count = r.varint("the op count")?;
     if count != needed.len() as u64 {
         return Err(bad(
@@ -315,22 +485,32 @@ pub fn read(input: &mut dyn Read, base: &Head) -> Result<Parsed, DeltaError> {
     let mut ops = Vec::with_capacity(needed.len());
     for entry in needed {
         let at = entry.path.as_str();
-        let bound =
-            (zstd_safe::compress_bound(usize::try_from(entry.size()).unwrap_or(usize::MAX)) as u64).saturating_add(64);
+        let bound = (zstd_safe::compress_bound(usize::try_from(entry.size()).unwrap_or(usize::MAX)) as u64)
+            .saturating_add(1024);
         let mut kind = [0u8];
         r.exact(&mut kind, at)?;
+        let allowed = match basis {
+            Basis::Release(_) => [OP_PATCH, OP_LITERAL],
+            Basis::Files(_) => [OP_RSYNC, OP_LITERAL],
+        };
+        if !allowed.contains(&kind[0]) {
+            let what = if matches!(basis, Basis::Release(_)) { "a release delta" } else { "an rsync delta" };
+            return Err(bad(at, format!("op kind {} is not one of {what}", kind[0])));
+        }
         let op = match kind[0] {
-            OP_PATCH => {
+            k @ (OP_PATCH | OP_RSYNC) => {
                 let reference = r.varint(at)?;
-                let is_file = usize::try_from(reference)
-                    .ok()
-                    .and_then(|i| base.manifest.entries().get(i))
-                    .is_some_and(|e| file_hash(e).is_some());
-                if !is_file {
+                if !basis.reference_ok(k, reference) {
                     return Err(bad(at, format!("the patch's base entry {reference} is not a file of the base")));
                 }
                 let len = r.varint(at)?;
-                Op::Patch { reference: reference as usize, data: r.bytes(len, bound, at)? }
+                let data = r.bytes(len, bound, at)?;
+                let reference = reference as usize;
+                if k == OP_PATCH {
+                    Op::Patch { reference, data }
+                } else {
+                    Op::Rsync { reference, data }
+                }
             }
             OP_LITERAL => {
                 let len = r.varint(at)?;
@@ -352,13 +532,12 @@ pub fn read(input: &mut dyn Read, base: &Head) -> Result<Parsed, DeltaError> {
         Ok(_) => return Err(bad("the end", "bytes after the trailing hash")),
         Err(source) => return Err(DeltaError::Io { at: "after its trailing hash".into(), source }),
     }
-    Ok(Parsed { ends, head, ops })
+    Ok((ends, head, ops))
 }
 
-fn decode_head(data: &[u8], base: &Head) -> Result<Head, DeltaError> {
-    let prefix = head_text(base, false);
+fn decode_head(data: &[u8], prefix: &[u8]) -> Result<Head, DeltaError> {
     let limit = crate::bundle::MAX_MANIFEST + crate::bundle::MAX_META + 10;
-    let mut decoder = zstd::stream::read::Decoder::with_ref_prefix(data, &prefix)
+    let mut decoder = zstd::stream::read::Decoder::with_ref_prefix(data, prefix)
         .map_err(|e| bad("the head", format!("cannot decompress: {e}")))?;
     decoder.window_log_max(MAX_WINDOW_LOG).map_err(|e| bad("the head", e))?;
     let mut text = Vec::new();
@@ -419,28 +598,4 @@ impl Reader<'_> {
         self.hasher.update(&buf);
         Ok(buf)
     }
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn get_varint(input: &mut &[u8]) -> Option<u64> {
-    let mut value = 0u64;
-    for i in 0..10 {
-        let (&b, rest) = input.split_first()?;
-        *input = rest;
-        if i == 9 && b > 1 {
-            return None;
-        }
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
 }

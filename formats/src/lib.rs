@@ -17,6 +17,7 @@ pub mod journal;
 pub mod manifest;
 pub mod path;
 pub mod release;
+pub mod signature;
 
 pub use id::{BlobHash, ReleaseId};
 pub use manifest::{Entry, EntryKind, Manifest};

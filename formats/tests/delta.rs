@@ -97,6 +97,7 @@ fn apply(bytes: &[u8], base: &Head, base_files: &Files) -> Result<(Parsed, Files
         let reference = match op {
             Op::Patch { reference, .. } => Some(&base_files[base.manifest.entries()[*reference].path.as_str()][..]),
             Op::Literal { .. } => None,
+            Op::Rsync { .. } => unreachable!("release deltas carry no rsync ops"),
         };
         let content = op.decode(entry, reference)?;
         let EntryKind::File { hash, .. } = entry.kind else { panic!("needed returned a non-file") };
@@ -207,6 +208,7 @@ fn layout_is_the_one_the_module_docs_give() {
         let fields = match op {
             Op::Patch { reference, data } => [vec![1], varint(*reference as u64), varint(data.len() as u64)].concat(),
             Op::Literal { data } => [vec![2], varint(data.len() as u64)].concat(),
+            Op::Rsync { .. } => unreachable!("release deltas carry no rsync ops"),
         };
         rest.extend([fields, op_data(op).to_vec()]);
     }
@@ -218,7 +220,7 @@ fn layout_is_the_one_the_module_docs_give() {
 
 fn op_data(op: &Op) -> &[u8] {
     match op {
-        Op::Patch { data, .. } | Op::Literal { data } => data,
+        Op::Patch { data, .. } | Op::Literal { data } | Op::Rsync { data, .. } => data,
     }
 }
 
@@ -294,6 +296,7 @@ fn a_flipped_byte_of_op_data_never_decodes_to_wrong_content() {
             let bad = match op {
                 Op::Patch { reference, .. } => Op::Patch { reference: *reference, data },
                 Op::Literal { .. } => Op::Literal { data },
+                Op::Rsync { .. } => unreachable!("release deltas carry no rsync ops"),
             };
             if let Ok(content) = bad.decode(entry, reference) {
                 assert!(
@@ -350,9 +353,11 @@ fn an_unknown_op_kind_is_refused() {
     let head_len = delta::encode_head(&base, &target, LEVEL).unwrap().len();
     let at = 76 + varint(head_len as u64).len() + head_len + 1; // past the one-byte op count
     assert_eq!(bad[at], 1, "the first op is a patch");
-    bad[at] = 3;
-    let err = refusal(&reseal(bad), &base);
-    assert!(err.to_string() == "app/changed.bin: unknown op kind 3", "{err}");
+    for kind in [3, 9] {
+        bad[at] = kind;
+        let err = refusal(&reseal(bad.clone()), &base);
+        assert!(err.to_string() == format!("app/changed.bin: op kind {kind} is not one of a release delta"), "{err}");
+    }
 }
 
 #[test]

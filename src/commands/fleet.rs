@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use ferry_builder::{delta, Store};
 use ferry_formats::journal::{Outcome as JournalOutcome, Record};
+use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
 use ferry_switcher::fleet::{self, Local, Observer, Outcome, ReleaseSource, Report, SourceError};
 use ferry_switcher::host::Host;
@@ -30,6 +31,10 @@ impl ReleaseSource for StoreSource<'_> {
             return Ok(None);
         }
         Ok(Some(delta::encode(self.0, base, target)?.path))
+    }
+
+    fn rsync_delta(&self, signature: &Signature, target: &ReleaseId) -> Result<PathBuf, SourceError> {
+        Ok(delta::encode_rsync(self.0, signature, target)?.path)
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use ferry_formats::bundle::{self, Head, WriteOptions};
 use ferry_formats::release::FORMAT_VERSION;
+use ferry_formats::signature::Signature;
 use ferry_formats::{BlobHash, Component, ComponentKind, Entry, EntryKind, Manifest, RelPath, ReleaseId, ReleaseMeta};
 use ferry_switcher::fleet::{
     self, HostSpec, Local, OnFailure, Outcome, Quiet, ReleaseSource, Session, SourceError, Stage, Step, Transport,
@@ -15,7 +16,8 @@ use ferry_switcher::fleet::{
 use ferry_switcher::host::{Flipped, Host, HostError, Pruned, StageOptions, Staged, Status};
 use fs_err as fs;
 
-/// Bundles written into a directory; no deltas (every host gets the bundle).
+/// Bundles written into a directory; no deltas (every host gets the bundle,
+/// which a source may always send instead of a delta).
 struct Bundles(PathBuf);
 
 impl ReleaseSource for Bundles {
@@ -25,6 +27,10 @@ impl ReleaseSource for Bundles {
 
     fn delta(&self, _: &ReleaseId, _: &ReleaseId) -> Result<Option<PathBuf>, SourceError> {
         Ok(None)
+    }
+
+    fn rsync_delta(&self, _: &Signature, target: &ReleaseId) -> Result<PathBuf, SourceError> {
+        self.bundle(target)
     }
 }
 
@@ -117,6 +123,9 @@ impl Session for FaultySession {
     }
     fn prune(&mut self, keep: usize) -> Result<Pruned, HostError> {
         self.inner.prune(keep)
+    }
+    fn signature(&mut self) -> Result<Signature, HostError> {
+        self.inner.signature()
     }
 }
 
@@ -233,7 +242,9 @@ fn a_host_that_cannot_stage_stops_the_push_before_anything_flips() {
     let report = fleet::push(&f.stage, &Local, &f.source, &f.v2, &Quiet);
     assert!(report.ok);
     let shipped: Vec<&str> = report.hosts.iter().map(|h| h.shipped.as_str()).collect();
-    assert_eq!(shipped, vec!["none", "none", "none", "bundle"]);
+    // web4 is on v1, which this source has no delta from: it asks for an
+    // rsync delta (and this source answers with the whole bundle).
+    assert_eq!(shipped, vec!["none", "none", "none", "rsync"]);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
 use fs_err as fs;
 
@@ -54,5 +55,9 @@ impl Session for LocalSession {
 
     fn prune(&mut self, keep: usize) -> Result<Pruned, HostError> {
         self.host.prune(self.lock(), keep)
+    }
+
+    fn signature(&mut self) -> Result<Signature, HostError> {
+        self.host.signature(self.lock())
     }
 }

@@ -14,6 +14,7 @@ mod push;
 
 use std::path::{Path, PathBuf};
 
+use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
 
 use crate::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
@@ -30,6 +31,9 @@ pub trait ReleaseSource: Sync {
     /// The path of a delta from `base` to `target`, made if need be; `None`
     /// when the source does not have `base`.
     fn delta(&self, base: &ReleaseId, target: &ReleaseId) -> Result<Option<PathBuf>, SourceError>;
+    /// The path of an rsync delta to `target` for a host whose content is
+    /// known only by its `signature`.
+    fn rsync_delta(&self, signature: &Signature, target: &ReleaseId) -> Result<PathBuf, SourceError>;
 }
 
 pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
@@ -51,6 +55,8 @@ pub trait Session: Send {
     fn activate(&mut self, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError>;
     fn rollback(&mut self, to: Option<&ReleaseId>) -> Result<Flipped, HostError>;
     fn prune(&mut self, keep: usize) -> Result<Pruned, HostError>;
+    /// Signs the host's current release, for an rsync delta.
+    fn signature(&mut self) -> Result<Signature, HostError>;
 }
 
 /// How to reach hosts.

@@ -167,7 +167,7 @@ pub fn push(
     }
 
     // One delta per distinct base, made once, before any host is staged.
-    let mut payloads: BTreeMap<Option<ReleaseId>, Result<(PathBuf, &'static str), String>> = BTreeMap::new();
+    let mut payloads: BTreeMap<Option<ReleaseId>, Result<Payload, String>> = BTreeMap::new();
     for slot in &slots {
         let base = slot.report.from.filter(|b| b != release);
         payloads.entry(base).or_insert_with(|| payload(source, base, release));
@@ -178,16 +178,29 @@ pub fn push(
         slots.par_iter_mut().for_each(|slot| {
             slot.report.step = "stage".into();
             let base = slot.report.from.filter(|b| b != release);
-            let (path, kind) = match &payloads[&base] {
-                Ok(p) => p.clone(),
+            let session = slot.session.as_mut().expect("connected");
+            let payload = match &payloads[&base] {
+                Ok(Payload::File(path, kind)) => Ok((path.clone(), *kind)),
+                // The store does not know what this host runs: it signs its
+                // files and gets an rsync delta against them.
+                Ok(Payload::Unknown) => session
+                    .signature()
+                    .map_err(|e| format!("cannot sign the host's files: {}", error_chain(&e)))
+                    .and_then(|sig| {
+                        source.rsync_delta(&sig, release).map_err(|e| format!("cannot make the rsync delta: {e}"))
+                    })
+                    .map(|path| (path, "rsync")),
+                Err(e) => Err(e.clone()),
+            };
+            let (path, kind) = match payload {
+                Ok(p) => p,
                 Err(e) => {
                     slot.report.result = Outcome::Failed;
-                    slot.report.error = Some(e.clone());
+                    slot.report.error = Some(e);
                     return;
                 }
             };
             observer.event(&slot.spec.name, "stage", kind);
-            let session = slot.session.as_mut().expect("connected");
             match session.stage(&path, &stage.options) {
                 Ok(staged) => {
                     if !staged.already {
@@ -253,21 +266,28 @@ pub fn push(
     finish(stage, Some(*release), slots, names, start)
 }
 
+/// What a host gets.
+enum Payload {
+    /// A delta or the whole bundle, and which.
+    File(PathBuf, &'static str),
+    /// The host runs a release the source does not have.
+    Unknown,
+}
+
 /// The payload a host on `base` needs: a delta when the source has `base`,
-/// else the whole bundle.
-fn payload(
-    source: &dyn ReleaseSource,
-    base: Option<ReleaseId>,
-    target: &ReleaseId,
-) -> Result<(PathBuf, &'static str), String> {
+/// the whole bundle when the host has nothing.
+fn payload(source: &dyn ReleaseSource, base: Option<ReleaseId>, target: &ReleaseId) -> Result<Payload, String> {
     if let Some(base) = base {
-        match source.delta(&base, target) {
-            Ok(Some(path)) => return Ok((path, "delta")),
-            Ok(None) => {}
-            Err(e) => return Err(format!("cannot make the delta from {base}: {e}")),
-        }
+        return match source.delta(&base, target) {
+            Ok(Some(path)) => Ok(Payload::File(path, "delta")),
+            Ok(None) => Ok(Payload::Unknown),
+            Err(e) => Err(format!("cannot make the delta from {base}: {e}")),
+        };
     }
-    source.bundle(target).map(|p| (p, "bundle")).map_err(|e| format!("cannot find the bundle of {target}: {e}"))
+    source
+        .bundle(target)
+        .map(|p| Payload::File(p, "bundle"))
+        .map_err(|e| format!("cannot find the bundle of {target}: {e}"))
 }
 
 /// Flips every host this push flipped back to where it was.

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use ferry_formats::bundle::{self, Head, ReadError, Visitor, MANIFEST_PATH, META_DIR, RELEASE_PATH};
 use ferry_formats::delta::{self, Op};
 use ferry_formats::journal::{Action, Record};
+use ferry_formats::signature::{Signature, SignedFile};
 use ferry_formats::{atomic, BlobHash, ComponentKind, Entry, EntryKind, RelPath, ReleaseId, NORMALIZED_MTIME};
 use fs_err as fs;
 use rayon::prelude::*;
@@ -73,6 +74,8 @@ impl Host {
         let magic = input.fill_buf().map_err(|e| HostError::Input(format!("cannot read the input: {e}")))?;
         let mut staged = if magic.starts_with(&delta::MAGIC) {
             self.stage_delta(&mut input, opts)
+        } else if magic.starts_with(&delta::RSYNC_MAGIC) {
+            self.stage_rsync(&mut input, opts)
         } else if magic.starts_with(&ZSTD_MAGIC) {
             self.stage_bundle(&mut input, opts)
         } else if magic.is_empty() {
@@ -101,25 +104,67 @@ impl Host {
         let base = self.head(&ends.base)?;
         let mut whole = io::Cursor::new(fixed).chain(input);
         let parsed = delta::read(&mut whole, &base).map_err(HostError::Delta)?;
-        let target = parsed.head;
-        let mut staging = Staging::begin(self, &target, opts)?;
+        let needed = delta::needed(&base.manifest, &parsed.head.manifest);
+        let base_dir = self.release_dir(&base.id);
+        let reference = |op: &Op| match op {
+            Op::Patch { reference, .. } => Some(base_dir.join(base.manifest.entries()[*reference].path.as_str())),
+            _ => None,
+        };
+        let staging = Staging::begin(self, &parsed.head, opts)?;
+        self.apply(staging, &parsed.head, &needed, &parsed.ops, &reference, opts)
+    }
+
+    /// Stages an rsync delta against the signature this host last gave of
+    /// its current release.
+    fn stage_rsync(&self, input: &mut dyn Read, opts: &StageOptions) -> Result<Staged, HostError> {
+        let mut fixed = Vec::new();
+        let (basis, target) = {
+            let mut tee = TeeRead { inner: &mut *input, copy: &mut fixed };
+            delta::read_rsync_basis(&mut tee).map_err(HostError::Delta)?
+        };
+        if self.has(&target) {
+            return Ok(Staged { id: Some(target), already: true, ..Staged::default() });
+        }
+        let (signature, basis_dir) = self.saved_signature()?;
+        if signature.id != basis {
+            return Err(HostError::Delta(delta::DeltaError::WrongBasis { expected: signature.id, actual: basis }));
+        }
+        let mut whole = io::Cursor::new(fixed).chain(input);
+        let parsed = delta::read_rsync(&mut whole, &signature).map_err(HostError::Delta)?;
+        let have = signature.files.iter().map(|f| &f.hash).collect();
+        let needed = delta::needed_from(&have, &parsed.head.manifest);
+        let reference = |op: &Op| match op {
+            Op::Rsync { reference, .. } => Some(basis_dir.join(signature.files[*reference].path.as_str())),
+            _ => None,
+        };
+        let mut staging = Staging::begin(self, &parsed.head, opts)?;
+        // What the signature lists can be copied from where it is (its mode
+        // is whatever the host has, so never hardlinked).
+        for f in &signature.files {
+            staging.kept.any.entry(f.hash).or_insert_with(|| basis_dir.join(f.path.as_str()));
+        }
+        self.apply(staging, &parsed.head, &needed, &parsed.ops, &reference, opts)
+    }
+
+    /// Decodes and writes the ops of a delta (in parallel), places every
+    /// other file from what this host has, and completes the release.
+    fn apply(
+        &self,
+        mut staging: Staging<'_>,
+        target: &Head,
+        needed: &[&Entry],
+        ops: &[Op],
+        reference: &(dyn Fn(&Op) -> Option<PathBuf> + Sync),
+        opts: &StageOptions,
+    ) -> Result<Staged, HostError> {
         let result = (|| {
-            staging.dirs(&target)?;
-            let needed = delta::needed(&base.manifest, &target.manifest);
-            let base_dir = self.release_dir(&base.id);
+            staging.dirs(target)?;
             let written: Vec<(BlobHash, PathBuf, u32, u64)> = needed
                 .par_iter()
-                .zip(parsed.ops.par_iter())
+                .zip(ops.par_iter())
                 .map(|(entry, op)| {
-                    let reference = match op {
-                        Op::Patch { reference, .. } => {
-                            let r = &base.manifest.entries()[*reference];
-                            let path = base_dir.join(r.path.as_str());
-                            Some(fs::read(&path).map_err(HostError::Fs)?)
-                        }
-                        Op::Literal { .. } => None,
-                    };
-                    let content = op.decode(entry, reference.as_deref()).map_err(HostError::Delta)?;
+                    let base = reference(op).map(|path| fs::read(path).map_err(HostError::Fs)).transpose()?;
+                    let content = op.decode(entry, base.as_deref()).map_err(HostError::Delta)?;
                     staging.write_file(entry, &mut &content[..])?;
                     let (mode, hash) = file_parts(entry);
                     Ok((hash, staging.path(entry), mode, content.len() as u64))
@@ -141,7 +186,47 @@ impl Host {
             }
             Ok(())
         })();
-        staging.finish(result, &target, opts)
+        staging.finish(result, target, opts)
+    }
+
+    /// Signs every regular file of the release `current` points at (which
+    /// need not be one ferry staged), saves the signature for the rsync delta
+    /// that answers it, and returns it.
+    pub fn signature(&self, _lock: &Lock) -> Result<Signature, HostError> {
+        let link = self.current_link();
+        let dir = fs::canonicalize(&link).map_err(HostError::Fs)?;
+        let mut paths = Vec::new();
+        list_files(&dir, &dir, &mut paths)?;
+        let files = paths
+            .par_iter()
+            .map(|(rel, path)| {
+                let content = fs::read(path).map_err(HostError::Fs)?;
+                Ok(SignedFile::of(rel.clone(), &content))
+            })
+            .collect::<Result<Vec<_>, HostError>>()?;
+        let signature = Signature::new(files);
+        let saved = self.ferry_dir().join("signature");
+        atomic::write_atomic(&saved, |f| {
+            f.write_all(dir.as_os_str().as_encoded_bytes())?;
+            f.write_all(b"\n")?;
+            signature.write(f)
+        })
+        .map_err(at(&saved))?;
+        Ok(signature)
+    }
+
+    /// The signature [`Host::signature`] saved, and the directory it signed.
+    fn saved_signature(&self) -> Result<(Signature, PathBuf), HostError> {
+        let saved = self.ferry_dir().join("signature");
+        let bytes = fs::read(&saved).map_err(HostError::Fs)?;
+        let newline = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| HostError::Input(format!("{} is damaged", saved.display())))?;
+        let dir = PathBuf::from(String::from_utf8_lossy(&bytes[..newline]).into_owned());
+        let signature = Signature::read(&mut &bytes[newline + 1..], u64::MAX)
+            .map_err(|e| HostError::Input(format!("{}: {e}", saved.display())))?;
+        Ok((signature, dir))
     }
 
     fn stage_bundle(&self, input: &mut dyn Read, opts: &StageOptions) -> Result<Staged, HostError> {
@@ -487,6 +572,31 @@ fn check_env(host: &Host, head: &Head, opts: &StageOptions) -> Result<(), HostEr
                     config.path
                 ),
             });
+        }
+    }
+    Ok(())
+}
+
+/// Every regular file below `dir`, relative to `root`, skipping symlinks
+/// (a release's links are in its manifest) and ferry's own `.ferry/`.
+fn list_files(
+    root: &std::path::Path,
+    dir: &std::path::Path,
+    out: &mut Vec<(RelPath, PathBuf)>,
+) -> Result<(), HostError> {
+    for entry in fs::read_dir(dir).map_err(HostError::Fs)? {
+        let entry = entry.map_err(at(dir))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(at(&path))?;
+        let rel = path.strip_prefix(root).expect("below the root");
+        if rel == std::path::Path::new(META_DIR) {
+            continue;
+        }
+        if kind.is_dir() {
+            list_files(root, &path, out)?;
+        } else if kind.is_file() {
+            let Some(rel) = rel.to_str().and_then(|r| RelPath::new(r).ok()) else { continue };
+            out.push((rel, path));
         }
     }
     Ok(())
