@@ -2,6 +2,8 @@
 
 mod build;
 mod golden;
+mod host;
 mod kit;
 mod read;
+mod rsync;
 mod venv;

@@ -40,19 +40,61 @@ impl Host {
 
     fn flip(&self, id: &ReleaseId, action: Action, opts: &StageOptions) -> Result<Flipped, HostError> {
         let from = self.current()?;
-        let result = self.flip_inner(id, opts);
         let record = Record::now(whoami(), action, from, Some(*id));
-        match result {
+        match self.flip_inner(id, opts) {
             Ok(true) => {
-                self.record(&record)?;
+                if let Err(e) = self.record(&record) {
+                    // A flip the journal does not know would mislead the next
+                    // rollback: undo it, so the error means "nothing changed".
+                    self.point_current(from.as_ref())?;
+                    return Err(e);
+                }
                 Ok(Flipped { from, to: *id, already: false })
             }
-            Ok(false) => Ok(Flipped { from, to: *id, already: true }),
+            Ok(false) => {
+                self.record_interrupted(id, action)?;
+                Ok(Flipped { from, to: *id, already: true })
+            }
             Err(e) => {
                 let _ = self.record(&record.failed(error_chain(&e)));
                 Err(e)
             }
         }
+    }
+
+    /// `current` is already `id`. If the journal's last flip did not get there
+    /// (a flip killed between its rename and its journal line), records it now,
+    /// from where the journal last had `current`.
+    fn record_interrupted(&self, id: &ReleaseId, action: Action) -> Result<(), HostError> {
+        let journal = self.journal()?;
+        let last = journal
+            .iter()
+            .rev()
+            .find(|r| r.result == Outcome::Ok && matches!(r.action, Action::Deploy | Action::Rollback));
+        if last.is_some_and(|r| r.to == Some(*id)) {
+            return Ok(());
+        }
+        let mut record = Record::now(whoami(), action, last.and_then(|r| r.to), Some(*id));
+        record.reason = Some("recorded late: the flip was interrupted before its journal line".into());
+        self.record(&record)
+    }
+
+    /// Points `current` at `id`, or removes it for `None`.
+    fn point_current(&self, id: Option<&ReleaseId>) -> Result<(), HostError> {
+        let link = self.current_link();
+        match id {
+            Some(id) => {
+                let temp = self.root.join(format!("{}{}-current", atomic::TEMP_PREFIX, std::process::id()));
+                let _ = fs::remove_file(&temp);
+                fs::os::unix::fs::symlink(format!("releases/{id}"), &temp).map_err(HostError::Fs)?;
+                if let Err(e) = fs::rename(&temp, &link) {
+                    let _ = fs::remove_file(&temp);
+                    return Err(HostError::Fs(e));
+                }
+            }
+            None => fs::remove_file(&link).map_err(HostError::Fs)?,
+        }
+        atomic::fsync_dir(&self.root).map_err(at(&self.root))
     }
 
     /// Returns whether `current` changed.
@@ -65,6 +107,19 @@ impl Host {
             let path = shared.join(file.as_str());
             if !path.exists() {
                 return Err(HostError::MissingLinked { path, shared });
+            }
+        }
+        let release = self.release_dir(id);
+        for linked in opts.linked_dirs.iter().chain(&opts.linked_files) {
+            let want = super::stage::shared_link_target(linked);
+            if fs::read_link(release.join(linked.as_str())).ok().as_deref() != Some(std::path::Path::new(&want)) {
+                return Err(HostError::Broken {
+                    id: *id,
+                    root: self.root.clone(),
+                    reason: format!(
+                        "it has no link {linked} -> {want} (it was staged before {linked} was linked); remove releases/{id} and stage it again"
+                    ),
+                });
             }
         }
         if let Some(env) = &opts.env {
@@ -87,15 +142,7 @@ impl Host {
         if self.current()? == Some(*id) {
             return Ok(false);
         }
-        let link = self.current_link();
-        let temp = self.root.join(format!("{}{}-current", atomic::TEMP_PREFIX, std::process::id()));
-        let _ = fs::remove_file(&temp);
-        fs::os::unix::fs::symlink(format!("releases/{id}"), &temp).map_err(HostError::Fs)?;
-        if let Err(e) = fs::rename(&temp, &link) {
-            let _ = fs::remove_file(&temp);
-            return Err(HostError::Fs(e));
-        }
-        atomic::fsync_dir(&self.root).map_err(at(&self.root))?;
+        self.point_current(Some(id))?;
         Ok(true)
     }
 }

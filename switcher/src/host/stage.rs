@@ -309,7 +309,7 @@ fn file_parts(entry: &Entry) -> (u32, BlobHash) {
 }
 
 /// The mode a release file has on disk: read-only.
-fn disk_mode(mode: u32) -> u32 {
+pub(crate) fn disk_mode(mode: u32) -> u32 {
     mode & 0o555
 }
 
@@ -538,8 +538,7 @@ impl<'a> Staging<'a> {
             if let Some(parent) = link.parent() {
                 fs::create_dir_all(parent).map_err(HostError::Fs)?;
             }
-            let depth = path.components().count();
-            let target = format!("{}shared/{path}", "../".repeat(depth + 1));
+            let target = shared_link_target(path);
             fs::os::unix::fs::symlink(&target, &link).map_err(HostError::Fs)?;
         }
         Ok(())
@@ -553,6 +552,13 @@ impl<'a> Staging<'a> {
         }
         Ok(())
     }
+}
+
+/// What a linked path in a release points at: `shared/<path>` of the
+/// deploy directory, relative, so a deploy directory can move.
+pub(crate) fn shared_link_target(path: &RelPath) -> String {
+    let depth = path.components().count();
+    format!("{}shared/{path}", "../".repeat(depth + 1))
 }
 
 /// Refuses, before anything is written, a release that has no config for the

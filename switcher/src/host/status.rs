@@ -93,9 +93,17 @@ impl Host {
                         return Err(broken(format!("{} points at {}, not {target}", entry.path, actual.display())));
                     }
                 }
-                EntryKind::File { size, hash, .. } if meta.is_file() => {
+                EntryKind::File { size, hash, mode } if meta.is_file() => {
                     if meta.len() != *size {
                         return Err(broken(format!("{} has {} bytes, not {size}", entry.path, meta.len())));
+                    }
+                    let actual = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+                    if actual != super::stage::disk_mode(*mode) {
+                        return Err(broken(format!(
+                            "{} has mode {actual:04o}, not {:04o} (release files are read-only)",
+                            entry.path,
+                            super::stage::disk_mode(*mode)
+                        )));
                     }
                     files.push((entry, path, *hash));
                 }
