@@ -411,6 +411,46 @@ fn refused_deltas_and_bundles_leave_no_partial_release() {
     assert_eq!(current(dir).as_deref(), Some(v1.as_str()));
 }
 
+/// A full disk: the stage fails naming the file it could not write, removes
+/// its staging directory, and `current` stays. Needs root, for a small tmpfs.
+#[test]
+fn a_full_disk_fails_the_stage_and_leaves_current_alone() {
+    assert!(
+        crate::kit::is_root(),
+        "this test mounts a 1 MiB tmpfs as the host's disk: run the suite as root (CI does)"
+    );
+    let p = sample_project();
+    let v1 = build(&p, "v1");
+    // 3 MiB that zstd cannot shrink: the bundle fits nowhere near 1 MiB of disk.
+    let noise: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    p.write("media/noise.bin", noise);
+    let v2 = build(&p, "v2");
+
+    let disk = tempdir();
+    sh(&format!("mount -t tmpfs -o size=1m ferry-it-full {}", disk.path().display()));
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(disk.path());
+    let dir = disk.path().join("srv/shop");
+    host(&dir, &["stage", s(&bundle(&p, &v1))]).ok();
+    host(&dir, &["activate", &v1]).ok();
+
+    for (what, input) in [("bundle", bundle(&p, &v2)), ("delta", delta(&p, &v1, &v2))] {
+        let err = host(&dir, &["stage", s(&input)]).fails(2);
+        assert!(err.contains("No space left on device"), "{what}: {err}");
+        assert!(err.contains("noise.bin"), "{what}: the message names the file: {err}");
+        nothing_left(&dir, &v2, &v1, what);
+        host(&dir, &["verify"]).ok();
+    }
+    let journal = journal(&dir);
+    let last = journal.last().unwrap();
+    assert_eq!((last["action"].as_str(), last["result"].as_str()), (Some("stage"), Some("failed")), "{last}");
+}
+
 // ---------------------------------------------------------------------------
 // 5. Locks
 
