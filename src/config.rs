@@ -245,6 +245,12 @@ impl Config {
         exclude.extend(raw.release.exclude.iter().cloned());
         let store = raw.store.path.as_ref().map(|p| normalize(&dir.join(p)));
         let mut stages = BTreeMap::new();
+        let configs: Vec<RelPath> =
+            components.iter().filter(|(k, _)| *k == ComponentKind::Config).map(|(_, p)| p.clone()).collect();
+        let (dirs, files) = linked_paths(&raw, &at)?;
+        let linked: Vec<RelPath> = dirs.into_iter().chain(files).collect();
+        ferry_switcher::host::check_linked(&linked, &configs)
+            .map_err(|e| anyhow::anyhow!("{}: [deploy] {e}", path.display()))?;
         for (name, stage) in &raw.stages {
             stages.insert(name.clone(), check_stage(name, stage.get_ref(), &raw, &dir, &at)?);
         }
@@ -338,6 +344,12 @@ fn check_stage(
         Some((_, "stop")) => OnFailure::Stop,
         Some((o, other)) => bail!("{}: on_failure {other:?} must be \"revert\" or \"stop\"", at(o.span())),
     };
+    let (linked_dirs, linked_files) = linked_paths(raw, at)?;
+    Ok(Stage { hosts, env, strategy, deploy_to, keep_releases, max_parallel, on_failure, linked_dirs, linked_files })
+}
+
+/// `[deploy]`'s linked_dirs and linked_files, as paths.
+fn linked_paths(raw: &FerryToml, at: &dyn Fn(Range<usize>) -> String) -> Result<(Vec<RelPath>, Vec<RelPath>)> {
     let linked = |list: &[Spanned<String>], what: &str| -> Result<Vec<RelPath>> {
         list.iter()
             .map(|p| {
@@ -346,17 +358,7 @@ fn check_stage(
             })
             .collect()
     };
-    Ok(Stage {
-        hosts,
-        env,
-        strategy,
-        deploy_to,
-        keep_releases,
-        max_parallel,
-        on_failure,
-        linked_dirs: linked(&raw.deploy.linked_dirs, "linked_dirs")?,
-        linked_files: linked(&raw.deploy.linked_files, "linked_files")?,
-    })
+    Ok((linked(&raw.deploy.linked_dirs, "linked_dirs")?, linked(&raw.deploy.linked_files, "linked_files")?))
 }
 
 /// 1-based line and column (in characters) of a byte offset.

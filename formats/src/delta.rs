@@ -105,36 +105,87 @@ impl Op {
     /// Decodes this op into `entry`'s content and checks it against the
     /// entry's size and hash. `reference` is the base file a patch names.
     pub fn decode(&self, entry: &Entry, reference: Option<&[u8]>) -> Result<Vec<u8>, DeltaError> {
+        let mut out = Vec::new();
+        self.decode_into(entry, reference, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes this op into `out` as it goes — never more than the entry's
+    /// size, whatever the op claims — and checks size and hash at the end.
+    /// On an error `out` holds garbage and must be thrown away. An error of
+    /// `out` itself comes back as [`DeltaError::Write`].
+    pub fn decode_into(&self, entry: &Entry, reference: Option<&[u8]>, out: &mut dyn Write) -> Result<(), DeltaError> {
         let EntryKind::File { size, hash, .. } = &entry.kind else {
             return Err(bad(entry.path.as_str(), "an op for an entry that is not a file"));
         };
         let at = entry.path.as_str();
-        let content = match (self, reference) {
+        let mut sink = Checked { out, left: *size, hasher: blake3::Hasher::new(), failed: None };
+        let done = match (self, reference) {
             (Op::Patch { .. } | Op::Rsync { .. }, None) => return Err(bad(at, "a patch without its base file")),
-            (Op::Patch { data, .. }, Some(r)) => decompress(data, r, *size).map_err(|e| bad(at, e))?,
-            (Op::Literal { data }, _) => decompress(data, &[], *size).map_err(|e| bad(at, e))?,
+            (Op::Patch { data, .. }, Some(r)) => decompress_into(data, r, &mut sink),
+            (Op::Literal { data }, _) => decompress_into(data, &[], &mut sink),
             (Op::Rsync { data, .. }, Some(r)) => {
                 // The rsync delta itself is at most a little over the file.
                 let limit = size.saturating_add(size / 8).saturating_add(1024);
                 let delta = decompress_unsized(data, limit).map_err(|e| bad(at, e))?;
-                let mut out = Vec::new();
-                fast_rsync::apply_limited(r, &delta, &mut out, usize::try_from(*size).unwrap_or(usize::MAX))
-                    .map_err(|e| bad(at, format!("the rsync delta does not apply: {e}")))?;
-                if out.len() as u64 != *size {
-                    return Err(bad(
-                        at,
-                        format!("the rsync delta makes {} bytes, the manifest says {size}", out.len()),
-                    ));
-                }
-                out
+                fast_rsync::apply_limited(r, &delta, &mut sink, usize::try_from(*size).unwrap_or(usize::MAX))
+                    .map_err(|e| format!("the rsync delta does not apply: {e}"))
             }
         };
-        let actual = BlobHash::of(&content);
+        if let Some(source) = sink.failed.take() {
+            return Err(DeltaError::Write { path: at.to_owned(), source });
+        }
+        done.map_err(|e| bad(at, e))?;
+        if sink.left != 0 {
+            return Err(bad(at, format!("decodes to {} bytes, the manifest says {size}", size - sink.left)));
+        }
+        let actual = BlobHash::from_bytes(*sink.hasher.finalize().as_bytes());
         if actual != *hash {
             return Err(DeltaError::HashMismatch { path: entry.path.to_string(), expected: *hash, actual });
         }
-        Ok(content)
+        Ok(())
     }
+}
+
+/// Passes at most `left` bytes on, hashing them, and keeps the first error
+/// of the writer beneath (to tell a full disk from a bad delta).
+struct Checked<'a> {
+    out: &'a mut dyn Write,
+    left: u64,
+    hasher: blake3::Hasher,
+    failed: Option<io::Error>,
+}
+
+impl Write for Checked<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(io::Error::other("more bytes than the manifest says"));
+        }
+        match self.out.write_all(buf) {
+            Ok(()) => {
+                self.left -= buf.len() as u64;
+                self.hasher.update(buf);
+                Ok(buf.len())
+            }
+            Err(e) => {
+                let kind = e.kind();
+                self.failed = Some(e);
+                Err(io::Error::new(kind, "the output failed"))
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Decompresses one frame against `prefix` into `out`.
+fn decompress_into(data: &[u8], prefix: &[u8], out: &mut Checked<'_>) -> Result<(), String> {
+    let mut decoder = zstd::stream::read::Decoder::with_ref_prefix(data, prefix).map_err(|e| e.to_string())?;
+    decoder.window_log_max(MAX_WINDOW_LOG).map_err(|e| e.to_string())?;
+    io::copy(&mut decoder, out).map_err(|e| format!("cannot decompress: {e}"))?;
+    Ok(())
 }
 
 /// Why a delta was refused.
@@ -154,6 +205,12 @@ pub enum DeltaError {
     Corrupt { at: String, reason: String },
     #[error("{path}: the patched content hashes to {actual}, not the manifest's {expected}")]
     HashMismatch { path: String, expected: BlobHash, actual: BlobHash },
+    #[error("{path}: cannot write the decoded file")]
+    Write {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("the delta is truncated or unreadable {at}")]
     Io {
         at: String,
@@ -223,18 +280,6 @@ pub fn compress(content: &[u8], prefix: &[u8], level: i32) -> io::Result<Vec<u8>
 fn window_log(len: usize) -> u32 {
     let bits = usize::BITS - len.max(1).leading_zeros();
     bits.clamp(10, MAX_WINDOW_LOG)
-}
-
-/// Decompresses one frame of exactly `size` bytes against `prefix`.
-fn decompress(data: &[u8], prefix: &[u8], size: u64) -> Result<Vec<u8>, String> {
-    let mut decoder = zstd::stream::read::Decoder::with_ref_prefix(data, prefix).map_err(|e| e.to_string())?;
-    decoder.window_log_max(MAX_WINDOW_LOG).map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 30));
-    decoder.take(size.saturating_add(1)).read_to_end(&mut out).map_err(|e| format!("cannot decompress: {e}"))?;
-    if out.len() as u64 != size {
-        return Err(format!("decompresses to {} bytes, the manifest says {size}", out.len()));
-    }
-    Ok(out)
 }
 
 /// Decompresses one frame of at most `limit` bytes.

@@ -382,7 +382,7 @@ fn decode_checks_the_content_against_the_entry() {
         if path == "app/fresh.txt" && (*expected, *actual) == want);
     assert!(ok, "{err:?}");
     let err = fresh.decode(&file_of_size("app/fresh.txt", 11, other), None).unwrap_err();
-    assert!(err.to_string().contains("decompresses to 10 bytes, the manifest says 11"), "{err}");
+    assert!(err.to_string().contains("decodes to 10 bytes, the manifest says 11"), "{err}");
     let err = fresh.decode(&file_of_size("app/fresh.txt", 9, other), None).unwrap_err();
     assert!(matches!(err, DeltaError::Corrupt { .. }), "{err:?}");
     let err = ops[0].decode(&file("app/changed.bin", &target_files["app/changed.bin"]), None).unwrap_err();

@@ -93,14 +93,15 @@ pub fn rollback(settings: &Settings, s: &StageSettings, to: Option<&str>) -> Res
 }
 
 /// Prints the report and returns the exit code: 0 all ok, 1 some hosts
-/// failed, 2 nothing could start (no host got past connecting).
+/// failed, 2 nothing could start (no host staged or flipped anything).
 fn show(settings: &Settings, report: &Report, verb: &str) -> Result<u8> {
+    let started = report.hosts.iter().any(|h| h.staged || h.batch.is_some() || h.step == "rollback");
     let code = if report.ok {
         exit::OK
-    } else if report.hosts.iter().all(|h| h.step == "connect" || h.result == Outcome::Skipped) {
-        exit::FATAL
-    } else {
+    } else if started {
         exit::HOSTS_FAILED
+    } else {
+        exit::FATAL
     };
     if settings.output.json {
         output::json(&serde_json::to_value(report)?)?;
@@ -127,6 +128,9 @@ fn show(settings: &Settings, report: &Report, verb: &str) -> Result<u8> {
     }
     for h in report.hosts.iter().filter(|h| h.error.is_some()) {
         eprintln!("{}: {} failed: {}", h.host, h.step, h.error.as_deref().unwrap_or_default());
+    }
+    for h in report.hosts.iter().filter_map(|h| h.warning.as_ref().map(|w| (h, w))) {
+        eprintln!("{}: warning: {}", h.0.host, h.1);
     }
     let batches: Vec<String> = report.batches.iter().map(|b| b.join(", ")).collect();
     let shipped: u64 = report.hosts.iter().map(|h| h.bytes).sum();

@@ -281,3 +281,36 @@ fn a_second_push_is_refused_while_a_host_is_locked() {
     drop(held);
     assert!(fleet::push(&f.stage, &Local, &f.source, &f.v2, &Quiet).ok, "the lock is gone with its holder");
 }
+
+/// Offers a delta for every base, and every one of them is damaged.
+struct BadDeltas(Bundles);
+
+impl ReleaseSource for BadDeltas {
+    fn bundle(&self, id: &ReleaseId) -> Result<PathBuf, SourceError> {
+        self.0.bundle(id)
+    }
+
+    fn delta(&self, _: &ReleaseId, _: &ReleaseId) -> Result<Option<PathBuf>, SourceError> {
+        let path = self.0 .0.join("damaged.delta");
+        fs::write(&path, b"FERRYDLT\x01\x00\x00\x00 and then nonsense").unwrap();
+        Ok(Some(path))
+    }
+
+    fn rsync_delta(&self, _: &Signature, target: &ReleaseId) -> Result<PathBuf, SourceError> {
+        self.0.bundle(target)
+    }
+}
+
+#[test]
+fn a_host_that_refuses_its_delta_gets_the_whole_bundle() {
+    let f = fleet();
+    let source = BadDeltas(Bundles(f.source.0.clone()));
+    let report = fleet::push(&f.stage, &Local, &source, &f.v2, &Quiet);
+    assert!(report.ok, "{report:#?}");
+    for h in &report.hosts {
+        assert_eq!(h.shipped, "bundle", "{h:?}");
+        let bundle = fs::metadata(f.source.0.join(format!("{}.tar.zst", f.v2))).unwrap().len();
+        assert!(h.bytes > bundle, "the refused delta counts too: {h:?}");
+    }
+    assert_eq!(f.currents(), vec![Some(f.v2); 4]);
+}

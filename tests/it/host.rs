@@ -180,8 +180,10 @@ fn a_delta_staged_after_a_bundle_hardlinks_unchanged_files_read_only_with_the_no
     assert_eq!(fs::read_link(r2.join("media/main-link.py")).unwrap(), Path::new("../app/main.py"));
     for release in [&r1, &r2] {
         let files = files_under(release);
-        assert_eq!(files.len(), 8, "6 files and the .ferry head: {files:?}");
-        assert!(release.join(".ferry/manifest").is_file() && release.join(".ferry/release.json").is_file());
+        assert_eq!(files.len(), 9, "6 files and the .ferry head: {files:?}");
+        for head in [".ferry/manifest", ".ferry/release.json", ".ferry/staged.json"] {
+            assert!(release.join(head).is_file(), "{head}");
+        }
         for f in files {
             let m = fs::symlink_metadata(&f).unwrap();
             assert_eq!(m.mode() & 0o222, 0, "{} is writable: {:o}", f.display(), m.mode());
@@ -778,7 +780,7 @@ fn check_release(release: &Path, want: &Tree) -> Result<(), String> {
     for (path, (node, ..)) in &got {
         let ok = match path.as_str() {
             ".ferry" => node == &Node::Dir,
-            ".ferry/manifest" | ".ferry/release.json" => {
+            ".ferry/manifest" | ".ferry/release.json" | ".ferry/staged.json" => {
                 matches!(node, Node::File { content, .. } if !content.is_empty())
             }
             "config/active" => node == &Node::Link("staging".into()),
@@ -789,7 +791,7 @@ fn check_release(release: &Path, want: &Tree) -> Result<(), String> {
             return Err(format!("{path} should not be there ({node:?})"));
         }
     }
-    for head in [".ferry/manifest", ".ferry/release.json", "config/active", "log"] {
+    for head in [".ferry/manifest", ".ferry/release.json", ".ferry/staged.json", "config/active", "log"] {
         if fs::symlink_metadata(release.join(head)).is_err() {
             return Err(format!("{head} is missing"));
         }
@@ -1200,4 +1202,101 @@ fn push_to_a_local_fleet_ships_a_bundle_then_a_delta_in_batches_and_rolls_back()
         assert_eq!(read(dir.join("current/config/active/settings.json")), fixture_settings);
         host(&dir, &["verify"]).ok();
     }
+}
+
+// ---------------------------------------------------------------------------
+// Linked paths and the releases around them
+
+#[test]
+fn overlapping_linked_paths_are_refused_before_anything_is_written() {
+    let p = sample_project();
+    let v1 = build(&p, "v1");
+    let h = tempdir();
+    let dir = h.path();
+    fs::create_dir_all(dir.join("shared/log/archive")).unwrap();
+    fs::write(dir.join("shared/log/archive/old.log"), "keep me\n").unwrap();
+    let b1 = bundle(&p, &v1);
+    for (args, want) in [
+        (["--linked-dir", "log", "--linked-dir", "log/archive"], "linked paths log and log/archive overlap"),
+        (
+            ["--linked-dir", "config", "--linked-dir", "media"],
+            "linked path config overlaps the config directory config",
+        ),
+        (["--linked-dir", "config/active", "--linked-dir", "media"], "overlaps the config directory config"),
+    ] {
+        let stage: Vec<&str> = ["stage", s(&b1), "--env", "staging"].into_iter().chain(args).collect();
+        let err = host(dir, &stage).fails(2);
+        assert!(err.contains(want), "{err}");
+        assert!(!dir.join("releases").join(&v1).exists());
+    }
+    assert_eq!(read(dir.join("shared/log/archive/old.log")), "keep me\n", "shared data untouched");
+
+    // The controller refuses the same in ferry.toml, naming the file.
+    let toml = read(p.path("ferry.toml"));
+    p.write("ferry.toml", format!("{toml}\n[deploy]\nlinked_dirs = [\"log\", \"log/archive\"]\n"));
+    let err = p.ferry(["status", "any"]).fails(2);
+    assert!(err.contains("ferry.toml: [deploy] linked paths log and log/archive overlap"), "{err}");
+}
+
+#[test]
+fn files_a_release_ships_under_a_linked_dir_do_not_break_the_next_stage_or_verify() {
+    let p = sample_project();
+    p.write("log/.keep", "");
+    let v1 = build(&p, "v1");
+    p.write("app/main.py", "print('shop v2')\n");
+    let v2 = build(&p, "v2");
+    let h = tempdir();
+    let dir = h.path();
+    host(dir, &["stage", s(&bundle(&p, &v1)), "--linked-dir", "log"]).ok();
+    host(dir, &["activate", &v1]).ok();
+    host(dir, &["verify"]).ok();
+    // log/.keep of v1 is shared/log/.keep now: neither a source to link from
+    // nor a base to patch against.
+    host(dir, &["stage", s(&bundle(&p, &v2)), "--linked-dir", "log"]).ok();
+    host(dir, &["verify", &v2]).ok();
+    let r2 = dir.join("releases").join(&v2);
+    assert_eq!(fs::read_link(r2.join("log")).unwrap(), Path::new("../../shared/log"));
+}
+
+#[test]
+fn verify_accepts_only_the_shared_links_the_release_was_staged_with() {
+    let p = sample_project();
+    let v1 = build(&p, "v1");
+    let h = tempdir();
+    let dir = h.path();
+    host(dir, &["stage", s(&bundle(&p, &v1))]).ok();
+    let main = dir.join("releases").join(&v1).join("app/main.py");
+    // Swap a release file for a link into some other "shared/" directory.
+    let elsewhere = tempdir();
+    fs::create_dir_all(elsewhere.path().join("shared")).unwrap();
+    fs::write(elsewhere.path().join("shared/main.py"), "print('evil')\n").unwrap();
+    fs::remove_file(&main).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path().join("shared/main.py"), &main).unwrap();
+    let err = host(dir, &["verify", &v1]).fails(2);
+    assert!(err.contains("app/main.py is not a file"), "{err}");
+}
+
+#[test]
+fn a_release_staged_with_other_options_is_staged_anew_unless_it_is_current() {
+    let p = sample_project();
+    let v1 = build(&p, "v1");
+    p.write("app/main.py", "print('shop v2')\n");
+    let v2 = build(&p, "v2");
+    let h = tempdir();
+    let dir = h.path();
+    host(dir, &["stage", s(&bundle(&p, &v1)), "--env", "staging"]).ok();
+    host(dir, &["activate", &v1, "--env", "staging"]).ok();
+    host(dir, &["stage", s(&bundle(&p, &v2))]).ok();
+    // v2 was staged without an environment: staging it for one redoes it.
+    let staged = host(dir, &["stage", s(&bundle(&p, &v2)), "--env", "staging", "--json"]).ok().json();
+    assert_eq!(staged["already"], false, "{staged}");
+    host(dir, &["activate", &v2, "--env", "staging"]).ok();
+    assert_eq!(fs::read_link(dir.join("current/config/active")).unwrap(), Path::new("staging"));
+    // The same again is a no-op; for another environment, current is refused.
+    let staged = host(dir, &["stage", s(&bundle(&p, &v2)), "--env", "staging", "--json"]).ok().json();
+    assert_eq!(staged["already"], true, "{staged}");
+    let err = host(dir, &["stage", s(&bundle(&p, &v2)), "--env", "production"]).fails(2);
+    assert!(err.contains("it is current, staged with other options"), "{err}");
+    assert_eq!(current(dir).as_deref(), Some(v2.as_str()));
+    host(dir, &["verify"]).ok();
 }

@@ -27,6 +27,10 @@ pub struct HostReport {
     pub seconds: f64,
     /// The batch it was flipped in (1-based), if any.
     pub batch: Option<usize>,
+    /// It has the release staged (shipped now, or already there).
+    pub staged: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -92,6 +96,8 @@ fn connect(stage: &Stage, transport: &dyn Transport, lock: Option<&str>, observe
                 bytes: 0,
                 seconds: 0.0,
                 batch: None,
+                staged: false,
+                warning: None,
                 error: None,
             },
             started: Instant::now(),
@@ -201,12 +207,39 @@ pub fn push(
                 }
             };
             observer.event(&slot.spec.name, "stage", kind);
-            match session.stage(&path, &stage.options) {
-                Ok(staged) => {
-                    if !staged.already {
-                        slot.report.shipped = kind.into();
-                        slot.report.bytes = fs::metadata(&path).map_or(0, |m| m.len());
+            let size = |p: &PathBuf| fs::metadata(p).map_or(0, |m| m.len());
+            let mut staged = session.stage(&path, &stage.options);
+            if let (Err(e), "delta" | "rsync") = (&staged, kind) {
+                // A host that cannot apply its delta (a base file it changed,
+                // one given over to shared/) can still take the whole bundle.
+                observer.event(
+                    &slot.spec.name,
+                    "stage",
+                    &format!("{kind} refused ({}); sending the bundle", error_chain(e)),
+                );
+                slot.report.bytes += size(&path);
+                match source.bundle(release) {
+                    Ok(bundle) => {
+                        staged = session.stage(&bundle, &stage.options);
+                        if staged.is_ok() {
+                            slot.report.shipped = "bundle".into();
+                            slot.report.bytes += size(&bundle);
+                        }
                     }
+                    Err(b) => {
+                        staged =
+                            Err(HostError::Input(format!("{}; and no bundle to send instead: {b}", error_chain(e))));
+                    }
+                }
+            } else if let Ok(s) = &staged {
+                if !s.already {
+                    slot.report.shipped = kind.into();
+                    slot.report.bytes = size(&path);
+                }
+            }
+            match staged {
+                Ok(staged) => {
+                    slot.report.staged = true;
                     observer.event(&slot.spec.name, "staged", &format!("{:.2}s", staged.elapsed.as_secs_f64()));
                 }
                 Err(e) => {
@@ -259,7 +292,7 @@ pub fn push(
         slots.par_iter_mut().for_each(|slot| {
             if let Err(e) = slot.session.as_mut().expect("connected").prune(stage.keep_releases) {
                 // The push succeeded; a failed cleanup is reported, not undone.
-                slot.report.error = Some(format!("prune: {}", error_chain(&e)));
+                slot.report.warning = Some(format!("prune failed: {}", error_chain(&e)));
             }
         });
     });
@@ -299,6 +332,7 @@ fn revert(pool: &rayon::ThreadPool, slots: &mut [Slot], observer: &dyn Observer)
             }
             let Some(from) = slot.report.from else {
                 slot.report.step = "revert".into();
+                slot.report.result = Outcome::Failed;
                 slot.report.error = Some("flipped, and there is no earlier release to flip back to".into());
                 return;
             };

@@ -62,6 +62,18 @@ impl Host {
         }
     }
 
+    /// If the journal's last flip did not get to where `current` is (a flip
+    /// killed between its rename and its journal line), records it now, so
+    /// that `previous`, `prune` and `status` reason from the truth. Run with
+    /// every lock.
+    pub(crate) fn reconcile_journal(&self) -> Result<(), HostError> {
+        let Some(current) = self.current()? else { return Ok(()) };
+        let journal = self.journal()?;
+        // Back to a release that was current before: a rollback, most likely.
+        let action = if journal.iter().any(|r| r.from == Some(current)) { Action::Rollback } else { Action::Deploy };
+        self.record_interrupted(&current, action)
+    }
+
     /// `current` is already `id`. If the journal's last flip did not get there
     /// (a flip killed between its rename and its journal line), records it now,
     /// from where the journal last had `current`.

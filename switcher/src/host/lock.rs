@@ -33,7 +33,15 @@ impl std::fmt::Display for Holder {
 /// The held lock; dropping it releases it.
 #[derive(Debug)]
 pub struct Lock {
-    _file: fs::File,
+    file: fs::File,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // Clear the name before the kernel drops the flock, so nobody reads
+        // a stale holder as the current one.
+        let _ = self.file.set_len(0);
+    }
 }
 
 impl Host {
@@ -53,9 +61,17 @@ impl Host {
             .truncate(false)
             .open(&path)
             .map_err(HostError::Fs)?;
-        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
-            let holder = read_holder(&mut file).map_or_else(|| "another ferry process".to_owned(), |h| h.to_string());
-            return Err(HostError::Locked { path: self.root.clone(), holder });
+        // A `status` takes the lock shared for a moment to see whether it is
+        // free; do not mistake that for a deploy.
+        let mut tries = 0;
+        while flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+            tries += 1;
+            if tries == 20 {
+                let holder =
+                    read_holder(&mut file).map_or_else(|| "another ferry process".to_owned(), |h| h.to_string());
+                return Err(HostError::Locked { path: self.root.clone(), holder });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let holder = Holder {
             user: whoami(),
@@ -67,8 +83,10 @@ impl Host {
         file.set_len(0).map_err(at(&path))?;
         file.rewind().map_err(at(&path))?;
         file.write_all(text.as_bytes()).map_err(at(&path))?;
-        self.clear_leftovers()?;
-        Ok(Lock { _file: file })
+        let lock = Lock { file };
+        self.clear_leftovers();
+        self.reconcile_journal()?;
+        Ok(lock)
     }
 
     /// Who holds the lock now, if anyone.
@@ -92,18 +110,20 @@ impl Host {
 
     /// Staging and pruning directories and temporary links that a killed
     /// process left. Only called with the lock held, so nobody owns them.
-    fn clear_leftovers(&self) -> Result<(), HostError> {
+    /// Best effort: one that cannot be removed must not stand in the way of
+    /// an emergency rollback (the next stage of that release starts afresh).
+    fn clear_leftovers(&self) {
         let releases = self.releases_dir();
-        for entry in fs::read_dir(&releases).map_err(HostError::Fs)? {
-            let entry = entry.map_err(at(&releases))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with(".staging-") || name.starts_with(".pruning-") {
-                fs::remove_dir_all(entry.path()).map_err(HostError::Fs)?;
+        if let Ok(entries) = fs::read_dir(&releases) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(".staging-") || name.starts_with(".pruning-") {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
             }
         }
-        atomic::remove_stale_temps(&self.root).map_err(at(&self.root))?;
-        Ok(())
+        let _ = atomic::remove_stale_temps(&self.root);
     }
 }
 

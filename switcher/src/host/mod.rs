@@ -39,7 +39,7 @@ use fs_err as fs;
 pub use flip::{previous, Flipped};
 pub use lock::{Holder, Lock};
 pub use prune::Pruned;
-pub use stage::{error_chain, StageOptions, Staged, ACTIVE_CONFIG};
+pub use stage::{check_linked, error_chain, StageOptions, Staged, ACTIVE_CONFIG};
 pub use status::{ReleaseStatus, Status, Verified};
 
 /// One service's directory on one host.
@@ -212,8 +212,9 @@ impl Host {
     /// Every whole journal record, oldest first.
     pub fn journal(&self) -> Result<Vec<Record>, HostError> {
         let path = self.journal_path();
-        match fs::read_to_string(&path) {
-            Ok(text) => Ok(journal::parse(&text).0),
+        // Bytes, not text: a line torn mid-character must not hide the rest.
+        match fs::read(&path) {
+            Ok(bytes) => Ok(journal::parse(&String::from_utf8_lossy(&bytes)).0),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(source) => Err(HostError::Io { path, source }),
         }

@@ -11,7 +11,7 @@
 //! which the next lock holder removes.
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -26,8 +26,9 @@ use rayon::prelude::*;
 
 use super::{at, Host, HostError, Lock};
 
-/// How a release is staged on this host.
-#[derive(Debug, Clone, Default)]
+/// How a release is staged on this host. Recorded in the release as
+/// `.ferry/staged.json`: a release staged with other options is staged anew.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StageOptions {
     /// The environment whose `config/<env>/` the release activates.
     pub env: Option<String>,
@@ -70,8 +71,13 @@ impl Host {
     /// magic). Takes the lock's word that nobody else works here.
     pub fn stage(&self, _lock: &Lock, input: &mut dyn Read, opts: &StageOptions) -> Result<Staged, HostError> {
         let start = std::time::Instant::now();
-        let mut input = BufReader::with_capacity(1 << 20, input);
-        let magic = input.fill_buf().map_err(|e| HostError::Input(format!("cannot read the input: {e}")))?;
+        // A pipe may hand over fewer bytes than a magic at a time.
+        let mut magic = Vec::with_capacity(8);
+        (&mut *input)
+            .take(8)
+            .read_to_end(&mut magic)
+            .map_err(|e| HostError::Input(format!("cannot read the input: {e}")))?;
+        let mut input = BufReader::with_capacity(1 << 20, io::Cursor::new(magic.clone()).chain(input));
         let mut staged = if magic.starts_with(&delta::MAGIC) {
             self.stage_delta(&mut input, opts)
         } else if magic.starts_with(&delta::RSYNC_MAGIC) {
@@ -95,8 +101,8 @@ impl Host {
             let mut tee = TeeRead { inner: &mut *input, copy: &mut fixed };
             delta::read_ends(&mut tee).map_err(HostError::Delta)?
         };
-        if self.has(&ends.target) {
-            return Ok(Staged { id: Some(ends.target), already: true, ..Staged::default() });
+        if let Some(already) = self.already_staged(&ends.target, opts)? {
+            return Ok(already);
         }
         if !self.has(&ends.base) {
             return Err(HostError::MissingBase { base: ends.base, root: self.root.clone() });
@@ -122,10 +128,18 @@ impl Host {
             let mut tee = TeeRead { inner: &mut *input, copy: &mut fixed };
             delta::read_rsync_basis(&mut tee).map_err(HostError::Delta)?
         };
-        if self.has(&target) {
-            return Ok(Staged { id: Some(target), already: true, ..Staged::default() });
+        if let Some(already) = self.already_staged(&target, opts)? {
+            return Ok(already);
         }
         let (signature, basis_dir) = self.saved_signature()?;
+        let now = fs::canonicalize(self.current_link()).map_err(HostError::Fs)?;
+        if now != basis_dir {
+            return Err(HostError::Input(format!(
+                "current is {} now, not the {} this host signed; push again",
+                now.display(),
+                basis_dir.display()
+            )));
+        }
         if signature.id != basis {
             return Err(HostError::Delta(delta::DeltaError::WrongBasis { expected: signature.id, actual: basis }));
         }
@@ -163,11 +177,15 @@ impl Host {
                 .par_iter()
                 .zip(ops.par_iter())
                 .map(|(entry, op)| {
-                    let base = reference(op).map(|path| fs::read(path).map_err(HostError::Fs)).transpose()?;
-                    let content = op.decode(entry, base.as_deref()).map_err(HostError::Delta)?;
-                    staging.write_file(entry, &mut &content[..])?;
+                    let base = reference(op).map(|path| read_regular(&path)).transpose()?;
+                    let len = staging.write_with(entry, &mut |out| {
+                        op.decode_into(entry, base.as_deref(), out).map_err(|e| match e {
+                            delta::DeltaError::Write { source, .. } => at(staging.path(entry))(source),
+                            other => HostError::Delta(other),
+                        })
+                    })?;
                     let (mode, hash) = file_parts(entry);
-                    Ok((hash, staging.path(entry), mode, content.len() as u64))
+                    Ok((hash, staging.path(entry), mode, len))
                 })
                 .collect::<Result<_, HostError>>()?;
             for (hash, path, mode, len) in written {
@@ -238,7 +256,7 @@ impl Host {
         }
         impl Visitor for Stager<'_> {
             fn head(&mut self, head: &Head) -> io::Result<()> {
-                if self.host.has(&head.id) {
+                if self.host.already_staged(&head.id, self.opts).map_err(io::Error::other)?.is_some() {
                     self.already = Some(head.id);
                     return Err(io::Error::other("already staged"));
                 }
@@ -328,7 +346,12 @@ impl Kept {
             // A release whose head cannot be read offers nothing to link.
             let Ok(head) = host.head(&id) else { continue };
             let dir = host.release_dir(&id);
+            // Paths given over to shared/ are not the release's any more.
+            let linked = host.staged_with(&id).map(|o| o.linked()).unwrap_or_default();
             for entry in head.manifest.entries() {
+                if linked.iter().any(|l| entry.path.starts_with(l)) {
+                    continue;
+                }
                 if let EntryKind::File { mode, hash, .. } = &entry.kind {
                     let path = dir.join(entry.path.as_str());
                     kept.exact.entry((*hash, *mode)).or_insert_with(|| path.clone());
@@ -364,6 +387,8 @@ struct Staging<'a> {
 impl<'a> Staging<'a> {
     fn begin(host: &'a Host, head: &Head, opts: &StageOptions) -> Result<Self, HostError> {
         check_env(host, head, opts)?;
+        let configs: Vec<RelPath> = head.meta.components_of(ComponentKind::Config).map(|c| c.path.clone()).collect();
+        check_linked(&opts.linked(), &configs).map_err(HostError::Input)?;
         let dir = host.releases_dir().join(format!(".staging-{}", head.id));
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(HostError::Fs)?;
@@ -407,11 +432,24 @@ impl<'a> Staging<'a> {
 
     /// Writes one file, read-only, with the normalized mtime, and returns its length.
     fn write_file(&self, entry: &Entry, content: &mut dyn Read) -> Result<u64, HostError> {
+        let path = self.path(entry);
+        self.write_with(entry, &mut |out| io::copy(content, out).map(drop).map_err(at(&path)))
+    }
+
+    /// Writes one file with whatever `fill` writes, then makes it read-only
+    /// with the normalized mtime; returns its length.
+    fn write_with(
+        &self,
+        entry: &Entry,
+        fill: &mut dyn FnMut(&mut dyn Write) -> Result<(), HostError>,
+    ) -> Result<u64, HostError> {
         let (mode, _) = file_parts(entry);
         let path = self.path(entry);
-        let mut file = fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(HostError::Fs)?;
-        let len = io::copy(content, &mut file).map_err(at(&path))?;
-        file.flush().map_err(at(&path))?;
+        let file = fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(HostError::Fs)?;
+        let mut out = io::BufWriter::with_capacity(1 << 16, file);
+        fill(&mut out)?;
+        let file = out.into_inner().map_err(|e| at(&path)(e.into_error()))?;
+        let len = file.metadata().map_err(at(&path))?.len();
         finish_file(file.file(), mode).map_err(at(&path))?;
         Ok(len)
     }
@@ -446,7 +484,7 @@ impl<'a> Staging<'a> {
         }
         // Another mode, or the link failed (too many links, another file
         // system): copy the bytes.
-        let mut from = fs::File::open(&source).map_err(HostError::Fs)?;
+        let mut from = open_regular(&source)?;
         self.write_file(entry, &mut from)?;
         self.counts.copied += 1;
         self.reused.push((path, hash));
@@ -480,6 +518,10 @@ impl<'a> Staging<'a> {
         }
         self.link_shared(opts)?;
         self.link_config(head, opts)?;
+        let record = self.dir.join(STAGED_WITH);
+        let mut file = fs::File::create(&record).map_err(HostError::Fs)?;
+        file.write_all(&serde_json::to_vec(opts).expect("options serialize")).map_err(at(&record))?;
+        finish_file(file.file(), 0o444).map_err(at(&record))?;
 
         // One syncfs for every file and directory written, then the rename.
         let dir = fs::File::open(&self.dir).map_err(HostError::Fs)?;
@@ -537,6 +579,17 @@ impl<'a> Staging<'a> {
             }
             if let Some(parent) = link.parent() {
                 fs::create_dir_all(parent).map_err(HostError::Fs)?;
+                // The parent must be the release's own directory, not a way
+                // out through a link (check_linked refuses nesting; this is
+                // the belt to its braces).
+                let real = fs::canonicalize(parent).map_err(HostError::Fs)?;
+                let root = fs::canonicalize(&self.dir).map_err(HostError::Fs)?;
+                if !real.starts_with(&root) {
+                    return Err(HostError::Input(format!(
+                        "linked path {path} would be made outside the release, in {}",
+                        real.display()
+                    )));
+                }
             }
             let target = shared_link_target(path);
             fs::os::unix::fs::symlink(&target, &link).map_err(HostError::Fs)?;
@@ -552,6 +605,101 @@ impl<'a> Staging<'a> {
         }
         Ok(())
     }
+}
+
+/// Where a release records the options it was staged with.
+const STAGED_WITH: &str = ".ferry/staged.json";
+
+impl StageOptions {
+    /// Every linked path, directories and files.
+    pub fn linked(&self) -> Vec<RelPath> {
+        self.linked_dirs.iter().chain(&self.linked_files).cloned().collect()
+    }
+}
+
+/// Refuses linked paths that overlap (one inside another: the inner one
+/// would be made inside `shared/`), that are or hold a config directory (its
+/// `active` link would land in `shared/`), or that sit in the `active` link.
+pub fn check_linked(linked: &[RelPath], configs: &[RelPath]) -> Result<(), String> {
+    for (i, a) in linked.iter().enumerate() {
+        if a.components().next() == Some(META_DIR) {
+            return Err(format!("linked path {a}: .ferry is ferry's own"));
+        }
+        for b in &linked[i + 1..] {
+            if a.starts_with(b) || b.starts_with(a) {
+                return Err(format!(
+                    "linked paths {a} and {b} overlap: link one directory, or files beside each other"
+                ));
+            }
+        }
+        for c in configs {
+            let active = c.join(ACTIVE_CONFIG).expect("a valid name");
+            if c.starts_with(a) || a.starts_with(&active) {
+                return Err(format!(
+                    "linked path {a} overlaps the config directory {c}, where ferry links the active environment"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Host {
+    /// The options release `id` was staged with (`None` for one staged by an
+    /// older ferry, or damaged).
+    pub(crate) fn staged_with(&self, id: &ReleaseId) -> Option<StageOptions> {
+        let text = fs::read(self.release_dir(id).join(STAGED_WITH)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// `Some` when release `id` is here, staged with these options. One
+    /// staged with others is removed, to be staged anew — unless it is
+    /// `current`, which is refused.
+    fn already_staged(&self, id: &ReleaseId, opts: &StageOptions) -> Result<Option<Staged>, HostError> {
+        if !self.has(id) {
+            return Ok(None);
+        }
+        let with = self.staged_with(id);
+        if with.as_ref() == Some(opts) {
+            return Ok(Some(Staged { id: Some(*id), already: true, ..Staged::default() }));
+        }
+        if self.current()? == Some(*id) {
+            return Err(HostError::Broken {
+                id: *id,
+                root: self.root.clone(),
+                reason: format!(
+                    "it is current, staged with other options ({}); flip to another release first, then stage it again",
+                    with.map_or_else(|| "unknown".to_owned(), |w| serde_json::to_string(&w).unwrap_or_default())
+                ),
+            });
+        }
+        let dir = self.release_dir(id);
+        let doomed = self.releases_dir().join(format!(".pruning-{id}"));
+        fs::rename(&dir, &doomed).map_err(HostError::Fs)?;
+        fs::remove_dir_all(&doomed).map_err(HostError::Fs)?;
+        Ok(None)
+    }
+}
+
+/// Opens a file that must be a regular file, not following a symlink.
+fn open_regular(path: &std::path::Path) -> Result<fs::File, HostError> {
+    use fs_err::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(HostError::Fs)?;
+    if !file.metadata().map_err(at(path))?.is_file() {
+        return Err(HostError::Input(format!("{} is not a regular file", path.display())));
+    }
+    Ok(file)
+}
+
+/// The whole content of a regular file (see [`open_regular`]).
+fn read_regular(path: &std::path::Path) -> Result<Vec<u8>, HostError> {
+    let mut buf = Vec::new();
+    open_regular(path)?.read_to_end(&mut buf).map_err(at(path))?;
+    Ok(buf)
 }
 
 /// What a linked path in a release points at: `shared/<path>` of the

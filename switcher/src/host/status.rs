@@ -74,13 +74,24 @@ impl Host {
         let head = self.head(id)?;
         let dir = self.release_dir(id);
         let broken = |reason: String| HostError::Broken { id: *id, root: self.root.clone(), reason };
+        let linked = self.staged_with(id).map(|o| o.linked()).unwrap_or_default();
+        for l in &linked {
+            let want = super::stage::shared_link_target(l);
+            let actual = fs::read_link(dir.join(l.as_str())).ok();
+            if actual.as_deref() != Some(std::path::Path::new(&want)) {
+                return Err(broken(format!("{l} should be a link to {want}, as it was staged")));
+            }
+        }
         let mut files = Vec::new();
         for entry in head.manifest.entries() {
+            // Given over to shared/ when staged (linked_dirs, linked_files).
+            if linked.iter().any(|l| entry.path.starts_with(l)) {
+                continue;
+            }
             let path = dir.join(entry.path.as_str());
             let meta = match fs::symlink_metadata(&path) {
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    // Replaced by a link into shared/ (linked_dirs, linked_files)?
                     return Err(broken(format!("{} is missing", entry.path)));
                 }
                 Err(e) => return Err(HostError::Fs(e)),
@@ -107,8 +118,6 @@ impl Host {
                     }
                     files.push((entry, path, *hash));
                 }
-                // ferry put a link into shared/ here (linked_dirs, linked_files).
-                _ if meta.file_type().is_symlink() && is_shared_link(&path) => {}
                 _ => return Err(broken(format!("{} is not a {}", entry.path, kind_name(&entry.kind)))),
             }
         }
@@ -124,10 +133,6 @@ impl Host {
         let (count, bytes) = head.manifest.file_totals();
         Ok(Verified { id: *id, files: count, bytes })
     }
-}
-
-fn is_shared_link(path: &std::path::Path) -> bool {
-    fs::read_link(path).is_ok_and(|t| t.to_string_lossy().contains("shared/"))
 }
 
 fn kind_name(kind: &EntryKind) -> &'static str {
