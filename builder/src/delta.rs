@@ -26,6 +26,12 @@ use crate::{Store, StoreError};
 /// to every host, so they are worth the slower level.
 pub const LEVEL: i32 = 19;
 
+/// zstd level for the head: the manifest against the base's. On the
+/// benchmark release (10,000 entries, Django 4.2.10 → 4.2.11) the whole delta
+/// is 3,682 bytes at level 19 in 0.63 s, 3,703 at 16 in 0.31 s, 3,866 at 12
+/// in 0.26 s — and 186 KB at 3, whose matcher loses the 1 MB prefix.
+pub const HEAD_LEVEL: i32 = 16;
+
 /// A delta in the store.
 #[derive(Debug, Clone)]
 pub struct Encoded {
@@ -208,9 +214,19 @@ impl Plan {
             self.ops.iter().filter_map(|(_, r)| *r).map(|r| file_hash(&self.base.manifest.entries()[r])).collect();
         let want_target: HashSet<&BlobHash> =
             self.ops.iter().map(|(t, _)| file_hash(&self.target.manifest.entries()[*t])).collect();
-        let (base_blobs, target_blobs) =
-            rayon::join(|| collect(store, &self.base.id, &want_base), || collect(store, &self.target.id, &want_target));
+        // The head (the manifest against the base's, most of the work when
+        // few files changed) is encoded while both bundles are read.
+        let ((base_blobs, target_blobs), head) = rayon::join(
+            || {
+                rayon::join(
+                    || collect(store, &self.base.id, &want_base),
+                    || collect(store, &self.target.id, &want_target),
+                )
+            },
+            || delta::encode_head(&self.base, &self.target, HEAD_LEVEL),
+        );
         let (base_blobs, target_blobs) = (base_blobs?, target_blobs?);
+        let head = head.map_err(|source| DeltaBuildError::Encode { path: "the head".into(), source })?;
         let ops = self
             .ops
             .par_iter()
@@ -227,8 +243,6 @@ impl Plan {
                 result.map_err(|source| DeltaBuildError::Encode { path: entry.path.to_string(), source })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let head = delta::encode_head(&self.base, &self.target, LEVEL)
-            .map_err(|source| DeltaBuildError::Encode { path: "the head".into(), source })?;
         Ok((ops, head))
     }
 }
@@ -240,20 +254,30 @@ fn file_hash(e: &Entry) -> &BlobHash {
     }
 }
 
-/// The contents with these hashes, read from a stored bundle that is checked
-/// whole on the way.
+/// The contents with these hashes, read from a stored bundle. Reading stops
+/// once the last of them has gone by: each one taken was checked against its
+/// hash, and the rest of the bundle does not go into the delta (the host
+/// checks every file it makes anyway).
 fn collect(store: &Store, id: &ReleaseId, want: &HashSet<&BlobHash>) -> Result<HashMap<BlobHash, Vec<u8>>, StoreError> {
     struct Keep<'a> {
         want: &'a HashSet<&'a BlobHash>,
         got: HashMap<BlobHash, Vec<u8>>,
+        /// The entry whose content completed the set; the reader checks an
+        /// entry's hash after the visitor returns, so stop at the next one.
+        complete: bool,
     }
+    const ENOUGH: &str = "every wanted content is read";
     impl Visitor for Keep<'_> {
         fn entry(&mut self, entry: &Entry, content: &mut dyn Read) -> io::Result<()> {
+            if self.complete {
+                return Err(io::Error::other(ENOUGH));
+            }
             if let EntryKind::File { hash, size, .. } = &entry.kind {
                 if self.want.contains(hash) && !self.got.contains_key(hash) {
                     let mut buf = Vec::with_capacity(*size as usize);
                     content.read_to_end(&mut buf)?;
                     self.got.insert(*hash, buf);
+                    self.complete = self.got.len() == self.want.len();
                 }
             }
             Ok(())
@@ -264,10 +288,12 @@ fn collect(store: &Store, id: &ReleaseId, want: &HashSet<&BlobHash>) -> Result<H
         return Ok(HashMap::new());
     }
     let file = fs::File::open(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
-    let mut keep = Keep { want, got: HashMap::new() };
-    bundle::read(io::BufReader::with_capacity(1 << 20, file), Some(id), &mut keep)
-        .map_err(|source: ReadError| StoreError::Bundle { path, source })?;
-    Ok(keep.got)
+    let mut keep = Keep { want, got: HashMap::new(), complete: false };
+    match bundle::read(io::BufReader::with_capacity(1 << 20, file), Some(id), &mut keep) {
+        Ok(_) => Ok(keep.got),
+        Err(ReadError::Visitor { source, .. }) if keep.complete && source.to_string() == ENOUGH => Ok(keep.got),
+        Err(source) => Err(StoreError::Bundle { path, source }),
+    }
 }
 
 /// What one stream over all changed files would weigh instead: the old
@@ -310,7 +336,7 @@ pub fn one_stream_size(
         .collect();
     let data = delta::compress(&content, &prefix, LEVEL)
         .map_err(|source| DeltaBuildError::Encode { path: "one stream".into(), source })?;
-    let head = delta::encode_head(&plan.base, &plan.target, LEVEL)
+    let head = delta::encode_head(&plan.base, &plan.target, HEAD_LEVEL)
         .map_err(|source| DeltaBuildError::Encode { path: "the head".into(), source })?;
     Ok(((data.len() + head.len() + 76 + 32) as u64, start.elapsed()))
 }
@@ -376,7 +402,7 @@ pub fn encode_rsync(store: &Store, signature: &Signature, target: &ReleaseId) ->
             }
         })
         .collect::<Result<Vec<_>, DeltaBuildError>>()?;
-    let head_frame = delta::encode_head_rsync(signature, &head, LEVEL)
+    let head_frame = delta::encode_head_rsync(signature, &head, HEAD_LEVEL)
         .map_err(|source| DeltaBuildError::Encode { path: "the head".into(), source })?;
     let dir = store.root().join("deltas");
     fs::create_dir_all(&dir).map_err(|source| DeltaBuildError::Write { path: dir.clone(), source })?;

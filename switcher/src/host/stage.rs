@@ -379,8 +379,8 @@ struct Staging<'a> {
     kept: Kept,
     /// Contents written into this staging directory, for later duplicates.
     written: HashMap<BlobHash, (PathBuf, u32)>,
-    /// Files linked or copied, to hash again before the rename.
-    reused: Vec<(PathBuf, BlobHash)>,
+    /// Files to place from what this host has, once the rest is written.
+    deferred: Vec<Entry>,
     counts: Counts,
 }
 
@@ -400,7 +400,7 @@ impl<'a> Staging<'a> {
             dir,
             kept: Kept::index(host)?,
             written: HashMap::new(),
-            reused: Vec::new(),
+            deferred: Vec::new(),
             counts: Counts::default(),
         })
     }
@@ -409,13 +409,30 @@ impl<'a> Staging<'a> {
         self.dir.join(entry.path.as_str())
     }
 
+    /// Makes every directory, a level at a time (parents first), each level
+    /// in parallel: mkdir is most of a hardlink checkout's time on ext4.
     fn dirs(&self, head: &Head) -> Result<(), HostError> {
+        let umask = umask();
+        let mut by_depth: Vec<Vec<(&Entry, u32)>> = Vec::new();
         for entry in head.manifest.entries() {
             if let EntryKind::Dir { mode } = entry.kind {
+                let depth = entry.path.components().count();
+                if by_depth.len() < depth {
+                    by_depth.resize_with(depth, Vec::new);
+                }
+                by_depth[depth - 1].push((entry, mode | 0o700));
+            }
+        }
+        for level in by_depth {
+            level.par_iter().try_for_each(|(entry, mode)| {
                 let path = self.path(entry);
                 fs::create_dir(&path).map_err(HostError::Fs)?;
-                fs::set_permissions(&path, std::fs::Permissions::from_mode(mode | 0o700)).map_err(HostError::Fs)?;
-            }
+                // mkdir applies the umask; set the mode only where it took bits away.
+                if mode & !umask != *mode {
+                    fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).map_err(HostError::Fs)?;
+                }
+                Ok(())
+            })?;
         }
         Ok(())
     }
@@ -454,10 +471,32 @@ impl<'a> Staging<'a> {
         Ok(len)
     }
 
-    /// Places a file whose content this host already has: a hardlink when a
-    /// kept file (or one written in this staging) has the same mode, a copy
-    /// when only the content matches.
+    /// Notes a file whose content this host already has; it is placed by
+    /// [`Staging::place_reused`], in parallel with the others.
     fn reuse(&mut self, entry: &Entry) -> Result<(), HostError> {
+        self.deferred.push(entry.clone());
+        Ok(())
+    }
+
+    /// Places every noted file: a hardlink when a kept file (or one written
+    /// in this staging) has the same (hash, mode), a copy when only the
+    /// content matches; a file from a kept release is hashed again, so a
+    /// release changed on this host is caught rather than spread.
+    fn place_reused(&mut self) -> Result<(), HostError> {
+        let placed = self
+            .deferred
+            .par_iter()
+            .map(|entry| self.place(entry))
+            .try_fold(|| (0, 0), |(l, c), linked| linked.map(|linked| if linked { (l + 1, c) } else { (l, c + 1) }))
+            .try_reduce(|| (0, 0), |a, b| Ok((a.0 + b.0, a.1 + b.1)))?;
+        self.counts.linked += placed.0;
+        self.counts.copied += placed.1;
+        self.deferred.clear();
+        Ok(())
+    }
+
+    /// Places one file; returns whether it is a hardlink.
+    fn place(&self, entry: &Entry) -> Result<bool, HostError> {
         let (mode, hash) = file_parts(entry);
         let path = self.path(entry);
         let (source, exact) = match self.kept.exact.get(&(hash, mode)) {
@@ -475,26 +514,30 @@ impl<'a> Staging<'a> {
                 },
             },
         };
-        if exact && fs::hard_link(&source, &path).is_ok() {
-            self.counts.linked += 1;
-            if !source.starts_with(&self.dir) {
-                self.reused.push((path, hash));
-            }
-            return Ok(());
+        let from_kept = !source.starts_with(&self.dir);
+        let linked = exact && fs::hard_link(&source, &path).is_ok();
+        if !linked {
+            // Another mode, or the link failed (too many links, another file
+            // system): copy the bytes.
+            let mut from = open_regular(&source)?;
+            self.write_file(entry, &mut from)?;
         }
-        // Another mode, or the link failed (too many links, another file
-        // system): copy the bytes.
-        let mut from = open_regular(&source)?;
-        self.write_file(entry, &mut from)?;
-        self.counts.copied += 1;
-        self.reused.push((path, hash));
-        Ok(())
+        if from_kept {
+            let actual = hash_file(&path)?;
+            if actual != hash {
+                return Err(HostError::Input(format!(
+                    "{}: a kept release's copy hashes to {actual}, not {hash}; that release was changed on this host (see `ferry host verify`)",
+                    source.display()
+                )));
+            }
+        }
+        Ok(linked)
     }
 
     /// Completes the release if `result` is Ok, else removes the staging
     /// directory and journals the failure.
-    fn finish(self, result: Result<(), HostError>, head: &Head, opts: &StageOptions) -> Result<Staged, HostError> {
-        let done = result.and_then(|()| self.complete(head, opts));
+    fn finish(mut self, result: Result<(), HostError>, head: &Head, opts: &StageOptions) -> Result<Staged, HostError> {
+        let done = result.and_then(|()| self.place_reused()).and_then(|()| self.complete(head, opts));
         match done {
             Ok(staged) => Ok(staged),
             Err(e) => {
@@ -507,7 +550,6 @@ impl<'a> Staging<'a> {
     }
 
     fn complete(&self, head: &Head, opts: &StageOptions) -> Result<Staged, HostError> {
-        self.verify_reused()?;
         let meta_dir = self.dir.join(META_DIR);
         fs::create_dir_all(&meta_dir).map_err(HostError::Fs)?;
         for (name, bytes) in [(MANIFEST_PATH, head.manifest.to_text()), (RELEASE_PATH, head.meta.to_canonical())] {
@@ -538,22 +580,6 @@ impl<'a> Staging<'a> {
             linked: self.counts.linked,
             copied: self.counts.copied,
             elapsed: Duration::ZERO,
-        })
-    }
-
-    /// Hashes every file that came from a kept release.
-    fn verify_reused(&self) -> Result<(), HostError> {
-        self.reused.par_iter().try_for_each(|(path, expected)| {
-            let mut hasher = blake3::Hasher::new();
-            hasher.update_mmap(path).map_err(|e| at(path)(e))?;
-            let actual = BlobHash::from_bytes(*hasher.finalize().as_bytes());
-            if actual != *expected {
-                return Err(HostError::Input(format!(
-                    "{}: a kept release's copy hashes to {actual}, not {expected}; that release was changed on this host (see `ferry host verify`)",
-                    path.display()
-                )));
-            }
-            Ok(())
         })
     }
 
@@ -679,6 +705,31 @@ impl Host {
         fs::remove_dir_all(&doomed).map_err(HostError::Fs)?;
         Ok(None)
     }
+}
+
+/// This process's umask, as Linux reports it (reading it with umask(2) would
+/// mean setting it, racing other threads); the strictest one if unknown.
+fn umask() -> u32 {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        .unwrap_or(0o777)
+}
+
+/// Hashes a file: read(2) for the many small files of a release (mmap's
+/// unmapping costs TLB shootdowns on every core), mmap for big ones.
+pub(crate) fn hash_file(path: &std::path::Path) -> Result<BlobHash, HostError> {
+    let mut hasher = blake3::Hasher::new();
+    let file = open_regular(path)?;
+    let len = file.metadata().map_err(at(path))?.len();
+    if len > 1 << 20 {
+        hasher.update_mmap(path).map_err(at(path))?;
+    } else {
+        hasher.update_reader(file).map_err(at(path))?;
+    }
+    Ok(BlobHash::from_bytes(*hasher.finalize().as_bytes()))
 }
 
 /// Opens a file that must be a regular file, not following a symlink.

@@ -2,12 +2,12 @@
 
 use std::io;
 
-use ferry_formats::{BlobHash, EntryKind, ReleaseId};
+use ferry_formats::{EntryKind, ReleaseId};
 use fs_err as fs;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{at, previous, Holder, Host, HostError};
+use super::{previous, Holder, Host, HostError};
 
 /// One host's state for one service.
 #[derive(Debug, Clone, Serialize)]
@@ -122,9 +122,7 @@ impl Host {
             }
         }
         files.par_iter().try_for_each(|(entry, path, expected)| {
-            let mut hasher = blake3::Hasher::new();
-            hasher.update_mmap(path).map_err(at(path))?;
-            let actual = BlobHash::from_bytes(*hasher.finalize().as_bytes());
+            let actual = super::stage::hash_file(path)?;
             if actual != *expected {
                 return Err(broken(format!("{}: content hashes to {actual}, not {expected}", entry.path)));
             }
