@@ -125,7 +125,7 @@ fn main() -> Result<()> {
     println!();
     println!("encode commands (base.tar / target.tar: the bundles, zstd -dc):");
     println!("  ferry delta BASE TARGET --json          (whole command; <store>/deltas removed before each run)");
-    println!("  one_stream_size (in-process)            (timed: the one zstd -19 compression, not the bundle reads)");
+    println!("  one_stream_size (in-process)            (timed: the one zstd -19 compression and the level-16 head, not the bundle reads)");
     println!("  xdelta3 -e -9 -f -s base.tar target.tar OUT");
     println!(
         "  zstd -q -f --long={long} --patch-from=base.tar target.tar -o OUT   (level 3 default, 1 thread default)"
@@ -377,14 +377,14 @@ fn main() -> Result<()> {
     };
     let pick = |f: &dyn Fn(&Results) -> (u64, Duration, String)| [f(&results[0]), f(&results[1])];
     row(
-        "ferry delta (per-file ops, zstd -19)",
+        "ferry delta (per-file ops, zstd -19; head -16)",
         pick(&|r| {
             let m = median_by(&r.ferry, |f| f.wall);
             (m.bytes, m.wall, list(r.ferry.iter().map(|f| f.wall)))
         }),
     );
     row(
-        "one_stream_size (one zstd -19 stream)",
+        "one_stream_size (one zstd -19 stream; head -16)",
         pick(&|r| {
             let m = median_by(&r.one_stream, |o| o.0);
             (m.1, m.0, list(r.one_stream.iter().map(|o| o.0)))
