@@ -179,7 +179,10 @@ pub fn push(
         payloads.entry(base).or_insert_with(|| payload(source, base, release));
     }
 
-    // Stage everywhere.
+    // Stage everywhere. Hosts on the same unknown release sign it the same:
+    // one at a time asks for the rsync delta, so it is encoded once and the
+    // others find it made.
+    let one_rsync = std::sync::Mutex::new(());
     pool.install(|| {
         slots.par_iter_mut().for_each(|slot| {
             slot.report.step = "stage".into();
@@ -193,6 +196,7 @@ pub fn push(
                     .signature()
                     .map_err(|e| format!("cannot sign the host's files: {}", error_chain(&e)))
                     .and_then(|sig| {
+                        let _one = one_rsync.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         source.rsync_delta(&sig, release).map_err(|e| format!("cannot make the rsync delta: {e}"))
                     })
                     .map(|path| (path, "rsync")),
