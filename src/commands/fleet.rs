@@ -47,11 +47,50 @@ impl Observer for Lines {
     }
 }
 
-fn observer(settings: &Settings) -> &'static dyn Observer {
+/// On a terminal: one bar over every host step (staged, flipped, rolled
+/// back), with the last event as its message; failures still get a line.
+struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    fn new(steps: u64) -> Self {
+        let bar = indicatif::ProgressBar::with_draw_target(Some(steps), indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} host steps  {wide_msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Self(bar)
+    }
+}
+
+impl Observer for Bar {
+    fn event(&self, host: &str, step: &str, detail: &str) {
+        if detail.starts_with("failed") || detail.contains("refused") {
+            self.0.println(format!("  {host:<12} {step:<11} {detail}"));
+        }
+        if matches!(step, "staged" | "activated" | "rolled back" | "reverted") {
+            self.0.inc(1);
+        }
+        self.0.set_message(format!("{host}: {step} {detail}"));
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// How a fleet command shows progress: nothing with --json, a bar on a
+/// terminal, else a line per host step.
+fn observer(settings: &Settings, steps: u64) -> Box<dyn Observer> {
     if settings.output.json {
-        &fleet::Quiet
+        Box::new(fleet::Quiet)
+    } else if settings.output.progress {
+        Box::new(Bar::new(steps))
     } else {
-        &Lines
+        Box::new(Lines)
     }
 }
 
@@ -80,7 +119,10 @@ pub fn push(settings: &Settings, s: &StageSettings, id: Option<&str>) -> Result<
             s.stage.name
         );
     }
-    let report = fleet::push(&s.stage, &Local, &StoreSource(&settings.store), &release, observer(settings));
+    let hosts = s.stage.hosts.len() as u64;
+    let observer = observer(settings, 2 * hosts);
+    let report = fleet::push(&s.stage, &Local, &StoreSource(&settings.store), &release, observer.as_ref());
+    drop(observer);
     show(settings, &report, "pushed")
 }
 
@@ -88,8 +130,10 @@ pub fn rollback(settings: &Settings, s: &StageSettings, to: Option<&str>) -> Res
     let to = to
         .map(|t| settings.store.resolve(t).or_else(|_| t.parse::<ReleaseId>().map_err(anyhow::Error::from)))
         .transpose()?;
-    let report = fleet::rollback(&s.stage, &Local, to.as_ref(), observer(settings))?;
-    show(settings, &report, "rolled back")
+    let observer = observer(settings, s.stage.hosts.len() as u64);
+    let report = fleet::rollback(&s.stage, &Local, to.as_ref(), observer.as_ref());
+    drop(observer);
+    show(settings, &report?, "rolled back")
 }
 
 /// Prints the report and returns the exit code: 0 all ok, 1 some hosts
