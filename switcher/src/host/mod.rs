@@ -20,9 +20,11 @@
 //! killed predecessor left (a staging or pruning directory, a temporary
 //! symlink) is cleared right after.
 
+mod files;
 mod flip;
 mod lock;
 mod prune;
+mod sign;
 mod stage;
 mod status;
 

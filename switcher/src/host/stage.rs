@@ -14,16 +14,16 @@ use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use ferry_formats::bundle::{self, Head, ReadError, Visitor, MANIFEST_PATH, META_DIR, RELEASE_PATH};
 use ferry_formats::delta::{self, Op};
 use ferry_formats::journal::{Action, Record};
-use ferry_formats::signature::{Signature, SignedFile};
-use ferry_formats::{atomic, BlobHash, ComponentKind, Entry, EntryKind, RelPath, ReleaseId, NORMALIZED_MTIME};
+use ferry_formats::{atomic, BlobHash, ComponentKind, Entry, EntryKind, RelPath, ReleaseId};
 use fs_err as fs;
 use rayon::prelude::*;
 
+use super::files::{finish_file, hash_file, open_regular, read_regular, umask};
 use super::{at, Host, HostError, Lock};
 
 /// How a release is staged on this host. Recorded in the release as
@@ -207,46 +207,6 @@ impl Host {
         staging.finish(result, target, opts)
     }
 
-    /// Signs every regular file of the release `current` points at (which
-    /// need not be one ferry staged), saves the signature for the rsync delta
-    /// that answers it, and returns it.
-    pub fn signature(&self, _lock: &Lock) -> Result<Signature, HostError> {
-        let link = self.current_link();
-        let dir = fs::canonicalize(&link).map_err(HostError::Fs)?;
-        let mut paths = Vec::new();
-        list_files(&dir, &dir, &mut paths)?;
-        let files = paths
-            .par_iter()
-            .map(|(rel, path)| {
-                let content = fs::read(path).map_err(HostError::Fs)?;
-                Ok(SignedFile::of(rel.clone(), &content))
-            })
-            .collect::<Result<Vec<_>, HostError>>()?;
-        let signature = Signature::new(files);
-        let saved = self.ferry_dir().join("signature");
-        atomic::write_atomic(&saved, |f| {
-            f.write_all(dir.as_os_str().as_encoded_bytes())?;
-            f.write_all(b"\n")?;
-            signature.write(f)
-        })
-        .map_err(at(&saved))?;
-        Ok(signature)
-    }
-
-    /// The signature [`Host::signature`] saved, and the directory it signed.
-    fn saved_signature(&self) -> Result<(Signature, PathBuf), HostError> {
-        let saved = self.ferry_dir().join("signature");
-        let bytes = fs::read(&saved).map_err(HostError::Fs)?;
-        let newline = bytes
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or_else(|| HostError::Input(format!("{} is damaged", saved.display())))?;
-        let dir = PathBuf::from(String::from_utf8_lossy(&bytes[..newline]).into_owned());
-        let signature = Signature::read(&mut &bytes[newline + 1..], u64::MAX)
-            .map_err(|e| HostError::Input(format!("{}: {e}", saved.display())))?;
-        Ok((signature, dir))
-    }
-
     fn stage_bundle(&self, input: &mut dyn Read, opts: &StageOptions) -> Result<Staged, HostError> {
         struct Stager<'a> {
             host: &'a Host,
@@ -324,11 +284,6 @@ fn file_parts(entry: &Entry) -> (u32, BlobHash) {
         EntryKind::File { mode, hash, .. } => (*mode, *hash),
         _ => unreachable!("only files are placed"),
     }
-}
-
-/// The mode a release file has on disk: read-only.
-pub(crate) fn disk_mode(mode: u32) -> u32 {
-    mode & 0o555
 }
 
 /// Where each content already is on this host: kept releases, by (hash,
@@ -707,52 +662,6 @@ impl Host {
     }
 }
 
-/// This process's umask, as Linux reports it (reading it with umask(2) would
-/// mean setting it, racing other threads); the strictest one if unknown.
-fn umask() -> u32 {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Umask:"))
-        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        .unwrap_or(0o777)
-}
-
-/// Hashes a file: read(2) for the many small files of a release (mmap's
-/// unmapping costs TLB shootdowns on every core), mmap for big ones.
-pub(crate) fn hash_file(path: &std::path::Path) -> Result<BlobHash, HostError> {
-    let mut hasher = blake3::Hasher::new();
-    let file = open_regular(path)?;
-    let len = file.metadata().map_err(at(path))?.len();
-    if len > 1 << 20 {
-        hasher.update_mmap(path).map_err(at(path))?;
-    } else {
-        hasher.update_reader(file).map_err(at(path))?;
-    }
-    Ok(BlobHash::from_bytes(*hasher.finalize().as_bytes()))
-}
-
-/// Opens a file that must be a regular file, not following a symlink.
-fn open_regular(path: &std::path::Path) -> Result<fs::File, HostError> {
-    use fs_err::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-        .map_err(HostError::Fs)?;
-    if !file.metadata().map_err(at(path))?.is_file() {
-        return Err(HostError::Input(format!("{} is not a regular file", path.display())));
-    }
-    Ok(file)
-}
-
-/// The whole content of a regular file (see [`open_regular`]).
-fn read_regular(path: &std::path::Path) -> Result<Vec<u8>, HostError> {
-    let mut buf = Vec::new();
-    open_regular(path)?.read_to_end(&mut buf).map_err(at(path))?;
-    Ok(buf)
-}
-
 /// What a linked path in a release points at: `shared/<path>` of the
 /// deploy directory, relative, so a deploy directory can move.
 pub(crate) fn shared_link_target(path: &RelPath) -> String {
@@ -780,39 +689,6 @@ fn check_env(host: &Host, head: &Head, opts: &StageOptions) -> Result<(), HostEr
         }
     }
     Ok(())
-}
-
-/// Every regular file below `dir`, relative to `root`, skipping symlinks
-/// (a release's links are in its manifest) and ferry's own `.ferry/`.
-fn list_files(
-    root: &std::path::Path,
-    dir: &std::path::Path,
-    out: &mut Vec<(RelPath, PathBuf)>,
-) -> Result<(), HostError> {
-    for entry in fs::read_dir(dir).map_err(HostError::Fs)? {
-        let entry = entry.map_err(at(dir))?;
-        let path = entry.path();
-        let kind = entry.file_type().map_err(at(&path))?;
-        let rel = path.strip_prefix(root).expect("below the root");
-        if rel == std::path::Path::new(META_DIR) {
-            continue;
-        }
-        if kind.is_dir() {
-            list_files(root, &path, out)?;
-        } else if kind.is_file() {
-            let Some(rel) = rel.to_str().and_then(|r| RelPath::new(r).ok()) else { continue };
-            out.push((rel, path));
-        }
-    }
-    Ok(())
-}
-
-/// Read-only permissions and the normalized mtime (which the release's
-/// `.pyc` files were made against).
-fn finish_file(file: &std::fs::File, mode: u32) -> io::Result<()> {
-    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(NORMALIZED_MTIME);
-    file.set_times(std::fs::FileTimes::new().set_modified(mtime).set_accessed(mtime))?;
-    file.set_permissions(std::fs::Permissions::from_mode(disk_mode(mode)))
 }
 
 /// An error and its causes, on one line.

@@ -109,11 +109,11 @@ impl Host {
                         return Err(broken(format!("{} has {} bytes, not {size}", entry.path, meta.len())));
                     }
                     let actual = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
-                    if actual != super::stage::disk_mode(*mode) {
+                    if actual != super::files::disk_mode(*mode) {
                         return Err(broken(format!(
                             "{} has mode {actual:04o}, not {:04o} (release files are read-only)",
                             entry.path,
-                            super::stage::disk_mode(*mode)
+                            super::files::disk_mode(*mode)
                         )));
                     }
                     files.push((entry, path, *hash));
@@ -122,7 +122,7 @@ impl Host {
             }
         }
         files.par_iter().try_for_each(|(entry, path, expected)| {
-            let actual = super::stage::hash_file(path)?;
+            let actual = super::files::hash_file(path)?;
             if actual != *expected {
                 return Err(broken(format!("{}: content hashes to {actual}, not {expected}", entry.path)));
             }
