@@ -189,6 +189,12 @@ pub enum HostVerb {
     History,
     /// Hash every file of a release (default: current) against its manifest.
     Verify { id: Option<String> },
+    /// One agent session on stdin/stdout, as the controller drives it (JSON lines; see docs/deploying.md).
+    Serve {
+        /// Take the service's lock for the session, naming this command as the holder.
+        #[arg(long, value_name = "COMMAND")]
+        lock: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -76,6 +76,7 @@ pub enum HostAction {
     Status,
     History,
     Verify(Option<String>),
+    Serve(Option<String>),
 }
 
 #[derive(Debug)]
@@ -254,6 +255,7 @@ fn host_action(verb: HostVerb) -> Result<HostAction> {
         HostVerb::Status => HostAction::Status,
         HostVerb::History => HostAction::History,
         HostVerb::Verify { id } => HostAction::Verify(id),
+        HostVerb::Serve { lock } => HostAction::Serve(lock),
     })
 }
 

@@ -107,6 +107,11 @@ pub fn run(settings: &Settings, host: &Host, action: &HostAction) -> Result<u8> 
                 }
             }
         }
+        HostAction::Serve(lock) => {
+            let mut input = std::io::stdin().lock();
+            let mut output = std::io::stdout().lock();
+            ferry_switcher::host::serve::serve(host, lock.as_deref(), &mut input, &mut output)?;
+        }
         HostAction::Verify(id) => {
             let id = match id {
                 Some(id) => resolve(host, id)?,

@@ -1,5 +1,6 @@
 //! Integration tests: they drive the real `ferry` binary.
 
+mod agent;
 mod build;
 mod golden;
 mod host;

@@ -8,6 +8,7 @@
 //! canary, then half the fleet, then the rest). A host that fails stops the
 //! push, and every host this push flipped is flipped back.
 
+mod agent;
 mod local;
 mod plan;
 mod push;
@@ -19,6 +20,7 @@ use ferry_formats::ReleaseId;
 
 use crate::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
 
+pub use agent::Agent;
 pub use local::Local;
 pub use plan::{batches, Step};
 pub use push::{push, rollback, status, HostReport, Outcome, Report, RollbackError};

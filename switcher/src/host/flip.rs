@@ -13,7 +13,7 @@ use super::stage::{error_chain, StageOptions, ACTIVE_CONFIG};
 use super::{at, whoami, Host, HostError, Lock};
 
 /// What a flip did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Flipped {
     pub from: Option<ReleaseId>,
     pub to: ReleaseId,

@@ -24,6 +24,7 @@ mod files;
 mod flip;
 mod lock;
 mod prune;
+pub mod serve;
 mod sign;
 mod stage;
 mod status;

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{previous, whoami, Host, HostError, Lock};
 
 /// What a prune removed and kept.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Pruned {
     pub removed: Vec<ReleaseId>,
     pub kept: Vec<ReleaseId>,

@@ -39,7 +39,7 @@ pub struct StageOptions {
 }
 
 /// What staging did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Staged {
     pub id: Option<ReleaseId>,
     /// The release was already complete here; nothing was done.
@@ -57,6 +57,10 @@ pub struct Staged {
 mod millis {
     pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+        <u64 as serde::Deserialize>::deserialize(d).map(std::time::Duration::from_millis)
     }
 }
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{previous, Holder, Host, HostError};
 
 /// One host's state for one service.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Status {
     pub deploy_to: String,
     pub current: Option<ReleaseId>,
@@ -20,7 +20,7 @@ pub struct Status {
     pub lock: Option<Holder>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ReleaseStatus {
     pub id: ReleaseId,
     pub version: Option<String>,
@@ -30,7 +30,7 @@ pub struct ReleaseStatus {
 }
 
 /// A release whose every entry matched its manifest.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Verified {
     pub id: ReleaseId,
     pub files: usize,

@@ -1,0 +1,147 @@
+//! The controller's end of an agent session (`ferry host serve`, see
+//! `host::serve`): a transport that starts the agent with a command of the
+//! caller's choosing and talks the session protocol over its stdin and
+//! stdout. Bulk data — a bundle or a delta — goes down the same stream,
+//! right after its request. The SSH transport runs this over an exec
+//! channel; tests and the benchmark run it over a pipe.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use ferry_formats::signature::Signature;
+use ferry_formats::ReleaseId;
+use fs_err as fs;
+use serde::de::DeserializeOwned;
+
+use super::{HostSpec, Session, Transport};
+use crate::host::serve::{Reply, Request};
+use crate::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
+
+/// Starts `ferry host --deploy-to … serve [--lock …]` on a host with the
+/// command `start` makes for it (the lock argument is added here).
+pub struct Agent<F> {
+    start: F,
+}
+
+impl<F> std::fmt::Debug for Agent<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Agent")
+    }
+}
+
+impl<F: Fn(&HostSpec) -> Command + Sync> Agent<F> {
+    pub fn new(start: F) -> Self {
+        Self { start }
+    }
+}
+
+struct AgentSession {
+    host: String,
+    child: Child,
+    input: Option<io::BufWriter<ChildStdin>>,
+    output: BufReader<ChildStdout>,
+}
+
+impl<F: Fn(&HostSpec) -> Command + Sync> Transport for Agent<F> {
+    fn connect(&self, spec: &HostSpec, lock: Option<&str>) -> Result<Box<dyn Session>, HostError> {
+        let mut command = (self.start)(spec);
+        if let Some(lock) = lock {
+            command.arg("--lock").arg(lock);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| remote(&spec.name, format!("cannot start the agent ({command:?}): {e}")))?;
+        let input = child.stdin.take().map(io::BufWriter::new);
+        let output = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let mut session = AgentSession { host: spec.name.clone(), child, input, output };
+        session.reply::<serde_json::Value>()?;
+        Ok(Box::new(session))
+    }
+}
+
+fn remote(host: &str, message: impl std::fmt::Display) -> HostError {
+    HostError::Input(format!("{host}: {message}"))
+}
+
+impl AgentSession {
+    fn lost(&self, what: &str, e: impl std::fmt::Display) -> HostError {
+        remote(&self.host, format!("the agent session broke while {what}: {e}"))
+    }
+
+    fn send(&mut self, request: &Request, payload: Option<&mut dyn Read>) -> Result<(), HostError> {
+        let mut line = serde_json::to_string(request).expect("requests serialize");
+        line.push('\n');
+        let input = self.input.as_mut().expect("open until dropped");
+        let sent = input.write_all(line.as_bytes()).and_then(|()| match payload {
+            Some(p) => io::copy(p, input).map(drop),
+            None => Ok(()),
+        });
+        sent.and_then(|()| input.flush()).map_err(|e| self.lost("sending", e))
+    }
+
+    /// The next reply's value, or its error as the host said it.
+    fn reply<T: DeserializeOwned>(&mut self) -> Result<T, HostError> {
+        let mut line = String::new();
+        match self.output.read_line(&mut line) {
+            Ok(0) => return Err(self.lost("waiting for a reply", "the agent exited")),
+            Ok(_) => {}
+            Err(e) => return Err(self.lost("waiting for a reply", e)),
+        }
+        let reply: Reply = serde_json::from_str(&line).map_err(|e| self.lost("reading a reply", e))?;
+        match (reply.ok, reply.error) {
+            (true, _) => serde_json::from_value(reply.value).map_err(|e| self.lost("reading a reply", e)),
+            (false, error) => Err(HostError::Input(error.unwrap_or_else(|| "the agent failed".into()))),
+        }
+    }
+
+    fn call<T: DeserializeOwned>(&mut self, request: Request) -> Result<T, HostError> {
+        self.send(&request, None)?;
+        self.reply()
+    }
+}
+
+impl Session for AgentSession {
+    fn status(&mut self) -> Result<Status, HostError> {
+        self.call(Request::Status)
+    }
+
+    fn stage(&mut self, payload: &Path, opts: &StageOptions) -> Result<Staged, HostError> {
+        let mut file = fs::File::open(payload).map_err(HostError::Fs)?;
+        let len = file.metadata().map_err(HostError::Fs)?.len();
+        self.send(&Request::Stage { len, options: opts.clone() }, Some(&mut file))?;
+        self.reply()
+    }
+
+    fn activate(&mut self, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError> {
+        self.call(Request::Activate { id: *id, options: opts.clone() })
+    }
+
+    fn rollback(&mut self, to: Option<&ReleaseId>) -> Result<Flipped, HostError> {
+        self.call(Request::Rollback { to: to.copied() })
+    }
+
+    fn prune(&mut self, keep: usize) -> Result<Pruned, HostError> {
+        self.call(Request::Prune { keep })
+    }
+
+    fn signature(&mut self) -> Result<Signature, HostError> {
+        #[derive(serde::Deserialize)]
+        struct Len {
+            len: u64,
+        }
+        let Len { len } = self.call(Request::Signature)?;
+        let mut bytes = (&mut self.output).take(len);
+        Signature::read(&mut bytes, len).map_err(|e| remote(&self.host, format!("its signature is unreadable: {e}")))
+    }
+}
+
+impl Drop for AgentSession {
+    fn drop(&mut self) {
+        // End of input ends the session; the agent releases the lock and exits.
+        drop(self.input.take());
+        let _ = self.child.wait();
+    }
+}

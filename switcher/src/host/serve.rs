@@ -1,0 +1,131 @@
+//! `ferry host serve`: one session of the agent, driven over stdin and
+//! stdout — what a controller runs on a host through one exec channel (or a
+//! pipe, for directories on this machine), holding the host's lock for the
+//! whole session.
+//!
+//! The protocol is request and reply, one JSON object per line:
+//!
+//! | request | then | reply `value` |
+//! |---|---|---|
+//! | (none: the session opens) | | `{"ferry": <version>}`, or the lock's error |
+//! | `{"op":"status"}` | | [`Status`](super::Status) |
+//! | `{"op":"stage","len":N,"options":…}` | N bytes: a bundle or delta | [`Staged`](super::Staged) |
+//! | `{"op":"activate","id":…,"options":…}` | | [`Flipped`](super::Flipped) |
+//! | `{"op":"rollback","to":…}` | | [`Flipped`](super::Flipped) |
+//! | `{"op":"prune","keep":N}` | | [`Pruned`](super::Pruned) |
+//! | `{"op":"signature"}` | | `{"len":N}`, then N bytes of signature |
+//!
+//! Every reply is `{"ok":true,"value":…}` or `{"ok":false,"error":"…"}`; an
+//! error ends that request, not the session. A stage's payload is read to
+//! its end whatever happens, so the stream stays in step. End of input ends
+//! the session and releases the lock.
+
+use std::io::{self, BufRead, Read, Write};
+
+use ferry_formats::ReleaseId;
+use serde::{Deserialize, Serialize};
+
+use super::{error_chain, Host, HostError, Lock, StageOptions};
+
+/// One request of a session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Stage { len: u64, options: StageOptions },
+    Activate { id: ReleaseId, options: StageOptions },
+    Rollback { to: Option<ReleaseId> },
+    Prune { keep: usize },
+    Signature,
+}
+
+/// One reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub value: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Reply {
+    fn of<T: Serialize>(result: Result<T, HostError>) -> Self {
+        match result {
+            Ok(v) => Self { ok: true, value: serde_json::to_value(v).expect("replies serialize"), error: None },
+            Err(e) => Self { ok: false, value: serde_json::Value::Null, error: Some(error_chain(&e)) },
+        }
+    }
+
+    fn line(&self) -> String {
+        let mut line = serde_json::to_string(self).expect("replies serialize");
+        line.push('\n');
+        line
+    }
+}
+
+/// Runs one session: opens it (taking the lock for `lock` when given), then
+/// answers requests until the input ends. Returns an error only when the
+/// streams themselves fail.
+pub fn serve(host: &Host, lock: Option<&str>, input: &mut dyn BufRead, output: &mut dyn Write) -> io::Result<()> {
+    let held = match lock.map(|command| host.lock(command)).transpose() {
+        Ok(held) => held,
+        Err(e) => {
+            output.write_all(Reply::of::<()>(Err(e)).line().as_bytes())?;
+            return output.flush();
+        }
+    };
+    let hello = serde_json::json!({ "ferry": env!("CARGO_PKG_VERSION") });
+    output.write_all(Reply::of(Ok(hello)).line().as_bytes())?;
+    output.flush()?;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if input.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => answer(host, held.as_ref(), request, input, output)?,
+            Err(e) => Some(Reply::of::<()>(Err(HostError::Input(format!("not a request: {e}"))))),
+        };
+        if let Some(reply) = reply {
+            output.write_all(reply.line().as_bytes())?;
+        }
+        output.flush()?;
+    }
+}
+
+/// Answers one request; `None` when the answer was written already.
+fn answer(
+    host: &Host,
+    lock: Option<&Lock>,
+    request: Request,
+    input: &mut dyn BufRead,
+    output: &mut dyn Write,
+) -> io::Result<Option<Reply>> {
+    let locked = || lock.ok_or_else(|| HostError::Input("this session holds no lock; open it with --lock".into()));
+    Ok(Some(match request {
+        Request::Status => Reply::of(host.status()),
+        Request::Stage { len, options } => {
+            let mut payload = input.take(len);
+            let staged = locked().and_then(|lock| host.stage(lock, &mut payload, &options));
+            // Whatever the stage read, the payload ends where the
+            // controller said: read what is left, to stay in step.
+            io::copy(&mut payload, &mut io::sink())?;
+            Reply::of(staged)
+        }
+        Request::Activate { id, options } => Reply::of(locked().and_then(|lock| host.activate(lock, &id, &options))),
+        Request::Rollback { to } => Reply::of(locked().and_then(|lock| host.rollback(lock, to.as_ref()))),
+        Request::Prune { keep } => Reply::of(locked().and_then(|lock| host.prune(lock, keep))),
+        Request::Signature => match locked().and_then(|lock| host.signature(lock)) {
+            Ok(signature) => {
+                let bytes = signature.to_bytes();
+                let head = Reply::of(Ok(serde_json::json!({ "len": bytes.len() })));
+                output.write_all(head.line().as_bytes())?;
+                output.write_all(&bytes)?;
+                return Ok(None);
+            }
+            Err(e) => Reply::of::<()>(Err(e)),
+        },
+    }))
+}
