@@ -1300,3 +1300,49 @@ fn a_release_staged_with_other_options_is_staged_anew_unless_it_is_current() {
     assert_eq!(current(dir).as_deref(), Some(v2.as_str()));
     host(dir, &["verify"]).ok();
 }
+
+/// A host whose disk is full fails its stage: the push reports that host and
+/// step, exits 1, and no host flips — the other host keeps the staged
+/// release for the next push. Needs root, for a small tmpfs.
+#[test]
+fn a_push_where_one_host_cannot_stage_exits_1_and_flips_nothing() {
+    assert!(crate::kit::is_root(), "this test mounts a 1 MiB tmpfs as a host's disk: run the suite as root (CI does)");
+    let p = sample_with_stage();
+    let v1 = build(&p, "v1");
+    p.ferry(["push", "local"]).ok();
+    let noise: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    p.write("media/noise.bin", noise);
+    let v2 = build(&p, "v2");
+
+    // web2's /srv is a full disk from now on (its v1 release moves onto it).
+    let web2 = p.path("fleet/web2/srv");
+    let saved = tempdir();
+    sh(&format!("cp -a {}/. {}", web2.display(), saved.path().display()));
+    sh(&format!("mount -t tmpfs -o size=1m ferry-it-full {}", web2.display()));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(web2.clone());
+    sh(&format!("cp -a {}/. {}", saved.path().display(), web2.display()));
+
+    let run = p.ferry(["push", "local", "--json"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let report = run.json();
+    let hosts = report["hosts"].as_array().unwrap();
+    let web2 = hosts.iter().find(|h| h["host"] == "web2").unwrap();
+    assert_eq!((web2["step"].as_str(), web2["result"].as_str()), (Some("stage"), Some("failed")), "{web2}");
+    assert!(web2["error"].as_str().unwrap().contains("No space left on device"), "{web2}");
+    assert!(report["batches"].as_array().unwrap().is_empty(), "no batch started: {report}");
+    for host in ["web1", "web2"] {
+        let dir = p.path(&format!("fleet/{host}/srv/shop"));
+        assert_eq!(current(&dir).as_deref(), Some(v1.as_str()), "{host} did not flip");
+    }
+    assert!(p.path(&format!("fleet/web1/srv/shop/releases/{v2}")).exists(), "web1 keeps v2 staged");
+    assert!(leftovers(&p.path("fleet/web2/srv/shop")).is_empty());
+    // The text report names the host and the step.
+    let err = p.ferry(["push", "local"]).fails(1);
+    assert!(err.contains("web2: stage failed:") && err.contains("No space left on device"), "{err}");
+}
