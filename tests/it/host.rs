@@ -1346,3 +1346,29 @@ fn a_push_where_one_host_cannot_stage_exits_1_and_flips_nothing() {
     let err = p.ferry(["push", "local"]).fails(1);
     assert!(err.contains("web2: stage failed:") && err.contains("No space left on device"), "{err}");
 }
+
+/// Staging hashes every file it takes from a kept release: one changed in
+/// place on the host — same size, mode and mtime — is caught, not spread.
+#[test]
+fn a_kept_file_changed_in_place_is_caught_not_linked_into_the_next_release() {
+    let p = sample_project();
+    let v1 = build(&p, "v1");
+    p.write("app/main.py", "print('shop v2')\n");
+    let v2 = build(&p, "v2");
+    let h = tempdir();
+    let dir = h.path();
+    host(dir, &["stage", s(&bundle(&p, &v1))]).ok();
+    host(dir, &["activate", &v1]).ok();
+    // util.py is the same in v2: staging v2 would hardlink it from v1.
+    let util = dir.join("releases").join(&v1).join("app/lib/util.py");
+    sh(&format!(
+        "chmod u+w {u} && printf 'X = 2\\n' > {u} && chmod 444 {u} && touch -d @315532800 {u}",
+        u = util.display()
+    ));
+    for input in [bundle(&p, &v2), delta(&p, &v1, &v2)] {
+        let err = host(dir, &["stage", s(&input)]).fails(2);
+        assert!(err.contains("app/lib/util.py: a kept release's copy hashes to"), "{err}");
+        assert!(err.contains("that release was changed on this host"), "{err}");
+        assert!(!dir.join("releases").join(&v2).exists());
+    }
+}

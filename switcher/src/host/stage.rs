@@ -176,7 +176,13 @@ impl Host {
         opts: &StageOptions,
     ) -> Result<Staged, HostError> {
         let result = (|| {
-            staging.dirs(target)?;
+            // Directories (file-system metadata) and the hashing of what the
+            // kept releases will lend (reads) go on at once.
+            let needed_paths: std::collections::HashSet<&str> = needed.iter().map(|e| e.path.as_str()).collect();
+            let (dirs, verified) =
+                rayon::join(|| staging.dirs(target), || staging.verify_sources(target, &needed_paths));
+            dirs?;
+            staging.verified = verified?;
             let written: Vec<(BlobHash, PathBuf, u32, u64)> = needed
                 .par_iter()
                 .zip(ops.par_iter())
@@ -197,7 +203,6 @@ impl Host {
                 staging.counts.written += 1;
                 staging.counts.written_bytes += len;
             }
-            let needed_paths: std::collections::HashSet<&str> = needed.iter().map(|e| e.path.as_str()).collect();
             for entry in target.manifest.entries() {
                 match &entry.kind {
                     EntryKind::File { .. } if needed_paths.contains(entry.path.as_str()) => {}
@@ -340,6 +345,9 @@ struct Staging<'a> {
     written: HashMap<BlobHash, (PathBuf, u32)>,
     /// Files to place from what this host has, once the rest is written.
     deferred: Vec<Entry>,
+    /// Kept files already hashed and found right, to hardlink without
+    /// hashing them again.
+    verified: std::collections::HashSet<PathBuf>,
     counts: Counts,
 }
 
@@ -360,6 +368,7 @@ impl<'a> Staging<'a> {
             kept: Kept::index(host)?,
             written: HashMap::new(),
             deferred: Vec::new(),
+            verified: std::collections::HashSet::new(),
             counts: Counts::default(),
         })
     }
@@ -454,6 +463,39 @@ impl<'a> Staging<'a> {
         Ok(())
     }
 
+    /// Hashes, in parallel, every kept file that a target file outside
+    /// `skip` will be hardlinked from, and returns those that are right. A
+    /// wrong one is an error: that release was changed on this host.
+    fn verify_sources(
+        &self,
+        target: &Head,
+        skip: &std::collections::HashSet<&str>,
+    ) -> Result<std::collections::HashSet<PathBuf>, HostError> {
+        let mut sources: HashMap<&PathBuf, BlobHash> = HashMap::new();
+        for entry in target.manifest.entries() {
+            if let EntryKind::File { mode, hash, .. } = &entry.kind {
+                if !skip.contains(entry.path.as_str()) {
+                    if let Some(source) = self.kept.exact.get(&(*hash, *mode)) {
+                        sources.insert(source, *hash);
+                    }
+                }
+            }
+        }
+        sources
+            .into_par_iter()
+            .map(|(source, expected)| {
+                let actual = hash_file(source)?;
+                if actual != expected {
+                    return Err(HostError::Input(format!(
+                        "{}: a kept release's copy hashes to {actual}, not {expected}; that release was changed on this host (see `ferry host verify`)",
+                        source.display()
+                    )));
+                }
+                Ok(source.clone())
+            })
+            .collect()
+    }
+
     /// Places one file; returns whether it is a hardlink.
     fn place(&self, entry: &Entry) -> Result<bool, HostError> {
         let (mode, hash) = file_parts(entry);
@@ -475,6 +517,9 @@ impl<'a> Staging<'a> {
         };
         let from_kept = !source.starts_with(&self.dir);
         let linked = exact && fs::hard_link(&source, &path).is_ok();
+        if linked && self.verified.contains(&source) {
+            return Ok(true);
+        }
         if !linked {
             // Another mode, or the link failed (too many links, another file
             // system): copy the bytes.
