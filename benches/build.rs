@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _, Result};
 use serde_json::Value;
 
+use common::{fmt_mib, list, median_by, secs, verdict, MIB};
+
+mod common;
+
 /// What ferry packs, and so what tar gets: the component roots of the fixture's ferry.toml.
 const PATHS: [&str; 4] = ["app", "venv", "media", "config"];
 /// tar's flags for a reproducible archive (what a user would reach for).
@@ -25,7 +29,6 @@ const TAR_FLAGS: [&str; 5] = ["--sort=name", "--owner=0", "--group=0", "--numeri
 const GOAL_COLD: f64 = 1.0;
 const GOAL_SIZE: f64 = 1.0;
 const GOAL_REBUILD: f64 = 0.15;
-const MIB: f64 = 1024.0 * 1024.0;
 
 fn main() -> Result<()> {
     // cargo bench passes `--bench` (and maybe other flags); the fixture is the first plain argument.
@@ -118,21 +121,21 @@ fn main() -> Result<()> {
         "ferry build (cold)",
         secs(cold_med.wall),
         fmt_mib(cold_med.size),
-        list(cold.iter().map(|c| c.wall))
+        list(cold.iter().map(|c| c.wall), 2)
     );
     println!(
         "{:<28}{:>7.2} s   {:>8}   {}",
         "tar | zstd -3 -T0",
         secs(tar_wall),
         fmt_mib(tar_size),
-        list(tar.iter().map(|t| t.0))
+        list(tar.iter().map(|t| t.0), 2)
     );
     println!(
         "{:<28}{:>7.2} s   {:>8}   {}",
         "ferry rebuild (no change)",
         secs(reb_med.wall),
         "",
-        list(rebuild.iter().map(|r| r.wall))
+        list(rebuild.iter().map(|r| r.wall), 2)
     );
     println!();
     let t = &cold_med.timings;
@@ -344,33 +347,6 @@ fn run_ok(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// The element whose key is the median (the upper middle one for an even count).
-fn median_by<T>(items: &[T], key: impl Fn(&T) -> Duration) -> &T {
-    let mut sorted: Vec<&T> = items.iter().collect();
-    sorted.sort_by_key(|t| key(t));
-    sorted[sorted.len() / 2]
-}
-
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB
-}
-
-fn fmt_mib(bytes: u64) -> String {
-    format!("{:.1} MiB", mib(bytes))
-}
-
-fn list(walls: impl Iterator<Item = Duration>) -> String {
-    walls.map(|d| format!("{:.2}", secs(d))).collect::<Vec<_>>().join(" ")
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met {
-        "met"
-    } else {
-        "NOT met"
-    }
 }

@@ -44,6 +44,10 @@ use ferry_builder::Store;
 use ferry_formats::ReleaseId;
 use serde_json::Value;
 
+use common::{fmt_mib, list, median_by, secs, verdict};
+
+mod common;
+
 const GOAL_HOT_BYTES: u64 = 600;
 const GOAL_DEPS_VS_XDELTA: f64 = 1.0;
 const GOAL_ENCODE_VS_XDELTA: f64 = 0.5;
@@ -56,7 +60,6 @@ const HOT_EDITS: [(&str, &str); 2] = [
 ];
 const RSYNC_FLAGS: [&str; 5] = ["-a", "--no-whole-file", "-z", "--delete", "--stats"];
 const GNU_TIME: &str = "/usr/bin/time";
-const MIB: f64 = 1024.0 * 1024.0;
 
 fn main() -> Result<()> {
     // cargo bench passes `--bench` (and maybe other flags); the fixture is the first plain argument.
@@ -380,35 +383,35 @@ fn main() -> Result<()> {
         "ferry delta (per-file ops, zstd -19; head -16)",
         pick(&|r| {
             let m = median_by(&r.ferry, |f| f.wall);
-            (m.bytes, m.wall, list(r.ferry.iter().map(|f| f.wall)))
+            (m.bytes, m.wall, list(r.ferry.iter().map(|f| f.wall), 3))
         }),
     );
     row(
         "one_stream_size (one zstd -19 stream; head -16)",
         pick(&|r| {
             let m = median_by(&r.one_stream, |o| o.0);
-            (m.1, m.0, list(r.one_stream.iter().map(|o| o.0)))
+            (m.1, m.0, list(r.one_stream.iter().map(|o| o.0), 3))
         }),
     );
     row(
         "xdelta3 -e -9",
         pick(&|r| {
             let m = median_by(&r.xdelta, |x| x.0);
-            (m.1, m.0, list(r.xdelta.iter().map(|x| x.0)))
+            (m.1, m.0, list(r.xdelta.iter().map(|x| x.0), 3))
         }),
     );
     row(
         &format!("zstd -3 --long={long} --patch-from"),
         pick(&|r| {
             let m = median_by(&r.zstd, |z| z.0);
-            (m.1, m.0, list(r.zstd.iter().map(|z| z.0)))
+            (m.1, m.0, list(r.zstd.iter().map(|z| z.0), 3))
         }),
     );
     row(
         "rsync --no-whole-file -z (bytes sent)",
         pick(&|r| {
             let m = median_by(&r.rsync, |x| x.wall);
-            (m.sent, m.wall, list(r.rsync.iter().map(|x| x.wall)))
+            (m.sent, m.wall, list(r.rsync.iter().map(|x| x.wall), 3))
         }),
     );
     println!();
@@ -468,7 +471,7 @@ fn main() -> Result<()> {
     let cp_al_med = median(&cp_al);
     let stage_med: Vec<&(Duration, Staged)> = results.iter().map(|r| median_by(&r.stage, |s| s.0)).collect();
     let untar_med: Vec<Duration> = results.iter().map(|r| median(&r.untar)).collect();
-    let stage_list = |c: usize| list(results[c].stage.iter().map(|s| s.0));
+    let stage_list = |c: usize| list(results[c].stage.iter().map(|s| s.0), 3);
     println!(
         "{:<40}{:>7.3} s   {:>7.3} s   {} | {}",
         "ferry host stage DELTA (verified)",
@@ -482,15 +485,15 @@ fn main() -> Result<()> {
         "cp -al base release",
         secs(cp_al_med),
         "(same)",
-        list(cp_al.iter().copied())
+        list(cp_al.iter().copied(), 3)
     );
     println!(
         "{:<40}{:>7.3} s   {:>7.3} s   {} | {}",
         "zstd -dc BUNDLE | tar -x (full)",
         secs(untar_med[0]),
         secs(untar_med[1]),
-        list(results[0].untar.iter().copied()),
-        list(results[1].untar.iter().copied())
+        list(results[0].untar.iter().copied(), 3),
+        list(results[1].untar.iter().copied(), 3)
     );
     let fresh = median_by(&results[1].bundle_stage, |s| s.0);
     println!(
@@ -498,7 +501,7 @@ fn main() -> Result<()> {
         "ferry host stage BUNDLE (fresh host)",
         "",
         secs(fresh.0),
-        list(results[1].bundle_stage.iter().map(|s| s.0))
+        list(results[1].bundle_stage.iter().map(|s| s.0), 3)
     );
     println!();
     for (case, (_, st)) in cases.iter().zip(&stage_med) {
@@ -905,13 +908,6 @@ fn rotated<T: Copy>(items: &[T], i: usize) -> Vec<T> {
     v
 }
 
-/// The element whose key is the median (the upper middle one for an even count).
-fn median_by<T>(items: &[T], key: impl Fn(&T) -> Duration) -> &T {
-    let mut sorted: Vec<&T> = items.iter().collect();
-    sorted.sort_by_key(|t| key(t));
-    sorted[sorted.len() / 2]
-}
-
 fn median(items: &[Duration]) -> Duration {
     *median_by(items, |d| *d)
 }
@@ -924,20 +920,8 @@ fn same_across(results: &[Results], sizes: impl Fn(&Results) -> Vec<u64>) -> &'s
     }
 }
 
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
-fn fmt_mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / MIB)
-}
-
 fn kib_mib(kib: Option<u64>) -> String {
     kib.map_or_else(|| "n/a".into(), |k| format!("{:.0}", k as f64 / 1024.0))
-}
-
-fn list(walls: impl Iterator<Item = Duration>) -> String {
-    walls.map(|d| format!("{:.3}", secs(d))).collect::<Vec<_>>().join(" ")
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -945,13 +929,5 @@ fn yes_no(b: bool) -> &'static str {
         "yes"
     } else {
         "NO"
-    }
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met {
-        "met"
-    } else {
-        "NOT met"
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use fs_err as fs;
 use serde_json::Value;
 
-use crate::kit::{ferry_cmd, run, sample_project, sh, tempdir, Project, Run};
+use crate::kit::{ferry_cmd, noise, run, sample_project, sh, tempdir, Project, Run, Tmpfs};
 
 /// The mtime every release file gets on a host (1980-01-01, as in the bundle).
 const NORMALIZED_MTIME: i64 = 315_532_800;
@@ -417,26 +417,14 @@ fn refused_deltas_and_bundles_leave_no_partial_release() {
 /// its staging directory, and `current` stays. Needs root, for a small tmpfs.
 #[test]
 fn a_full_disk_fails_the_stage_and_leaves_current_alone() {
-    assert!(
-        crate::kit::is_root(),
-        "this test mounts a 1 MiB tmpfs as the host's disk: run the suite as root (CI does)"
-    );
     let p = sample_project();
     let v1 = build(&p, "v1");
     // 3 MiB that zstd cannot shrink: the bundle fits nowhere near 1 MiB of disk.
-    let noise: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    p.write("media/noise.bin", noise);
+    p.write("media/noise.bin", noise(3 << 20));
     let v2 = build(&p, "v2");
 
     let disk = tempdir();
-    sh(&format!("mount -t tmpfs -o size=1m ferry-it-full {}", disk.path().display()));
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(disk.path());
+    let _disk = Tmpfs::mount(disk.path(), "1m");
     let dir = disk.path().join("srv/shop");
     host(&dir, &["stage", s(&bundle(&p, &v1))]).ok();
     host(&dir, &["activate", &v1]).ok();
@@ -597,12 +585,10 @@ fn a_missing_linked_file_is_named_and_nothing_flips_until_it_exists() {
     assert_eq!(read(dir.join("current/secret.env")), "TOKEN=2\n");
 }
 
-/// BUG: `activate --linked-file P` checks that `shared/P` exists, but not
-/// that the release links it: a release staged before P was a linked file
-/// (an earlier push, a `push` retried after adding `linked_files`) is
-/// flipped to without the link, and the service runs without its file.
-/// The environment is checked this way (`activate --env` refuses a release
-/// staged for another); linked files should be too, or be linked then.
+/// `activate --linked-file P` checks that the release links P, not only
+/// that `shared/P` exists: a release staged before P was a linked file (an
+/// earlier push, a `push` retried after adding `linked_files`) must not be
+/// flipped to without the link. The environment is checked the same way.
 #[test]
 fn a_release_staged_without_a_linked_file_is_not_activated_without_its_link() {
     let p = sample_project();
@@ -626,10 +612,8 @@ fn a_release_staged_without_a_linked_file_is_not_activated_without_its_link() {
     }
 }
 
-/// BUG: `ferry host verify` is documented to check modes ("types, modes,
-/// link targets and every file's blake3") but compares only types, sizes,
-/// link targets and hashes: a release file made writable (or executable)
-/// passes.
+/// `ferry host verify` checks modes with types, sizes, link targets and
+/// hashes: a release file made writable (or executable) fails it.
 #[test]
 fn verify_notices_a_release_file_whose_mode_changed() {
     let p = sample_project();
@@ -644,12 +628,10 @@ fn verify_notices_a_release_file_whose_mode_changed() {
     assert!(r.stderr.contains("app/main.py"), "{}", r.stderr);
 }
 
-/// BUG: a flip renames `current` first and journals it after; when the
-/// journal cannot be written (a full disk, an I/O error; here it is a
-/// directory), `activate` exits 2 as if nothing happened, yet `current`
-/// has moved. `ferry push` counts such a host as failed, and its revert
-/// (which flips back only hosts that succeeded) leaves it on the new
-/// release while the report says it failed.
+/// A flip renames `current` first and journals it after; when the journal
+/// cannot be written (a full disk, an I/O error; here it is a directory),
+/// the flip is undone, so `activate` exiting 2 means `current` did not move
+/// (and `ferry push`, which reverts only hosts that succeeded, is right).
 #[test]
 fn an_activate_that_fails_leaves_current_where_it_was() {
     let p = sample_project();
@@ -1306,26 +1288,17 @@ fn a_release_staged_with_other_options_is_staged_anew_unless_it_is_current() {
 /// release for the next push. Needs root, for a small tmpfs.
 #[test]
 fn a_push_where_one_host_cannot_stage_exits_1_and_flips_nothing() {
-    assert!(crate::kit::is_root(), "this test mounts a 1 MiB tmpfs as a host's disk: run the suite as root (CI does)");
     let p = sample_with_stage();
     let v1 = build(&p, "v1");
     p.ferry(["push", "local"]).ok();
-    let noise: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    p.write("media/noise.bin", noise);
+    p.write("media/noise.bin", noise(3 << 20));
     let v2 = build(&p, "v2");
 
     // web2's /srv is a full disk from now on (its v1 release moves onto it).
     let web2 = p.path("fleet/web2/srv");
     let saved = tempdir();
     sh(&format!("cp -a {}/. {}", web2.display(), saved.path().display()));
-    sh(&format!("mount -t tmpfs -o size=1m ferry-it-full {}", web2.display()));
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(web2.clone());
+    let _disk = Tmpfs::mount(&web2, "1m");
     sh(&format!("cp -a {}/. {}", saved.path().display(), web2.display()));
 
     let run = p.ferry(["push", "local", "--json"]);

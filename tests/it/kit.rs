@@ -144,6 +144,31 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("ferry-it-").tempdir().unwrap()
 }
 
+/// `len` bytes that zstd cannot shrink much (a multiplicative hash of the
+/// offset), the same in every run.
+pub fn noise(len: u32) -> Vec<u8> {
+    (0..len).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+}
+
+/// A tmpfs of `size` (e.g. "1m") mounted over `dir`: a small disk to fill.
+/// Unmounted when dropped, also when the test panics. Needs root.
+#[derive(Debug)]
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Self {
+        assert!(is_root(), "this test mounts a {size} tmpfs as a small disk: run the suite as root (CI does)");
+        sh(&format!("mount -t tmpfs -o size={size} ferry-it-full {}", dir.display()));
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// Whether this process runs as root (tests that need root say so when it does not).
 pub fn is_root() -> bool {
     sh("id -u").trim() == "0"

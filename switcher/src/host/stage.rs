@@ -120,7 +120,7 @@ impl Host {
             Op::Patch { reference, .. } => Some(base_dir.join(base.manifest.entries()[*reference].path.as_str())),
             _ => None,
         };
-        let staging = Staging::begin(self, &parsed.head, opts)?;
+        let staging = Staging::begin(self, &parsed.head, Some(&base), opts)?;
         self.apply(staging, &parsed.head, &needed, &parsed.ops, &reference, opts)
     }
 
@@ -155,7 +155,7 @@ impl Host {
             Op::Rsync { reference, .. } => Some(basis_dir.join(signature.files[*reference].path.as_str())),
             _ => None,
         };
-        let mut staging = Staging::begin(self, &parsed.head, opts)?;
+        let mut staging = Staging::begin(self, &parsed.head, None, opts)?;
         // What the signature lists can be copied from where it is (its mode
         // is whatever the host has, so never hardlinked).
         for f in &signature.files {
@@ -229,7 +229,7 @@ impl Host {
                     self.already = Some(head.id);
                     return Err(io::Error::other("already staged"));
                 }
-                let staging = Staging::begin(self.host, head, self.opts).map_err(io::Error::other)?;
+                let staging = Staging::begin(self.host, head, None, self.opts).map_err(io::Error::other)?;
                 staging.dirs(head).map_err(io::Error::other)?;
                 self.staging = Some(staging);
                 Ok(())
@@ -304,11 +304,18 @@ struct Kept {
 }
 
 impl Kept {
-    fn index(host: &Host) -> Result<Self, HostError> {
+    /// `known` is a head already read (a delta's base), not read again.
+    fn index(host: &Host, known: Option<&Head>) -> Result<Self, HostError> {
         let mut kept = Kept::default();
         for id in host.releases()? {
             // A release whose head cannot be read offers nothing to link.
-            let Ok(head) = host.head(&id) else { continue };
+            let head = match known.filter(|k| k.id == id) {
+                Some(k) => std::borrow::Cow::Borrowed(k),
+                None => match host.head(&id) {
+                    Ok(h) => std::borrow::Cow::Owned(h),
+                    Err(_) => continue,
+                },
+            };
             let dir = host.release_dir(&id);
             // Paths given over to shared/ are not the release's any more.
             let linked = host.staged_with(&id).map(|o| o.linked()).unwrap_or_default();
@@ -352,7 +359,7 @@ struct Staging<'a> {
 }
 
 impl<'a> Staging<'a> {
-    fn begin(host: &'a Host, head: &Head, opts: &StageOptions) -> Result<Self, HostError> {
+    fn begin(host: &'a Host, head: &Head, base: Option<&Head>, opts: &StageOptions) -> Result<Self, HostError> {
         check_env(host, head, opts)?;
         let configs: Vec<RelPath> = head.meta.components_of(ComponentKind::Config).map(|c| c.path.clone()).collect();
         check_linked(&opts.linked(), &configs).map_err(HostError::Input)?;
@@ -365,7 +372,7 @@ impl<'a> Staging<'a> {
             host,
             head: head.clone(),
             dir,
-            kept: Kept::index(host)?,
+            kept: Kept::index(host, base)?,
             written: HashMap::new(),
             deferred: Vec::new(),
             verified: std::collections::HashSet::new(),

@@ -44,7 +44,10 @@ impl Host {
         let journal = self.journal()?;
         let mut releases = Vec::new();
         for id in self.releases()? {
-            let version = self.head(&id).ok().and_then(|h| h.meta.version);
+            // Only release.json: parsing every manifest would make a status
+            // (and so every push and rollback) cost a pass over every kept release.
+            let meta = fs::read(self.release_dir(&id).join(ferry_formats::bundle::RELEASE_PATH)).ok();
+            let version = meta.and_then(|m| ferry_formats::ReleaseMeta::parse(&m).ok()).and_then(|m| m.version);
             let last =
                 journal.iter().rposition(|r| r.to == Some(id) && r.result == ferry_formats::journal::Outcome::Ok);
             releases.push((
