@@ -7,4 +7,5 @@ mod host;
 mod kit;
 mod read;
 mod rsync;
+mod testhosts;
 mod venv;

@@ -1,0 +1,225 @@
+//! Test hosts: each a network namespace of its own, on a bridge this test
+//! made, with its own address, a private `/srv` (a mount namespace over a
+//! directory of the test's) and a real OpenSSH `sshd` that accepts the
+//! test's key and presents a host key the test generated and wrote to a
+//! known_hosts file. Everything is torn down on drop, also when a test
+//! panics. Needs root (CI runs the suite as root).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use fs_err as fs;
+
+use crate::kit::{sh, tempdir};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// One test host.
+#[derive(Debug)]
+pub struct TestHost {
+    pub name: String,
+    pub netns: String,
+    pub addr: Ipv4Addr,
+    /// What the host sees as `/srv`.
+    pub srv: PathBuf,
+    veth: String,
+    sshd: Option<Child>,
+}
+
+/// A set of test hosts on one bridge, and the client's key and known_hosts.
+#[derive(Debug)]
+pub struct TestHosts {
+    pub hosts: Vec<TestHost>,
+    /// The client's private key (ed25519, no passphrase).
+    pub key: PathBuf,
+    /// Every host's key, by address.
+    pub known_hosts: PathBuf,
+    bridge: String,
+    dir: tempfile::TempDir,
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl TestHosts {
+    /// Starts `n` hosts named `host1`…, with sshd listening on port 22.
+    pub fn start(n: usize) -> Self {
+        assert!(
+            crate::kit::is_root(),
+            "test hosts need root to make network namespaces: run the suite as root (CI does)"
+        );
+        assert!(
+            Path::new("/usr/sbin/sshd").exists(),
+            "test hosts need OpenSSH's sshd: scripts/test installs openssh-server"
+        );
+        let id = std::process::id() % 10_000 * 100 + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
+        let subnet = [10, 100 + (id / 250 % 150) as u8, (id % 250) as u8];
+        let dir = tempdir();
+        let bridge = format!("fb{id}");
+        let mut hosts = TestHosts {
+            hosts: Vec::new(),
+            key: dir.path().join("id_ed25519"),
+            known_hosts: dir.path().join("known_hosts"),
+            bridge: bridge.clone(),
+            dir,
+        };
+        fs::create_dir_all("/run/sshd").unwrap();
+        run(&["ip", "link", "add", &bridge, "type", "bridge"]);
+        let gateway = format!("{}.{}.{}.1/24", subnet[0], subnet[1], subnet[2]);
+        run(&["ip", "addr", "add", &gateway, "dev", &bridge]);
+        run(&["ip", "link", "set", &bridge, "up"]);
+        sh(&format!("ssh-keygen -q -t ed25519 -N '' -f {}", hosts.key.display()));
+        fs::copy(hosts.key.with_extension("pub"), hosts.dir.path().join("authorized_keys")).unwrap();
+        let mut known = String::new();
+        for i in 1..=n {
+            let host = hosts.add(id, subnet, i);
+            let pubkey = fs::read_to_string(hosts.dir.path().join(format!("host{i}_key.pub"))).unwrap();
+            let mut fields = pubkey.split_whitespace();
+            known.push_str(&format!("{} {} {}\n", host.addr, fields.next().unwrap(), fields.next().unwrap()));
+            hosts.hosts.push(host);
+        }
+        fs::write(&hosts.known_hosts, known).unwrap();
+        for host in &hosts.hosts {
+            wait_for_port(host.addr, 22);
+        }
+        hosts
+    }
+
+    fn add(&self, id: u32, subnet: [u8; 3], i: usize) -> TestHost {
+        let name = format!("host{i}");
+        let netns = format!("ferry-{id}-{i}");
+        let veth = format!("fv{id}h{i}");
+        let addr = Ipv4Addr::new(subnet[0], subnet[1], subnet[2], 10 + i as u8);
+        let srv = self.dir.path().join(format!("{name}-srv"));
+        fs::create_dir_all(&srv).unwrap();
+        run(&["ip", "netns", "add", &netns]);
+        run(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns]);
+        run(&["ip", "link", "set", &veth, "master", &self.bridge, "up"]);
+        run(&["ip", "-n", &netns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        run(&["ip", "-n", &netns, "link", "set", "eth0", "up"]);
+        run(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
+
+        let host_key = self.dir.path().join(format!("{name}_key"));
+        sh(&format!("ssh-keygen -q -t ed25519 -N '' -f {}", host_key.display()));
+        let config = self.dir.path().join(format!("{name}_sshd_config"));
+        fs::write(
+            &config,
+            format!(
+                "ListenAddress {addr}\nPort 22\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n\
+                 LogLevel ERROR\n",
+                host_key.display(),
+                self.dir.path().join("authorized_keys").display()
+            ),
+        )
+        .unwrap();
+        // A private /srv: the host's own mount namespace binds the test's
+        // directory over it, then becomes sshd.
+        let script =
+            format!("mount --bind {} /srv && exec /usr/sbin/sshd -D -e -f {}", srv.display(), config.display());
+        let sshd = Command::new("ip")
+            .args(["netns", "exec", &netns, "unshare", "--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        TestHost { name, netns, addr, srv, veth, sshd: Some(sshd) }
+    }
+
+    /// Kills host `i`'s sshd (the host is up; nothing answers on port 22).
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut sshd) = self.hosts[i].sshd.take() {
+            let _ = sshd.kill();
+            let _ = sshd.wait();
+        }
+    }
+
+    /// Cuts host `i` off: its link goes down, packets vanish.
+    pub fn cut(&self, i: usize) {
+        run(&["ip", "link", "set", &self.hosts[i].veth, "down"]);
+    }
+
+    /// `ssh root@<host i> <command>` with the test's key and known_hosts.
+    pub fn ssh(&self, i: usize, command: &str) -> std::process::Output {
+        Command::new("ssh")
+            .args(["-i", self.key.to_str().unwrap()])
+            .args(["-o", &format!("UserKnownHostsFile={}", self.known_hosts.display())])
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"])
+            .arg(format!("root@{}", self.hosts[i].addr))
+            .arg(command)
+            .output()
+            .unwrap()
+    }
+}
+
+fn wait_for_port(addr: Ipv4Addr, port: u16) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect_timeout(&(addr, port).into(), Duration::from_millis(200)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "sshd on {addr}:{port} did not come up in 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for TestHosts {
+    fn drop(&mut self) {
+        for host in &mut self.hosts {
+            if let Some(mut sshd) = host.sshd.take() {
+                let _ = sshd.kill();
+                let _ = sshd.wait();
+            }
+            // Whatever sshd forked for sessions dies with the namespace's processes.
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!("ip netns pids {0} | xargs -r kill -9; ip netns del {0}", host.netns))
+                .status();
+            let _ = Command::new("ip").args(["link", "del", &host.veth]).status();
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+    }
+}
+
+#[test]
+fn test_hosts_answer_ssh_with_their_own_srv_and_go_away() {
+    let hosts = TestHosts::start(2);
+    for i in 0..2 {
+        assert_eq!(hosts.hosts[i].name, format!("host{}", i + 1));
+        let out = hosts.ssh(i, &format!("echo hello from {i} > /srv/mark && cat /srv/mark"));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("hello from {i}\n"));
+        // The host's /srv is the test's directory, and no one else's.
+        assert_eq!(fs::read_to_string(hosts.hosts[i].srv.join("mark")).unwrap(), format!("hello from {i}\n"));
+    }
+    assert!(!Path::new("/srv/mark").exists(), "the root namespace's /srv is untouched");
+
+    // An unknown host key is refused by the client.
+    let wrong = hosts.dir.path().join("wrong_known_hosts");
+    fs::write(&wrong, "").unwrap();
+    let out = Command::new("ssh")
+        .args(["-i", hosts.key.to_str().unwrap(), "-o", &format!("UserKnownHostsFile={}", wrong.display())])
+        .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
+        .arg(format!("root@{}", hosts.hosts[0].addr))
+        .arg("true")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Host key verification failed"));
+
+    let names: Vec<String> = hosts.hosts.iter().map(|h| h.netns.clone()).collect();
+    let mut hosts = hosts;
+    hosts.stop(1);
+    assert!(!hosts.ssh(1, "true").status.success(), "a stopped host refuses connections");
+    hosts.cut(0);
+    assert!(!hosts.ssh(0, "true").status.success(), "a cut-off host times out");
+    drop(hosts);
+    let left =
+        String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
+    for ns in names {
+        assert!(!left.contains(&ns), "{ns} was not torn down: {left}");
+    }
+}
