@@ -7,5 +7,6 @@ mod host;
 mod kit;
 mod read;
 mod rsync;
+mod ssh;
 mod testhosts;
 mod venv;

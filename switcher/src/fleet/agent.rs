@@ -7,7 +7,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 
 use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
@@ -36,11 +36,13 @@ impl<F: Fn(&HostSpec) -> Command + Sync> Agent<F> {
     }
 }
 
-struct AgentSession {
+/// A session over any pair of streams: a child's pipes, or an SSH channel.
+pub(crate) struct AgentSession {
     host: String,
-    child: Child,
-    input: Option<io::BufWriter<ChildStdin>>,
-    output: BufReader<ChildStdout>,
+    input: Option<Box<dyn Write + Send>>,
+    output: Box<dyn BufRead + Send>,
+    /// Run once the input is closed: wait for the agent to go.
+    end: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl<F: Fn(&HostSpec) -> Command + Sync> Transport for Agent<F> {
@@ -54,10 +56,10 @@ impl<F: Fn(&HostSpec) -> Command + Sync> Transport for Agent<F> {
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| remote(&spec.name, format!("cannot start the agent ({command:?}): {e}")))?;
-        let input = child.stdin.take().map(io::BufWriter::new);
-        let output = BufReader::new(child.stdout.take().expect("stdout is piped"));
-        let mut session = AgentSession { host: spec.name.clone(), child, input, output };
-        session.reply::<serde_json::Value>()?;
+        let input: ChildStdin = child.stdin.take().expect("stdin is piped");
+        let output: ChildStdout = child.stdout.take().expect("stdout is piped");
+        let end = move || drop(child.wait());
+        let session = AgentSession::open(&spec.name, Box::new(input), Box::new(output), Box::new(end))?;
         Ok(Box::new(session))
     }
 }
@@ -67,6 +69,24 @@ fn remote(host: &str, message: impl std::fmt::Display) -> HostError {
 }
 
 impl AgentSession {
+    /// Opens a session on these streams: reads the agent's greeting (or the
+    /// error it opened with, such as its host's lock).
+    pub(crate) fn open(
+        host: &str,
+        input: Box<dyn Write + Send>,
+        output: Box<dyn Read + Send>,
+        end: Box<dyn FnOnce() + Send>,
+    ) -> Result<Self, HostError> {
+        let mut session = AgentSession {
+            host: host.to_owned(),
+            input: Some(Box::new(io::BufWriter::new(input))),
+            output: Box::new(BufReader::new(output)),
+            end: Some(end),
+        };
+        session.reply::<serde_json::Value>()?;
+        Ok(session)
+    }
+
     fn lost(&self, what: &str, e: impl std::fmt::Display) -> HostError {
         remote(&self.host, format!("the agent session broke while {what}: {e}"))
     }
@@ -142,6 +162,8 @@ impl Drop for AgentSession {
     fn drop(&mut self) {
         // End of input ends the session; the agent releases the lock and exits.
         drop(self.input.take());
-        let _ = self.child.wait();
+        if let Some(end) = self.end.take() {
+            end();
+        }
     }
 }

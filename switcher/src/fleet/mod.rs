@@ -12,6 +12,7 @@ mod agent;
 mod local;
 mod plan;
 mod push;
+mod ssh;
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +25,7 @@ pub use agent::Agent;
 pub use local::Local;
 pub use plan::{batches, Step};
 pub use push::{push, rollback, status, HostReport, Outcome, Report, RollbackError};
+pub use ssh::Ssh;
 
 /// Where the fleet gets bundles and deltas: the CLI hands it the builder's
 /// store.

@@ -1,0 +1,162 @@
+//! The `ssh` transport: one SSH connection per host (ssh2), its key checked
+//! against known_hosts, and the agent session (`ferry host serve`) run in an
+//! exec channel — bundles and deltas go down that channel, not over SFTP.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ssh2::{CheckResult, HashType, KnownHostFileKind};
+
+use super::agent::AgentSession;
+use super::{HostSpec, Session, Transport};
+use crate::host::HostError;
+
+/// How to reach hosts over SSH.
+#[derive(Debug, Clone)]
+pub struct Ssh {
+    /// The known_hosts file host keys are checked against.
+    pub known_hosts: PathBuf,
+    /// Accept and record a host that known_hosts does not list yet.
+    pub accept_new: bool,
+    /// The private key to offer; without one, the SSH agent's keys.
+    pub identity: Option<PathBuf>,
+    /// The user when a host does not name one.
+    pub user: String,
+    /// The agent binary on the hosts.
+    pub ferry: String,
+    pub connect_timeout: Duration,
+    /// For each read or write on the connection.
+    pub step_timeout: Duration,
+}
+
+/// `user@host:port`, `host:port`, `user@host` or `host`.
+fn address(name: &str, default_user: &str) -> (String, String, u16) {
+    let (user, rest) = match name.split_once('@') {
+        Some((u, r)) => (u.to_owned(), r),
+        None => (default_user.to_owned(), name),
+    };
+    match rest.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (user, h.to_owned(), p.parse().expect("checked")),
+        _ => (user, rest.to_owned(), 22),
+    }
+}
+
+fn refused(host: &str, message: impl std::fmt::Display) -> HostError {
+    HostError::Input(format!("{host}: {message}"))
+}
+
+impl Transport for Ssh {
+    fn connect(&self, spec: &HostSpec, lock: Option<&str>) -> Result<Box<dyn Session>, HostError> {
+        let (user, host, port) = address(&spec.name, &self.user);
+        let addr = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| refused(&spec.name, format!("cannot resolve {host}: {e}")))?
+            .next()
+            .ok_or_else(|| refused(&spec.name, format!("{host} resolves to no address")))?;
+        let tcp = TcpStream::connect_timeout(&addr, self.connect_timeout)
+            .map_err(|e| refused(&spec.name, format!("cannot connect to {addr}: {e}")))?;
+        let mut session = ssh2::Session::new().map_err(|e| refused(&spec.name, e))?;
+        session.set_tcp_stream(tcp);
+        session.set_timeout(self.step_timeout.as_millis().min(u32::MAX as u128) as u32);
+        session.handshake().map_err(|e| refused(&spec.name, format!("SSH handshake failed: {e}")))?;
+        self.check_host_key(&session, &spec.name, &host, port)?;
+        match &self.identity {
+            Some(key) => session.userauth_pubkey_file(&user, None, key, None),
+            None => session.userauth_agent(&user),
+        }
+        .map_err(|e| refused(&spec.name, format!("authentication as {user} was refused: {e}")))?;
+
+        let mut channel = session.channel_session().map_err(|e| refused(&spec.name, e))?;
+        let mut command = format!("{} host --deploy-to {} serve", self.ferry, quote(&spec.deploy_to.to_string_lossy()));
+        if let Some(lock) = lock {
+            command.push_str(&format!(" --lock {}", quote(lock)));
+        }
+        channel.exec(&command).map_err(|e| refused(&spec.name, format!("cannot run the agent: {e}")))?;
+        let reader: Box<dyn Read + Send> = Box::new(channel.stream(0));
+        let writer: Box<dyn Write + Send> = Box::new(channel.stream(0));
+        let end = move || {
+            let _ = channel.send_eof();
+            let _ = channel.wait_close();
+            drop(session);
+        };
+        Ok(Box::new(AgentSession::open(&spec.name, writer, reader, Box::new(end))?))
+    }
+}
+
+impl Ssh {
+    fn check_host_key(&self, session: &ssh2::Session, name: &str, host: &str, port: u16) -> Result<(), HostError> {
+        let (key, kind) = session.host_key().ok_or_else(|| refused(name, "the host sent no key"))?;
+        let fingerprint = session.host_key_hash(HashType::Sha256).map(base64).unwrap_or_default();
+        let mut known = session.known_hosts().map_err(|e| refused(name, e))?;
+        if self.known_hosts.exists() {
+            known
+                .read_file(&self.known_hosts, KnownHostFileKind::OpenSSH)
+                .map_err(|e| refused(name, format!("cannot read {}: {e}", self.known_hosts.display())))?;
+        }
+        match known.check_port(host, port, key) {
+            CheckResult::Match => Ok(()),
+            CheckResult::Mismatch => Err(refused(
+                name,
+                format!(
+                    "its host key (SHA256:{fingerprint}) is not the one {} has for it: refused; if the host was really re-keyed, remove the old entry",
+                    self.known_hosts.display()
+                ),
+            )),
+            CheckResult::NotFound if self.accept_new => {
+                let entry = if port == 22 { host.to_owned() } else { format!("[{host}]:{port}") };
+                known.add(&entry, key, "added by ferry", kind.into()).map_err(|e| refused(name, e))?;
+                known
+                    .write_file(&self.known_hosts, KnownHostFileKind::OpenSSH)
+                    .map_err(|e| refused(name, format!("cannot write {}: {e}", self.known_hosts.display())))
+            }
+            CheckResult::NotFound => Err(refused(
+                name,
+                format!(
+                    "its host key (SHA256:{fingerprint}) is not in {}: refused; check the fingerprint and add it, or allow new keys",
+                    self.known_hosts.display()
+                ),
+            )),
+            CheckResult::Failure => Err(refused(name, "the host key could not be checked")),
+        }
+    }
+}
+
+/// A word for a POSIX shell.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Unpadded standard base64, as OpenSSH prints fingerprints.
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(address("web1", "deploy"), ("deploy".into(), "web1".into(), 22));
+        assert_eq!(address("root@10.0.0.2:2222", "deploy"), ("root".into(), "10.0.0.2".into(), 2222));
+        assert_eq!(address("app@web1", "deploy"), ("app".into(), "web1".into(), 22));
+    }
+
+    #[test]
+    fn fingerprints_are_base64_without_padding() {
+        assert_eq!(base64(b"f"), "Zg");
+        assert_eq!(base64(b"fo"), "Zm8");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foob"), "Zm9vYg");
+    }
+}
