@@ -72,6 +72,17 @@ pub struct StageSection {
     pub keep_releases: Option<Spanned<usize>>,
     pub max_parallel: Option<Spanned<usize>>,
     pub on_failure: Option<Spanned<String>>,
+    /// ssh: the user for hosts that do not name one.
+    pub user: Option<String>,
+    /// ssh: the known_hosts file host keys are checked against.
+    pub known_hosts: Option<String>,
+    /// ssh: the private key to offer (else the SSH agent's).
+    pub identity: Option<String>,
+    /// ssh: accept and record host keys known_hosts does not have yet.
+    #[serde(default)]
+    pub accept_new_host_keys: bool,
+    /// ssh: the agent binary on the hosts.
+    pub agent: Option<String>,
 }
 
 fn local() -> Spanned<String> {
@@ -166,6 +177,16 @@ pub struct Config {
     pub stages: BTreeMap<String, Stage>,
 }
 
+/// How an ssh stage reaches its hosts.
+#[derive(Debug, Clone)]
+pub struct SshSettings {
+    pub user: String,
+    pub known_hosts: PathBuf,
+    pub identity: Option<PathBuf>,
+    pub accept_new: bool,
+    pub agent: String,
+}
+
 /// The default batches: a canary, then half the fleet, then the rest.
 pub const DEFAULT_STRATEGY: &[&str] = &["1", "50%", "100%"];
 /// Releases kept on each host after a push, as Capistrano's `keep_releases`.
@@ -174,7 +195,10 @@ pub const DEFAULT_KEEP: usize = 5;
 /// A checked stage. `hosts` of a local stage are absolute directories.
 #[derive(Debug, Clone)]
 pub struct Stage {
+    /// Name, and for a local stage the host's directory.
     pub hosts: Vec<(String, PathBuf)>,
+    /// For an ssh stage: how to reach its hosts.
+    pub ssh: Option<SshSettings>,
     pub env: String,
     pub strategy: Vec<Step>,
     pub deploy_to: PathBuf,
@@ -278,16 +302,24 @@ fn check_stage(
     if !valid_env_name(name) {
         bail!("stage {name:?}: a stage name is letters, digits, '_' or '-'");
     }
-    match stage.transport.get_ref().as_str() {
-        "local" => {}
-        "ssh" => bail!(
-            "{}: stage {name}: the ssh transport is not built yet; use transport = \"local\" (hosts are directories)",
-            at(stage.transport.span())
-        ),
+    let home = || std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let expand = |p: &str| match p.strip_prefix("~/") {
+        Some(rest) => home().join(rest),
+        None => normalize(&dir.join(p)),
+    };
+    let ssh = match stage.transport.get_ref().as_str() {
+        "local" => None,
+        "ssh" => Some(SshSettings {
+            user: stage.user.clone().unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "root".into())),
+            known_hosts: stage.known_hosts.as_deref().map_or_else(|| home().join(".ssh/known_hosts"), expand),
+            identity: stage.identity.as_deref().map(expand),
+            accept_new: stage.accept_new_host_keys,
+            agent: stage.agent.clone().unwrap_or_else(|| "ferry".into()),
+        }),
         other => {
             bail!("{}: stage {name}: transport {other:?} must be \"local\" or \"ssh\"", at(stage.transport.span()))
         }
-    }
+    };
     if stage.hosts.get_ref().is_empty() {
         bail!("{}: stage {name} has no hosts", at(stage.hosts.span()));
     }
@@ -296,7 +328,8 @@ fn check_stage(
         if hosts.iter().any(|(n, _)| n == h) {
             bail!("{}: stage {name} lists host {h:?} twice", at(stage.hosts.span()));
         }
-        hosts.push((h.clone(), normalize(&dir.join(h))));
+        let local = if ssh.is_none() { normalize(&dir.join(h)) } else { PathBuf::new() };
+        hosts.push((h.clone(), local));
     }
     let env = match &stage.env {
         Some(e) if !valid_env_name(e.get_ref()) => {
@@ -345,7 +378,18 @@ fn check_stage(
         Some((o, other)) => bail!("{}: on_failure {other:?} must be \"revert\" or \"stop\"", at(o.span())),
     };
     let (linked_dirs, linked_files) = linked_paths(raw, at)?;
-    Ok(Stage { hosts, env, strategy, deploy_to, keep_releases, max_parallel, on_failure, linked_dirs, linked_files })
+    Ok(Stage {
+        hosts,
+        ssh,
+        env,
+        strategy,
+        deploy_to,
+        keep_releases,
+        max_parallel,
+        on_failure,
+        linked_dirs,
+        linked_files,
+    })
 }
 
 /// `[deploy]`'s linked_dirs and linked_files, as paths.

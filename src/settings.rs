@@ -10,7 +10,7 @@ use ferry_builder::Store;
 use ferry_formats::release::{valid_env_name, valid_version, VERSION_RULE};
 
 use ferry_formats::RelPath;
-use ferry_switcher::fleet::{HostSpec, Stage};
+use ferry_switcher::fleet::{HostSpec, Ssh, Stage};
 use ferry_switcher::host::{Host, StageOptions};
 
 use crate::cli::{Cli, Command, HostOptions, HostVerb};
@@ -62,6 +62,8 @@ pub enum Action {
 pub struct StageSettings {
     pub service: String,
     pub stage: Stage,
+    /// `None` for a local stage.
+    pub ssh: Option<Ssh>,
 }
 
 /// One verb of `ferry host`.
@@ -204,12 +206,24 @@ fn load_stage(path: &Path, name: &str) -> Result<(StageSettings, PathBuf)> {
     let hosts = stage
         .hosts
         .iter()
-        .map(|(name, dir)| HostSpec {
-            name: if unique { short(dir).unwrap_or_else(|| name.clone()) } else { name.clone() },
-            // A local host is a directory standing for the host's root.
-            deploy_to: dir.join(stage.deploy_to.strip_prefix("/").unwrap_or(&stage.deploy_to)),
+        .map(|(name, dir)| match &stage.ssh {
+            Some(_) => HostSpec { name: name.clone(), deploy_to: stage.deploy_to.clone() },
+            None => HostSpec {
+                name: if unique { short(dir).unwrap_or_else(|| name.clone()) } else { name.clone() },
+                // A local host is a directory standing for the host's root.
+                deploy_to: dir.join(stage.deploy_to.strip_prefix("/").unwrap_or(&stage.deploy_to)),
+            },
         })
         .collect();
+    let ssh = stage.ssh.as_ref().map(|s| Ssh {
+        known_hosts: s.known_hosts.clone(),
+        accept_new: s.accept_new,
+        identity: s.identity.clone(),
+        user: s.user.clone(),
+        ferry: s.agent.clone(),
+        connect_timeout: std::time::Duration::from_secs(10),
+        step_timeout: std::time::Duration::from_secs(600),
+    });
     let options = StageOptions {
         env: Some(stage.env.clone()),
         linked_dirs: stage.linked_dirs.clone(),
@@ -224,7 +238,7 @@ fn load_stage(path: &Path, name: &str) -> Result<(StageSettings, PathBuf)> {
         max_parallel: stage.max_parallel,
         on_failure: stage.on_failure,
     };
-    Ok((StageSettings { service: config.service, stage }, store))
+    Ok((StageSettings { service: config.service, stage, ssh }, store))
 }
 
 fn host_action(verb: HostVerb) -> Result<HostAction> {

@@ -8,12 +8,21 @@ use ferry_builder::{delta, Store};
 use ferry_formats::journal::{Outcome as JournalOutcome, Record};
 use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
-use ferry_switcher::fleet::{self, Local, Observer, Outcome, ReleaseSource, Report, SourceError};
-use ferry_switcher::host::Host;
+use ferry_switcher::fleet::{self, Local, Observer, Outcome, ReleaseSource, Report, SourceError, Transport};
 
 use crate::exit;
 use crate::output;
 use crate::settings::{Settings, StageSettings};
+
+impl StageSettings {
+    /// How this stage's hosts are reached.
+    fn transport(&self) -> &dyn Transport {
+        match &self.ssh {
+            Some(ssh) => ssh,
+            None => &Local,
+        }
+    }
+}
 
 /// The store, as the fleet sees it.
 struct StoreSource<'a>(&'a Store);
@@ -121,7 +130,7 @@ pub fn push(settings: &Settings, s: &StageSettings, id: Option<&str>) -> Result<
     }
     let hosts = s.stage.hosts.len() as u64;
     let observer = observer(settings, 2 * hosts);
-    let report = fleet::push(&s.stage, &Local, &StoreSource(&settings.store), &release, observer.as_ref());
+    let report = fleet::push(&s.stage, s.transport(), &StoreSource(&settings.store), &release, observer.as_ref());
     drop(observer);
     show(settings, &report, "pushed")
 }
@@ -131,7 +140,7 @@ pub fn rollback(settings: &Settings, s: &StageSettings, to: Option<&str>) -> Res
         .map(|t| settings.store.resolve(t).or_else(|_| t.parse::<ReleaseId>().map_err(anyhow::Error::from)))
         .transpose()?;
     let observer = observer(settings, s.stage.hosts.len() as u64);
-    let report = fleet::rollback(&s.stage, &Local, to.as_ref(), observer.as_ref());
+    let report = fleet::rollback(&s.stage, s.transport(), to.as_ref(), observer.as_ref());
     drop(observer);
     show(settings, &report?, "rolled back")
 }
@@ -192,7 +201,7 @@ fn show(settings: &Settings, report: &Report, verb: &str) -> Result<u8> {
 }
 
 pub fn status(settings: &Settings, s: &StageSettings) -> Result<u8> {
-    let statuses = fleet::status(&s.stage, &Local);
+    let statuses = fleet::status(&s.stage, s.transport());
     let failed = statuses.iter().any(|(_, st)| st.is_err());
     if settings.output.json {
         let hosts: Vec<_> = statuses
@@ -229,9 +238,14 @@ pub fn status(settings: &Settings, s: &StageSettings) -> Result<u8> {
 
 pub fn history(settings: &Settings, s: &StageSettings) -> Result<u8> {
     let mut all: Vec<(String, Record)> = Vec::new();
-    for spec in &s.stage.hosts {
-        for record in Host::new(&spec.deploy_to).journal()? {
-            all.push((spec.name.clone(), record));
+    let mut failed = false;
+    for (host, journal) in fleet::journals(&s.stage, s.transport()) {
+        match journal {
+            Ok(records) => all.extend(records.into_iter().map(|r| (host.clone(), r))),
+            Err(e) => {
+                eprintln!("{host}: cannot read its journal: {e}");
+                failed = true;
+            }
         }
     }
     // RFC 3339 UTC with fixed precision sorts as text.
@@ -245,7 +259,7 @@ pub fn history(settings: &Settings, s: &StageSettings) -> Result<u8> {
             output::line(&history_line(Some(host), record))?;
         }
     }
-    Ok(exit::OK)
+    Ok(if failed { exit::HOSTS_FAILED } else { exit::OK })
 }
 
 /// One journal record as a line of text.

@@ -127,6 +127,9 @@ impl Session for FaultySession {
     fn signature(&mut self) -> Result<Signature, HostError> {
         self.inner.signature()
     }
+    fn journal(&mut self) -> Result<Vec<ferry_formats::journal::Record>, HostError> {
+        self.inner.journal()
+    }
 }
 
 struct Fleet {

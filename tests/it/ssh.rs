@@ -111,3 +111,52 @@ fn an_unknown_host_key_is_refused_with_its_fingerprint_unless_new_keys_are_allow
     ssh.accept_new = false;
     ssh.connect(&spec, None).unwrap();
 }
+
+#[test]
+fn ferry_push_status_history_and_rollback_over_an_ssh_stage() {
+    let hosts = TestHosts::start(4);
+    let p = sample_project();
+    let list: Vec<String> = hosts.hosts.iter().map(|h| format!("\"root@{}\"", h.addr)).collect();
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write(
+        "ferry.toml",
+        format!(
+            "{toml}\n[deploy]\ndeploy_to = \"/srv/shop\"\n\n[stages.prod]\ntransport = \"ssh\"\nhosts = [{}]\nenv = \"staging\"\n\
+             known_hosts = \"{}\"\nidentity = \"{}\"\nagent = \"{}\"\n",
+            list.join(", "),
+            hosts.known_hosts.display(),
+            hosts.key.display(),
+            ferry_bin()
+        ),
+    );
+    let v1 = build(&p, "v1").to_string();
+    p.ferry(["push", "prod"]).ok();
+    p.write("app/main.py", "print('shop v2')\n");
+    let v2 = build(&p, "v2").to_string();
+    let report = p.ferry(["push", "prod", "--json"]).ok().json();
+    let batches: Vec<usize> =
+        report["batches"].as_array().unwrap().iter().map(|b| b.as_array().unwrap().len()).collect();
+    assert_eq!(batches, vec![1, 1, 2], "{report:#}");
+    for h in report["hosts"].as_array().unwrap() {
+        assert_eq!(h["shipped"], "delta", "{h}");
+    }
+    let status = p.ferry(["status", "prod", "--json"]).ok().json();
+    for h in status["hosts"].as_array().unwrap() {
+        assert_eq!(h["status"]["current"], v2.as_str(), "{h}");
+        assert_eq!(h["status"]["previous"], v1.as_str(), "{h}");
+    }
+    // The journals, merged: the canary's deploy of v2 comes before every other host's.
+    let history = p.ferry(["history", "prod", "--json"]).ok().stdout;
+    let deploys: Vec<serde_json::Value> = history
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["action"] == "deploy" && r["to"] == v2.as_str())
+        .collect();
+    assert_eq!(deploys.len(), 4, "{history}");
+    assert_eq!(deploys[0]["host"], format!("root@{}", hosts.hosts[0].addr), "{history}");
+    p.ferry(["rollback", "prod"]).ok();
+    for h in &hosts.hosts {
+        let current = fs::read_link(h.srv.join("shop/current")).unwrap();
+        assert_eq!(current, PathBuf::from(format!("releases/{v1}")), "{}", h.name);
+    }
+}

@@ -9,6 +9,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 
+use ferry_formats::journal::Record;
 use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
 use fs_err as fs;
@@ -155,6 +156,16 @@ impl Session for AgentSession {
         let Len { len } = self.call(Request::Signature)?;
         let mut bytes = (&mut self.output).take(len);
         Signature::read(&mut bytes, len).map_err(|e| remote(&self.host, format!("its signature is unreadable: {e}")))
+    }
+
+    fn journal(&mut self) -> Result<Vec<Record>, HostError> {
+        self.journal_records()
+    }
+}
+
+impl AgentSession {
+    fn journal_records(&mut self) -> Result<Vec<Record>, HostError> {
+        self.call(Request::Journal)
     }
 }
 

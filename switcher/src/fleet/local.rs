@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use ferry_formats::journal::Record;
 use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
 use fs_err as fs;
@@ -59,5 +60,9 @@ impl Session for LocalSession {
 
     fn signature(&mut self) -> Result<Signature, HostError> {
         self.host.signature(self.lock())
+    }
+
+    fn journal(&mut self) -> Result<Vec<Record>, HostError> {
+        self.host.journal()
     }
 }

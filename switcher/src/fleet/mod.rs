@@ -16,6 +16,7 @@ mod ssh;
 
 use std::path::{Path, PathBuf};
 
+use ferry_formats::journal::Record;
 use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
 
@@ -24,7 +25,7 @@ use crate::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
 pub use agent::Agent;
 pub use local::Local;
 pub use plan::{batches, Step};
-pub use push::{push, rollback, status, HostReport, Outcome, Report, RollbackError};
+pub use push::{journals, push, rollback, status, HostReport, Outcome, Report, RollbackError};
 pub use ssh::Ssh;
 
 /// Where the fleet gets bundles and deltas: the CLI hands it the builder's
@@ -61,6 +62,8 @@ pub trait Session: Send {
     fn prune(&mut self, keep: usize) -> Result<Pruned, HostError>;
     /// Signs the host's current release, for an rsync delta.
     fn signature(&mut self) -> Result<Signature, HostError>;
+    /// The host's journal, oldest first.
+    fn journal(&mut self) -> Result<Vec<Record>, HostError>;
 }
 
 /// How to reach hosts.

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use ferry_formats::journal::Record;
 use ferry_formats::ReleaseId;
 use fs_err as fs;
 use rayon::prelude::*;
@@ -442,6 +443,23 @@ pub fn status(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Result<S
                     None => Err(slot.report.error.clone().unwrap_or_default()),
                 };
                 (slot.spec.name.clone(), status)
+            })
+            .collect()
+    })
+}
+
+/// Every host's journal, without taking locks.
+pub fn journals(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Result<Vec<Record>, String>)> {
+    let mut slots = connect(stage, transport, None, &super::Quiet);
+    pool(stage.max_parallel).install(|| {
+        slots
+            .par_iter_mut()
+            .map(|slot| {
+                let journal = match slot.session.as_mut() {
+                    Some(s) => s.journal().map_err(|e| error_chain(&e)),
+                    None => Err(slot.report.error.clone().unwrap_or_default()),
+                };
+                (slot.spec.name.clone(), journal)
             })
             .collect()
     })

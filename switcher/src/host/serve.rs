@@ -14,6 +14,7 @@
 //! | `{"op":"rollback","to":…}` | | [`Flipped`](super::Flipped) |
 //! | `{"op":"prune","keep":N}` | | [`Pruned`](super::Pruned) |
 //! | `{"op":"signature"}` | | `{"len":N}`, then N bytes of signature |
+//! | `{"op":"journal"}` | | every journal record, oldest first |
 //!
 //! Every reply is `{"ok":true,"value":…}` or `{"ok":false,"error":"…"}`; an
 //! error ends that request, not the session. A stage's payload is read to
@@ -37,6 +38,7 @@ pub enum Request {
     Rollback { to: Option<ReleaseId> },
     Prune { keep: usize },
     Signature,
+    Journal,
 }
 
 /// One reply.
@@ -117,6 +119,7 @@ fn answer(
         Request::Activate { id, options } => Reply::of(locked().and_then(|lock| host.activate(lock, &id, &options))),
         Request::Rollback { to } => Reply::of(locked().and_then(|lock| host.rollback(lock, to.as_ref()))),
         Request::Prune { keep } => Reply::of(locked().and_then(|lock| host.prune(lock, keep))),
+        Request::Journal => Reply::of(host.journal()),
         Request::Signature => match locked().and_then(|lock| host.signature(lock)) {
             Ok(signature) => {
                 let bytes = signature.to_bytes();
