@@ -111,6 +111,9 @@ on all hosts, or the one named with --to. Refuses, changing nothing, otherwise."
     History(StageArgs),
     /// The on-host agent: what the controller runs on each host (also by hand).
     Host(HostArgs),
+    /// The blake3 of this binary (how the controller checks its agent on a host).
+    #[command(hide = true)]
+    AgentHash,
 }
 
 #[derive(Debug, Args)]

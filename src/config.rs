@@ -184,7 +184,8 @@ pub struct SshSettings {
     pub known_hosts: PathBuf,
     pub identity: Option<PathBuf>,
     pub accept_new: bool,
-    pub agent: String,
+    /// The agent on the hosts; `None`: upload this binary.
+    pub agent: Option<String>,
 }
 
 /// The default batches: a canary, then half the fleet, then the rest.
@@ -314,7 +315,7 @@ fn check_stage(
             known_hosts: stage.known_hosts.as_deref().map_or_else(|| home().join(".ssh/known_hosts"), expand),
             identity: stage.identity.as_deref().map(expand),
             accept_new: stage.accept_new_host_keys,
-            agent: stage.agent.clone().unwrap_or_else(|| "ferry".into()),
+            agent: stage.agent.clone(),
         }),
         other => {
             bail!("{}: stage {name}: transport {other:?} must be \"local\" or \"ssh\"", at(stage.transport.span()))

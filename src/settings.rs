@@ -10,7 +10,7 @@ use ferry_builder::Store;
 use ferry_formats::release::{valid_env_name, valid_version, VERSION_RULE};
 
 use ferry_formats::RelPath;
-use ferry_switcher::fleet::{HostSpec, Ssh, Stage};
+use ferry_switcher::fleet::{AgentBinary, HostSpec, Ssh, Stage};
 use ferry_switcher::host::{Host, StageOptions};
 
 use crate::cli::{Cli, Command, HostOptions, HostVerb};
@@ -55,6 +55,7 @@ pub enum Action {
     Status(StageSettings),
     History(StageSettings),
     Host(Host, HostAction),
+    AgentHash,
 }
 
 /// A stage of ferry.toml, as the fleet runs it.
@@ -154,6 +155,7 @@ impl Settings {
             }
             Command::Status(a) => Action::Status(load_stage(&config_path, &a.stage)?.0),
             Command::History(a) => Action::History(load_stage(&config_path, &a.stage)?.0),
+            Command::AgentHash => Action::AgentHash,
             Command::Host(h) => Action::Host(Host::new(std::path::absolute(&h.deploy_to)?), host_action(h.verb)?),
         };
         // Commands that read bundle files only need no config: a broken
@@ -162,9 +164,12 @@ impl Settings {
             Action::Build(_) | Action::Bundles | Action::Delta(..) => true,
             Action::Inspect(t) | Action::Verify(t) => matches!(t, Target::Id(_)),
             Action::Diff(a, b) => matches!(a, Target::Id(_)) || matches!(b, Target::Id(_)),
-            Action::Push(..) | Action::Rollback(..) | Action::Status(_) | Action::History(_) | Action::Host(..) => {
-                false
-            }
+            Action::Push(..)
+            | Action::Rollback(..)
+            | Action::Status(_)
+            | Action::History(_)
+            | Action::Host(..)
+            | Action::AgentHash => false,
         };
         let store = match cli.store {
             Some(s) => s,
@@ -215,15 +220,21 @@ fn load_stage(path: &Path, name: &str) -> Result<(StageSettings, PathBuf)> {
             },
         })
         .collect();
-    let ssh = stage.ssh.as_ref().map(|s| Ssh {
-        known_hosts: s.known_hosts.clone(),
-        accept_new: s.accept_new,
-        identity: s.identity.clone(),
-        user: s.user.clone(),
-        ferry: s.agent.clone(),
-        connect_timeout: std::time::Duration::from_secs(10),
-        step_timeout: std::time::Duration::from_secs(600),
+    let ssh = stage.ssh.as_ref().map(|s| -> Result<Ssh> {
+        Ok(Ssh {
+            known_hosts: s.known_hosts.clone(),
+            accept_new: s.accept_new,
+            identity: s.identity.clone(),
+            user: s.user.clone(),
+            ferry: match &s.agent {
+                Some(path) => AgentBinary::OnHost(path.clone()),
+                None => AgentBinary::Upload(std::env::current_exe()?),
+            },
+            connect_timeout: std::time::Duration::from_secs(10),
+            step_timeout: std::time::Duration::from_secs(600),
+        })
     });
+    let ssh = ssh.transpose()?;
     let options = StageOptions {
         env: Some(stage.env.clone()),
         linked_dirs: stage.linked_dirs.clone(),

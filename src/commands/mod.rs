@@ -30,6 +30,11 @@ pub fn run(settings: &Settings) -> Result<u8> {
         Action::Status(s) => fleet::status(settings, s),
         Action::History(s) => fleet::history(settings, s),
         Action::Host(host, action) => host::run(settings, host, action),
+        Action::AgentHash => {
+            let exe = std::env::current_exe()?;
+            crate::output::line(&blake3::hash(&fs_err::read(exe)?).to_hex())?;
+            Ok(crate::exit::OK)
+        }
     }
 }
 

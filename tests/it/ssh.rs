@@ -8,7 +8,7 @@ use ferry_builder::{delta, Store};
 use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
 use ferry_switcher::fleet::{
-    self, HostSpec, OnFailure, Quiet, ReleaseSource, SourceError, Ssh, Stage, Step, Transport,
+    self, AgentBinary, HostSpec, OnFailure, Quiet, ReleaseSource, SourceError, Ssh, Stage, Step, Transport,
 };
 use ferry_switcher::host::StageOptions;
 use fs_err as fs;
@@ -42,7 +42,7 @@ fn ssh(hosts: &TestHosts) -> Ssh {
         identity: Some(hosts.key.clone()),
         user: "root".into(),
         // The test hosts share this machine's file system but for /srv.
-        ferry: ferry_bin().into(),
+        ferry: AgentBinary::OnHost(ferry_bin().into()),
         connect_timeout: Duration::from_secs(5),
         step_timeout: Duration::from_secs(60),
     }
@@ -122,11 +122,10 @@ fn ferry_push_status_history_and_rollback_over_an_ssh_stage() {
         "ferry.toml",
         format!(
             "{toml}\n[deploy]\ndeploy_to = \"/srv/shop\"\n\n[stages.prod]\ntransport = \"ssh\"\nhosts = [{}]\nenv = \"staging\"\n\
-             known_hosts = \"{}\"\nidentity = \"{}\"\nagent = \"{}\"\n",
+             known_hosts = \"{}\"\nidentity = \"{}\"\n",
             list.join(", "),
             hosts.known_hosts.display(),
             hosts.key.display(),
-            ferry_bin()
         ),
     );
     let v1 = build(&p, "v1").to_string();
@@ -139,6 +138,12 @@ fn ferry_push_status_history_and_rollback_over_an_ssh_stage() {
     assert_eq!(batches, vec![1, 1, 2], "{report:#}");
     for h in report["hosts"].as_array().unwrap() {
         assert_eq!(h["shipped"], "delta", "{h}");
+    }
+    // No `agent` in the stage: ferry uploaded itself, once, named by its hash.
+    let hash = p.ferry(["agent-hash"]).ok().stdout.trim().to_owned();
+    for h in &hosts.hosts {
+        let agent = h.srv.join(format!("shop/.ferry/bin/ferry-{}", &hash[..16]));
+        assert_eq!(fs::read(&agent).unwrap(), fs::read(ferry_bin()).unwrap(), "{}", h.name);
     }
     let status = p.ferry(["status", "prod", "--json"]).ok().json();
     for h in status["hosts"].as_array().unwrap() {

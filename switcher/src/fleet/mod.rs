@@ -26,7 +26,7 @@ pub use agent::Agent;
 pub use local::Local;
 pub use plan::{batches, Step};
 pub use push::{journals, push, rollback, status, HostReport, Outcome, Report, RollbackError};
-pub use ssh::Ssh;
+pub use ssh::{AgentBinary, Ssh};
 
 /// Where the fleet gets bundles and deltas: the CLI hands it the builder's
 /// store.

@@ -24,11 +24,21 @@ pub struct Ssh {
     pub identity: Option<PathBuf>,
     /// The user when a host does not name one.
     pub user: String,
-    /// The agent binary on the hosts.
-    pub ferry: String,
+    /// The agent on the hosts.
+    pub ferry: AgentBinary,
     pub connect_timeout: Duration,
     /// For each read or write on the connection.
     pub step_timeout: Duration,
+}
+
+/// Where the agent comes from on a host.
+#[derive(Debug, Clone)]
+pub enum AgentBinary {
+    /// A `ferry` the host already has (a path, or a name on its PATH).
+    OnHost(String),
+    /// This binary, uploaded to `<deploy_to>/.ferry/bin/` unless a copy with
+    /// the same blake3 is there, after checking the host's OS and machine.
+    Upload(PathBuf),
 }
 
 /// `user@host:port`, `host:port`, `user@host` or `host`.
@@ -68,8 +78,13 @@ impl Transport for Ssh {
         }
         .map_err(|e| refused(&spec.name, format!("authentication as {user} was refused: {e}")))?;
 
+        let ferry = match &self.ferry {
+            AgentBinary::OnHost(path) => path.clone(),
+            AgentBinary::Upload(local) => ensure_agent(&session, spec, local)?,
+        };
         let mut channel = session.channel_session().map_err(|e| refused(&spec.name, e))?;
-        let mut command = format!("{} host --deploy-to {} serve", self.ferry, quote(&spec.deploy_to.to_string_lossy()));
+        let mut command =
+            format!("{} host --deploy-to {} serve", quote(&ferry), quote(&spec.deploy_to.to_string_lossy()));
         if let Some(lock) = lock {
             command.push_str(&format!(" --lock {}", quote(lock)));
         }
@@ -120,6 +135,68 @@ impl Ssh {
             )),
             CheckResult::Failure => Err(refused(name, "the host key could not be checked")),
         }
+    }
+}
+
+/// Runs `command` on the host and returns its exit status and stdout, with
+/// `input` on its stdin.
+fn exec(
+    session: &ssh2::Session,
+    host: &str,
+    command: &str,
+    input: Option<&mut dyn Read>,
+) -> Result<(i32, String), HostError> {
+    let failed = |e: &dyn std::fmt::Display| refused(host, format!("`{command}` failed: {e}"));
+    let mut channel = session.channel_session().map_err(|e| failed(&e))?;
+    channel.exec(command).map_err(|e| failed(&e))?;
+    if let Some(input) = input {
+        std::io::copy(input, &mut channel).map_err(|e| failed(&e))?;
+    }
+    channel.send_eof().map_err(|e| failed(&e))?;
+    let mut out = String::new();
+    channel.read_to_string(&mut out).map_err(|e| failed(&e))?;
+    channel.wait_close().map_err(|e| failed(&e))?;
+    Ok((channel.exit_status().map_err(|e| failed(&e))?, out))
+}
+
+/// Makes sure the host has this very agent; returns its path there.
+fn ensure_agent(session: &ssh2::Session, spec: &HostSpec, local: &std::path::Path) -> Result<String, HostError> {
+    let name = &spec.name;
+    let (_, uname) = exec(session, name, "uname -sm", None)?;
+    let (os, machine) = uname.trim().split_once(' ').unwrap_or((uname.trim(), ""));
+    if !os.eq_ignore_ascii_case(std::env::consts::OS) || machine != std::env::consts::ARCH {
+        return Err(refused(
+            name,
+            format!(
+                "the host runs {os} {machine}, this ferry is built for {} {}: build ferry for the host's target and \
+                 name it with `agent` (a static musl build, e.g. --target {machine}-unknown-linux-musl, runs on any Linux)",
+                std::env::consts::OS,
+                std::env::consts::ARCH
+            ),
+        ));
+    }
+    let hash = blake3::hash(&fs_err::read(local).map_err(HostError::Fs)?).to_hex().to_string();
+    let dir = format!("{}/.ferry/bin", spec.deploy_to.to_string_lossy().trim_end_matches('/'));
+    let path = format!("{dir}/ferry-{}", &hash[..16]);
+    let check = format!("{} agent-hash 2>/dev/null", quote(&path));
+    if exec(session, name, &check, None)?.1.trim() == hash {
+        return Ok(path);
+    }
+    let temp = format!("{path}.upload");
+    let upload = format!(
+        "set -e; mkdir -p {dir}; cat > {temp}; chmod 755 {temp}; mv {temp} {path}",
+        dir = quote(&dir),
+        temp = quote(&temp),
+        path = quote(&path)
+    );
+    let mut binary = fs_err::File::open(local).map_err(HostError::Fs)?;
+    let (status, _) = exec(session, name, &upload, Some(&mut binary))?;
+    if status != 0 {
+        return Err(refused(name, format!("uploading the agent to {path} failed (exit {status})")));
+    }
+    match exec(session, name, &check, None)?.1.trim() {
+        h if h == hash => Ok(path),
+        other => Err(refused(name, format!("the uploaded agent at {path} hashes to {other:?}, not {hash}"))),
     }
 }
 
