@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_builder::{delta, Store};
+use ferry_formats::journal::Record;
 use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
 use ferry_switcher::fleet::{
     self, AgentBinary, HostSpec, OnFailure, Quiet, ReleaseSource, SourceError, Ssh, Stage, Step, Transport,
 };
-use ferry_switcher::host::StageOptions;
+use ferry_switcher::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
 use fs_err as fs;
 
 use crate::kit::{ferry_bin, sample_project, Project};
@@ -163,5 +164,156 @@ fn ferry_push_status_history_and_rollback_over_an_ssh_stage() {
     for h in &hosts.hosts {
         let current = fs::read_link(h.srv.join("shop/current")).unwrap();
         assert_eq!(current, PathBuf::from(format!("releases/{v1}")), "{}", h.name);
+    }
+}
+
+/// A project with an ssh stage over `hosts` (the agent is this binary, in place).
+fn ssh_project(hosts: &TestHosts, identity: &std::path::Path) -> Project {
+    let p = sample_project();
+    let list: Vec<String> = hosts.hosts.iter().map(|h| format!("\"root@{}\"", h.addr)).collect();
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write(
+        "ferry.toml",
+        format!(
+            "{toml}\n[deploy]\ndeploy_to = \"/srv/shop\"\n\n[stages.prod]\ntransport = \"ssh\"\nhosts = [{}]\nenv = \"staging\"\n\
+             known_hosts = \"{}\"\nidentity = \"{}\"\nagent = \"{}\"\n",
+            list.join(", "),
+            hosts.known_hosts.display(),
+            identity.display(),
+            ferry_bin()
+        ),
+    );
+    p
+}
+
+/// The report row of the host at `addr`.
+fn row(report: &serde_json::Value, addr: std::net::Ipv4Addr) -> serde_json::Value {
+    let name = format!("root@{addr}");
+    report["hosts"].as_array().unwrap().iter().find(|h| h["host"] == name.as_str()).unwrap().clone()
+}
+
+#[test]
+fn unreachable_refusing_and_locked_hosts_stop_the_push_before_anything_changes() {
+    let mut hosts = TestHosts::start(4);
+    let p = ssh_project(&hosts, &hosts.key.clone());
+    let v1 = build(&p, "v1").to_string();
+    p.ferry(["push", "prod"]).ok();
+    p.write("app/main.py", "print('shop v2')\n");
+    build(&p, "v2");
+
+    // host2's sshd is gone, host3 is cut off, host4 is locked by a session.
+    hosts.stop(1);
+    hosts.cut(2);
+    let held = ssh(&hosts)
+        .connect(
+            &HostSpec { name: format!("root@{}", hosts.hosts[3].addr), deploy_to: "/srv/shop".into() },
+            Some("ferry push prod (the other one)"),
+        )
+        .unwrap();
+    let run = p.ferry(["push", "prod", "--json"]);
+    assert_eq!(run.code, 2, "nothing could start: {}{}", run.stdout, run.stderr);
+    let report = run.json();
+    let refused = row(&report, hosts.hosts[1].addr);
+    assert_eq!(refused["step"], "connect");
+    assert!(refused["error"].as_str().unwrap().contains("Connection refused"), "{refused}");
+    let cut = row(&report, hosts.hosts[2].addr);
+    assert_eq!(cut["step"], "connect");
+    assert!(cut["error"].as_str().unwrap().contains("cannot connect"), "{cut}");
+    let locked = row(&report, hosts.hosts[3].addr);
+    assert!(locked["error"].as_str().unwrap().contains("locked by `ferry push prod (the other one)`"), "{locked}");
+    drop(held);
+    for h in &hosts.hosts {
+        let current = fs::read_link(h.srv.join("shop/current")).unwrap();
+        assert_eq!(current, PathBuf::from(format!("releases/{v1}")), "{} did not change", h.name);
+    }
+}
+
+#[test]
+fn a_key_the_hosts_do_not_accept_is_refused_by_name() {
+    let hosts = TestHosts::start(1);
+    let other = hosts.key.with_file_name("other_key");
+    crate::kit::sh(&format!("ssh-keygen -q -t ed25519 -N '' -f {}", other.display()));
+    let p = ssh_project(&hosts, &other);
+    build(&p, "v1");
+    let run = p.ferry(["push", "prod", "--json"]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    let host = row(&run.json(), hosts.hosts[0].addr);
+    assert_eq!(host["step"], "connect");
+    assert!(host["error"].as_str().unwrap().contains("authentication as root was refused"), "{host}");
+}
+
+/// The ssh transport, with one host cut off right after it staged.
+struct CutAfterStage {
+    ssh: Ssh,
+    victim: String,
+    veth: String,
+}
+
+struct CutSession {
+    inner: Box<dyn fleet::Session>,
+    /// The link to take down once this host has staged.
+    cut: Option<String>,
+}
+
+impl Transport for CutAfterStage {
+    fn connect(&self, spec: &HostSpec, lock: Option<&str>) -> Result<Box<dyn fleet::Session>, HostError> {
+        let inner = self.ssh.connect(spec, lock)?;
+        let cut = (spec.name == self.victim).then(|| self.veth.clone());
+        Ok(Box::new(CutSession { inner, cut }))
+    }
+}
+
+impl fleet::Session for CutSession {
+    fn status(&mut self) -> Result<Status, HostError> {
+        self.inner.status()
+    }
+    fn stage(&mut self, payload: &std::path::Path, opts: &StageOptions) -> Result<Staged, HostError> {
+        let staged = self.inner.stage(payload, opts);
+        if let Some(veth) = &self.cut {
+            crate::kit::sh(&format!("ip link set {veth} down"));
+        }
+        staged
+    }
+    fn activate(&mut self, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError> {
+        self.inner.activate(id, opts)
+    }
+    fn rollback(&mut self, to: Option<&ReleaseId>) -> Result<Flipped, HostError> {
+        self.inner.rollback(to)
+    }
+    fn prune(&mut self, keep: usize) -> Result<Pruned, HostError> {
+        self.inner.prune(keep)
+    }
+    fn signature(&mut self) -> Result<Signature, HostError> {
+        self.inner.signature()
+    }
+    fn journal(&mut self) -> Result<Vec<Record>, HostError> {
+        self.inner.journal()
+    }
+}
+
+#[test]
+fn a_host_lost_between_stage_and_activate_fails_its_step_and_the_flipped_hosts_go_back() {
+    let hosts = TestHosts::start(4);
+    let p = sample_project();
+    let source = Source(Store::new(p.store.path()));
+    let mut ssh = ssh(&hosts);
+    ssh.step_timeout = Duration::from_secs(3);
+    let stage = stage(&hosts);
+    let v1 = build(&p, "v1");
+    assert!(fleet::push(&stage, &ssh, &source, &v1, &Quiet).ok);
+    p.write("app/main.py", "print('shop v2')\n");
+    let v2 = build(&p, "v2");
+    // host3 (batch 3 of 1, 50%, 100%) drops off the network once it staged.
+    let faulty =
+        CutAfterStage { ssh, victim: format!("root@{}", hosts.hosts[2].addr), veth: hosts.hosts[2].veth.clone() };
+    let report = fleet::push(&stage, &faulty, &source, &v2, &Quiet);
+    assert!(!report.ok);
+    let lost = report.hosts.iter().find(|h| h.host == faulty.victim).unwrap();
+    assert_eq!((lost.step.as_str(), lost.result), ("activate", fleet::Outcome::Failed), "{lost:?}");
+    for (i, h) in hosts.hosts.iter().enumerate() {
+        let current = fs::read_link(h.srv.join("shop/current")).unwrap();
+        // Every host but the lost one was flipped and flipped back; the lost
+        // one never heard of the flip.
+        assert_eq!(current, PathBuf::from(format!("releases/{v1}")), "host {i}");
     }
 }

@@ -25,7 +25,8 @@ pub struct TestHost {
     pub addr: Ipv4Addr,
     /// What the host sees as `/srv`.
     pub srv: PathBuf,
-    veth: String,
+    /// The root-namespace end of its link (down = cut off).
+    pub veth: String,
     sshd: Option<Child>,
 }
 
