@@ -122,6 +122,19 @@ pub struct PushArgs {
     pub stage: String,
     /// The release to push (id or unique prefix) [default: the service's newest build].
     pub id: Option<String>,
+    #[command(flatten)]
+    pub narrow: Narrow,
+}
+
+/// Some of a stage's hosts, as Fabric's -H does.
+#[derive(Debug, Args, Default)]
+pub struct Narrow {
+    /// Only these hosts of the stage (comma-separated, as the stage names them).
+    #[arg(long, value_name = "HOST,…", value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// Only the hosts of this group of the stage (repeatable).
+    #[arg(long = "group", value_name = "GROUP")]
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -131,12 +144,16 @@ pub struct RollbackArgs {
     /// The release to flip to [default: each host's previous release, if it is the same everywhere].
     #[arg(long, value_name = "ID")]
     pub to: Option<String>,
+    #[command(flatten)]
+    pub narrow: Narrow,
 }
 
 #[derive(Debug, Args)]
 pub struct StageArgs {
     /// A stage of ferry.toml.
     pub stage: String,
+    #[command(flatten)]
+    pub narrow: Narrow,
 }
 
 #[derive(Debug, Args)]

@@ -68,6 +68,10 @@ pub struct StageSection {
     pub hosts: Spanned<Vec<String>>,
     pub env: Option<Spanned<String>>,
     pub strategy: Option<Spanned<Vec<String>>>,
+    /// Named sets of hosts (OpenSky's group1 / group2), for a strategy of
+    /// groups and for `--group`.
+    #[serde(default = "no_groups")]
+    pub groups: Spanned<BTreeMap<String, Vec<String>>>,
     pub deploy_to: Option<Spanned<String>>,
     pub keep_releases: Option<Spanned<usize>>,
     pub max_parallel: Option<Spanned<usize>>,
@@ -83,6 +87,10 @@ pub struct StageSection {
     pub accept_new_host_keys: bool,
     /// ssh: the agent binary on the hosts.
     pub agent: Option<String>,
+}
+
+fn no_groups() -> Spanned<BTreeMap<String, Vec<String>>> {
+    Spanned::new(0..0, BTreeMap::new())
 }
 
 fn local() -> Spanned<String> {
@@ -177,6 +185,13 @@ pub struct Config {
     pub stages: BTreeMap<String, Stage>,
 }
 
+/// The batches of a stage: counts and shares, or named groups in order.
+#[derive(Debug, Clone)]
+pub enum Strategy {
+    Steps(Vec<Step>),
+    Groups(Vec<String>),
+}
+
 /// How an ssh stage reaches its hosts.
 #[derive(Debug, Clone)]
 pub struct SshSettings {
@@ -201,7 +216,8 @@ pub struct Stage {
     /// For an ssh stage: how to reach its hosts.
     pub ssh: Option<SshSettings>,
     pub env: String,
-    pub strategy: Vec<Step>,
+    pub strategy: Strategy,
+    pub groups: BTreeMap<String, Vec<String>>,
     pub deploy_to: PathBuf,
     pub keep_releases: usize,
     pub max_parallel: usize,
@@ -339,20 +355,41 @@ fn check_stage(
         Some(e) => e.get_ref().clone(),
         None => name.to_owned(),
     };
+    let groups = stage.groups.get_ref().clone();
+    let mut grouped: BTreeMap<&str, &str> = BTreeMap::new();
+    for (group, members) in &groups {
+        if !valid_env_name(group) {
+            bail!("{}: group {group:?}: a group name is letters, digits, '_' or '-'", at(stage.groups.span()));
+        }
+        for m in members {
+            if !hosts.iter().any(|(h, _)| h == m) {
+                bail!("{}: group {group} lists {m:?}, which is not one of the stage's hosts", at(stage.groups.span()));
+            }
+            if let Some(other) = grouped.insert(m, group) {
+                bail!(
+                    "{}: host {m:?} is in groups {other} and {group}; a host is in one group",
+                    at(stage.groups.span())
+                );
+            }
+        }
+    }
     let strategy = match &stage.strategy {
+        Some(s) if !s.get_ref().is_empty() && s.get_ref().iter().all(|g| groups.contains_key(g)) => {
+            Strategy::Groups(s.get_ref().clone())
+        }
         Some(s) => {
             let steps = s
                 .get_ref()
                 .iter()
                 .map(|step| step.parse::<Step>())
                 .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| anyhow::anyhow!("{}: strategy: {e}", at(s.span())))?;
+                .map_err(|e| anyhow::anyhow!("{}: strategy: {e} (or the names of groups)", at(s.span())))?;
             if steps.is_empty() {
                 bail!("{}: strategy is empty; leave it out for [\"1\", \"50%\", \"100%\"]", at(s.span()));
             }
-            steps
+            Strategy::Steps(steps)
         }
-        None => DEFAULT_STRATEGY.iter().map(|s| s.parse().expect("the default parses")).collect(),
+        None => Strategy::Steps(DEFAULT_STRATEGY.iter().map(|s| s.parse().expect("the default parses")).collect()),
     };
     let deploy_to = stage.deploy_to.as_ref().or(raw.deploy.deploy_to.as_ref());
     let deploy_to = match deploy_to {
@@ -384,6 +421,7 @@ fn check_stage(
         ssh,
         env,
         strategy,
+        groups,
         deploy_to,
         keep_releases,
         max_parallel,

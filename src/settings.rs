@@ -10,11 +10,12 @@ use ferry_builder::Store;
 use ferry_formats::release::{valid_env_name, valid_version, VERSION_RULE};
 
 use ferry_formats::RelPath;
-use ferry_switcher::fleet::{AgentBinary, HostSpec, Ssh, Stage};
+use ferry_switcher::fleet::{AgentBinary, HostSpec, Ssh, Stage, Step};
 use ferry_switcher::host::{Host, StageOptions};
 
-use crate::cli::{Cli, Command, HostOptions, HostVerb};
+use crate::cli::{Cli, Command, HostOptions, HostVerb, Narrow};
 use crate::config::Config;
+use crate::config::Strategy;
 
 /// How results are shown.
 #[derive(Debug, Clone, Copy)]
@@ -144,17 +145,17 @@ impl Settings {
             Command::Bundles => Action::Bundles,
             Command::Delta(d) => Action::Delta(Target::parse(&d.from), Target::parse(&d.to)),
             Command::Push(p) => {
-                let (stage, store) = load_stage(&config_path, &p.stage)?;
+                let (stage, store) = load_stage(&config_path, &p.stage, &p.narrow)?;
                 store_hint = Some(store);
                 Action::Push(stage, p.id)
             }
             Command::Rollback(r) => {
-                let (stage, store) = load_stage(&config_path, &r.stage)?;
+                let (stage, store) = load_stage(&config_path, &r.stage, &r.narrow)?;
                 store_hint = Some(store);
                 Action::Rollback(stage, r.to)
             }
-            Command::Status(a) => Action::Status(load_stage(&config_path, &a.stage)?.0),
-            Command::History(a) => Action::History(load_stage(&config_path, &a.stage)?.0),
+            Command::Status(a) => Action::Status(load_stage(&config_path, &a.stage, &a.narrow)?.0),
+            Command::History(a) => Action::History(load_stage(&config_path, &a.stage, &a.narrow)?.0),
             Command::AgentHash => Action::AgentHash,
             Command::Host(h) => Action::Host(Host::new(std::path::absolute(&h.deploy_to)?), host_action(h.verb)?),
         };
@@ -188,7 +189,7 @@ impl Settings {
 }
 
 /// The named stage of the config at `path`, and the config's store.
-fn load_stage(path: &Path, name: &str) -> Result<(StageSettings, PathBuf)> {
+fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings, PathBuf)> {
     let config = Config::load(path)?;
     let store = config.store.clone().unwrap_or_else(|| default_store(&config.path));
     let Some(stage) = config.stages.get(name) else {
@@ -203,6 +204,8 @@ fn load_stage(path: &Path, name: &str) -> Result<(StageSettings, PathBuf)> {
             }
         );
     };
+    let (hosts_of_stage, strategy) = narrowed(name, stage, narrow)?;
+    let stage = &crate::config::Stage { hosts: hosts_of_stage, ..stage.clone() };
     // Reports name a local host by its directory's last component when that
     // tells them apart.
     let short = |dir: &Path| dir.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -243,13 +246,62 @@ fn load_stage(path: &Path, name: &str) -> Result<(StageSettings, PathBuf)> {
     let stage = Stage {
         name: name.to_owned(),
         hosts,
-        strategy: stage.strategy.clone(),
+        strategy,
         options,
         keep_releases: stage.keep_releases,
         max_parallel: stage.max_parallel,
         on_failure: stage.on_failure,
     };
     Ok((StageSettings { service: config.service, stage, ssh }, store))
+}
+
+/// The stage's hosts that `--hosts` and `--group` leave (all, without
+/// them), in batch order, and the strategy as counts: a strategy of groups
+/// puts each group's hosts together, in the strategy's order.
+/// A stage's hosts: the name, and for a local stage the host's directory.
+type Hosts = Vec<(String, PathBuf)>;
+
+fn narrowed(name: &str, stage: &crate::config::Stage, narrow: &Narrow) -> Result<(Hosts, Vec<Step>)> {
+    for g in &narrow.groups {
+        if !stage.groups.contains_key(g) {
+            let known: Vec<&str> = stage.groups.keys().map(String::as_str).collect();
+            anyhow::bail!(
+                "stage {name} has no group {g:?} (it has: {})",
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            );
+        }
+    }
+    for h in &narrow.hosts {
+        if !stage.hosts.iter().any(|(n, _)| n == h) {
+            let known: Vec<&str> = stage.hosts.iter().map(|(n, _)| n.as_str()).collect();
+            anyhow::bail!("stage {name} has no host {h:?} (it has: {})", known.join(", "));
+        }
+    }
+    let wanted = |host: &str| {
+        (narrow.hosts.is_empty() && narrow.groups.is_empty())
+            || narrow.hosts.iter().any(|h| h == host)
+            || narrow.groups.iter().any(|g| stage.groups[g].iter().any(|m| m == host))
+    };
+    let mut hosts: Hosts = stage.hosts.iter().filter(|(n, _)| wanted(n)).cloned().collect();
+    let strategy = match &stage.strategy {
+        Strategy::Steps(steps) => steps.clone(),
+        Strategy::Groups(order) => {
+            let rank = |host: &str| {
+                order.iter().position(|g| stage.groups[g].iter().any(|m| m == host)).unwrap_or(order.len())
+            };
+            hosts.sort_by_key(|(n, _)| rank(n));
+            let mut steps = Vec::new();
+            let mut upto = 0;
+            for i in 0..order.len() {
+                upto += hosts.iter().filter(|(n, _)| rank(n) == i).count();
+                if upto > 0 {
+                    steps.push(Step::Hosts(upto));
+                }
+            }
+            steps
+        }
+    };
+    Ok((hosts, strategy))
 }
 
 fn host_action(verb: HostVerb) -> Result<HostAction> {

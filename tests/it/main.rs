@@ -8,5 +8,6 @@ mod kit;
 mod read;
 mod rsync;
 mod ssh;
+mod stages;
 mod testhosts;
 mod venv;

@@ -1,0 +1,60 @@
+//! Stages with groups (OpenSky's group1 / group2) and narrowing a command to
+//! some hosts with `--hosts` and `--group`, on a local fleet.
+
+use fs_err as fs;
+
+use crate::kit::{sample_project, Project};
+
+fn project(extra: &str) -> Project {
+    let p = sample_project();
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write(
+        "ferry.toml",
+        format!(
+            "{toml}\n[release]\nexclude = [\"fleet/\"]\n\n[stages.web]\nhosts = [\"fleet/a\", \"fleet/b\", \"fleet/c\", \"fleet/d\"]\n\
+             env = \"staging\"\n{extra}"
+        ),
+    );
+    p
+}
+
+fn current(p: &Project, host: &str) -> Option<String> {
+    let link = fs::read_link(p.path(&format!("fleet/{host}/srv/shop/current"))).ok()?;
+    Some(link.to_str().unwrap().trim_start_matches("releases/").to_owned())
+}
+
+#[test]
+fn a_strategy_of_groups_flips_group_by_group_and_a_command_narrows_to_some_hosts() {
+    let p = project(
+        "strategy = [\"group1\", \"group2\"]\n[stages.web.groups]\ngroup1 = [\"fleet/c\", \"fleet/a\"]\ngroup2 = [\"fleet/b\", \"fleet/d\"]\n",
+    );
+    let v1 = p.build(&["--version", "v1"])["id"].as_str().unwrap().to_owned();
+    let report = p.ferry(["push", "web", "--json"]).ok().json();
+    assert_eq!(report["batches"], serde_json::json!([["a", "c"], ["b", "d"]]), "{report:#}");
+
+    p.write("app/main.py", "print('shop v2')\n");
+    let v2 = p.build(&["--version", "v2"])["id"].as_str().unwrap().to_owned();
+    let report = p.ferry(["push", "web", "--group", "group2", "--json"]).ok().json();
+    assert_eq!(report["batches"], serde_json::json!([["b", "d"]]), "{report:#}");
+    let currents: Vec<Option<String>> = ["a", "b", "c", "d"].iter().map(|h| current(&p, h)).collect();
+    assert_eq!(currents, vec![Some(v1.clone()), Some(v2.clone()), Some(v1.clone()), Some(v2.clone())]);
+
+    p.ferry(["push", "web", "--hosts", "fleet/a"]).ok();
+    assert_eq!(current(&p, "a").as_deref(), Some(v2.as_str()));
+    assert_eq!(current(&p, "c").as_deref(), Some(v1.as_str()));
+
+    let err = p.ferry(["push", "web", "--group", "group3"]).fails(2);
+    assert!(err.contains("stage web has no group \"group3\" (it has: group1, group2)"), "{err}");
+    let err = p.ferry(["status", "web", "--hosts", "fleet/z"]).fails(2);
+    assert!(err.contains("stage web has no host \"fleet/z\""), "{err}");
+}
+
+#[test]
+fn groups_must_name_the_stage_s_hosts_once() {
+    let p = project("[stages.web.groups]\ngroup1 = [\"fleet/a\", \"fleet/x\"]\n");
+    let err = p.ferry(["status", "web"]).fails(2);
+    assert!(err.contains("group group1 lists \"fleet/x\", which is not one of the stage's hosts"), "{err}");
+    let p = project("[stages.web.groups]\ngroup1 = [\"fleet/a\"]\ngroup2 = [\"fleet/a\"]\n");
+    let err = p.ferry(["status", "web"]).fails(2);
+    assert!(err.contains("host \"fleet/a\" is in groups group1 and group2"), "{err}");
+}
