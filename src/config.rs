@@ -87,6 +87,8 @@ pub struct StageSection {
     pub accept_new_host_keys: bool,
     /// ssh: the agent binary on the hosts.
     pub agent: Option<String>,
+    /// ssh: the OpenSSH client config whose Host entries apply.
+    pub ssh_config: Option<String>,
 }
 
 fn no_groups() -> Spanned<BTreeMap<String, Vec<String>>> {
@@ -201,6 +203,7 @@ pub struct SshSettings {
     pub accept_new: bool,
     /// The agent on the hosts; `None`: upload this binary.
     pub agent: Option<String>,
+    pub ssh_config: PathBuf,
 }
 
 /// The default batches: a canary, then half the fleet, then the rest.
@@ -332,6 +335,7 @@ fn check_stage(
             identity: stage.identity.as_deref().map(expand),
             accept_new: stage.accept_new_host_keys,
             agent: stage.agent.clone(),
+            ssh_config: stage.ssh_config.as_deref().map_or_else(|| home().join(".ssh/config"), expand),
         }),
         other => {
             bail!("{}: stage {name}: transport {other:?} must be \"local\" or \"ssh\"", at(stage.transport.span()))

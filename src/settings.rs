@@ -10,7 +10,7 @@ use ferry_builder::Store;
 use ferry_formats::release::{valid_env_name, valid_version, VERSION_RULE};
 
 use ferry_formats::RelPath;
-use ferry_switcher::fleet::{AgentBinary, HostSpec, Ssh, Stage, Step};
+use ferry_switcher::fleet::{read_ssh_config, AgentBinary, HostSpec, Ssh, Stage, Step};
 use ferry_switcher::host::{Host, StageOptions};
 
 use crate::cli::{Cli, Command, HostOptions, HostVerb, Narrow};
@@ -235,6 +235,7 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
             },
             connect_timeout: std::time::Duration::from_secs(10),
             step_timeout: std::time::Duration::from_secs(600),
+            ssh_config: read_ssh_config(&s.ssh_config).map_err(anyhow::Error::msg)?,
         })
     });
     let ssh = ssh.transpose()?;

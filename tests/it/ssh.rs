@@ -46,6 +46,7 @@ fn ssh(hosts: &TestHosts) -> Ssh {
         ferry: AgentBinary::OnHost(ferry_bin().into()),
         connect_timeout: Duration::from_secs(5),
         step_timeout: Duration::from_secs(60),
+        ssh_config: None,
     }
 }
 
@@ -315,5 +316,38 @@ fn a_host_lost_between_stage_and_activate_fails_its_step_and_the_flipped_hosts_g
         // Every host but the lost one was flipped and flipped back; the lost
         // one never heard of the flip.
         assert_eq!(current, PathBuf::from(format!("releases/{v1}")), "host {i}");
+    }
+}
+
+#[test]
+fn hosts_named_by_ssh_config_aliases_are_reached_through_their_entries() {
+    let hosts = TestHosts::start(2);
+    let p = sample_project();
+    let mut config = String::new();
+    for (i, h) in hosts.hosts.iter().enumerate() {
+        config.push_str(&format!(
+            "Host app-{i}\n  HostName {}\n  User root\n  IdentityFile {}\n",
+            h.addr,
+            hosts.key.display()
+        ));
+    }
+    fs::write(p.path("ssh_config"), config).unwrap();
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write(
+        "ferry.toml",
+        format!(
+            "{toml}\n[deploy]\ndeploy_to = \"/srv/shop\"\n\n[stages.prod]\ntransport = \"ssh\"\nhosts = [\"app-0\", \"app-1\"]\n\
+             env = \"staging\"\nuser = \"nobody\"\nknown_hosts = \"{}\"\nssh_config = \"ssh_config\"\nagent = \"{}\"\n",
+            hosts.known_hosts.display(),
+            ferry_bin()
+        ),
+    );
+    let v1 = build(&p, "v1").to_string();
+    let report = p.ferry(["push", "prod", "--json"]).ok().json();
+    let names: Vec<&str> = report["hosts"].as_array().unwrap().iter().map(|h| h["host"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["app-0", "app-1"]);
+    for h in &hosts.hosts {
+        let current = fs::read_link(h.srv.join("shop/current")).unwrap();
+        assert_eq!(current, PathBuf::from(format!("releases/{v1}")), "{}", h.name);
     }
 }

@@ -26,7 +26,7 @@ pub use agent::Agent;
 pub use local::Local;
 pub use plan::{batches, Step};
 pub use push::{journals, push, rollback, status, HostReport, Outcome, Report, RollbackError};
-pub use ssh::{AgentBinary, Ssh};
+pub use ssh::{read_ssh_config, AgentBinary, Ssh};
 
 /// Where the fleet gets bundles and deltas: the CLI hands it the builder's
 /// store.

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ssh2::{CheckResult, HashType, KnownHostFileKind};
+use ssh2_config::{ParseRule, SshConfig};
 
 use super::agent::AgentSession;
 use super::{HostSpec, Session, Transport};
@@ -29,6 +30,22 @@ pub struct Ssh {
     pub connect_timeout: Duration,
     /// For each read or write on the connection.
     pub step_timeout: Duration,
+    /// The user's ssh config (`~/.ssh/config`), parsed: Host aliases,
+    /// HostName, User, Port, IdentityFile and ConnectTimeout are honoured.
+    pub ssh_config: Option<SshConfig>,
+}
+
+/// Reads an ssh config file (OpenSSH's format); `None` when there is none.
+pub fn read_ssh_config(path: &std::path::Path) -> Result<Option<SshConfig>, String> {
+    let file = match fs_err::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    SshConfig::default()
+        .parse(&mut std::io::BufReader::new(file), ParseRule::ALLOW_UNKNOWN_FIELDS)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Where the agent comes from on a host.
@@ -41,15 +58,44 @@ pub enum AgentBinary {
     Upload(PathBuf),
 }
 
-/// `user@host:port`, `host:port`, `user@host` or `host`.
-fn address(name: &str, default_user: &str) -> (String, String, u16) {
+/// `user@host:port`, `host:port`, `user@host` or `host`: what the name
+/// itself says.
+fn address(name: &str) -> (Option<String>, String, Option<u16>) {
     let (user, rest) = match name.split_once('@') {
-        Some((u, r)) => (u.to_owned(), r),
-        None => (default_user.to_owned(), name),
+        Some((u, r)) => (Some(u.to_owned()), r),
+        None => (None, name),
     };
     match rest.rsplit_once(':') {
-        Some((h, p)) if p.parse::<u16>().is_ok() => (user, h.to_owned(), p.parse().expect("checked")),
-        _ => (user, rest.to_owned(), 22),
+        Some((h, p)) if p.parse::<u16>().is_ok() => (user, h.to_owned(), p.parse().ok()),
+        _ => (user, rest.to_owned(), None),
+    }
+}
+
+/// Where and as whom to connect: the host's name first, then the ssh
+/// config's entry for it, then the stage's defaults.
+struct Target {
+    user: String,
+    host: String,
+    port: u16,
+    identity: Option<PathBuf>,
+    connect_timeout: Duration,
+}
+
+impl Ssh {
+    fn target(&self, name: &str) -> Target {
+        let (user, alias, port) = address(name);
+        let params = self.ssh_config.as_ref().map(|c| c.query(&alias));
+        let from_config = |f: fn(&ssh2_config::HostParams) -> Option<String>| params.as_ref().and_then(f);
+        Target {
+            user: user.or_else(|| from_config(|p| p.user.clone())).unwrap_or_else(|| self.user.clone()),
+            host: from_config(|p| p.host_name.clone()).unwrap_or(alias),
+            port: port.or_else(|| params.as_ref().and_then(|p| p.port)).unwrap_or(22),
+            identity: self
+                .identity
+                .clone()
+                .or_else(|| params.as_ref().and_then(|p| p.identity_file.as_ref()).and_then(|f| f.first()).cloned()),
+            connect_timeout: params.as_ref().and_then(|p| p.connect_timeout).unwrap_or(self.connect_timeout),
+        }
     }
 }
 
@@ -59,20 +105,20 @@ fn refused(host: &str, message: impl std::fmt::Display) -> HostError {
 
 impl Transport for Ssh {
     fn connect(&self, spec: &HostSpec, lock: Option<&str>) -> Result<Box<dyn Session>, HostError> {
-        let (user, host, port) = address(&spec.name, &self.user);
+        let Target { user, host, port, identity, connect_timeout } = self.target(&spec.name);
         let addr = (host.as_str(), port)
             .to_socket_addrs()
             .map_err(|e| refused(&spec.name, format!("cannot resolve {host}: {e}")))?
             .next()
             .ok_or_else(|| refused(&spec.name, format!("{host} resolves to no address")))?;
-        let tcp = TcpStream::connect_timeout(&addr, self.connect_timeout)
+        let tcp = TcpStream::connect_timeout(&addr, connect_timeout)
             .map_err(|e| refused(&spec.name, format!("cannot connect to {addr}: {e}")))?;
         let mut session = ssh2::Session::new().map_err(|e| refused(&spec.name, e))?;
         session.set_tcp_stream(tcp);
         session.set_timeout(self.step_timeout.as_millis().min(u32::MAX as u128) as u32);
         session.handshake().map_err(|e| refused(&spec.name, format!("SSH handshake failed: {e}")))?;
         self.check_host_key(&session, &spec.name, &host, port)?;
-        match &self.identity {
+        match &identity {
             Some(key) => session.userauth_pubkey_file(&user, None, key, None),
             None => session.userauth_agent(&user),
         }
@@ -224,9 +270,36 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!(address("web1", "deploy"), ("deploy".into(), "web1".into(), 22));
-        assert_eq!(address("root@10.0.0.2:2222", "deploy"), ("root".into(), "10.0.0.2".into(), 2222));
-        assert_eq!(address("app@web1", "deploy"), ("app".into(), "web1".into(), 22));
+        assert_eq!(address("web1"), (None, "web1".into(), None));
+        assert_eq!(address("root@10.0.0.2:2222"), (Some("root".into()), "10.0.0.2".into(), Some(2222)));
+        assert_eq!(address("app@web1"), (Some("app".into()), "web1".into(), None));
+    }
+
+    #[test]
+    fn the_ssh_config_fills_in_what_the_name_does_not_say() {
+        let config = SshConfig::default()
+            .parse(
+                &mut "Host web-*\n  HostName 10.1.2.3\n  User app\n  Port 2222\n  IdentityFile /keys/app\n".as_bytes(),
+                ParseRule::ALLOW_UNKNOWN_FIELDS,
+            )
+            .unwrap();
+        let ssh = Ssh {
+            known_hosts: PathBuf::new(),
+            accept_new: false,
+            identity: None,
+            user: "deploy".into(),
+            ferry: AgentBinary::OnHost("ferry".into()),
+            connect_timeout: Duration::from_secs(10),
+            step_timeout: Duration::from_secs(60),
+            ssh_config: Some(config),
+        };
+        let t = ssh.target("web-1");
+        assert_eq!((t.user.as_str(), t.host.as_str(), t.port), ("app", "10.1.2.3", 2222));
+        assert_eq!(t.identity, Some(PathBuf::from("/keys/app")));
+        let t = ssh.target("root@web-1:22");
+        assert_eq!((t.user.as_str(), t.port), ("root", 22), "the name wins");
+        let t = ssh.target("db1");
+        assert_eq!((t.user.as_str(), t.host.as_str(), t.port, t.identity), ("deploy", "db1", 22, None));
     }
 
     #[test]
