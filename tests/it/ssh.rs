@@ -351,3 +351,40 @@ fn hosts_named_by_ssh_config_aliases_are_reached_through_their_entries() {
         assert_eq!(current, PathBuf::from(format!("releases/{v1}")), "{}", h.name);
     }
 }
+
+#[test]
+fn a_host_behind_a_bastion_is_reached_through_proxy_jump() {
+    let hosts = TestHosts::start(2);
+    let (bastion, target) = (hosts.hosts[0].addr, hosts.hosts[1].addr);
+    // From here, the target is unreachable: only the bastion can talk to it.
+    crate::kit::sh(&format!("ip route add blackhole {target}/32"));
+    struct Unroute(std::net::Ipv4Addr);
+    impl Drop for Unroute {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["route", "del", "blackhole", &format!("{}/32", self.0)])
+                .status();
+        }
+    }
+    let _unroute = Unroute(target);
+    let mut ssh = ssh(&hosts);
+    let config = format!(
+        "Host inner\n  HostName {target}\n  User root\n  ProxyJump root@{bastion}\nHost {bastion}\n  User root\n"
+    );
+    let config_path = hosts.key.with_file_name("ssh_config");
+    fs::write(&config_path, config).unwrap();
+    ssh.ssh_config = fleet::read_ssh_config(&config_path).unwrap();
+    let direct = HostSpec { name: format!("root@{target}"), deploy_to: "/srv/shop".into() };
+    assert!(ssh.connect(&direct, None).is_err(), "the target must not be reachable directly");
+
+    let p = sample_project();
+    let source = Source(Store::new(p.store.path()));
+    let mut stage = stage(&hosts);
+    stage.hosts = vec![HostSpec { name: "inner".into(), deploy_to: "/srv/shop".into() }];
+    let v1 = build(&p, "v1");
+    let report = fleet::push(&stage, &ssh, &source, &v1, &Quiet);
+    assert!(report.ok, "{report:#?}");
+    let current = fs::read_link(hosts.hosts[1].srv.join("shop/current")).unwrap();
+    assert_eq!(current, PathBuf::from(format!("releases/{v1}")));
+    assert!(!hosts.hosts[0].srv.join("shop").exists(), "the bastion only carried the connection");
+}

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -79,6 +80,8 @@ struct Target {
     port: u16,
     identity: Option<PathBuf>,
     connect_timeout: Duration,
+    /// The first ProxyJump host, as the ssh config names it.
+    jump: Option<String>,
 }
 
 impl Ssh {
@@ -95,6 +98,7 @@ impl Ssh {
                 .clone()
                 .or_else(|| params.as_ref().and_then(|p| p.identity_file.as_ref()).and_then(|f| f.first()).cloned()),
             connect_timeout: params.as_ref().and_then(|p| p.connect_timeout).unwrap_or(self.connect_timeout),
+            jump: params.as_ref().and_then(|p| p.proxy_jump.as_ref()).and_then(|j| j.first()).cloned(),
         }
     }
 }
@@ -105,25 +109,7 @@ fn refused(host: &str, message: impl std::fmt::Display) -> HostError {
 
 impl Transport for Ssh {
     fn connect(&self, spec: &HostSpec, lock: Option<&str>) -> Result<Box<dyn Session>, HostError> {
-        let Target { user, host, port, identity, connect_timeout } = self.target(&spec.name);
-        let addr = (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| refused(&spec.name, format!("cannot resolve {host}: {e}")))?
-            .next()
-            .ok_or_else(|| refused(&spec.name, format!("{host} resolves to no address")))?;
-        let tcp = TcpStream::connect_timeout(&addr, connect_timeout)
-            .map_err(|e| refused(&spec.name, format!("cannot connect to {addr}: {e}")))?;
-        let mut session = ssh2::Session::new().map_err(|e| refused(&spec.name, e))?;
-        session.set_tcp_stream(tcp);
-        session.set_timeout(self.step_timeout.as_millis().min(u32::MAX as u128) as u32);
-        session.handshake().map_err(|e| refused(&spec.name, format!("SSH handshake failed: {e}")))?;
-        self.check_host_key(&session, &spec.name, &host, port)?;
-        match &identity {
-            Some(key) => session.userauth_pubkey_file(&user, None, key, None),
-            None => session.userauth_agent(&user),
-        }
-        .map_err(|e| refused(&spec.name, format!("authentication as {user} was refused: {e}")))?;
-
+        let session = self.open(&spec.name, 0)?;
         let ferry = match &self.ferry {
             AgentBinary::OnHost(path) => path.clone(),
             AgentBinary::Upload(local) => ensure_agent(&session, spec, local)?,
@@ -147,6 +133,48 @@ impl Transport for Ssh {
 }
 
 impl Ssh {
+    /// An authenticated session with the host `name` (through its ProxyJump
+    /// hosts, if the ssh config names any).
+    fn open(&self, name: &str, depth: usize) -> Result<ssh2::Session, HostError> {
+        let Target { user, host, port, identity, connect_timeout, jump } = self.target(name);
+        let mut session = ssh2::Session::new().map_err(|e| refused(name, e))?;
+        match jump.filter(|j| !j.is_empty() && j != "none") {
+            Some(_) if depth >= 4 => {
+                return Err(refused(name, "more than 4 ProxyJump hops: is the ssh config a loop?"))
+            }
+            Some(jump) => {
+                let bastion = self
+                    .open(&jump, depth + 1)
+                    .map_err(|e| refused(name, format!("cannot reach it through {jump}: {e}")))?;
+                let channel = bastion
+                    .channel_direct_tcpip(&host, port, None)
+                    .map_err(|e| refused(name, format!("{jump} cannot open a connection to {host}:{port}: {e}")))?;
+                let (ours, theirs) = UnixStream::pair().map_err(|e| refused(name, e))?;
+                std::thread::spawn(move || pump(bastion, channel, theirs));
+                session.set_tcp_stream(ours);
+            }
+            None => {
+                let addr = (host.as_str(), port)
+                    .to_socket_addrs()
+                    .map_err(|e| refused(name, format!("cannot resolve {host}: {e}")))?
+                    .next()
+                    .ok_or_else(|| refused(name, format!("{host} resolves to no address")))?;
+                let tcp = TcpStream::connect_timeout(&addr, connect_timeout)
+                    .map_err(|e| refused(name, format!("cannot connect to {addr}: {e}")))?;
+                session.set_tcp_stream(tcp);
+            }
+        }
+        session.set_timeout(self.step_timeout.as_millis().min(u32::MAX as u128) as u32);
+        session.handshake().map_err(|e| refused(name, format!("SSH handshake failed: {e}")))?;
+        self.check_host_key(&session, name, &host, port)?;
+        match &identity {
+            Some(key) => session.userauth_pubkey_file(&user, None, key, None),
+            None => session.userauth_agent(&user),
+        }
+        .map_err(|e| refused(name, format!("authentication as {user} was refused: {e}")))?;
+        Ok(session)
+    }
+
     fn check_host_key(&self, session: &ssh2::Session, name: &str, host: &str, port: u16) -> Result<(), HostError> {
         let (key, kind) = session.host_key().ok_or_else(|| refused(name, "the host sent no key"))?;
         let fingerprint = session.host_key_hash(HashType::Sha256).map(base64).unwrap_or_default();
@@ -180,6 +208,62 @@ impl Ssh {
                 ),
             )),
             CheckResult::Failure => Err(refused(name, "the host key could not be checked")),
+        }
+    }
+}
+
+/// Carries a jumped connection: bytes between the bastion's direct-tcpip
+/// channel and the socket the target's session runs over, until either
+/// side closes. The bastion's session lives as long as this does.
+fn pump(bastion: ssh2::Session, mut channel: ssh2::Channel, mut socket: UnixStream) {
+    use std::io::ErrorKind::WouldBlock;
+    bastion.set_blocking(false);
+    if socket.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 64 << 10];
+    // Writes all of `data`, waiting out WouldBlock.
+    fn put(out: &mut dyn Write, mut data: &[u8]) -> bool {
+        while !data.is_empty() {
+            match out.write(data) {
+                Ok(0) => return false,
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == WouldBlock => std::thread::sleep(Duration::from_micros(200)),
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+    loop {
+        let mut idle = true;
+        match channel.read(&mut buf) {
+            Ok(0) if channel.eof() => return,
+            Ok(0) => {}
+            Ok(n) => {
+                idle = false;
+                if !put(&mut socket, &buf[..n]) {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == WouldBlock => {}
+            Err(_) => return,
+        }
+        match socket.read(&mut buf) {
+            Ok(0) => {
+                let _ = channel.send_eof();
+                return;
+            }
+            Ok(n) => {
+                idle = false;
+                if !put(&mut channel, &buf[..n]) {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == WouldBlock => {}
+            Err(_) => return,
+        }
+        if idle {
+            std::thread::sleep(Duration::from_micros(500));
         }
     }
 }
