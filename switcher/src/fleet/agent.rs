@@ -80,7 +80,7 @@ impl AgentSession {
     ) -> Result<Self, HostError> {
         let mut session = AgentSession {
             host: host.to_owned(),
-            input: Some(Box::new(io::BufWriter::new(input))),
+            input: Some(Box::new(io::BufWriter::with_capacity(1 << 18, input))),
             output: Box::new(BufReader::new(output)),
             end: Some(end),
         };

@@ -57,6 +57,33 @@ pub struct Report {
     pub batches: Vec<Vec<String>>,
     pub hosts: Vec<HostReport>,
     pub seconds: f64,
+    /// Wall time of each phase, in seconds: connect (with locks), stage,
+    /// activate (every batch), cleanup; a phase not reached is absent.
+    pub phases: BTreeMap<String, f64>,
+}
+
+/// Wall time per phase of a push.
+struct Phases {
+    mark: Instant,
+    seconds: BTreeMap<String, f64>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        Self { mark: Instant::now(), seconds: BTreeMap::new() }
+    }
+
+    fn done(&mut self, phase: &str) {
+        self.seconds.insert(phase.to_owned(), self.mark.elapsed().as_secs_f64());
+        self.mark = Instant::now();
+    }
+}
+
+impl Report {
+    fn with(mut self, phases: Phases) -> Self {
+        self.phases = phases.seconds;
+        self
+    }
 }
 
 struct Slot {
@@ -131,7 +158,15 @@ fn finish(
         })
         .collect();
     let ok = hosts.iter().all(|h| h.result == Outcome::Ok);
-    Report { stage: stage.name.clone(), release, ok, batches, hosts, seconds: start.elapsed().as_secs_f64() }
+    Report {
+        stage: stage.name.clone(),
+        release,
+        ok,
+        batches,
+        hosts,
+        seconds: start.elapsed().as_secs_f64(),
+        phases: BTreeMap::new(),
+    }
 }
 
 /// Pushes `release` to every host of `stage`: stage everywhere, then flip
@@ -146,10 +181,12 @@ pub fn push(
 ) -> Report {
     let start = Instant::now();
     let command = format!("ferry push {} {}", stage.name, release.short(12));
+    let mut phases = Phases::new();
     let mut slots = connect(stage, transport, Some(&command), observer);
+    phases.done("connect");
     if slots.iter().any(|s| s.session.is_none()) {
         // Nothing has changed anywhere yet: stop before staging.
-        return finish(stage, Some(*release), slots, Vec::new(), start);
+        return finish(stage, Some(*release), slots, Vec::new(), start).with(phases);
     }
 
     // What each host has, and so what it needs.
@@ -170,7 +207,7 @@ pub fn push(
         });
     });
     if slots.iter().any(|s| s.report.result == Outcome::Failed) {
-        return finish(stage, Some(*release), slots, Vec::new(), start);
+        return finish(stage, Some(*release), slots, Vec::new(), start).with(phases);
     }
 
     // One delta per distinct base, made once, before any host is staged.
@@ -255,8 +292,10 @@ pub fn push(
         });
     });
     if slots.iter().any(|s| s.report.result == Outcome::Failed) {
-        return finish(stage, Some(*release), slots, Vec::new(), start);
+        return finish(stage, Some(*release), slots, Vec::new(), start).with(phases);
     }
+
+    phases.done("stage");
 
     // Activate batch by batch.
     let plan = batches(slots.len(), &stage.strategy);
@@ -285,11 +324,12 @@ pub fn push(
             break;
         }
     }
+    phases.done("activate");
     if failed {
         if stage.on_failure == OnFailure::Revert {
             revert(&pool, &mut slots, observer);
         }
-        return finish(stage, Some(*release), slots, names, start);
+        return finish(stage, Some(*release), slots, names, start).with(phases);
     }
 
     // Capistrano's deploy:cleanup: old releases go once the push succeeded.
@@ -301,7 +341,8 @@ pub fn push(
             }
         });
     });
-    finish(stage, Some(*release), slots, names, start)
+    phases.done("cleanup");
+    finish(stage, Some(*release), slots, names, start).with(phases)
 }
 
 /// What a host gets.

@@ -1,0 +1,231 @@
+//! The fleet benchmark of issue 4, in one run on real test hosts (network
+//! namespaces, a real sshd each): a push of base→deps to N hosts over the
+//! ssh transport (stage and activate timed apart, controller bytes sent)
+//! against `rsync -az` of the same release tree to the same hosts over the
+//! same sshd; a rollback of all N; and the ssh transport's bulk throughput
+//! against `ssh host 'cat > /dev/null'` (OpenSSH) for 200 MB.
+//!
+//! `cargo bench --bench fleet -- DELTA_DIR [HOSTS]` where DELTA_DIR holds the
+//! delta benchmark's `base` and `deps` trees (scripts/bench makes them);
+//! HOSTS defaults to 20. Needs root. The agent is this build's `ferry`,
+//! which the test hosts share with this machine (only `/srv` is theirs), so
+//! its upload is not timed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _, Result};
+use ferry_builder::{delta, Store};
+use ferry_formats::signature::Signature;
+use ferry_formats::ReleaseId;
+use ferry_switcher::fleet::{
+    self, AgentBinary, HostSpec, OnFailure, Quiet, ReleaseSource, SourceError, Ssh, Stage, Step, Transport,
+};
+use ferry_switcher::host::StageOptions;
+use fs_err as fs;
+
+/// The little the test-kit needs from the integration tests' kit.
+mod kit {
+    pub fn sh(script: &str) -> String {
+        let out = std::process::Command::new("sh").arg("-c").arg(script).output().expect("sh runs");
+        assert!(out.status.success(), "sh -c {script:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn tempdir() -> tempfile::TempDir {
+        let parent = std::env::var_os("FERRY_BENCH_SCRATCH").map_or_else(std::env::temp_dir, Into::into);
+        tempfile::Builder::new().prefix("ferry-fleet-").tempdir_in(parent).expect("a scratch directory")
+    }
+
+    pub fn is_root() -> bool {
+        sh("id -u").trim() == "0"
+    }
+}
+
+#[allow(dead_code)]
+#[path = "../tests/it/testhosts.rs"]
+mod testhosts;
+
+const GOAL_ROLLBACK: f64 = 1.0;
+const GOAL_ACTIVATE: f64 = 3.0;
+const GOAL_THROUGHPUT: f64 = 0.7;
+const PAYLOAD: usize = 200 << 20;
+
+struct Source(Store);
+
+impl ReleaseSource for Source {
+    fn bundle(&self, id: &ReleaseId) -> Result<PathBuf, SourceError> {
+        Ok(self.0.bundle_path(id))
+    }
+
+    fn delta(&self, base: &ReleaseId, target: &ReleaseId) -> Result<Option<PathBuf>, SourceError> {
+        if !self.0.has_intact(base) {
+            return Ok(None);
+        }
+        Ok(Some(delta::encode(&self.0, base, target)?.path))
+    }
+
+    fn rsync_delta(&self, signature: &Signature, target: &ReleaseId) -> Result<PathBuf, SourceError> {
+        Ok(delta::encode_rsync(&self.0, signature, target)?.path)
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let dir = PathBuf::from(args.first().context("usage: cargo bench --bench fleet -- DELTA_DIR [HOSTS]")?);
+    let n: usize = args.get(1).map_or(Ok(20), |s| s.parse()).context("HOSTS must be a number")?;
+    let runs: usize = std::env::var("FERRY_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    ensure!(dir.join("base").is_dir() && dir.join("deps").is_dir(), "{} has no base/ and deps/ trees", dir.display());
+    let ferry = Path::new(env!("CARGO_BIN_EXE_ferry"));
+    let scratch = kit::tempdir();
+    let store = Store::new(scratch.path().join("store"));
+
+    // The two releases, built at one path (a venv's bytecode records it).
+    let tree = dir.join("tree");
+    let mut ids = Vec::new();
+    for version in ["base", "deps"] {
+        let _ = fs::remove_dir_all(&tree);
+        kit::sh(&format!("cp -a {}/{version} {}", dir.display(), tree.display()));
+        fs::write(
+            tree.join("ferry.toml"),
+            "service = \"bench\"\n[components]\ncode = \"app\"\nvenv = \"venv\"\nmedia = \"media\"\nconfig = \"config\"\n",
+        )?;
+        let out = Command::new(ferry)
+            .args(["build", "--quiet", "--version", version, "--store"])
+            .arg(store.root())
+            .current_dir(&tree)
+            .output()?;
+        ensure!(out.status.success(), "ferry build failed: {}", String::from_utf8_lossy(&out.stderr));
+        ids.push(String::from_utf8(out.stdout)?.trim().parse::<ReleaseId>()?);
+    }
+    let (base, deps) = (ids[0], ids[1]);
+
+    println!("starting {n} test hosts (network namespaces, one sshd each)");
+    let hosts = testhosts::TestHosts::start(n);
+    let ssh = Ssh {
+        known_hosts: hosts.known_hosts.clone(),
+        accept_new: false,
+        identity: Some(hosts.key.clone()),
+        user: "root".into(),
+        ferry: AgentBinary::OnHost(ferry.to_string_lossy().into_owned()),
+        connect_timeout: Duration::from_secs(10),
+        step_timeout: Duration::from_secs(600),
+        ssh_config: None,
+    };
+    let stage = Stage {
+        name: "bench".into(),
+        hosts: hosts
+            .hosts
+            .iter()
+            .map(|h| HostSpec { name: format!("root@{}", h.addr), deploy_to: "/srv/bench".into() })
+            .collect(),
+        strategy: ["1", "50%", "100%"].iter().map(|s| s.parse::<Step>()).collect::<Result<_, _>>().unwrap(),
+        options: StageOptions { env: Some("staging".into()), ..StageOptions::default() },
+        keep_releases: 5,
+        max_parallel: 10,
+        on_failure: OnFailure::Revert,
+    };
+    let source = Source(store.clone());
+
+    // --- push: base everywhere (untimed), then base→deps ---------------------
+    let first = fleet::push(&stage, &ssh, &source, &base, &Quiet);
+    ensure!(first.ok, "the push of base failed: {first:#?}");
+    let push = fleet::push(&stage, &ssh, &source, &deps, &Quiet);
+    ensure!(push.ok, "the push of deps failed: {push:#?}");
+    let sent: u64 = push.hosts.iter().map(|h| h.bytes).sum();
+    let phase = |p: &str| push.phases.get(p).copied().unwrap_or(f64::NAN);
+
+    // --- rsync -az of the same trees to the same hosts, same sshd ------------
+    let ssh_cmd = format!(
+        "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes",
+        hosts.key.display(),
+        hosts.known_hosts.display()
+    );
+    let rsync_all = |from: &Path| -> Result<(f64, u64)> {
+        let list: Vec<String> = hosts.hosts.iter().map(|h| h.addr.to_string()).collect();
+        let script = format!(
+            "printf '%s\\n' {} | xargs -P 10 -I{{}} rsync -az --delete --stats -e '{ssh_cmd}' {}/ root@{{}}:/srv/rsync/",
+            list.join(" "),
+            from.display()
+        );
+        let start = Instant::now();
+        let out = Command::new("sh").arg("-c").arg(&script).output()?;
+        let wall = start.elapsed().as_secs_f64();
+        ensure!(out.status.success(), "rsync failed: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let bytes = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("Total bytes sent: "))
+            .map(|v| v.replace(',', "").trim().parse::<u64>().unwrap_or(0))
+            .sum();
+        Ok((wall, bytes))
+    };
+    rsync_all(&dir.join("base"))?;
+    let (rsync_wall, rsync_bytes) = rsync_all(&dir.join("deps"))?;
+
+    // --- rollback of all hosts ------------------------------------------------
+    let mut rollbacks = Vec::new();
+    for i in 0..runs {
+        // Back to base, then forward again, so each rollback has somewhere to go.
+        let start = Instant::now();
+        let report = fleet::rollback(&stage, &ssh, Some(&base), &Quiet)?;
+        rollbacks.push(start.elapsed().as_secs_f64());
+        ensure!(report.ok, "rollback {i} failed: {report:#?}");
+        let forward = fleet::push(&stage, &ssh, &source, &deps, &Quiet);
+        ensure!(forward.ok, "the push back to deps failed");
+    }
+
+    // --- bulk throughput: 200 MB through the session and through OpenSSH -----
+    let payload = scratch.path().join("payload");
+    kit::sh(&format!("head -c {PAYLOAD} /dev/urandom > {}", payload.display()));
+    let target = &hosts.hosts[0];
+    let spec = HostSpec { name: format!("root@{}", target.addr), deploy_to: "/srv/throughput".into() };
+    let (mut ours, mut openssh) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let mut session = ssh.connect(&spec, Some("ferry bench"))?;
+        let start = Instant::now();
+        // Not a bundle: the agent reads the whole payload, then refuses it.
+        let refused = session.stage(&payload, &StageOptions::default());
+        ours.push(start.elapsed().as_secs_f64());
+        ensure!(refused.is_err(), "the agent took random bytes for a release");
+        drop(session);
+        let start = Instant::now();
+        kit::sh(&format!("{ssh_cmd} root@{} 'cat > /dev/null' < {}", target.addr, payload.display()));
+        openssh.push(start.elapsed().as_secs_f64());
+    }
+
+    let mb = |bytes: f64| bytes / 1e6;
+    let (roll, ours_t, openssh_t) = (median(&mut rollbacks), median(&mut ours), median(&mut openssh));
+    let (ours_rate, openssh_rate) = (mb(PAYLOAD as f64) / ours_t, mb(PAYLOAD as f64) / openssh_t);
+    println!("{n} test hosts, 2 cores; {runs} runs for rollback and throughput, medians");
+    println!("push base→deps (gates off):   connect {:.2} s  stage {:.2} s  activate {:.2} s  cleanup {:.2} s  total {:.2} s",
+        phase("connect"), phase("stage"), phase("activate"), phase("cleanup"), push.seconds);
+    println!(
+        "  controller bytes sent        ferry {sent} (deltas)   rsync -az {rsync_bytes}   ratio {:.4}",
+        sent as f64 / rsync_bytes.max(1) as f64
+    );
+    println!(
+        "  wall                         ferry stage+activate {:.2} s   rsync -az {rsync_wall:.2} s",
+        phase("stage") + phase("activate")
+    );
+    println!("rollback of {n} hosts          {roll:.2} s   runs {rollbacks:?}");
+    println!("throughput, {} MB           ferry session {ours_rate:.0} MB/s ({ours_t:.2} s)   ssh 'cat > /dev/null' {openssh_rate:.0} MB/s ({openssh_t:.2} s)", PAYLOAD >> 20);
+    let goal = |name: &str, value: f64, bound: f64, less: bool| {
+        let met = if less { value < bound } else { value >= bound };
+        println!(
+            "{name:<34} = {value:.2} (goal {} {bound})  {}",
+            if less { "<" } else { ">=" },
+            if met { "met" } else { "NOT met" }
+        );
+    };
+    goal("rollback wall (s)", roll, GOAL_ROLLBACK, true);
+    goal("canary→50%→50% activation (s)", phase("activate"), GOAL_ACTIVATE, true);
+    goal("transport / OpenSSH throughput", ours_rate / openssh_rate, GOAL_THROUGHPUT, false);
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
