@@ -116,7 +116,7 @@ fn an_unknown_host_key_is_refused_with_its_fingerprint_unless_new_keys_are_allow
 
 #[test]
 fn ferry_push_status_history_and_rollback_over_an_ssh_stage() {
-    let hosts = TestHosts::start(4);
+    let hosts = TestHosts::start(6);
     let p = sample_project();
     let list: Vec<String> = hosts.hosts.iter().map(|h| format!("\"root@{}\"", h.addr)).collect();
     let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
@@ -137,7 +137,7 @@ fn ferry_push_status_history_and_rollback_over_an_ssh_stage() {
     let report = p.ferry(["push", "prod", "--json"]).ok().json();
     let batches: Vec<usize> =
         report["batches"].as_array().unwrap().iter().map(|b| b.as_array().unwrap().len()).collect();
-    assert_eq!(batches, vec![1, 1, 2], "{report:#}");
+    assert_eq!(batches, vec![1, 2, 3], "canary, then half, then the rest: {report:#}");
     for h in report["hosts"].as_array().unwrap() {
         assert_eq!(h["shipped"], "delta", "{h}");
     }
@@ -152,15 +152,26 @@ fn ferry_push_status_history_and_rollback_over_an_ssh_stage() {
         assert_eq!(h["status"]["current"], v2.as_str(), "{h}");
         assert_eq!(h["status"]["previous"], v1.as_str(), "{h}");
     }
-    // The journals, merged: the canary's deploy of v2 comes before every other host's.
+    // The hosts' journals, merged: every host of a batch deployed v2 after
+    // every host of the batch before it.
     let history = p.ferry(["history", "prod", "--json"]).ok().stdout;
-    let deploys: Vec<serde_json::Value> = history
+    let deployed_at: std::collections::BTreeMap<String, String> = history
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|r| r["action"] == "deploy" && r["to"] == v2.as_str())
+        .map(|r| (r["host"].as_str().unwrap().to_owned(), r["time"].as_str().unwrap().to_owned()))
         .collect();
-    assert_eq!(deploys.len(), 4, "{history}");
-    assert_eq!(deploys[0]["host"], format!("root@{}", hosts.hosts[0].addr), "{history}");
+    assert_eq!(deployed_at.len(), 6, "{history}");
+    let batch_times: Vec<Vec<&String>> = report["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_array().unwrap().iter().map(|h| &deployed_at[h.as_str().unwrap()]).collect())
+        .collect();
+    for pair in batch_times.windows(2) {
+        let (last_before, first_after) = (pair[0].iter().max().unwrap(), pair[1].iter().min().unwrap());
+        assert!(last_before <= first_after, "batches overlap in the journals: {batch_times:?}");
+    }
     p.ferry(["rollback", "prod"]).ok();
     for h in &hosts.hosts {
         let current = fs::read_link(h.srv.join("shop/current")).unwrap();
@@ -387,4 +398,98 @@ fn a_host_behind_a_bastion_is_reached_through_proxy_jump() {
     let current = fs::read_link(hosts.hosts[1].srv.join("shop/current")).unwrap();
     assert_eq!(current, PathBuf::from(format!("releases/{v1}")));
     assert!(!hosts.hosts[0].srv.join("shop").exists(), "the bastion only carried the connection");
+}
+
+#[test]
+fn a_host_whose_disk_is_full_fails_its_stage_and_no_host_flips() {
+    // host2's /srv is a 2 MiB disk: v1 fits, v2's 3 MiB of noise does not.
+    let hosts = TestHosts::start_with(3, |i| (i == 1).then_some(2));
+    let p = ssh_project(&hosts, &hosts.key.clone());
+    let v1 = build(&p, "v1").to_string();
+    p.ferry(["push", "prod"]).ok();
+    let noise: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    p.write("media/noise.bin", noise);
+    build(&p, "v2");
+    let run = p.ferry(["push", "prod", "--json"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let report = run.json();
+    let full = row(&report, hosts.hosts[1].addr);
+    assert_eq!((full["step"].as_str(), full["result"].as_str()), (Some("stage"), Some("failed")), "{full}");
+    assert!(full["error"].as_str().unwrap().contains("No space left on device"), "{full}");
+    assert!(report["batches"].as_array().unwrap().is_empty(), "nothing flipped: {report:#}");
+    for h in &hosts.hosts {
+        let current = fs::read_link(h.srv.join("shop/current")).unwrap();
+        assert_eq!(current, PathBuf::from(format!("releases/{v1}")), "{}", h.name);
+    }
+}
+
+/// The ssh transport, with one host cut off as its stage starts.
+struct CutMidStage {
+    ssh: Ssh,
+    victim: String,
+    veth: String,
+}
+
+struct CutAtStage {
+    inner: Box<dyn fleet::Session>,
+    cut: Option<String>,
+}
+
+impl Transport for CutMidStage {
+    fn connect(&self, spec: &HostSpec, lock: Option<&str>) -> Result<Box<dyn fleet::Session>, HostError> {
+        let inner = self.ssh.connect(spec, lock)?;
+        Ok(Box::new(CutAtStage { inner, cut: (spec.name == self.victim).then(|| self.veth.clone()) }))
+    }
+}
+
+impl fleet::Session for CutAtStage {
+    fn status(&mut self) -> Result<Status, HostError> {
+        self.inner.status()
+    }
+    fn stage(&mut self, payload: &std::path::Path, opts: &StageOptions) -> Result<Staged, HostError> {
+        if let Some(veth) = &self.cut {
+            crate::kit::sh(&format!("ip link set {veth} down"));
+        }
+        self.inner.stage(payload, opts)
+    }
+    fn activate(&mut self, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError> {
+        self.inner.activate(id, opts)
+    }
+    fn rollback(&mut self, to: Option<&ReleaseId>) -> Result<Flipped, HostError> {
+        self.inner.rollback(to)
+    }
+    fn prune(&mut self, keep: usize) -> Result<Pruned, HostError> {
+        self.inner.prune(keep)
+    }
+    fn signature(&mut self) -> Result<Signature, HostError> {
+        self.inner.signature()
+    }
+    fn journal(&mut self) -> Result<Vec<Record>, HostError> {
+        self.inner.journal()
+    }
+}
+
+#[test]
+fn a_host_cut_off_mid_stage_fails_its_stage_and_no_host_flips() {
+    let hosts = TestHosts::start(3);
+    let p = sample_project();
+    let source = Source(Store::new(p.store.path()));
+    let mut ssh = ssh(&hosts);
+    ssh.step_timeout = Duration::from_secs(3);
+    let stage = stage(&hosts);
+    let v1 = build(&p, "v1");
+    assert!(fleet::push(&stage, &ssh, &source, &v1, &Quiet).ok);
+    p.write("app/main.py", "print('shop v2')\n");
+    let v2 = build(&p, "v2");
+    let faulty =
+        CutMidStage { ssh, victim: format!("root@{}", hosts.hosts[1].addr), veth: hosts.hosts[1].veth.clone() };
+    let report = fleet::push(&stage, &faulty, &source, &v2, &Quiet);
+    assert!(!report.ok);
+    let cut = report.hosts.iter().find(|h| h.host == faulty.victim).unwrap();
+    assert_eq!((cut.step.as_str(), cut.result), ("stage", fleet::Outcome::Failed), "{cut:?}");
+    assert!(report.batches.is_empty(), "nothing flipped");
+    for h in &hosts.hosts {
+        let current = fs::read_link(h.srv.join("shop/current")).unwrap();
+        assert_eq!(current, PathBuf::from(format!("releases/{v1}")), "{}", h.name);
+    }
 }

@@ -50,6 +50,12 @@ fn run(args: &[&str]) {
 impl TestHosts {
     /// Starts `n` hosts named `host1`…, with sshd listening on port 22.
     pub fn start(n: usize) -> Self {
+        Self::start_with(n, |_| None)
+    }
+
+    /// Starts `n` hosts; host `i` (0-based) gets a `/srv` of `disk(i)` MiB
+    /// (a tmpfs) where that is `Some`, to fill up.
+    pub fn start_with(n: usize, disk: impl Fn(usize) -> Option<u32>) -> Self {
         assert!(
             crate::kit::is_root(),
             "test hosts need root to make network namespaces: run the suite as root (CI does)"
@@ -78,7 +84,7 @@ impl TestHosts {
         fs::copy(hosts.key.with_extension("pub"), hosts.dir.path().join("authorized_keys")).unwrap();
         let mut known = String::new();
         for i in 1..=n {
-            let host = hosts.add(id, subnet, i);
+            let host = hosts.add(id, subnet, i, disk(i - 1));
             let pubkey = fs::read_to_string(hosts.dir.path().join(format!("host{i}_key.pub"))).unwrap();
             let mut fields = pubkey.split_whitespace();
             known.push_str(&format!("{} {} {}\n", host.addr, fields.next().unwrap(), fields.next().unwrap()));
@@ -91,13 +97,16 @@ impl TestHosts {
         hosts
     }
 
-    fn add(&self, id: u32, subnet: [u8; 3], i: usize) -> TestHost {
+    fn add(&self, id: u32, subnet: [u8; 3], i: usize, disk: Option<u32>) -> TestHost {
         let name = format!("host{i}");
         let netns = format!("ferry-{id}-{i}");
         let veth = format!("fv{id}h{i}");
         let addr = Ipv4Addr::new(subnet[0], subnet[1], subnet[2], 10 + i as u8);
         let srv = self.dir.path().join(format!("{name}-srv"));
         fs::create_dir_all(&srv).unwrap();
+        if let Some(mb) = disk {
+            run(&["mount", "-t", "tmpfs", "-o", &format!("size={mb}m"), "ferry-test-disk", srv.to_str().unwrap()]);
+        }
         run(&["ip", "netns", "add", &netns]);
         run(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns]);
         run(&["ip", "link", "set", &veth, "master", &self.bridge, "up"]);
@@ -179,6 +188,7 @@ impl Drop for TestHosts {
                 .arg("-c")
                 .arg(format!("ip netns pids {0} | xargs -r kill -9; ip netns del {0}", host.netns))
                 .status();
+            let _ = Command::new("umount").arg("-l").arg(&host.srv).stderr(Stdio::null()).status();
             // Usually gone with the namespace that held its peer.
             let _ = Command::new("ip").args(["link", "del", &host.veth]).stderr(Stdio::null()).status();
         }
