@@ -362,8 +362,11 @@ fn check_stage(
     let groups = stage.groups.get_ref().clone();
     let mut grouped: BTreeMap<&str, &str> = BTreeMap::new();
     for (group, members) in &groups {
-        if !valid_env_name(group) {
-            bail!("{}: group {group:?}: a group name is letters, digits, '_' or '-'", at(stage.groups.span()));
+        if !valid_env_name(group) || group.bytes().all(|b| b.is_ascii_digit()) {
+            bail!(
+                "{}: group {group:?}: a group name is letters, digits, '_' or '-', and not a number (that would be a batch size)",
+                at(stage.groups.span())
+            );
         }
         for m in members {
             if !hosts.iter().any(|(h, _)| h == m) {
@@ -380,6 +383,10 @@ fn check_stage(
     let strategy = match &stage.strategy {
         Some(s) if !s.get_ref().is_empty() && s.get_ref().iter().all(|g| groups.contains_key(g)) => {
             Strategy::Groups(s.get_ref().clone())
+        }
+        Some(s) if s.get_ref().iter().any(|g| groups.contains_key(g)) => {
+            let unknown: Vec<&String> = s.get_ref().iter().filter(|g| !groups.contains_key(*g)).collect();
+            bail!("{}: strategy names groups, and also {unknown:?}, which is no group of stage {name}", at(s.span()));
         }
         Some(s) => {
             let steps = s

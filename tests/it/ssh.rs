@@ -493,3 +493,44 @@ fn a_host_cut_off_mid_stage_fails_its_stage_and_no_host_flips() {
         assert_eq!(current, PathBuf::from(format!("releases/{v1}")), "{}", h.name);
     }
 }
+
+#[test]
+fn new_host_keys_accepted_in_parallel_are_all_recorded_and_nothing_else_is_lost() {
+    let hosts = TestHosts::start(6);
+    let known = hosts.key.with_file_name("shared_known_hosts");
+    let others: String =
+        (0..50).map(|i| format!("other{i}.example ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO{i:02}\n")).collect();
+    fs::write(&known, format!("# kept\n{others}")).unwrap();
+    let mut ssh = ssh(&hosts);
+    ssh.known_hosts = known.clone();
+    ssh.accept_new = true;
+    let stage = stage(&hosts);
+    let report = fleet::status(&stage, &ssh);
+    assert!(report.iter().all(|(_, s)| s.is_ok()), "{report:?}");
+    let text = fs::read_to_string(&known).unwrap();
+    assert!(text.starts_with(&format!("# kept\n{others}")), "the old lines are untouched:\n{text}");
+    for h in &hosts.hosts {
+        assert_eq!(text.matches(&format!("{} ssh-ed25519 ", h.addr)).count(), 1, "{}:\n{text}", h.addr);
+    }
+    // Recorded right: without accept_new, every host is known now.
+    ssh.accept_new = false;
+    assert!(fleet::status(&stage, &ssh).iter().all(|(_, s)| s.is_ok()));
+}
+
+#[test]
+fn two_pushes_uploading_the_agent_at_once_both_get_it() {
+    let hosts = TestHosts::start(1);
+    let mut ssh = ssh(&hosts);
+    ssh.ferry = AgentBinary::Upload(ferry_bin().into());
+    let spec = HostSpec { name: format!("root@{}", hosts.hosts[0].addr), deploy_to: "/srv/shop".into() };
+    std::thread::scope(|s| {
+        let a = s.spawn(|| ssh.connect(&spec, None).map(drop));
+        let b = s.spawn(|| ssh.connect(&spec, None).map(drop));
+        a.join().unwrap().unwrap();
+        b.join().unwrap().unwrap();
+    });
+    let bin = hosts.hosts[0].srv.join("shop/.ferry/bin");
+    let names: Vec<String> =
+        fs::read_dir(&bin).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names.len(), 1, "one agent, no temporary file left: {names:?}");
+}

@@ -64,8 +64,22 @@ impl TestHosts {
             Path::new("/usr/sbin/sshd").exists(),
             "test hosts need OpenSSH's sshd: scripts/test installs openssh-server"
         );
-        let id = std::process::id() % 10_000 * 100 + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
-        let subnet = [10, 100 + (id / 250 % 150) as u8, (id % 250) as u8];
+        // One of 512 /24s of 198.18.0.0/15 (reserved for benchmarking, so
+        // no real network of the machine's), claimed by creating its bridge:
+        // a name another test holds makes `ip link add` fail, and the next
+        // one is tried.
+        let seed = std::process::id().wrapping_mul(7919).wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed) * 31);
+        let id = (0..512)
+            .map(|k| (seed + k) % 512)
+            .find(|id| {
+                Command::new("ip")
+                    .args(["link", "add", &format!("fb{id}"), "type", "bridge"])
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+            .expect("a free test network among 512");
+        let subnet = [198, 18 + (id / 256) as u8, (id % 256) as u8];
         let dir = tempdir();
         let bridge = format!("fb{id}");
         let mut hosts = TestHosts {
@@ -76,7 +90,6 @@ impl TestHosts {
             dir,
         };
         fs::create_dir_all("/run/sshd").unwrap();
-        run(&["ip", "link", "add", &bridge, "type", "bridge"]);
         let gateway = format!("{}.{}.{}.1/24", subnet[0], subnet[1], subnet[2]);
         run(&["ip", "addr", "add", &gateway, "dev", &bridge]);
         run(&["ip", "link", "set", &bridge, "up"]);
@@ -84,26 +97,37 @@ impl TestHosts {
         fs::copy(hosts.key.with_extension("pub"), hosts.dir.path().join("authorized_keys")).unwrap();
         let mut known = String::new();
         for i in 1..=n {
-            let host = hosts.add(id, subnet, i, disk(i - 1));
+            hosts.add(id, subnet, i, disk(i - 1));
             let pubkey = fs::read_to_string(hosts.dir.path().join(format!("host{i}_key.pub"))).unwrap();
             let mut fields = pubkey.split_whitespace();
-            known.push_str(&format!("{} {} {}\n", host.addr, fields.next().unwrap(), fields.next().unwrap()));
-            hosts.hosts.push(host);
+            let addr = hosts.hosts[i - 1].addr;
+            known.push_str(&format!("{addr} {} {}\n", fields.next().unwrap(), fields.next().unwrap()));
         }
         fs::write(&hosts.known_hosts, known).unwrap();
         for host in &hosts.hosts {
-            wait_for_port(host.addr, 22);
+            let log = hosts.dir.path().join(format!("{}_sshd.log", host.name));
+            wait_for_port(host.addr, 22, &log);
         }
         hosts
     }
 
-    fn add(&self, id: u32, subnet: [u8; 3], i: usize, disk: Option<u32>) -> TestHost {
+    /// Adds host `i`, registered before anything of it is made, so that a
+    /// failure half-way is still torn down.
+    fn add(&mut self, id: u32, subnet: [u8; 3], i: usize, disk: Option<u32>) {
         let name = format!("host{i}");
         let netns = format!("ferry-{id}-{i}");
         let veth = format!("fv{id}h{i}");
         let addr = Ipv4Addr::new(subnet[0], subnet[1], subnet[2], 10 + i as u8);
         let srv = self.dir.path().join(format!("{name}-srv"));
         fs::create_dir_all(&srv).unwrap();
+        self.hosts.push(TestHost {
+            name: name.clone(),
+            netns: netns.clone(),
+            addr,
+            srv: srv.clone(),
+            veth: veth.clone(),
+            sshd: None,
+        });
         if let Some(mb) = disk {
             run(&["mount", "-t", "tmpfs", "-o", &format!("size={mb}m"), "ferry-test-disk", srv.to_str().unwrap()]);
         }
@@ -136,10 +160,10 @@ impl TestHosts {
             .args(["netns", "exec", &netns, "unshare", "--mount", "--propagation", "private", "sh", "-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(fs::File::create(self.dir.path().join(format!("{name}_sshd.log"))).unwrap().into_file())
             .spawn()
             .unwrap();
-        TestHost { name, netns, addr, srv, veth, sshd: Some(sshd) }
+        self.hosts.last_mut().expect("registered above").sshd = Some(sshd);
     }
 
     /// Kills host `i`'s sshd (the host is up; nothing answers on port 22).
@@ -168,10 +192,14 @@ impl TestHosts {
     }
 }
 
-fn wait_for_port(addr: Ipv4Addr, port: u16) {
+fn wait_for_port(addr: Ipv4Addr, port: u16, log: &Path) {
     let start = Instant::now();
     while std::net::TcpStream::connect_timeout(&(addr, port).into(), Duration::from_millis(200)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "sshd on {addr}:{port} did not come up in 10 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "sshd on {addr}:{port} did not come up in 10 s; it said: {}",
+            fs::read_to_string(log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -86,6 +86,13 @@ impl Report {
     }
 }
 
+/// Closes every session at once: a host gone quiet takes its close
+/// timeout, not everyone's in turn (and the others' locks go now).
+fn close(slots: &mut [Slot]) {
+    let sessions: Vec<Box<dyn Session>> = slots.iter_mut().filter_map(|s| s.session.take()).collect();
+    sessions.into_par_iter().for_each(drop);
+}
+
 struct Slot {
     spec: HostSpec,
     session: Option<Box<dyn Session>>,
@@ -150,6 +157,8 @@ fn finish(
     batches: Vec<Vec<String>>,
     start: Instant,
 ) -> Report {
+    let mut slots = slots;
+    close(&mut slots);
     let hosts: Vec<HostReport> = slots
         .into_iter()
         .map(|mut s| {
@@ -475,7 +484,7 @@ fn no_common(stage: &str, asked: &Option<ReleaseId>, by_host: &BTreeMap<Option<R
 /// Every host's status, without taking locks.
 pub fn status(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Result<Status, String>)> {
     let mut slots = connect(stage, transport, None, &super::Quiet);
-    pool(stage.max_parallel).install(|| {
+    let result = pool(stage.max_parallel).install(|| {
         slots
             .par_iter_mut()
             .map(|slot| {
@@ -486,13 +495,15 @@ pub fn status(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Result<S
                 (slot.spec.name.clone(), status)
             })
             .collect()
-    })
+    });
+    close(&mut slots);
+    result
 }
 
 /// Every host's journal, without taking locks.
 pub fn journals(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Result<Vec<Record>, String>)> {
     let mut slots = connect(stage, transport, None, &super::Quiet);
-    pool(stage.max_parallel).install(|| {
+    let result = pool(stage.max_parallel).install(|| {
         slots
             .par_iter_mut()
             .map(|slot| {
@@ -503,5 +514,7 @@ pub fn journals(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Result
                 (slot.spec.name.clone(), journal)
             })
             .collect()
-    })
+    });
+    close(&mut slots);
+    result
 }

@@ -124,6 +124,8 @@ impl Transport for Ssh {
         let reader: Box<dyn Read + Send> = Box::new(channel.stream(0));
         let writer: Box<dyn Write + Send> = Box::new(channel.stream(0));
         let end = move || {
+            // A host gone quiet must not hold the push up for a step timeout.
+            session.set_timeout(5_000);
             let _ = channel.send_eof();
             let _ = channel.wait_close();
             drop(session);
@@ -164,7 +166,9 @@ impl Ssh {
                 session.set_tcp_stream(tcp);
             }
         }
-        session.set_timeout(self.step_timeout.as_millis().min(u32::MAX as u128) as u32);
+        // Connecting (handshake, key check, auth) is bounded by the connect
+        // timeout; every later step by the step timeout.
+        session.set_timeout(millis(connect_timeout));
         session.handshake().map_err(|e| refused(name, format!("SSH handshake failed: {e}")))?;
         self.check_host_key(&session, name, &host, port)?;
         match &identity {
@@ -172,6 +176,7 @@ impl Ssh {
             None => session.userauth_agent(&user),
         }
         .map_err(|e| refused(name, format!("authentication as {user} was refused: {e}")))?;
+        session.set_timeout(millis(self.step_timeout));
         Ok(session)
     }
 
@@ -195,10 +200,18 @@ impl Ssh {
             )),
             CheckResult::NotFound if self.accept_new => {
                 let entry = if port == 22 { host.to_owned() } else { format!("[{host}]:{port}") };
-                known.add(&entry, key, "added by ferry", kind.into()).map_err(|e| refused(name, e))?;
-                known
-                    .write_file(&self.known_hosts, KnownHostFileKind::OpenSSH)
-                    .map_err(|e| refused(name, format!("cannot write {}: {e}", self.known_hosts.display())))
+                let kind_name = match kind {
+                    ssh2::HostKeyType::Rsa => "ssh-rsa",
+                    ssh2::HostKeyType::Dss => "ssh-dss",
+                    ssh2::HostKeyType::Ecdsa256 => "ecdsa-sha2-nistp256",
+                    ssh2::HostKeyType::Ecdsa384 => "ecdsa-sha2-nistp384",
+                    ssh2::HostKeyType::Ecdsa521 => "ecdsa-sha2-nistp521",
+                    ssh2::HostKeyType::Ed25519 => "ssh-ed25519",
+                    ssh2::HostKeyType::Unknown => return Err(refused(name, "its host key is of an unknown type")),
+                };
+                let line = format!("{entry} {kind_name} {}\n", base64_padded(key));
+                append_known_host(&self.known_hosts, &line)
+                    .map_err(|e| refused(name, format!("cannot record its key in {}: {e}", self.known_hosts.display())))
             }
             CheckResult::NotFound => Err(refused(
                 name,
@@ -210,6 +223,10 @@ impl Ssh {
             CheckResult::Failure => Err(refused(name, "the host key could not be checked")),
         }
     }
+}
+
+fn millis(d: Duration) -> u32 {
+    d.as_millis().min(u128::from(u32::MAX)) as u32
 }
 
 /// Carries a jumped connection: bytes between the bastion's direct-tcpip
@@ -309,25 +326,48 @@ fn ensure_agent(session: &ssh2::Session, spec: &HostSpec, local: &std::path::Pat
     let dir = format!("{}/.ferry/bin", spec.deploy_to.to_string_lossy().trim_end_matches('/'));
     let path = format!("{dir}/ferry-{}", &hash[..16]);
     let check = format!("{} agent-hash 2>/dev/null", quote(&path));
+    // A copy already there, with this very hash: nothing to upload.
     if exec(session, name, &check, None)?.1.trim() == hash {
         return Ok(path);
     }
-    let temp = format!("{path}.upload");
+    // A temporary name of its own (two pushes may upload at once), checked
+    // by running it before it takes the final name.
     let upload = format!(
-        "set -e; mkdir -p {dir}; cat > {temp}; chmod 755 {temp}; mv {temp} {path}",
+        "set -e; mkdir -p {dir}; t=$(mktemp {dir}/.upload.XXXXXX); trap 'rm -f \"$t\"' EXIT; cat > \"$t\"; \
+         chmod 755 \"$t\"; test \"$(\"$t\" agent-hash)\" = {hash}; mv \"$t\" {path}; trap - EXIT",
         dir = quote(&dir),
-        temp = quote(&temp),
         path = quote(&path)
     );
     let mut binary = fs_err::File::open(local).map_err(HostError::Fs)?;
-    let (status, _) = exec(session, name, &upload, Some(&mut binary))?;
+    let (status, out) = exec(session, name, &format!("{upload} 2>&1"), Some(&mut binary))?;
     if status != 0 {
-        return Err(refused(name, format!("uploading the agent to {path} failed (exit {status})")));
+        return Err(refused(name, format!("uploading the agent to {path} failed (exit {status}): {}", out.trim())));
     }
-    match exec(session, name, &check, None)?.1.trim() {
-        h if h == hash => Ok(path),
-        other => Err(refused(name, format!("the uploaded agent at {path} hashes to {other:?}, not {hash}"))),
+    Ok(path)
+}
+
+/// Appends one line to a known_hosts file: hosts connect in parallel, so
+/// the append is serialized in this process and flock(2)ed against others,
+/// and never rewrites what the file already has.
+fn append_known_host(path: &std::path::Path, line: &str) -> std::io::Result<()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs_err::create_dir_all(dir)?;
     }
+    let mut file = fs_err::OpenOptions::new().append(true).create(true).open(path)?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
+    file.write_all(line.as_bytes())?;
+    file.sync_data()
+}
+
+/// Padded standard base64, as known_hosts stores keys.
+fn base64_padded(bytes: &[u8]) -> String {
+    let mut out = base64(bytes);
+    while out.len() % 4 != 0 {
+        out.push('=');
+    }
+    out
 }
 
 /// A word for a POSIX shell.
