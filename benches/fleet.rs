@@ -107,7 +107,7 @@ fn main() -> Result<()> {
         known_hosts: hosts.known_hosts.clone(),
         accept_new: false,
         identity: Some(hosts.key.clone()),
-        user: "root".into(),
+        user: Some("root".into()),
         ferry: AgentBinary::OnHost(ferry.to_string_lossy().into_owned()),
         connect_timeout: Duration::from_secs(10),
         step_timeout: Duration::from_secs(600),

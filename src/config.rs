@@ -197,7 +197,8 @@ pub enum Strategy {
 /// How an ssh stage reaches its hosts.
 #[derive(Debug, Clone)]
 pub struct SshSettings {
-    pub user: String,
+    /// The stage's `user`, if it says one.
+    pub user: Option<String>,
     pub known_hosts: PathBuf,
     pub identity: Option<PathBuf>,
     pub accept_new: bool,
@@ -330,7 +331,7 @@ fn check_stage(
     let ssh = match stage.transport.get_ref().as_str() {
         "local" => None,
         "ssh" => Some(SshSettings {
-            user: stage.user.clone().unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "root".into())),
+            user: stage.user.clone(),
             known_hosts: stage.known_hosts.as_deref().map_or_else(|| home().join(".ssh/known_hosts"), expand),
             identity: stage.identity.as_deref().map(expand),
             accept_new: stage.accept_new_host_keys,

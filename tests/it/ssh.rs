@@ -41,7 +41,7 @@ fn ssh(hosts: &TestHosts) -> Ssh {
         known_hosts: hosts.known_hosts.clone(),
         accept_new: false,
         identity: Some(hosts.key.clone()),
-        user: "root".into(),
+        user: Some("root".into()),
         // The test hosts share this machine's file system but for /srv.
         ferry: AgentBinary::OnHost(ferry_bin().into()),
         connect_timeout: Duration::from_secs(5),
@@ -348,7 +348,7 @@ fn hosts_named_by_ssh_config_aliases_are_reached_through_their_entries() {
         "ferry.toml",
         format!(
             "{toml}\n[deploy]\ndeploy_to = \"/srv/shop\"\n\n[stages.prod]\ntransport = \"ssh\"\nhosts = [\"app-0\", \"app-1\"]\n\
-             env = \"staging\"\nuser = \"nobody\"\nknown_hosts = \"{}\"\nssh_config = \"ssh_config\"\nagent = \"{}\"\n",
+             env = \"staging\"\nknown_hosts = \"{}\"\nssh_config = \"ssh_config\"\nagent = \"{}\"\n",
             hosts.known_hosts.display(),
             ferry_bin()
         ),
@@ -533,4 +533,15 @@ fn two_pushes_uploading_the_agent_at_once_both_get_it() {
     let names: Vec<String> =
         fs::read_dir(&bin).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(names.len(), 1, "one agent, no temporary file left: {names:?}");
+}
+
+#[test]
+fn an_agent_that_does_not_run_on_the_host_is_named_with_its_error() {
+    let hosts = TestHosts::start(1);
+    let mut ssh = ssh(&hosts);
+    ssh.ferry = AgentBinary::OnHost("/opt/nowhere/ferry".into());
+    let spec = HostSpec { name: format!("root@{}", hosts.hosts[0].addr), deploy_to: "/srv/shop".into() };
+    let err = ssh.connect(&spec, None).err().unwrap().to_string();
+    assert!(err.contains("the agent /opt/nowhere/ferry does not run there (exit 127)"), "{err}");
+    assert!(err.contains("No such file or directory"), "the host's own words: {err}");
 }

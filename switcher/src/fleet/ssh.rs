@@ -24,8 +24,9 @@ pub struct Ssh {
     pub accept_new: bool,
     /// The private key to offer; without one, the SSH agent's keys.
     pub identity: Option<PathBuf>,
-    /// The user when a host does not name one.
-    pub user: String,
+    /// The user when a host's name does not say one. Without it: the ssh
+    /// config's `User`, else `$USER`.
+    pub user: Option<String>,
     /// The agent on the hosts.
     pub ferry: AgentBinary,
     pub connect_timeout: Duration,
@@ -90,7 +91,11 @@ impl Ssh {
         let params = self.ssh_config.as_ref().map(|c| c.query(&alias));
         let from_config = |f: fn(&ssh2_config::HostParams) -> Option<String>| params.as_ref().and_then(f);
         Target {
-            user: user.or_else(|| from_config(|p| p.user.clone())).unwrap_or_else(|| self.user.clone()),
+            user: user
+                .or_else(|| self.user.clone())
+                .or_else(|| from_config(|p| p.user.clone()))
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "root".into()),
             host: from_config(|p| p.host_name.clone()).unwrap_or(alias),
             port: port.or_else(|| params.as_ref().and_then(|p| p.port)).unwrap_or(22),
             identity: self
@@ -111,7 +116,16 @@ impl Transport for Ssh {
     fn connect(&self, spec: &HostSpec, lock: Option<&str>) -> Result<Box<dyn Session>, HostError> {
         let session = self.open(&spec.name, 0)?;
         let ferry = match &self.ferry {
-            AgentBinary::OnHost(path) => path.clone(),
+            AgentBinary::OnHost(path) => {
+                let (status, out) = exec(&session, &spec.name, &format!("{} agent-hash 2>&1", quote(path)), None)?;
+                if status != 0 {
+                    return Err(refused(
+                        &spec.name,
+                        format!("the agent {path} does not run there (exit {status}): {}", out.trim()),
+                    ));
+                }
+                path.clone()
+            }
             AgentBinary::Upload(local) => ensure_agent(&session, spec, local)?,
         };
         let mut channel = session.channel_session().map_err(|e| refused(&spec.name, e))?;
@@ -411,7 +425,7 @@ mod tests {
             known_hosts: PathBuf::new(),
             accept_new: false,
             identity: None,
-            user: "deploy".into(),
+            user: None,
             ferry: AgentBinary::OnHost("ferry".into()),
             connect_timeout: Duration::from_secs(10),
             step_timeout: Duration::from_secs(60),
@@ -423,7 +437,11 @@ mod tests {
         let t = ssh.target("root@web-1:22");
         assert_eq!((t.user.as_str(), t.port), ("root", 22), "the name wins");
         let t = ssh.target("db1");
-        assert_eq!((t.user.as_str(), t.host.as_str(), t.port, t.identity), ("deploy", "db1", 22, None));
+        assert_eq!((t.host.as_str(), t.port, t.identity), ("db1", 22, None));
+        // The stage's user, said in ferry.toml, wins over a personal config.
+        let ssh = Ssh { user: Some("deploy".into()), ..ssh };
+        assert_eq!(ssh.target("web-1").user, "deploy");
+        assert_eq!(ssh.target("root@web-1").user, "root");
     }
 
     #[test]
