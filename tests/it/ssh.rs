@@ -545,3 +545,21 @@ fn an_agent_that_does_not_run_on_the_host_is_named_with_its_error() {
     assert!(err.contains("the agent /opt/nowhere/ferry does not run there (exit 127)"), "{err}");
     assert!(err.contains("No such file or directory"), "the host's own words: {err}");
 }
+
+#[test]
+fn an_old_entry_of_another_key_type_does_not_read_as_a_changed_key() {
+    let hosts = TestHosts::start(1);
+    let addr = hosts.hosts[0].addr;
+    // An ecdsa entry for the same host, listed before the right ed25519 one.
+    let known = fs::read_to_string(&hosts.known_hosts).unwrap();
+    let mixed = hosts.key.with_file_name("mixed_known_hosts");
+    fs::write(
+        &mixed,
+        format!("{addr} ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBBBB\n{known}"),
+    )
+    .unwrap();
+    let mut ssh = ssh(&hosts);
+    ssh.known_hosts = mixed;
+    let spec = HostSpec { name: format!("root@{addr}"), deploy_to: "/srv/shop".into() };
+    ssh.connect(&spec, None).unwrap();
+}

@@ -183,6 +183,14 @@ impl Ssh {
         // Connecting (handshake, key check, auth) is bounded by the connect
         // timeout; every later step by the step timeout.
         session.set_timeout(millis(connect_timeout));
+        // Ask for a key of a type known_hosts has for this host, so an old
+        // entry of another type is not taken for a changed key.
+        let known_types = known_key_types(&self.known_hosts, &host, port);
+        if !known_types.is_empty() {
+            session
+                .method_pref(ssh2::MethodType::HostKey, &known_types.join(","))
+                .map_err(|e| refused(name, format!("cannot ask for host key types {known_types:?}: {e}")))?;
+        }
         session.handshake().map_err(|e| refused(name, format!("SSH handshake failed: {e}")))?;
         self.check_host_key(&session, name, &host, port)?;
         match &identity {
@@ -358,6 +366,22 @@ fn ensure_agent(session: &ssh2::Session, spec: &HostSpec, local: &std::path::Pat
         return Err(refused(name, format!("uploading the agent to {path} failed (exit {status}): {}", out.trim())));
     }
     Ok(path)
+}
+
+/// The key types a known_hosts file lists for `host` (plain entries; hashed
+/// ones are left to libssh2's check).
+fn known_key_types(path: &std::path::Path, host: &str, port: u16) -> Vec<String> {
+    let name = if port == 22 { host.to_owned() } else { format!("[{host}]:{port}") };
+    let text = fs_err::read_to_string(path).unwrap_or_default();
+    let mut types: Vec<String> = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let mut fields = line.split_whitespace();
+        let (Some(hosts), Some(kind)) = (fields.next(), fields.next()) else { continue };
+        if hosts.split(',').any(|h| h == name) && !types.iter().any(|t| t == kind) {
+            types.push(kind.to_owned());
+        }
+    }
+    types
 }
 
 /// Appends one line to a known_hosts file: hosts connect in parallel, so
