@@ -407,8 +407,7 @@ fn a_host_whose_disk_is_full_fails_its_stage_and_no_host_flips() {
     let p = ssh_project(&hosts, &hosts.key.clone());
     let v1 = build(&p, "v1").to_string();
     p.ferry(["push", "prod"]).ok();
-    let noise: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    p.write("media/noise.bin", noise);
+    p.write("media/noise.bin", crate::kit::noise(3 << 20));
     build(&p, "v2");
     let run = p.ferry(["push", "prod", "--json"]);
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
