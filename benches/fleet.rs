@@ -166,14 +166,29 @@ fn main() -> Result<()> {
 
     // --- rollback of all hosts ------------------------------------------------
     let mut rollbacks = Vec::new();
+    let mut rollback_phases = Vec::new();
     for i in 0..runs {
         // Back to base, then forward again, so each rollback has somewhere to go.
         let start = Instant::now();
         let report = fleet::rollback(&stage, &ssh, Some(&base), &Quiet)?;
         rollbacks.push(start.elapsed().as_secs_f64());
         ensure!(report.ok, "rollback {i} failed: {report:#?}");
+        rollback_phases.push((rollbacks[i], report.phases));
         let forward = fleet::push(&stage, &ssh, &source, &deps, &Quiet);
         ensure!(forward.ok, "the push back to deps failed");
+    }
+
+    // --- one connection: ferry's session (SSH + agent greeting) vs `ssh host true`
+    let one = &hosts.hosts[0];
+    let one_spec = HostSpec { name: format!("root@{}", one.addr), deploy_to: "/srv/connect".into() };
+    let (mut ferry_connect, mut openssh_connect) = (Vec::new(), Vec::new());
+    for _ in 0..runs.max(5) {
+        let start = Instant::now();
+        drop(ssh.connect(&one_spec, None)?);
+        ferry_connect.push(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        kit::sh(&format!("{ssh_cmd} root@{} true", one.addr));
+        openssh_connect.push(start.elapsed().as_secs_f64());
     }
 
     // --- bulk throughput: 200 MB through the session and through OpenSSH -----
@@ -209,7 +224,22 @@ fn main() -> Result<()> {
         "  wall                         ferry stage+activate {:.2} s   rsync -az {rsync_wall:.2} s",
         phase("stage") + phase("activate")
     );
-    println!("rollback of {n} hosts          {roll:.2} s   runs {rollbacks:?}");
+    rollback_phases.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (_, median_phases) = &rollback_phases[rollback_phases.len() / 2];
+    let phases: Vec<String> = ["connect", "rollback", "cleanup"]
+        .iter()
+        .map(|p| format!("{p} {:.2} s", median_phases.get(*p).copied().unwrap_or(f64::NAN)))
+        .collect();
+    println!(
+        "rollback of {n} hosts          {roll:.2} s   ({}; connect includes each host's status)",
+        phases.join("  ")
+    );
+    println!(
+        "one connection, idle fleet     ferry session open+close {:.3} s   ssh host true {:.3} s   ratio {:.2}",
+        median(&mut ferry_connect),
+        median(&mut openssh_connect),
+        median(&mut ferry_connect) / median(&mut openssh_connect)
+    );
     println!("throughput, {} MB           ferry session {ours_rate:.0} MB/s ({ours_t:.2} s)   ssh 'cat > /dev/null' {openssh_rate:.0} MB/s ({openssh_t:.2} s)", PAYLOAD >> 20);
     let goal = |name: &str, value: f64, bound: f64, less: bool| {
         let met = if less { value < bound } else { value >= bound };

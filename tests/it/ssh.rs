@@ -75,7 +75,10 @@ fn a_push_over_ssh_reaches_every_host_by_bundle_then_delta_and_rolls_back() {
     let hosts = TestHosts::start(3);
     let p = sample_project();
     let source = Source(Store::new(p.store.path()));
-    let (ssh, stage) = (ssh(&hosts), stage(&hosts));
+    let (ssh, mut stage) = (ssh(&hosts), stage(&hosts));
+    // Hosts named by IPv4, by IPv6 with a port, and by bare IPv6.
+    stage.hosts[1].name = format!("root@[{}]:22", hosts.hosts[1].addr6);
+    stage.hosts[2].name = format!("root@{}", hosts.hosts[2].addr6);
     let v1 = build(&p, "v1");
     let report = fleet::push(&stage, &ssh, &source, &v1, &Quiet);
     assert!(report.ok, "{report:#?}");
@@ -401,6 +404,82 @@ fn a_host_behind_a_bastion_is_reached_through_proxy_jump() {
 }
 
 #[test]
+fn a_proxy_jump_chain_goes_through_each_hop_in_turn() {
+    let hosts = TestHosts::start(3);
+    let (first, second, target) = (hosts.hosts[0].addr, hosts.hosts[1].addr, hosts.hosts[2].addr);
+    // This machine reaches only the first hop; the first hop only the
+    // second; only the second reaches the target.
+    for blocked in [second, target] {
+        crate::kit::sh(&format!("ip route add blackhole {blocked}/32"));
+    }
+    crate::kit::sh(&format!("ip -n {} route add blackhole {target}/32", hosts.hosts[0].netns));
+    struct Unroute(Vec<std::net::Ipv4Addr>);
+    impl Drop for Unroute {
+        fn drop(&mut self) {
+            for addr in &self.0 {
+                let _ = std::process::Command::new("ip")
+                    .args(["route", "del", "blackhole", &format!("{addr}/32")])
+                    .status();
+            }
+        }
+    }
+    let _unroute = Unroute(vec![second, target]);
+    let mut ssh = ssh(&hosts);
+    let config_path = hosts.key.with_file_name("ssh_config");
+    fs::write(&config_path, format!("Host inner\n  HostName {target}\n  ProxyJump root@{first},root@{second}\n"))
+        .unwrap();
+    ssh.ssh_config = fleet::read_ssh_config(&config_path).unwrap();
+    let inner = HostSpec { name: "inner".into(), deploy_to: "/srv/shop".into() };
+    let mut session = ssh.connect(&inner, None).unwrap();
+    assert_eq!(session.status().unwrap().current, None);
+    drop(session);
+
+    // Without the second hop, the first cannot reach the target.
+    fs::write(&config_path, format!("Host inner\n  HostName {target}\n  ProxyJump root@{first}\n")).unwrap();
+    ssh.ssh_config = fleet::read_ssh_config(&config_path).unwrap();
+    let err = ssh.connect(&inner, None).err().expect("the first hop alone cannot reach the target").to_string();
+    assert!(err.contains(&format!("cannot open a connection to {target}:22")), "{err}");
+}
+
+#[test]
+fn an_agent_killed_mid_session_is_reported_with_its_signal() {
+    let hosts = TestHosts::start(1);
+    let ssh = ssh(&hosts);
+    let spec = HostSpec { name: format!("root@{}", hosts.hosts[0].addr), deploy_to: "/srv/killed-agent".into() };
+    let mut session = ssh.connect(&spec, Some("ferry test")).unwrap();
+    session.status().unwrap();
+    // The brackets keep pkill from matching the shell that runs it.
+    let out = hosts.ssh(0, "pkill -KILL -f '[d]eploy-to /srv/killed-agent serve'");
+    assert!(out.status.success(), "pkill found the agent: {}", String::from_utf8_lossy(&out.stderr));
+    let err = session.status().expect_err("a killed agent answers nothing").to_string();
+    assert!(err.contains(&format!("root@{}", hosts.hosts[0].addr)), "names the host: {err}");
+    assert!(err.contains("the agent was killed by SIGKILL"), "{err}");
+    drop(session);
+    // Its lock died with it: the next session takes the host.
+    ssh.connect(&spec, Some("ferry test")).unwrap().status().unwrap();
+}
+
+#[test]
+fn a_host_of_another_os_is_refused_before_anything_is_uploaded() {
+    let hosts = TestHosts::start(1);
+    // The host's own mount namespace gets a uname that says FreeBSD.
+    let out = hosts.ssh(
+        0,
+        "printf '#!/bin/sh\\ncase \"$1\" in -s) echo FreeBSD;; -m) echo amd64;; *) echo FreeBSD amd64;; esac\\n' \
+         > /srv/uname && chmod 755 /srv/uname && mount --bind /srv/uname /usr/bin/uname && uname -s",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "FreeBSD\n", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(crate::kit::sh("uname -s"), "Linux\n", "only the test host's uname changed");
+    let mut ssh = ssh(&hosts);
+    ssh.ferry = AgentBinary::Upload(ferry_bin().into());
+    let spec = HostSpec { name: format!("root@{}", hosts.hosts[0].addr), deploy_to: "/srv/shop".into() };
+    let err = ssh.connect(&spec, None).err().expect("a FreeBSD host is refused").to_string();
+    assert!(err.contains("the host runs FreeBSD amd64, this ferry is built for linux x86_64"), "{err}");
+    assert!(err.contains("musl"), "says the way out: {err}");
+    assert!(!hosts.hosts[0].srv.join("shop/.ferry/bin").exists(), "nothing was uploaded");
+}
+
+#[test]
 fn a_host_whose_disk_is_full_fails_its_stage_and_no_host_flips() {
     // host2's /srv is a 2 MiB disk: v1 fits, v2's 3 MiB of noise does not.
     let hosts = TestHosts::start_with(3, |i| (i == 1).then_some(2));
@@ -541,7 +620,7 @@ fn an_agent_that_does_not_run_on_the_host_is_named_with_its_error() {
     ssh.ferry = AgentBinary::OnHost("/opt/nowhere/ferry".into());
     let spec = HostSpec { name: format!("root@{}", hosts.hosts[0].addr), deploy_to: "/srv/shop".into() };
     let err = ssh.connect(&spec, None).err().unwrap().to_string();
-    assert!(err.contains("the agent /opt/nowhere/ferry does not run there (exit 127)"), "{err}");
+    assert!(err.contains("the agent /opt/nowhere/ferry did not start: the agent exited with status 127"), "{err}");
     assert!(err.contains("No such file or directory"), "the host's own words: {err}");
 }
 

@@ -5,7 +5,7 @@
 //! known_hosts file. Everything is torn down on drop, also when a test
 //! panics. Needs root (CI runs the suite as root).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -23,6 +23,8 @@ pub struct TestHost {
     pub name: String,
     pub netns: String,
     pub addr: Ipv4Addr,
+    /// Its IPv6 address (sshd listens on both).
+    pub addr6: Ipv6Addr,
     /// What the host sees as `/srv`.
     pub srv: PathBuf,
     /// The root-namespace end of its link (down = cut off).
@@ -92,6 +94,7 @@ impl TestHosts {
         fs::create_dir_all("/run/sshd").unwrap();
         let gateway = format!("{}.{}.{}.1/24", subnet[0], subnet[1], subnet[2]);
         run(&["ip", "addr", "add", &gateway, "dev", &bridge]);
+        run(&["ip", "-6", "addr", "add", &format!("{}/64", v6(id, 1)), "dev", &bridge, "nodad"]);
         run(&["ip", "link", "set", &bridge, "up"]);
         sh(&format!("ssh-keygen -q -t ed25519 -N '' -f {}", hosts.key.display()));
         fs::copy(hosts.key.with_extension("pub"), hosts.dir.path().join("authorized_keys")).unwrap();
@@ -100,13 +103,15 @@ impl TestHosts {
             hosts.add(id, subnet, i, disk(i - 1));
             let pubkey = fs::read_to_string(hosts.dir.path().join(format!("host{i}_key.pub"))).unwrap();
             let mut fields = pubkey.split_whitespace();
-            let addr = hosts.hosts[i - 1].addr;
-            known.push_str(&format!("{addr} {} {}\n", fields.next().unwrap(), fields.next().unwrap()));
+            let (addr, addr6) = (hosts.hosts[i - 1].addr, hosts.hosts[i - 1].addr6);
+            let (kind, key) = (fields.next().unwrap(), fields.next().unwrap());
+            known.push_str(&format!("{addr} {kind} {key}\n{addr6} {kind} {key}\n"));
         }
         fs::write(&hosts.known_hosts, known).unwrap();
         for host in &hosts.hosts {
             let log = hosts.dir.path().join(format!("{}_sshd.log", host.name));
-            wait_for_port(host.addr, 22, &log);
+            wait_for_port(host.addr.into(), 22, &log);
+            wait_for_port(host.addr6.into(), 22, &log);
         }
         hosts
     }
@@ -118,12 +123,14 @@ impl TestHosts {
         let netns = format!("ferry-{id}-{i}");
         let veth = format!("fv{id}h{i}");
         let addr = Ipv4Addr::new(subnet[0], subnet[1], subnet[2], 10 + i as u8);
+        let addr6 = v6(id, 10 + i as u16);
         let srv = self.dir.path().join(format!("{name}-srv"));
         fs::create_dir_all(&srv).unwrap();
         self.hosts.push(TestHost {
             name: name.clone(),
             netns: netns.clone(),
             addr,
+            addr6,
             srv: srv.clone(),
             veth: veth.clone(),
             sshd: None,
@@ -135,6 +142,7 @@ impl TestHosts {
         run(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns]);
         run(&["ip", "link", "set", &veth, "master", &self.bridge, "up"]);
         run(&["ip", "-n", &netns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        run(&["ip", "-n", &netns, "-6", "addr", "add", &format!("{addr6}/64"), "dev", "eth0", "nodad"]);
         run(&["ip", "-n", &netns, "link", "set", "eth0", "up"]);
         run(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
 
@@ -144,7 +152,7 @@ impl TestHosts {
         fs::write(
             &config,
             format!(
-                "ListenAddress {addr}\nPort 22\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
+                "ListenAddress {addr}\nListenAddress [{addr6}]\nPort 22\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n\
                  LogLevel ERROR\n",
                 host_key.display(),
@@ -153,9 +161,19 @@ impl TestHosts {
         )
         .unwrap();
         // A private /srv: the host's own mount namespace binds the test's
-        // directory over it, then becomes sshd.
-        let script =
-            format!("mount --bind {} /srv && exec /usr/sbin/sshd -D -e -f {}", srv.display(), config.display());
+        // directory over it, then becomes sshd. Root's shell rc is a fresh
+        // machine's (empty), not this one's: a developer's or CI's .bashrc
+        // (pyenv init, say) would run on every SSH command, for ferry and
+        // OpenSSH alike, and time that instead.
+        let rc = self.dir.path().join("bashrc");
+        fs::write(&rc, "").unwrap();
+        let script = format!(
+            "mount --bind {} /srv && home=$(getent passwd root | cut -d: -f6) && \
+             if [ -f \"$home/.bashrc\" ]; then mount --bind {} \"$home/.bashrc\"; fi && exec /usr/sbin/sshd -D -e -f {}",
+            srv.display(),
+            rc.display(),
+            config.display()
+        );
         let sshd = Command::new("ip")
             .args(["netns", "exec", &netns, "unshare", "--mount", "--propagation", "private", "sh", "-c", &script])
             .stdin(Stdio::null())
@@ -192,7 +210,13 @@ impl TestHosts {
     }
 }
 
-fn wait_for_port(addr: Ipv4Addr, port: u16, log: &Path) {
+/// Host `n` of test network `id` in IPv6: a unique local address (fd00::/8,
+/// never routed beyond this machine).
+fn v6(id: u32, n: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd66, 0x6572, 0x7279, id as u16, 0, 0, 0, n)
+}
+
+fn wait_for_port(addr: IpAddr, port: u16, log: &Path) {
     let start = Instant::now();
     while std::net::TcpStream::connect_timeout(&(addr, port).into(), Duration::from_millis(200)).is_err() {
         assert!(

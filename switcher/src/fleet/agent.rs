@@ -42,8 +42,41 @@ pub(crate) struct AgentSession {
     host: String,
     input: Option<Box<dyn Write + Send>>,
     output: Box<dyn BufRead + Send>,
-    /// Run once the input is closed: wait for the agent to go.
-    end: Option<Box<dyn FnOnce() + Send>>,
+    /// The agent's process, however it is reached.
+    agent: Box<dyn Remote>,
+}
+
+/// The far end of a session's streams: the agent's process.
+pub(crate) trait Remote: Send {
+    /// How the agent ended, once its output has ended or broken: its exit
+    /// status or signal, and its last words on stderr when they can be had.
+    fn ended(&mut self) -> String;
+    /// Waits for the agent to go, once its input is closed.
+    fn close(&mut self);
+}
+
+/// A child process on this machine (its stderr is this process's).
+struct Child(std::process::Child);
+
+impl Remote for Child {
+    fn ended(&mut self) -> String {
+        // A broken pipe comes a moment before the exit status can be had.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match self.0.try_wait() {
+                Ok(Some(status)) => return format!("the agent ended ({status})"),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Ok(None) => return "the agent is still running".into(),
+                Err(e) => return format!("its status is unknown: {e}"),
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        drop(self.0.wait());
+    }
 }
 
 impl<F: Fn(&HostSpec) -> Command + Sync> Transport for Agent<F> {
@@ -59,8 +92,7 @@ impl<F: Fn(&HostSpec) -> Command + Sync> Transport for Agent<F> {
             .map_err(|e| remote(&spec.name, format!("cannot start the agent ({command:?}): {e}")))?;
         let input: ChildStdin = child.stdin.take().expect("stdin is piped");
         let output: ChildStdout = child.stdout.take().expect("stdout is piped");
-        let end = move || drop(child.wait());
-        let session = AgentSession::open(&spec.name, Box::new(input), Box::new(output), Box::new(end))?;
+        let session = AgentSession::open(&spec.name, Box::new(input), Box::new(output), Box::new(Child(child)))?;
         Ok(Box::new(session))
     }
 }
@@ -71,25 +103,43 @@ fn remote(host: &str, message: impl std::fmt::Display) -> HostError {
 
 impl AgentSession {
     /// Opens a session on these streams: reads the agent's greeting (or the
-    /// error it opened with, such as its host's lock).
+    /// error it opened with, such as its host's lock) and checks that the
+    /// agent is this very version of ferry.
     pub(crate) fn open(
         host: &str,
         input: Box<dyn Write + Send>,
         output: Box<dyn Read + Send>,
-        end: Box<dyn FnOnce() + Send>,
+        agent: Box<dyn Remote>,
     ) -> Result<Self, HostError> {
         let mut session = AgentSession {
             host: host.to_owned(),
             input: Some(Box::new(io::BufWriter::with_capacity(1 << 18, input))),
             output: Box::new(BufReader::new(output)),
-            end: Some(end),
+            agent,
         };
-        session.reply::<serde_json::Value>()?;
+        #[derive(serde::Deserialize)]
+        struct Hello {
+            ferry: String,
+        }
+        let hello: Hello = session.reply()?;
+        if hello.ferry != env!("CARGO_PKG_VERSION") {
+            return Err(remote(
+                host,
+                format!(
+                    "the agent there is ferry {}, this is ferry {}: the two must be the same version",
+                    hello.ferry,
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ));
+        }
         Ok(session)
     }
 
-    fn lost(&self, what: &str, e: impl std::fmt::Display) -> HostError {
-        remote(&self.host, format!("the agent session broke while {what}: {e}"))
+    /// The error for a session whose streams ended or broke: what the agent
+    /// said as it went, when it went.
+    fn lost(&mut self, what: &str, e: impl std::fmt::Display) -> HostError {
+        let ended = self.agent.ended();
+        remote(&self.host, format!("the agent session broke while {what}: {e}; {ended}"))
     }
 
     fn send(&mut self, request: &Request, payload: Option<&mut dyn Read>) -> Result<(), HostError> {
@@ -107,13 +157,15 @@ impl AgentSession {
     fn reply<T: DeserializeOwned>(&mut self) -> Result<T, HostError> {
         let mut line = String::new();
         match self.output.read_line(&mut line) {
-            Ok(0) => return Err(self.lost("waiting for a reply", "the agent exited")),
+            Ok(0) => return Err(self.lost("waiting for a reply", "its output ended")),
             Ok(_) => {}
             Err(e) => return Err(self.lost("waiting for a reply", e)),
         }
-        let reply: Reply = serde_json::from_str(&line).map_err(|e| self.lost("reading a reply", e))?;
+        let garbled =
+            |e| remote(&self.host, format!("the agent's reply is not understood: {e}: {:?}", line.trim_end()));
+        let reply: Reply = serde_json::from_str(&line).map_err(garbled)?;
         match (reply.ok, reply.error) {
-            (true, _) => serde_json::from_value(reply.value).map_err(|e| self.lost("reading a reply", e)),
+            (true, _) => serde_json::from_value(reply.value).map_err(garbled),
             (false, error) => Err(HostError::Input(error.unwrap_or_else(|| "the agent failed".into()))),
         }
     }
@@ -173,8 +225,6 @@ impl Drop for AgentSession {
     fn drop(&mut self) {
         // End of input ends the session; the agent releases the lock and exits.
         drop(self.input.take());
-        if let Some(end) = self.end.take() {
-            end();
-        }
+        self.agent.close();
     }
 }

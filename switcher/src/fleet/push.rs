@@ -86,11 +86,15 @@ impl Report {
     }
 }
 
-/// Closes every session at once: a host gone quiet takes its close
-/// timeout, not everyone's in turn (and the others' locks go now).
+/// Closes every session at once, each on a thread of its own (closing is
+/// waiting, not work): a host gone quiet takes its close timeout, not
+/// everyone's in turn, and the others' locks go now.
 fn close(slots: &mut [Slot]) {
-    let sessions: Vec<Box<dyn Session>> = slots.iter_mut().filter_map(|s| s.session.take()).collect();
-    sessions.into_par_iter().for_each(drop);
+    std::thread::scope(|scope| {
+        for session in slots.iter_mut().filter_map(|s| s.session.take()) {
+            scope.spawn(move || drop(session));
+        }
+    });
 }
 
 struct Slot {
@@ -115,6 +119,18 @@ fn pool(max_parallel: usize) -> rayon::ThreadPool {
 /// Connects to every host of the stage in parallel, with its lock when
 /// `lock` names the command.
 fn connect(stage: &Stage, transport: &dyn Transport, lock: Option<&str>, observer: &dyn Observer) -> Vec<Slot> {
+    connect_then(stage, transport, lock, observer, |_| {})
+}
+
+/// [`connect`], with `then` run on each host as soon as it is connected
+/// (so one slow host holds up no one else's first step).
+fn connect_then(
+    stage: &Stage,
+    transport: &dyn Transport,
+    lock: Option<&str>,
+    observer: &dyn Observer,
+    then: impl Fn(&mut Slot) + Sync,
+) -> Vec<Slot> {
     let mut slots: Vec<Slot> = stage
         .hosts
         .iter()
@@ -140,7 +156,10 @@ fn connect(stage: &Stage, transport: &dyn Transport, lock: Option<&str>, observe
         .collect();
     pool(stage.max_parallel).install(|| {
         slots.par_iter_mut().for_each(|slot| match transport.connect(&slot.spec, lock) {
-            Ok(session) => slot.session = Some(session),
+            Ok(session) => {
+                slot.session = Some(session);
+                then(slot);
+            }
             Err(e) => {
                 observer.event(&slot.spec.name, "connect", &format!("failed: {}", error_chain(&e)));
                 slot.fail("connect", &e);
@@ -191,33 +210,26 @@ pub fn push(
     let start = Instant::now();
     let command = format!("ferry push {} {}", stage.name, release.short(12));
     let mut phases = Phases::new();
-    let mut slots = connect(stage, transport, Some(&command), observer);
+    // What each host has, and so what it needs: asked as each connects.
+    let mut slots = connect_then(stage, transport, Some(&command), observer, |slot| {
+        slot.report.step = "status".into();
+        slot.report.to = Some(*release);
+        match slot.session.as_mut().expect("connected").status() {
+            Ok(status) => {
+                slot.report.from = status.current;
+                if status.releases.iter().any(|r| r.id == *release) {
+                    slot.report.shipped = "none".into();
+                }
+            }
+            Err(e) => slot.fail("status", &e),
+        }
+    });
     phases.done("connect");
-    if slots.iter().any(|s| s.session.is_none()) {
+    if slots.iter().any(|s| s.session.is_none() || s.report.result == Outcome::Failed) {
         // Nothing has changed anywhere yet: stop before staging.
         return finish(stage, Some(*release), slots, Vec::new(), start).with(phases);
     }
-
-    // What each host has, and so what it needs.
     let pool = pool(stage.max_parallel);
-    pool.install(|| {
-        slots.par_iter_mut().for_each(|slot| {
-            slot.report.step = "status".into();
-            slot.report.to = Some(*release);
-            match slot.session.as_mut().expect("connected").status() {
-                Ok(status) => {
-                    slot.report.from = status.current;
-                    if status.releases.iter().any(|r| r.id == *release) {
-                        slot.report.shipped = "none".into();
-                    }
-                }
-                Err(e) => slot.fail("status", &e),
-            }
-        });
-    });
-    if slots.iter().any(|s| s.report.result == Outcome::Failed) {
-        return finish(stage, Some(*release), slots, Vec::new(), start).with(phases);
-    }
 
     // One delta per distinct base, made once, before any host is staged.
     let mut payloads: BTreeMap<Option<ReleaseId>, Result<Payload, String>> = BTreeMap::new();
@@ -413,26 +425,29 @@ pub fn rollback(
 ) -> Result<Report, RollbackError> {
     let start = Instant::now();
     let command = format!("ferry rollback {}", stage.name);
-    let mut slots = connect(stage, transport, Some(&command), observer);
-    if slots.iter().any(|s| s.session.is_none()) {
-        return Ok(finish(stage, to.copied(), slots, Vec::new(), start));
-    }
-    let statuses: Vec<Result<Status, HostError>> =
-        slots.iter_mut().map(|s| s.session.as_mut().expect("connected").status()).collect();
-    let mut targets = BTreeMap::new();
-    for (slot, status) in slots.iter_mut().zip(&statuses) {
-        match status {
+    let mut phases = Phases::new();
+    // What each host could go back to, asked as soon as it is connected.
+    let candidates = std::sync::Mutex::new(BTreeMap::new());
+    let mut slots = connect_then(stage, transport, Some(&command), observer, |slot| {
+        slot.report.step = "status".into();
+        match slot.session.as_mut().expect("connected").status() {
             Ok(st) => {
                 slot.report.from = st.current;
                 let target = to.copied().or(st.previous);
                 let has = target.is_some_and(|t| st.releases.iter().any(|r| r.id == t));
-                targets.entry(target.filter(|_| has)).or_insert_with(Vec::new).push(slot.spec.name.clone());
+                let mut candidates = candidates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                candidates.insert(slot.spec.name.clone(), target.filter(|_| has));
             }
-            Err(e) => slot.fail("status", e),
+            Err(e) => slot.fail("status", &e),
         }
+    });
+    phases.done("connect");
+    if slots.iter().any(|s| s.session.is_none() || s.report.result == Outcome::Failed) {
+        return Ok(finish(stage, to.copied(), slots, Vec::new(), start).with(phases));
     }
-    if slots.iter().any(|s| s.report.result == Outcome::Failed) {
-        return Ok(finish(stage, to.copied(), slots, Vec::new(), start));
+    let mut targets: BTreeMap<Option<ReleaseId>, Vec<String>> = BTreeMap::new();
+    for (host, target) in candidates.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        targets.entry(target).or_default().push(host);
     }
     let target = match (targets.len(), targets.keys().next()) {
         (1, Some(Some(t))) => *t,
@@ -457,8 +472,12 @@ pub fn rollback(
             }
         });
     });
+    phases.done("rollback");
     let names = vec![slots.iter().map(|s| s.spec.name.clone()).collect()];
-    Ok(finish(stage, Some(target), slots, names, start))
+    let mut report = finish(stage, Some(target), slots, names, start);
+    phases.done("cleanup");
+    report.phases = phases.seconds;
+    Ok(report)
 }
 
 /// Why a fleet rollback could not start.

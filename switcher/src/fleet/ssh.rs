@@ -2,8 +2,9 @@
 //! against known_hosts, and the agent session (`ferry host serve`) run in an
 //! exec channel — bundles and deltas go down that channel, not over SFTP.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use ssh2::{CheckResult, HashType, KnownHostFileKind};
 use ssh2_config::{ParseRule, SshConfig};
 
-use super::agent::AgentSession;
+use super::agent::{AgentSession, Remote};
 use super::{HostSpec, Session, Transport};
 use crate::host::HostError;
 
@@ -61,13 +62,22 @@ pub enum AgentBinary {
 }
 
 /// `user@host:port`, `host:port`, `user@host` or `host`: what the name
-/// itself says.
+/// itself says. An IPv6 address is bare (`fd00::2`) or, with a port, in
+/// brackets (`[fd00::2]:2222`), as OpenSSH writes it.
 fn address(name: &str) -> (Option<String>, String, Option<u16>) {
-    let (user, rest) = match name.split_once('@') {
+    let (user, rest) = match name.rsplit_once('@') {
         Some((u, r)) => (Some(u.to_owned()), r),
         None => (None, name),
     };
+    if let Some(bracketed) = rest.strip_prefix('[') {
+        if let Some((h, after)) = bracketed.split_once(']') {
+            let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+            return (user, h.to_owned(), port);
+        }
+    }
     match rest.rsplit_once(':') {
+        // More than one colon and no brackets: an IPv6 address, no port.
+        Some((h, _)) if h.contains(':') => (user, rest.to_owned(), None),
         Some((h, p)) if p.parse::<u16>().is_ok() => (user, h.to_owned(), p.parse().ok()),
         _ => (user, rest.to_owned(), None),
     }
@@ -81,8 +91,8 @@ struct Target {
     port: u16,
     identity: Option<PathBuf>,
     connect_timeout: Duration,
-    /// The first ProxyJump host, as the ssh config names it.
-    jump: Option<String>,
+    /// The ProxyJump hosts, in the order they are gone through.
+    jumps: Vec<String>,
 }
 
 impl Ssh {
@@ -103,7 +113,13 @@ impl Ssh {
                 .clone()
                 .or_else(|| params.as_ref().and_then(|p| p.identity_file.as_ref()).and_then(|f| f.first()).cloned()),
             connect_timeout: params.as_ref().and_then(|p| p.connect_timeout).unwrap_or(self.connect_timeout),
-            jump: params.as_ref().and_then(|p| p.proxy_jump.as_ref()).and_then(|j| j.first()).cloned(),
+            jumps: params
+                .as_ref()
+                .and_then(|p| p.proxy_jump.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|j| !j.is_empty() && j != "none")
+                .collect(),
         }
     }
 }
@@ -114,69 +130,157 @@ fn refused(host: &str, message: impl std::fmt::Display) -> HostError {
 
 impl Transport for Ssh {
     fn connect(&self, spec: &HostSpec, lock: Option<&str>) -> Result<Box<dyn Session>, HostError> {
-        let session = self.open(&spec.name, 0)?;
-        let ferry = match &self.ferry {
-            AgentBinary::OnHost(path) => {
-                let (status, out) = exec(&session, &spec.name, &format!("{} agent-hash 2>&1", quote(path)), None)?;
-                if status != 0 {
-                    return Err(refused(
-                        &spec.name,
-                        format!("the agent {path} does not run there (exit {status}): {}", out.trim()),
-                    ));
-                }
-                path.clone()
-            }
-            AgentBinary::Upload(local) => ensure_agent(&session, spec, local)?,
-        };
-        let mut channel = session.channel_session().map_err(|e| refused(&spec.name, e))?;
-        let mut command =
-            format!("{} host --deploy-to {} serve", quote(&ferry), quote(&spec.deploy_to.to_string_lossy()));
+        let (session, _) = self.open(&spec.name, None, 0)?;
+        let mut serve = format!("host --deploy-to {} serve", quote(&spec.deploy_to.to_string_lossy()));
         if let Some(lock) = lock {
-            command.push_str(&format!(" --lock {}", quote(lock)));
+            serve.push_str(&format!(" --lock {}", quote(lock)));
         }
-        channel.exec(&command).map_err(|e| refused(&spec.name, format!("cannot run the agent: {e}")))?;
-        let reader: Box<dyn Read + Send> = Box::new(channel.stream(0));
-        let writer: Box<dyn Write + Send> = Box::new(channel.stream(0));
-        let end = move || {
-            // A host gone quiet must not hold the push up for a step timeout.
-            session.set_timeout(5_000);
-            let _ = channel.send_eof();
-            let _ = channel.wait_close();
-            drop(session);
+        match &self.ferry {
+            AgentBinary::OnHost(path) => {
+                match start(&session, &spec.name, path, &format!("exec {} {serve}", quote(path)))? {
+                    Started::Session(s) => Ok(s),
+                    Started::NoAgent(_) => unreachable!("only the upload's command says so"),
+                }
+            }
+            AgentBinary::Upload(local) => {
+                // One exec channel in the usual case: the agent is there
+                // (its name is its hash), or the host says what it runs.
+                let path = agent_path(spec, local)?;
+                let first = format!(
+                    "p={path}; if [ -x \"$p\" ]; then exec \"$p\" {serve}; fi; echo {NO_AGENT} $(uname -s) $(uname -m)",
+                    path = quote(&path)
+                );
+                match start(&session, &spec.name, &path, &first)? {
+                    Started::Session(s) => Ok(s),
+                    Started::NoAgent(uname) => {
+                        upload_agent(&session, spec, local, &path, &uname)?;
+                        match start(&session, &spec.name, &path, &format!("exec {} {serve}", quote(&path)))? {
+                            Started::Session(s) => Ok(s),
+                            Started::NoAgent(_) => unreachable!("only the first command says so"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the first command says when the agent is not on the host yet.
+const NO_AGENT: &str = "ferry-no-agent";
+
+enum Started {
+    Session(Box<dyn Session>),
+    /// The host lacks the agent; it runs this `uname -s` and `uname -m`.
+    NoAgent(String),
+}
+
+/// Runs `command` in an exec channel and opens the agent session on it,
+/// unless the command's first line says the agent is missing.
+fn start(session: &ssh2::Session, host: &str, agent_path: &str, command: &str) -> Result<Started, HostError> {
+    let mut channel = session.channel_session().map_err(|e| refused(host, e))?;
+    channel.exec(command).map_err(|e| refused(host, format!("cannot run the agent: {e}")))?;
+    let mut output = std::io::BufReader::new(channel.stream(0));
+    let mut first = String::new();
+    let mut agent = Exec { session: session.clone(), channel: channel.clone() };
+    match output.read_line(&mut first) {
+        Ok(0) => {
+            let ended = agent.ended();
+            return Err(refused(host, format!("the agent {agent_path} did not start: {ended}")));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let ended = agent.ended();
+            return Err(refused(host, format!("the agent {agent_path} did not start: {e}; {ended}")));
+        }
+    }
+    if let Some(uname) = first.strip_prefix(NO_AGENT) {
+        agent.close();
+        return Ok(Started::NoAgent(uname.trim().to_owned()));
+    }
+    let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(first.into_bytes()).chain(output));
+    let writer: Box<dyn Write + Send> = Box::new(channel.stream(0));
+    Ok(Started::Session(Box::new(AgentSession::open(host, writer, reader, Box::new(agent))?)))
+}
+
+/// The agent's exec channel.
+struct Exec {
+    session: ssh2::Session,
+    channel: ssh2::Channel,
+}
+
+impl Remote for Exec {
+    fn ended(&mut self) -> String {
+        // A host gone quiet must not hold the report up.
+        self.session.set_timeout(2_000);
+        let mut words = Vec::new();
+        let _ = self.channel.stderr().take(64 << 10).read_to_end(&mut words);
+        let how = match self.channel.wait_close() {
+            Err(_) => "the agent did not end".to_owned(),
+            Ok(()) => match (self.channel.exit_signal().ok().and_then(|s| s.exit_signal), self.channel.exit_status()) {
+                (Some(signal), _) => format!("the agent was killed by SIG{signal}"),
+                (None, Ok(code)) => format!("the agent exited with status {code}"),
+                (None, Err(e)) => format!("the agent ended, its status unknown: {e}"),
+            },
         };
-        Ok(Box::new(AgentSession::open(&spec.name, writer, reader, Box::new(end))?))
+        let words = String::from_utf8_lossy(&words);
+        let last: Vec<&str> = words.lines().filter(|l| !l.trim().is_empty()).collect();
+        match last.len() {
+            0 => how,
+            n => format!("{how}, saying: {}", last[n.saturating_sub(5)..].join(" / ")),
+        }
+    }
+
+    fn close(&mut self) {
+        // A host gone quiet must not hold the push up for a step timeout.
+        self.session.set_timeout(5_000);
+        let _ = self.channel.send_eof();
+        let _ = self.channel.wait_close();
     }
 }
 
 impl Ssh {
-    /// An authenticated session with the host `name` (through its ProxyJump
-    /// hosts, if the ssh config names any).
-    fn open(&self, name: &str, depth: usize) -> Result<ssh2::Session, HostError> {
-        let Target { user, host, port, identity, connect_timeout, jump } = self.target(name);
+    /// An authenticated session with the host `name`, through its ProxyJump
+    /// hosts: `jumps` when given (the hops before this one in a chain), else
+    /// the ssh config's. As OpenSSH does, a chain `a,b` reaches the target
+    /// through `b`, and `b` through `a`.
+    ///
+    /// Returns the session and its socket (a copy of the descriptor), to
+    /// wait on when the session is a bastion's.
+    fn open(&self, name: &str, jumps: Option<&[String]>, depth: usize) -> Result<(ssh2::Session, OwnedFd), HostError> {
+        let target = self.target(name);
+        let Target { user, host, port, identity, connect_timeout, .. } = &target;
+        let (user, host, port, connect_timeout) = (user.as_str(), host.as_str(), *port, *connect_timeout);
+        let jumps = jumps.unwrap_or(&target.jumps);
         let mut session = ssh2::Session::new().map_err(|e| refused(name, e))?;
-        match jump.filter(|j| !j.is_empty() && j != "none") {
-            Some(_) if depth >= 4 => {
-                return Err(refused(name, "more than 4 ProxyJump hops: is the ssh config a loop?"))
+        let socket: OwnedFd;
+        match jumps.split_last() {
+            Some(_) if depth >= 8 => {
+                return Err(refused(name, "more than 8 ProxyJump hops: is the ssh config a loop?"))
             }
-            Some(jump) => {
-                let bastion = self
-                    .open(&jump, depth + 1)
+            Some((jump, before)) => {
+                let (bastion, link) = self
+                    .open(jump, (!before.is_empty()).then_some(before), depth + 1)
                     .map_err(|e| refused(name, format!("cannot reach it through {jump}: {e}")))?;
                 let channel = bastion
-                    .channel_direct_tcpip(&host, port, None)
+                    .channel_direct_tcpip(host, port, None)
                     .map_err(|e| refused(name, format!("{jump} cannot open a connection to {host}:{port}: {e}")))?;
                 let (ours, theirs) = UnixStream::pair().map_err(|e| refused(name, e))?;
-                std::thread::spawn(move || pump(bastion, channel, theirs));
+                std::thread::spawn(move || pump(bastion, link, channel, theirs));
+                socket = ours.try_clone().map_err(|e| refused(name, e))?.into();
                 session.set_tcp_stream(ours);
             }
             None => {
-                let addr = (host.as_str(), port)
+                let addr = (host, port)
                     .to_socket_addrs()
                     .map_err(|e| refused(name, format!("cannot resolve {host}: {e}")))?
                     .next()
                     .ok_or_else(|| refused(name, format!("{host} resolves to no address")))?;
                 let tcp = TcpStream::connect_timeout(&addr, connect_timeout)
                     .map_err(|e| refused(name, format!("cannot connect to {addr}: {e}")))?;
+                // Without Nagle, the handshake takes one round trip per
+                // message, not one delayed ACK (40 ms on Linux) per message.
+                let _ = tcp.set_nodelay(true);
+                socket = tcp.try_clone().map_err(|e| refused(name, e))?.into();
                 session.set_tcp_stream(tcp);
             }
         }
@@ -185,21 +289,21 @@ impl Ssh {
         session.set_timeout(millis(connect_timeout));
         // Ask for a key of a type known_hosts has for this host, so an old
         // entry of another type is not taken for a changed key.
-        let known_types = known_key_types(&self.known_hosts, &host, port);
+        let known_types = known_key_types(&self.known_hosts, host, port);
         if !known_types.is_empty() {
             session
                 .method_pref(ssh2::MethodType::HostKey, &known_types.join(","))
                 .map_err(|e| refused(name, format!("cannot ask for host key types {known_types:?}: {e}")))?;
         }
         session.handshake().map_err(|e| refused(name, format!("SSH handshake failed: {e}")))?;
-        self.check_host_key(&session, name, &host, port)?;
-        match &identity {
-            Some(key) => session.userauth_pubkey_file(&user, None, key, None),
-            None => session.userauth_agent(&user),
+        self.check_host_key(&session, name, host, port)?;
+        match identity {
+            Some(key) => session.userauth_pubkey_file(user, None, key, None),
+            None => session.userauth_agent(user),
         }
         .map_err(|e| refused(name, format!("authentication as {user} was refused: {e}")))?;
         session.set_timeout(millis(self.step_timeout));
-        Ok(session)
+        Ok((session, socket))
     }
 
     fn check_host_key(&self, session: &ssh2::Session, name: &str, host: &str, port: u16) -> Result<(), HostError> {
@@ -253,56 +357,87 @@ fn millis(d: Duration) -> u32 {
 
 /// Carries a jumped connection: bytes between the bastion's direct-tcpip
 /// channel and the socket the target's session runs over, until either
-/// side closes. The bastion's session lives as long as this does.
-fn pump(bastion: ssh2::Session, mut channel: ssh2::Channel, mut socket: UnixStream) {
+/// side closes. The bastion's session lives as long as this does. Waits in
+/// poll(2) on both sockets between bursts, so an idle connection costs
+/// nothing.
+fn pump(bastion: ssh2::Session, link: OwnedFd, mut channel: ssh2::Channel, mut socket: UnixStream) {
+    use rustix::event::{poll, PollFd, PollFlags};
     use std::io::ErrorKind::WouldBlock;
+
     bastion.set_blocking(false);
     if socket.set_nonblocking(true).is_err() {
         return;
     }
     let mut buf = vec![0u8; 64 << 10];
-    // Writes all of `data`, waiting out WouldBlock.
-    fn put(out: &mut dyn Write, mut data: &[u8]) -> bool {
-        while !data.is_empty() {
-            match out.write(data) {
-                Ok(0) => return false,
-                Ok(n) => data = &data[n..],
-                Err(e) if e.kind() == WouldBlock => std::thread::sleep(Duration::from_micros(200)),
-                Err(_) => return false,
-            }
-        }
-        true
-    }
+    // Read from one side, not yet written to the other.
+    let (mut to_socket, mut to_channel): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
+    let (mut channel_done, mut socket_done) = (false, false);
     loop {
-        let mut idle = true;
-        match channel.read(&mut buf) {
-            Ok(0) if channel.eof() => return,
-            Ok(0) => {}
-            Ok(n) => {
-                idle = false;
-                if !put(&mut socket, &buf[..n]) {
-                    return;
+        let mut moved = false;
+        if to_socket.is_empty() && !channel_done {
+            match channel.read(&mut buf) {
+                Ok(0) if channel.eof() => channel_done = true,
+                Ok(0) => {}
+                Ok(n) => {
+                    to_socket.extend_from_slice(&buf[..n]);
+                    moved = true;
                 }
+                Err(e) if e.kind() == WouldBlock => {}
+                Err(_) => return,
             }
-            Err(e) if e.kind() == WouldBlock => {}
-            Err(_) => return,
         }
-        match socket.read(&mut buf) {
-            Ok(0) => {
-                let _ = channel.send_eof();
+        if !to_socket.is_empty() {
+            match socket.write(&to_socket) {
+                Ok(n) => {
+                    to_socket.drain(..n);
+                    moved = true;
+                }
+                Err(e) if e.kind() == WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+        if to_channel.is_empty() && !socket_done {
+            match socket.read(&mut buf) {
+                Ok(0) => socket_done = true,
+                Ok(n) => {
+                    to_channel.extend_from_slice(&buf[..n]);
+                    moved = true;
+                }
+                Err(e) if e.kind() == WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+        if !to_channel.is_empty() {
+            match channel.write(&to_channel) {
+                Ok(n) => {
+                    to_channel.drain(..n);
+                    moved = true;
+                }
+                Err(e) if e.kind() == WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+        if channel_done && to_socket.is_empty() {
+            return;
+        }
+        if socket_done && to_channel.is_empty() {
+            let _ = channel.send_eof();
+            return;
+        }
+        if !moved {
+            let mut link_wants = PollFlags::IN;
+            if bastion.block_directions() == ssh2::BlockDirections::Outbound
+                || bastion.block_directions() == ssh2::BlockDirections::Both
+            {
+                link_wants |= PollFlags::OUT;
+            }
+            let socket_wants = if to_socket.is_empty() { PollFlags::IN } else { PollFlags::OUT };
+            let mut fds = [PollFd::new(&link, link_wants), PollFd::new(&socket, socket_wants)];
+            // A bound on the wait, for data libssh2 holds unread.
+            let tick = rustix::time::Timespec { tv_sec: 0, tv_nsec: 50_000_000 };
+            if poll(&mut fds, Some(&tick)).is_err() {
                 return;
             }
-            Ok(n) => {
-                idle = false;
-                if !put(&mut channel, &buf[..n]) {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == WouldBlock => {}
-            Err(_) => return,
-        }
-        if idle {
-            std::thread::sleep(Duration::from_micros(500));
         }
     }
 }
@@ -328,11 +463,39 @@ fn exec(
     Ok((channel.exit_status().map_err(|e| failed(&e))?, out))
 }
 
-/// Makes sure the host has this very agent; returns its path there.
-fn ensure_agent(session: &ssh2::Session, spec: &HostSpec, local: &std::path::Path) -> Result<String, HostError> {
+/// Where this very agent lives on the host: named by its blake3, so a copy
+/// there is this binary (an upload takes the name only once checked).
+fn agent_path(spec: &HostSpec, local: &std::path::Path) -> Result<String, HostError> {
+    let hash = agent_hash(local)?;
+    let dir = spec.deploy_to.to_string_lossy().trim_end_matches('/').to_owned();
+    Ok(format!("{dir}/.ferry/bin/ferry-{}", &hash[..16]))
+}
+
+/// The blake3 of a binary, hashed once per process.
+fn agent_hash(local: &std::path::Path) -> Result<String, HostError> {
+    static HASHES: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+    let mut hashes = HASHES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, hash)) = hashes.iter().find(|(p, _)| p == local) {
+        return Ok(hash.clone());
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_mmap(local).map_err(HostError::Fs)?;
+    let hash = hasher.finalize().to_hex().to_string();
+    hashes.push((local.to_owned(), hash.clone()));
+    Ok(hash)
+}
+
+/// Uploads this binary to `path` on a host that runs `uname` (`uname -s`
+/// and `uname -m`), once that is what the binary is built for.
+fn upload_agent(
+    session: &ssh2::Session,
+    spec: &HostSpec,
+    local: &std::path::Path,
+    path: &str,
+    uname: &str,
+) -> Result<(), HostError> {
     let name = &spec.name;
-    let (_, uname) = exec(session, name, "uname -sm", None)?;
-    let (os, machine) = uname.trim().split_once(' ').unwrap_or((uname.trim(), ""));
+    let (os, machine) = uname.split_once(' ').unwrap_or((uname, ""));
     if !os.eq_ignore_ascii_case(std::env::consts::OS) || machine != std::env::consts::ARCH {
         return Err(refused(
             name,
@@ -344,28 +507,22 @@ fn ensure_agent(session: &ssh2::Session, spec: &HostSpec, local: &std::path::Pat
             ),
         ));
     }
-    let hash = blake3::hash(&fs_err::read(local).map_err(HostError::Fs)?).to_hex().to_string();
-    let dir = format!("{}/.ferry/bin", spec.deploy_to.to_string_lossy().trim_end_matches('/'));
-    let path = format!("{dir}/ferry-{}", &hash[..16]);
-    let check = format!("{} agent-hash 2>/dev/null", quote(&path));
-    // A copy already there, with this very hash: nothing to upload.
-    if exec(session, name, &check, None)?.1.trim() == hash {
-        return Ok(path);
-    }
+    let hash = agent_hash(local)?;
+    let dir = path.rsplit_once('/').map_or(".", |(d, _)| d);
     // A temporary name of its own (two pushes may upload at once), checked
     // by running it before it takes the final name.
     let upload = format!(
         "set -e; mkdir -p {dir}; t=$(mktemp {dir}/.upload.XXXXXX); trap 'rm -f \"$t\"' EXIT; cat > \"$t\"; \
          chmod 755 \"$t\"; test \"$(\"$t\" agent-hash)\" = {hash}; mv \"$t\" {path}; trap - EXIT",
-        dir = quote(&dir),
-        path = quote(&path)
+        dir = quote(dir),
+        path = quote(path)
     );
     let mut binary = fs_err::File::open(local).map_err(HostError::Fs)?;
     let (status, out) = exec(session, name, &format!("{upload} 2>&1"), Some(&mut binary))?;
     if status != 0 {
         return Err(refused(name, format!("uploading the agent to {path} failed (exit {status}): {}", out.trim())));
     }
-    Ok(path)
+    Ok(())
 }
 
 /// The key types a known_hosts file lists for `host` (plain entries; hashed
@@ -435,6 +592,10 @@ mod tests {
         assert_eq!(address("web1"), (None, "web1".into(), None));
         assert_eq!(address("root@10.0.0.2:2222"), (Some("root".into()), "10.0.0.2".into(), Some(2222)));
         assert_eq!(address("app@web1"), (Some("app".into()), "web1".into(), None));
+        assert_eq!(address("fd00::2"), (None, "fd00::2".into(), None));
+        assert_eq!(address("root@[fd00::2]:2222"), (Some("root".into()), "fd00::2".into(), Some(2222)));
+        assert_eq!(address("[fd00::2]"), (None, "fd00::2".into(), None));
+        assert_eq!(address("app@::1"), (Some("app".into()), "::1".into(), None));
     }
 
     #[test]
