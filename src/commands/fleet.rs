@@ -203,34 +203,48 @@ fn show(settings: &Settings, report: &Report, verb: &str) -> Result<u8> {
 pub fn status(settings: &Settings, s: &StageSettings) -> Result<u8> {
     let statuses = fleet::status(&s.stage, s.transport());
     let failed = statuses.iter().any(|(_, st)| st.is_err());
+    // Hosts that drifted apart: on another release than most of the stage.
+    let mut counts: std::collections::BTreeMap<Option<ReleaseId>, usize> = std::collections::BTreeMap::new();
+    for (_, st) in &statuses {
+        if let Ok(st) = st {
+            *counts.entry(st.current).or_default() += 1;
+        }
+    }
+    let usual = counts.iter().max_by_key(|(_, n)| **n).map(|(id, _)| *id);
+    let drifted = |st: &ferry_switcher::host::Status| counts.len() > 1 && Some(st.current) != usual;
     if settings.output.json {
         let hosts: Vec<_> = statuses
             .iter()
             .map(|(host, st)| match st {
-                Ok(st) => serde_json::json!({"host": host, "ok": true, "status": st}),
+                Ok(st) => serde_json::json!({"host": host, "ok": true, "drifted": drifted(st), "status": st}),
                 Err(e) => serde_json::json!({"host": host, "ok": false, "error": e}),
             })
             .collect();
         output::json(&serde_json::json!({"stage": s.stage.name, "hosts": hosts}))?;
     } else {
         let id = |i: &Option<ReleaseId>| i.map_or_else(|| "-".to_owned(), |i| i.short(12));
-        output::line(&format!("{:<12}  {:<12}  {:<12}  {:>4}  LOCK", "HOST", "CURRENT", "PREVIOUS", "KEPT"))?;
+        let w = statuses.iter().map(|(h, _)| h.len()).max().unwrap_or(4).max(4);
+        output::line(&format!("{:<w$}  {:<12}  {:<12}  {:>4}  LOCK", "HOST", "CURRENT", "PREVIOUS", "KEPT"))?;
         for (host, st) in &statuses {
             match st {
                 Ok(st) => output::line(&format!(
-                    "{host:<12}  {:<12}  {:<12}  {:>4}  {}",
+                    "{host:<w$}  {:<12}  {:<12}  {:>4}  {}{}",
                     id(&st.current),
                     id(&st.previous),
                     st.releases.len(),
-                    st.lock.as_ref().map_or_else(|| "free".to_owned(), ToString::to_string)
+                    st.lock.as_ref().map_or_else(|| "free".to_owned(), ToString::to_string),
+                    if drifted(st) { "  (drifted: not on the release most hosts run)" } else { "" }
                 ))?,
-                Err(e) => output::line(&format!("{host:<12}  error: {e}"))?,
+                Err(e) => output::line(&format!("{host:<w$}  error: {e}"))?,
             }
         }
-        let currents: std::collections::BTreeSet<_> =
-            statuses.iter().filter_map(|(_, st)| st.as_ref().ok().map(|st| st.current)).collect();
-        if currents.len() > 1 {
-            eprintln!("the hosts of {} run different releases", s.stage.name);
+        if counts.len() > 1 {
+            eprintln!(
+                "the hosts of {} run {} different releases; most run {}",
+                s.stage.name,
+                counts.len(),
+                id(&usual.flatten())
+            );
         }
     }
     Ok(if failed { exit::HOSTS_FAILED } else { exit::OK })

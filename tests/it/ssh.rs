@@ -180,6 +180,17 @@ fn ferry_push_status_history_and_rollback_over_an_ssh_stage() {
         let current = fs::read_link(h.srv.join("shop/current")).unwrap();
         assert_eq!(current, PathBuf::from(format!("releases/{v1}")), "{}", h.name);
     }
+    // One host pushed alone drifts apart from the rest, and status says so.
+    let first = format!("root@{}", hosts.hosts[0].addr);
+    p.ferry(["push", "prod", v2.as_str(), "--hosts", first.as_str()]).ok();
+    let status = p.ferry(["status", "prod", "--json"]).ok().json();
+    for h in status["hosts"].as_array().unwrap() {
+        assert_eq!(h["drifted"], h["host"] == first.as_str(), "{h}");
+    }
+    let human = p.ferry(["status", "prod"]).ok();
+    let line = human.stdout.lines().find(|l| l.starts_with(&first)).unwrap();
+    assert!(line.contains("(drifted"), "{}", human.stdout);
+    assert!(human.stderr.contains("run 2 different releases"), "{}", human.stderr);
 }
 
 /// A project with an ssh stage over `hosts` (the agent is this binary, in place).
