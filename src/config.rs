@@ -89,6 +89,10 @@ pub struct StageSection {
     pub agent: Option<String>,
     /// ssh: the OpenSSH client config whose Host entries apply.
     pub ssh_config: Option<String>,
+    /// ssh: seconds to connect (TCP, handshake, key check, authentication).
+    pub connect_timeout: Option<Spanned<u64>>,
+    /// ssh: seconds any one read or write on a connection may take.
+    pub step_timeout: Option<Spanned<u64>>,
 }
 
 fn no_groups() -> Spanned<BTreeMap<String, Vec<String>>> {
@@ -205,10 +209,16 @@ pub struct SshSettings {
     /// The agent on the hosts; `None`: upload this binary.
     pub agent: Option<String>,
     pub ssh_config: PathBuf,
+    pub connect_timeout: std::time::Duration,
+    pub step_timeout: std::time::Duration,
 }
 
 /// The default batches: a canary, then half the fleet, then the rest.
 pub const DEFAULT_STRATEGY: &[&str] = &["1", "50%", "100%"];
+/// Seconds to connect to an ssh host, as OpenSSH's `ConnectTimeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: u64 = 10;
+/// Seconds one read or write on an ssh connection may take.
+pub const DEFAULT_STEP_TIMEOUT: u64 = 600;
 /// Releases kept on each host after a push, as Capistrano's `keep_releases`.
 pub const DEFAULT_KEEP: usize = 5;
 
@@ -328,6 +338,13 @@ fn check_stage(
         Some(rest) => home().join(rest),
         None => normalize(&dir.join(p)),
     };
+    let seconds = |key: &str, value: &Option<Spanned<u64>>, default: u64| match value {
+        Some(v) if *v.get_ref() == 0 => bail!("{}: stage {name}: {key} must be at least 1 second", at(v.span())),
+        Some(v) => Ok(std::time::Duration::from_secs(*v.get_ref())),
+        None => Ok(std::time::Duration::from_secs(default)),
+    };
+    let connect_timeout = seconds("connect_timeout", &stage.connect_timeout, DEFAULT_CONNECT_TIMEOUT)?;
+    let step_timeout = seconds("step_timeout", &stage.step_timeout, DEFAULT_STEP_TIMEOUT)?;
     let ssh = match stage.transport.get_ref().as_str() {
         "local" => None,
         "ssh" => Some(SshSettings {
@@ -337,6 +354,8 @@ fn check_stage(
             accept_new: stage.accept_new_host_keys,
             agent: stage.agent.clone(),
             ssh_config: stage.ssh_config.as_deref().map_or_else(|| home().join(".ssh/config"), expand),
+            connect_timeout,
+            step_timeout,
         }),
         other => {
             bail!("{}: stage {name}: transport {other:?} must be \"local\" or \"ssh\"", at(stage.transport.span()))
@@ -514,6 +533,18 @@ mod tests {
         assert!(err.contains("ferry.toml:3:21: compression_level 30"), "{err}");
         let err = parse("service = \"s\"\n[components]\ncode = \"app\"\nmedia = \"app\"\n").unwrap_err().to_string();
         assert!(err.contains("media path \"app\" is already the code component"), "{err}");
+    }
+
+    #[test]
+    fn ssh_timeouts_are_seconds_and_zero_is_refused_where_it_is_said() {
+        let base = "service = \"s\"\n[stages.prod]\ntransport = \"ssh\"\nhosts = [\"web1\"]\n";
+        let c = parse(&format!("{base}connect_timeout = 3\nstep_timeout = 90\n")).unwrap();
+        let ssh = c.stages["prod"].ssh.clone().unwrap();
+        assert_eq!((ssh.connect_timeout.as_secs(), ssh.step_timeout.as_secs()), (3, 90));
+        let ssh = parse(base).unwrap().stages["prod"].ssh.clone().unwrap();
+        assert_eq!((ssh.connect_timeout.as_secs(), ssh.step_timeout.as_secs()), (10, 600));
+        let err = parse(&format!("{base}step_timeout = 0\n")).unwrap_err().to_string();
+        assert!(err.contains("ferry.toml:5:16: stage prod: step_timeout must be at least 1 second"), "{err}");
     }
 
     /// Every example config the project ships parses: the fixtures and the

@@ -233,8 +233,8 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
                 Some(path) => AgentBinary::OnHost(path.clone()),
                 None => AgentBinary::Upload(std::env::current_exe()?),
             },
-            connect_timeout: std::time::Duration::from_secs(10),
-            step_timeout: std::time::Duration::from_secs(600),
+            connect_timeout: s.connect_timeout,
+            step_timeout: s.step_timeout,
             ssh_config: read_ssh_config(&s.ssh_config).map_err(anyhow::Error::msg)?,
         })
     });
