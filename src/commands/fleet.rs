@@ -210,8 +210,13 @@ pub fn status(settings: &Settings, s: &StageSettings) -> Result<u8> {
             *counts.entry(st.current).or_default() += 1;
         }
     }
-    let usual = counts.iter().max_by_key(|(_, n)| **n).map(|(id, _)| *id);
-    let drifted = |st: &ferry_switcher::host::Status| counts.len() > 1 && Some(st.current) != usual;
+    // The release more hosts run than any other, if one does (no mark on a tie).
+    let top = counts.values().max().copied().unwrap_or(0);
+    let usual = match counts.iter().filter(|(_, n)| **n == top).collect::<Vec<_>>()[..] {
+        [(id, _)] => Some(*id),
+        _ => None,
+    };
+    let drifted = |st: &ferry_switcher::host::Status| usual.is_some_and(|u| counts.len() > 1 && st.current != u);
     if settings.output.json {
         let hosts: Vec<_> = statuses
             .iter()
@@ -239,12 +244,11 @@ pub fn status(settings: &Settings, s: &StageSettings) -> Result<u8> {
             }
         }
         if counts.len() > 1 {
-            eprintln!(
-                "the hosts of {} run {} different releases; most run {}",
-                s.stage.name,
-                counts.len(),
-                id(&usual.flatten())
-            );
+            let most = match usual {
+                Some(u) => format!("most run {}", id(&u)),
+                None => "no one release runs on more hosts than the others".to_owned(),
+            };
+            eprintln!("the hosts of {} run {} different releases; {most}", s.stage.name, counts.len());
         }
     }
     Ok(if failed { exit::HOSTS_FAILED } else { exit::OK })

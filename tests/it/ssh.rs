@@ -420,10 +420,6 @@ fn a_proxy_jump_chain_goes_through_each_hop_in_turn() {
     let (first, second, target) = (hosts.hosts[0].addr, hosts.hosts[1].addr, hosts.hosts[2].addr);
     // This machine reaches only the first hop; the first hop only the
     // second; only the second reaches the target.
-    for blocked in [second, target] {
-        crate::kit::sh(&format!("ip route add blackhole {blocked}/32"));
-    }
-    crate::kit::sh(&format!("ip -n {} route add blackhole {target}/32", hosts.hosts[0].netns));
     struct Unroute(Vec<std::net::Ipv4Addr>);
     impl Drop for Unroute {
         fn drop(&mut self) {
@@ -434,7 +430,12 @@ fn a_proxy_jump_chain_goes_through_each_hop_in_turn() {
             }
         }
     }
+    // Made before the routes, so a failure half-way still removes them.
     let _unroute = Unroute(vec![second, target]);
+    for blocked in [second, target] {
+        crate::kit::sh(&format!("ip route add blackhole {blocked}/32"));
+    }
+    crate::kit::sh(&format!("ip -n {} route add blackhole {target}/32", hosts.hosts[0].netns));
     let mut ssh = ssh(&hosts);
     let config_path = hosts.key.with_file_name("ssh_config");
     fs::write(&config_path, format!("Host inner\n  HostName {target}\n  ProxyJump root@{first},root@{second}\n"))
@@ -471,6 +472,27 @@ fn an_agent_killed_mid_session_is_reported_with_its_signal() {
 }
 
 #[test]
+fn a_session_that_began_with_an_upload_keeps_the_step_timeout() {
+    let hosts = TestHosts::start(1);
+    let mut ssh = ssh(&hosts);
+    ssh.ferry = AgentBinary::Upload(ferry_bin().into());
+    let spec = HostSpec { name: format!("root@{}", hosts.hosts[0].addr), deploy_to: "/srv/slow".into() };
+    // A fresh host: the agent is uploaded in this very connection.
+    let mut session = ssh.connect(&spec, Some("ferry test")).unwrap();
+    assert!(hosts.hosts[0].srv.join("slow/.ferry/bin").exists());
+    // The agent pauses for longer than the 5 s a session's close waits:
+    // the step timeout (60 s here) is what bounds its answer.
+    let out = hosts.ssh(0, "pkill -STOP -f '[d]eploy-to /srv/slow serve'");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let resume = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(7));
+        crate::kit::sh("pkill -CONT -f '[d]eploy-to /srv/slow serve'");
+    });
+    session.status().expect("a slow answer within the step timeout is an answer");
+    resume.join().unwrap();
+}
+
+#[test]
 fn a_host_of_another_os_is_refused_before_anything_is_uploaded() {
     let hosts = TestHosts::start(1);
     // The host's own mount namespace gets a uname that says FreeBSD.
@@ -485,8 +507,9 @@ fn a_host_of_another_os_is_refused_before_anything_is_uploaded() {
     ssh.ferry = AgentBinary::Upload(ferry_bin().into());
     let spec = HostSpec { name: format!("root@{}", hosts.hosts[0].addr), deploy_to: "/srv/shop".into() };
     let err = ssh.connect(&spec, None).err().expect("a FreeBSD host is refused").to_string();
-    assert!(err.contains("the host runs FreeBSD amd64, this ferry is built for linux x86_64"), "{err}");
-    assert!(err.contains("musl"), "says the way out: {err}");
+    let ours = format!("this ferry is built for {} {}", std::env::consts::OS, std::env::consts::ARCH);
+    assert!(err.contains(&format!("the host runs FreeBSD amd64, {ours}")), "{err}");
+    assert!(err.contains("build ferry on or for FreeBSD amd64 and name that build with `agent`"), "{err}");
     assert!(!hosts.hosts[0].srv.join("shop/.ferry/bin").exists(), "nothing was uploaded");
 }
 

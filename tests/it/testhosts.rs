@@ -63,6 +63,10 @@ impl TestHosts {
             "test hosts need root to make network namespaces: run the suite as root (CI does)"
         );
         assert!(
+            fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6").is_ok_and(|v| v.trim() == "0"),
+            "test hosts need IPv6 (each gets an IPv6 address too): enable it with sysctl net.ipv6.conf.all.disable_ipv6=0"
+        );
+        assert!(
             Path::new("/usr/sbin/sshd").exists(),
             "test hosts need OpenSSH's sshd: scripts/test installs openssh-server"
         );

@@ -452,11 +452,12 @@ pub fn rollback(
     let target = match (targets.len(), targets.keys().next()) {
         (1, Some(Some(t))) => *t,
         _ => {
+            close(&mut slots);
             return Err(RollbackError::NoCommonRelease {
                 stage: stage.name.clone(),
                 asked: to.copied(),
                 by_host: targets,
-            })
+            });
         }
     };
     pool(stage.max_parallel).install(|| {

@@ -64,22 +64,27 @@ pub enum AgentBinary {
 /// `user@host:port`, `host:port`, `user@host` or `host`: what the name
 /// itself says. An IPv6 address is bare (`fd00::2`) or, with a port, in
 /// brackets (`[fd00::2]:2222`), as OpenSSH writes it.
-fn address(name: &str) -> (Option<String>, String, Option<u16>) {
+fn address(name: &str) -> Result<(Option<String>, String, Option<u16>), String> {
     let (user, rest) = match name.rsplit_once('@') {
         Some((u, r)) => (Some(u.to_owned()), r),
         None => (None, name),
     };
+    let port = |p: &str| p.parse::<u16>().map_err(|_| format!("the port {p:?} is not a number from 0 to 65535"));
     if let Some(bracketed) = rest.strip_prefix('[') {
-        if let Some((h, after)) = bracketed.split_once(']') {
-            let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
-            return (user, h.to_owned(), port);
-        }
+        let (h, after) = bracketed.split_once(']').ok_or_else(|| "a '[' without its ']'".to_owned())?;
+        return match after {
+            "" => Ok((user, h.to_owned(), None)),
+            _ => match after.strip_prefix(':') {
+                Some(p) => Ok((user, h.to_owned(), Some(port(p)?))),
+                None => Err("after ']' comes ':PORT' or nothing".to_owned()),
+            },
+        };
     }
     match rest.rsplit_once(':') {
         // More than one colon and no brackets: an IPv6 address, no port.
-        Some((h, _)) if h.contains(':') => (user, rest.to_owned(), None),
-        Some((h, p)) if p.parse::<u16>().is_ok() => (user, h.to_owned(), p.parse().ok()),
-        _ => (user, rest.to_owned(), None),
+        Some((h, _)) if h.contains(':') => Ok((user, rest.to_owned(), None)),
+        Some((h, p)) => Ok((user, h.to_owned(), Some(port(p)?))),
+        None => Ok((user, rest.to_owned(), None)),
     }
 }
 
@@ -96,11 +101,11 @@ struct Target {
 }
 
 impl Ssh {
-    fn target(&self, name: &str) -> Target {
-        let (user, alias, port) = address(name);
+    fn target(&self, name: &str) -> Result<Target, HostError> {
+        let (user, alias, port) = address(name).map_err(|e| refused(name, e))?;
         let params = self.ssh_config.as_ref().map(|c| c.query(&alias));
         let from_config = |f: fn(&ssh2_config::HostParams) -> Option<String>| params.as_ref().and_then(f);
-        Target {
+        Ok(Target {
             user: user
                 .or_else(|| self.user.clone())
                 .or_else(|| from_config(|p| p.user.clone()))
@@ -120,7 +125,7 @@ impl Ssh {
                 .into_iter()
                 .filter(|j| !j.is_empty() && j != "none")
                 .collect(),
-        }
+        })
     }
 }
 
@@ -139,7 +144,9 @@ impl Transport for Ssh {
             AgentBinary::OnHost(path) => {
                 match start(&session, &spec.name, path, &format!("exec {} {serve}", quote(path)))? {
                     Started::Session(s) => Ok(s),
-                    Started::NoAgent(_) => unreachable!("only the upload's command says so"),
+                    Started::NoAgent(what) => {
+                        Err(refused(&spec.name, format!("the agent {path} said {what:?}, not hello")))
+                    }
                 }
             }
             AgentBinary::Upload(local) => {
@@ -156,7 +163,9 @@ impl Transport for Ssh {
                         upload_agent(&session, spec, local, &path, &uname)?;
                         match start(&session, &spec.name, &path, &format!("exec {} {serve}", quote(&path)))? {
                             Started::Session(s) => Ok(s),
-                            Started::NoAgent(_) => unreachable!("only the first command says so"),
+                            Started::NoAgent(what) => {
+                                Err(refused(&spec.name, format!("the uploaded agent {path} said {what:?}, not hello")))
+                            }
                         }
                     }
                 }
@@ -210,12 +219,16 @@ struct Exec {
 
 impl Remote for Exec {
     fn ended(&mut self) -> String {
-        // A host gone quiet must not hold the report up.
+        // A host gone quiet must not hold the report up; the session's own
+        // timeout comes back after (the session may go on to other channels).
+        let timeout = self.session.timeout();
         self.session.set_timeout(2_000);
         let mut words = Vec::new();
         let _ = self.channel.stderr().take(64 << 10).read_to_end(&mut words);
-        let how = match self.channel.wait_close() {
-            Err(_) => "the agent did not end".to_owned(),
+        let closed = self.channel.wait_close();
+        self.session.set_timeout(timeout);
+        let how = match closed {
+            Err(_) => "the agent is still running, or the host stopped answering (no end within 2 s)".to_owned(),
             Ok(()) => match (self.channel.exit_signal().ok().and_then(|s| s.exit_signal), self.channel.exit_status()) {
                 (Some(signal), _) => format!("the agent was killed by SIG{signal}"),
                 (None, Ok(code)) => format!("the agent exited with status {code}"),
@@ -231,10 +244,13 @@ impl Remote for Exec {
     }
 
     fn close(&mut self) {
-        // A host gone quiet must not hold the push up for a step timeout.
+        // A host gone quiet must not hold the push up for a step timeout;
+        // the session's own timeout comes back after.
+        let timeout = self.session.timeout();
         self.session.set_timeout(5_000);
         let _ = self.channel.send_eof();
         let _ = self.channel.wait_close();
+        self.session.set_timeout(timeout);
     }
 }
 
@@ -247,7 +263,7 @@ impl Ssh {
     /// Returns the session and its socket (a copy of the descriptor), to
     /// wait on when the session is a bastion's.
     fn open(&self, name: &str, jumps: Option<&[String]>, depth: usize) -> Result<(ssh2::Session, OwnedFd), HostError> {
-        let target = self.target(name);
+        let target = self.target(name)?;
         let Target { user, host, port, identity, connect_timeout, .. } = &target;
         let (user, host, port, connect_timeout) = (user.as_str(), host.as_str(), *port, *connect_timeout);
         let jumps = jumps.unwrap_or(&target.jumps);
@@ -425,18 +441,29 @@ fn pump(bastion: ssh2::Session, link: OwnedFd, mut channel: ssh2::Channel, mut s
             return;
         }
         if !moved {
-            let mut link_wants = PollFlags::IN;
-            if bastion.block_directions() == ssh2::BlockDirections::Outbound
-                || bastion.block_directions() == ssh2::BlockDirections::Both
-            {
+            // Ask only for what the loop will act on: poll(2) is level-
+            // triggered, and a side asked about but not served spins.
+            let mut link_wants = PollFlags::empty();
+            if to_socket.is_empty() && !channel_done || !to_channel.is_empty() {
+                // Data to read, or the window adjust a blocked write awaits.
+                link_wants |= PollFlags::IN;
+            }
+            if matches!(bastion.block_directions(), ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both) {
                 link_wants |= PollFlags::OUT;
             }
-            let socket_wants = if to_socket.is_empty() { PollFlags::IN } else { PollFlags::OUT };
+            let mut socket_wants = PollFlags::empty();
+            if to_channel.is_empty() && !socket_done {
+                socket_wants |= PollFlags::IN;
+            }
+            if !to_socket.is_empty() {
+                socket_wants |= PollFlags::OUT;
+            }
             let mut fds = [PollFd::new(&link, link_wants), PollFd::new(&socket, socket_wants)];
             // A bound on the wait, for data libssh2 holds unread.
             let tick = rustix::time::Timespec { tv_sec: 0, tv_nsec: 50_000_000 };
-            if poll(&mut fds, Some(&tick)).is_err() {
-                return;
+            match poll(&mut fds, Some(&tick)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return,
             }
         }
     }
@@ -497,11 +524,18 @@ fn upload_agent(
     let name = &spec.name;
     let (os, machine) = uname.split_once(' ').unwrap_or((uname, ""));
     if !os.eq_ignore_ascii_case(std::env::consts::OS) || machine != std::env::consts::ARCH {
+        let way_out = if os.eq_ignore_ascii_case("linux") {
+            format!(
+                "build ferry for it and name that build with `agent` (a static musl build, \
+                 --target {machine}-unknown-linux-musl, runs on any Linux of that machine)"
+            )
+        } else {
+            format!("build ferry on or for {os} {machine} and name that build with `agent`")
+        };
         return Err(refused(
             name,
             format!(
-                "the host runs {os} {machine}, this ferry is built for {} {}: build ferry for the host's target and \
-                 name it with `agent` (a static musl build, e.g. --target {machine}-unknown-linux-musl, runs on any Linux)",
+                "the host runs {os} {machine}, this ferry is built for {} {}: {way_out}",
                 std::env::consts::OS,
                 std::env::consts::ARCH
             ),
@@ -589,13 +623,19 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!(address("web1"), (None, "web1".into(), None));
-        assert_eq!(address("root@10.0.0.2:2222"), (Some("root".into()), "10.0.0.2".into(), Some(2222)));
-        assert_eq!(address("app@web1"), (Some("app".into()), "web1".into(), None));
-        assert_eq!(address("fd00::2"), (None, "fd00::2".into(), None));
-        assert_eq!(address("root@[fd00::2]:2222"), (Some("root".into()), "fd00::2".into(), Some(2222)));
-        assert_eq!(address("[fd00::2]"), (None, "fd00::2".into(), None));
-        assert_eq!(address("app@::1"), (Some("app".into()), "::1".into(), None));
+        let ok = |name: &str| address(name).unwrap();
+        assert_eq!(ok("web1"), (None, "web1".into(), None));
+        assert_eq!(ok("root@10.0.0.2:2222"), (Some("root".into()), "10.0.0.2".into(), Some(2222)));
+        assert_eq!(ok("app@web1"), (Some("app".into()), "web1".into(), None));
+        assert_eq!(ok("fd00::2"), (None, "fd00::2".into(), None));
+        assert_eq!(ok("root@[fd00::2]:2222"), (Some("root".into()), "fd00::2".into(), Some(2222)));
+        assert_eq!(ok("[fd00::2]"), (None, "fd00::2".into(), None));
+        assert_eq!(ok("app@::1"), (Some("app".into()), "::1".into(), None));
+        let bad = |name: &str| address(name).unwrap_err();
+        assert_eq!(bad("web1:99999"), "the port \"99999\" is not a number from 0 to 65535");
+        assert_eq!(bad("root@[fd00::2]:x"), "the port \"x\" is not a number from 0 to 65535");
+        assert_eq!(bad("[fd00::2"), "a '[' without its ']'");
+        assert_eq!(bad("[fd00::2]2222"), "after ']' comes ':PORT' or nothing");
     }
 
     #[test]
@@ -616,17 +656,17 @@ mod tests {
             step_timeout: Duration::from_secs(60),
             ssh_config: Some(config),
         };
-        let t = ssh.target("web-1");
+        let t = ssh.target("web-1").unwrap();
         assert_eq!((t.user.as_str(), t.host.as_str(), t.port), ("app", "10.1.2.3", 2222));
         assert_eq!(t.identity, Some(PathBuf::from("/keys/app")));
-        let t = ssh.target("root@web-1:22");
+        let t = ssh.target("root@web-1:22").unwrap();
         assert_eq!((t.user.as_str(), t.port), ("root", 22), "the name wins");
-        let t = ssh.target("db1");
+        let t = ssh.target("db1").unwrap();
         assert_eq!((t.host.as_str(), t.port, t.identity), ("db1", 22, None));
         // The stage's user, said in ferry.toml, wins over a personal config.
         let ssh = Ssh { user: Some("deploy".into()), ..ssh };
-        assert_eq!(ssh.target("web-1").user, "deploy");
-        assert_eq!(ssh.target("root@web-1").user, "root");
+        assert_eq!(ssh.target("web-1").unwrap().user, "deploy");
+        assert_eq!(ssh.target("root@web-1").unwrap().user, "root");
     }
 
     #[test]
