@@ -125,6 +125,7 @@ fn main() -> Result<()> {
         keep_releases: 5,
         max_parallel: 10,
         on_failure: OnFailure::Revert,
+        runtime: Default::default(),
     };
     let source = Source(store.clone());
 

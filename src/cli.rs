@@ -109,11 +109,48 @@ on all hosts, or the one named with --to. Refuses, changing nothing, otherwise."
     /// Show the journals of a stage's hosts, merged in time order.
     #[command(after_help = "Examples:\n  ferry history staging\n  ferry history production --json")]
     History(StageArgs),
+    /// Prepare each host of a stage for the service's programs (safe to re-run).
+    #[command(after_help = "\
+Examples:
+  ferry setup production
+  ferry setup production --hosts web3     a new host
+
+On each host: the deploy_to layout, shared/log, and the service's own
+supervisord, configured from ferry.toml's [programs] (its socket under
+.ferry/), with a systemd unit and an init.d script in .ferry/ that start it.
+Started once a release is current; `ferry push` re-runs this before its
+first flip, so a changed [programs] reaches the hosts with the release.")]
+    Setup(StageArgs),
+    /// Show the programs' logs on a stage's hosts, prefixed by host.
+    #[command(after_help = "\
+Examples:
+  ferry logs production
+  ferry logs production --hosts web1 --program web -f
+
+Read through each host's supervisord (stdout and stderr of every process).")]
+    Logs(LogsArgs),
     /// The on-host agent: what the controller runs on each host (also by hand).
     Host(HostArgs),
     /// The blake3 of this binary (how the controller checks its agent on a host).
     #[command(hide = true)]
     AgentHash,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// A stage of ferry.toml.
+    pub stage: String,
+    #[command(flatten)]
+    pub narrow: Narrow,
+    /// Only this program's processes.
+    #[arg(long)]
+    pub program: Option<String>,
+    /// Keep printing what they write, until interrupted.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// How much of each log to show first, in bytes.
+    #[arg(long, default_value_t = 4096)]
+    pub bytes: i32,
 }
 
 #[derive(Debug, Args)]

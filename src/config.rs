@@ -7,11 +7,13 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use ferry_formats::release::{valid_env_name, valid_service_name};
 use ferry_formats::{ComponentKind, RelPath};
-use ferry_switcher::fleet::{OnFailure, Step};
+use ferry_switcher::fleet::{Gate, Hooks, HttpProbe, OnFailure, Step};
+use ferry_switcher::host::runtime::{Program, Restart};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -45,6 +47,80 @@ pub struct FerryToml {
     pub deploy: DeploySection,
     #[serde(default)]
     pub stages: BTreeMap<String, Spanned<StageSection>>,
+    /// The service's processes, run by its own supervisord on every host.
+    #[serde(default)]
+    pub programs: BTreeMap<String, Spanned<ProgramSection>>,
+    #[serde(default)]
+    pub hooks: HooksSection,
+}
+
+/// `[programs.<name>]`: one program of the service, under supervisord.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramSection {
+    pub command: Spanned<String>,
+    pub numprocs: Option<Spanned<u32>>,
+    /// Relative to the release; "." by default.
+    pub directory: Option<Spanned<String>>,
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    pub stopsignal: Option<Spanned<String>>,
+    pub stopwaitsecs: Option<u32>,
+    pub startsecs: Option<u32>,
+    /// Restart by this signal (gunicorn: HUP) instead of stop and start.
+    pub reload_signal: Option<Spanned<String>>,
+}
+
+/// `[hooks]`: commands run on hosts around a push.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksSection {
+    pub migrate: Option<String>,
+    pub migrate_on: Option<String>,
+    pub before_flip: Option<String>,
+    pub after_flip: Option<String>,
+    pub timeout: Option<Spanned<u64>>,
+}
+
+/// `[stages.<name>.health]`: the gates after each batch.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    pub http: Option<HttpSection>,
+    pub errors: Option<ErrorsSection>,
+    pub command: Option<CommandSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    pub url: Spanned<String>,
+    #[serde(default)]
+    pub urls: BTreeMap<String, String>,
+    pub status: Option<u16>,
+    pub timeout: Option<f64>,
+    pub retries: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorsSection {
+    pub url: Spanned<String>,
+    #[serde(default)]
+    pub urls: BTreeMap<String, String>,
+    pub timeout: Option<f64>,
+    pub window: Option<f64>,
+    pub interval: Option<f64>,
+    pub max_rate: Option<f64>,
+    pub max_excess: Option<f64>,
+    pub min_requests: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSection {
+    pub run: String,
+    pub timeout: Option<u64>,
 }
 
 /// `[deploy]`: how releases live on every host, for every stage.
@@ -93,6 +169,17 @@ pub struct StageSection {
     pub connect_timeout: Option<Spanned<u64>>,
     /// ssh: seconds any one read or write on a connection may take.
     pub step_timeout: Option<Spanned<u64>>,
+    /// The gates after each batch.
+    #[serde(default)]
+    pub health: HealthSection,
+    /// Environment for the programs on one host, over `[programs.*]`'s:
+    /// `{ "web1" = { PORT = "8101" } }`.
+    #[serde(default = "no_host_env")]
+    pub host_env: Spanned<BTreeMap<String, BTreeMap<String, String>>>,
+}
+
+fn no_host_env() -> Spanned<BTreeMap<String, BTreeMap<String, String>>> {
+    Spanned::new(0..0, BTreeMap::new())
 }
 
 fn no_groups() -> Spanned<BTreeMap<String, Vec<String>>> {
@@ -189,6 +276,8 @@ pub struct Config {
     pub compression_level: i32,
     pub store: Option<PathBuf>,
     pub stages: BTreeMap<String, Stage>,
+    pub programs: Vec<Program>,
+    pub hooks: Hooks,
 }
 
 /// The batches of a stage: counts and shares, or named groups in order.
@@ -238,6 +327,9 @@ pub struct Stage {
     pub on_failure: OnFailure,
     pub linked_dirs: Vec<RelPath>,
     pub linked_files: Vec<RelPath>,
+    pub gates: Vec<Gate>,
+    /// By host name as the stage lists it.
+    pub host_env: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Config {
@@ -319,6 +411,8 @@ impl Config {
             compression_level: level,
             store,
             stages,
+            programs: programs(&raw, &at)?,
+            hooks: hooks(&raw, &at)?,
         })
     }
 }
@@ -447,6 +541,22 @@ fn check_stage(
         Some((o, other)) => bail!("{}: on_failure {other:?} must be \"revert\" or \"stop\"", at(o.span())),
     };
     let (linked_dirs, linked_files) = linked_paths(raw, at)?;
+    let gates = gates(name, &stage.health, at)?;
+    for h in stage.host_env.get_ref().keys() {
+        if !hosts.iter().any(|(n, _)| n == h) {
+            bail!(
+                "{}: stage {name}: host_env names {h:?}, which is not one of the stage's hosts",
+                at(stage.host_env.span())
+            );
+        }
+    }
+    for gate in &gates {
+        if let Gate::Http(probe) | Gate::Errors { probe, .. } = gate {
+            if let Some(h) = probe.urls.keys().find(|h| !hosts.iter().any(|(n, _)| n == *h)) {
+                bail!("stage {name}: health urls name {h:?}, which is not one of the stage's hosts");
+            }
+        }
+    }
     Ok(Stage {
         hosts,
         ssh,
@@ -459,6 +569,140 @@ fn check_stage(
         on_failure,
         linked_dirs,
         linked_files,
+        gates,
+        host_env: stage.host_env.get_ref().clone(),
+    })
+}
+
+/// A stage's `[health]` as gates, in the order they run: http, errors, command.
+fn gates(stage: &str, health: &HealthSection, at: &dyn Fn(Range<usize>) -> String) -> Result<Vec<Gate>> {
+    let secs = |v: Option<f64>, default: f64| Duration::from_secs_f64(v.unwrap_or(default).max(0.001));
+    let url = |u: &Spanned<String>, what: &str| -> Result<String> {
+        let s = u.get_ref();
+        if !(s.starts_with("http://") || s.starts_with("https://")) {
+            bail!("{}: stage {stage}: health.{what}.url {s:?} must be an http:// URL", at(u.span()));
+        }
+        Ok(s.clone())
+    };
+    let mut gates = Vec::new();
+    if let Some(h) = &health.http {
+        gates.push(Gate::Http(HttpProbe {
+            url: url(&h.url, "http")?,
+            urls: h.urls.clone(),
+            status: h.status.unwrap_or(200),
+            timeout: secs(h.timeout, 2.0),
+            retries: h.retries.unwrap_or(3).max(1),
+        }));
+    }
+    if let Some(e) = &health.errors {
+        let rate = |v: Option<f64>, default: f64, key: &str| -> Result<f64> {
+            let v = v.unwrap_or(default);
+            if !(0.0..=1.0).contains(&v) {
+                bail!("{}: stage {stage}: health.errors.{key} = {v} must be a share from 0 to 1", at(e.url.span()));
+            }
+            Ok(v)
+        };
+        gates.push(Gate::Errors {
+            probe: HttpProbe {
+                url: url(&e.url, "errors")?,
+                urls: e.urls.clone(),
+                status: 200,
+                timeout: secs(e.timeout, 2.0),
+                retries: 1,
+            },
+            window: secs(e.window, 10.0),
+            interval: secs(e.interval, 0.2),
+            max_rate: rate(e.max_rate, 0.05, "max_rate")?,
+            max_excess: rate(e.max_excess, 0.02, "max_excess")?,
+            min_requests: e.min_requests.unwrap_or(20),
+        });
+    }
+    if let Some(c) = &health.command {
+        gates.push(Gate::Command { run: c.run.clone(), timeout: Duration::from_secs(c.timeout.unwrap_or(60)) });
+    }
+    Ok(gates)
+}
+
+/// `[programs.*]`, checked.
+fn programs(raw: &FerryToml, at: &dyn Fn(Range<usize>) -> String) -> Result<Vec<Program>> {
+    const SIGNALS: &[&str] = &["TERM", "HUP", "INT", "QUIT", "KILL", "USR1", "USR2"];
+    let mut out = Vec::new();
+    for (name, p) in &raw.programs {
+        let span = p.span();
+        let p = p.get_ref();
+        if !valid_env_name(name) {
+            bail!("{}: program {name:?}: a program name is letters, digits, '_' or '-'", at(span));
+        }
+        if p.command.get_ref().trim().is_empty() {
+            bail!("{}: program {name}: command is empty", at(p.command.span()));
+        }
+        let signal = |s: &Option<Spanned<String>>, key: &str, default: Option<&str>| -> Result<Option<String>> {
+            match s {
+                Some(v) => {
+                    let sig = v.get_ref().trim_start_matches("SIG").to_ascii_uppercase();
+                    if !SIGNALS.contains(&sig.as_str()) {
+                        bail!(
+                            "{}: program {name}: {key} {:?} must be one of {}",
+                            at(v.span()),
+                            v.get_ref(),
+                            SIGNALS.join(", ")
+                        );
+                    }
+                    Ok(Some(sig))
+                }
+                None => Ok(default.map(str::to_owned)),
+            }
+        };
+        let numprocs = match &p.numprocs {
+            Some(n) if *n.get_ref() < 1 => bail!("{}: program {name}: numprocs must be at least 1", at(n.span())),
+            Some(n) => *n.get_ref(),
+            None => 1,
+        };
+        let directory = match &p.directory {
+            Some(d) => {
+                let s = d.get_ref().trim_end_matches('/');
+                if s == "." || s.is_empty() {
+                    ".".to_owned()
+                } else {
+                    RelPath::new(s)
+                        .map_err(|e| anyhow::anyhow!("{}: program {name}: directory {s:?}: {e}", at(d.span())))?
+                        .to_string()
+                }
+            }
+            None => ".".to_owned(),
+        };
+        out.push(Program {
+            name: name.clone(),
+            command: p.command.get_ref().clone(),
+            numprocs,
+            directory,
+            environment: p.environment.clone(),
+            stopsignal: signal(&p.stopsignal, "stopsignal", Some("TERM"))?.unwrap_or_default(),
+            stopwaitsecs: p.stopwaitsecs.unwrap_or(10),
+            startsecs: p.startsecs.unwrap_or(1),
+            restart: match signal(&p.reload_signal, "reload_signal", None)? {
+                Some(sig) => Restart::Signal(sig),
+                None => Restart::Restart,
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// `[hooks]`, checked.
+fn hooks(raw: &FerryToml, at: &dyn Fn(Range<usize>) -> String) -> Result<Hooks> {
+    let h = &raw.hooks;
+    let timeout = match &h.timeout {
+        Some(t) if *t.get_ref() == 0 => bail!("{}: hooks.timeout must be at least 1 second", at(t.span())),
+        Some(t) => Duration::from_secs(*t.get_ref()),
+        None => Duration::from_secs(300),
+    };
+    Ok(Hooks {
+        migrate: h.migrate.clone(),
+        migrate_on: h.migrate_on.clone(),
+        before_flip: h.before_flip.clone(),
+        after_flip: h.after_flip.clone(),
+        timeout,
     })
 }
 

@@ -10,7 +10,7 @@ use ferry_builder::Store;
 use ferry_formats::release::{valid_env_name, valid_version, VERSION_RULE};
 
 use ferry_formats::RelPath;
-use ferry_switcher::fleet::{read_ssh_config, AgentBinary, HostSpec, Ssh, Stage, Step};
+use ferry_switcher::fleet::{read_ssh_config, AgentBinary, HostSpec, Runtime, Ssh, Stage, Step};
 use ferry_switcher::host::{Host, StageOptions};
 
 use crate::cli::{Cli, Command, HostOptions, HostVerb, Narrow};
@@ -55,6 +55,8 @@ pub enum Action {
     Rollback(StageSettings, Option<String>),
     Status(StageSettings),
     History(StageSettings),
+    Setup(StageSettings),
+    Logs(StageSettings, crate::cli::LogsArgs),
     Host(Host, HostAction),
     AgentHash,
 }
@@ -156,6 +158,8 @@ impl Settings {
             }
             Command::Status(a) => Action::Status(load_stage(&config_path, &a.stage, &a.narrow)?.0),
             Command::History(a) => Action::History(load_stage(&config_path, &a.stage, &a.narrow)?.0),
+            Command::Setup(a) => Action::Setup(load_stage(&config_path, &a.stage, &a.narrow)?.0),
+            Command::Logs(a) => Action::Logs(load_stage(&config_path, &a.stage, &a.narrow)?.0, a),
             Command::AgentHash => Action::AgentHash,
             Command::Host(h) => Action::Host(Host::new(std::path::absolute(&h.deploy_to)?), host_action(h.verb)?),
         };
@@ -169,6 +173,8 @@ impl Settings {
             | Action::Rollback(..)
             | Action::Status(_)
             | Action::History(_)
+            | Action::Setup(_)
+            | Action::Logs(..)
             | Action::Host(..)
             | Action::AgentHash => false,
         };
@@ -211,7 +217,7 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
     let short = |dir: &Path| dir.file_name().map(|n| n.to_string_lossy().into_owned());
     let shorts: std::collections::BTreeSet<_> = stage.hosts.iter().filter_map(|(_, d)| short(d)).collect();
     let unique = shorts.len() == stage.hosts.len();
-    let hosts = stage
+    let hosts: Vec<HostSpec> = stage
         .hosts
         .iter()
         .map(|(name, dir)| match &stage.ssh {
@@ -244,6 +250,7 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
         linked_dirs: stage.linked_dirs.clone(),
         linked_files: stage.linked_files.clone(),
     };
+    let runtime = runtime(&config, stage, &hosts);
     let stage = Stage {
         name: name.to_owned(),
         hosts,
@@ -252,8 +259,46 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
         keep_releases: stage.keep_releases,
         max_parallel: stage.max_parallel,
         on_failure: stage.on_failure,
+        runtime,
     };
     Ok((StageSettings { service: config.service, stage, ssh }, store))
+}
+
+/// The programs, hooks and gates for `hosts`, with host names as ferry.toml
+/// writes them turned into the names reports use.
+fn runtime(config: &crate::config::Config, stage: &crate::config::Stage, hosts: &[HostSpec]) -> Runtime {
+    let rename: std::collections::BTreeMap<&str, &str> =
+        stage.hosts.iter().zip(hosts).map(|((name, _), spec)| (name.as_str(), spec.name.as_str())).collect();
+    let by_spec = |m: &std::collections::BTreeMap<String, String>| -> std::collections::BTreeMap<String, String> {
+        m.iter().filter_map(|(k, v)| rename.get(k.as_str()).map(|n| ((*n).to_owned(), v.clone()))).collect()
+    };
+    let gates = stage
+        .gates
+        .iter()
+        .cloned()
+        .map(|mut gate| {
+            match &mut gate {
+                ferry_switcher::fleet::Gate::Http(probe) | ferry_switcher::fleet::Gate::Errors { probe, .. } => {
+                    probe.urls = by_spec(&probe.urls);
+                }
+                ferry_switcher::fleet::Gate::Command { .. } => {}
+            }
+            gate
+        })
+        .collect();
+    let mut hooks = config.hooks.clone();
+    hooks.migrate_on = hooks.migrate_on.as_deref().and_then(|h| rename.get(h)).map(|n| (*n).to_owned());
+    Runtime {
+        service: config.service.clone(),
+        programs: config.programs.clone(),
+        hooks,
+        gates,
+        host_env: stage
+            .host_env
+            .iter()
+            .filter_map(|(k, v)| rename.get(k.as_str()).map(|n| ((*n).to_owned(), v.clone())))
+            .collect(),
+    }
 }
 
 /// The stage's hosts that `--hosts` and `--group` leave (all, without

@@ -180,10 +180,27 @@ fn show(settings: &Settings, report: &Report, verb: &str) -> Result<u8> {
         ))?;
     }
     for h in report.hosts.iter().filter(|h| h.error.is_some()) {
-        eprintln!("{}: {} failed: {}", h.host, h.step, h.error.as_deref().unwrap_or_default());
+        let error = h.error.as_deref().unwrap_or_default();
+        if h.result == Outcome::Reverted {
+            eprintln!("{}: flipped back: {error}", h.host);
+        } else {
+            eprintln!("{}: {} failed: {error}", h.host, h.step);
+        }
     }
     for h in report.hosts.iter().filter_map(|h| h.warning.as_ref().map(|w| (h, w))) {
         eprintln!("{}: warning: {}", h.0.host, h.1);
+    }
+    for h in &report.hosts {
+        for run in &h.hooks {
+            let how = run.exit.map_or_else(|| "killed".to_owned(), |c| format!("exit {c}"));
+            eprintln!("{}: hook {} ({how}, {:.2}s)", h.host, run.name, run.seconds);
+            for line in run.output.lines() {
+                eprintln!("{}:   | {line}", h.host);
+            }
+        }
+    }
+    if let Some(gate) = &report.gate {
+        eprintln!("{gate}; the hosts this push flipped went back");
     }
     let batches: Vec<String> = report.batches.iter().map(|b| b.join(", ")).collect();
     let shipped: u64 = report.hosts.iter().map(|h| h.bytes).sum();
@@ -232,14 +249,22 @@ pub fn status(settings: &Settings, s: &StageSettings) -> Result<u8> {
         output::line(&format!("{:<w$}  {:<12}  {:<12}  {:>4}  LOCK", "HOST", "CURRENT", "PREVIOUS", "KEPT"))?;
         for (host, st) in &statuses {
             match st {
-                Ok(st) => output::line(&format!(
-                    "{host:<w$}  {:<12}  {:<12}  {:>4}  {}{}",
-                    id(&st.current),
-                    id(&st.previous),
-                    st.releases.len(),
-                    st.lock.as_ref().map_or_else(|| "free".to_owned(), ToString::to_string),
-                    if drifted(st) { "  (drifted: not on the release most hosts run)" } else { "" }
-                ))?,
+                Ok(st) => {
+                    output::line(&format!(
+                        "{host:<w$}  {:<12}  {:<12}  {:>4}  {}{}",
+                        id(&st.current),
+                        id(&st.previous),
+                        st.releases.len(),
+                        st.lock.as_ref().map_or_else(|| "free".to_owned(), ToString::to_string),
+                        if drifted(st) { "  (drifted: not on the release most hosts run)" } else { "" }
+                    ))?;
+                    for p in &st.programs {
+                        output::line(&format!(
+                            "{:<w$}    {:<20}  {:<9}  pid {:<7}  {}",
+                            "", p.name, p.state, p.pid, p.description
+                        ))?;
+                    }
+                }
                 Err(e) => output::line(&format!("{host:<w$}  error: {e}"))?,
             }
         }
@@ -278,6 +303,59 @@ pub fn history(settings: &Settings, s: &StageSettings) -> Result<u8> {
         }
     }
     Ok(if failed { exit::HOSTS_FAILED } else { exit::OK })
+}
+
+pub fn setup(settings: &Settings, s: &StageSettings) -> Result<u8> {
+    if s.stage.runtime.programs.is_empty() {
+        bail!("ferry.toml has no [programs.<name>]: there is nothing to set up");
+    }
+    let results = fleet::setup(&s.stage, s.transport());
+    let failed = results.iter().any(|(_, r)| r.is_err());
+    if settings.output.json {
+        let hosts: Vec<_> = results
+            .iter()
+            .map(|(host, r)| match r {
+                Ok(did) => serde_json::json!({"host": host, "ok": true, "did": did}),
+                Err(e) => serde_json::json!({"host": host, "ok": false, "error": e}),
+            })
+            .collect();
+        output::json(&serde_json::json!({"stage": s.stage.name, "ok": !failed, "hosts": hosts}))?;
+    } else {
+        for (host, r) in &results {
+            match r {
+                Ok(did) if did.is_empty() => output::line(&format!("{host}: already set up"))?,
+                Ok(did) => {
+                    for line in did {
+                        output::line(&format!("{host}: {line}"))?;
+                    }
+                }
+                Err(e) => output::line(&format!("{host}: FAILED: {e}"))?,
+            }
+        }
+    }
+    Ok(if failed { exit::HOSTS_FAILED } else { exit::OK })
+}
+
+pub fn logs(settings: &Settings, s: &StageSettings, args: &crate::cli::LogsArgs) -> Result<u8> {
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let json = settings.output.json;
+    let print = |host: &str, chunk: Result<&ferry_switcher::host::runtime::LogChunk, String>| -> bool {
+        let written = match chunk {
+            Ok(c) if json => {
+                output::line(&serde_json::json!({"host": host, "process": c.process, "text": c.text}).to_string())
+            }
+            Ok(c) => c.text.lines().try_for_each(|l| output::line(&format!("{host} {}: {l}", c.process))),
+            Err(e) => {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                eprintln!("{host}: cannot read the logs: {e}");
+                Ok(())
+            }
+        };
+        // A closed pipe (`ferry logs … | head`) ends the follow.
+        written.is_ok()
+    };
+    fleet::logs(&s.stage, s.transport(), args.program.as_deref(), args.bytes, args.follow, &print);
+    Ok(if failed.into_inner() { exit::HOSTS_FAILED } else { exit::OK })
 }
 
 /// One journal record as a line of text.

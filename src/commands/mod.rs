@@ -29,6 +29,8 @@ pub fn run(settings: &Settings) -> Result<u8> {
         Action::Rollback(s, to) => fleet::rollback(settings, s, to.as_deref()),
         Action::Status(s) => fleet::status(settings, s),
         Action::History(s) => fleet::history(settings, s),
+        Action::Setup(s) => fleet::setup(settings, s),
+        Action::Logs(s, args) => fleet::logs(settings, s, args),
         Action::Host(host, action) => host::run(settings, host, action),
         Action::AgentHash => {
             let exe = std::env::current_exe()?;

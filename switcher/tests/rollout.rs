@@ -157,6 +157,7 @@ fn fleet() -> Fleet {
         keep_releases: 5,
         max_parallel: 4,
         on_failure: OnFailure::Revert,
+        runtime: Default::default(),
     };
     let source = Bundles(bundles);
     let report = fleet::push(&stage, &Local, &source, &v1, &Quiet);

@@ -53,6 +53,7 @@ fn stage(root: &Path, hosts: usize) -> Stage {
         keep_releases: 5,
         max_parallel: 4,
         on_failure: OnFailure::Revert,
+        runtime: Default::default(),
     }
 }
 

@@ -134,7 +134,23 @@ fn settings(p: &Project, n: u32) {
 
 /// A copy of fixtures/example (the embedded default: four local hosts) with
 /// a virtualenv, and a store of its own.
-fn example_project() -> Project {
+/// Stops the supervisord (and so the programs) of every host under a local
+/// fleet's directory when dropped.
+pub(crate) struct StopSupervisors(pub PathBuf);
+
+impl Drop for StopSupervisors {
+    fn drop(&mut self) {
+        let Ok(hosts) = fs::read_dir(&self.0) else { return };
+        for host in hosts.flatten() {
+            let pidfile = host.path().join("srv/hello/.ferry/supervisord.pid");
+            if let Ok(pid) = fs::read_to_string(&pidfile) {
+                let _ = Command::new("kill").arg(pid.trim()).status();
+            }
+        }
+    }
+}
+
+pub(crate) fn example_project() -> Project {
     let p = Project { dir: tempdir(), store: tempdir() };
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/example");
     sh(&format!("cp -r {}/. {}", fixture.display(), p.root().display()));
@@ -1098,6 +1114,8 @@ fn sigkill_at_any_moment_leaves_a_complete_current_and_a_rerun_converges() {
 #[test]
 fn push_to_a_local_fleet_ships_a_bundle_then_a_delta_in_batches_and_rolls_back() {
     let p = example_project();
+    // The example runs under a supervisord per host, on this machine.
+    let _stop = StopSupervisors(p.path("fleet"));
     let v1 = build(&p, "v1");
     let report = p.ferry(["push", "local", &v1, "--json"]).ok().json();
     assert_eq!(report["ok"], true, "{report}");

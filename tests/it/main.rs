@@ -7,6 +7,7 @@ mod host;
 mod kit;
 mod read;
 mod rsync;
+mod runtime;
 mod ssh;
 mod stages;
 mod testhosts;

@@ -63,6 +63,7 @@ fn stage(hosts: &TestHosts) -> Stage {
         keep_releases: 5,
         max_parallel: 4,
         on_failure: OnFailure::Revert,
+        runtime: Default::default(),
     }
 }
 

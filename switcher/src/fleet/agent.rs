@@ -15,7 +15,11 @@ use ferry_formats::ReleaseId;
 use fs_err as fs;
 use serde::de::DeserializeOwned;
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use super::{HostSpec, Session, Transport};
+use crate::host::runtime::{HookRun, LogChunk, Program};
 use crate::host::serve::{Reply, Request};
 use crate::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
 
@@ -193,7 +197,7 @@ impl Session for AgentSession {
     }
 
     fn rollback(&mut self, to: Option<&ReleaseId>) -> Result<Flipped, HostError> {
-        self.call(Request::Rollback { to: to.copied() })
+        self.call(Request::Rollback { to: to.copied(), reason: None })
     }
 
     fn prune(&mut self, keep: usize) -> Result<Pruned, HostError> {
@@ -212,6 +216,32 @@ impl Session for AgentSession {
 
     fn journal(&mut self) -> Result<Vec<Record>, HostError> {
         self.journal_records()
+    }
+
+    fn revert(&mut self, to: &ReleaseId, reason: &str) -> Result<Flipped, HostError> {
+        self.call(Request::Rollback { to: Some(*to), reason: Some(reason.to_owned()) })
+    }
+
+    fn setup(&mut self, service: &str, programs: &[Program]) -> Result<Vec<String>, HostError> {
+        self.call(Request::Setup { service: service.to_owned(), programs: programs.to_vec() })
+    }
+
+    fn hook(&mut self, id: &ReleaseId, name: &str, command: &str, timeout: Duration) -> Result<HookRun, HostError> {
+        self.call(Request::Hook {
+            id: *id,
+            name: name.to_owned(),
+            command: command.to_owned(),
+            timeout_secs: timeout.as_secs().max(1),
+        })
+    }
+
+    fn logs(
+        &mut self,
+        program: Option<&str>,
+        offsets: &BTreeMap<String, i64>,
+        bytes: i32,
+    ) -> Result<Vec<LogChunk>, HostError> {
+        self.call(Request::Logs { program: program.map(str::to_owned), offsets: offsets.clone(), bytes })
     }
 }
 

@@ -3,7 +3,9 @@
 //! `<dir>/<deploy_to>`). The embedded default: the quickstart and the fast
 //! orchestration tests use it. It calls the host side in-process.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use ferry_formats::journal::Record;
 use ferry_formats::signature::Signature;
@@ -11,6 +13,7 @@ use ferry_formats::ReleaseId;
 use fs_err as fs;
 
 use super::{HostSpec, Session, Transport};
+use crate::host::runtime::{HookRun, LogChunk, Program};
 use crate::host::{Flipped, Host, HostError, Lock, Pruned, StageOptions, Staged, Status};
 
 /// Reaches hosts that are directories.
@@ -64,5 +67,28 @@ impl Session for LocalSession {
 
     fn journal(&mut self) -> Result<Vec<Record>, HostError> {
         self.host.journal()
+    }
+
+    fn revert(&mut self, to: &ReleaseId, reason: &str) -> Result<Flipped, HostError> {
+        self.host.rollback_because(self.lock(), Some(to), Some(reason.to_owned()))
+    }
+
+    fn setup(&mut self, service: &str, programs: &[Program]) -> Result<Vec<String>, HostError> {
+        self.lock();
+        self.host.setup(service, programs)
+    }
+
+    fn hook(&mut self, id: &ReleaseId, name: &str, command: &str, timeout: Duration) -> Result<HookRun, HostError> {
+        self.lock();
+        self.host.run_hook(id, name, command, timeout)
+    }
+
+    fn logs(
+        &mut self,
+        program: Option<&str>,
+        offsets: &BTreeMap<String, i64>,
+        bytes: i32,
+    ) -> Result<Vec<LogChunk>, HostError> {
+        self.host.logs(program, offsets, bytes)
     }
 }

@@ -9,13 +9,17 @@
 //! push, and every host this push flipped is flipped back.
 
 mod agent;
+pub mod gates;
 mod local;
 mod plan;
 mod push;
 mod ssh;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use crate::host::runtime::{HookRun, LogChunk, Program};
 use ferry_formats::journal::Record;
 use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
@@ -23,9 +27,10 @@ use ferry_formats::ReleaseId;
 use crate::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
 
 pub use agent::Agent;
+pub use gates::{Gate, Hooks, HttpProbe, Runtime};
 pub use local::Local;
 pub use plan::{batches, Step};
-pub use push::{journals, push, rollback, status, HostReport, Outcome, Report, RollbackError};
+pub use push::{journals, logs, push, rollback, setup, status, HostReport, Outcome, Report, RollbackError};
 pub use ssh::{read_ssh_config, AgentBinary, Ssh};
 
 /// Where the fleet gets bundles and deltas: the CLI hands it the builder's
@@ -64,6 +69,32 @@ pub trait Session: Send {
     fn signature(&mut self) -> Result<Signature, HostError>;
     /// The host's journal, oldest first.
     fn journal(&mut self) -> Result<Vec<Record>, HostError>;
+    /// Flips back to `to` because of `reason`, which the host's journal
+    /// records (a failed gate's evidence).
+    fn revert(&mut self, to: &ReleaseId, reason: &str) -> Result<Flipped, HostError> {
+        let _ = reason;
+        self.rollback(Some(to))
+    }
+    /// Prepares the host for the service's programs (see [`Host::setup`](crate::host::Host::setup)).
+    fn setup(&mut self, service: &str, programs: &[Program]) -> Result<Vec<String>, HostError> {
+        let _ = (service, programs);
+        Err(HostError::Input("this transport cannot set up programs".into()))
+    }
+    /// Runs a hook in release `id` on the host.
+    fn hook(&mut self, id: &ReleaseId, name: &str, command: &str, timeout: Duration) -> Result<HookRun, HostError> {
+        let _ = (id, name, command, timeout);
+        Err(HostError::Input("this transport cannot run hooks".into()))
+    }
+    /// The programs' logs (see [`Host::logs`](crate::host::Host::logs)).
+    fn logs(
+        &mut self,
+        program: Option<&str>,
+        offsets: &BTreeMap<String, i64>,
+        bytes: i32,
+    ) -> Result<Vec<LogChunk>, HostError> {
+        let _ = (program, offsets, bytes);
+        Err(HostError::Input("this transport cannot read logs".into()))
+    }
 }
 
 /// How to reach hosts.
@@ -93,6 +124,8 @@ pub struct Stage {
     pub keep_releases: usize,
     pub max_parallel: usize,
     pub on_failure: OnFailure,
+    /// Programs, hooks and health gates; the default has none.
+    pub runtime: Runtime,
 }
 
 /// Sees a push as it goes, for progress on a terminal.

@@ -10,7 +10,9 @@ use fs_err as fs;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::gates::{self, Gate, Runtime};
 use super::{batches, HostSpec, Observer, OnFailure, ReleaseSource, Session, Stage, Transport};
+use crate::host::runtime::HookRun;
 use crate::host::{error_chain, HostError, Status};
 
 /// How one host fared.
@@ -34,6 +36,9 @@ pub struct HostReport {
     pub warning: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The hooks run on it, with their output.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookRun>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -58,8 +63,12 @@ pub struct Report {
     pub hosts: Vec<HostReport>,
     pub seconds: f64,
     /// Wall time of each phase, in seconds: connect (with locks), stage,
-    /// activate (every batch), cleanup; a phase not reached is absent.
+    /// setup, migrate, activate (every batch, with its gates), revert,
+    /// cleanup; a phase not reached is absent.
     pub phases: BTreeMap<String, f64>,
+    /// The health gate that failed, and its evidence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<String>,
 }
 
 /// Wall time per phase of a push.
@@ -102,6 +111,8 @@ struct Slot {
     session: Option<Box<dyn Session>>,
     report: HostReport,
     started: Instant,
+    /// This push flipped it (a revert flips it back).
+    flipped: bool,
 }
 
 impl Slot {
@@ -150,8 +161,10 @@ fn connect_then(
                 staged: false,
                 warning: None,
                 error: None,
+                hooks: Vec::new(),
             },
             started: Instant::now(),
+            flipped: false,
         })
         .collect();
     pool(stage.max_parallel).install(|| {
@@ -194,6 +207,7 @@ fn finish(
         hosts,
         seconds: start.elapsed().as_secs_f64(),
         phases: BTreeMap::new(),
+        gate: None,
     }
 }
 
@@ -317,40 +331,90 @@ pub fn push(
     }
 
     phases.done("stage");
-
-    // Activate batch by batch.
+    let rt = &stage.runtime;
     let plan = batches(slots.len(), &stage.strategy);
     let names: Vec<Vec<String>> =
         plan.iter().map(|r| slots[r.clone()].iter().map(|s| s.spec.name.clone()).collect()).collect();
-    let mut failed = false;
-    for (n, range) in plan.iter().enumerate() {
+
+    // The programs' supervisord on every host, before any flip.
+    if !rt.programs.is_empty() {
         pool.install(|| {
-            slots[range.clone()].par_iter_mut().for_each(|slot| {
-                slot.report.step = "activate".into();
-                slot.report.batch = Some(n + 1);
-                match slot.session.as_mut().expect("connected").activate(release, &stage.options) {
-                    Ok(_) => {
-                        slot.report.result = Outcome::Ok;
-                        observer.event(&slot.spec.name, "activated", &format!("batch {}", n + 1));
-                    }
+            slots.par_iter_mut().for_each(|slot| {
+                slot.report.step = "setup".into();
+                let programs = rt.programs_for(&slot.spec.name);
+                match slot.session.as_mut().expect("connected").setup(&rt.service, &programs) {
+                    Ok(did) if did.is_empty() => {}
+                    Ok(did) => observer.event(&slot.spec.name, "setup", &did.join("; ")),
                     Err(e) => {
-                        observer.event(&slot.spec.name, "activate", &format!("failed: {}", error_chain(&e)));
-                        slot.fail("activate", &e);
+                        observer.event(&slot.spec.name, "setup", &format!("failed: {}", error_chain(&e)));
+                        slot.fail("setup", &e);
                     }
                 }
             });
         });
-        if slots[range.clone()].iter().any(|s| s.report.result == Outcome::Failed) {
-            failed = true;
+        if slots.iter().any(|s| s.report.result == Outcome::Failed) {
+            return finish(stage, Some(*release), slots, Vec::new(), start).with(phases);
+        }
+        phases.done("setup");
+    }
+
+    // Migrations: once, on one host, from the new release, before any flip.
+    if let Some(command) = &rt.hooks.migrate {
+        let on = rt.hooks.migrate_on.as_ref().and_then(|h| slots.iter().position(|s| &s.spec.name == h));
+        let slot = &mut slots[on.unwrap_or(plan.first().map_or(0, |r| r.start))];
+        slot.report.step = "migrate".into();
+        observer.event(&slot.spec.name, "migrate", command);
+        match slot.session.as_mut().expect("connected").hook(release, "migrate", command, rt.hooks.timeout) {
+            Ok(run) if run.ok() => slot.report.hooks.push(run),
+            Ok(run) => {
+                slot.report.result = Outcome::Failed;
+                slot.report.error = Some(hook_failure(&run));
+                observer.event(&slot.spec.name, "migrate", "failed");
+                slot.report.hooks.push(run);
+                return finish(stage, Some(*release), slots, Vec::new(), start).with(phases);
+            }
+            Err(e) => {
+                slot.fail("migrate", &e);
+                return finish(stage, Some(*release), slots, Vec::new(), start).with(phases);
+            }
+        }
+        phases.done("migrate");
+    }
+
+    // Activate batch by batch; each batch's gates before the next.
+    let mut failed: Option<String> = None;
+    let mut gate_failed = None;
+    for (n, range) in plan.iter().enumerate() {
+        pool.install(|| {
+            slots[range.clone()].par_iter_mut().for_each(|slot| {
+                slot.report.batch = Some(n + 1);
+                activate_one(slot, release, stage, observer, n);
+            });
+        });
+        if let Some(bad) = slots[range.clone()].iter().find(|s| s.report.result == Outcome::Failed) {
+            failed = Some(format!(
+                "{} failed at {}: {}",
+                bad.spec.name,
+                bad.report.step,
+                bad.report.error.as_deref().unwrap_or("unknown")
+            ));
+            break;
+        }
+        if let Err(evidence) = check_gates(rt, &mut slots, range.clone(), release, observer) {
+            gate_failed = Some(evidence.clone());
+            failed = Some(evidence);
             break;
         }
     }
     phases.done("activate");
-    if failed {
+    if let Some(why) = failed {
         if stage.on_failure == OnFailure::Revert {
-            revert(&pool, &mut slots, observer);
+            revert(&pool, &mut slots, observer, &why);
+            phases.done("revert");
         }
-        return finish(stage, Some(*release), slots, names, start).with(phases);
+        let mut report = finish(stage, Some(*release), slots, names, start).with(phases);
+        report.gate = gate_failed;
+        return report;
     }
 
     // Capistrano's deploy:cleanup: old releases go once the push succeeded.
@@ -364,6 +428,132 @@ pub fn push(
     });
     phases.done("cleanup");
     finish(stage, Some(*release), slots, names, start).with(phases)
+}
+
+/// One host's flip: its before-flip hook, the flip (with the programs'
+/// restart and the process check), its after-flip hook.
+fn activate_one(slot: &mut Slot, release: &ReleaseId, stage: &Stage, observer: &dyn Observer, n: usize) {
+    let hooks = &stage.runtime.hooks;
+    let session = slot.session.as_mut().expect("connected");
+    if let Some(command) = &hooks.before_flip {
+        slot.report.step = "before_flip".into();
+        match session.hook(release, "before_flip", command, hooks.timeout) {
+            Ok(run) if run.ok() => slot.report.hooks.push(run),
+            Ok(run) => {
+                slot.report.result = Outcome::Failed;
+                slot.report.error = Some(hook_failure(&run));
+                slot.report.hooks.push(run);
+                return;
+            }
+            Err(e) => return slot.fail("before_flip", &e),
+        }
+    }
+    slot.report.step = "activate".into();
+    match session.activate(release, &stage.options) {
+        Ok(flipped) => {
+            slot.report.result = Outcome::Ok;
+            slot.flipped = !flipped.already;
+            if !flipped.notes.is_empty() {
+                slot.report.warning = Some(flipped.notes.join("; "));
+            }
+            observer.event(&slot.spec.name, "activated", &format!("batch {}", n + 1));
+        }
+        Err(e) => {
+            observer.event(&slot.spec.name, "activate", &format!("failed: {}", error_chain(&e)));
+            return slot.fail("activate", &e);
+        }
+    }
+    if let Some(command) = &hooks.after_flip {
+        match session.hook(release, "after_flip", command, hooks.timeout) {
+            Ok(run) if run.ok() => slot.report.hooks.push(run),
+            Ok(run) => {
+                // Flipped: the revert takes it back with the others.
+                slot.report.step = "after_flip".into();
+                slot.report.error = Some(hook_failure(&run));
+                slot.report.hooks.push(run);
+                slot.report.result = Outcome::Failed;
+            }
+            Err(e) => slot.fail("after_flip", &e),
+        }
+    }
+}
+
+fn hook_failure(run: &HookRun) -> String {
+    let how = match (run.exit, run.timed_out) {
+        (_, true) => format!("did not finish in its timeout ({:.0} s) and was killed", run.seconds),
+        (Some(code), _) => format!("exited with {code}"),
+        (None, _) => "was killed by a signal".to_owned(),
+    };
+    let last: Vec<&str> = run.output.lines().collect();
+    format!("hook {} {how}; its last output: {}", run.name, last[last.len().saturating_sub(5)..].join(" / "))
+}
+
+/// The stage's gates on the batch `range`, just flipped. A failed gate's
+/// evidence goes on the hosts it names and is returned.
+fn check_gates(
+    rt: &Runtime,
+    slots: &mut [Slot],
+    range: std::ops::Range<usize>,
+    release: &ReleaseId,
+    observer: &dyn Observer,
+) -> Result<(), String> {
+    let batch: Vec<String> = slots[range.clone()].iter().map(|s| s.spec.name.clone()).collect();
+    for gate in &rt.gates {
+        let verdict: Result<String, String> = match gate {
+            Gate::Http(probe) => {
+                let results: Vec<(usize, Result<String, String>)> = std::thread::scope(|scope| {
+                    let handles: Vec<_> = range
+                        .clone()
+                        .zip(&batch)
+                        .map(|(i, name)| (i, scope.spawn(move || probe.check(name))))
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|(i, h)| (i, h.join().unwrap_or_else(|_| Err("the probe panicked".into()))))
+                        .collect()
+                });
+                let mut bad = Vec::new();
+                for (i, result) in results {
+                    if let Err(e) = result {
+                        slots[i].report.step = "gate".into();
+                        slots[i].report.error = Some(format!("gate http: {e}"));
+                        bad.push(format!("{}: {e}", slots[i].spec.name));
+                    }
+                }
+                if bad.is_empty() {
+                    Ok(format!("{} hosts answered {}", batch.len(), probe.status))
+                } else {
+                    Err(bad.join("; "))
+                }
+            }
+            Gate::Errors { probe, window, interval, max_rate, max_excess, min_requests } => {
+                let flipped: Vec<String> = slots[..range.end]
+                    .iter()
+                    .filter(|s| s.report.result == Outcome::Ok)
+                    .map(|s| s.spec.name.clone())
+                    .collect();
+                let others: Vec<String> = slots[range.end..].iter().map(|s| s.spec.name.clone()).collect();
+                observer.event(&batch.join(","), "gate errors", &format!("watching for {} s", window.as_secs_f64()));
+                let (a, b) = gates::sample_errors(probe, &flipped, &others, *window, *interval);
+                gates::judge_errors(a, b, *max_rate, *max_excess, *min_requests)
+            }
+            Gate::Command { run, timeout } => gates::run_command(run, *timeout, &batch, &release.to_string()),
+        };
+        match verdict {
+            Ok(evidence) => observer.event(&batch.join(","), &format!("gate {}", gate.name()), &evidence),
+            Err(evidence) => {
+                let evidence = format!("gate {} failed after batch {}: {evidence}", gate.name(), batch.join(", "));
+                observer.event(&batch.join(","), &format!("gate {}", gate.name()), &evidence);
+                for slot in &mut slots[range.clone()] {
+                    if slot.report.error.is_none() {
+                        slot.report.error = Some(evidence.clone());
+                    }
+                }
+                return Err(evidence);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What a host gets.
@@ -390,11 +580,12 @@ fn payload(source: &dyn ReleaseSource, base: Option<ReleaseId>, target: &Release
         .map_err(|e| format!("cannot find the bundle of {target}: {e}"))
 }
 
-/// Flips every host this push flipped back to where it was.
-fn revert(pool: &rayon::ThreadPool, slots: &mut [Slot], observer: &dyn Observer) {
+/// Flips every host this push flipped back to where it was (restarting its
+/// programs there), recording `why` in its journal.
+fn revert(pool: &rayon::ThreadPool, slots: &mut [Slot], observer: &dyn Observer, why: &str) {
     pool.install(|| {
         slots.par_iter_mut().for_each(|slot| {
-            if slot.report.result != Outcome::Ok {
+            if !slot.flipped {
                 return;
             }
             let Some(from) = slot.report.from else {
@@ -404,7 +595,7 @@ fn revert(pool: &rayon::ThreadPool, slots: &mut [Slot], observer: &dyn Observer)
                 return;
             };
             slot.report.step = "revert".into();
-            match slot.session.as_mut().expect("connected").rollback(Some(&from)) {
+            match slot.session.as_mut().expect("connected").revert(&from, why) {
                 Ok(_) => {
                     slot.report.result = Outcome::Reverted;
                     observer.event(&slot.spec.name, "reverted", &from.short(12));
@@ -537,4 +728,77 @@ pub fn journals(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Result
     });
     close(&mut slots);
     result
+}
+
+/// Sets every host up for the stage's programs (see [`Host::setup`]),
+/// each under its lock: what each did, or why it could not.
+///
+/// [`Host::setup`]: crate::host::Host::setup
+pub fn setup(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Result<Vec<String>, String>)> {
+    let command = format!("ferry setup {}", stage.name);
+    let rt = &stage.runtime;
+    let mut slots = connect(stage, transport, Some(&command), &super::Quiet);
+    let result = pool(stage.max_parallel).install(|| {
+        slots
+            .par_iter_mut()
+            .map(|slot| {
+                let programs = rt.programs_for(&slot.spec.name);
+                let did = match slot.session.as_mut() {
+                    Some(s) => s.setup(&rt.service, &programs).map_err(|e| error_chain(&e)),
+                    None => Err(slot.report.error.clone().unwrap_or_default()),
+                };
+                (slot.spec.name.clone(), did)
+            })
+            .collect()
+    });
+    close(&mut slots);
+    result
+}
+
+/// The programs' logs on every host: `each` gets every piece, with its
+/// host, as it comes; with `follow`, until `each` returns false.
+pub fn logs(
+    stage: &Stage,
+    transport: &dyn Transport,
+    program: Option<&str>,
+    bytes: i32,
+    follow: bool,
+    each: &(dyn Fn(&str, Result<&crate::host::runtime::LogChunk, String>) -> bool + Sync),
+) {
+    let mut slots = connect(stage, transport, None, &super::Quiet);
+    std::thread::scope(|scope| {
+        for slot in &mut slots {
+            let name = slot.spec.name.clone();
+            let error = slot.report.error.clone();
+            let session = slot.session.as_mut();
+            scope.spawn(move || {
+                let Some(session) = session else {
+                    each(&name, Err(error.unwrap_or_default()));
+                    return;
+                };
+                let mut offsets = BTreeMap::new();
+                loop {
+                    match session.logs(program, &offsets, bytes) {
+                        Ok(chunks) => {
+                            for chunk in &chunks {
+                                offsets.insert(chunk.process.clone(), chunk.offset);
+                                if !chunk.text.is_empty() && !each(&name, Ok(chunk)) {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            each(&name, Err(error_chain(&e)));
+                            return;
+                        }
+                    }
+                    if !follow {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+            });
+        }
+    });
+    close(&mut slots);
 }

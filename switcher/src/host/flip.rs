@@ -19,28 +19,74 @@ pub struct Flipped {
     pub to: ReleaseId,
     /// `current` already pointed there; nothing changed.
     pub already: bool,
+    /// What else was done or seen (supervisord started, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl Host {
     /// Points `current` at the staged release `id`, after checking that the
-    /// linked files it needs are in `shared/`.
+    /// linked files it needs are in `shared/`; then the programs (if `setup`
+    /// gave the host any) restart on it. If they do not come up on it,
+    /// `current` goes back to where it was and they restart there: the
+    /// error means the host still runs what it ran.
     pub fn activate(&self, _lock: &Lock, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError> {
-        self.flip(id, Action::Deploy, opts)
+        let mut flipped = self.flip(id, Action::Deploy, opts, None)?;
+        if flipped.already {
+            return Ok(flipped);
+        }
+        match self.restart_programs(id) {
+            Ok(notes) => {
+                // On a first deploy, supervisord starting is the plan, not news.
+                flipped.notes = if flipped.from.is_some() { notes } else { Vec::new() };
+                Ok(flipped)
+            }
+            Err(e) => {
+                if let Some(from) = flipped.from {
+                    let reason = format!("the programs did not take up {}: {}", id.short(12), error_chain(&e));
+                    self.flip(&from, Action::Rollback, &StageOptions::default(), Some(reason))?;
+                    self.restart_programs(&from)?;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Points `current` back at `to`, or at the release that was current
-    /// before the current one was deployed.
-    pub fn rollback(&self, _lock: &Lock, to: Option<&ReleaseId>) -> Result<Flipped, HostError> {
+    /// before the current one was deployed, and restarts the programs there.
+    pub fn rollback(&self, lock: &Lock, to: Option<&ReleaseId>) -> Result<Flipped, HostError> {
+        self.rollback_because(lock, to, None)
+    }
+
+    /// [`Host::rollback`], with the reason recorded in the journal (a failed
+    /// health gate's evidence, say).
+    pub fn rollback_because(
+        &self,
+        _lock: &Lock,
+        to: Option<&ReleaseId>,
+        reason: Option<String>,
+    ) -> Result<Flipped, HostError> {
         let to = match to {
             Some(id) => *id,
             None => previous(self)?.ok_or_else(|| HostError::NoPrevious { journal: self.journal_path() })?,
         };
-        self.flip(&to, Action::Rollback, &StageOptions::default())
+        let mut flipped = self.flip(&to, Action::Rollback, &StageOptions::default(), reason)?;
+        if !flipped.already {
+            flipped.notes = self.restart_programs(&to)?;
+        }
+        Ok(flipped)
     }
 
-    fn flip(&self, id: &ReleaseId, action: Action, opts: &StageOptions) -> Result<Flipped, HostError> {
+    fn flip(
+        &self,
+        id: &ReleaseId,
+        action: Action,
+        opts: &StageOptions,
+        reason: Option<String>,
+    ) -> Result<Flipped, HostError> {
         let from = self.current()?;
-        let record = Record::now(whoami(), action, from, Some(*id));
+        let mut record = Record::now(whoami(), action, from, Some(*id));
+        record.reason = reason;
         match self.flip_inner(id, opts) {
             Ok(true) => {
                 if let Err(e) = self.record(&record) {
@@ -49,11 +95,11 @@ impl Host {
                     self.point_current(from.as_ref())?;
                     return Err(e);
                 }
-                Ok(Flipped { from, to: *id, already: false })
+                Ok(Flipped { from, to: *id, already: false, notes: Vec::new() })
             }
             Ok(false) => {
                 self.record_interrupted(id, action)?;
-                Ok(Flipped { from, to: *id, already: true })
+                Ok(Flipped { from, to: *id, already: true, notes: Vec::new() })
             }
             Err(e) => {
                 let _ = self.record(&record.failed(error_chain(&e)));

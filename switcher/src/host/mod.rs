@@ -24,10 +24,12 @@ mod files;
 mod flip;
 mod lock;
 mod prune;
+pub mod runtime;
 pub mod serve;
 mod sign;
 mod stage;
 mod status;
+pub mod supervisor;
 
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -83,6 +85,9 @@ pub enum HostError {
     NoEnvironment { id: ReleaseId, env: String, have: Vec<String> },
     #[error("no previous release is recorded in {}; name one with --to", journal.display())]
     NoPrevious { journal: PathBuf },
+    /// The service's programs (supervisord) did not take up a release.
+    #[error(transparent)]
+    Runtime(Box<runtime::RuntimeError>),
 }
 
 /// Maps an io::Error to [`HostError::Io`] at `path`.

@@ -11,7 +11,10 @@
 //! | `{"op":"status"}` | | [`Status`](super::Status) |
 //! | `{"op":"stage","len":N,"options":…}` | N bytes: a bundle or delta | [`Staged`](super::Staged) |
 //! | `{"op":"activate","id":…,"options":…}` | | [`Flipped`](super::Flipped) |
-//! | `{"op":"rollback","to":…}` | | [`Flipped`](super::Flipped) |
+//! | `{"op":"rollback","to":…,"reason":…}` | | [`Flipped`](super::Flipped) |
+//! | `{"op":"setup","service":…,"programs":[…]}` | | what it did, a line each |
+//! | `{"op":"hook","id":…,"name":…,"command":…,"timeout_secs":N}` | | [`HookRun`](super::runtime::HookRun) |
+//! | `{"op":"logs","program":…,"offsets":{…},"bytes":N}` | | [`LogChunk`](super::runtime::LogChunk)s |
 //! | `{"op":"prune","keep":N}` | | [`Pruned`](super::Pruned) |
 //! | `{"op":"signature"}` | | `{"len":N}`, then N bytes of signature |
 //! | `{"op":"journal"}` | | every journal record, oldest first |
@@ -33,10 +36,40 @@ use super::{error_chain, Host, HostError, Lock, StageOptions};
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Request {
     Status,
-    Stage { len: u64, options: StageOptions },
-    Activate { id: ReleaseId, options: StageOptions },
-    Rollback { to: Option<ReleaseId> },
-    Prune { keep: usize },
+    Stage {
+        len: u64,
+        options: StageOptions,
+    },
+    Activate {
+        id: ReleaseId,
+        options: StageOptions,
+    },
+    Rollback {
+        to: Option<ReleaseId>,
+        /// Recorded in the journal: why (a failed gate's evidence).
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    Setup {
+        service: String,
+        programs: Vec<super::runtime::Program>,
+    },
+    Hook {
+        id: ReleaseId,
+        name: String,
+        command: String,
+        timeout_secs: u64,
+    },
+    Logs {
+        program: Option<String>,
+        /// Where each process's log was read up to (for following).
+        #[serde(default)]
+        offsets: std::collections::BTreeMap<String, i64>,
+        bytes: i32,
+    },
+    Prune {
+        keep: usize,
+    },
     Signature,
     Journal,
 }
@@ -117,7 +150,14 @@ fn answer(
             Reply::of(staged)
         }
         Request::Activate { id, options } => Reply::of(locked().and_then(|lock| host.activate(lock, &id, &options))),
-        Request::Rollback { to } => Reply::of(locked().and_then(|lock| host.rollback(lock, to.as_ref()))),
+        Request::Rollback { to, reason } => {
+            Reply::of(locked().and_then(|lock| host.rollback_because(lock, to.as_ref(), reason)))
+        }
+        Request::Setup { service, programs } => Reply::of(locked().and_then(|_| host.setup(&service, &programs))),
+        Request::Hook { id, name, command, timeout_secs } => Reply::of(
+            locked().and_then(|_| host.run_hook(&id, &name, &command, std::time::Duration::from_secs(timeout_secs))),
+        ),
+        Request::Logs { program, offsets, bytes } => Reply::of(host.logs(program.as_deref(), &offsets, bytes)),
         Request::Prune { keep } => Reply::of(locked().and_then(|lock| host.prune(lock, keep))),
         Request::Journal => Reply::of(host.journal()),
         Request::Signature => match locked().and_then(|lock| host.signature(lock)) {

@@ -18,6 +18,9 @@ pub struct Status {
     /// Newest first by the journal.
     pub releases: Vec<ReleaseStatus>,
     pub lock: Option<Holder>,
+    /// The programs' processes, as supervisord has them (none without setup).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<super::supervisor::ProcessInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -67,6 +70,7 @@ impl Host {
             previous,
             releases: releases.into_iter().map(|(_, r)| r).collect(),
             lock: self.holder()?,
+            programs: self.program_status(),
         })
     }
 

@@ -1,0 +1,328 @@
+//! What a push does around each flip besides flipping: the service's
+//! programs (set up on every host before the first flip), its hooks, and the
+//! health gates each batch must pass before the next one starts.
+//!
+//! Detection time each gate implies, after a batch's flips (the `process`
+//! gate is the activation itself: a host's flip is done only when every
+//! program is RUNNING past its `startsecs` and runs the new release):
+//!
+//! | gate | a broken release is seen after | a slow one (no answer) after |
+//! |---|---|---|
+//! | `process` | startsecs (+ ≤ 0.1 s polling) | startsecs + stopwaitsecs + 30 s |
+//! | `http` | one request | timeout × retries (+ 0.5 s between tries) |
+//! | `errors` | the whole window (it decides on the window's counts) | the window |
+//! | `command` | the command's run time | its timeout |
+
+use std::time::{Duration, Instant};
+
+use crate::host::runtime::Program;
+
+/// The service's programs and hooks, and a stage's gates.
+#[derive(Debug, Clone, Default)]
+pub struct Runtime {
+    /// The service's name (for supervisord's unit and init script).
+    pub service: String,
+    pub programs: Vec<Program>,
+    pub hooks: Hooks,
+    pub gates: Vec<Gate>,
+    /// Environment for the programs on one host (by its name in reports),
+    /// over the programs' own: a port per host when hosts share a machine.
+    pub host_env: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+impl Runtime {
+    /// The programs as host `name` runs them.
+    pub fn programs_for(&self, name: &str) -> Vec<Program> {
+        let mut programs = self.programs.clone();
+        if let Some(env) = self.host_env.get(name) {
+            for p in &mut programs {
+                p.environment.extend(env.clone());
+            }
+        }
+        programs
+    }
+}
+
+/// Commands run on hosts around a push.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    /// Once per push, on one host, from the new release, before any flip.
+    pub migrate: Option<String>,
+    /// The host it runs on: this one, else the first of the first batch.
+    pub migrate_on: Option<String>,
+    /// On each host, in the new release, before its flip.
+    pub before_flip: Option<String>,
+    /// On each host, in the new release, after its flip (and restart).
+    pub after_flip: Option<String>,
+    pub timeout: Duration,
+}
+
+/// A health gate, checked after each batch's flips.
+#[derive(Debug, Clone)]
+pub enum Gate {
+    /// Each flipped host answers `url` with `status`.
+    Http(HttpProbe),
+    /// Over `window`, the flipped hosts' share of failed requests (5xx, no
+    /// answer) stays under `max_rate`, and under the not-yet-flipped
+    /// hosts' share plus `max_excess`; with fewer than `min_requests`
+    /// requests the sample is inconclusive, which fails the gate (a gate
+    /// that cannot see is not a pass).
+    Errors {
+        probe: HttpProbe,
+        window: Duration,
+        interval: Duration,
+        max_rate: f64,
+        max_excess: f64,
+        min_requests: usize,
+    },
+    /// A command on the controller; exit 0 is healthy. It gets the batch's
+    /// hosts in `FERRY_HOSTS` (space-separated) and the release in
+    /// `FERRY_RELEASE`.
+    Command { run: String, timeout: Duration },
+}
+
+/// An HTTP request to each host.
+#[derive(Debug, Clone)]
+pub struct HttpProbe {
+    /// `{host}` is replaced by the host's address (IPv6 in brackets).
+    pub url: String,
+    /// URLs for named hosts, over `url` (hosts on one machine, each on its port).
+    pub urls: std::collections::BTreeMap<String, String>,
+    pub status: u16,
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+impl Gate {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Gate::Http(_) => "http",
+            Gate::Errors { .. } => "errors",
+            Gate::Command { .. } => "command",
+        }
+    }
+}
+
+impl HttpProbe {
+    /// The URL for host `name`.
+    pub fn url_for(&self, name: &str) -> String {
+        if let Some(url) = self.urls.get(name) {
+            return url.clone();
+        }
+        self.url.replace("{host}", &address_of(name))
+    }
+
+    /// One request: `Ok(status)` or why there was none.
+    pub fn get(&self, url: &str) -> Result<u16, String> {
+        let agent = ureq::AgentBuilder::new().timeout(self.timeout).build();
+        match agent.get(url).call() {
+            Ok(response) => Ok(response.status()),
+            Err(ureq::Error::Status(code, _)) => Ok(code),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Whether host `name` answers with the expected status within the
+    /// retries; the evidence either way.
+    pub fn check(&self, name: &str) -> Result<String, String> {
+        let url = self.url_for(name);
+        let mut last = String::new();
+        for attempt in 1..=self.retries.max(1) {
+            match self.get(&url) {
+                Ok(code) if code == self.status => return Ok(format!("{url} answered {code}")),
+                Ok(code) => last = format!("{url} answered {code}, not {}", self.status),
+                Err(e) => last = format!("{url}: {e}"),
+            }
+            if attempt < self.retries {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        Err(format!("{last} (after {} tries)", self.retries.max(1)))
+    }
+}
+
+/// The address part of a host's name: `user@host:port` → `host`, with an
+/// IPv6 address in brackets (for a URL).
+pub fn address_of(name: &str) -> String {
+    let rest = name.rsplit_once('@').map_or(name, |(_, r)| r);
+    if let Some(bracketed) = rest.strip_prefix('[') {
+        return format!("[{}]", bracketed.split(']').next().unwrap_or_default());
+    }
+    match rest.rsplit_once(':') {
+        Some((h, _)) if h.contains(':') => format!("[{rest}]"),
+        Some((h, _)) => h.to_owned(),
+        None => rest.to_owned(),
+    }
+}
+
+/// Counts of an error-rate sample.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sample {
+    pub requests: usize,
+    pub failures: usize,
+}
+
+impl Sample {
+    pub fn rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.failures as f64 / self.requests as f64
+        }
+    }
+}
+
+impl std::fmt::Display for Sample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} failed ({:.1}%)", self.failures, self.requests, self.rate() * 100.0)
+    }
+}
+
+/// Probes `flipped` and `others` every `interval` for `window`, in
+/// parallel, and counts failures (5xx or no answer).
+pub fn sample_errors(
+    probe: &HttpProbe,
+    flipped: &[String],
+    others: &[String],
+    window: Duration,
+    interval: Duration,
+) -> (Sample, Sample) {
+    let end = Instant::now() + window;
+    let count = |hosts: &[String]| -> Sample {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = hosts
+                .iter()
+                .map(|h| {
+                    let url = probe.url_for(h);
+                    scope.spawn(move || {
+                        let mut s = Sample::default();
+                        while Instant::now() < end {
+                            let tick = Instant::now();
+                            s.requests += 1;
+                            if !matches!(probe.get(&url), Ok(code) if code < 500) {
+                                s.failures += 1;
+                            }
+                            std::thread::sleep(interval.saturating_sub(tick.elapsed()));
+                        }
+                        s
+                    })
+                })
+                .collect();
+            handles.into_iter().fold(Sample::default(), |acc, h| {
+                let s = h.join().unwrap_or_default();
+                Sample { requests: acc.requests + s.requests, failures: acc.failures + s.failures }
+            })
+        })
+    };
+    std::thread::scope(|scope| {
+        let a = scope.spawn(|| count(flipped));
+        let b = scope.spawn(|| count(others));
+        (a.join().unwrap_or_default(), b.join().unwrap_or_default())
+    })
+}
+
+/// The verdict on an error-rate sample: `Ok(evidence)` or `Err(evidence)`.
+pub fn judge_errors(
+    flipped: Sample,
+    others: Sample,
+    max_rate: f64,
+    max_excess: f64,
+    min_requests: usize,
+) -> Result<String, String> {
+    let evidence = format!("flipped hosts {flipped}, hosts not yet flipped {others}");
+    if flipped.requests < min_requests {
+        return Err(format!(
+            "inconclusive: {} requests to the flipped hosts, fewer than min_requests = {min_requests} ({evidence})",
+            flipped.requests
+        ));
+    }
+    if flipped.rate() > max_rate {
+        return Err(format!(
+            "error rate {:.1}% over max_rate {:.1}% ({evidence})",
+            flipped.rate() * 100.0,
+            max_rate * 100.0
+        ));
+    }
+    if others.requests > 0 && flipped.rate() > others.rate() + max_excess {
+        return Err(format!(
+            "error rate {:.1}% over the unflipped hosts' {:.1}% + max_excess {:.1}% ({evidence})",
+            flipped.rate() * 100.0,
+            others.rate() * 100.0,
+            max_excess * 100.0
+        ));
+    }
+    Ok(evidence)
+}
+
+/// Runs a controller-side command gate.
+pub fn run_command(run: &str, timeout: Duration, hosts: &[String], release: &str) -> Result<String, String> {
+    use std::os::unix::process::CommandExt;
+    let start = Instant::now();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(run)
+        .env("FERRY_HOSTS", hosts.join(" "))
+        .env("FERRY_RELEASE", release)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run sh -c {run:?}: {e}"))?;
+    // Read its output as it comes, so a chatty command cannot block.
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if start.elapsed() > timeout {
+            if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = out.join().unwrap_or_default();
+    let tail: Vec<&str> = output.lines().collect();
+    let tail = tail[tail.len().saturating_sub(5)..].join(" / ");
+    match status {
+        Some(s) if s.success() => Ok(format!("`{run}` exited 0")),
+        Some(s) => Err(format!("`{run}` exited with {s}: {tail}")),
+        None => Err(format!("`{run}` did not finish in {} s: {tail}", timeout.as_secs())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_for_urls() {
+        assert_eq!(address_of("web1"), "web1");
+        assert_eq!(address_of("deploy@10.0.0.2:2222"), "10.0.0.2");
+        assert_eq!(address_of("root@[fd00::2]:22"), "[fd00::2]");
+        assert_eq!(address_of("fd00::2"), "[fd00::2]");
+    }
+
+    #[test]
+    fn error_rates_are_judged_against_the_ceiling_the_others_and_the_sample_size() {
+        let s = |requests, failures| Sample { requests, failures };
+        assert!(judge_errors(s(100, 1), s(100, 1), 0.05, 0.02, 20).is_ok());
+        let too_high = judge_errors(s(100, 30), s(100, 0), 0.05, 0.02, 20).unwrap_err();
+        assert!(too_high.starts_with("error rate 30.0% over max_rate 5.0%"), "{too_high}");
+        // Under the ceiling, but well over what the old release does.
+        let worse = judge_errors(s(100, 4), s(100, 0), 0.05, 0.02, 20).unwrap_err();
+        assert!(worse.contains("over the unflipped hosts' 0.0% + max_excess 2.0%"), "{worse}");
+        let few = judge_errors(s(5, 0), s(100, 0), 0.05, 0.02, 20).unwrap_err();
+        assert!(few.starts_with("inconclusive: 5 requests"), "{few}");
+    }
+}

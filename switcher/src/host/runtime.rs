@@ -1,0 +1,575 @@
+//! The service's processes: its own supervisord, configured from the
+//! `[programs.*]` of ferry.toml, restarted through XML-RPC after a flip, and
+//! checked to really run the release `current` points at.
+//!
+//! ```text
+//! <deploy_to>/.ferry/programs.json      the programs, as setup was given them
+//! <deploy_to>/.ferry/supervisord.conf   generated from them
+//! <deploy_to>/.ferry/supervisor.sock    supervisord's XML-RPC socket (0700)
+//! <deploy_to>/.ferry/ferry-<service>.service, init.d/ferry-<service>
+//!                                       a systemd unit and an init script that start it
+//! <deploy_to>/shared/log/<program>.log  each program's output
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ferry_formats::ReleaseId;
+use fs_err as fs;
+use serde::{Deserialize, Serialize};
+
+use super::supervisor::{ProcessInfo, Supervisor, SupervisorError};
+use super::{Host, HostError};
+
+/// How a program takes up a new release.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Restart {
+    /// Stop every process, then start them (the default).
+    #[default]
+    Restart,
+    /// Send this signal (gunicorn reloads on HUP); the processes stay up.
+    Signal(String),
+}
+
+/// One `[programs.<name>]` of ferry.toml.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Program {
+    pub name: String,
+    /// Run by supervisord in `directory`, without a shell.
+    pub command: String,
+    pub numprocs: u32,
+    /// Relative to the release (through `current`); "." is its root.
+    pub directory: String,
+    /// Set for the program, over what the release's `config/active/env` says.
+    pub environment: BTreeMap<String, String>,
+    pub stopsignal: String,
+    pub stopwaitsecs: u32,
+    /// How long a process must stay up to count as started.
+    pub startsecs: u32,
+    pub restart: Restart,
+}
+
+/// What a host's programs look like now (for `ferry status`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgramStatus {
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// Why the programs did not come up on the new release.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    #[error("program {program} did not start ({state}: {description}); its last output:\n{log}")]
+    NotRunning { program: String, state: String, description: String, log: String },
+    #[error(
+        "program {program} still runs release {runs} after the restart (pid {pid}, working directory {cwd}), \
+         not {wanted}: {hint}"
+    )]
+    OldRelease { program: String, pid: u32, cwd: String, runs: String, wanted: String, hint: String },
+    #[error("supervisord did not come up: {0}")]
+    Start(String),
+}
+
+impl Host {
+    fn programs_path(&self) -> PathBuf {
+        self.root().join(".ferry/programs.json")
+    }
+
+    pub(crate) fn supervisor(&self) -> Supervisor {
+        Supervisor::new(self.root().join(".ferry/supervisor.sock"))
+    }
+
+    /// The programs `setup` recorded; none when it never ran.
+    pub fn programs(&self) -> Result<Vec<Program>, HostError> {
+        match fs::read(self.programs_path()) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| HostError::Input(format!("{}: {e}", self.programs_path().display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(HostError::Fs(e)),
+        }
+    }
+
+    /// Prepares the host once, and again whenever the programs change:
+    /// `shared/log`, the programs, supervisord's config, a systemd unit and
+    /// an init script; starts supervisord (or has it re-read its config)
+    /// once a release is current. Returns what it did, a line each.
+    pub fn setup(&self, service: &str, programs: &[Program]) -> Result<Vec<String>, HostError> {
+        let mut did = Vec::new();
+        let ferry = self.root().join(".ferry");
+        fs::create_dir_all(&ferry).map_err(HostError::Fs)?;
+        fs::create_dir_all(self.root().join("shared/log")).map_err(HostError::Fs)?;
+        let json = serde_json::to_vec_pretty(programs).expect("programs serialize");
+        if write_if_changed(&self.programs_path(), &json)? {
+            did.push(format!("wrote {}", self.programs_path().display()));
+        }
+        let conf = self.supervisord_conf(programs)?;
+        let conf_path = ferry.join("supervisord.conf");
+        let conf_changed = write_if_changed(&conf_path, conf.as_bytes())?;
+        if conf_changed {
+            did.push(format!("wrote {}", conf_path.display()));
+        }
+        for (path, text) in [
+            (ferry.join(format!("ferry-{service}.service")), self.systemd_unit(service, &conf_path)),
+            (ferry.join(format!("init.d/ferry-{service}")), self.init_script(service, &conf_path)),
+        ] {
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir).map_err(HostError::Fs)?;
+            }
+            if write_if_changed(&path, text.as_bytes())? {
+                if path.parent().is_some_and(|d| d.ends_with("init.d")) {
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(HostError::Fs)?;
+                }
+                did.push(format!("wrote {}", path.display()));
+            }
+        }
+        if self.current()?.is_some() {
+            let supervisor = self.supervisor();
+            if !supervisor.is_running() {
+                self.start_supervisord()?;
+                did.push("started supervisord".into());
+            } else if conf_changed {
+                supervisor.update().map_err(runtime)?;
+                did.push("supervisord re-read its config".into());
+            }
+        }
+        Ok(did)
+    }
+
+    /// supervisord's config for `programs`: its socket and files under
+    /// `.ferry/`, its own working directory the deploy directory (never a
+    /// release), each program in `current/<directory>`.
+    fn supervisord_conf(&self, programs: &[Program]) -> Result<String, HostError> {
+        let root = self.root().display().to_string();
+        let mut conf = format!(
+            "; Written by ferry setup from ferry.toml's [programs]; changes here are overwritten.\n\
+             [unix_http_server]\nfile={root}/.ferry/supervisor.sock\nchmod=0700\n\n\
+             [supervisord]\nlogfile={root}/shared/log/supervisord.log\npidfile={root}/.ferry/supervisord.pid\n\
+             childlogdir={root}/shared/log\ndirectory={root}\n\n\
+             [rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n\
+             [supervisorctl]\nserverurl=unix://{root}/.ferry/supervisor.sock\n"
+        );
+        let env_file = self.active_env()?;
+        for p in programs {
+            let mut env = env_file.clone();
+            env.extend(p.environment.clone());
+            let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('"', "\\\""))).collect();
+            let (process_name, log) = if p.numprocs > 1 {
+                ("%(program_name)s_%(process_num)02d", format!("{root}/shared/log/{}_%(process_num)02d", p.name))
+            } else {
+                ("%(program_name)s", format!("{root}/shared/log/{}", p.name))
+            };
+            let dir = self.program_dir(p).display().to_string();
+            conf.push_str(&format!(
+                "\n[program:{name}]\ncommand={command}\nprocess_name={process_name}\nnumprocs={numprocs}\n\
+                 directory={dir}\nenvironment={env}\nstopsignal={stopsignal}\nstopwaitsecs={stopwaitsecs}\n\
+                 startsecs={startsecs}\nstartretries=2\nstopasgroup=true\nkillasgroup=true\nautostart=true\n\
+                 autorestart=unexpected\nstdout_logfile={log}.log\nstderr_logfile={log}.err.log\n",
+                name = p.name,
+                command = p.command.replace('%', "%%"),
+                numprocs = p.numprocs,
+                env = env.join(",").replace('%', "%%"),
+                stopsignal = p.stopsignal,
+                stopwaitsecs = p.stopwaitsecs,
+                startsecs = p.startsecs,
+            ));
+        }
+        Ok(conf)
+    }
+
+    /// Where a program runs: `current/<directory>`, through the symlink.
+    fn program_dir(&self, p: &Program) -> PathBuf {
+        match p.directory.as_str() {
+            "." => self.root().join("current"),
+            dir => self.root().join("current").join(dir),
+        }
+    }
+
+    /// `config/active/env` of the current release: `KEY=VALUE` lines.
+    fn active_env(&self) -> Result<BTreeMap<String, String>, HostError> {
+        env_file(&self.root().join("current"))
+    }
+
+    /// Runs hook `name` (`sh -c command`) in release `id` (staged or live)
+    /// with its environment's `config/active/env`, `FERRY_RELEASE` and
+    /// `FERRY_DEPLOY_TO`; kills it (and its children) after `timeout`.
+    pub fn run_hook(&self, id: &ReleaseId, name: &str, command: &str, timeout: Duration) -> Result<HookRun, HostError> {
+        use std::os::unix::process::CommandExt;
+        let dir = self.release_dir(id);
+        if !dir.is_dir() {
+            return Err(HostError::NoRelease { id: *id, root: self.root().to_owned() });
+        }
+        let log = tempfile::tempfile().map_err(HostError::Fs)?;
+        let start = Instant::now();
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(&dir)
+            .envs(env_file(&dir)?)
+            .env("FERRY_RELEASE", id.to_string())
+            .env("FERRY_DEPLOY_TO", self.root())
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(HostError::Fs)?)
+            .stderr(log.try_clone().map_err(HostError::Fs)?)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| HostError::Input(format!("hook {name}: cannot run sh: {e}")))?;
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(HostError::Fs)? {
+                break Some(status);
+            }
+            if start.elapsed() > timeout {
+                if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                }
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut output = String::new();
+        let mut log = log;
+        use std::io::{Read, Seek};
+        log.rewind().map_err(HostError::Fs)?;
+        log.take(1 << 20).read_to_string(&mut output).ok();
+        let lines: Vec<&str> = output.lines().collect();
+        let output = lines[lines.len().saturating_sub(200)..].join("\n");
+        Ok(HookRun {
+            name: name.to_owned(),
+            exit: status.and_then(|s| s.code()),
+            timed_out: status.is_none(),
+            seconds: start.elapsed().as_secs_f64(),
+            output,
+        })
+    }
+
+    /// The programs' logs (stdout and stderr): from each process's offset
+    /// in `offsets` when given (following), else their last `bytes`.
+    pub fn logs(
+        &self,
+        program: Option<&str>,
+        offsets: &BTreeMap<String, i64>,
+        bytes: i32,
+    ) -> Result<Vec<LogChunk>, HostError> {
+        let supervisor = self.supervisor();
+        let processes = supervisor.processes().map_err(runtime)?;
+        let mut chunks = Vec::new();
+        for p in processes.iter().filter(|p| program.is_none_or(|want| p.group == want || p.name == want)) {
+            for stderr in [false, true] {
+                let key = format!("{}{}", p.name, if stderr { " (stderr)" } else { "" });
+                let (text, offset) = match offsets.get(&key) {
+                    Some(offset) => supervisor.read_log(&p.name, *offset, bytes, stderr),
+                    None => supervisor.tail(&p.name, bytes, stderr),
+                }
+                .map_err(runtime)?;
+                chunks.push(LogChunk { process: key, text, offset });
+            }
+        }
+        if let Some(want) = program.filter(|_| chunks.is_empty()) {
+            let have: Vec<&str> = processes.iter().map(|p| p.group.as_str()).collect();
+            return Err(HostError::Input(format!("no program {want} here (there are: {})", have.join(", "))));
+        }
+        Ok(chunks)
+    }
+
+    fn systemd_unit(&self, service: &str, conf: &Path) -> String {
+        format!(
+            "# Written by ferry setup: supervisord for {service}, so systemctl start/stop/status work.\n\
+             # Install: cp this file /etc/systemd/system/ && systemctl enable --now ferry-{service}\n\
+             [Unit]\nDescription=supervisord for {service} (ferry)\nAfter=network.target\n\n\
+             [Service]\nType=forking\nPIDFile={root}/.ferry/supervisord.pid\nExecStart=/usr/bin/supervisord -c {conf}\n\
+             ExecStop=/usr/bin/supervisorctl -c {conf} shutdown\nExecReload=/usr/bin/supervisorctl -c {conf} update\n\
+             Restart=on-failure\n\n[Install]\nWantedBy=multi-user.target\n",
+            root = self.root().display(),
+            conf = conf.display()
+        )
+    }
+
+    fn init_script(&self, service: &str, conf: &Path) -> String {
+        format!(
+            "#!/bin/sh\n### BEGIN INIT INFO\n# Provides:          ferry-{service}\n# Required-Start:    $network $remote_fs\n\
+             # Required-Stop:     $network $remote_fs\n# Default-Start:     2 3 4 5\n# Default-Stop:      0 1 6\n\
+             # Short-Description: supervisord for {service} (ferry)\n### END INIT INFO\n\
+             # Written by ferry setup. Install: cp this file /etc/init.d/ && update-rc.d ferry-{service} defaults\n\
+             CONF={conf}\ncase \"$1\" in\n  start) supervisorctl -c \"$CONF\" pid >/dev/null 2>&1 || supervisord -c \"$CONF\" ;;\n\
+               stop) supervisorctl -c \"$CONF\" shutdown ;;\n  restart) \"$0\" stop; sleep 1; \"$0\" start ;;\n\
+               reload) supervisorctl -c \"$CONF\" update ;;\n  status) supervisorctl -c \"$CONF\" status ;;\n\
+               *) echo \"usage: $0 start|stop|restart|reload|status\" >&2; exit 2 ;;\nesac\n",
+            conf = conf.display()
+        )
+    }
+
+    /// Starts supervisord on its config and waits for its socket.
+    fn start_supervisord(&self) -> Result<(), HostError> {
+        let conf = self.root().join(".ferry/supervisord.conf");
+        let out = std::process::Command::new("supervisord")
+            .arg("-c")
+            .arg(&conf)
+            .current_dir(self.root())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| runtime(RuntimeError::Start(format!("cannot run supervisord: {e} (is it installed?)"))))?;
+        if !out.status.success() {
+            return Err(runtime(RuntimeError::Start(format!(
+                "supervisord -c {} exited with {}: {}",
+                conf.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.supervisor().is_running() {
+            if Instant::now() > deadline {
+                return Err(runtime(RuntimeError::Start("no answer on its socket after 10 s".into())));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// After a flip to `id`: every program takes it up (by its restart
+    /// strategy), every process is RUNNING past its startsecs, and each one
+    /// runs from `releases/<id>`. Nothing to do without programs.
+    pub fn restart_programs(&self, id: &ReleaseId) -> Result<Vec<String>, HostError> {
+        let programs = self.programs()?;
+        if programs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut notes = Vec::new();
+        let supervisor = self.supervisor();
+        // The new release's env config may differ: the config follows it.
+        let conf = self.supervisord_conf(&programs)?;
+        let conf_changed = write_if_changed(&self.root().join(".ferry/supervisord.conf"), conf.as_bytes())?;
+        if !supervisor.is_running() {
+            self.start_supervisord()?;
+            notes.push("supervisord was not running: started it".to_owned());
+        } else if conf_changed {
+            supervisor.update().map_err(runtime)?;
+        }
+        for p in &programs {
+            let started = unix_now();
+            match &p.restart {
+                Restart::Restart => {
+                    supervisor.stop_group(&p.name).map_err(runtime)?;
+                    supervisor.start_group(&p.name).map_err(runtime)?;
+                }
+                Restart::Signal(signal) => {
+                    let running = group(&supervisor, &p.name)?.iter().any(|i| i.state == "RUNNING");
+                    if running {
+                        supervisor.signal_group(&p.name, signal).map_err(runtime)?;
+                    } else {
+                        supervisor.start_group(&p.name).map_err(runtime)?;
+                    }
+                }
+            }
+            self.wait_running(&supervisor, p, started)?;
+            self.check_release(&supervisor, p, id)?;
+        }
+        Ok(notes)
+    }
+
+    /// Waits until every process of `p` is RUNNING (supervisord says so only
+    /// after startsecs), or fails with the program's last output.
+    fn wait_running(&self, supervisor: &Supervisor, p: &Program, since: i64) -> Result<(), HostError> {
+        let deadline = Instant::now() + Duration::from_secs(u64::from(p.startsecs + p.stopwaitsecs) + 30);
+        loop {
+            let processes = group(supervisor, &p.name)?;
+            let failed =
+                processes.iter().find(|i| matches!(i.state.as_str(), "FATAL" | "EXITED" | "STOPPED" | "UNKNOWN"));
+            let up = !processes.is_empty() && processes.iter().all(|i| i.state == "RUNNING");
+            if let Some(bad) = failed.filter(|_| !up) {
+                return Err(self.not_running(supervisor, bad));
+            }
+            if up {
+                // With a signal, RUNNING is the old processes' state: give
+                // the program its startsecs to bring up the new ones.
+                if let Restart::Signal(_) = p.restart {
+                    let left = (since + i64::from(p.startsecs.max(1))) - unix_now();
+                    if left > 0 {
+                        std::thread::sleep(Duration::from_secs(left as u64));
+                    }
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let worst = processes.into_iter().find(|i| i.state != "RUNNING");
+                return Err(match worst {
+                    Some(bad) => self.not_running(supervisor, &bad),
+                    None => runtime(RuntimeError::NotRunning {
+                        program: p.name.clone(),
+                        state: "MISSING".into(),
+                        description: "supervisord lists no process for it".into(),
+                        log: String::new(),
+                    }),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn not_running(&self, supervisor: &Supervisor, bad: &ProcessInfo) -> HostError {
+        let mut log = String::new();
+        for stderr in [true, false] {
+            if let Ok((text, _)) = supervisor.tail(&bad.name, 2048, stderr) {
+                log.push_str(&text);
+            }
+        }
+        let last: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+        runtime(RuntimeError::NotRunning {
+            program: bad.name.clone(),
+            state: bad.state.clone(),
+            description: bad.description.clone(),
+            log: last[last.len().saturating_sub(10)..].join("\n"),
+        })
+    }
+
+    /// Every process of `p` (and each child: gunicorn's workers) runs from
+    /// `releases/<id>`: its working directory is in it. A process started
+    /// under `current` before the flip keeps the old release's directory
+    /// (the kernel resolved the symlink when it started).
+    fn check_release(&self, supervisor: &Supervisor, p: &Program, id: &ReleaseId) -> Result<(), HostError> {
+        let releases = fs::canonicalize(self.root().join("releases")).map_err(HostError::Fs)?;
+        let wanted = releases.join(id.to_string());
+        for info in group(supervisor, &p.name)? {
+            for pid in std::iter::once(info.pid).chain(descendants(info.pid)) {
+                let Ok(cwd) = fs::read_link(format!("/proc/{pid}/cwd")) else { continue };
+                if cwd.starts_with(&wanted) {
+                    continue;
+                }
+                let runs = cwd
+                    .strip_prefix(&releases)
+                    .ok()
+                    .and_then(|r| r.components().next())
+                    .map_or_else(|| "outside releases/".to_owned(), |c| c.as_os_str().to_string_lossy().into_owned());
+                let hint = match &p.restart {
+                    Restart::Signal(signal) => format!(
+                        "a process reloaded by SIG{signal} keeps the working directory it started in, and reloads \
+                         the old code from there; make it change directory on reload (gunicorn: add --chdir {} to \
+                         its command), or drop reload_signal to restart it by stop and start",
+                        self.program_dir(p).display()
+                    ),
+                    Restart::Restart => format!(
+                        "it changes to {} itself; point it at {}/current instead",
+                        cwd.display(),
+                        self.root().display()
+                    ),
+                };
+                return Err(runtime(RuntimeError::OldRelease {
+                    program: info.name.clone(),
+                    pid,
+                    cwd: cwd.display().to_string(),
+                    runs,
+                    wanted: id.to_string(),
+                    hint,
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each program's processes, for `status`; empty without programs or
+    /// when supervisord is not running.
+    pub fn program_status(&self) -> Vec<ProcessInfo> {
+        if self.programs().map(|p| p.is_empty()).unwrap_or(true) {
+            return Vec::new();
+        }
+        self.supervisor().processes().unwrap_or_default()
+    }
+}
+
+/// What a hook did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HookRun {
+    pub name: String,
+    /// Its exit code; `None` when it was killed (by its timeout, or a signal).
+    pub exit: Option<i32>,
+    pub timed_out: bool,
+    pub seconds: f64,
+    /// Its last 200 lines of output (stdout and stderr together).
+    pub output: String,
+}
+
+impl HookRun {
+    pub fn ok(&self) -> bool {
+        self.exit == Some(0)
+    }
+}
+
+/// A piece of one process's log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogChunk {
+    /// `program` or `group:process`, with " (stderr)" for its stderr.
+    pub process: String,
+    pub text: String,
+    /// Where to read from next, to follow it.
+    pub offset: i64,
+}
+
+/// `config/active/env` of the release in `dir`: `KEY=VALUE` lines (`#`
+/// comments; none when the file is not there).
+fn env_file(dir: &Path) -> Result<BTreeMap<String, String>, HostError> {
+    let path = dir.join("config/active/env");
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            return Ok(BTreeMap::new())
+        }
+        Err(e) => return Err(HostError::Fs(e)),
+    };
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
+        .collect())
+}
+
+fn runtime(e: impl Into<RuntimeError>) -> HostError {
+    HostError::Runtime(Box::new(e.into()))
+}
+
+fn group(supervisor: &Supervisor, name: &str) -> Result<Vec<ProcessInfo>, HostError> {
+    Ok(supervisor.processes().map_err(runtime)?.into_iter().filter(|i| i.group == name).collect())
+}
+
+/// Every descendant of `pid`, from /proc.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(p) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+            // pid (comm) state ppid …; comm may hold spaces and parens.
+            let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else { continue };
+            if let Some(ppid) = after.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()) {
+                children.entry(ppid).or_default().push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for c in children.get(&p).into_iter().flatten() {
+            out.push(*c);
+            todo.push(*c);
+        }
+    }
+    out
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Writes `bytes` to `path` (atomically) unless it holds them already.
+fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool, HostError> {
+    if fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(false);
+    }
+    ferry_formats::atomic::write_atomic(path, |f| std::io::Write::write_all(f, bytes)).map_err(HostError::Fs)?;
+    Ok(true)
+}

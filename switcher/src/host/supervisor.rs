@@ -1,0 +1,234 @@
+//! supervisord, driven through its XML-RPC API over its unix socket — the
+//! service's own supervisord, whose config `setup` writes to
+//! `.ferry/supervisord.conf` and whose socket is `.ferry/supervisor.sock`.
+//! No `supervisorctl` output is parsed.
+//!
+//! The XML-RPC encoding and decoding is the `xmlrpc` crate's; the transport
+//! (one HTTP/1.0 POST per call on a fresh connection to the socket) is the
+//! few lines here, since the crate speaks HTTP only over TCP.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use xmlrpc::{Request, Transport, Value};
+
+/// A supervisord reached through its unix socket.
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+/// One process as supervisord sees it (`supervisor.getProcessInfo`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessInfo {
+    /// `group:name`, as supervisorctl writes it.
+    pub name: String,
+    pub group: String,
+    /// RUNNING, STARTING, BACKOFF, FATAL, EXITED, STOPPED…
+    pub state: String,
+    pub pid: u32,
+    /// Seconds since the epoch it was started (0 if never).
+    pub start: i64,
+    /// What supervisord says of it ("pid 4711, uptime 0:00:03", "Exited too quickly").
+    pub description: String,
+}
+
+/// A supervisord call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("supervisord is not answering on {socket}: {source}")]
+    Unreachable { socket: PathBuf, source: std::io::Error },
+    #[error("supervisord at {socket}: {method} failed: {message}")]
+    Call { socket: PathBuf, method: String, message: String },
+}
+
+struct Socket<'a> {
+    path: &'a Path,
+    timeout: Duration,
+}
+
+impl Transport for Socket<'_> {
+    type Stream = std::io::Cursor<Vec<u8>>;
+
+    fn transmit(self, request: &Request<'_>) -> Result<Self::Stream, Box<dyn std::error::Error + Send + Sync>> {
+        let mut body = Vec::new();
+        request.write_as_xml(&mut body)?;
+        let mut stream = UnixStream::connect(self.path)?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        stream.set_write_timeout(Some(self.timeout))?;
+        let head = format!(
+            "POST /RPC2 HTTP/1.0\r\nHost: localhost\r\nUser-Agent: ferry\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(&body)?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let split =
+            response.windows(4).position(|w| w == b"\r\n\r\n").ok_or("supervisord's answer has no end of headers")?;
+        let status = response[..split].split(|b| *b == b'\n').next().unwrap_or_default();
+        let status = String::from_utf8_lossy(status);
+        if !status.contains(" 200") {
+            return Err(format!("supervisord answered {}", status.trim()).into());
+        }
+        Ok(std::io::Cursor::new(response.split_off(split + 4)))
+    }
+}
+
+impl Supervisor {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self { socket: socket.into(), timeout: Duration::from_secs(30) }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn call(&self, method: &str, args: Vec<Value>) -> Result<Value, SupervisorError> {
+        let mut request = Request::new(method);
+        for arg in args {
+            request = request.arg(arg);
+        }
+        request.call(Socket { path: &self.socket, timeout: self.timeout }).map_err(|e| {
+            let message = e.to_string();
+            // Nothing listening is its own case: supervisord is not running.
+            match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>()) {
+                Some(io)
+                    if matches!(io.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+                {
+                    SupervisorError::Unreachable {
+                        socket: self.socket.clone(),
+                        source: std::io::Error::new(io.kind(), message),
+                    }
+                }
+                _ => SupervisorError::Call { socket: self.socket.clone(), method: method.to_owned(), message },
+            }
+        })
+    }
+
+    /// Whether supervisord answers at all.
+    pub fn is_running(&self) -> bool {
+        self.call("supervisor.getPID", vec![]).is_ok()
+    }
+
+    pub fn processes(&self) -> Result<Vec<ProcessInfo>, SupervisorError> {
+        match self.call("supervisor.getAllProcessInfo", vec![])? {
+            Value::Array(items) => Ok(items.iter().map(process_info).collect()),
+            other => Err(self.odd("supervisor.getAllProcessInfo", &other)),
+        }
+    }
+
+    pub fn process(&self, name: &str) -> Result<ProcessInfo, SupervisorError> {
+        let value = self.call("supervisor.getProcessInfo", vec![Value::from(name)])?;
+        Ok(process_info(&value))
+    }
+
+    /// Stops every process of `group` (waiting for them to stop).
+    pub fn stop_group(&self, group: &str) -> Result<(), SupervisorError> {
+        match self.call("supervisor.stopProcessGroup", vec![Value::from(group), Value::Bool(true)]) {
+            Ok(_) => Ok(()),
+            // Already stopped is what we wanted.
+            Err(SupervisorError::Call { message, .. }) if message.contains("NOT_RUNNING") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts every process of `group`, not waiting for them: the caller
+    /// watches their states (so a crash loop is seen, with its log).
+    pub fn start_group(&self, group: &str) -> Result<(), SupervisorError> {
+        match self.call("supervisor.startProcessGroup", vec![Value::from(group), Value::Bool(false)]) {
+            Ok(_) => Ok(()),
+            Err(SupervisorError::Call { message, .. }) if message.contains("ALREADY_STARTED") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends `signal` (HUP, USR2…) to every process of `group`.
+    pub fn signal_group(&self, group: &str, signal: &str) -> Result<(), SupervisorError> {
+        self.call("supervisor.signalProcessGroup", vec![Value::from(group), Value::from(signal)]).map(drop)
+    }
+
+    /// Re-reads the config file and adds, removes or restarts groups whose
+    /// config changed (what `supervisorctl update` does).
+    pub fn update(&self) -> Result<(), SupervisorError> {
+        let value = self.call("supervisor.reloadConfig", vec![])?;
+        // [[added, changed, removed]]
+        let lists = |i: usize| -> Vec<String> {
+            value
+                .as_array()
+                .and_then(|a| a.first())
+                .and_then(Value::as_array)
+                .and_then(|a| a.get(i))
+                .and_then(Value::as_array)
+                .map(|names| names.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default()
+        };
+        let (added, changed, removed) = (lists(0), lists(1), lists(2));
+        for group in removed.iter().chain(&changed) {
+            self.stop_group(group)?;
+            self.call("supervisor.removeProcessGroup", vec![Value::from(group.as_str())])?;
+        }
+        for group in added.iter().chain(&changed) {
+            self.call("supervisor.addProcessGroup", vec![Value::from(group.as_str())])?;
+        }
+        Ok(())
+    }
+
+    /// The last `bytes` of a process's stdout (or stderr) log.
+    pub fn tail(&self, name: &str, bytes: i32, stderr: bool) -> Result<(String, i64), SupervisorError> {
+        let method = if stderr { "supervisor.tailProcessStderrLog" } else { "supervisor.tailProcessStdoutLog" };
+        let value = self.call(method, vec![Value::from(name), Value::Int(0), Value::Int(bytes)])?;
+        let text = value.as_array().and_then(|a| a.first()).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let offset = value.as_array().and_then(|a| a.get(1)).and_then(Value::as_i64).unwrap_or_default();
+        Ok((text, offset))
+    }
+
+    /// A process's stdout (or stderr) log from `offset`, at most `bytes`.
+    pub fn read_log(
+        &self,
+        name: &str,
+        offset: i64,
+        bytes: i32,
+        stderr: bool,
+    ) -> Result<(String, i64), SupervisorError> {
+        let method = if stderr { "supervisor.tailProcessStderrLog" } else { "supervisor.tailProcessStdoutLog" };
+        let value = self.call(
+            method,
+            vec![Value::from(name), Value::Int(i32::try_from(offset).unwrap_or(i32::MAX)), Value::Int(bytes)],
+        )?;
+        let text = value.as_array().and_then(|a| a.first()).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let offset = value.as_array().and_then(|a| a.get(1)).and_then(Value::as_i64).unwrap_or(offset);
+        Ok((text, offset))
+    }
+
+    /// Stops supervisord itself (and so every program).
+    pub fn shutdown(&self) -> Result<(), SupervisorError> {
+        self.call("supervisor.shutdown", vec![]).map(drop)
+    }
+
+    fn odd(&self, method: &str, value: &Value) -> SupervisorError {
+        SupervisorError::Call {
+            socket: self.socket.clone(),
+            method: method.to_owned(),
+            message: format!("an answer of an unexpected shape: {value:?}"),
+        }
+    }
+}
+
+fn process_info(v: &Value) -> ProcessInfo {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let i = |k: &str| v.get(k).and_then(Value::as_i64).unwrap_or_default();
+    let group = s("group");
+    let name = s("name");
+    ProcessInfo {
+        name: if group.is_empty() || group == name { name.clone() } else { format!("{group}:{name}") },
+        group,
+        state: s("statename"),
+        pid: u32::try_from(i("pid")).unwrap_or(0),
+        start: i("start"),
+        description: s("description"),
+    }
+}
