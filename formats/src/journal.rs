@@ -31,6 +31,9 @@ pub enum Action {
     Prune,
     Pin,
     Unpin,
+    /// The `migrate` hook ran from release `to` (on the one host of a push
+    /// that runs it): a rollback past `to` does not undo what it did.
+    Migrate,
 }
 
 /// One line of the journal.

@@ -16,6 +16,15 @@ use crate::testhosts::TestHosts;
 /// The example service with an ssh stage `prod` over `hosts`, gated by its
 /// health URL on each host.
 fn project(hosts: &TestHosts, extra: &str) -> Project {
+    project_with(
+        hosts,
+        extra,
+        "[stages.prod.health.http]\nurl = \"http://{host}:8000/health\"\ntimeout = 2\nretries = 3\n",
+    )
+}
+
+/// The same, with `health` for the stage's gates.
+fn project_with(hosts: &TestHosts, extra: &str, health: &str) -> Project {
     let p = example_project();
     let list: Vec<String> = hosts.hosts.iter().map(|h| format!("\"root@{}\"", h.addr)).collect();
     let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
@@ -23,8 +32,7 @@ fn project(hosts: &TestHosts, extra: &str) -> Project {
         "ferry.toml",
         format!(
             "{toml}\n{extra}\n[stages.prod]\ntransport = \"ssh\"\nhosts = [{}]\nenv = \"staging\"\n\
-             known_hosts = \"{}\"\nidentity = \"{}\"\nagent = \"{}\"\n\
-             [stages.prod.health.http]\nurl = \"http://{{host}}:8000/health\"\ntimeout = 2\nretries = 3\n",
+             known_hosts = \"{}\"\nidentity = \"{}\"\nagent = \"{}\"\n{health}",
             list.join(", "),
             hosts.known_hosts.display(),
             hosts.key.display(),
@@ -209,4 +217,122 @@ fn a_failed_migration_stops_the_push_before_any_flip() {
         assert_eq!(current(&hosts, i), v1, "host {i}");
     }
     serves(&hosts, "v1");
+}
+
+#[test]
+fn a_release_whose_program_crashes_on_start_is_reported_with_its_log_and_the_host_goes_back() {
+    let hosts = TestHosts::start(2);
+    let p = project(&hosts, "");
+    let v1 = build(&p, "v1");
+    p.ferry(["push", "prod"]).ok();
+    let code = fs::read_to_string(p.path("app/hello.py")).unwrap();
+    p.write("app/hello.py", format!("{code}\ndef broken(:\n"));
+    build(&p, "v2");
+    let r = p.ferry(["push", "prod", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let canary = row(&r.json(), hosts.hosts[0].addr);
+    assert_eq!(canary["step"], "activate", "{canary}");
+    let error = canary["error"].as_str().unwrap();
+    assert!(error.contains("program web did not start"), "{error}");
+    assert!(error.contains("; it said: SyntaxError: "), "the program's own last words: {error}");
+    for i in 0..2 {
+        assert_eq!(current(&hosts, i), v1, "host {i}");
+    }
+    serves(&hosts, "v1");
+    let history = p.ferry(["history", "prod"]).ok().stdout;
+    assert!(history.contains("the programs did not take up"), "{history}");
+}
+
+#[test]
+fn a_host_whose_supervisord_died_gets_it_started_again_and_says_so() {
+    let hosts = TestHosts::start(2);
+    let p = project(&hosts, "");
+    build(&p, "v1");
+    p.ferry(["push", "prod"]).ok();
+    let pid = fs::read_to_string(hosts.hosts[1].srv.join("hello/.ferry/supervisord.pid")).unwrap();
+    crate::kit::sh(&format!("kill {}; while kill -0 {0} 2>/dev/null; do sleep 0.05; done", pid.trim()));
+    build(&p, "v2");
+    let report = p.ferry(["push", "prod", "--json"]).ok().json();
+    let second = row(&report, hosts.hosts[1].addr);
+    assert_eq!(second["warning"], "supervisord was not running: started it", "{second}");
+    assert!(row(&report, hosts.hosts[0].addr)["warning"].is_null(), "{report}");
+    serves(&hosts, "v2");
+}
+
+#[test]
+fn hooks_setup_logs_and_a_rollback_past_a_migration() {
+    let hosts = TestHosts::start(2);
+    let p = project(
+        &hosts,
+        "[hooks]\nmigrate = \"echo migrated to $FERRY_RELEASE > $FERRY_DEPLOY_TO/shared/migrated\"\n\
+         before_flip = \"echo before $FERRY_RELEASE in $(pwd)\"\nafter_flip = \"echo after\"\n",
+    );
+    let v1 = build(&p, "v1");
+    let report = p.ferry(["push", "prod", "--json"]).ok().json();
+    let first = row(&report, hosts.hosts[0].addr);
+    let hooks: Vec<&str> = first["hooks"].as_array().unwrap().iter().map(|h| h["name"].as_str().unwrap()).collect();
+    assert_eq!(hooks, ["migrate", "before_flip", "after_flip"], "{first}");
+    assert_eq!(first["hooks"][1]["output"], format!("before {v1} in /srv/hello/releases/{v1}"));
+    let second = row(&report, hosts.hosts[1].addr);
+    assert_eq!(second["hooks"].as_array().unwrap().len(), 2, "migrate runs on one host only: {second}");
+    let migrated = fs::read_to_string(hosts.hosts[0].srv.join("hello/shared/migrated")).unwrap();
+    assert_eq!(migrated, format!("migrated to {v1}\n"));
+    assert!(!hosts.hosts[1].srv.join("hello/shared/migrated").exists());
+
+    // setup is safe to re-run, and leaves a unit and an init script.
+    let setup = p.ferry(["setup", "prod"]).ok().stdout;
+    assert_eq!(setup.matches("already set up").count(), 2, "{setup}");
+    for h in &hosts.hosts {
+        let unit = fs::read_to_string(h.srv.join("hello/.ferry/ferry-hello.service")).unwrap();
+        assert!(unit.contains("ExecStart=/usr/bin/supervisord -c /srv/hello/.ferry/supervisord.conf"), "{unit}");
+        assert!(h.srv.join("hello/.ferry/init.d/ferry-hello").exists());
+    }
+
+    // The programs' logs, by host, through supervisord.
+    let logs = p.ferry(["logs", "prod", "--program", "web"]).ok().stdout;
+    for h in &hosts.hosts {
+        let prefix = format!("root@{} web (stderr): ", h.addr);
+        assert!(logs.lines().any(|l| l.starts_with(&prefix) && l.contains("Booting worker")), "{logs}");
+    }
+
+    build(&p, "v2");
+    p.ferry(["push", "prod"]).ok();
+    let back = p.ferry(["rollback", "prod"]).ok();
+    assert!(back.stderr.contains("ran migrations here"), "{}", back.stderr);
+    assert!(back.stderr.contains("does not roll back the database"), "{}", back.stderr);
+    serves(&hosts, "v1");
+}
+
+#[test]
+fn the_error_rate_gate_and_the_command_gate_each_stop_a_push() {
+    let hosts = TestHosts::start(3);
+    let errors =
+        "[stages.prod.health.errors]\nurl = \"http://{host}:8000/\"\nwindow = 2\ninterval = 0.1\nmin_requests = 10\n";
+    let p = project_with(&hosts, "", errors);
+    let v1 = build(&p, "v1");
+    p.ferry(["push", "prod"]).ok();
+    // Broken on the canary only: its error rate against the others'.
+    p.write("app/BAD_HOSTS", hosts.hosts[0].addr.to_string());
+    build(&p, "v2");
+    let r = p.ferry(["push", "prod", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let gate = r.json()["gate"].as_str().unwrap().to_owned();
+    assert!(gate.starts_with("gate errors failed after batch"), "{gate}");
+    assert!(gate.contains("error rate 100.0% over max_rate 5.0%"), "{gate}");
+    assert!(gate.contains("hosts not yet flipped 0/"), "{gate}");
+    assert_eq!(current(&hosts, 0), v1);
+
+    // A command on the controller, told the batch and the release.
+    fs::remove_file(p.path("app/BAD_HOSTS")).unwrap();
+    let check = "[stages.prod.health.command]\nrun = \"echo checking $FERRY_RELEASE on $FERRY_HOSTS; exit 7\"\n";
+    let p2 = project_with(&hosts, "", check);
+    let v3 = build(&p2, "v3");
+    let r = p2.ferry(["push", "prod", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let gate = r.json()["gate"].as_str().unwrap().to_owned();
+    assert!(gate.contains("exit status: 7"), "{gate}");
+    assert!(gate.contains(&format!("checking {v3} on root@{}", hosts.hosts[0].addr)), "{gate}");
+    for i in 0..3 {
+        assert_eq!(current(&hosts, i), v1, "host {i}");
+    }
 }

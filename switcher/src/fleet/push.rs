@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ferry_formats::journal::Record;
+use ferry_formats::journal::{Action, Outcome as JournalOutcome, Record};
 use ferry_formats::ReleaseId;
 use fs_err as fs;
 use rayon::prelude::*;
@@ -344,7 +344,12 @@ pub fn push(
                 let programs = rt.programs_for(&slot.spec.name);
                 match slot.session.as_mut().expect("connected").setup(&rt.service, &programs) {
                     Ok(did) if did.is_empty() => {}
-                    Ok(did) => observer.event(&slot.spec.name, "setup", &did.join("; ")),
+                    Ok(did) => {
+                        observer.event(&slot.spec.name, "setup", &did.join("; "));
+                        if did.iter().any(|d| d == crate::host::runtime::NOT_RUNNING) {
+                            slot.report.warning = Some(crate::host::runtime::NOT_RUNNING.to_owned());
+                        }
+                    }
                     Err(e) => {
                         observer.event(&slot.spec.name, "setup", &format!("failed: {}", error_chain(&e)));
                         slot.fail("setup", &e);
@@ -624,6 +629,20 @@ pub fn rollback(
         match slot.session.as_mut().expect("connected").status() {
             Ok(st) => {
                 slot.report.from = st.current;
+                // Going back past a release that ran migrations leaves the
+                // database where they took it: say so.
+                if let (Some(current), Ok(journal)) = (st.current, slot.session.as_mut().expect("connected").journal())
+                {
+                    if let Some(m) = journal.iter().rev().find(|r| {
+                        r.action == Action::Migrate && r.result == JournalOutcome::Ok && r.to == Some(current)
+                    }) {
+                        slot.report.warning = Some(format!(
+                            "release {} ran migrations here ({}): rolling back the code does not roll back the database",
+                            current.short(12),
+                            m.time
+                        ));
+                    }
+                }
                 let target = to.copied().or(st.previous);
                 let has = target.is_some_and(|t| st.releases.iter().any(|r| r.id == t));
                 let mut candidates = candidates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -15,12 +15,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ferry_formats::journal::{Action, Record};
 use ferry_formats::ReleaseId;
 use fs_err as fs;
 use serde::{Deserialize, Serialize};
 
 use super::supervisor::{ProcessInfo, Supervisor, SupervisorError};
 use super::{Host, HostError};
+
+/// What setup and a restart say when they found supervisord down (with a
+/// release current) and started it.
+pub const NOT_RUNNING: &str = "supervisord was not running: started it";
 
 /// How a program takes up a new release.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,8 +67,8 @@ pub struct ProgramStatus {
 pub enum RuntimeError {
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
-    #[error("program {program} did not start ({state}: {description}); its last output:\n{log}")]
-    NotRunning { program: String, state: String, description: String, log: String },
+    #[error("program {program} did not start ({state}: {description}){}; its last output:\n{log}", said(errors))]
+    NotRunning { program: String, state: String, description: String, errors: Vec<String>, log: String },
     #[error(
         "program {program} still runs release {runs} after the restart (pid {pid}, working directory {cwd}), \
          not {wanted}: {hint}"
@@ -130,7 +135,7 @@ impl Host {
             let supervisor = self.supervisor();
             if !supervisor.is_running() {
                 self.start_supervisord()?;
-                did.push("started supervisord".into());
+                did.push(NOT_RUNNING.into());
             } else if conf_changed {
                 supervisor.update().map_err(runtime)?;
                 did.push("supervisord re-read its config".into());
@@ -237,13 +242,22 @@ impl Host {
         log.take(1 << 20).read_to_string(&mut output).ok();
         let lines: Vec<&str> = output.lines().collect();
         let output = lines[lines.len().saturating_sub(200)..].join("\n");
-        Ok(HookRun {
+        let run = HookRun {
             name: name.to_owned(),
             exit: status.and_then(|s| s.code()),
             timed_out: status.is_none(),
             seconds: start.elapsed().as_secs_f64(),
             output,
-        })
+        };
+        if name == "migrate" {
+            // A later rollback past this release is warned about.
+            let mut record = Record::now(super::whoami(), Action::Migrate, self.current()?, Some(*id));
+            if !run.ok() {
+                record = record.failed(format!("exit {:?}", run.exit));
+            }
+            self.record(&record)?;
+        }
+        Ok(run)
     }
 
     /// The programs' logs (stdout and stderr): from each process's offset
@@ -345,7 +359,7 @@ impl Host {
         let conf_changed = write_if_changed(&self.root().join(".ferry/supervisord.conf"), conf.as_bytes())?;
         if !supervisor.is_running() {
             self.start_supervisord()?;
-            notes.push("supervisord was not running: started it".to_owned());
+            notes.push(NOT_RUNNING.to_owned());
         } else if conf_changed {
             supervisor.update().map_err(runtime)?;
         }
@@ -402,6 +416,7 @@ impl Host {
                         program: p.name.clone(),
                         state: "MISSING".into(),
                         description: "supervisord lists no process for it".into(),
+                        errors: Vec::new(),
                         log: String::new(),
                     }),
                 });
@@ -413,16 +428,42 @@ impl Host {
     fn not_running(&self, supervisor: &Supervisor, bad: &ProcessInfo) -> HostError {
         let mut log = String::new();
         for stderr in [true, false] {
-            if let Ok((text, _)) = supervisor.tail(&bad.name, 2048, stderr) {
+            if let Ok((text, _)) = supervisor.tail(&bad.name, 8192, stderr) {
                 log.push_str(&text);
             }
         }
-        let last: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+        let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+        // A traceback's cause is often above its last lines: the lines that
+        // name an error, too.
+        // An exception's own line (`NameError: …`) first, else log lines
+        // that say error or failed.
+        let exception = |l: &str| {
+            l.split_once(':').is_some_and(|(head, _)| {
+                !head.is_empty()
+                    && head.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+                    && (head.ends_with("Error") || head.ends_with("Exception"))
+            })
+        };
+        let named =
+            |l: &str| ["ERROR", "Error", "error:", "Exception", "FATAL", "failed"].iter().any(|w| l.contains(w));
+        let mut errors: Vec<String> = Vec::new();
+        for pick in [&exception as &dyn Fn(&str) -> bool, &named] {
+            for line in lines.iter().map(|l| l.trim()).filter(|l| pick(l)) {
+                if !errors.iter().any(|e| e == line) {
+                    errors.push(line.to_owned());
+                }
+            }
+            if !errors.is_empty() {
+                break;
+            }
+        }
+        let errors = errors.split_off(errors.len().saturating_sub(3));
         runtime(RuntimeError::NotRunning {
             program: bad.name.clone(),
             state: bad.state.clone(),
             description: bad.description.clone(),
-            log: last[last.len().saturating_sub(10)..].join("\n"),
+            errors,
+            log: lines[lines.len().saturating_sub(10)..].join("\n"),
         })
     }
 
@@ -526,6 +567,14 @@ fn env_file(dir: &Path) -> Result<BTreeMap<String, String>, HostError> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
         .collect())
+}
+
+fn said(errors: &[String]) -> String {
+    if errors.is_empty() {
+        String::new()
+    } else {
+        format!("; it said: {}", errors.join(" / "))
+    }
 }
 
 fn runtime(e: impl Into<RuntimeError>) -> HostError {
