@@ -336,3 +336,67 @@ fn the_error_rate_gate_and_the_command_gate_each_stop_a_push() {
         assert_eq!(current(&hosts, i), v1, "host {i}");
     }
 }
+
+#[test]
+fn a_port_taken_by_another_process_fails_that_host_with_the_programs_words_and_the_push_goes_back() {
+    let hosts = TestHosts::start(2);
+    let p = project(&hosts, "");
+    let v1 = build(&p, "v1");
+    p.ferry(["push", "prod"]).ok();
+    // On host2, something else holds port 8000 once the app is stopped.
+    let out = hosts.ssh(
+        1,
+        "supervisorctl -c /srv/hello/.ferry/supervisord.conf stop web >/dev/null && \
+         (nohup python3 -m http.server 8000 >/dev/null 2>&1 &) && sleep 1",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    build(&p, "v2");
+    let r = p.ferry(["push", "prod", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let report = r.json();
+    // gunicorn keeps trying to bind for a while, so supervisord calls it
+    // RUNNING: the health gate is what sees the other process answer.
+    let second = row(&report, hosts.hosts[1].addr);
+    assert_eq!(second["result"], "reverted", "{second}");
+    let error = second["error"].as_str().unwrap();
+    assert!(error.contains("gate http: http://") && error.contains("answered 404, not 200"), "{error}");
+    assert!(error.contains("its programs' last output: web (stderr): "), "{error}");
+    assert!(error.contains("Connection in use: ('0.0.0.0', 8000)"), "the program's own words: {error}");
+    // The canary went back with it, and serves.
+    assert_eq!(row(&report, hosts.hosts[0].addr)["result"], "reverted", "{report}");
+    assert_eq!((current(&hosts, 0), current(&hosts, 1)), (v1.clone(), v1));
+    let (status, body) = get(hosts.hosts[0].addr, "/");
+    assert_eq!((status, body.starts_with("hello from v1 ")), (200, true), "{body}");
+}
+
+#[test]
+fn a_health_url_that_never_answers_fails_the_gate_after_its_timeouts() {
+    let hosts = TestHosts::start(2);
+    let p = project_with(&hosts, "", "");
+    let v1 = build(&p, "v1");
+    p.ferry(["push", "prod"]).ok();
+    // Port 8001 on each host takes connections and never answers.
+    for i in 0..2 {
+        let out = hosts.ssh(
+            i,
+            "(nohup python3 -c 'import socket, time; s = socket.socket(); s.bind((\"0.0.0.0\", 8001)); \
+             s.listen(); time.sleep(600)' >/dev/null 2>&1 &) && sleep 0.5",
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write(
+        "ferry.toml",
+        format!("{toml}[stages.prod.health.http]\nurl = \"http://{{host}}:8001/health\"\ntimeout = 1\nretries = 2\n"),
+    );
+    build(&p, "v2");
+    let start = std::time::Instant::now();
+    let r = p.ferry(["push", "prod", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let gate = r.json()["gate"].as_str().unwrap().to_owned();
+    assert!(gate.contains(":8001/health: ") && gate.contains("timed out"), "{gate}");
+    assert!(gate.ends_with("(after 2 tries)"), "{gate}");
+    assert!(start.elapsed() < Duration::from_secs(60), "the gate gave up in its time");
+    assert_eq!((current(&hosts, 0), current(&hosts, 1)), (v1.clone(), v1));
+    serves(&hosts, "v1");
+}

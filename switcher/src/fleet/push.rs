@@ -520,8 +520,13 @@ fn check_gates(
                 let mut bad = Vec::new();
                 for (i, result) in results {
                     if let Err(e) = result {
+                        // What the programs said is often why.
+                        let words = match (rt.programs.is_empty(), slots[i].session.as_mut()) {
+                            (false, Some(session)) => last_words(session.as_mut()),
+                            _ => String::new(),
+                        };
                         slots[i].report.step = "gate".into();
-                        slots[i].report.error = Some(format!("gate http: {e}"));
+                        slots[i].report.error = Some(format!("gate http: {e}{words}"));
                         bad.push(format!("{}: {e}", slots[i].spec.name));
                     }
                 }
@@ -559,6 +564,23 @@ fn check_gates(
         }
     }
     Ok(())
+}
+
+/// The programs' last lines of output on a host, as "; its programs' last
+/// output: …" (empty when there are none to be had).
+fn last_words(session: &mut dyn Session) -> String {
+    let Ok(chunks) = session.logs(None, &BTreeMap::new(), 2048) else { return String::new() };
+    let mut lines: Vec<String> = Vec::new();
+    for chunk in &chunks {
+        let mut own: Vec<&str> = chunk.text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let own = own.split_off(own.len().saturating_sub(3));
+        lines.extend(own.into_iter().map(|l| format!("{}: {l}", chunk.process)));
+    }
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("; its programs' last output: {}", lines.join(" / "))
+    }
 }
 
 /// What a host gets.

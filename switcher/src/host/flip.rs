@@ -42,12 +42,20 @@ impl Host {
                 Ok(flipped)
             }
             Err(e) => {
-                if let Some(from) = flipped.from {
-                    let reason = format!("the programs did not take up {}: {}", id.short(12), error_chain(&e));
-                    self.flip(&from, Action::Rollback, &StageOptions::default(), Some(reason))?;
-                    self.restart_programs(&from)?;
+                let Some(from) = flipped.from else { return Err(e) };
+                let reason = format!("the programs did not take up {}: {}", id.short(12), error_chain(&e));
+                self.flip(&from, Action::Rollback, &StageOptions::default(), Some(reason))?;
+                match self.restart_programs(&from) {
+                    Ok(_) => Err(e),
+                    // Back on the old release, which does not run either
+                    // (something outside the releases is wrong): say both.
+                    Err(again) => Err(HostError::Input(format!(
+                        "{}; flipped back to {}, whose programs did not start either: {}",
+                        error_chain(&e),
+                        from.short(12),
+                        error_chain(&again)
+                    ))),
                 }
-                Err(e)
             }
         }
     }

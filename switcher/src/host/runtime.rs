@@ -367,7 +367,9 @@ impl Host {
             let started = unix_now();
             match &p.restart {
                 Restart::Restart => {
-                    supervisor.stop_group(&p.name).map_err(runtime)?;
+                    // supervisord KILLs after stopwaitsecs; a little more for that.
+                    let within = Duration::from_secs(u64::from(p.stopwaitsecs) + 5);
+                    supervisor.stop_group(&p.name, within).map_err(runtime)?;
                     supervisor.start_group(&p.name).map_err(runtime)?;
                 }
                 Restart::Signal(signal) => {

@@ -126,13 +126,38 @@ impl Supervisor {
         Ok(process_info(&value))
     }
 
-    /// Stops every process of `group` (waiting for them to stop).
-    pub fn stop_group(&self, group: &str) -> Result<(), SupervisorError> {
-        match self.call("supervisor.stopProcessGroup", vec![Value::from(group), Value::Bool(true)]) {
-            Ok(_) => Ok(()),
+    /// Stops every process of `group` and waits (up to `within`) until
+    /// none runs. supervisord is asked not to wait itself: it answers a
+    /// waiting stop only on a later turn of its 1 s main loop, while a
+    /// question each 50 ms wakes it at once.
+    pub fn stop_group(&self, group: &str, within: Duration) -> Result<(), SupervisorError> {
+        match self.call("supervisor.stopProcessGroup", vec![Value::from(group), Value::Bool(false)]) {
+            Ok(_) => {}
             // Already stopped is what we wanted.
-            Err(SupervisorError::Call { message, .. }) if message.contains("NOT_RUNNING") => Ok(()),
-            Err(e) => Err(e),
+            Err(SupervisorError::Call { message, .. }) if message.contains("NOT_RUNNING") => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let up: Vec<ProcessInfo> = self
+                .processes()?
+                .into_iter()
+                .filter(|p| {
+                    p.group == group && matches!(p.state.as_str(), "RUNNING" | "STOPPING" | "STARTING" | "BACKOFF")
+                })
+                .collect();
+            if up.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                let names: Vec<String> = up.iter().map(|p| format!("{} ({})", p.name, p.state)).collect();
+                return Err(SupervisorError::Call {
+                    socket: self.socket.clone(),
+                    method: "supervisor.stopProcessGroup".into(),
+                    message: format!("still not stopped after {} s: {}", within.as_secs(), names.join(", ")),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -168,7 +193,7 @@ impl Supervisor {
         };
         let (added, changed, removed) = (lists(0), lists(1), lists(2));
         for group in removed.iter().chain(&changed) {
-            self.stop_group(group)?;
+            self.stop_group(group, Duration::from_secs(60))?;
             self.call("supervisor.removeProcessGroup", vec![Value::from(group.as_str())])?;
         }
         for group in added.iter().chain(&changed) {
