@@ -401,6 +401,24 @@ impl Config {
         for (name, stage) in &raw.stages {
             stages.insert(name.clone(), check_stage(name, stage.get_ref(), &raw, &dir, &at)?);
         }
+        let hooks = hooks(&raw, &at)?;
+        if let Some(h) = &hooks.migrate_on {
+            if !stages.values().any(|st: &Stage| st.hosts.iter().any(|(n, _)| n == h)) {
+                bail!("{}: [hooks] migrate_on {h:?} is not a host of any stage", path.display());
+            }
+        }
+        let any_hook = hooks.migrate.is_some() || hooks.before_flip.is_some() || hooks.after_flip.is_some();
+        for (name, st) in stages.iter().filter(|_| any_hook) {
+            if let Some(ssh) = st.ssh.as_ref().filter(|s| hooks.timeout >= s.step_timeout) {
+                bail!(
+                    "{}: [hooks] timeout ({} s) must be under stage {name}'s step_timeout ({} s), \
+                     or the controller stops waiting for a hook that still runs",
+                    path.display(),
+                    hooks.timeout.as_secs(),
+                    ssh.step_timeout.as_secs()
+                );
+            }
+        }
         Ok(Self {
             path: path.to_path_buf(),
             service: service.clone(),
@@ -412,7 +430,7 @@ impl Config {
             store,
             stages,
             programs: programs(&raw, &at)?,
-            hooks: hooks(&raw, &at)?,
+            hooks,
         })
     }
 }
@@ -550,10 +568,26 @@ fn check_stage(
             );
         }
     }
+    for (h, env) in stage.host_env.get_ref() {
+        for (k, v) in env {
+            ferry_switcher::host::runtime::config_safe(v, true).map_err(|e| {
+                anyhow::anyhow!("{}: stage {name}: host_env of {h}: {k}: {e}", at(stage.host_env.span()))
+            })?;
+        }
+    }
     for gate in &gates {
         if let Gate::Http(probe) | Gate::Errors { probe, .. } = gate {
             if let Some(h) = probe.urls.keys().find(|h| !hosts.iter().any(|(n, _)| n == *h)) {
                 bail!("stage {name}: health urls name {h:?}, which is not one of the stage's hosts");
+            }
+            let unnamed = hosts.iter().filter(|(n, _)| !probe.urls.contains_key(n)).count();
+            if !probe.url.contains("{host}") && unnamed > 1 {
+                bail!(
+                    "stage {name}: health.{}.url {:?} has no {{host}}: {unnamed} hosts would all be probed at the \
+                     same address; put {{host}} in it, or give each host its URL in urls",
+                    gate.name(),
+                    probe.url
+                );
             }
         }
     }
@@ -579,13 +613,29 @@ fn gates(stage: &str, health: &HealthSection, at: &dyn Fn(Range<usize>) -> Strin
     let secs = |v: Option<f64>, default: f64| Duration::from_secs_f64(v.unwrap_or(default).max(0.001));
     let url = |u: &Spanned<String>, what: &str| -> Result<String> {
         let s = u.get_ref();
-        if !(s.starts_with("http://") || s.starts_with("https://")) {
+        if s.starts_with("https://") {
+            bail!(
+                "{}: stage {stage}: health.{what}.url {s:?}: the probes speak plain http only (no TLS yet); \
+                 probe the app's own port",
+                at(u.span())
+            );
+        }
+        if !s.starts_with("http://") {
             bail!("{}: stage {stage}: health.{what}.url {s:?} must be an http:// URL", at(u.span()));
         }
         Ok(s.clone())
     };
+    let positive = |v: Option<f64>, key: &str, span: Range<usize>| -> Result<()> {
+        match v {
+            Some(v) if v.is_nan() || v <= 0.0 => {
+                bail!("{}: stage {stage}: health {key} = {v} must be more than 0", at(span))
+            }
+            _ => Ok(()),
+        }
+    };
     let mut gates = Vec::new();
     if let Some(h) = &health.http {
+        positive(h.timeout, "http.timeout", h.url.span())?;
         gates.push(Gate::Http(HttpProbe {
             url: url(&h.url, "http")?,
             urls: h.urls.clone(),
@@ -595,6 +645,12 @@ fn gates(stage: &str, health: &HealthSection, at: &dyn Fn(Range<usize>) -> Strin
         }));
     }
     if let Some(e) = &health.errors {
+        positive(e.timeout, "errors.timeout", e.url.span())?;
+        positive(e.window, "errors.window", e.url.span())?;
+        positive(e.interval, "errors.interval", e.url.span())?;
+        if e.min_requests == Some(0) {
+            bail!("{}: stage {stage}: health.errors.min_requests must be at least 1", at(e.url.span()));
+        }
         let rate = |v: Option<f64>, default: f64, key: &str| -> Result<f64> {
             let v = v.unwrap_or(default);
             if !(0.0..=1.0).contains(&v) {
@@ -618,6 +674,9 @@ fn gates(stage: &str, health: &HealthSection, at: &dyn Fn(Range<usize>) -> Strin
         });
     }
     if let Some(c) = &health.command {
+        if c.timeout == Some(0) {
+            bail!("stage {stage}: health.command.timeout must be at least 1 second");
+        }
         gates.push(Gate::Command { run: c.run.clone(), timeout: Duration::from_secs(c.timeout.unwrap_or(60)) });
     }
     Ok(gates)
@@ -635,6 +694,12 @@ fn programs(raw: &FerryToml, at: &dyn Fn(Range<usize>) -> String) -> Result<Vec<
         }
         if p.command.get_ref().trim().is_empty() {
             bail!("{}: program {name}: command is empty", at(p.command.span()));
+        }
+        ferry_switcher::host::runtime::config_safe(p.command.get_ref(), false)
+            .map_err(|e| anyhow::anyhow!("{}: program {name}: command: {e}", at(p.command.span())))?;
+        for (k, v) in &p.environment {
+            ferry_switcher::host::runtime::config_safe(v, true)
+                .map_err(|e| anyhow::anyhow!("{}: program {name}: environment {k}: {e}", at(span.clone())))?;
         }
         let signal = |s: &Option<Spanned<String>>, key: &str, default: Option<&str>| -> Result<Option<String>> {
             match s {
@@ -681,7 +746,12 @@ fn programs(raw: &FerryToml, at: &dyn Fn(Range<usize>) -> String) -> Result<Vec<
             stopwaitsecs: p.stopwaitsecs.unwrap_or(10),
             startsecs: p.startsecs.unwrap_or(1),
             restart: match signal(&p.reload_signal, "reload_signal", None)? {
-                Some(sig) => Restart::Signal(sig),
+                Some(sig) if ["HUP", "USR1", "USR2"].contains(&sig.as_str()) => Restart::Signal(sig),
+                Some(sig) => bail!(
+                    "{}: program {name}: reload_signal {sig} would stop it, not reload it: use HUP, USR1 or USR2, \
+                     or leave reload_signal out to restart it by stop and start",
+                    at(p.reload_signal.as_ref().map_or(span.clone(), toml::Spanned::span))
+                ),
                 None => Restart::Restart,
             },
         });
@@ -789,6 +859,56 @@ mod tests {
         assert_eq!((ssh.connect_timeout.as_secs(), ssh.step_timeout.as_secs()), (10, 600));
         let err = parse(&format!("{base}step_timeout = 0\n")).unwrap_err().to_string();
         assert!(err.contains("ferry.toml:5:16: stage prod: step_timeout must be at least 1 second"), "{err}");
+    }
+
+    #[test]
+    fn programs_hooks_and_gates_parse_with_their_defaults() {
+        let c = parse(
+            "service = \"s\"\n[programs.web]\ncommand = \"gunicorn -w %(process_num)d app:app\"\nnumprocs = 2\n\
+             directory = \"app\"\nreload_signal = \"HUP\"\nenvironment = { A = 'say \"hi\"' }\n\
+             [hooks]\nmigrate = \"./manage.py migrate\"\nmigrate_on = \"web2\"\n\
+             [stages.prod]\ntransport = \"ssh\"\nhosts = [\"web1\", \"web2\"]\n\
+             [stages.prod.health.http]\nurl = \"http://{host}:8000/health\"\n\
+             [stages.prod.health.errors]\nurl = \"http://{host}:8000/\"\n\
+             [stages.prod.health.command]\nrun = \"true\"\n",
+        )
+        .unwrap();
+        let web = &c.programs[0];
+        assert_eq!((web.name.as_str(), web.numprocs, web.directory.as_str()), ("web", 2, "app"));
+        assert_eq!(web.restart, Restart::Signal("HUP".into()));
+        assert_eq!((web.stopsignal.as_str(), web.startsecs, web.stopwaitsecs), ("TERM", 1, 10));
+        assert_eq!(c.hooks.timeout, Duration::from_secs(300));
+        let gates: Vec<&str> = c.stages["prod"].gates.iter().map(Gate::name).collect();
+        assert_eq!(gates, ["http", "errors", "command"]);
+        match &c.stages["prod"].gates[1] {
+            Gate::Errors { window, interval, max_rate, max_excess, min_requests, .. } => {
+                assert_eq!((window.as_secs_f64(), interval.as_secs_f64()), (10.0, 0.2));
+                assert_eq!((*max_rate, *max_excess, *min_requests), (0.05, 0.02, 20));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_programs_hooks_and_gates_are_refused_where_they_are_written() {
+        let base = "service = \"s\"\n[stages.prod]\ntransport = \"ssh\"\nhosts = [\"web1\", \"web2\"]\n";
+        let err = |extra: &str| parse(&format!("{base}{extra}")).unwrap_err().to_string();
+        let e = err("[programs.web]\ncommand = \"sh -c 'a ; b'\"\n");
+        assert!(e.contains("program web: command: \";\" would start a comment"), "{e}");
+        let e = err("[programs.web]\ncommand = \"app\"\nreload_signal = \"TERM\"\n");
+        assert!(e.contains("reload_signal TERM would stop it, not reload it"), "{e}");
+        let e = err("[programs.web]\ncommand = \"app\"\nenvironment = { A = \"it's \\\"x\\\"\" }\n");
+        assert!(e.contains("cannot hold both kinds of quote"), "{e}");
+        let e = err("[stages.prod.health.http]\nurl = \"https://{host}/health\"\n");
+        assert!(e.contains("plain http only"), "{e}");
+        let e = err("[stages.prod.health.errors]\nurl = \"http://lb.example/\"\n");
+        assert!(e.contains("has no {host}: 2 hosts would all be probed at the same address"), "{e}");
+        let e = err("[stages.prod.health.errors]\nurl = \"http://{host}/\"\nmin_requests = 0\n");
+        assert!(e.contains("min_requests must be at least 1"), "{e}");
+        let e = err("[hooks]\nmigrate = \"m\"\nmigrate_on = \"web3\"\n");
+        assert!(e.contains("migrate_on \"web3\" is not a host of any stage"), "{e}");
+        let e = err("step_timeout = 60\n[hooks]\nmigrate = \"m\"\ntimeout = 120\n");
+        assert!(e.contains("[hooks] timeout (120 s) must be under stage prod's step_timeout (60 s)"), "{e}");
     }
 
     /// Every example config the project ships parses: the fixtures and the

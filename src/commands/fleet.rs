@@ -200,7 +200,11 @@ fn show(settings: &Settings, report: &Report, verb: &str) -> Result<u8> {
         }
     }
     if let Some(gate) = &report.gate {
-        eprintln!("{gate}; the hosts this push flipped went back");
+        if report.hosts.iter().any(|h| h.result == Outcome::Reverted) {
+            eprintln!("{gate}; the hosts this push flipped went back");
+        } else {
+            eprintln!("{gate}");
+        }
     }
     let batches: Vec<String> = report.batches.iter().map(|b| b.join(", ")).collect();
     let shipped: u64 = report.hosts.iter().map(|h| h.bytes).sum();

@@ -222,6 +222,11 @@ pub fn sample_errors(
 }
 
 /// The verdict on an error-rate sample: `Ok(evidence)` or `Err(evidence)`.
+/// The flipped hosts fail when their rate is over `max_rate`, or when it is
+/// over the unflipped hosts' by more than `max_excess` and by more than
+/// chance explains (a one-sided two-proportion z-test at 95%, with both
+/// samples of `min_requests` or more and at least 5 failures, below which
+/// the test's normal approximation does not hold).
 pub fn judge_errors(
     flipped: Sample,
     others: Sample,
@@ -243,13 +248,18 @@ pub fn judge_errors(
             max_rate * 100.0
         ));
     }
-    if others.requests > 0 && flipped.rate() > others.rate() + max_excess {
-        return Err(format!(
-            "error rate {:.1}% over the unflipped hosts' {:.1}% + max_excess {:.1}% ({evidence})",
-            flipped.rate() * 100.0,
-            others.rate() * 100.0,
-            max_excess * 100.0
-        ));
+    if others.requests >= min_requests && flipped.failures >= 5 && flipped.rate() > others.rate() + max_excess {
+        let pooled = (flipped.failures + others.failures) as f64 / (flipped.requests + others.requests) as f64;
+        let se = (pooled * (1.0 - pooled) * (1.0 / flipped.requests as f64 + 1.0 / others.requests as f64)).sqrt();
+        let z = if se > 0.0 { (flipped.rate() - others.rate()) / se } else { 0.0 };
+        if z > 1.645 {
+            return Err(format!(
+                "error rate {:.1}% over the unflipped hosts' {:.1}% + max_excess {:.1}% (z = {z:.2}) ({evidence})",
+                flipped.rate() * 100.0,
+                others.rate() * 100.0,
+                max_excess * 100.0
+            ));
+        }
     }
     Ok(evidence)
 }
@@ -258,26 +268,21 @@ pub fn judge_errors(
 pub fn run_command(run: &str, timeout: Duration, hosts: &[String], release: &str) -> Result<String, String> {
     use std::os::unix::process::CommandExt;
     let start = Instant::now();
+    // Its output goes to a file: a pipe would block a chatty command, and
+    // be held open by anything it leaves running.
+    let log = tempfile::tempfile().map_err(|e| format!("cannot make a file for its output: {e}"))?;
+    let out = |f: &std::fs::File| f.try_clone().map_err(|e| format!("cannot make a file for its output: {e}"));
     let mut child = std::process::Command::new("sh")
         .arg("-c")
         .arg(run)
         .env("FERRY_HOSTS", hosts.join(" "))
         .env("FERRY_RELEASE", release)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(out(&log)?)
+        .stderr(out(&log)?)
         .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot run sh -c {run:?}: {e}"))?;
-    // Read its output as it comes, so a chatty command cannot block.
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
     let status = loop {
         if let Ok(Some(status)) = child.try_wait() {
             break Some(status);
@@ -291,7 +296,10 @@ pub fn run_command(run: &str, timeout: Duration, hosts: &[String], release: &str
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let output = out.join().unwrap_or_default();
+    let mut output = String::new();
+    let mut log = log;
+    let _ = std::io::Seek::rewind(&mut log);
+    let _ = std::io::Read::read_to_string(&mut std::io::Read::take(&mut log, 1 << 20), &mut output);
     let tail: Vec<&str> = output.lines().collect();
     let tail = tail[tail.len().saturating_sub(5)..].join(" / ");
     match status {
@@ -319,9 +327,12 @@ mod tests {
         assert!(judge_errors(s(100, 1), s(100, 1), 0.05, 0.02, 20).is_ok());
         let too_high = judge_errors(s(100, 30), s(100, 0), 0.05, 0.02, 20).unwrap_err();
         assert!(too_high.starts_with("error rate 30.0% over max_rate 5.0%"), "{too_high}");
-        // Under the ceiling, but well over what the old release does.
-        let worse = judge_errors(s(100, 4), s(100, 0), 0.05, 0.02, 20).unwrap_err();
-        assert!(worse.contains("over the unflipped hosts' 0.0% + max_excess 2.0%"), "{worse}");
+        // Under the ceiling, but well over what the old release does…
+        let worse = judge_errors(s(400, 16), s(400, 0), 0.05, 0.02, 20).unwrap_err();
+        assert!(worse.contains("over the unflipped hosts' 0.0% + max_excess 2.0% (z = 4."), "{worse}");
+        // …unless chance explains it, or the others' sample is too small.
+        assert!(judge_errors(s(50, 2), s(150, 0), 0.05, 0.02, 20).is_ok());
+        assert!(judge_errors(s(400, 16), s(1, 0), 0.05, 0.02, 20).is_ok());
         let few = judge_errors(s(5, 0), s(100, 0), 0.05, 0.02, 20).unwrap_err();
         assert!(few.starts_with("inconclusive: 5 requests"), "{few}");
     }

@@ -416,6 +416,7 @@ pub fn push(
         if stage.on_failure == OnFailure::Revert {
             revert(&pool, &mut slots, observer, &why);
             phases.done("revert");
+            recheck(&stage.runtime, &mut slots);
         }
         let mut report = finish(stage, Some(*release), slots, names, start).with(phases);
         report.gate = gate_failed;
@@ -537,11 +538,9 @@ fn check_gates(
                 }
             }
             Gate::Errors { probe, window, interval, max_rate, max_excess, min_requests } => {
-                let flipped: Vec<String> = slots[..range.end]
-                    .iter()
-                    .filter(|s| s.report.result == Outcome::Ok)
-                    .map(|s| s.spec.name.clone())
-                    .collect();
+                // The batch just flipped (the batches before it passed
+                // already, and would only dilute a bad host's rate).
+                let flipped = batch.clone();
                 let others: Vec<String> = slots[range.end..].iter().map(|s| s.spec.name.clone()).collect();
                 observer.event(&batch.join(","), "gate errors", &format!("watching for {} s", window.as_secs_f64()));
                 let (a, b) = gates::sample_errors(probe, &flipped, &others, *window, *interval);
@@ -555,7 +554,10 @@ fn check_gates(
                 let evidence = format!("gate {} failed after batch {}: {evidence}", gate.name(), batch.join(", "));
                 observer.event(&batch.join(","), &format!("gate {}", gate.name()), &evidence);
                 for slot in &mut slots[range.clone()] {
+                    // Failed, whatever the policy: a revert makes it Reverted.
+                    slot.report.result = Outcome::Failed;
                     if slot.report.error.is_none() {
+                        slot.report.step = "gate".into();
                         slot.report.error = Some(evidence.clone());
                     }
                 }
@@ -564,6 +566,33 @@ fn check_gates(
         }
     }
     Ok(())
+}
+
+/// After a revert, the hosts flipped back must pass the http gate again:
+/// the old release may not come back (something else took its port).
+fn recheck(rt: &Runtime, slots: &mut [Slot]) {
+    let Some(probe) = rt.gates.iter().find_map(|g| if let Gate::Http(p) = g { Some(p) } else { None }) else {
+        return;
+    };
+    let reverted: Vec<usize> = (0..slots.len()).filter(|i| slots[*i].report.result == Outcome::Reverted).collect();
+    let names: Vec<String> = reverted.iter().map(|i| slots[*i].spec.name.clone()).collect();
+    let results: Vec<Result<String, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = names.iter().map(|n| scope.spawn(move || probe.check(n))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("the probe panicked".into()))).collect()
+    });
+    for (i, result) in reverted.into_iter().zip(results) {
+        if let Err(e) = result {
+            let words = match slots[i].session.as_mut() {
+                Some(session) if !rt.programs.is_empty() => last_words(session.as_mut()),
+                _ => String::new(),
+            };
+            let slot = &mut slots[i];
+            slot.report.result = Outcome::Failed;
+            let before = slot.report.error.take().unwrap_or_default();
+            slot.report.error =
+                Some(format!("{before}; flipped back, but the old release fails the http gate too: {e}{words}"));
+        }
+    }
 }
 
 /// The programs' last lines of output on a host, as "; its programs' last

@@ -33,6 +33,9 @@ impl Host {
     pub fn activate(&self, _lock: &Lock, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError> {
         let mut flipped = self.flip(id, Action::Deploy, opts, None)?;
         if flipped.already {
+            // Already current (a push again, or after a failed first
+            // deploy): the programs must still be running it.
+            flipped.notes = self.ensure_programs(id)?;
             return Ok(flipped);
         }
         match self.restart_programs(id) {
@@ -79,9 +82,7 @@ impl Host {
             None => previous(self)?.ok_or_else(|| HostError::NoPrevious { journal: self.journal_path() })?,
         };
         let mut flipped = self.flip(&to, Action::Rollback, &StageOptions::default(), reason)?;
-        if !flipped.already {
-            flipped.notes = self.restart_programs(&to)?;
-        }
+        flipped.notes = if flipped.already { self.ensure_programs(&to)? } else { self.restart_programs(&to)? };
         Ok(flipped)
     }
 

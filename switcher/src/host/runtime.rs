@@ -131,15 +131,14 @@ impl Host {
                 did.push(format!("wrote {}", path.display()));
             }
         }
-        if self.current()?.is_some() {
-            let supervisor = self.supervisor();
-            if !supervisor.is_running() {
-                self.start_supervisord()?;
-                did.push(NOT_RUNNING.into());
-            } else if conf_changed {
-                supervisor.update().map_err(runtime)?;
-                did.push("supervisord re-read its config".into());
-            }
+        // A changed config reaches the running supervisord at this host's
+        // flip (see take_up), not here: here it would restart the programs
+        // on the old release, on every host at once.
+        if self.current()?.is_some() && !self.supervisor().is_running() {
+            self.start_supervisord()?;
+            did.push(NOT_RUNNING.into());
+        } else if conf_changed && self.current()?.is_some() {
+            did.push("supervisord takes up the new config at this host's next flip".into());
         }
         Ok(did)
     }
@@ -161,7 +160,12 @@ impl Host {
         for p in programs {
             let mut env = env_file.clone();
             env.extend(p.environment.clone());
-            let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('"', "\\\""))).collect();
+            for (k, v) in &env {
+                config_safe(v, true).map_err(|e| {
+                    HostError::Input(format!("program {}: environment {k} (or config/active/env's): {e}", p.name))
+                })?;
+            }
+            let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={}", env_value(v))).collect();
             let (process_name, log) = if p.numprocs > 1 {
                 ("%(program_name)s_%(process_num)02d", format!("{root}/shared/log/{}_%(process_num)02d", p.name))
             } else {
@@ -174,9 +178,10 @@ impl Host {
                  startsecs={startsecs}\nstartretries=2\nstopasgroup=true\nkillasgroup=true\nautostart=true\n\
                  autorestart=unexpected\nstdout_logfile={log}.log\nstderr_logfile={log}.err.log\n",
                 name = p.name,
-                command = p.command.replace('%', "%%"),
+                // As supervisord writes it: %(process_num)d and the like work.
+                command = p.command,
                 numprocs = p.numprocs,
-                env = env.join(",").replace('%', "%%"),
+                env = env.join(","),
                 stopsignal = p.stopsignal,
                 stopwaitsecs = p.stopwaitsecs,
                 startsecs = p.startsecs,
@@ -348,6 +353,16 @@ impl Host {
     /// strategy), every process is RUNNING past its startsecs, and each one
     /// runs from `releases/<id>`. Nothing to do without programs.
     pub fn restart_programs(&self, id: &ReleaseId) -> Result<Vec<String>, HostError> {
+        self.take_up(id, true)
+    }
+
+    /// When `current` already was `id` (a push of the release a host runs):
+    /// the programs are only checked, and restarted if they do not run it.
+    pub fn ensure_programs(&self, id: &ReleaseId) -> Result<Vec<String>, HostError> {
+        self.take_up(id, false)
+    }
+
+    fn take_up(&self, id: &ReleaseId, restart: bool) -> Result<Vec<String>, HostError> {
         let programs = self.programs()?;
         if programs.is_empty() {
             return Ok(Vec::new());
@@ -355,59 +370,74 @@ impl Host {
         let mut notes = Vec::new();
         let supervisor = self.supervisor();
         // The new release's env config may differ: the config follows it.
+        // supervisord re-reads it now, on this host's turn (setup only
+        // writes it), and restarts the groups whose config changed.
         let conf = self.supervisord_conf(&programs)?;
-        let conf_changed = write_if_changed(&self.root().join(".ferry/supervisord.conf"), conf.as_bytes())?;
-        if !supervisor.is_running() {
+        write_if_changed(&self.root().join(".ferry/supervisord.conf"), conf.as_bytes())?;
+        if supervisor.is_running() {
+            supervisor.update().map_err(runtime)?;
+        } else {
             self.start_supervisord()?;
             notes.push(NOT_RUNNING.to_owned());
-        } else if conf_changed {
-            supervisor.update().map_err(runtime)?;
         }
         for p in &programs {
-            let started = unix_now();
+            if !restart
+                && self.wait_running(&supervisor, p, None).is_ok()
+                && self.check_release(&supervisor, p, id).is_ok()
+            {
+                continue;
+            }
             match &p.restart {
-                Restart::Restart => {
+                Restart::Signal(signal) if group(&supervisor, &p.name)?.iter().all(|i| i.state == "RUNNING") => {
+                    let before: Vec<(String, u32)> =
+                        group(&supervisor, &p.name)?.into_iter().map(|i| (i.name, i.pid)).collect();
+                    supervisor.signal_group(&p.name, signal).map_err(runtime)?;
+                    // The program reloads in its own time: give it startsecs.
+                    std::thread::sleep(Duration::from_secs(u64::from(p.startsecs.max(1))));
+                    self.wait_running(&supervisor, p, Some(&before))?;
+                }
+                _ => {
                     // supervisord KILLs after stopwaitsecs; a little more for that.
                     let within = Duration::from_secs(u64::from(p.stopwaitsecs) + 5);
                     supervisor.stop_group(&p.name, within).map_err(runtime)?;
                     supervisor.start_group(&p.name).map_err(runtime)?;
-                }
-                Restart::Signal(signal) => {
-                    let running = group(&supervisor, &p.name)?.iter().any(|i| i.state == "RUNNING");
-                    if running {
-                        supervisor.signal_group(&p.name, signal).map_err(runtime)?;
-                    } else {
-                        supervisor.start_group(&p.name).map_err(runtime)?;
-                    }
+                    self.wait_running(&supervisor, p, None)?;
                 }
             }
-            self.wait_running(&supervisor, p, started)?;
             self.check_release(&supervisor, p, id)?;
         }
         Ok(notes)
     }
 
     /// Waits until every process of `p` is RUNNING (supervisord says so only
-    /// after startsecs), or fails with the program's last output.
-    fn wait_running(&self, supervisor: &Supervisor, p: &Program, since: i64) -> Result<(), HostError> {
+    /// after startsecs), or fails with the program's last output. With
+    /// `same`, each process must also still be the one it was (a reload by
+    /// signal keeps the pid; a new pid means it died and was restarted).
+    fn wait_running(
+        &self,
+        supervisor: &Supervisor,
+        p: &Program,
+        same: Option<&[(String, u32)]>,
+    ) -> Result<(), HostError> {
         let deadline = Instant::now() + Duration::from_secs(u64::from(p.startsecs + p.stopwaitsecs) + 30);
         loop {
             let processes = group(supervisor, &p.name)?;
+            if let Some(before) = same {
+                let changed =
+                    processes.iter().find(|i| before.iter().any(|(name, pid)| *name == i.name && *pid != i.pid));
+                if let Some(bad) = changed {
+                    let mut bad = bad.clone();
+                    bad.description = format!("it died on the reload and was started again ({})", bad.description);
+                    return Err(self.not_running(supervisor, &bad));
+                }
+            }
             let failed =
                 processes.iter().find(|i| matches!(i.state.as_str(), "FATAL" | "EXITED" | "STOPPED" | "UNKNOWN"));
-            let up = !processes.is_empty() && processes.iter().all(|i| i.state == "RUNNING");
+            let up = !processes.is_empty() && processes.iter().all(|i| i.state == "RUNNING" && i.pid != 0);
             if let Some(bad) = failed.filter(|_| !up) {
                 return Err(self.not_running(supervisor, bad));
             }
             if up {
-                // With a signal, RUNNING is the old processes' state: give
-                // the program its startsecs to bring up the new ones.
-                if let Restart::Signal(_) = p.restart {
-                    let left = (since + i64::from(p.startsecs.max(1))) - unix_now();
-                    if left > 0 {
-                        std::thread::sleep(Duration::from_secs(left as u64));
-                    }
-                }
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -470,47 +500,72 @@ impl Host {
     }
 
     /// Every process of `p` (and each child: gunicorn's workers) runs from
-    /// `releases/<id>`: its working directory is in it. A process started
-    /// under `current` before the flip keeps the old release's directory
-    /// (the kernel resolved the symlink when it started).
+    /// `releases/<id>`: its working directory is not in another release. A
+    /// process started under `current` before the flip keeps the old
+    /// release's directory (the kernel resolved the symlink when it
+    /// started). The program's own processes must be right at once; their
+    /// children get until stopwaitsecs (+5 s) to go, as old workers finish
+    /// their last requests after a reload.
     fn check_release(&self, supervisor: &Supervisor, p: &Program, id: &ReleaseId) -> Result<(), HostError> {
         let releases = fs::canonicalize(self.root().join("releases")).map_err(HostError::Fs)?;
-        let wanted = releases.join(id.to_string());
-        for info in group(supervisor, &p.name)? {
-            for pid in std::iter::once(info.pid).chain(descendants(info.pid)) {
-                let Ok(cwd) = fs::read_link(format!("/proc/{pid}/cwd")) else { continue };
-                if cwd.starts_with(&wanted) {
-                    continue;
+        let wanted = id.to_string();
+        let deadline = Instant::now() + Duration::from_secs(u64::from(p.stopwaitsecs) + 5);
+        loop {
+            let mut stale = None;
+            for info in group(supervisor, &p.name)? {
+                if info.pid == 0 {
+                    return Err(self.not_running(supervisor, &info));
                 }
-                let runs = cwd
-                    .strip_prefix(&releases)
-                    .ok()
-                    .and_then(|r| r.components().next())
-                    .map_or_else(|| "outside releases/".to_owned(), |c| c.as_os_str().to_string_lossy().into_owned());
-                let hint = match &p.restart {
-                    Restart::Signal(signal) => format!(
-                        "a process reloaded by SIG{signal} keeps the working directory it started in, and reloads \
-                         the old code from there; make it change directory on reload (gunicorn: add --chdir {} to \
-                         its command), or drop reload_signal to restart it by stop and start",
-                        self.program_dir(p).display()
-                    ),
-                    Restart::Restart => format!(
-                        "it changes to {} itself; point it at {}/current instead",
-                        cwd.display(),
-                        self.root().display()
-                    ),
-                };
-                return Err(runtime(RuntimeError::OldRelease {
-                    program: info.name.clone(),
-                    pid,
-                    cwd: cwd.display().to_string(),
-                    runs,
-                    wanted: id.to_string(),
-                    hint,
-                }));
+                let own = std::iter::once((info.pid, false));
+                for (pid, child) in own.chain(descendants(info.pid).into_iter().map(|c| (c, true))) {
+                    let Ok(cwd) = fs::read_link(format!("/proc/{pid}/cwd")) else { continue };
+                    // Outside releases/ (shared/, /tmp): not a release's code.
+                    let Some(runs) = cwd.strip_prefix(&releases).ok().and_then(|r| r.components().next()) else {
+                        continue;
+                    };
+                    let runs = runs.as_os_str().to_string_lossy().into_owned();
+                    if runs == wanted {
+                        continue;
+                    }
+                    let old = (info.name.clone(), pid, cwd, runs);
+                    if !child || Instant::now() > deadline {
+                        return Err(self.old_release(p, id, old));
+                    }
+                    stale = Some(old);
+                }
             }
+            if stale.is_none() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        Ok(())
+    }
+
+    fn old_release(
+        &self,
+        p: &Program,
+        id: &ReleaseId,
+        (program, pid, cwd, runs): (String, u32, PathBuf, String),
+    ) -> HostError {
+        let hint = match &p.restart {
+            Restart::Signal(signal) => format!(
+                "a process reloaded by SIG{signal} keeps the working directory it started in, and reloads \
+                 the old code from there; make it change directory on reload (gunicorn: add --chdir {} to \
+                 its command), or drop reload_signal to restart it by stop and start",
+                self.program_dir(p).display()
+            ),
+            Restart::Restart => {
+                format!("it changes to {} itself; point it at {} instead", cwd.display(), self.program_dir(p).display())
+            }
+        };
+        runtime(RuntimeError::OldRelease {
+            program,
+            pid,
+            cwd: cwd.display().to_string(),
+            runs,
+            wanted: id.to_string(),
+            hint,
+        })
     }
 
     /// Each program's processes, for `status`; empty without programs or
@@ -520,6 +575,32 @@ impl Host {
             return Vec::new();
         }
         self.supervisor().processes().unwrap_or_default()
+    }
+}
+
+/// Whether supervisord's config can carry `value` as written: its ini
+/// reader cuts a line at " ;" or " #" (a comment) and knows no newline in
+/// a value; an environment value may hold one kind of quote, not both.
+pub fn config_safe(value: &str, quoted: bool) -> Result<(), String> {
+    if value.contains('\n') || value.contains('\r') {
+        return Err("a newline cannot be in supervisord's config".into());
+    }
+    if let Some(at) = [" ;", " #", "\t;", "\t#"].iter().find(|c| value.contains(**c)) {
+        return Err(format!("{:?} would start a comment in supervisord's config, cutting the rest", at.trim()));
+    }
+    if quoted && value.contains('"') && value.contains('\'') {
+        return Err("an environment value cannot hold both kinds of quote in supervisord's config".into());
+    }
+    Ok(())
+}
+
+/// An environment value as supervisord's `environment=` reads it.
+fn env_value(v: &str) -> String {
+    let v = v.replace('%', "%%");
+    if v.contains('"') {
+        format!("'{v}'")
+    } else {
+        format!("\"{v}\"")
     }
 }
 
@@ -610,10 +691,6 @@ fn descendants(pid: u32) -> Vec<u32> {
         }
     }
     out
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Writes `bytes` to `path` (atomically) unless it holds them already.
