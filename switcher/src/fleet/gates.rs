@@ -266,40 +266,10 @@ pub fn judge_errors(
 
 /// Runs a controller-side command gate.
 pub fn run_command(run: &str, timeout: Duration, hosts: &[String], release: &str) -> Result<String, String> {
-    use std::os::unix::process::CommandExt;
-    let start = Instant::now();
-    // Its output goes to a file: a pipe would block a chatty command, and
-    // be held open by anything it leaves running.
-    let log = tempfile::tempfile().map_err(|e| format!("cannot make a file for its output: {e}"))?;
-    let out = |f: &std::fs::File| f.try_clone().map_err(|e| format!("cannot make a file for its output: {e}"));
-    let mut child = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(run)
-        .env("FERRY_HOSTS", hosts.join(" "))
-        .env("FERRY_RELEASE", release)
-        .stdin(std::process::Stdio::null())
-        .stdout(out(&log)?)
-        .stderr(out(&log)?)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot run sh -c {run:?}: {e}"))?;
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break Some(status);
-        }
-        if start.elapsed() > timeout {
-            if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-            }
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut output = String::new();
-    let mut log = log;
-    let _ = std::io::Seek::rewind(&mut log);
-    let _ = std::io::Read::read_to_string(&mut std::io::Read::take(&mut log, 1 << 20), &mut output);
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c").arg(run).env("FERRY_HOSTS", hosts.join(" ")).env("FERRY_RELEASE", release);
+    let (status, output) =
+        crate::host::runtime::run_bounded(sh, timeout).map_err(|e| format!("cannot run sh -c {run:?}: {e}"))?;
     let tail: Vec<&str> = output.lines().collect();
     let tail = tail[tail.len().saturating_sub(5)..].join(" / ");
     match status {

@@ -207,44 +207,20 @@ impl Host {
     /// with its environment's `config/active/env`, `FERRY_RELEASE` and
     /// `FERRY_DEPLOY_TO`; kills it (and its children) after `timeout`.
     pub fn run_hook(&self, id: &ReleaseId, name: &str, command: &str, timeout: Duration) -> Result<HookRun, HostError> {
-        use std::os::unix::process::CommandExt;
         let dir = self.release_dir(id);
         if !dir.is_dir() {
             return Err(HostError::NoRelease { id: *id, root: self.root().to_owned() });
         }
-        let log = tempfile::tempfile().map_err(HostError::Fs)?;
         let start = Instant::now();
-        let mut child = std::process::Command::new("sh")
-            .arg("-c")
+        let mut sh = std::process::Command::new("sh");
+        sh.arg("-c")
             .arg(command)
             .current_dir(&dir)
             .envs(env_file(&dir)?)
             .env("FERRY_RELEASE", id.to_string())
-            .env("FERRY_DEPLOY_TO", self.root())
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().map_err(HostError::Fs)?)
-            .stderr(log.try_clone().map_err(HostError::Fs)?)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| HostError::Input(format!("hook {name}: cannot run sh: {e}")))?;
-        let status = loop {
-            if let Some(status) = child.try_wait().map_err(HostError::Fs)? {
-                break Some(status);
-            }
-            if start.elapsed() > timeout {
-                if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-                }
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut output = String::new();
-        let mut log = log;
-        use std::io::{Read, Seek};
-        log.rewind().map_err(HostError::Fs)?;
-        log.take(1 << 20).read_to_string(&mut output).ok();
+            .env("FERRY_DEPLOY_TO", self.root());
+        let (status, output) =
+            run_bounded(sh, timeout).map_err(|e| HostError::Input(format!("hook {name}: cannot run sh: {e}")))?;
         let lines: Vec<&str> = output.lines().collect();
         let output = lines[lines.len().saturating_sub(200)..].join("\n");
         let run = HookRun {
@@ -630,6 +606,45 @@ pub struct LogChunk {
     pub text: String,
     /// Where to read from next, to follow it.
     pub offset: i64,
+}
+
+/// Runs `command` in a process group of its own, with no stdin and its
+/// stdout and stderr in one file (a pipe would block a chatty command, and
+/// stay open as long as anything it left running); kills the whole group
+/// after `timeout`. Returns its exit status (`None`: killed at the timeout)
+/// and the first MiB of its output.
+pub(crate) fn run_bounded(
+    mut command: std::process::Command,
+    timeout: Duration,
+) -> std::io::Result<(Option<std::process::ExitStatus>, String)> {
+    use std::io::{Read, Seek};
+    use std::os::unix::process::CommandExt;
+    let log = tempfile::tempfile()?;
+    let start = Instant::now();
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log.try_clone()?)
+        .process_group(0)
+        .spawn()?;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if start.elapsed() > timeout {
+            if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut output = String::new();
+    let mut log = log;
+    log.rewind()?;
+    let _ = log.take(1 << 20).read_to_string(&mut output);
+    Ok((status, output))
 }
 
 /// `config/active/env` of the release in `dir`: `KEY=VALUE` lines (`#`
