@@ -144,14 +144,22 @@ impl HttpProbe {
 /// The address part of a host's name: `user@host:port` → `host`, with an
 /// IPv6 address in brackets (for a URL).
 pub fn address_of(name: &str) -> String {
-    let rest = name.rsplit_once('@').map_or(name, |(_, r)| r);
-    if let Some(bracketed) = rest.strip_prefix('[') {
-        return format!("[{}]", bracketed.split(']').next().unwrap_or_default());
+    // The same reading of a host's name as the ssh transport's.
+    let host = super::ssh::address(name).map_or_else(|_| name.to_owned(), |(_, host, _)| host);
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
     }
-    match rest.rsplit_once(':') {
-        Some((h, _)) if h.contains(':') => format!("[{rest}]"),
-        Some((h, _)) => h.to_owned(),
-        None => rest.to_owned(),
+}
+
+impl HttpProbe {
+    /// [`HttpProbe::check`] on every host of `names` at once, in order.
+    pub fn check_all(&self, names: &[String]) -> Vec<Result<String, String>> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = names.iter().map(|n| scope.spawn(move || self.check(n))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("the probe panicked".into()))).collect()
+        })
     }
 }
 

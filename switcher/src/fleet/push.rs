@@ -507,17 +507,8 @@ fn check_gates(
     for gate in &rt.gates {
         let verdict: Result<String, String> = match gate {
             Gate::Http(probe) => {
-                let results: Vec<(usize, Result<String, String>)> = std::thread::scope(|scope| {
-                    let handles: Vec<_> = range
-                        .clone()
-                        .zip(&batch)
-                        .map(|(i, name)| (i, scope.spawn(move || probe.check(name))))
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|(i, h)| (i, h.join().unwrap_or_else(|_| Err("the probe panicked".into()))))
-                        .collect()
-                });
+                let results: Vec<(usize, Result<String, String>)> =
+                    range.clone().zip(probe.check_all(&batch)).collect();
                 let mut bad = Vec::new();
                 for (i, result) in results {
                     if let Err(e) = result {
@@ -576,11 +567,7 @@ fn recheck(rt: &Runtime, slots: &mut [Slot]) {
     };
     let reverted: Vec<usize> = (0..slots.len()).filter(|i| slots[*i].report.result == Outcome::Reverted).collect();
     let names: Vec<String> = reverted.iter().map(|i| slots[*i].spec.name.clone()).collect();
-    let results: Vec<Result<String, String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = names.iter().map(|n| scope.spawn(move || probe.check(n))).collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("the probe panicked".into()))).collect()
-    });
-    for (i, result) in reverted.into_iter().zip(results) {
+    for (i, result) in reverted.into_iter().zip(probe.check_all(&names)) {
         if let Err(e) = result {
             let words = match slots[i].session.as_mut() {
                 Some(session) if !rt.programs.is_empty() => last_words(session.as_mut()),

@@ -64,7 +64,7 @@ pub enum AgentBinary {
 /// `user@host:port`, `host:port`, `user@host` or `host`: what the name
 /// itself says. An IPv6 address is bare (`fd00::2`) or, with a port, in
 /// brackets (`[fd00::2]:2222`), as OpenSSH writes it.
-fn address(name: &str) -> Result<(Option<String>, String, Option<u16>), String> {
+pub(crate) fn address(name: &str) -> Result<(Option<String>, String, Option<u16>), String> {
     let (user, rest) = match name.rsplit_once('@') {
         Some((u, r)) => (Some(u.to_owned()), r),
         None => (None, name),
