@@ -16,32 +16,18 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
-use ferry_builder::{delta, Store};
-use ferry_formats::signature::Signature;
+use ferry_builder::Store;
 use ferry_formats::ReleaseId;
-use ferry_switcher::fleet::{
-    self, AgentBinary, HostSpec, OnFailure, Quiet, ReleaseSource, SourceError, Ssh, Stage, Step, Transport,
-};
+use ferry_switcher::fleet::{self, AgentBinary, HostSpec, OnFailure, Quiet, Ssh, Stage, Step, Transport};
 use ferry_switcher::host::StageOptions;
 use fs_err as fs;
 
-/// The little the test-kit needs from the integration tests' kit.
-mod kit {
-    pub fn sh(script: &str) -> String {
-        let out = std::process::Command::new("sh").arg("-c").arg(script).output().expect("sh runs");
-        assert!(out.status.success(), "sh -c {script:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
+#[path = "common/kit.rs"]
+mod kit;
 
-    pub fn tempdir() -> tempfile::TempDir {
-        let parent = std::env::var_os("FERRY_BENCH_SCRATCH").map_or_else(std::env::temp_dir, Into::into);
-        tempfile::Builder::new().prefix("ferry-fleet-").tempdir_in(parent).expect("a scratch directory")
-    }
-
-    pub fn is_root() -> bool {
-        sh("id -u").trim() == "0"
-    }
-}
+#[path = "../tests/it/source.rs"]
+mod source;
+use source::Source;
 
 #[allow(dead_code)]
 #[path = "../tests/it/testhosts.rs"]
@@ -51,25 +37,6 @@ const GOAL_ROLLBACK: f64 = 1.0;
 const GOAL_ACTIVATE: f64 = 3.0;
 const GOAL_THROUGHPUT: f64 = 0.7;
 const PAYLOAD: usize = 200 << 20;
-
-struct Source(Store);
-
-impl ReleaseSource for Source {
-    fn bundle(&self, id: &ReleaseId) -> Result<PathBuf, SourceError> {
-        Ok(self.0.bundle_path(id))
-    }
-
-    fn delta(&self, base: &ReleaseId, target: &ReleaseId) -> Result<Option<PathBuf>, SourceError> {
-        if !self.0.has_intact(base) {
-            return Ok(None);
-        }
-        Ok(Some(delta::encode(&self.0, base, target)?.path))
-    }
-
-    fn rsync_delta(&self, signature: &Signature, target: &ReleaseId) -> Result<PathBuf, SourceError> {
-        Ok(delta::encode_rsync(&self.0, signature, target)?.path)
-    }
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();

@@ -50,23 +50,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _, Result};
 use fs_err as fs;
 
-/// The little the test-kit needs from the integration tests' kit.
-mod kit {
-    pub fn sh(script: &str) -> String {
-        let out = std::process::Command::new("sh").arg("-c").arg(script).output().expect("sh runs");
-        assert!(out.status.success(), "sh -c {script:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    pub fn tempdir() -> tempfile::TempDir {
-        let parent = std::env::var_os("FERRY_BENCH_SCRATCH").map_or_else(std::env::temp_dir, Into::into);
-        tempfile::Builder::new().prefix("ferry-runtime-").tempdir_in(parent).expect("a scratch directory")
-    }
-
-    pub fn is_root() -> bool {
-        sh("id -u").trim() == "0"
-    }
-}
+#[path = "common/kit.rs"]
+mod kit;
 
 #[allow(dead_code)]
 #[path = "../tests/it/testhosts.rs"]

@@ -5,34 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ferry_builder::{delta, Store};
-use ferry_formats::signature::Signature;
+use ferry_builder::Store;
 use ferry_formats::ReleaseId;
-use ferry_switcher::fleet::{self, Agent, HostSpec, OnFailure, Quiet, ReleaseSource, SourceError, Stage, Step};
+use ferry_switcher::fleet::{self, Agent, HostSpec, OnFailure, Quiet, Stage, Step};
 use ferry_switcher::host::{Host, StageOptions};
 use fs_err as fs;
 
 use crate::kit::{ferry_bin, sample_project, tempdir, Project};
-
-/// The project's store, as the CLI hands it to the fleet.
-struct Source(Store);
-
-impl ReleaseSource for Source {
-    fn bundle(&self, id: &ReleaseId) -> Result<PathBuf, SourceError> {
-        Ok(self.0.bundle_path(id))
-    }
-
-    fn delta(&self, base: &ReleaseId, target: &ReleaseId) -> Result<Option<PathBuf>, SourceError> {
-        if !self.0.has_intact(base) {
-            return Ok(None);
-        }
-        Ok(Some(delta::encode(&self.0, base, target)?.path))
-    }
-
-    fn rsync_delta(&self, signature: &Signature, target: &ReleaseId) -> Result<PathBuf, SourceError> {
-        Ok(delta::encode_rsync(&self.0, signature, target)?.path)
-    }
-}
+use crate::source::Source;
 
 fn agent() -> Agent<impl Fn(&HostSpec) -> Command + Sync> {
     Agent::new(|spec: &HostSpec| {

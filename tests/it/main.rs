@@ -8,6 +8,7 @@ mod kit;
 mod read;
 mod rsync;
 mod runtime;
+mod source;
 mod ssh;
 mod stages;
 mod testhosts;

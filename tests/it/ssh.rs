@@ -4,37 +4,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ferry_builder::{delta, Store};
+use ferry_builder::Store;
 use ferry_formats::journal::Record;
 use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
-use ferry_switcher::fleet::{
-    self, AgentBinary, HostSpec, OnFailure, Quiet, ReleaseSource, SourceError, Ssh, Stage, Step, Transport,
-};
+use ferry_switcher::fleet::{self, AgentBinary, HostSpec, OnFailure, Quiet, Ssh, Stage, Step, Transport};
 use ferry_switcher::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
 use fs_err as fs;
 
 use crate::kit::{ferry_bin, sample_project, Project};
+use crate::source::Source;
 use crate::testhosts::TestHosts;
-
-struct Source(Store);
-
-impl ReleaseSource for Source {
-    fn bundle(&self, id: &ReleaseId) -> Result<PathBuf, SourceError> {
-        Ok(self.0.bundle_path(id))
-    }
-
-    fn delta(&self, base: &ReleaseId, target: &ReleaseId) -> Result<Option<PathBuf>, SourceError> {
-        if !self.0.has_intact(base) {
-            return Ok(None);
-        }
-        Ok(Some(delta::encode(&self.0, base, target)?.path))
-    }
-
-    fn rsync_delta(&self, signature: &Signature, target: &ReleaseId) -> Result<PathBuf, SourceError> {
-        Ok(delta::encode_rsync(&self.0, signature, target)?.path)
-    }
-}
 
 fn ssh(hosts: &TestHosts) -> Ssh {
     Ssh {
@@ -269,23 +249,26 @@ fn a_key_the_hosts_do_not_accept_is_refused_by_name() {
     assert!(host["error"].as_str().unwrap().contains("authentication as root was refused"), "{host}");
 }
 
-/// The ssh transport, with one host cut off right after it staged.
-struct CutAfterStage {
+/// The ssh transport, with one host cut off just before or just after it
+/// stages.
+struct Cut {
     ssh: Ssh,
     victim: String,
     veth: String,
+    /// Cut as the stage starts (else once it is done).
+    before_stage: bool,
 }
 
 struct CutSession {
     inner: Box<dyn fleet::Session>,
-    /// The link to take down once this host has staged.
-    cut: Option<String>,
+    /// The link to take down at the stage, and when.
+    cut: Option<(String, bool)>,
 }
 
-impl Transport for CutAfterStage {
+impl Transport for Cut {
     fn connect(&self, spec: &HostSpec, lock: Option<&str>) -> Result<Box<dyn fleet::Session>, HostError> {
         let inner = self.ssh.connect(spec, lock)?;
-        let cut = (spec.name == self.victim).then(|| self.veth.clone());
+        let cut = (spec.name == self.victim).then(|| (self.veth.clone(), self.before_stage));
         Ok(Box::new(CutSession { inner, cut }))
     }
 }
@@ -295,9 +278,13 @@ impl fleet::Session for CutSession {
         self.inner.status()
     }
     fn stage(&mut self, payload: &std::path::Path, opts: &StageOptions) -> Result<Staged, HostError> {
+        let down = |veth: &str| crate::kit::sh(&format!("ip link set {veth} down"));
+        if let Some((veth, true)) = &self.cut {
+            down(veth);
+        }
         let staged = self.inner.stage(payload, opts);
-        if let Some(veth) = &self.cut {
-            crate::kit::sh(&format!("ip link set {veth} down"));
+        if let Some((veth, false)) = &self.cut {
+            down(veth);
         }
         staged
     }
@@ -331,8 +318,12 @@ fn a_host_lost_between_stage_and_activate_fails_its_step_and_the_flipped_hosts_g
     p.write("app/main.py", "print('shop v2')\n");
     let v2 = build(&p, "v2");
     // host3 (batch 3 of 1, 50%, 100%) drops off the network once it staged.
-    let faulty =
-        CutAfterStage { ssh, victim: format!("root@{}", hosts.hosts[2].addr), veth: hosts.hosts[2].veth.clone() };
+    let faulty = Cut {
+        ssh,
+        victim: format!("root@{}", hosts.hosts[2].addr),
+        veth: hosts.hosts[2].veth.clone(),
+        before_stage: false,
+    };
     let report = fleet::push(&stage, &faulty, &source, &v2, &Quiet);
     assert!(!report.ok);
     let lost = report.hosts.iter().find(|h| h.host == faulty.victim).unwrap();
@@ -537,51 +528,6 @@ fn a_host_whose_disk_is_full_fails_its_stage_and_no_host_flips() {
 }
 
 /// The ssh transport, with one host cut off as its stage starts.
-struct CutMidStage {
-    ssh: Ssh,
-    victim: String,
-    veth: String,
-}
-
-struct CutAtStage {
-    inner: Box<dyn fleet::Session>,
-    cut: Option<String>,
-}
-
-impl Transport for CutMidStage {
-    fn connect(&self, spec: &HostSpec, lock: Option<&str>) -> Result<Box<dyn fleet::Session>, HostError> {
-        let inner = self.ssh.connect(spec, lock)?;
-        Ok(Box::new(CutAtStage { inner, cut: (spec.name == self.victim).then(|| self.veth.clone()) }))
-    }
-}
-
-impl fleet::Session for CutAtStage {
-    fn status(&mut self) -> Result<Status, HostError> {
-        self.inner.status()
-    }
-    fn stage(&mut self, payload: &std::path::Path, opts: &StageOptions) -> Result<Staged, HostError> {
-        if let Some(veth) = &self.cut {
-            crate::kit::sh(&format!("ip link set {veth} down"));
-        }
-        self.inner.stage(payload, opts)
-    }
-    fn activate(&mut self, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError> {
-        self.inner.activate(id, opts)
-    }
-    fn rollback(&mut self, to: Option<&ReleaseId>) -> Result<Flipped, HostError> {
-        self.inner.rollback(to)
-    }
-    fn prune(&mut self, keep: usize) -> Result<Pruned, HostError> {
-        self.inner.prune(keep)
-    }
-    fn signature(&mut self) -> Result<Signature, HostError> {
-        self.inner.signature()
-    }
-    fn journal(&mut self) -> Result<Vec<Record>, HostError> {
-        self.inner.journal()
-    }
-}
-
 #[test]
 fn a_host_cut_off_mid_stage_fails_its_stage_and_no_host_flips() {
     let hosts = TestHosts::start(3);
@@ -594,8 +540,12 @@ fn a_host_cut_off_mid_stage_fails_its_stage_and_no_host_flips() {
     assert!(fleet::push(&stage, &ssh, &source, &v1, &Quiet).ok);
     p.write("app/main.py", "print('shop v2')\n");
     let v2 = build(&p, "v2");
-    let faulty =
-        CutMidStage { ssh, victim: format!("root@{}", hosts.hosts[1].addr), veth: hosts.hosts[1].veth.clone() };
+    let faulty = Cut {
+        ssh,
+        victim: format!("root@{}", hosts.hosts[1].addr),
+        veth: hosts.hosts[1].veth.clone(),
+        before_stage: true,
+    };
     let report = fleet::push(&stage, &faulty, &source, &v2, &Quiet);
     assert!(!report.ok);
     let cut = report.hosts.iter().find(|h| h.host == faulty.victim).unwrap();
