@@ -367,21 +367,10 @@ pub fn push(
     if let Some(command) = &rt.hooks.migrate {
         let on = rt.hooks.migrate_on.as_ref().and_then(|h| slots.iter().position(|s| &s.spec.name == h));
         let slot = &mut slots[on.unwrap_or(plan.first().map_or(0, |r| r.start))];
-        slot.report.step = "migrate".into();
         observer.event(&slot.spec.name, "migrate", command);
-        match slot.session.as_mut().expect("connected").hook(release, "migrate", command, rt.hooks.timeout) {
-            Ok(run) if run.ok() => slot.report.hooks.push(run),
-            Ok(run) => {
-                slot.report.result = Outcome::Failed;
-                slot.report.error = Some(hook_failure(&run));
-                observer.event(&slot.spec.name, "migrate", "failed");
-                slot.report.hooks.push(run);
-                return finish(stage, Some(*release), slots, Vec::new(), start).with(phases);
-            }
-            Err(e) => {
-                slot.fail("migrate", &e);
-                return finish(stage, Some(*release), slots, Vec::new(), start).with(phases);
-            }
+        if !run_hook(slot, release, "migrate", command, rt.hooks.timeout) {
+            observer.event(&slot.spec.name, "migrate", "failed");
+            return finish(stage, Some(*release), slots, Vec::new(), start).with(phases);
         }
         phases.done("migrate");
     }
@@ -440,22 +429,13 @@ pub fn push(
 /// restart and the process check), its after-flip hook.
 fn activate_one(slot: &mut Slot, release: &ReleaseId, stage: &Stage, observer: &dyn Observer, n: usize) {
     let hooks = &stage.runtime.hooks;
-    let session = slot.session.as_mut().expect("connected");
     if let Some(command) = &hooks.before_flip {
-        slot.report.step = "before_flip".into();
-        match session.hook(release, "before_flip", command, hooks.timeout) {
-            Ok(run) if run.ok() => slot.report.hooks.push(run),
-            Ok(run) => {
-                slot.report.result = Outcome::Failed;
-                slot.report.error = Some(hook_failure(&run));
-                slot.report.hooks.push(run);
-                return;
-            }
-            Err(e) => return slot.fail("before_flip", &e),
+        if !run_hook(slot, release, "before_flip", command, hooks.timeout) {
+            return;
         }
     }
     slot.report.step = "activate".into();
-    match session.activate(release, &stage.options) {
+    match slot.session.as_mut().expect("connected").activate(release, &stage.options) {
         Ok(flipped) => {
             slot.report.result = Outcome::Ok;
             slot.flipped = !flipped.already;
@@ -470,16 +450,32 @@ fn activate_one(slot: &mut Slot, release: &ReleaseId, stage: &Stage, observer: &
         }
     }
     if let Some(command) = &hooks.after_flip {
-        match session.hook(release, "after_flip", command, hooks.timeout) {
-            Ok(run) if run.ok() => slot.report.hooks.push(run),
-            Ok(run) => {
-                // Flipped: the revert takes it back with the others.
-                slot.report.step = "after_flip".into();
-                slot.report.error = Some(hook_failure(&run));
-                slot.report.hooks.push(run);
-                slot.report.result = Outcome::Failed;
-            }
-            Err(e) => slot.fail("after_flip", &e),
+        // On failure the host is flipped: the revert takes it back with the others.
+        let step = std::mem::take(&mut slot.report.step);
+        if run_hook(slot, release, "after_flip", command, hooks.timeout) {
+            slot.report.step = step;
+        }
+    }
+}
+
+/// Runs hook `name` on the slot's host: its run goes into the report; a
+/// failure fails the host at step `name`. Whether it succeeded.
+fn run_hook(slot: &mut Slot, release: &ReleaseId, name: &str, command: &str, timeout: std::time::Duration) -> bool {
+    slot.report.step = name.into();
+    match slot.session.as_mut().expect("connected").hook(release, name, command, timeout) {
+        Ok(run) if run.ok() => {
+            slot.report.hooks.push(run);
+            true
+        }
+        Ok(run) => {
+            slot.report.result = Outcome::Failed;
+            slot.report.error = Some(hook_failure(&run));
+            slot.report.hooks.push(run);
+            false
+        }
+        Err(e) => {
+            slot.fail(name, &e);
+            false
         }
     }
 }
@@ -749,18 +745,28 @@ fn no_common(stage: &str, asked: &Option<ReleaseId>, by_host: &BTreeMap<Option<R
     s
 }
 
-/// Every host's status, without taking locks.
-pub fn status(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Result<Status, String>)> {
-    let mut slots = connect(stage, transport, None, &super::Quiet);
+/// Asks every host one thing, in parallel (under its lock for `lock`):
+/// each host's answer, or why there is none.
+fn ask_each<T: Send>(
+    stage: &Stage,
+    transport: &dyn Transport,
+    lock: Option<&str>,
+    ask: impl Fn(&Slot, &mut dyn Session) -> Result<T, HostError> + Sync,
+) -> Vec<(String, Result<T, String>)> {
+    let mut slots = connect(stage, transport, lock, &super::Quiet);
     let result = pool(stage.max_parallel).install(|| {
         slots
             .par_iter_mut()
             .map(|slot| {
-                let status = match slot.session.as_mut() {
-                    Some(s) => s.status().map_err(|e| error_chain(&e)),
+                let answer = match slot.session.take() {
+                    Some(mut s) => {
+                        let answer = ask(slot, s.as_mut()).map_err(|e| error_chain(&e));
+                        slot.session = Some(s);
+                        answer
+                    }
                     None => Err(slot.report.error.clone().unwrap_or_default()),
                 };
-                (slot.spec.name.clone(), status)
+                (slot.spec.name.clone(), answer)
             })
             .collect()
     });
@@ -768,23 +774,14 @@ pub fn status(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Result<S
     result
 }
 
+/// Every host's status, without taking locks.
+pub fn status(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Result<Status, String>)> {
+    ask_each(stage, transport, None, |_, s| s.status())
+}
+
 /// Every host's journal, without taking locks.
 pub fn journals(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Result<Vec<Record>, String>)> {
-    let mut slots = connect(stage, transport, None, &super::Quiet);
-    let result = pool(stage.max_parallel).install(|| {
-        slots
-            .par_iter_mut()
-            .map(|slot| {
-                let journal = match slot.session.as_mut() {
-                    Some(s) => s.journal().map_err(|e| error_chain(&e)),
-                    None => Err(slot.report.error.clone().unwrap_or_default()),
-                };
-                (slot.spec.name.clone(), journal)
-            })
-            .collect()
-    });
-    close(&mut slots);
-    result
+    ask_each(stage, transport, None, |_, s| s.journal())
 }
 
 /// Sets every host up for the stage's programs (see [`Host::setup`]),
@@ -792,24 +789,10 @@ pub fn journals(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Result
 ///
 /// [`Host::setup`]: crate::host::Host::setup
 pub fn setup(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Result<Vec<String>, String>)> {
-    let command = format!("ferry setup {}", stage.name);
     let rt = &stage.runtime;
-    let mut slots = connect(stage, transport, Some(&command), &super::Quiet);
-    let result = pool(stage.max_parallel).install(|| {
-        slots
-            .par_iter_mut()
-            .map(|slot| {
-                let programs = rt.programs_for(&slot.spec.name);
-                let did = match slot.session.as_mut() {
-                    Some(s) => s.setup(&rt.service, &programs).map_err(|e| error_chain(&e)),
-                    None => Err(slot.report.error.clone().unwrap_or_default()),
-                };
-                (slot.spec.name.clone(), did)
-            })
-            .collect()
-    });
-    close(&mut slots);
-    result
+    ask_each(stage, transport, Some(&format!("ferry setup {}", stage.name)), |slot, s| {
+        s.setup(&rt.service, &rt.programs_for(&slot.spec.name))
+    })
 }
 
 /// The programs' logs on every host: `each` gets every piece, with its

@@ -378,7 +378,6 @@ fn millis(d: Duration) -> u32 {
 /// nothing.
 fn pump(bastion: ssh2::Session, link: OwnedFd, mut channel: ssh2::Channel, mut socket: UnixStream) {
     use rustix::event::{poll, PollFd, PollFlags};
-    use std::io::ErrorKind::WouldBlock;
 
     bastion.set_blocking(false);
     if socket.set_nonblocking(true).is_err() {
@@ -390,49 +389,22 @@ fn pump(bastion: ssh2::Session, link: OwnedFd, mut channel: ssh2::Channel, mut s
     let (mut channel_done, mut socket_done) = (false, false);
     loop {
         let mut moved = false;
-        if to_socket.is_empty() && !channel_done {
-            match channel.read(&mut buf) {
-                Ok(0) if channel.eof() => channel_done = true,
-                Ok(0) => {}
-                Ok(n) => {
-                    to_socket.extend_from_slice(&buf[..n]);
-                    moved = true;
-                }
-                Err(e) if e.kind() == WouldBlock => {}
-                Err(_) => return,
-            }
-        }
-        if !to_socket.is_empty() {
-            match socket.write(&to_socket) {
-                Ok(n) => {
-                    to_socket.drain(..n);
-                    moved = true;
-                }
-                Err(e) if e.kind() == WouldBlock => {}
-                Err(_) => return,
-            }
-        }
-        if to_channel.is_empty() && !socket_done {
-            match socket.read(&mut buf) {
-                Ok(0) => socket_done = true,
-                Ok(n) => {
-                    to_channel.extend_from_slice(&buf[..n]);
-                    moved = true;
-                }
-                Err(e) if e.kind() == WouldBlock => {}
-                Err(_) => return,
-            }
-        }
-        if !to_channel.is_empty() {
-            match channel.write(&to_channel) {
-                Ok(n) => {
-                    to_channel.drain(..n);
-                    moved = true;
-                }
-                Err(e) if e.kind() == WouldBlock => {}
-                Err(_) => return,
-            }
-        }
+        // Each way: read when nothing waits to be written, write what waits.
+        let ended = channel.eof();
+        moved |= match (
+            take(&mut channel, &mut buf, &mut to_socket, &mut channel_done, ended),
+            give(&mut socket, &mut to_socket),
+        ) {
+            (Some(a), Some(b)) => a || b,
+            _ => return,
+        };
+        moved |= match (
+            take(&mut socket, &mut buf, &mut to_channel, &mut socket_done, true),
+            give(&mut channel, &mut to_channel),
+        ) {
+            (Some(a), Some(b)) => a || b,
+            _ => return,
+        };
         if channel_done && to_socket.is_empty() {
             return;
         }
@@ -466,6 +438,48 @@ fn pump(bastion: ssh2::Session, link: OwnedFd, mut channel: ssh2::Channel, mut s
                 Err(_) => return,
             }
         }
+    }
+}
+
+/// One half of the pump's read side: fills `pending` from `from` when it is
+/// empty. A read of 0 ends the side when `zero_is_end` (a channel's 0 is
+/// only an end with its EOF). Whether bytes moved; `None` when the side broke.
+fn take(
+    from: &mut dyn Read,
+    buf: &mut [u8],
+    pending: &mut Vec<u8>,
+    done: &mut bool,
+    zero_is_end: bool,
+) -> Option<bool> {
+    if !pending.is_empty() || *done {
+        return Some(false);
+    }
+    match from.read(buf) {
+        Ok(0) => {
+            *done = zero_is_end;
+            Some(false)
+        }
+        Ok(n) => {
+            pending.extend_from_slice(&buf[..n]);
+            Some(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// The write side: as much of `pending` as `to` takes now.
+fn give(to: &mut dyn Write, pending: &mut Vec<u8>) -> Option<bool> {
+    if pending.is_empty() {
+        return Some(false);
+    }
+    match to.write(pending) {
+        Ok(n) => {
+            pending.drain(..n);
+            Some(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(false),
+        Err(_) => None,
     }
 }
 

@@ -202,13 +202,10 @@ impl Supervisor {
         Ok(())
     }
 
-    /// The last `bytes` of a process's stdout (or stderr) log.
+    /// The last `bytes` of a process's stdout (or stderr) log: read from
+    /// offset 0, supervisord moves the window to the log's end.
     pub fn tail(&self, name: &str, bytes: i32, stderr: bool) -> Result<(String, i64), SupervisorError> {
-        let method = if stderr { "supervisor.tailProcessStderrLog" } else { "supervisor.tailProcessStdoutLog" };
-        let value = self.call(method, vec![Value::from(name), Value::Int(0), Value::Int(bytes)])?;
-        let text = value.as_array().and_then(|a| a.first()).and_then(Value::as_str).unwrap_or_default().to_owned();
-        let offset = value.as_array().and_then(|a| a.get(1)).and_then(Value::as_i64).unwrap_or_default();
-        Ok((text, offset))
+        self.read_log(name, 0, bytes, stderr)
     }
 
     /// A process's stdout (or stderr) log from `offset`, at most `bytes`.
