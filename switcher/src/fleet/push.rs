@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ferry_formats::journal::{Action, Outcome as JournalOutcome, Record};
+use ferry_formats::journal::Record;
 use ferry_formats::ReleaseId;
 use fs_err as fs;
 use rayon::prelude::*;
@@ -665,17 +665,11 @@ pub fn rollback(
                 slot.report.from = st.current;
                 // Going back past a release that ran migrations leaves the
                 // database where they took it: say so.
-                if let (Some(current), Ok(journal)) = (st.current, slot.session.as_mut().expect("connected").journal())
-                {
-                    if let Some(m) = journal.iter().rev().find(|r| {
-                        r.action == Action::Migrate && r.result == JournalOutcome::Ok && r.to == Some(current)
-                    }) {
-                        slot.report.warning = Some(format!(
-                            "release {} ran migrations here ({}): rolling back the code does not roll back the database",
-                            current.short(12),
-                            m.time
-                        ));
-                    }
+                if let (Some(current), Some(when)) = (st.current, &st.current_migrated) {
+                    slot.report.warning = Some(format!(
+                        "release {} ran migrations here ({when}): rolling back the code does not roll back the database",
+                        current.short(12)
+                    ));
                 }
                 let target = to.copied().or(st.previous);
                 let has = target.is_some_and(|t| st.releases.iter().any(|r| r.id == t));

@@ -18,6 +18,10 @@ pub struct Status {
     /// Newest first by the journal.
     pub releases: Vec<ReleaseStatus>,
     pub lock: Option<Holder>,
+    /// When the current release's `migrate` hook ran here, if it did: a
+    /// rollback past it leaves the database where the migrations took it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_migrated: Option<String>,
     /// The programs' processes, as supervisord has them (none without setup).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub programs: Vec<super::supervisor::ProcessInfo>,
@@ -64,12 +68,24 @@ impl Host {
             ));
         }
         releases.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.id.cmp(&b.1.id)));
+        let current_migrated = current.and_then(|c| {
+            journal
+                .iter()
+                .rev()
+                .find(|r| {
+                    r.action == ferry_formats::journal::Action::Migrate
+                        && r.result == ferry_formats::journal::Outcome::Ok
+                        && r.to == Some(c)
+                })
+                .map(|r| r.time.clone())
+        });
         Ok(Status {
             deploy_to: self.root.display().to_string(),
             current,
             previous,
             releases: releases.into_iter().map(|(_, r)| r).collect(),
             lock: self.holder()?,
+            current_migrated,
             programs: self.program_status(),
         })
     }
