@@ -93,6 +93,7 @@ fn main() -> Result<()> {
         max_parallel: 10,
         on_failure: OnFailure::Revert,
         runtime: Default::default(),
+        force: false,
     };
     let source = Source(store.clone());
 

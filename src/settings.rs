@@ -260,6 +260,7 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
         max_parallel: stage.max_parallel,
         on_failure: stage.on_failure,
         runtime,
+        force: false,
     };
     Ok((StageSettings { service: config.service, stage, ssh }, store))
 }

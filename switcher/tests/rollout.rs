@@ -158,6 +158,7 @@ fn fleet() -> Fleet {
         max_parallel: 4,
         on_failure: OnFailure::Revert,
         runtime: Default::default(),
+        force: false,
     };
     let source = Bundles(bundles);
     let report = fleet::push(&stage, &Local, &source, &v1, &Quiet);

@@ -34,6 +34,7 @@ fn stage(root: &Path, hosts: usize) -> Stage {
         max_parallel: 4,
         on_failure: OnFailure::Revert,
         runtime: Default::default(),
+        force: false,
     }
 }
 

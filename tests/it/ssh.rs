@@ -44,6 +44,7 @@ fn stage(hosts: &TestHosts) -> Stage {
         max_parallel: 4,
         on_failure: OnFailure::Revert,
         runtime: Default::default(),
+        force: false,
     }
 }
 

@@ -30,7 +30,7 @@ pub use agent::Agent;
 pub use gates::{Gate, Hooks, HttpProbe, Runtime};
 pub use local::Local;
 pub use plan::{batches, Step};
-pub use push::{journals, logs, push, rollback, setup, status, HostReport, Outcome, Report, RollbackError};
+pub use push::{journals, logs, push, rollback, setup, status, Down, HostReport, Outcome, Report, RollbackError};
 pub use ssh::{read_ssh_config, AgentBinary, Ssh};
 
 /// Where the fleet gets bundles and deltas: the CLI hands it the builder's
@@ -126,6 +126,9 @@ pub struct Stage {
     pub on_failure: OnFailure,
     /// Programs, hooks and health gates; the default has none.
     pub runtime: Runtime,
+    /// Push even to hosts that already run the release and serve it:
+    /// flip, restart and hooks as for a new release (`--force`).
+    pub force: bool,
 }
 
 /// Sees a push as it goes, for progress on a terminal.

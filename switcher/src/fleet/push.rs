@@ -39,6 +39,23 @@ pub struct HostReport {
     /// The hooks run on it, with their output.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookRun>,
+    /// The programs' processes that were not running when the push found
+    /// the host, before anything flipped: a revert takes such a host back
+    /// to a release that was down, not to one that worked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub down_before: Vec<Down>,
+}
+
+/// A program's process found not running.
+#[derive(Debug, Clone, Serialize)]
+pub struct Down {
+    /// `program` or `group:process`.
+    pub process: String,
+    /// supervisord's state: STOPPED, EXITED, FATAL, BACKOFF…
+    pub state: String,
+    pub description: String,
+    /// Its last lines of output (stderr, then stdout).
+    pub output: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -162,6 +179,7 @@ fn connect_then(
                 warning: None,
                 error: None,
                 hooks: Vec::new(),
+                down_before: Vec::new(),
             },
             started: Instant::now(),
             flipped: false,

@@ -67,8 +67,21 @@ pub struct ProgramStatus {
 pub enum RuntimeError {
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
-    #[error("program {program} did not start ({state}: {description}){}; its last output:\n{log}", said(errors))]
-    NotRunning { program: String, state: String, description: String, errors: Vec<String>, log: String },
+    #[error(
+        "program {program} did not start ({state}: {description}){}{}{}",
+        spawned(spawnerr),
+        said(errors),
+        output(log)
+    )]
+    NotRunning {
+        program: String,
+        state: String,
+        description: String,
+        /// supervisord's own words when it could not spawn the process.
+        spawnerr: String,
+        errors: Vec<String>,
+        log: String,
+    },
     #[error(
         "program {program} still runs release {runs} after the restart (pid {pid}, working directory {cwd}), \
          not {wanted}: {hint}"
@@ -172,14 +185,13 @@ impl Host {
                 ("%(program_name)s", format!("{root}/shared/log/{}", p.name))
             };
             let dir = self.program_dir(p).display().to_string();
+            let command = self.command_line(p);
             conf.push_str(&format!(
                 "\n[program:{name}]\ncommand={command}\nprocess_name={process_name}\nnumprocs={numprocs}\n\
                  directory={dir}\nenvironment={env}\nstopsignal={stopsignal}\nstopwaitsecs={stopwaitsecs}\n\
                  startsecs={startsecs}\nstartretries=2\nstopasgroup=true\nkillasgroup=true\nautostart=true\n\
                  autorestart=unexpected\nstdout_logfile={log}.log\nstderr_logfile={log}.err.log\n",
                 name = p.name,
-                // As supervisord writes it: %(process_num)d and the like work.
-                command = p.command,
                 numprocs = p.numprocs,
                 env = env.join(","),
                 stopsignal = p.stopsignal,
@@ -188,6 +200,27 @@ impl Host {
             ));
         }
         Ok(conf)
+    }
+
+    /// The program's command as supervisord runs it: a relative program
+    /// path (`venv/bin/gunicorn …`) resolves against the release, through
+    /// `current` (supervisord would look it up in its own directory, the
+    /// deploy directory, and say "can't find command"); a bare name is
+    /// looked up on `PATH` as supervisord does. `%(process_num)d` and the
+    /// like are supervisord's and stay as written.
+    fn command_line(&self, p: &Program) -> String {
+        let command = p.command.trim_start();
+        let (program, rest) = command.split_once(char::is_whitespace).unwrap_or((command, ""));
+        if program.starts_with('/') || !program.contains('/') || program.starts_with(['"', '\'']) {
+            return command.to_owned();
+        }
+        let program = program.strip_prefix("./").unwrap_or(program);
+        let resolved = self.root().join("current").join(program);
+        if rest.is_empty() {
+            resolved.display().to_string()
+        } else {
+            format!("{} {rest}", resolved.display())
+        }
     }
 
     /// Where a program runs: `current/<directory>`, through the symlink.
@@ -424,6 +457,7 @@ impl Host {
                         program: p.name.clone(),
                         state: "MISSING".into(),
                         description: "supervisord lists no process for it".into(),
+                        spawnerr: String::new(),
                         errors: Vec::new(),
                         log: String::new(),
                     }),
@@ -470,6 +504,7 @@ impl Host {
             program: bad.name.clone(),
             state: bad.state.clone(),
             description: bad.description.clone(),
+            spawnerr: bad.spawnerr.clone(),
             errors,
             log: lines[lines.len().saturating_sub(10)..].join("\n"),
         })
@@ -665,6 +700,22 @@ fn env_file(dir: &Path) -> Result<BTreeMap<String, String>, HostError> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
         .collect())
+}
+
+fn spawned(spawnerr: &str) -> String {
+    if spawnerr.is_empty() {
+        String::new()
+    } else {
+        format!("; supervisord could not spawn it: {spawnerr}")
+    }
+}
+
+fn output(log: &str) -> String {
+    if log.is_empty() {
+        "; it wrote no output".to_owned()
+    } else {
+        format!("; its last output:\n{log}")
+    }
 }
 
 fn said(errors: &[String]) -> String {

@@ -34,6 +34,10 @@ pub struct ProcessInfo {
     pub start: i64,
     /// What supervisord says of it ("pid 4711, uptime 0:00:03", "Exited too quickly").
     pub description: String,
+    /// Why supervisord could not spawn it, in its own words ("can't find
+    /// command '/srv/hello/current/venv/bin/gunicorn'"); empty when it could.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub spawnerr: String,
 }
 
 /// A supervisord call that failed.
@@ -252,5 +256,6 @@ fn process_info(v: &Value) -> ProcessInfo {
         pid: u32::try_from(i("pid")).unwrap_or(0),
         start: i("start"),
         description: s("description"),
+        spawnerr: s("spawnerr"),
     }
 }
