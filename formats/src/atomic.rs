@@ -21,13 +21,24 @@ pub fn write_atomic<T, E: From<io::Error>>(
     path: &Path,
     fill: impl FnOnce(&mut fs::File) -> Result<T, E>,
 ) -> Result<T, E> {
+    write_atomic_mode(path, 0o644, fill)
+}
+
+/// [`write_atomic`] with permission bits `mode`, set before a byte is
+/// written (0600 for a file that holds secrets: never readable by others,
+/// not even for a moment).
+pub fn write_atomic_mode<T, E: From<io::Error>>(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut fs::File) -> Result<T, E>,
+) -> Result<T, E> {
     let dir = parent(path);
     let temp = temp_file(dir)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot create a temporary file in {}: {e}", dir.display())))?;
     let (file, temp_path) = temp.into_parts();
     let mut file = fs::File::from_parts(file, PathBuf::from(&*temp_path));
-    // tempfile makes files 0600; what ferry writes atomically is meant to be read.
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    // tempfile makes files 0600; most of what ferry writes is meant to be read.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     let value = fill(&mut file)?;
     file.flush()?;
     file.sync_all()?;

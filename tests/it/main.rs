@@ -12,4 +12,5 @@ mod source;
 mod ssh;
 mod stages;
 mod testhosts;
+mod truth;
 mod venv;

@@ -15,7 +15,7 @@ use crate::testhosts::TestHosts;
 
 /// The example service with an ssh stage `prod` over `hosts`, gated by its
 /// health URL on each host.
-fn project(hosts: &TestHosts, extra: &str) -> Project {
+pub(crate) fn project(hosts: &TestHosts, extra: &str) -> Project {
     project_with(
         hosts,
         extra,
@@ -24,7 +24,7 @@ fn project(hosts: &TestHosts, extra: &str) -> Project {
 }
 
 /// The same, with `health` for the stage's gates.
-fn project_with(hosts: &TestHosts, extra: &str, health: &str) -> Project {
+pub(crate) fn project_with(hosts: &TestHosts, extra: &str, health: &str) -> Project {
     let p = example_project();
     let list: Vec<String> = hosts.hosts.iter().map(|h| format!("\"root@{}\"", h.addr)).collect();
     let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
@@ -43,7 +43,7 @@ fn project_with(hosts: &TestHosts, extra: &str, health: &str) -> Project {
 }
 
 /// Builds the project as `version` (the app says it) and returns the id.
-fn build(p: &Project, version: &str) -> String {
+pub(crate) fn build(p: &Project, version: &str) -> String {
     let code = fs::read_to_string(p.path("app/hello.py")).unwrap();
     let line = code.lines().find(|l| l.starts_with("VERSION = ")).unwrap().to_owned();
     p.write("app/hello.py", code.replace(&line, &format!("VERSION = \"{version}\"")));
@@ -51,7 +51,7 @@ fn build(p: &Project, version: &str) -> String {
 }
 
 /// `GET path` on port 8000 of `addr`: the status and the body.
-fn get(addr: Ipv4Addr, path: &str) -> (u16, String) {
+pub(crate) fn get(addr: Ipv4Addr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&(addr, 8000).into(), Duration::from_secs(3)).expect("the service answers");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
@@ -61,7 +61,7 @@ fn get(addr: Ipv4Addr, path: &str) -> (u16, String) {
     (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
 }
 
-fn serves(hosts: &TestHosts, version: &str) {
+pub(crate) fn serves(hosts: &TestHosts, version: &str) {
     for h in &hosts.hosts {
         let (status, body) = get(h.addr, "/");
         assert_eq!(status, 200, "{}: {body}", h.name);
@@ -69,12 +69,12 @@ fn serves(hosts: &TestHosts, version: &str) {
     }
 }
 
-fn row(report: &Value, addr: Ipv4Addr) -> Value {
+pub(crate) fn row(report: &Value, addr: Ipv4Addr) -> Value {
     let name = format!("root@{addr}");
     report["hosts"].as_array().unwrap().iter().find(|h| h["host"] == name.as_str()).unwrap().clone()
 }
 
-fn current(hosts: &TestHosts, i: usize) -> String {
+pub(crate) fn current(hosts: &TestHosts, i: usize) -> String {
     let link = fs::read_link(hosts.hosts[i].srv.join("hello/current")).unwrap();
     link.to_string_lossy().trim_start_matches("releases/").to_owned()
 }

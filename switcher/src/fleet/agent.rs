@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{HostSpec, Session, Transport};
-use crate::host::runtime::{HookRun, LogChunk, Program};
+use crate::host::runtime::{HookRun, LogChunk, PortHolder, Program};
 use crate::host::serve::{Reply, Request};
 use crate::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
 
@@ -220,6 +220,14 @@ impl Session for AgentSession {
 
     fn revert(&mut self, to: &ReleaseId, reason: &str) -> Result<Flipped, HostError> {
         self.call(Request::Rollback { to: Some(*to), reason: Some(reason.to_owned()) })
+    }
+
+    fn restart(&mut self, id: &ReleaseId) -> Result<Vec<String>, HostError> {
+        self.call(Request::Restart { id: *id })
+    }
+
+    fn listeners(&mut self, port: u16) -> Result<Vec<PortHolder>, HostError> {
+        self.call(Request::Listeners { port })
     }
 
     fn setup(&mut self, service: &str, programs: &[Program]) -> Result<Vec<String>, HostError> {

@@ -13,7 +13,7 @@ use ferry_formats::ReleaseId;
 use fs_err as fs;
 
 use super::{HostSpec, Session, Transport};
-use crate::host::runtime::{HookRun, LogChunk, Program};
+use crate::host::runtime::{HookRun, LogChunk, PortHolder, Program};
 use crate::host::{Flipped, Host, HostError, Lock, Pruned, StageOptions, Staged, Status};
 
 /// Reaches hosts that are directories.
@@ -71,6 +71,14 @@ impl Session for LocalSession {
 
     fn revert(&mut self, to: &ReleaseId, reason: &str) -> Result<Flipped, HostError> {
         self.host.rollback_because(self.lock(), Some(to), Some(reason.to_owned()))
+    }
+
+    fn restart(&mut self, id: &ReleaseId) -> Result<Vec<String>, HostError> {
+        self.host.restart(self.lock(), id)
+    }
+
+    fn listeners(&mut self, port: u16) -> Result<Vec<PortHolder>, HostError> {
+        self.host.listeners(port)
     }
 
     fn setup(&mut self, service: &str, programs: &[Program]) -> Result<Vec<String>, HostError> {

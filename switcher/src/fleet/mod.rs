@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::host::runtime::{HookRun, LogChunk, Program};
+use crate::host::runtime::{HookRun, LogChunk, PortHolder, Program};
 use ferry_formats::journal::Record;
 use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
@@ -74,6 +74,16 @@ pub trait Session: Send {
     fn revert(&mut self, to: &ReleaseId, reason: &str) -> Result<Flipped, HostError> {
         let _ = reason;
         self.rollback(Some(to))
+    }
+    /// Restarts the programs on `id`, already current (`--force`).
+    fn restart(&mut self, id: &ReleaseId) -> Result<Vec<String>, HostError> {
+        let _ = id;
+        Err(HostError::Input("this transport cannot restart programs".into()))
+    }
+    /// Who listens on TCP `port` on the host (see [`Host::listeners`](crate::host::Host::listeners)).
+    fn listeners(&mut self, port: u16) -> Result<Vec<PortHolder>, HostError> {
+        let _ = port;
+        Err(HostError::Input("this transport cannot tell who listens on a port".into()))
     }
     /// Prepares the host for the service's programs (see [`Host::setup`](crate::host::Host::setup)).
     fn setup(&mut self, service: &str, programs: &[Program]) -> Result<Vec<String>, HostError> {

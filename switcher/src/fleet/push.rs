@@ -133,6 +133,20 @@ struct Slot {
 }
 
 impl Slot {
+    /// Adds a warning to the host's line (after any it has).
+    fn warn(&mut self, warning: impl Into<String>) {
+        let warning = warning.into();
+        self.report.warning = Some(match self.report.warning.take() {
+            Some(before) => format!("{before}; {warning}"),
+            None => warning,
+        });
+    }
+
+    /// It runs the release already, and the push leaves it as it is.
+    fn already(&self, release: &ReleaseId, stage: &Stage) -> bool {
+        !stage.force && self.report.from == Some(*release)
+    }
+
     fn fail(&mut self, step: &str, e: &dyn std::error::Error) {
         self.report.step = step.into();
         self.report.result = Outcome::Failed;
@@ -246,11 +260,23 @@ pub fn push(
     let mut slots = connect_then(stage, transport, Some(&command), observer, |slot| {
         slot.report.step = "status".into();
         slot.report.to = Some(*release);
-        match slot.session.as_mut().expect("connected").status() {
+        let session = slot.session.as_mut().expect("connected");
+        match session.status() {
             Ok(status) => {
                 slot.report.from = status.current;
                 if status.releases.iter().any(|r| r.id == *release) {
                     slot.report.shipped = "none".into();
+                }
+                // Look before leaping: programs already down are the
+                // host's news before anything flips, not after.
+                let down = down(session.as_mut(), &status.programs);
+                if !down.is_empty() {
+                    let said: Vec<String> =
+                        down.iter().map(|d| format!("{} {} ({})", d.process, d.state, d.description)).collect();
+                    let said = format!("was down before the push: {}", said.join(", "));
+                    observer.event(&slot.spec.name, "programs", &said);
+                    slot.warn(said);
+                    slot.report.down_before = down;
                 }
             }
             Err(e) => slot.fail("status", &e),
@@ -365,7 +391,7 @@ pub fn push(
                     Ok(did) => {
                         observer.event(&slot.spec.name, "setup", &did.join("; "));
                         if did.iter().any(|d| d == crate::host::runtime::NOT_RUNNING) {
-                            slot.report.warning = Some(crate::host::runtime::NOT_RUNNING.to_owned());
+                            slot.warn(crate::host::runtime::NOT_RUNNING);
                         }
                     }
                     Err(e) => {
@@ -381,8 +407,10 @@ pub fn push(
         phases.done("setup");
     }
 
-    // Migrations: once, on one host, from the new release, before any flip.
-    if let Some(command) = &rt.hooks.migrate {
+    // Migrations: once, on one host, from the new release, before any flip
+    // (none when every host runs it already: nothing is new).
+    let anything_new = slots.iter().any(|s| !s.already(release, stage));
+    if let Some(command) = rt.hooks.migrate.as_ref().filter(|_| anything_new) {
         let on = rt.hooks.migrate_on.as_ref().and_then(|h| slots.iter().position(|s| &s.spec.name == h));
         let slot = &mut slots[on.unwrap_or(plan.first().map_or(0, |r| r.start))];
         observer.event(&slot.spec.name, "migrate", command);
@@ -433,9 +461,20 @@ pub fn push(
     // Capistrano's deploy:cleanup: old releases go once the push succeeded.
     pool.install(|| {
         slots.par_iter_mut().for_each(|slot| {
-            if let Err(e) = slot.session.as_mut().expect("connected").prune(stage.keep_releases) {
+            match slot.session.as_mut().expect("connected").prune(stage.keep_releases) {
+                Ok(pruned) => {
+                    for (id, hold) in &pruned.held {
+                        slot.warn(format!(
+                            "kept release {}: pid {} still uses it ({} {})",
+                            id.short(12),
+                            hold.pid,
+                            hold.via,
+                            hold.path.display()
+                        ));
+                    }
+                }
                 // The push succeeded; a failed cleanup is reported, not undone.
-                slot.report.warning = Some(format!("prune failed: {}", error_chain(&e)));
+                Err(e) => slot.warn(format!("prune failed: {}", error_chain(&e))),
             }
         });
     });
@@ -447,24 +486,52 @@ pub fn push(
 /// restart and the process check), its after-flip hook.
 fn activate_one(slot: &mut Slot, release: &ReleaseId, stage: &Stage, observer: &dyn Observer, n: usize) {
     let hooks = &stage.runtime.hooks;
+    if slot.already(release, stage) {
+        // It runs the release: its programs are checked (and restarted only
+        // if they do not run it), no hook runs, nothing flips.
+        slot.report.step = "current".into();
+        match slot.session.as_mut().expect("connected").activate(release, &stage.options) {
+            Ok(flipped) => {
+                slot.report.result = Outcome::Ok;
+                for note in flipped.notes {
+                    slot.warn(note);
+                }
+                observer.event(&slot.spec.name, "current", "already current");
+            }
+            Err(e) => {
+                observer.event(&slot.spec.name, "current", &format!("failed: {}", error_chain(&e)));
+                slot.fail("current", &e);
+            }
+        }
+        return;
+    }
     if let Some(command) = &hooks.before_flip {
         if !run_hook(slot, release, "before_flip", command, hooks.timeout) {
             return;
         }
     }
-    slot.report.step = "activate".into();
-    match slot.session.as_mut().expect("connected").activate(release, &stage.options) {
-        Ok(flipped) => {
+    // Reached for a host that runs the release only with --force: its
+    // programs restart on it, as after a flip.
+    let forced = slot.report.from == Some(*release);
+    let session = slot.session.as_mut().expect("connected");
+    let (step, done) = if forced {
+        ("restart", session.restart(release).map(|notes| (false, notes)))
+    } else {
+        ("activate", session.activate(release, &stage.options).map(|f| (!f.already, f.notes)))
+    };
+    slot.report.step = step.into();
+    match done {
+        Ok((flipped, notes)) => {
             slot.report.result = Outcome::Ok;
-            slot.flipped = !flipped.already;
-            if !flipped.notes.is_empty() {
-                slot.report.warning = Some(flipped.notes.join("; "));
+            slot.flipped = flipped;
+            for note in notes {
+                slot.warn(note);
             }
             observer.event(&slot.spec.name, "activated", &format!("batch {}", n + 1));
         }
         Err(e) => {
-            observer.event(&slot.spec.name, "activate", &format!("failed: {}", error_chain(&e)));
-            return slot.fail("activate", &e);
+            observer.event(&slot.spec.name, step, &format!("failed: {}", error_chain(&e)));
+            return slot.fail(step, &e);
         }
     }
     if let Some(command) = &hooks.after_flip {
@@ -525,6 +592,20 @@ fn check_gates(
                     range.clone().zip(probe.check_all(&batch)).collect();
                 let mut bad = Vec::new();
                 for (i, result) in results {
+                    let result = result.and_then(|ok| {
+                        if rt.programs.is_empty() {
+                            return Ok(ok);
+                        }
+                        let url = probe.url_for(&slots[i].spec.name);
+                        let Some(session) = slots[i].session.as_mut() else { return Ok(ok) };
+                        match answered_by_programs(session.as_mut(), &url)? {
+                            Some(note) => {
+                                slots[i].warn(note);
+                                Ok(ok)
+                            }
+                            None => Ok(ok),
+                        }
+                    });
                     if let Err(e) = result {
                         // What the programs said is often why.
                         let words = match (rt.programs.is_empty(), slots[i].session.as_mut()) {
@@ -582,6 +663,11 @@ fn recheck(rt: &Runtime, slots: &mut [Slot]) {
     let reverted: Vec<usize> = (0..slots.len()).filter(|i| slots[*i].report.result == Outcome::Reverted).collect();
     let names: Vec<String> = reverted.iter().map(|i| slots[*i].spec.name.clone()).collect();
     for (i, result) in reverted.into_iter().zip(probe.check_all(&names)) {
+        let url = probe.url_for(&slots[i].spec.name);
+        let result = result.and_then(|ok| match slots[i].session.as_mut() {
+            Some(session) if !rt.programs.is_empty() => answered_by_programs(session.as_mut(), &url).map(|_| ok),
+            _ => Ok(ok),
+        });
         if let Err(e) = result {
             let words = match slots[i].session.as_mut() {
                 Some(session) if !rt.programs.is_empty() => last_words(session.as_mut()),
@@ -599,18 +685,78 @@ fn recheck(rt: &Runtime, slots: &mut [Slot]) {
 /// The programs' last lines of output on a host, as "; its programs' last
 /// output: …" (empty when there are none to be had).
 fn last_words(session: &mut dyn Session) -> String {
-    let Ok(chunks) = session.logs(None, &BTreeMap::new(), 2048) else { return String::new() };
+    let lines = tail(session, None);
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("; its programs' last output: {}", lines.join(" / "))
+    }
+}
+
+/// The last 3 lines of each log (stderr and stdout) of `program`, or of
+/// every program, each as "process: line".
+fn tail(session: &mut dyn Session, program: Option<&str>) -> Vec<String> {
+    let Ok(chunks) = session.logs(program, &BTreeMap::new(), 2048) else { return Vec::new() };
     let mut lines: Vec<String> = Vec::new();
     for chunk in &chunks {
         let mut own: Vec<&str> = chunk.text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         let own = own.split_off(own.len().saturating_sub(3));
         lines.extend(own.into_iter().map(|l| format!("{}: {l}", chunk.process)));
     }
-    if lines.is_empty() {
-        String::new()
-    } else {
-        format!("; its programs' last output: {}", lines.join(" / "))
+    lines
+}
+
+/// The programs' processes that are not running, with their last output.
+fn down(session: &mut dyn Session, processes: &[crate::host::supervisor::ProcessInfo]) -> Vec<Down> {
+    processes
+        .iter()
+        .filter(|p| p.state != "RUNNING")
+        .map(|p| Down {
+            process: p.name.clone(),
+            state: p.state.clone(),
+            description: if p.spawnerr.is_empty() { p.description.clone() } else { p.spawnerr.clone() },
+            output: tail(session, Some(&p.name)).join(" / "),
+        })
+        .collect()
+}
+
+/// Whether the answer on `url` for a host came from its programs: every
+/// process that listens on the URL's port there must be one of the
+/// programs' processes (which the restart checked to run the release).
+/// `Err` when another process holds the port (an old process, an orphaned
+/// worker, someone else's server), naming it; `Ok(Some(note))` when ferry
+/// cannot tell (nothing on the host listens on the port: the URL reaches
+/// another machine; or the listener is another user's process).
+fn answered_by_programs(session: &mut dyn Session, url: &str) -> Result<Option<String>, String> {
+    let Some(port) = port_of(url) else { return Ok(None) };
+    let holders = session
+        .listeners(port)
+        .map_err(|e| format!("cannot tell which process answered on port {port}: {}", error_chain(&e)))?;
+    if holders.is_empty() {
+        return Ok(Some(format!(
+            "nothing on the host listens on port {port}: the gate's answer came from elsewhere, and ferry cannot tell it came from the new release"
+        )));
     }
+    if let Some(other) = holders.iter().find(|h| h.pid.is_some() && h.process.is_none()) {
+        let runs = other.release.as_ref().map_or_else(String::new, |r| format!(", running release {r}"));
+        return Err(format!(
+            "port {port} is held by pid {} ({}{runs}), which is not one of the programs' processes: the answer \
+             may have come from it, not from the new release; stop it (kill {0}) and push again",
+            other.pid.unwrap_or_default(),
+            other.command
+        ));
+    }
+    if holders.iter().all(|h| h.pid.is_none()) {
+        return Ok(Some(format!(
+            "port {port} is held by a process this user cannot see: ferry cannot tell the answer came from the new release"
+        )));
+    }
+    Ok(None)
+}
+
+/// The TCP port of a URL (80 for `http://` when it names none).
+fn port_of(url: &str) -> Option<u16> {
+    url::Url::parse(url).ok()?.port_or_known_default()
 }
 
 /// What a host gets.
@@ -646,15 +792,26 @@ fn revert(pool: &rayon::ThreadPool, slots: &mut [Slot], observer: &dyn Observer,
                 return;
             }
             let Some(from) = slot.report.from else {
-                slot.report.step = "revert".into();
                 slot.report.result = Outcome::Failed;
-                slot.report.error = Some("flipped, and there is no earlier release to flip back to".into());
+                let before = slot.report.error.take().map_or_else(String::new, |e| format!("{e}; "));
+                slot.report.error = Some(format!(
+                    "{before}it was this host's first release: there is no earlier one to go back to, so it stays \
+                     on {}",
+                    slot.report.to.map_or_else(|| "it".to_owned(), |t| t.short(12))
+                ));
                 return;
             };
             slot.report.step = "revert".into();
             match slot.session.as_mut().expect("connected").revert(&from, why) {
                 Ok(_) => {
                     slot.report.result = Outcome::Reverted;
+                    if !slot.report.down_before.is_empty() {
+                        // Back, but not to something that worked.
+                        slot.warn(format!(
+                            "flipped back to {}, whose programs were down before this push",
+                            from.short(12)
+                        ));
+                    }
                     observer.event(&slot.spec.name, "reverted", &from.short(12));
                 }
                 Err(e) => slot.fail("revert", &e),

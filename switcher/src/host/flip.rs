@@ -27,40 +27,28 @@ pub struct Flipped {
 impl Host {
     /// Points `current` at the staged release `id`, after checking that the
     /// linked files it needs are in `shared/`; then the programs (if `setup`
-    /// gave the host any) restart on it. If they do not come up on it,
-    /// `current` goes back to where it was and they restart there: the
-    /// error means the host still runs what it ran.
+    /// gave the host any) restart on it. The journal's deploy line is
+    /// written once that is known: `ok` only when the programs run `id`. If
+    /// they do not come up on it, `current` goes back to where it was and
+    /// they restart there, and the line says `failed` with both halves: the
+    /// error means the host still runs what it ran. On a first deploy there
+    /// is nothing to go back to: `current` is removed and the programs are
+    /// stopped, and the error says so.
     pub fn activate(&self, _lock: &Lock, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError> {
-        let mut flipped = self.flip(id, Action::Deploy, opts, None)?;
-        if flipped.already {
-            // Already current (a push again, or after a failed first
-            // deploy): the programs must still be running it.
-            flipped.notes = self.ensure_programs(id)?;
-            return Ok(flipped);
+        self.flip_and_restart(id, Action::Deploy, opts, None)
+    }
+
+    /// Restarts the programs on `id`, which `current` already points at (a
+    /// push with `--force` of the release a host runs). Not a flip: the
+    /// journal is not written.
+    pub fn restart(&self, _lock: &Lock, id: &ReleaseId) -> Result<Vec<String>, HostError> {
+        if self.current()? != Some(*id) {
+            return Err(HostError::Input(format!(
+                "release {} is not current here; push it to flip to it",
+                id.short(12)
+            )));
         }
-        match self.restart_programs(id) {
-            Ok(notes) => {
-                // On a first deploy, supervisord starting is the plan, not news.
-                flipped.notes = if flipped.from.is_some() { notes } else { Vec::new() };
-                Ok(flipped)
-            }
-            Err(e) => {
-                let Some(from) = flipped.from else { return Err(e) };
-                let reason = format!("the programs did not take up {}: {}", id.short(12), error_chain(&e));
-                self.flip(&from, Action::Rollback, &StageOptions::default(), Some(reason))?;
-                match self.restart_programs(&from) {
-                    Ok(_) => Err(e),
-                    // Back on the old release, which does not run either
-                    // (something outside the releases is wrong): say both.
-                    Err(again) => Err(HostError::Input(format!(
-                        "{}; flipped back to {}, whose programs did not start either: {}",
-                        error_chain(&e),
-                        from.short(12),
-                        error_chain(&again)
-                    ))),
-                }
-            }
-        }
+        self.restart_programs(id)
     }
 
     /// Points `current` back at `to`, or at the release that was current
@@ -70,7 +58,8 @@ impl Host {
     }
 
     /// [`Host::rollback`], with the reason recorded in the journal (a failed
-    /// health gate's evidence, say).
+    /// health gate's evidence, say). A release whose programs do not start
+    /// is left as [`Host::activate`] leaves one: back on where it was.
     pub fn rollback_because(
         &self,
         _lock: &Lock,
@@ -81,12 +70,13 @@ impl Host {
             Some(id) => *id,
             None => previous(self)?.ok_or_else(|| HostError::NoPrevious { journal: self.journal_path() })?,
         };
-        let mut flipped = self.flip(&to, Action::Rollback, &StageOptions::default(), reason)?;
-        flipped.notes = if flipped.already { self.ensure_programs(&to)? } else { self.restart_programs(&to)? };
-        Ok(flipped)
+        self.flip_and_restart(&to, Action::Rollback, &StageOptions::default(), reason)
     }
 
-    fn flip(
+    /// The flip and the restart, journalled by what came of them: `ok` when
+    /// `current` is `id` and its programs run it; `failed` when `current`
+    /// was left at, or put back to, where it was.
+    fn flip_and_restart(
         &self,
         id: &ReleaseId,
         action: Action,
@@ -96,23 +86,67 @@ impl Host {
         let from = self.current()?;
         let mut record = Record::now(whoami(), action, from, Some(*id));
         record.reason = reason;
-        match self.flip_inner(id, opts) {
-            Ok(true) => {
+        if let Err(e) = self.check_flip(id, opts) {
+            let _ = self.record(&record.failed(error_chain(&e)));
+            return Err(e);
+        }
+        if from == Some(*id) {
+            // Already current (a push again): the programs must still be
+            // running it, and a flip killed before its line gets one now.
+            self.record_interrupted(id, action)?;
+            let notes = self.ensure_programs(id)?;
+            return Ok(Flipped { from, to: *id, already: true, notes });
+        }
+        if let Err(e) = self.point_current(Some(id)) {
+            let _ = self.record(&record.failed(error_chain(&e)));
+            return Err(e);
+        }
+        let e = match self.restart_programs(id) {
+            Ok(notes) => {
                 if let Err(e) = self.record(&record) {
                     // A flip the journal does not know would mislead the next
                     // rollback: undo it, so the error means "nothing changed".
                     self.point_current(from.as_ref())?;
+                    if let Some(from) = from {
+                        let _ = self.restart_programs(&from);
+                    }
                     return Err(e);
                 }
-                Ok(Flipped { from, to: *id, already: false, notes: Vec::new() })
+                // On a first deploy, supervisord starting is the plan, not news.
+                let notes = if from.is_some() { notes } else { Vec::new() };
+                return Ok(Flipped { from, to: *id, already: false, notes });
             }
-            Ok(false) => {
-                self.record_interrupted(id, action)?;
-                Ok(Flipped { from, to: *id, already: true, notes: Vec::new() })
-            }
-            Err(e) => {
-                let _ = self.record(&record.failed(error_chain(&e)));
+            Err(e) => e,
+        };
+        let cause = format!("the programs did not take up {}: {}", id.short(12), error_chain(&e));
+        let Some(from) = from else {
+            // Nothing to go back to: no `current`, nothing running, rather
+            // than a release that does not run posing as deployed.
+            self.stop_programs();
+            self.point_current(None)?;
+            let said = format!(
+                "{cause}; there is no earlier release to go back to: `current` is removed and nothing runs here \
+                 until a release that starts is pushed"
+            );
+            self.record(&record.failed(said.clone()))?;
+            return Err(HostError::Input(said));
+        };
+        self.point_current(Some(&from))?;
+        match self.restart_programs(&from) {
+            Ok(_) => {
+                self.record(&record.failed(format!("{cause}; flipped back to {}", from.short(12))))?;
                 Err(e)
+            }
+            Err(again) => {
+                // Back on the old release, which does not run either
+                // (something outside the releases is wrong): say both.
+                let said = format!(
+                    "{cause}; flipped back to {}, whose programs did not start either: {}",
+                    from.short(12),
+                    error_chain(&again)
+                );
+                self.record(&record.failed(said.clone()))?;
+                Err(HostError::Input(said))
             }
         }
     }
@@ -164,8 +198,9 @@ impl Host {
         atomic::fsync_dir(&self.root).map_err(at(&self.root))
     }
 
-    /// Returns whether `current` changed.
-    fn flip_inner(&self, id: &ReleaseId, opts: &StageOptions) -> Result<bool, HostError> {
+    /// Whether `id` can be made current: complete, its linked files in
+    /// `shared/`, staged for this environment.
+    fn check_flip(&self, id: &ReleaseId, opts: &StageOptions) -> Result<(), HostError> {
         // A release is complete once its head is there (it is written last,
         // and the directory only gets its name after a syncfs).
         let head = self.head(id)?;
@@ -206,11 +241,7 @@ impl Host {
                 }
             }
         }
-        if self.current()? == Some(*id) {
-            return Ok(false);
-        }
-        self.point_current(Some(id))?;
-        Ok(true)
+        Ok(())
     }
 }
 

@@ -23,6 +23,7 @@
 mod files;
 mod flip;
 mod lock;
+pub mod procs;
 mod prune;
 pub mod runtime;
 pub mod serve;

@@ -20,6 +20,7 @@ use ferry_formats::ReleaseId;
 use fs_err as fs;
 use serde::{Deserialize, Serialize};
 
+use super::procs;
 use super::supervisor::{ProcessInfo, Supervisor, SupervisorError};
 use super::{Host, HostError};
 
@@ -82,11 +83,8 @@ pub enum RuntimeError {
         errors: Vec<String>,
         log: String,
     },
-    #[error(
-        "program {program} still runs release {runs} after the restart (pid {pid}, working directory {cwd}), \
-         not {wanted}: {hint}"
-    )]
-    OldRelease { program: String, pid: u32, cwd: String, runs: String, wanted: String, hint: String },
+    #[error("program {program} still runs release {runs} after the restart (pid {pid}, {what} {path}), not {wanted}: {hint}")]
+    OldRelease { program: String, pid: u32, what: String, path: String, runs: String, wanted: String, hint: String },
     #[error("supervisord did not come up: {0}")]
     Start(String),
 }
@@ -120,27 +118,23 @@ impl Host {
         fs::create_dir_all(&ferry).map_err(HostError::Fs)?;
         fs::create_dir_all(self.root().join("shared/log")).map_err(HostError::Fs)?;
         let json = serde_json::to_vec_pretty(programs).expect("programs serialize");
-        if write_if_changed(&self.programs_path(), &json)? {
+        if write_if_changed(&self.programs_path(), &json, PRIVATE)? {
             did.push(format!("wrote {}", self.programs_path().display()));
         }
         let conf = self.supervisord_conf(programs)?;
         let conf_path = ferry.join("supervisord.conf");
-        let conf_changed = write_if_changed(&conf_path, conf.as_bytes())?;
+        let conf_changed = write_if_changed(&conf_path, conf.as_bytes(), PRIVATE)?;
         if conf_changed {
             did.push(format!("wrote {}", conf_path.display()));
         }
-        for (path, text) in [
-            (ferry.join(format!("ferry-{service}.service")), self.systemd_unit(service, &conf_path)),
-            (ferry.join(format!("init.d/ferry-{service}")), self.init_script(service, &conf_path)),
+        for (path, text, mode) in [
+            (ferry.join(format!("ferry-{service}.service")), self.systemd_unit(service, &conf_path), 0o644),
+            (ferry.join(format!("init.d/ferry-{service}")), self.init_script(service, &conf_path), 0o755),
         ] {
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir).map_err(HostError::Fs)?;
             }
-            if write_if_changed(&path, text.as_bytes())? {
-                if path.parent().is_some_and(|d| d.ends_with("init.d")) {
-                    use std::os::unix::fs::PermissionsExt;
-                    fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(HostError::Fs)?;
-                }
+            if write_if_changed(&path, text.as_bytes(), mode)? {
                 did.push(format!("wrote {}", path.display()));
             }
         }
@@ -382,7 +376,7 @@ impl Host {
         // supervisord re-reads it now, on this host's turn (setup only
         // writes it), and restarts the groups whose config changed.
         let conf = self.supervisord_conf(&programs)?;
-        write_if_changed(&self.root().join(".ferry/supervisord.conf"), conf.as_bytes())?;
+        write_if_changed(&self.root().join(".ferry/supervisord.conf"), conf.as_bytes(), PRIVATE)?;
         if supervisor.is_running() {
             supervisor.update().map_err(runtime)?;
         } else {
@@ -408,7 +402,19 @@ impl Host {
                 _ => {
                     // supervisord KILLs after stopwaitsecs; a little more for that.
                     let within = Duration::from_secs(u64::from(p.stopwaitsecs) + 5);
+                    let up: Vec<u32> = group(&supervisor, &p.name)?.iter().map(|i| i.pid).filter(|p| *p != 0).collect();
+                    let asked = Instant::now();
                     supervisor.stop_group(&p.name, within).map_err(runtime)?;
+                    if !up.is_empty() && asked.elapsed() >= Duration::from_secs(u64::from(p.stopwaitsecs)) {
+                        notes.push(format!(
+                            "program {} (pid {}) did not stop on SIG{} within stopwaitsecs ({} s) and was killed; \
+                             make it exit on SIG{2}, or raise stopwaitsecs if it needs longer to finish its requests",
+                            p.name,
+                            up.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+                            p.stopsignal,
+                            p.stopwaitsecs
+                        ));
+                    }
                     supervisor.start_group(&p.name).map_err(runtime)?;
                     self.wait_running(&supervisor, p, None)?;
                 }
@@ -416,6 +422,15 @@ impl Host {
             self.check_release(&supervisor, p, id)?;
         }
         Ok(notes)
+    }
+
+    /// Stops every program, as far as it can (a first deploy that did not
+    /// start leaves nothing running).
+    pub(crate) fn stop_programs(&self) {
+        let supervisor = self.supervisor();
+        for p in self.programs().unwrap_or_default() {
+            let _ = supervisor.stop_group(&p.name, Duration::from_secs(u64::from(p.stopwaitsecs) + 5));
+        }
     }
 
     /// Waits until every process of `p` is RUNNING (supervisord says so only
@@ -511,72 +526,114 @@ impl Host {
     }
 
     /// Every process of `p` (and each child: gunicorn's workers) runs from
-    /// `releases/<id>`: its working directory is not in another release. A
-    /// process started under `current` before the flip keeps the old
-    /// release's directory (the kernel resolved the symlink when it
-    /// started). The program's own processes must be right at once; their
-    /// children get until stopwaitsecs (+5 s) to go, as old workers finish
-    /// their last requests after a reload.
+    /// `releases/<id>`: nothing it runs from is in another release — its
+    /// working directory, its executable, the paths in its command line,
+    /// its mapped files (see [`procs`](super::procs)). A process started
+    /// under `current` before the flip keeps what the kernel resolved then:
+    /// a reload by signal keeps the old release's interpreter, whatever
+    /// code it re-reads. The program's own processes must be right at
+    /// once; their children get until stopwaitsecs (+5 s) to go, as old
+    /// workers finish their last requests after a reload.
     fn check_release(&self, supervisor: &Supervisor, p: &Program, id: &ReleaseId) -> Result<(), HostError> {
-        let releases = fs::canonicalize(self.root().join("releases")).map_err(HostError::Fs)?;
+        let releases = fs::canonicalize(self.releases_dir()).map_err(HostError::Fs)?;
         let wanted = id.to_string();
         let deadline = Instant::now() + Duration::from_secs(u64::from(p.stopwaitsecs) + 5);
         loop {
-            let mut stale = None;
+            let mut stale = false;
             for info in group(supervisor, &p.name)? {
                 if info.pid == 0 {
                     return Err(self.not_running(supervisor, &info));
                 }
                 let own = std::iter::once((info.pid, false));
-                for (pid, child) in own.chain(descendants(info.pid).into_iter().map(|c| (c, true))) {
-                    let Ok(cwd) = fs::read_link(format!("/proc/{pid}/cwd")) else { continue };
-                    // Outside releases/ (shared/, /tmp): not a release's code.
-                    let Some(runs) = cwd.strip_prefix(&releases).ok().and_then(|r| r.components().next()) else {
+                for (pid, child) in own.chain(procs::descendants(info.pid).into_iter().map(|c| (c, true))) {
+                    let Some(hold) = procs::holds(pid, &releases, Some(&wanted), false).into_iter().next() else {
                         continue;
                     };
-                    let runs = runs.as_os_str().to_string_lossy().into_owned();
-                    if runs == wanted {
-                        continue;
-                    }
-                    let old = (info.name.clone(), pid, cwd, runs);
                     if !child || Instant::now() > deadline {
-                        return Err(self.old_release(p, id, old));
+                        return Err(self.old_release(p, id, &info.name, hold));
                     }
-                    stale = Some(old);
+                    stale = true;
                 }
             }
-            if stale.is_none() {
+            if !stale {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 
-    fn old_release(
-        &self,
-        p: &Program,
-        id: &ReleaseId,
-        (program, pid, cwd, runs): (String, u32, PathBuf, String),
-    ) -> HostError {
-        let hint = match &p.restart {
-            Restart::Signal(signal) => format!(
+    fn old_release(&self, p: &Program, id: &ReleaseId, program: &str, hold: procs::Hold) -> HostError {
+        let here = self.program_dir(p).display().to_string();
+        let hint = match (&p.restart, hold.via) {
+            (Restart::Signal(signal), procs::Via::Cwd) => format!(
                 "a process reloaded by SIG{signal} keeps the working directory it started in, and reloads \
-                 the old code from there; make it change directory on reload (gunicorn: add --chdir {} to \
-                 its command), or drop reload_signal to restart it by stop and start",
-                self.program_dir(p).display()
+                 the old code from there; make it change directory on reload (gunicorn: add --chdir {here} to \
+                 its command), or drop reload_signal to restart it by stop and start"
             ),
-            Restart::Restart => {
-                format!("it changes to {} itself; point it at {} instead", cwd.display(), self.program_dir(p).display())
+            (Restart::Signal(signal), _) => format!(
+                "a process reloaded by SIG{signal} keeps the interpreter and libraries it started with, \
+                 whatever code it re-reads; drop reload_signal to restart it by stop and start"
+            ),
+            (Restart::Restart, procs::Via::Cwd) => {
+                format!("it changes to {} itself; point it at {here} instead", hold.path.display())
             }
+            (Restart::Restart, _) => format!(
+                "a process started after the flip still names release {}: its command or configuration names \
+                 that release's directory; run it from {}/current/… instead",
+                hold.release,
+                self.root().display()
+            ),
         };
         runtime(RuntimeError::OldRelease {
-            program,
-            pid,
-            cwd: cwd.display().to_string(),
-            runs,
+            program: program.to_owned(),
+            pid: hold.pid,
+            what: hold.via.to_string(),
+            path: hold.path.display().to_string(),
+            runs: hold.release,
             wanted: id.to_string(),
             hint,
         })
+    }
+
+    /// Who listens on TCP `port` on this host, each process with the
+    /// program process it belongs to (itself or an ancestor), if any: a
+    /// health gate's answer counts only when it came from the programs.
+    pub fn listeners(&self, port: u16) -> Result<Vec<PortHolder>, HostError> {
+        let found = procs::listeners(port);
+        if found.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut owner: BTreeMap<u32, String> = BTreeMap::new();
+        let supervisor = self.supervisor();
+        if !self.programs()?.is_empty() && supervisor.is_running() {
+            for info in supervisor.processes().map_err(runtime)?.into_iter().filter(|i| i.pid != 0) {
+                for pid in std::iter::once(info.pid).chain(procs::descendants(info.pid)) {
+                    owner.insert(pid, info.name.clone());
+                }
+            }
+        }
+        let releases = fs::canonicalize(self.releases_dir()).ok();
+        let mut holders = Vec::new();
+        for listener in found {
+            if listener.pids.is_empty() {
+                holders.push(PortHolder { address: listener.address, pid: None, ..PortHolder::default() });
+                continue;
+            }
+            for pid in listener.pids {
+                let release = releases
+                    .as_deref()
+                    .and_then(|r| procs::holds(pid, r, None, false).into_iter().next())
+                    .map(|h| h.release);
+                holders.push(PortHolder {
+                    address: listener.address.clone(),
+                    pid: Some(pid),
+                    command: procs::command(pid),
+                    process: owner.get(&pid).cloned(),
+                    release,
+                });
+            }
+        }
+        Ok(holders)
     }
 
     /// Each program's processes, for `status`; empty without programs or
@@ -613,6 +670,19 @@ fn env_value(v: &str) -> String {
     } else {
         format!("\"{v}\"")
     }
+}
+
+/// A process listening on a port (see [`Host::listeners`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortHolder {
+    pub address: String,
+    /// `None`: a process this user cannot see (another user's).
+    pub pid: Option<u32>,
+    pub command: String,
+    /// The program's process (`web`, `web:web_00`) it is or descends from.
+    pub process: Option<String>,
+    /// The release it runs from, if it runs from one.
+    pub release: Option<String>,
 }
 
 /// What a hook did.
@@ -734,36 +804,23 @@ fn group(supervisor: &Supervisor, name: &str) -> Result<Vec<ProcessInfo>, HostEr
     Ok(supervisor.processes().map_err(runtime)?.into_iter().filter(|i| i.group == name).collect())
 }
 
-/// Every descendant of `pid`, from /proc.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    if let Ok(entries) = fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(p) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-            let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
-            // pid (comm) state ppid …; comm may hold spaces and parens.
-            let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else { continue };
-            if let Some(ppid) = after.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()) {
-                children.entry(ppid).or_default().push(p);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        for c in children.get(&p).into_iter().flatten() {
-            out.push(*c);
-            todo.push(*c);
-        }
-    }
-    out
-}
-
-/// Writes `bytes` to `path` (atomically) unless it holds them already.
-fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool, HostError> {
+/// Writes `bytes` to `path` (atomically, with permission bits `mode`)
+/// unless it holds them already; a file that does but has other bits (one
+/// an older ferry wrote 0644) gets `mode`.
+fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<bool, HostError> {
+    use std::os::unix::fs::PermissionsExt;
     if fs::read(path).is_ok_and(|old| old == bytes) {
+        let meta = fs::metadata(path).map_err(HostError::Fs)?;
+        if meta.permissions().mode() & 0o7777 != mode {
+            fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(HostError::Fs)?;
+        }
         return Ok(false);
     }
-    ferry_formats::atomic::write_atomic(path, |f| std::io::Write::write_all(f, bytes)).map_err(HostError::Fs)?;
+    ferry_formats::atomic::write_atomic_mode(path, mode, |f| std::io::Write::write_all(f, bytes))
+        .map_err(HostError::Fs)?;
     Ok(true)
 }
+
+/// Files that hold the programs' environment (secrets, often): the deploy
+/// user's alone.
+const PRIVATE: u32 = 0o600;

@@ -15,6 +15,8 @@
 //! | `{"op":"setup","service":…,"programs":[…]}` | | what it did, a line each |
 //! | `{"op":"hook","id":…,"name":…,"command":…,"timeout_secs":N}` | | [`HookRun`](super::runtime::HookRun) |
 //! | `{"op":"logs","program":…,"offsets":{…},"bytes":N}` | | [`LogChunk`](super::runtime::LogChunk)s |
+//! | `{"op":"restart","id":…}` | | what it did, a line each (`id` must be current) |
+//! | `{"op":"listeners","port":N}` | | [`PortHolder`](super::runtime::PortHolder)s |
 //! | `{"op":"prune","keep":N}` | | [`Pruned`](super::Pruned) |
 //! | `{"op":"signature"}` | | `{"len":N}`, then N bytes of signature |
 //! | `{"op":"journal"}` | | every journal record, oldest first |
@@ -66,6 +68,12 @@ pub enum Request {
         #[serde(default)]
         offsets: std::collections::BTreeMap<String, i64>,
         bytes: i32,
+    },
+    Restart {
+        id: ReleaseId,
+    },
+    Listeners {
+        port: u16,
     },
     Prune {
         keep: usize,
@@ -158,6 +166,8 @@ fn answer(
             locked().and_then(|_| host.run_hook(&id, &name, &command, std::time::Duration::from_secs(timeout_secs))),
         ),
         Request::Logs { program, offsets, bytes } => Reply::of(host.logs(program.as_deref(), &offsets, bytes)),
+        Request::Restart { id } => Reply::of(locked().and_then(|lock| host.restart(lock, &id))),
+        Request::Listeners { port } => Reply::of(host.listeners(port)),
         Request::Prune { keep } => Reply::of(locked().and_then(|lock| host.prune(lock, keep))),
         Request::Journal => Reply::of(host.journal()),
         Request::Signature => match locked().and_then(|lock| host.signature(lock)) {

@@ -710,6 +710,21 @@ impl Host {
                 ),
             });
         }
+        let releases = fs::canonicalize(self.releases_dir()).map_err(HostError::Fs)?;
+        if let Some(hold) = super::procs::users(&releases).remove(&id.to_string()) {
+            return Err(HostError::Broken {
+                id: *id,
+                root: self.root.clone(),
+                reason: format!(
+                    "it was staged with other options and must be staged anew, but pid {} ({}) still uses it \
+                     ({} {}); stop that process, or let the release go with a later push",
+                    hold.pid,
+                    super::procs::command(hold.pid),
+                    hold.via,
+                    hold.path.display()
+                ),
+            });
+        }
         let dir = self.release_dir(id);
         let doomed = self.releases_dir().join(format!(".pruning-{id}"));
         fs::rename(&dir, &doomed).map_err(HostError::Fs)?;

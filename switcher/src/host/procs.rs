@@ -1,0 +1,302 @@
+//! What a host's processes run from, read from `/proc`: the check after a
+//! restart (nothing a program runs from may be in another release), prune
+//! (no release a process still uses is removed) and the health gate (the
+//! process that answers on the gate's port is one of the program's).
+//!
+//! | source | what it gives |
+//! |---|---|
+//! | `/proc/<pid>/cwd` | the working directory (resolved when it was entered) |
+//! | `/proc/<pid>/exe` | the executable (resolved when it was exec'd) |
+//! | `/proc/<pid>/cmdline` | arguments that are absolute paths (an interpreter's script, `--chdir` and the like) |
+//! | `/proc/<pid>/maps` | files mapped into memory: shared libraries, extension modules |
+//! | `/proc/<pid>/fd/*` | open files, and sockets as `socket:[inode]` |
+//! | `/proc/net/tcp`, `/proc/net/tcp6` | listening sockets by port, with their inode |
+//!
+//! A path the kernel resolved under `current` before a flip names the old
+//! release, so every path is matched against `releases/<id>/` as it is.
+//! Processes of other users are skipped where `/proc` does not let this
+//! one read them; nothing here needs more than the deploy user's rights.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use fs_err as fs;
+use serde::{Deserialize, Serialize};
+
+/// How a process holds a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    Cwd,
+    Exe,
+    Cmdline,
+    Mapped,
+    Open,
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Via::Cwd => "working directory",
+            Via::Exe => "executable",
+            Via::Cmdline => "command line",
+            Via::Mapped => "mapped file",
+            Via::Open => "open file",
+        })
+    }
+}
+
+/// One process holding one path in a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub pid: u32,
+    pub via: Via,
+    pub path: PathBuf,
+    /// The release's directory name under `releases/`.
+    pub release: String,
+}
+
+/// Every pid this process can see.
+pub fn pids() -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries.flatten().filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok())).collect()
+}
+
+/// Every descendant of `pid` (gunicorn's workers, a shell's children).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for p in pids() {
+        if let Some(ppid) = parent(p) {
+            children.entry(ppid).or_default().push(p);
+        }
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for c in children.get(&p).into_iter().flatten() {
+            out.push(*c);
+            todo.push(*c);
+        }
+    }
+    out
+}
+
+fn parent(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid …; comm may hold spaces and parens.
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `pid`'s command line, its arguments joined by spaces (empty when gone).
+pub fn command(pid: u32) -> String {
+    args(pid).join(" ")
+}
+
+fn args(pid: u32) -> Vec<String> {
+    let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else { return Vec::new() };
+    raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+}
+
+/// A link read from `/proc`, without the " (deleted)" the kernel adds for
+/// a path removed since (a release removed by hand under a process).
+fn link(path: &str) -> Option<PathBuf> {
+    let target = fs::read_link(path).ok()?;
+    let text = target.to_string_lossy();
+    Some(PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(&text)))
+}
+
+/// The paths `pid` runs from: its working directory, executable, the
+/// absolute paths in its command line (also after `=`), its mapped files
+/// and, with `open`, its open files.
+pub fn paths_of(pid: u32, open: bool) -> Vec<(Via, PathBuf)> {
+    let mut out = Vec::new();
+    for (via, what) in [(Via::Cwd, "cwd"), (Via::Exe, "exe")] {
+        if let Some(path) = link(&format!("/proc/{pid}/{what}")) {
+            out.push((via, path));
+        }
+    }
+    for arg in args(pid) {
+        let value = arg.split_once('=').map_or(arg.as_str(), |(_, v)| v);
+        for candidate in [arg.as_str(), value] {
+            if candidate.starts_with('/') {
+                out.push((Via::Cmdline, PathBuf::from(candidate)));
+                break;
+            }
+        }
+    }
+    if let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) {
+        let mut seen = BTreeSet::new();
+        for line in maps.lines() {
+            // address perms offset dev inode path (the path may hold spaces).
+            let Some(path) = line.splitn(6, char::is_whitespace).nth(5).map(str::trim_start) else { continue };
+            let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+            if path.starts_with('/') && seen.insert(path.to_owned()) {
+                out.push((Via::Mapped, PathBuf::from(path)));
+            }
+        }
+    }
+    if open {
+        if let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) {
+            for fd in fds.flatten() {
+                if let Some(path) = link(&fd.path().to_string_lossy()) {
+                    if path.is_absolute() {
+                        out.push((Via::Open, path));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The release directory name `path` lies in, under the canonical
+/// `releases` directory.
+pub fn release_of(path: &Path, releases: &Path) -> Option<String> {
+    let first = path.strip_prefix(releases).ok()?.components().next()?;
+    Some(first.as_os_str().to_string_lossy().into_owned())
+}
+
+/// What `pid` holds in releases other than `wanted` (every release when
+/// `wanted` is `None`).
+pub fn holds(pid: u32, releases: &Path, wanted: Option<&str>, open: bool) -> Vec<Hold> {
+    paths_of(pid, open)
+        .into_iter()
+        .filter_map(|(via, path)| {
+            let release = release_of(&path, releases)?;
+            (Some(release.as_str()) != wanted).then_some(Hold { pid, via, path, release })
+        })
+        .collect()
+}
+
+/// For each release under `releases`, the first process found holding it
+/// (working directory, executable, command line, mapped or open file).
+pub fn users(releases: &Path) -> BTreeMap<String, Hold> {
+    let own = std::process::id();
+    let mut found = BTreeMap::new();
+    for pid in pids().into_iter().filter(|p| *p != own) {
+        for hold in holds(pid, releases, None, true) {
+            found.entry(hold.release.clone()).or_insert(hold);
+        }
+    }
+    found
+}
+
+/// A socket listening on a port, and the processes that hold it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listener {
+    /// The address as the kernel has it (`0.0.0.0`, `::`, `127.0.0.1`…).
+    pub address: String,
+    /// The processes that have it open (a pre-forking server's master and
+    /// its workers all do); empty when they are another user's, which this
+    /// process cannot see.
+    pub pids: Vec<u32>,
+}
+
+/// The TCP sockets listening on `port` in this network namespace.
+pub fn listeners(port: u16) -> Vec<Listener> {
+    let mut sockets: Vec<(String, u64)> = Vec::new();
+    for (table, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let Ok(text) = fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let (Some(local), Some(state), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9)) else {
+                continue;
+            };
+            let Some((addr, p)) = local.split_once(':') else { continue };
+            if *state != "0A" || u16::from_str_radix(p, 16).ok() != Some(port) {
+                continue;
+            }
+            if let Ok(inode) = inode.parse::<u64>() {
+                sockets.push((address(addr, v6), inode));
+            }
+        }
+    }
+    if sockets.is_empty() {
+        return Vec::new();
+    }
+    let mut holders: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    for pid in pids() {
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for fd in fds.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else { continue };
+            let target = target.to_string_lossy();
+            let Some(inode) = target.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) else { continue };
+            if let Some((_, inode)) = inode.parse::<u64>().ok().and_then(|i| sockets.iter().find(|(_, s)| *s == i)) {
+                let pids = holders.entry(*inode).or_default();
+                if !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+            }
+        }
+    }
+    sockets
+        .into_iter()
+        .map(|(address, inode)| Listener { address, pids: holders.remove(&inode).unwrap_or_default() })
+        .collect()
+}
+
+/// `/proc/net/tcp`'s hex address (little-endian words) as text.
+fn address(hex: &str, v6: bool) -> String {
+    let bytes: Vec<u8> =
+        (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect();
+    // Each 32-bit word is in host order (little-endian here).
+    let mut ordered = Vec::with_capacity(bytes.len());
+    for word in bytes.chunks(4) {
+        ordered.extend(word.iter().rev());
+    }
+    if v6 {
+        let octets: [u8; 16] = ordered.try_into().unwrap_or([0; 16]);
+        std::net::Ipv6Addr::from(octets).to_string()
+    } else {
+        let octets: [u8; 4] = ordered.try_into().unwrap_or([0; 4]);
+        std::net::Ipv4Addr::from(octets).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_addresses_read_as_text() {
+        assert_eq!(address("0100007F", false), "127.0.0.1");
+        assert_eq!(address("00000000", false), "0.0.0.0");
+        assert_eq!(address("00000000000000000000000001000000", true), "::1");
+    }
+
+    #[test]
+    fn a_listening_socket_of_this_process_is_found_with_its_pid() {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let found = listeners(port);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].address, "127.0.0.1");
+        assert_eq!(found[0].pids, [std::process::id()]);
+        drop(socket);
+        assert!(listeners(port).is_empty());
+    }
+
+    #[test]
+    fn a_path_is_placed_in_its_release_or_none() {
+        let releases = Path::new("/srv/app/releases");
+        assert_eq!(release_of(Path::new("/srv/app/releases/abc/venv/bin/python"), releases).as_deref(), Some("abc"));
+        assert_eq!(release_of(Path::new("/srv/app/current/app"), releases), None);
+        assert_eq!(release_of(Path::new("/usr/bin/python3"), releases), None);
+    }
+
+    #[test]
+    fn a_process_working_in_a_directory_holds_it_and_says_how() {
+        let dir = tempfile::tempdir().unwrap();
+        let releases = dir.path().canonicalize().unwrap();
+        let release = releases.join("r1");
+        fs::create_dir_all(&release).unwrap();
+        let mut child = std::process::Command::new("sleep").arg("30").current_dir(&release).spawn().unwrap();
+        let found = holds(child.id(), &releases, None, true);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.iter().any(|h| h.via == Via::Cwd && h.release == "r1"), "{found:?}");
+        assert!(holds(std::process::id(), &releases, Some("r1"), false).is_empty());
+    }
+}

@@ -1,0 +1,189 @@
+//! What ferry reports as running is what runs: each test reproduces one
+//! way a push said `ok` (or said nothing) while the host ran something
+//! else, on real test hosts with a real sshd, supervisord and gunicorn.
+
+use fs_err as fs;
+use serde_json::Value;
+
+use crate::kit::Project;
+use crate::runtime::{build, current, get, project, row, serves};
+use crate::testhosts::TestHosts;
+
+/// Replaces `[programs.web]`'s command line in the project's ferry.toml.
+fn set_command(p: &Project, command: &str) {
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    let line = toml.lines().find(|l| l.starts_with("command = ")).unwrap().to_owned();
+    p.write("ferry.toml", toml.replace(&line, &format!("command = {command:?}")));
+}
+
+/// The journal's records of `ferry history --json`.
+fn history(p: &Project) -> Vec<Value> {
+    let out = p.ferry(["history", "prod", "--json"]).ok().stdout;
+    out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn ssh_ok(hosts: &TestHosts, i: usize, command: &str) -> String {
+    let out = hosts.ssh(i, command);
+    assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_first_deploy_whose_command_cannot_be_found_is_journalled_failed_with_supervisords_words() {
+    let hosts = TestHosts::start(1);
+    let p = project(&hosts, "");
+    // Relative to the release, as a venv's scripts are: not there.
+    set_command(&p, "venv/bin/no-such-server --workers 2 hello:application");
+    let v1 = build(&p, "v1");
+    let r = p.ferry(["push", "prod", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let host = row(&r.json(), hosts.hosts[0].addr);
+    let error = host["error"].as_str().unwrap();
+    // supervisord's own words, with the command resolved against the release.
+    assert!(error.contains("can't find command '/srv/hello/current/venv/bin/no-such-server'"), "{error}");
+    assert!(!error.contains("its last output:\n;"), "an empty last output is not shown as one: {error}");
+    assert!(error.contains("there is no earlier release to go back to"), "{error}");
+    // Nothing poses as deployed: no `current`, and the journal says failed.
+    assert!(fs::symlink_metadata(hosts.hosts[0].srv.join("hello/current")).is_err(), "current is still there");
+    let deploys: Vec<Value> = history(&p).into_iter().filter(|r| r["action"] == "deploy").collect();
+    assert_eq!(deploys.len(), 1, "{deploys:?}");
+    assert_eq!(deploys[0]["to"], v1.as_str());
+    assert_eq!(deploys[0]["result"], "failed", "{deploys:?}");
+    assert!(deploys[0]["reason"].as_str().unwrap().contains("can't find command"), "{deploys:?}");
+    let text = p.ferry(["history", "prod"]).ok().stdout;
+    assert!(!text.lines().any(|l| l.contains("deploy") && l.contains(" ok")), "{text}");
+
+    // The fixed release goes out as a first deploy again.
+    set_command(&p, "/usr/bin/gunicorn --workers 2 hello:application");
+    build(&p, "v1b");
+    p.ferry(["push", "prod"]).ok();
+    serves(&hosts, "v1b");
+}
+
+#[test]
+fn programs_down_before_a_push_are_reported_before_anything_flips_and_the_push_goes_on() {
+    let hosts = TestHosts::start(2);
+    let p = project(&hosts, "");
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write(
+        "ferry.toml",
+        toml.replace("environment = { PORT = \"8000\" }", "environment = { PORT = \"8000\", SECRET = \"hunter2\" }"),
+    );
+    build(&p, "v1");
+    p.ferry(["push", "prod"]).ok();
+    // Secrets in the environment are the deploy user's alone.
+    for h in &hosts.hosts {
+        for file in ["supervisord.conf", "programs.json"] {
+            let path = h.srv.join("hello/.ferry").join(file);
+            assert!(fs::read_to_string(&path).unwrap().contains("hunter2"), "{}", path.display());
+            let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&path).unwrap().permissions());
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        }
+    }
+    ssh_ok(&hosts, 1, "supervisorctl -c /srv/hello/.ferry/supervisord.conf stop web");
+    build(&p, "v2");
+    let r = p.ferry(["push", "prod", "--json"]);
+    assert_eq!(r.code, 0, "a fix for a service that is down must be deployable: {}", r.stderr);
+    let report = r.json();
+    let second = row(&report, hosts.hosts[1].addr);
+    let down = second["down_before"].as_array().unwrap();
+    assert_eq!(down.len(), 1, "{second}");
+    assert_eq!((down[0]["process"].as_str(), down[0]["state"].as_str()), (Some("web"), Some("STOPPED")));
+    assert!(second["warning"].as_str().unwrap().contains("was down before the push: web STOPPED"), "{second}");
+    assert!(row(&report, hosts.hosts[0].addr)["down_before"].is_null(), "{report}");
+    serves(&hosts, "v2");
+    // On a terminal-less run the host's line says so too, before the flips.
+    ssh_ok(&hosts, 0, "supervisorctl -c /srv/hello/.ferry/supervisord.conf stop web");
+    build(&p, "v3");
+    let r = p.ferry(["push", "prod"]).ok();
+    let said = r.stderr.find("was down before the push").expect("said");
+    let flipped = r.stderr.find("activated").expect("flipped");
+    assert!(said < flipped, "{}", r.stderr);
+}
+
+#[test]
+fn a_gate_answered_by_another_process_on_the_port_fails_and_names_it() {
+    let hosts = TestHosts::start(2);
+    let p = project(&hosts, "");
+    let v1 = build(&p, "v1");
+    p.ferry(["push", "prod"]).ok();
+    // On host 2, an impostor takes port 8000 once the app is stopped and
+    // answers 200 to everything: the new gunicorn keeps retrying its bind
+    // (RUNNING, to supervisord), and the gate's 200 comes from the impostor.
+    let impostor = "import http.server as h\n\
+        class H(h.BaseHTTPRequestHandler):\n    \
+            def do_GET(self):\n        \
+                self.send_response(200); self.end_headers(); self.wfile.write(b'impostor')\n\
+        h.HTTPServer(('0.0.0.0', 8000), H).serve_forever()\n";
+    fs::write(hosts.hosts[1].srv.join("impostor.py"), impostor).unwrap();
+    ssh_ok(
+        &hosts,
+        1,
+        "supervisorctl -c /srv/hello/.ferry/supervisord.conf stop web >/dev/null && \
+         (nohup python3 /srv/impostor.py >/dev/null 2>&1 &) && sleep 1",
+    );
+    assert_eq!(get(hosts.hosts[1].addr, "/health").1, "impostor");
+    build(&p, "v2");
+    let r = p.ferry(["push", "prod", "--json"]);
+    assert_eq!(r.code, 1, "a 200 from another process is not the new release's: {}", r.stderr);
+    let report = r.json();
+    let second = row(&report, hosts.hosts[1].addr);
+    let error = second["error"].as_str().unwrap();
+    assert!(error.contains("port 8000 is held by pid "), "{error}");
+    assert!(error.contains("python3 /srv/impostor.py"), "names what answered: {error}");
+    assert!(error.contains("which is not one of the programs' processes"), "{error}");
+    // Flipped back, but the impostor still answers: not a clean revert.
+    assert_eq!(second["result"], "failed", "{second}");
+    assert_eq!(row(&report, hosts.hosts[0].addr)["result"], "reverted", "{report}");
+    assert_eq!((current(&hosts, 0), current(&hosts, 1)), (v1.clone(), v1));
+}
+
+#[test]
+fn prune_keeps_a_release_a_process_still_uses_and_failed_releases_never_push_a_good_one_out() {
+    let hosts = TestHosts::start(1);
+    let p = project(&hosts, "");
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write("ferry.toml", toml.replace("keep_releases = 3", "keep_releases = 2"));
+    let v1 = build(&p, "v1");
+    p.ferry(["push", "prod"]).ok();
+    // Something outside the programs works in v1 (a cron job, a shell).
+    let holder = ssh_ok(
+        &hosts,
+        0,
+        &format!("cd /srv/hello/releases/{v1}/app && {{ nohup sleep 600 >/dev/null 2>&1 & echo $!; }}"),
+    );
+    let holder = holder.trim().to_owned();
+    let v2 = build(&p, "v2");
+    p.ferry(["push", "prod"]).ok();
+    let v3 = build(&p, "v3");
+    let r = p.ferry(["push", "prod", "--json"]).ok();
+    let host = row(&r.json(), hosts.hosts[0].addr);
+    let warning = host["warning"].as_str().unwrap_or_default();
+    assert!(warning.contains(&format!("kept release {}: pid {holder} ", &v1[..12])), "{host}");
+    assert!(warning.contains(&format!("(working directory /srv/hello/releases/{v1}/app)")), "{host}");
+    let releases = |hosts: &TestHosts| -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(hosts.hosts[0].srv.join("hello/releases"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(releases(&hosts).contains(&v1), "v1 is in use: {:?}", releases(&hosts));
+    ssh_ok(&hosts, 0, &format!("kill {holder}"));
+
+    // A failed v4 (reverted by its gate) does not count toward keeping 3:
+    // v5, v3 and v2 stay.
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write("ferry.toml", toml.replace("keep_releases = 2", "keep_releases = 3"));
+    p.write("app/BAD", "");
+    let v4 = build(&p, "v4");
+    assert_eq!(p.ferry(["push", "prod"]).code, 1);
+    fs::remove_file(p.path("app/BAD")).unwrap();
+    let v5 = build(&p, "v5");
+    p.ferry(["push", "prod"]).ok();
+    let kept = releases(&hosts);
+    assert!(!kept.contains(&v4), "the failed release is pruned: {kept:?}");
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert!(kept.contains(&v5) && kept.contains(&v3) && kept.contains(&v2), "{kept:?}");
+}
