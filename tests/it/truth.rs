@@ -116,11 +116,14 @@ fn a_gate_answered_by_another_process_on_the_port_fails_and_names_it() {
                 self.send_response(200); self.end_headers(); self.wfile.write(b'impostor')\n\
         h.HTTPServer(('0.0.0.0', 8000), H).serve_forever()\n";
     fs::write(hosts.hosts[1].srv.join("impostor.py"), impostor).unwrap();
+    // It works in v1's directory, as a worker orphaned by an old master would.
     ssh_ok(
         &hosts,
         1,
-        "supervisorctl -c /srv/hello/.ferry/supervisord.conf stop web >/dev/null && \
-         (nohup python3 /srv/impostor.py >/dev/null 2>&1 &) && sleep 1",
+        &format!(
+            "supervisorctl -c /srv/hello/.ferry/supervisord.conf stop web >/dev/null && \
+         cd /srv/hello/releases/{v1}/app && (nohup python3 /srv/impostor.py >/dev/null 2>&1 &) && sleep 1"
+        ),
     );
     assert_eq!(get(hosts.hosts[1].addr, "/health").1, "impostor");
     build(&p, "v2");
@@ -130,7 +133,7 @@ fn a_gate_answered_by_another_process_on_the_port_fails_and_names_it() {
     let second = row(&report, hosts.hosts[1].addr);
     let error = second["error"].as_str().unwrap();
     assert!(error.contains("port 8000 is held by pid "), "{error}");
-    assert!(error.contains("python3 /srv/impostor.py"), "names what answered: {error}");
+    assert!(error.contains(&format!("python3 /srv/impostor.py, running release {v1}")), "names what answered: {error}");
     assert!(error.contains("which is not one of the programs' processes"), "{error}");
     // Flipped back, but the impostor still answers: not a clean revert.
     assert_eq!(second["result"], "failed", "{second}");
@@ -186,4 +189,81 @@ fn prune_keeps_a_release_a_process_still_uses_and_failed_releases_never_push_a_g
     assert!(!kept.contains(&v4), "the failed release is pruned: {kept:?}");
     assert_eq!(kept.len(), 3, "{kept:?}");
     assert!(kept.contains(&v5) && kept.contains(&v3) && kept.contains(&v2), "{kept:?}");
+}
+
+#[test]
+fn a_push_of_the_release_every_host_runs_says_already_current_and_changes_nothing() {
+    let hosts = TestHosts::start(2);
+    let p = project(&hosts, "[hooks]\nafter_flip = \"echo flipped\"\n");
+    build(&p, "v1");
+    p.ferry(["push", "prod"]).ok();
+    let pids = |p: &Project| -> Vec<u64> {
+        let status = p.ferry(["status", "prod", "--json"]).ok().json();
+        status["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["status"]["programs"][0]["pid"].as_u64().unwrap())
+            .collect()
+    };
+    let before = pids(&p);
+    let r = p.ferry(["push", "prod", "--json"]).ok();
+    let report = r.json();
+    for h in &hosts.hosts {
+        let line = row(&report, h.addr);
+        assert_eq!((line["step"].as_str(), line["result"].as_str()), (Some("current"), Some("ok")), "{line}");
+        assert!(line["hooks"].is_null(), "no hook runs for a host left alone: {line}");
+    }
+    assert_eq!(pids(&p), before, "nothing restarted");
+    let r = p.ferry(["push", "prod"]).ok();
+    assert!(r.stderr.contains("already current"), "{}", r.stderr);
+    serves(&hosts, "v1");
+}
+
+#[test]
+fn a_program_that_ignores_sigterm_is_killed_after_stopwaitsecs_and_the_push_says_so_with_its_pid() {
+    let hosts = TestHosts::start(1);
+    let p = crate::runtime::project_with(&hosts, "", "");
+    set_command(&p, "/bin/sh -c \"trap '' TERM; while true; do sleep 1; done\"");
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write("ferry.toml", toml.replace("stopwaitsecs = 5", "stopwaitsecs = 1"));
+    build(&p, "v1");
+    p.ferry(["push", "prod"]).ok();
+    let status = p.ferry(["status", "prod", "--json"]).ok().json();
+    let pid = status["hosts"][0]["status"]["programs"][0]["pid"].as_u64().unwrap();
+    let v2 = build(&p, "v2");
+    let report = p.ferry(["push", "prod", "--json"]).ok().json();
+    let host = row(&report, hosts.hosts[0].addr);
+    let warning = host["warning"].as_str().unwrap_or_default();
+    assert!(
+        warning.contains(&format!(
+            "program web (pid {pid}) did not stop on SIGTERM within stopwaitsecs (1 s) and was killed"
+        )),
+        "{host}"
+    );
+    assert!(warning.contains("make it exit on SIGTERM"), "{host}");
+    assert_eq!(current(&hosts, 0), v2);
+}
+
+#[test]
+fn a_current_release_removed_by_hand_under_its_running_programs_is_replaced_by_the_next_push() {
+    let hosts = TestHosts::start(1);
+    let p = project(&hosts, "");
+    build(&p, "v1");
+    p.ferry(["push", "prod"]).ok();
+    let v2 = build(&p, "v2");
+    p.ferry(["push", "prod"]).ok();
+    ssh_ok(&hosts, 0, &format!("rm -rf /srv/hello/releases/{v2}"));
+    let v3 = build(&p, "v3");
+    let r = p.ferry(["push", "prod", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let host = row(&r.json(), hosts.hosts[0].addr);
+    assert_eq!(host["shipped"], "bundle", "the delta's base is gone: {host}");
+    let warning = host["warning"].as_str().unwrap_or_default();
+    assert!(
+        warning.contains(&format!("its current release {} is not on disk (removed by hand?)", &v2[..12])),
+        "{host}"
+    );
+    assert_eq!(current(&hosts, 0), v3);
+    serves(&hosts, "v3");
 }

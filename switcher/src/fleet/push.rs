@@ -261,25 +261,33 @@ pub fn push(
         slot.report.step = "status".into();
         slot.report.to = Some(*release);
         let session = slot.session.as_mut().expect("connected");
-        match session.status() {
-            Ok(status) => {
-                slot.report.from = status.current;
-                if status.releases.iter().any(|r| r.id == *release) {
-                    slot.report.shipped = "none".into();
-                }
-                // Look before leaping: programs already down are the
-                // host's news before anything flips, not after.
-                let down = down(session.as_mut(), &status.programs);
-                if !down.is_empty() {
-                    let said: Vec<String> =
-                        down.iter().map(|d| format!("{} {} ({})", d.process, d.state, d.description)).collect();
-                    let said = format!("was down before the push: {}", said.join(", "));
-                    observer.event(&slot.spec.name, "programs", &said);
-                    slot.warn(said);
-                    slot.report.down_before = down;
-                }
-            }
-            Err(e) => slot.fail("status", &e),
+        let status = match session.status() {
+            Ok(status) => status,
+            Err(e) => return slot.fail("status", &e),
+        };
+        // Look before leaping: programs already down are the host's news
+        // before anything flips, not after.
+        let down = down(session.as_mut(), &status.programs);
+        slot.report.from = status.current;
+        if status.releases.iter().any(|r| r.id == *release) {
+            slot.report.shipped = "none".into();
+        }
+        if let Some(gone) = status.current.filter(|c| !status.releases.iter().any(|r| r.id == *c)) {
+            let said = format!(
+                "its current release {} is not on disk (removed by hand?): it gets the whole bundle, and cannot \
+                 go back to {0} if the push fails",
+                gone.short(12)
+            );
+            observer.event(&slot.spec.name, "status", &said);
+            slot.warn(said);
+        }
+        if !down.is_empty() {
+            let said: Vec<String> =
+                down.iter().map(|d| format!("{} {} ({})", d.process, d.state, d.description)).collect();
+            let said = format!("was down before the push: {}", said.join(", "));
+            observer.event(&slot.spec.name, "programs", &said);
+            slot.warn(said);
+            slot.report.down_before = down;
         }
     });
     phases.done("connect");
