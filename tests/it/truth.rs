@@ -242,6 +242,8 @@ fn a_program_that_ignores_sigterm_is_killed_after_stopwaitsecs_and_the_push_says
         "{host}"
     );
     assert!(warning.contains("make it exit on SIGTERM"), "{host}");
+    // Without a gate that asks the program, ferry says what it did not know.
+    assert!(report["notes"][0].as_str().unwrap().starts_with("no http or errors gate: "), "{report}");
     assert_eq!(current(&hosts, 0), v2);
 }
 

@@ -86,6 +86,9 @@ pub struct Report {
     /// The health gate that failed, and its evidence.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gate: Option<String>,
+    /// What ferry could not check, said once for the whole push.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Wall time per phase of a push.
@@ -240,6 +243,7 @@ fn finish(
         seconds: start.elapsed().as_secs_f64(),
         phases: BTreeMap::new(),
         gate: None,
+        notes: Vec::new(),
     }
 }
 
@@ -487,7 +491,16 @@ pub fn push(
         });
     });
     phases.done("cleanup");
-    finish(stage, Some(*release), slots, names, start).with(phases)
+    let mut report = finish(stage, Some(*release), slots, names, start).with(phases);
+    let answers = rt.gates.iter().any(|g| matches!(g, Gate::Http(_) | Gate::Errors { .. }));
+    if !rt.programs.is_empty() && !answers {
+        report.notes.push(
+            "no http or errors gate: ferry checked that the programs run the new release, not that they answer; \
+             add [stages.<stage>.health.http] to know"
+                .into(),
+        );
+    }
+    report
 }
 
 /// One host's flip: its before-flip hook, the flip (with the programs'
