@@ -295,6 +295,29 @@ fn rollback_restores_code_and_config_and_goes_back_one_deploy_at_a_time() {
 // 3. Prune
 
 #[test]
+fn a_release_rolled_back_from_does_not_count_toward_keep_and_goes_at_the_next_prune() {
+    let p = sample_project();
+    let ids: Vec<String> = (1..=4).map(|n| build(&p, &format!("r{n}"))).collect();
+    let h = tempdir();
+    let dir = h.path();
+    for id in &ids[..3] {
+        host(dir, &["stage", s(&bundle(&p, id))]).ok();
+        host(dir, &["activate", id]).ok();
+    }
+    // r3 was bad: back to r2. Then r4 goes out.
+    host(dir, &["rollback"]).ok();
+    host(dir, &["stage", s(&bundle(&p, &ids[3]))]).ok();
+    host(dir, &["activate", &ids[3]]).ok();
+    let pruned = host(dir, &["prune", "--keep", "3", "--json"]).ok().json();
+    // Newest first, r3 is second only to r4; but it failed, so the three
+    // kept are the good ones: r4, r2 and r1.
+    assert_eq!(pruned["removed"], serde_json::json!([ids[2]]), "{pruned}");
+    let mut kept = vec![ids[0].clone(), ids[1].clone(), ids[3].clone()];
+    kept.sort();
+    assert_eq!(release_names(dir), kept);
+}
+
+#[test]
 fn prune_keeps_current_previous_and_pinned_releases() {
     let p = sample_project();
     let ids: Vec<String> = (1..=5).map(|n| build(&p, &format!("r{n}"))).collect();
