@@ -110,3 +110,30 @@ fn a_venv_copied_elsewhere_with_other_owners_builds_the_same_bytes() {
     assert!(one["pycs_normalized"].as_u64().unwrap() >= 2);
     sh(&format!("cmp {} {}", one["path"].as_str().unwrap(), two["path"].as_str().unwrap()));
 }
+
+/// As docs/ferry-toml.md promises: every text file of the release that still
+/// names the venv's build path is among the build's unrelocated files. A
+/// venv names it in `pyvenv.cfg` too (`command = … -m venv <path>`, since
+/// CPython 3.11), which the builder rewrites to the venv's path in the release.
+#[test]
+fn every_text_file_that_names_the_build_path_is_reported() {
+    let p = project_with_venv();
+    let venv = p.path("venv");
+    let cfg = fs::read_to_string(venv.join("pyvenv.cfg")).unwrap();
+    let made = format!(" -m venv --without-pip {}\n", venv.display());
+    assert!(cfg.contains(&made), "python3 -m venv records how it was made: {cfg}");
+    let built = p.build(&[]);
+    let reported: Vec<&str> = built["unrelocated"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    let release = tempdir();
+    unpack(built["path"].as_str().unwrap(), release.path(), "");
+    // Text files only (-I): bytecode names the path too, but Python replaces
+    // it with the real source path when it loads a pyc.
+    let r = run(Command::new("grep").arg("-rlIF").arg(venv.as_os_str()).arg(release.path()));
+    assert!(r.code <= 1, "{}", r.stderr);
+    for file in r.stdout.lines() {
+        let rel = file.strip_prefix(&format!("{}/", release.path().display())).unwrap();
+        assert!(reported.contains(&rel), "{rel} names the build path and is not reported: {built}");
+    }
+    let cfg = fs::read_to_string(release.path().join("venv/pyvenv.cfg")).unwrap();
+    assert!(cfg.contains(" -m venv --without-pip venv\n"), "made again from the release's root: {cfg}");
+}
