@@ -249,10 +249,15 @@ impl Project {
         let p = Self { dir: scratch.join("example"), store: scratch.join("store") };
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/example");
         kit::sh(&format!("cp -r {} {}", fixture.display(), p.dir.display()));
-        let out = Command::new("python3").args(["-m", "venv", "--without-pip"]).arg(p.dir.join("venv")).output()?;
+        // As the quickstart makes it: Debian's interpreter, whose site has
+        // Debian's gunicorn (the program runs `venv/bin/python -m gunicorn`).
+        let out = Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--system-site-packages", "--without-pip"])
+            .arg(p.dir.join("venv"))
+            .output()?;
         ensure!(
             out.status.success(),
-            "python3 -m venv failed (scripts/bench installs python3-venv): {}",
+            "/usr/bin/python3 -m venv failed (scripts/bench installs python3-venv): {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let list: Vec<String> = hosts.hosts.iter().map(|h| format!("\"root@{}\"", h.addr)).collect();

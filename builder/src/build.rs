@@ -293,6 +293,8 @@ impl Release {
                         (_, Some(Note::Unrelocated)) => report.unrelocated.push(f.rel.to_string()),
                         (_, Some(Note::StalePyc)) => report.stale_pycs.push(f.rel.to_string()),
                         (Treatment::Pyc, None) => report.pycs_normalized += 1,
+                        // A config file, not a script.
+                        (Treatment::Venv(venv::Rewrite::PyvenvCfg), None) => {}
                         (Treatment::Venv(_), None) => report.scripts_relocated += 1,
                         (Treatment::Plain, None) => {}
                     }
@@ -460,7 +462,7 @@ impl Context {
             }
             Treatment::Plain => {
                 let unrelocated =
-                    self.venv_of(&f.rel).is_some_and(|v| !is_informational(&f.rel, &v.rel) && v.names_build_path(data));
+                    self.venv_of(&f.rel).is_some_and(|v| !is_informational(&f.rel) && v.names_build_path(data));
                 (Cow::Borrowed(data), unrelocated.then_some(Note::Unrelocated))
             }
         }
@@ -468,9 +470,10 @@ impl Context {
 }
 
 /// Venv files that name the build path but are never read by Python:
-/// `pyvenv.cfg` (its `command` line), bytecode (Python replaces `co_filename`
-/// with the real source path when it loads a pyc) and pip's `RECORD`s.
-fn is_informational(rel: &RelPath, venv: &RelPath) -> bool {
+/// bytecode (Python replaces `co_filename` with the real source path when it
+/// loads a pyc) and pip's `RECORD`s. (`pyvenv.cfg`'s `command` line is
+/// rewritten instead; see the venv module.)
+fn is_informational(rel: &RelPath) -> bool {
     let name = rel.file_name();
-    rel.parent().as_ref() == Some(venv) && name == "pyvenv.cfg" || name.ends_with(".pyc") || name == "RECORD"
+    name.ends_with(".pyc") || name == "RECORD"
 }

@@ -9,14 +9,18 @@
 //! | `bin/activate` | `VIRTUAL_ENV="/build/svc/venv"`, or unquoted (CPython ≥ 3.12.8, 3.13.1), also inside `$(cygpath …)` | the directory above the sourced script (bash, zsh) |
 //! | `bin/activate.fish` | `set -gx VIRTUAL_ENV "/build/svc/venv"` (or unquoted) | `(builtin realpath (status dirname)/..)` |
 //! | `bin/activate.csh` | `setenv VIRTUAL_ENV "/build/svc/venv"` (or unquoted) | the directory above the sourced script, from tcsh's `$_` |
+//! | `pyvenv.cfg` | `command = /usr/bin/python3 -m venv /build/svc/venv` (CPython ≥ 3.11; informational, Python never reads it) | the same command with the venv's path in the release (`… -m venv venv`): what makes it again from the release's root |
 //!
 //! Only scripts whose interpreter is the venv's `python*` or `pypy*` get the
 //! trampoline (it is Python syntax); another interpreter's script in `bin/`
 //! is left as it is and reported.
 //!
-//! `pyvenv.cfg`'s `command` line is informational (Python never reads it) and
-//! is left as it is. `bin/python*` stay symlinks to the base interpreter, which
-//! every host must have at the same path, as with any venv.
+//! `pyvenv.cfg`'s `command` line is rewritten, not left as it is, although no
+//! program reads it: the build promises that no text file of the release
+//! names the build path unreported, and reporting it would warn about every
+//! venv (and fail every `--strict` build) for a line that harms nothing.
+//! `bin/python*` stay symlinks to the base interpreter, which every host must
+//! have at the same path, as with any venv.
 //!
 //! Any other file under the venv that still holds the build path (a `.pth` of
 //! an editable install, an rpath in a shared library, …) is reported as not
@@ -34,6 +38,7 @@ pub enum Rewrite {
     ActivateSh,
     ActivateFish,
     ActivateCsh,
+    PyvenvCfg,
 }
 
 /// A venv component and the absolute paths it was built under.
@@ -47,8 +52,12 @@ pub struct Venv {
 
 impl Venv {
     /// The rewrite for the file at `rel`, if it is one of the venv's own
-    /// scripts (decided by path; the content decides whether anything changes).
+    /// scripts or its `pyvenv.cfg` (decided by path; the content decides
+    /// whether anything changes).
     pub fn rewrite_for(&self, rel: &RelPath) -> Option<Rewrite> {
+        if rel.parent().as_ref() == Some(&self.rel) && rel.file_name() == "pyvenv.cfg" {
+            return Some(Rewrite::PyvenvCfg);
+        }
         let bin = self.rel.join("bin").ok()?;
         if rel.parent().as_ref() != Some(&bin) {
             return None;
@@ -70,7 +79,7 @@ impl Venv {
     pub fn apply<'a>(&self, rewrite: Rewrite, content: &'a [u8]) -> Cow<'a, [u8]> {
         let mut out = Cow::Borrowed(content);
         for origin in &self.origins {
-            if let Some(new) = apply_one(rewrite, &out, origin) {
+            if let Some(new) = apply_one(rewrite, &out, origin, self.rel.as_str()) {
                 out = Cow::Owned(new);
             }
         }
@@ -88,12 +97,34 @@ const CSH_SELF: &str = "set _ferry_args = ($_)\n\
                         setenv VIRTUAL_ENV `cd \"$_ferry_bin/..\" && pwd`\n\
                         unset _ferry_args _ferry_bin";
 
-fn apply_one(rewrite: Rewrite, content: &[u8], origin: &str) -> Option<Vec<u8>> {
+/// `rel` is the venv's path in the release.
+fn apply_one(rewrite: Rewrite, content: &[u8], origin: &str, rel: &str) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(content).ok()?;
     let out = match rewrite {
         Rewrite::Script => return rewrite_script(content, origin),
         Rewrite::ActivateSh => replace_word(text, origin, SH_SELF)?,
         Rewrite::ActivateFish => replace_word(text, origin, FISH_SELF)?,
+        Rewrite::PyvenvCfg => {
+            // Only the `command` line: a path elsewhere in the file (a
+            // `home` inside the venv, say) would mean something, and stays
+            // to be reported.
+            let mut out = String::with_capacity(text.len());
+            let mut changed = false;
+            for line in text.split_inclusive('\n') {
+                let is_command = line.split_once('=').is_some_and(|(key, _)| key.trim() == "command");
+                match replace_word(line, origin, rel).filter(|_| is_command) {
+                    Some(new) => {
+                        out.push_str(&new);
+                        changed = true;
+                    }
+                    None => out.push_str(line),
+                }
+            }
+            if !changed {
+                return None;
+            }
+            out
+        }
         Rewrite::ActivateCsh => {
             let mut out = String::with_capacity(text.len());
             for line in text.split_inclusive('\n') {
@@ -263,6 +294,24 @@ mod tests {
         // A longer path that merely starts with the origin is another path.
         let other = b"export OTHER=/build/svc/venv2\n";
         assert!(matches!(v.apply(Rewrite::ActivateSh, other), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn pyvenv_cfg_says_how_to_make_the_venv_in_the_release() {
+        let v = venv();
+        let cfg = "home = /usr/bin\ninclude-system-site-packages = false\n\
+                   command = /usr/bin/python3 -m venv --without-pip /build/svc/venv\n";
+        let out = v.apply(Rewrite::PyvenvCfg, cfg.as_bytes());
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "home = /usr/bin\ninclude-system-site-packages = false\n\
+             command = /usr/bin/python3 -m venv --without-pip venv\n"
+        );
+        // Another key's value is not informational: left, so the build reports it.
+        let home = b"home = /build/svc/venv/bin\n";
+        assert!(matches!(v.apply(Rewrite::PyvenvCfg, home), Cow::Borrowed(_)));
+        assert_eq!(v.rewrite_for(&RelPath::new("venv/pyvenv.cfg").unwrap()), Some(Rewrite::PyvenvCfg));
+        assert_eq!(v.rewrite_for(&RelPath::new("venv/lib/pyvenv.cfg").unwrap()), None);
     }
 
     #[test]

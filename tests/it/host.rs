@@ -132,8 +132,6 @@ fn settings(p: &Project, n: u32) {
         .write("config/production/settings.json", format!("{{\"v\": {n}, \"prod\": true}}\n"));
 }
 
-/// A copy of fixtures/example (the embedded default: four local hosts) with
-/// a virtualenv, and a store of its own.
 /// Stops the supervisord (and so the programs) of every host under a local
 /// fleet's directory when dropped.
 pub(crate) struct StopSupervisors(pub PathBuf);
@@ -150,12 +148,18 @@ impl Drop for StopSupervisors {
     }
 }
 
+/// A copy of fixtures/example (the embedded default: four local hosts) with
+/// its virtualenv, and a store of its own.
 pub(crate) fn example_project() -> Project {
     let p = Project { dir: tempdir(), store: tempdir() };
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/example");
     sh(&format!("cp -r {}/. {}", fixture.display(), p.root().display()));
-    let r = run(Command::new("python3").args(["-m", "venv", "--without-pip"]).arg(p.path("venv")));
-    assert_eq!(r.code, 0, "python3 -m venv failed (scripts/test installs python3-venv): {}", r.stderr);
+    // Debian's interpreter, whose site sees Debian's gunicorn package (the
+    // program runs `venv/bin/python -m gunicorn`): offline, as the quickstart.
+    let r = run(Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--system-site-packages", "--without-pip"])
+        .arg(p.path("venv")));
+    assert_eq!(r.code, 0, "/usr/bin/python3 -m venv failed (scripts/test installs python3-venv): {}", r.stderr);
     p
 }
 
@@ -1220,6 +1224,18 @@ fn push_to_a_local_fleet_ships_a_bundle_then_a_delta_in_batches_and_rolls_back()
             (&Value::from(v2.clone()), &Value::from(v1.clone())),
             "{h}"
         );
+        // The program runs the interpreter of the release's own venv,
+        // through current (its relative command resolved by the host).
+        let name = h["host"].as_str().unwrap().rsplit('/').next().unwrap();
+        let pid = h["status"]["programs"][0]["pid"].as_u64().unwrap();
+        let cmdline = read(format!("/proc/{pid}/cmdline")).replace('\0', " ");
+        let python = host_dir(name).join("current/venv/bin/python");
+        assert_eq!(
+            cmdline.trim_end(),
+            format!("{} -m gunicorn --workers 2 hello:application", python.display()),
+            "{h}"
+        );
+        assert_eq!(fs::read_link(format!("/proc/{pid}/exe")).unwrap(), fs::canonicalize(&python).unwrap());
     }
     let report = p.ferry(["rollback", "local", "--json"]).ok().json();
     assert_eq!(report["ok"], true, "{report}");

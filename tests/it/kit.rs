@@ -189,3 +189,36 @@ pub fn sample_project() -> Project {
     std::os::unix::fs::symlink("../app/main.py", p.path("media/main-link.py")).unwrap();
     p
 }
+
+/// The gunicorn of [`pypi_gunicorn_venv`]; scripts/test downloads this
+/// version's wheel and says why it is pinned. Change both together.
+pub(crate) const PYPI_GUNICORN: &str = "27.0.1";
+
+/// Makes `dir` a real virtualenv of Debian's interpreter (`/usr/bin/python3
+/// -m venv`, with pip) and installs gunicorn [`PYPI_GUNICORN`] from PyPI's
+/// wheel into it, offline, from the wheel cache scripts/test fills: so
+/// `dir/bin/gunicorn` is pip's own console script, whose shebang names
+/// `dir/bin/python`. The cache is `$FERRY_PYPI_WHEELS`, or
+/// `target/pypi-wheels` of the workspace. A few seconds (mostly ensurepip).
+#[track_caller]
+pub(crate) fn pypi_gunicorn_venv(dir: &Path) {
+    let wheels = std::env::var_os("FERRY_PYPI_WHEELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pypi-wheels"));
+    let wheel = format!("gunicorn-{PYPI_GUNICORN}-");
+    let cached = fs::read_dir(&wheels).into_iter().flatten().flatten().any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name.starts_with(&wheel) && name.ends_with(".whl")
+    });
+    assert!(cached, "no gunicorn {PYPI_GUNICORN} wheel in {}: run scripts/test, which downloads it", wheels.display());
+    let r = run(Command::new("/usr/bin/python3").args(["-m", "venv"]).arg(dir));
+    assert_eq!(r.code, 0, "/usr/bin/python3 -m venv failed (scripts/test installs python3-venv): {}", r.stderr);
+    let r = run(Command::new(dir.join("bin/python"))
+        .args(["-m", "pip", "install", "--quiet", "--no-index", "--no-cache-dir", "--disable-pip-version-check"])
+        .arg("--find-links")
+        .arg(&wheels)
+        .arg(format!("gunicorn=={PYPI_GUNICORN}"))
+        .env("PIP_NO_INPUT", "1"));
+    assert_eq!(r.code, 0, "pip install gunicorn=={PYPI_GUNICORN} from {} failed: {}", wheels.display(), r.stderr);
+}

@@ -187,8 +187,8 @@ fn a_program_reloaded_by_hup_without_chdir_is_caught_still_running_the_old_relea
     p.write(
         "ferry.toml",
         toml.replace(
-            "command = \"/usr/bin/gunicorn --workers 2 hello:application\"",
-            "command = \"/usr/bin/gunicorn --workers 2 --chdir /srv/hello/current/app hello:application\"",
+            "command = \"venv/bin/python -m gunicorn --workers 2 hello:application\"",
+            "command = \"venv/bin/python -m gunicorn --workers 2 --chdir /srv/hello/current/app hello:application\"",
         ),
     );
     p.ferry(["push", "prod"]).ok();
@@ -412,8 +412,8 @@ fn a_release_that_dies_on_a_hup_reload_is_caught_and_the_host_goes_back() {
     p.write(
         "ferry.toml",
         toml.replace("stopwaitsecs = 5\n", "stopwaitsecs = 5\nreload_signal = \"HUP\"\n").replace(
-            "\"/usr/bin/gunicorn --workers 2 hello:application\"",
-            "\"/usr/bin/gunicorn --workers 2 --chdir /srv/hello/current/app hello:application\"",
+            "\"venv/bin/python -m gunicorn --workers 2 hello:application\"",
+            "\"venv/bin/python -m gunicorn --workers 2 --chdir /srv/hello/current/app hello:application\"",
         ),
     );
     let v1 = build(&p, "v1");

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use fs_err as fs;
 
-use crate::kit::{build_at, copy_elsewhere, run, sh, tempdir, Project};
+use crate::kit::{build_at, copy_elsewhere, ferry_cmd, pypi_gunicorn_venv, run, sh, tempdir, Project, PYPI_GUNICORN};
 
 /// A venv at `<project>/venv` with a package `greet` (timestamp-based pycs,
 /// as `pip install` writes without SOURCE_DATE_EPOCH) and a console script.
@@ -109,4 +109,61 @@ fn a_venv_copied_elsewhere_with_other_owners_builds_the_same_bytes() {
     assert_eq!(one["id"], two["id"]);
     assert!(one["pycs_normalized"].as_u64().unwrap() >= 2);
     sh(&format!("cmp {} {}", one["path"].as_str().unwrap(), two["path"].as_str().unwrap()));
+}
+
+/// As docs/ferry-toml.md promises: every text file of the release that still
+/// names the venv's build path is among the build's unrelocated files. A
+/// venv names it in `pyvenv.cfg` too (`command = … -m venv <path>`, since
+/// CPython 3.11), which the builder rewrites to the venv's path in the release.
+#[test]
+fn every_text_file_that_names_the_build_path_is_reported() {
+    let p = project_with_venv();
+    let venv = p.path("venv");
+    let cfg = fs::read_to_string(venv.join("pyvenv.cfg")).unwrap();
+    let made = format!(" -m venv --without-pip {}\n", venv.display());
+    assert!(cfg.contains(&made), "python3 -m venv records how it was made: {cfg}");
+    let built = p.build(&[]);
+    let reported: Vec<&str> = built["unrelocated"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    let release = tempdir();
+    unpack(built["path"].as_str().unwrap(), release.path(), "");
+    // Text files only (-I): bytecode names the path too, but Python replaces
+    // it with the real source path when it loads a pyc.
+    let r = run(Command::new("grep").arg("-rlIF").arg(venv.as_os_str()).arg(release.path()));
+    assert!(r.code <= 1, "{}", r.stderr);
+    for file in r.stdout.lines() {
+        let rel = file.strip_prefix(&format!("{}/", release.path().display())).unwrap();
+        assert!(reported.contains(&rel), "{rel} names the build path and is not reported: {built}");
+    }
+    let cfg = fs::read_to_string(release.path().join("venv/pyvenv.cfg")).unwrap();
+    assert!(cfg.contains(" -m venv --without-pip venv\n"), "made again from the release's root: {cfg}");
+}
+
+/// pip's own console script, from PyPI's gunicorn wheel, runs from a release
+/// staged on a host: the builder's trampoline replaced the shebang that named
+/// the build machine's venv.
+#[test]
+fn pips_gunicorn_script_runs_from_a_staged_release() {
+    let p = Project::new("service = \"pypi\"\n\n[components]\nvenv = \"venv\"\n");
+    let venv = p.path("venv");
+    pypi_gunicorn_venv(&venv);
+    let script = fs::read_to_string(venv.join("bin/gunicorn")).unwrap();
+    assert!(script.starts_with(&format!("#!{}/bin/python", venv.display())), "pip's script: {script}");
+    let built = p.build(&["--strict"]);
+    // The build path is gone: nothing can quietly fall back to it.
+    fs::remove_dir_all(&venv).unwrap();
+
+    let host = tempdir();
+    let staged = run(ferry_cmd().arg("host").arg("--deploy-to").arg(host.path()).args([
+        "stage",
+        built["path"].as_str().unwrap(),
+        "--json",
+    ]))
+    .ok()
+    .json();
+    let release = fs::canonicalize(host.path().join("releases").join(staged["id"].as_str().unwrap())).unwrap();
+    // PYTHONVERBOSE: Python says where each module came from.
+    let r = run(Command::new(release.join("venv/bin/gunicorn")).arg("--version").env("PYTHONVERBOSE", "1"));
+    assert_eq!((r.code, r.stdout.trim()), (0, &*format!("gunicorn (version {PYPI_GUNICORN})")), "{}", r.stderr);
+    let site = format!("{}/venv/lib/python3", release.display());
+    assert!(r.stderr.contains(&site) && r.stderr.contains("/site-packages/gunicorn/"), "{}", r.stderr);
 }
