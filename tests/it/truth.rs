@@ -29,6 +29,53 @@ fn ssh_ok(hosts: &TestHosts, i: usize, command: &str) -> String {
 }
 
 #[test]
+fn a_gunicorn_from_a_real_venv_reloaded_by_hup_keeps_the_old_interpreter_and_is_caught() {
+    let hosts = TestHosts::start(1);
+    let p = project(&hosts, "");
+    // gunicorn from PyPI in the release's own venv: pip's console script,
+    // run through ferry's trampoline by the python beside it.
+    fs::remove_dir_all(p.path("venv")).unwrap();
+    crate::kit::pypi_gunicorn_venv(&p.path("venv"));
+    // --chdir takes the working directory along on a reload, so the old
+    // check (the working directory alone) passed this.
+    set_command(&p, "venv/bin/gunicorn --workers 2 --chdir /srv/hello/current/app hello:application");
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write("ferry.toml", toml.replace("stopwaitsecs = 5\n", "stopwaitsecs = 5\nreload_signal = \"HUP\"\n"));
+    let v1 = build(&p, "v1");
+    p.ferry(["push", "prod"]).ok();
+    serves(&hosts, "v1");
+    let status = p.ferry(["status", "prod", "--json"]).ok().json();
+    let master = status["hosts"][0]["status"]["programs"][0]["pid"].as_u64().unwrap();
+    let cmdline = ssh_ok(&hosts, 0, &format!("tr '\\0' ' ' < /proc/{master}/cmdline"));
+    let python = format!("/srv/hello/releases/{v1}/venv/bin/python");
+    assert!(cmdline.starts_with(&python), "the master runs the release's interpreter: {cmdline}");
+
+    build(&p, "v2");
+    let r = p.ferry(["push", "prod", "--json"]);
+    assert_eq!(r.code, 1, "a master still on v1's interpreter is not v2: {}", r.stderr);
+    let host = row(&r.json(), hosts.hosts[0].addr);
+    let error = host["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("still runs release {v1} after the restart (pid {master}, command line {python})")),
+        "{error}"
+    );
+    assert!(error.contains("drop reload_signal to restart it by stop and start"), "{error}");
+    assert_eq!(current(&hosts, 0), v1);
+    serves(&hosts, "v1");
+
+    // Done as the message says, the push goes through and runs v2's.
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write("ferry.toml", toml.replace("reload_signal = \"HUP\"\n", ""));
+    let v2 = build(&p, "v2");
+    p.ferry(["push", "prod"]).ok();
+    serves(&hosts, "v2");
+    let status = p.ferry(["status", "prod", "--json"]).ok().json();
+    let master = status["hosts"][0]["status"]["programs"][0]["pid"].as_u64().unwrap();
+    let cmdline = ssh_ok(&hosts, 0, &format!("tr '\\0' ' ' < /proc/{master}/cmdline"));
+    assert!(cmdline.starts_with(&format!("/srv/hello/releases/{v2}/venv/bin/python")), "{cmdline}");
+}
+
+#[test]
 fn a_first_deploy_whose_command_cannot_be_found_is_journalled_failed_with_supervisords_words() {
     let hosts = TestHosts::start(1);
     let p = project(&hosts, "");
