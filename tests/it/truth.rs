@@ -316,3 +316,27 @@ fn a_current_release_removed_by_hand_under_its_running_programs_is_replaced_by_t
     assert_eq!(current(&hosts, 0), v3);
     serves(&hosts, "v3");
 }
+
+#[test]
+fn a_rollback_to_a_release_that_no_longer_starts_goes_back_to_the_one_that_ran() {
+    let hosts = TestHosts::start(1);
+    let p = project(&hosts, "");
+    let v1 = build(&p, "v1");
+    p.ferry(["push", "prod"]).ok();
+    let v2 = build(&p, "v2");
+    p.ferry(["push", "prod"]).ok();
+    // v1 breaks on the host (an edit by hand, a disk gone bad).
+    ssh_ok(&hosts, 0, &format!("cd /srv/hello/releases/{v1}/app && chmod u+w hello.py && echo 'def (' >> hello.py"));
+    let r = p.ferry(["rollback", "prod", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let host = row(&r.json(), hosts.hosts[0].addr);
+    let error = host["error"].as_str().unwrap();
+    assert!(error.contains("program web did not start"), "{error}");
+    assert_eq!(current(&hosts, 0), v2, "back on the release that ran");
+    serves(&hosts, "v2");
+    let rollbacks: Vec<Value> = history(&p).into_iter().filter(|r| r["action"] == "rollback").collect();
+    assert_eq!(rollbacks.len(), 1, "{rollbacks:?}");
+    assert_eq!(rollbacks[0]["result"], "failed", "{rollbacks:?}");
+    let reason = rollbacks[0]["reason"].as_str().unwrap();
+    assert!(reason.contains(&format!("flipped back to {}", &v2[..12])), "{reason}");
+}
