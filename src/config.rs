@@ -143,7 +143,7 @@ pub struct StageSection {
     pub transport: Spanned<String>,
     pub hosts: Spanned<Vec<String>>,
     pub env: Option<Spanned<String>>,
-    pub strategy: Option<Spanned<Vec<String>>>,
+    pub strategy: Option<Spanned<Vec<Spanned<String>>>>,
     /// Named sets of hosts (OpenSky's group1 / group2), for a strategy of
     /// groups and for `--group`.
     #[serde(default = "no_groups")]
@@ -513,22 +513,39 @@ fn check_stage(
         }
     }
     let strategy = match &stage.strategy {
-        Some(s) if !s.get_ref().is_empty() && s.get_ref().iter().all(|g| groups.contains_key(g)) => {
-            Strategy::Groups(s.get_ref().clone())
+        Some(s) if !s.get_ref().is_empty() && s.get_ref().iter().all(|g| groups.contains_key(g.get_ref())) => {
+            Strategy::Groups(s.get_ref().iter().map(|g| g.get_ref().clone()).collect())
         }
-        Some(s) if s.get_ref().iter().any(|g| groups.contains_key(g)) => {
-            let unknown: Vec<&String> = s.get_ref().iter().filter(|g| !groups.contains_key(*g)).collect();
+        Some(s) if s.get_ref().iter().any(|g| groups.contains_key(g.get_ref())) => {
+            let unknown: Vec<&String> =
+                s.get_ref().iter().map(Spanned::get_ref).filter(|g| !groups.contains_key(*g)).collect();
             bail!("{}: strategy names groups, and also {unknown:?}, which is no group of stage {name}", at(s.span()));
         }
         Some(s) => {
             let steps = s
                 .get_ref()
                 .iter()
-                .map(|step| step.parse::<Step>())
+                .map(|step| step.get_ref().parse::<Step>().map_err(|e| (e, step.span())))
                 .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| anyhow::anyhow!("{}: strategy: {e} (or the names of groups)", at(s.span())))?;
+                .map_err(|(e, span)| anyhow::anyhow!("{}: strategy: {e} (or the names of groups)", at(span)))?;
             if steps.is_empty() {
                 bail!("{}: strategy is empty; leave it out for [\"1\", \"50%\", \"100%\"]", at(s.span()));
+            }
+            let n = hosts.len();
+            if let Some((i, j)) = shrinking(n, &steps) {
+                let (earlier, later) = (steps[i], steps[j]);
+                let reach = |step: Step| match step {
+                    Step::Hosts(k) => plural(k, "host"),
+                    Step::Percent(_) => format!("{} of the stage's {n}", step.reach(n)),
+                };
+                bail!(
+                    "{}: stage {name}: strategy \"{later}\" ({}) after \"{earlier}\" ({}) shrinks: each step counts \
+                     the hosts flipped from the start, so it would flip none; batches grow: a canary first, \
+                     e.g. [\"1\", \"50%\", \"100%\"]",
+                    at(s.get_ref()[j].span()),
+                    reach(later),
+                    reach(earlier)
+                );
             }
             Strategy::Steps(steps)
         }
@@ -789,6 +806,33 @@ fn linked_paths(raw: &FerryToml, at: &dyn Fn(Range<usize>) -> String) -> Result<
     Ok((linked(&raw.deploy.linked_dirs, "linked_dirs")?, linked(&raw.deploy.linked_files, "linked_files")?))
 }
 
+/// The first step of `strategy` that reaches fewer hosts than a step before
+/// it, as (earlier, later) indices: steps are cumulative, so such a step
+/// adds no host (the batches drop it), which is never what was meant.
+/// Counts are compared with counts and shares with shares whatever the
+/// fleet (`["5", "3"]`, `["50%", "10%"]`); a count with a share on the
+/// stage's `n` hosts, where `["50%", "1"]` is 2 then 1 for 4 hosts and
+/// `["10%", "20"]` shrinks only past 200 hosts.
+fn shrinking(n: usize, strategy: &[Step]) -> Option<(usize, usize)> {
+    strategy.iter().enumerate().find_map(|(j, later)| {
+        let shrinks = |earlier: &Step| match (*earlier, *later) {
+            (Step::Hosts(a), Step::Hosts(b)) => b < a,
+            (Step::Percent(a), Step::Percent(b)) => b < a,
+            (a, b) => b.reach(n) < a.reach(n),
+        };
+        strategy[..j].iter().position(shrinks).map(|i| (i, j))
+    })
+}
+
+/// `1 host`, `2 hosts`.
+pub fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("{n} {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -944,6 +988,30 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_strategy_whose_steps_shrink_is_refused_at_the_step() {
+        let stage = |strategy: &str| {
+            parse(&format!(
+                "service = \"s\"\n[stages.web]\nhosts = [\"a\", \"b\", \"c\", \"d\"]\nstrategy = {strategy}\n"
+            ))
+        };
+        let err = stage(r#"["50%", "1"]"#).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "/srv/svc/ferry.toml:4:20: stage web: strategy \"1\" (1 host) after \"50%\" (2 of the stage's 4) shrinks"
+            ),
+            "{err}"
+        );
+        assert!(err.ends_with(r#"batches grow: a canary first, e.g. ["1", "50%", "100%"]"#), "{err}");
+        assert!(stage(r#"["3", "2"]"#).is_err());
+        assert!(stage(r#"["60%", "50%"]"#).is_err());
+        assert!(stage(r#"["1", "50%", "100%"]"#).is_ok());
+        assert!(stage(r#"["10%", "2", "100%"]"#).is_ok());
+        assert!(stage(r#"["2", "50%"]"#).is_ok(), "the same reach twice shrinks nothing");
+        assert_eq!(shrinking(1000, &[Step::Percent(10), Step::Hosts(20)]), Some((0, 1)));
+        assert_eq!(shrinking(1, &[Step::Hosts(5), Step::Hosts(3)]), Some((0, 1)));
     }
 
     #[test]

@@ -58,3 +58,21 @@ fn groups_must_name_the_stage_s_hosts_once() {
     let err = p.ferry(["status", "web"]).fails(2);
     assert!(err.contains("host \"fleet/a\" is in groups group1 and group2"), "{err}");
 }
+
+#[test]
+fn a_strategy_whose_batches_shrink_is_refused_where_it_is_written() {
+    let p = project("strategy = [\"50%\", \"1\"]\n");
+    let err = p.ferry(["push", "web"]).fails(2);
+    let at = format!("{}:14:20:", p.path("ferry.toml").display());
+    assert!(
+        err.contains(&format!("{at} stage web: strategy \"1\" (1 host) after \"50%\" (2 of the stage's 4) shrinks")),
+        "{err}"
+    );
+    assert!(err.contains(r#"batches grow: a canary first, e.g. ["1", "50%", "100%"]"#), "{err}");
+    assert!(!p.path("fleet").exists(), "nothing was pushed");
+    // Groups are flipped in the order named, whatever their sizes.
+    let p = project(
+        "strategy = [\"big\", \"small\"]\n[stages.web.groups]\nbig = [\"fleet/a\", \"fleet/b\", \"fleet/c\"]\nsmall = [\"fleet/d\"]\n",
+    );
+    p.ferry(["status", "web"]).ok();
+}
