@@ -141,7 +141,7 @@ pub struct DeploySection {
 pub struct StageSection {
     #[serde(default = "local")]
     pub transport: Spanned<String>,
-    pub hosts: Spanned<Vec<String>>,
+    pub hosts: Spanned<Vec<Spanned<String>>>,
     pub env: Option<Spanned<String>>,
     pub strategy: Option<Spanned<Vec<Spanned<String>>>>,
     /// Named sets of hosts (OpenSky's group1 / group2), for a strategy of
@@ -476,13 +476,18 @@ fn check_stage(
     if stage.hosts.get_ref().is_empty() {
         bail!("{}: stage {name} has no hosts", at(stage.hosts.span()));
     }
+    // A local host's name is a path: `fleet/a`, `./fleet/a` and `fleet/a/`
+    // are one host, named the first way everywhere (groups, host_env, urls).
+    let key = |h: &str| if ssh.is_none() { host_path(h) } else { h.to_owned() };
     let mut hosts: Vec<(String, PathBuf)> = Vec::new();
     for h in stage.hosts.get_ref() {
-        if hosts.iter().any(|(n, _)| n == h) {
-            bail!("{}: stage {name} lists host {h:?} twice", at(stage.hosts.span()));
+        let (written, host) = (h.get_ref(), key(h.get_ref()));
+        let local = if ssh.is_none() { normalize(&dir.join(&host)) } else { PathBuf::new() };
+        if let Some((other, _)) = hosts.iter().find(|(n, d)| *n == host || (ssh.is_none() && *d == local)) {
+            let same = if other == written { String::new() } else { format!(" (as {other:?}: the same directory)") };
+            bail!("{}: stage {name} lists host {written:?} twice{same}; list each host once", at(h.span()));
         }
-        let local = if ssh.is_none() { normalize(&dir.join(h)) } else { PathBuf::new() };
-        hosts.push((h.clone(), local));
+        hosts.push((host, local));
     }
     let env = match &stage.env {
         Some(e) if !valid_env_name(e.get_ref()) => {
@@ -491,7 +496,12 @@ fn check_stage(
         Some(e) => e.get_ref().clone(),
         None => name.to_owned(),
     };
-    let groups = stage.groups.get_ref().clone();
+    let groups: BTreeMap<String, Vec<String>> = stage
+        .groups
+        .get_ref()
+        .iter()
+        .map(|(g, members)| (g.clone(), members.iter().map(|m| key(m)).collect()))
+        .collect();
     let mut grouped: BTreeMap<&str, &str> = BTreeMap::new();
     for (group, members) in &groups {
         if !valid_env_name(group) || group.bytes().all(|b| b.is_ascii_digit()) {
@@ -576,8 +586,15 @@ fn check_stage(
         Some((o, other)) => bail!("{}: on_failure {other:?} must be \"revert\" or \"stop\"", at(o.span())),
     };
     let (linked_dirs, linked_files) = linked_paths(raw, at)?;
-    let gates = gates(name, &stage.health, at)?;
-    for h in stage.host_env.get_ref().keys() {
+    let mut gates = gates(name, &stage.health, at)?;
+    for gate in &mut gates {
+        if let Gate::Http(probe) | Gate::Errors { probe, .. } = gate {
+            probe.urls = std::mem::take(&mut probe.urls).into_iter().map(|(h, u)| (key(&h), u)).collect();
+        }
+    }
+    let host_env: BTreeMap<String, BTreeMap<String, String>> =
+        stage.host_env.get_ref().iter().map(|(h, env)| (key(h), env.clone())).collect();
+    for h in host_env.keys() {
         if !hosts.iter().any(|(n, _)| n == h) {
             bail!(
                 "{}: stage {name}: host_env names {h:?}, which is not one of the stage's hosts",
@@ -585,7 +602,7 @@ fn check_stage(
             );
         }
     }
-    for (h, env) in stage.host_env.get_ref() {
+    for (h, env) in &host_env {
         for (k, v) in env {
             ferry_switcher::host::runtime::config_safe(v, true).map_err(|e| {
                 anyhow::anyhow!("{}: stage {name}: host_env of {h}: {k}: {e}", at(stage.host_env.span()))
@@ -621,7 +638,7 @@ fn check_stage(
         linked_dirs,
         linked_files,
         gates,
-        host_env: stage.host_env.get_ref().clone(),
+        host_env,
     })
 }
 
@@ -804,6 +821,18 @@ fn linked_paths(raw: &FerryToml, at: &dyn Fn(Range<usize>) -> String) -> Result<
             .collect()
     };
     Ok((linked(&raw.deploy.linked_dirs, "linked_dirs")?, linked(&raw.deploy.linked_files, "linked_files")?))
+}
+
+/// A local host's name, lexically tidied as the path it is: no `./`, no
+/// `//`, no trailing `/` (`..` stays: it is not lexical). `.` for the
+/// config's own directory.
+pub fn host_path(name: &str) -> String {
+    let parts: Vec<&str> = name.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    match (name.starts_with('/'), parts.is_empty()) {
+        (true, _) => format!("/{}", parts.join("/")),
+        (false, true) => ".".to_owned(),
+        (false, false) => parts.join("/"),
+    }
 }
 
 /// The first step of `strategy` that reaches fewer hosts than a step before
@@ -1012,6 +1041,23 @@ mod tests {
         assert!(stage(r#"["2", "50%"]"#).is_ok(), "the same reach twice shrinks nothing");
         assert_eq!(shrinking(1000, &[Step::Percent(10), Step::Hosts(20)]), Some((0, 1)));
         assert_eq!(shrinking(1, &[Step::Hosts(5), Step::Hosts(3)]), Some((0, 1)));
+    }
+
+    #[test]
+    fn a_local_host_is_its_path_tidied() {
+        for (written, name) in
+            [("h/a", "h/a"), ("./h/a", "h/a"), ("h//a/", "h/a"), ("./h/./a", "h/a"), ("/x//y/", "/x/y")]
+        {
+            assert_eq!(host_path(written), name, "{written}");
+        }
+        assert_eq!((host_path("."), host_path("./"), host_path("../h")), (".".into(), ".".into(), "../h".into()));
+        let err = parse("service = \"s\"\n[stages.web]\nhosts = [\"h/a\", \"./h/a/\"]\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "/srv/svc/ferry.toml:3:17: stage web lists host \"./h/a/\" twice (as \"h/a\": the same directory)"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

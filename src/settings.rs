@@ -318,15 +318,21 @@ fn narrowed(name: &str, stage: &crate::config::Stage, narrow: &Narrow) -> Result
             );
         }
     }
-    for h in &narrow.hosts {
+    // A local host is a path, named tidied (see `config::host_path`).
+    let asked: Vec<String> = narrow
+        .hosts
+        .iter()
+        .map(|h| if stage.ssh.is_none() { crate::config::host_path(h) } else { h.clone() })
+        .collect();
+    for (h, written) in asked.iter().zip(&narrow.hosts) {
         if !stage.hosts.iter().any(|(n, _)| n == h) {
             let known: Vec<&str> = stage.hosts.iter().map(|(n, _)| n.as_str()).collect();
-            anyhow::bail!("stage {name} has no host {h:?} (it has: {})", known.join(", "));
+            anyhow::bail!("stage {name} has no host {written:?} (it has: {})", known.join(", "));
         }
     }
     let wanted = |host: &str| {
         (narrow.hosts.is_empty() && narrow.groups.is_empty())
-            || narrow.hosts.iter().any(|h| h == host)
+            || asked.iter().any(|h| h == host)
             || narrow.groups.iter().any(|g| stage.groups[g].iter().any(|m| m == host))
     };
     let mut hosts: Hosts = stage.hosts.iter().filter(|(n, _)| wanted(n)).cloned().collect();

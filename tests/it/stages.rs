@@ -76,3 +76,26 @@ fn a_strategy_whose_batches_shrink_is_refused_where_it_is_written() {
     );
     p.ferry(["status", "web"]).ok();
 }
+
+#[test]
+fn a_local_host_written_two_ways_is_one_host() {
+    let p = sample_project();
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    let stage = |hosts: &str| {
+        format!("{toml}\n[release]\nexclude = [\"h/\"]\n\n[stages.web]\nhosts = [{hosts}]\nenv = \"staging\"\n")
+    };
+    p.write("ferry.toml", stage(r#""h/a", "./h/a/""#));
+    let err = p.ferry(["status", "web"]).fails(2);
+    let at = format!("{}:12:17:", p.path("ferry.toml").display());
+    assert!(
+        err.contains(&format!("{at} stage web lists host \"./h/a/\" twice (as \"h/a\": the same directory)")),
+        "{err}"
+    );
+
+    p.write("ferry.toml", stage(r#""./h/a", "h//b/""#));
+    p.build(&[]);
+    let report = p.ferry(["push", "web", "--hosts", "./h/a", "--json"]).ok().json();
+    assert_eq!(report["batches"], serde_json::json!([["a"]]), "{report:#}");
+    p.ferry(["push", "web", "--hosts", "h/b/"]).ok();
+    assert!(p.path("h/a/srv/shop/current").exists() && p.path("h/b/srv/shop/current").exists());
+}
