@@ -166,7 +166,8 @@ pub struct PushArgs {
 /// Some of a stage's hosts, as Fabric's -H does.
 #[derive(Debug, Args, Default)]
 pub struct Narrow {
-    /// Only these hosts of the stage (comma-separated, as the stage names them).
+    /// Only these hosts of the stage (comma-separated): as ferry.toml writes them or as reports print
+    /// them; an ssh host also as the user@host[:port] it resolves to.
     #[arg(long, value_name = "HOST,…", value_delimiter = ',')]
     pub hosts: Vec<String>,
     /// Only the hosts of this group of the stage (repeatable).

@@ -99,3 +99,42 @@ fn a_local_host_written_two_ways_is_one_host() {
     p.ferry(["push", "web", "--hosts", "h/b/"]).ok();
     assert!(p.path("h/a/srv/shop/current").exists() && p.path("h/b/srv/shop/current").exists());
 }
+
+#[test]
+fn hosts_takes_the_names_reports_print() {
+    let p = project("");
+    p.build(&[]);
+    // Reports name a local host by its directory's last component.
+    let report = p.ferry(["push", "web", "--hosts", "b,./fleet/c", "--json"]).ok().json();
+    assert_eq!(report["batches"], serde_json::json!([["b"], ["c"]]), "{report:#}");
+    let status = p.ferry(["status", "web", "--hosts", "c"]).ok().stdout;
+    assert!(status.lines().nth(1).is_some_and(|l| l.starts_with("c ")) && status.lines().count() == 2, "{status}");
+    let err = p.ferry(["status", "web", "--hosts", "e"]).fails(2);
+    assert!(
+        err.contains("stage web has no host \"e\" (it has: a (fleet/a), b (fleet/b), c (fleet/c), d (fleet/d))"),
+        "{err}"
+    );
+}
+
+#[test]
+fn hosts_takes_an_ssh_host_by_the_address_it_resolves_to() {
+    let p = sample_project();
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write("ssh_config", "Host web1\n  HostName 127.0.0.1\n  Port 1\n  User deploy\n").write("known_hosts", "");
+    let stage = |hosts: &str| {
+        format!(
+            "{toml}\n[stages.prod]\ntransport = \"ssh\"\nhosts = [{hosts}]\nenv = \"staging\"\nconnect_timeout = 2\n\
+             ssh_config = \"ssh_config\"\nknown_hosts = \"known_hosts\"\n"
+        )
+    };
+    p.write("ferry.toml", stage(r#""web1", "web2""#));
+    for name in ["deploy@127.0.0.1", "127.0.0.1:1", "deploy@web1"] {
+        // Taken: web1 alone is asked, and refuses the connection (port 1).
+        let r = p.ferry(["status", "prod", "--hosts", name]);
+        assert_eq!(r.code, 1, "{name}: {r:?}");
+        assert!(r.stdout.contains("web1") && !r.stdout.contains("web2"), "{name}: {}", r.stdout);
+    }
+    p.write("ferry.toml", stage(r#""web1", "deploy@web1:2222""#));
+    let err = p.ferry(["status", "prod", "--hosts", "127.0.0.1"]).fails(2);
+    assert!(err.contains("--hosts \"127.0.0.1\" could be any of web1, deploy@web1:2222"), "{err}");
+}
