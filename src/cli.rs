@@ -99,9 +99,11 @@ could start.")]
 Examples:
   ferry rollback production
   ferry rollback production --to 3f2a
+  ferry rollback production --to v1
 
 Picks a release every host still has: the previous release, when it is the same
-on all hosts, or the one named with --to. Refuses, changing nothing, otherwise.")]
+on all hosts, or the one named with --to (an id prefix or a version label of a
+build in the store, or a whole id). Refuses, changing nothing, otherwise.")]
     Rollback(RollbackArgs),
     /// Show each host of a stage: current and previous release, kept releases, lock.
     #[command(after_help = "Examples:\n  ferry status staging\n  ferry status production --json")]
@@ -179,8 +181,9 @@ pub struct Narrow {
 pub struct RollbackArgs {
     /// A stage of ferry.toml.
     pub stage: String,
-    /// The release to flip to [default: each host's previous release, if it is the same everywhere].
-    #[arg(long, value_name = "ID")]
+    /// The release to flip to: an id prefix or version label of a build in the store, or a whole id
+    /// [default: each host's previous release, if it is the same everywhere].
+    #[arg(long, value_name = "ID|VERSION")]
     pub to: Option<String>,
     #[command(flatten)]
     pub narrow: Narrow,

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use ferry_builder::{delta, Store};
+use ferry_builder::store::MIN_PREFIX;
+use ferry_builder::{delta, BundleInfo, Store};
 use ferry_formats::journal::{Outcome as JournalOutcome, Record};
 use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
@@ -136,13 +137,48 @@ pub fn push(settings: &Settings, s: &StageSettings, id: Option<&str>) -> Result<
 }
 
 pub fn rollback(settings: &Settings, s: &StageSettings, to: Option<&str>) -> Result<u8> {
-    let to = to
-        .map(|t| settings.store.resolve(t).or_else(|_| t.parse::<ReleaseId>().map_err(anyhow::Error::from)))
-        .transpose()?;
+    let to = to.map(|t| named_release(&settings.store, &s.service, t)).transpose()?;
     let observer = observer(settings, s.stage.hosts.len() as u64);
     let report = fleet::rollback(&s.stage, s.transport(), to.as_ref(), observer.as_ref());
     drop(observer);
     show(settings, &report?, "rolled back")
+}
+
+/// The release of `service` that `name` names: a unique id prefix or an
+/// exact version label among the store's bundles of it, else a whole id
+/// (the hosts may keep a release the store no longer has).
+fn named_release(store: &Store, service: &str, name: &str) -> Result<ReleaseId> {
+    let bundles: Vec<BundleInfo> = store.list()?.into_iter().filter(|b| b.service == service).collect();
+    let hex = name.len() >= MIN_PREFIX && name.bytes().all(|b| b.is_ascii_hexdigit());
+    let prefix = name.to_ascii_lowercase();
+    let matches: Vec<&BundleInfo> = bundles
+        .iter()
+        .filter(|b| (hex && b.id.to_hex().starts_with(&prefix)) || b.version.as_deref() == Some(name))
+        .collect();
+    let shown = |b: &&BundleInfo| format!("{} ({})", b.id.short(12), b.version.as_deref().unwrap_or("no version"));
+    match matches[..] {
+        [one] => Ok(one.id),
+        [] => match name.parse::<ReleaseId>() {
+            Ok(id) => Ok(id),
+            Err(_) => {
+                let known: Vec<String> = bundles.iter().take(10).map(|b| shown(&b)).collect();
+                bail!(
+                    "no release of {service} in the store {} has the id prefix or version {name:?} ({}); \
+                     name one of them, or a whole 64-digit id",
+                    store.root().display(),
+                    if known.is_empty() { "it has none".to_owned() } else { format!("it has: {}", known.join(", ")) }
+                )
+            }
+        },
+        _ => {
+            let which: Vec<String> = matches.iter().map(shown).collect();
+            bail!(
+                "{name:?} names {} releases of {service}: {}; give more digits of the id",
+                which.len(),
+                which.join(", ")
+            )
+        }
+    }
 }
 
 /// Prints the report and returns the exit code: 0 all ok, 1 some hosts
