@@ -8,7 +8,7 @@ use ferry_builder::store::MIN_PREFIX;
 use ferry_builder::{delta, BundleInfo, Store};
 use ferry_formats::journal::{Outcome as JournalOutcome, Record};
 use ferry_formats::signature::Signature;
-use ferry_formats::ReleaseId;
+use ferry_formats::{ComponentKind, ReleaseId};
 use ferry_switcher::fleet::{self, Local, Observer, Outcome, ReleaseSource, Report, SourceError, Transport};
 
 use crate::exit;
@@ -119,6 +119,22 @@ pub fn push(settings: &Settings, s: &StageSettings, id: Option<&str>) -> Result<
     let head = settings.store.read_head(&release)?;
     if head.meta.service != s.service {
         bail!("release {} is of service {}, not {}", release.short(12), head.meta.service, s.service);
+    }
+    // Each host would refuse it at stage time, one by one; say it once,
+    // before anything is contacted.
+    if let Some(env) = &s.stage.options.env {
+        for config in head.meta.components_of(ComponentKind::Config) {
+            if !config.environments.contains(env) {
+                bail!(
+                    "release {} has no config for environment {env:?} (it has: {}); nothing was pushed: \
+                     add {}/{env}/ to the release and build it again, or set stage {}'s env to one it has",
+                    release.short(12),
+                    config.environments.join(", "),
+                    config.path,
+                    s.stage.name
+                );
+            }
+        }
     }
     if !settings.output.json {
         eprintln!(

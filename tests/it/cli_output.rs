@@ -59,3 +59,16 @@ fn rollback_to_takes_a_version_label_or_an_id_prefix() {
     assert!(err.contains(&format!("{} (v1)", &v1[..12])) && err.contains(&format!("{} (v1)", &again[..12])), "{err}");
     assert_eq!(current(&p, "a"), v2, "nothing changed");
 }
+
+#[test]
+fn a_stage_whose_environment_the_release_lacks_is_refused_once_before_any_host_is_reached() {
+    let p = fleet(&["a", "b", "c"], "");
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write("ferry.toml", toml.replace("env = \"staging\"", "env = \"qa\""));
+    let id = build(&p, "v1");
+    let err = p.ferry(["push", "web"]).fails(2);
+    let said = format!("release {} has no config for environment \"qa\" (it has: production, staging)", &id[..12]);
+    assert_eq!(err.matches(&said).count(), 1, "{err}");
+    assert!(err.contains("add config/qa/ to the release and build it again, or set stage web's env"), "{err}");
+    assert!(!p.path("fleet").exists(), "no host was contacted");
+}
