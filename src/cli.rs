@@ -42,7 +42,8 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR", env = "FERRY_STORE")]
     pub store: Option<PathBuf>,
 
-    /// Show no progress bars.
+    /// Print the outcome only: no progress bars; push and rollback print no step lines and no
+    /// table, only errors, warnings and their last line (what was done, or why it failed).
     #[arg(short, long, global = true)]
     pub quiet: bool,
 }

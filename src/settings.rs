@@ -23,6 +23,8 @@ pub struct Output {
     pub json: bool,
     /// Progress bars on stderr (a terminal, not --json, not --quiet).
     pub progress: bool,
+    /// --quiet: the outcome only (see `cli::Cli::quiet`).
+    pub quiet: bool,
 }
 
 /// A bundle named on the command line.
@@ -114,7 +116,11 @@ pub struct Settings {
 
 impl Settings {
     pub fn new(cli: Cli) -> Result<Self> {
-        let output = Output { json: cli.json, progress: !cli.json && !cli.quiet && std::io::stderr().is_terminal() };
+        let output = Output {
+            json: cli.json,
+            progress: !cli.json && !cli.quiet && std::io::stderr().is_terminal(),
+            quiet: cli.quiet,
+        };
         let config_path = cli.config.clone().unwrap_or_else(|| PathBuf::from("ferry.toml"));
         let explicit = cli.config.is_some();
         // Where the config says the store is, once a command has loaded it.
