@@ -88,6 +88,7 @@ Examples:
   ferry push staging                 the newest build of the service in the store
   ferry push production 9c1e         a given release, by id prefix
   ferry push production --json       the per-host report as JSON, for CI
+  ferry push staging --force         restart and re-run hooks on hosts already on the release
 
 Each host gets the delta from its current release (the whole bundle when it has
 none), stages it beside the running release, then the hosts flip in the stage's
@@ -164,6 +165,10 @@ pub struct PushArgs {
     pub id: Option<String>,
     #[command(flatten)]
     pub narrow: Narrow,
+    /// Push even to hosts that already run this release and serve it: restart its programs and run
+    /// the hooks again; without it, such hosts are left as they are and reported `already current`.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Some of a stage's hosts, as Fabric's -H does.

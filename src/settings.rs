@@ -153,7 +153,8 @@ impl Settings {
             Command::Bundles => Action::Bundles,
             Command::Delta(d) => Action::Delta(Target::parse(&d.from), Target::parse(&d.to)),
             Command::Push(p) => {
-                let (stage, store) = load_stage(&config_path, &p.stage, &p.narrow)?;
+                let (mut stage, store) = load_stage(&config_path, &p.stage, &p.narrow)?;
+                stage.stage.force = p.force;
                 store_hint = Some(store);
                 Action::Push(stage, p.id)
             }

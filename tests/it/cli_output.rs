@@ -190,3 +190,15 @@ fn on_a_terminal_each_step_has_its_whole_line_above_the_bar() {
     }
     assert!(out.contains(&format!("pushed {} to 3 hosts of web", &id[..12])), "{out}");
 }
+
+#[test]
+fn push_takes_force_and_says_what_it_does() {
+    let p = fleet(&["a", "b"], "");
+    let id = build(&p, "v1");
+    p.ferry(["push", "web"]).ok();
+    let r = p.ferry(["push", "web", "--force"]).ok();
+    assert!(r.stderr.lines().last().unwrap().starts_with(&format!("pushed {} to 2 hosts of web", &id[..12])), "{r:?}");
+    assert_eq!((current(&p, "a"), current(&p, "b")), (id.clone(), id));
+    let help = p.ferry(["push", "--help"]).ok().stdout;
+    assert!(help.contains("--force") && help.contains("reported `already current`"), "{help}");
+}
