@@ -314,7 +314,18 @@ fn cause(report: &Report) -> (String, Option<usize>) {
             // As every other host's error line reads.
             (format!("{}: {} failed: {}", h.host, h.step, h.error.as_deref().unwrap_or_default()), Some(i))
         }
-        None => ("see the hosts above".to_owned(), None),
+        None => {
+            let bad = report.hosts.iter().filter(|h| h.result != Outcome::Ok).count();
+            (
+                format!(
+                    "{} of {} did not end ok; `ferry status {}` shows where they are",
+                    plural(bad, "host"),
+                    report.stage,
+                    report.stage
+                ),
+                None,
+            )
+        }
     }
 }
 

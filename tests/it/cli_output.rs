@@ -169,7 +169,7 @@ fn on_a_terminal_each_step_has_its_whole_line_above_the_bar() {
     let p = fleet(&["a", "b", long], "");
     let id = build(&p, "v1");
     let command = format!(
-        "stty cols 60; {} push web --store {} -c {}",
+        "stty rows 24 cols 60; {} push web --store {} -c {}",
         crate::kit::ferry_bin(),
         p.store.path().display(),
         p.path("ferry.toml").display()
