@@ -350,8 +350,8 @@ fn host_names(stage: &crate::config::Stage, ssh: Option<&Ssh>) -> Vec<Vec<String
         .collect()
 }
 
-/// `[user@]host[:port]` as the ssh transport reads it (its own parser is
-/// the switcher's): an IPv6 address bare, or in brackets with a port.
+/// `[user@]host[:port]`, read as the ssh transport reads it (its parser is
+/// private to the switcher): an IPv6 address bare, or in brackets with a port.
 fn ssh_address(name: &str) -> Option<(Option<String>, String, Option<u16>)> {
     let (user, rest) = match name.rsplit_once('@') {
         Some((u, r)) => (Some(u.to_owned()), r),
