@@ -175,7 +175,7 @@ pub struct PushArgs {
 #[derive(Debug, Args, Default)]
 pub struct Narrow {
     /// Only these hosts of the stage (comma-separated): as ferry.toml writes them or as reports print
-    /// them; an ssh host also as the user@host[:port] it resolves to.
+    /// them; an ssh host also as the user@host or user@host:port it resolves to.
     #[arg(long, value_name = "HOST,…", value_delimiter = ',')]
     pub hosts: Vec<String>,
     /// Only the hosts of this group of the stage (repeatable).
