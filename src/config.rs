@@ -401,10 +401,16 @@ impl Config {
         for (name, stage) in &raw.stages {
             stages.insert(name.clone(), check_stage(name, stage.get_ref(), &raw, &dir, &at)?);
         }
-        let hooks = hooks(&raw, &at)?;
+        let mut hooks = hooks(&raw, &at)?;
         if let Some(h) = &hooks.migrate_on {
-            if !stages.values().any(|st: &Stage| st.hosts.iter().any(|(n, _)| n == h)) {
-                bail!("{}: [hooks] migrate_on {h:?} is not a host of any stage", path.display());
+            // A local stage's host is named as its tidied path there.
+            let named = |st: &Stage, h: &str| st.hosts.iter().any(|(n, _)| n == h);
+            if !stages.values().any(|st| named(st, h)) {
+                let tidied = host_path(h);
+                if !stages.values().any(|st| st.ssh.is_none() && named(st, &tidied)) {
+                    bail!("{}: [hooks] migrate_on {h:?} is not a host of any stage", path.display());
+                }
+                hooks.migrate_on = Some(tidied);
             }
         }
         let any_hook = hooks.migrate.is_some() || hooks.before_flip.is_some() || hooks.after_flip.is_some();
@@ -1051,6 +1057,9 @@ mod tests {
             assert_eq!(host_path(written), name, "{written}");
         }
         assert_eq!((host_path("."), host_path("./"), host_path("../h")), (".".into(), ".".into(), "../h".into()));
+        let c = parse("service = \"s\"\n[hooks]\nmigrate = \"m\"\nmigrate_on = \"./h//b/\"\n[stages.web]\nhosts = [\"h/a\", \"h/b\"]\n")
+            .unwrap();
+        assert_eq!(c.hooks.migrate_on.as_deref(), Some("h/b"));
         let err = parse("service = \"s\"\n[stages.web]\nhosts = [\"h/a\", \"./h/a/\"]\n").unwrap_err().to_string();
         assert!(
             err.starts_with(

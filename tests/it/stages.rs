@@ -98,6 +98,21 @@ fn a_local_host_written_two_ways_is_one_host() {
     assert_eq!(report["batches"], serde_json::json!([["a"]]), "{report:#}");
     p.ferry(["push", "web", "--hosts", "h/b/"]).ok();
     assert!(p.path("h/a/srv/shop/current").exists() && p.path("h/b/srv/shop/current").exists());
+
+    // migrate_on names it either way too.
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write("ferry.toml", format!("{toml}[hooks]\nmigrate = \"echo migrated\"\nmigrate_on = \"h/b/\"\n"));
+    p.write("app/main.py", "print('shop v2')\n");
+    p.build(&[]);
+    let report = p.ferry(["push", "web", "--json"]).ok().json();
+    let ran: Vec<&str> = report["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["hooks"].as_array().is_some_and(|runs| runs.iter().any(|r| r["name"] == "migrate")))
+        .map(|h| h["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(ran, ["b"], "{report:#}");
 }
 
 #[test]
