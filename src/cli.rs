@@ -42,7 +42,8 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR", env = "FERRY_STORE")]
     pub store: Option<PathBuf>,
 
-    /// Show no progress bars.
+    /// Print the outcome only: no progress bars; push and rollback print no step lines and no
+    /// table, only errors, warnings and their last line (what was done, or why it failed).
     #[arg(short, long, global = true)]
     pub quiet: bool,
 }
@@ -87,6 +88,7 @@ Examples:
   ferry push staging                 the newest build of the service in the store
   ferry push production 9c1e         a given release, by id prefix
   ferry push production --json       the per-host report as JSON, for CI
+  ferry push staging --force         restart and re-run hooks on hosts already on the release
 
 Each host gets the delta from its current release (the whole bundle when it has
 none), stages it beside the running release, then the hosts flip in the stage's
@@ -99,9 +101,11 @@ could start.")]
 Examples:
   ferry rollback production
   ferry rollback production --to 3f2a
+  ferry rollback production --to v1
 
 Picks a release every host still has: the previous release, when it is the same
-on all hosts, or the one named with --to. Refuses, changing nothing, otherwise.")]
+on all hosts, or the one named with --to (an id prefix or a version label of a
+build in the store, or a whole id). Refuses, changing nothing, otherwise.")]
     Rollback(RollbackArgs),
     /// Show each host of a stage: current and previous release, kept releases, lock.
     #[command(after_help = "Examples:\n  ferry status staging\n  ferry status production --json")]
@@ -161,12 +165,17 @@ pub struct PushArgs {
     pub id: Option<String>,
     #[command(flatten)]
     pub narrow: Narrow,
+    /// Push even to hosts that already run this release and serve it: restart its programs and run
+    /// the hooks again; without it, such hosts are left as they are and reported `already current`.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Some of a stage's hosts, as Fabric's -H does.
 #[derive(Debug, Args, Default)]
 pub struct Narrow {
-    /// Only these hosts of the stage (comma-separated, as the stage names them).
+    /// Only these hosts of the stage (comma-separated): as ferry.toml writes them or as reports print
+    /// them; an ssh host also as the user@host or user@host:port it resolves to.
     #[arg(long, value_name = "HOST,…", value_delimiter = ',')]
     pub hosts: Vec<String>,
     /// Only the hosts of this group of the stage (repeatable).
@@ -178,8 +187,9 @@ pub struct Narrow {
 pub struct RollbackArgs {
     /// A stage of ferry.toml.
     pub stage: String,
-    /// The release to flip to [default: each host's previous release, if it is the same everywhere].
-    #[arg(long, value_name = "ID")]
+    /// The release to flip to: an id prefix or version label of a build in the store, or a whole id
+    /// [default: each host's previous release, if it is the same everywhere].
+    #[arg(long, value_name = "ID|VERSION")]
     pub to: Option<String>,
     #[command(flatten)]
     pub narrow: Narrow,

@@ -141,9 +141,9 @@ pub struct DeploySection {
 pub struct StageSection {
     #[serde(default = "local")]
     pub transport: Spanned<String>,
-    pub hosts: Spanned<Vec<String>>,
+    pub hosts: Spanned<Vec<Spanned<String>>>,
     pub env: Option<Spanned<String>>,
-    pub strategy: Option<Spanned<Vec<String>>>,
+    pub strategy: Option<Spanned<Vec<Spanned<String>>>>,
     /// Named sets of hosts (OpenSky's group1 / group2), for a strategy of
     /// groups and for `--group`.
     #[serde(default = "no_groups")]
@@ -401,10 +401,16 @@ impl Config {
         for (name, stage) in &raw.stages {
             stages.insert(name.clone(), check_stage(name, stage.get_ref(), &raw, &dir, &at)?);
         }
-        let hooks = hooks(&raw, &at)?;
+        let mut hooks = hooks(&raw, &at)?;
         if let Some(h) = &hooks.migrate_on {
-            if !stages.values().any(|st: &Stage| st.hosts.iter().any(|(n, _)| n == h)) {
-                bail!("{}: [hooks] migrate_on {h:?} is not a host of any stage", path.display());
+            // A local stage's host is named as its tidied path there.
+            let named = |st: &Stage, h: &str| st.hosts.iter().any(|(n, _)| n == h);
+            if !stages.values().any(|st| named(st, h)) {
+                let tidied = host_path(h);
+                if !stages.values().any(|st| st.ssh.is_none() && named(st, &tidied)) {
+                    bail!("{}: [hooks] migrate_on {h:?} is not a host of any stage", path.display());
+                }
+                hooks.migrate_on = Some(tidied);
             }
         }
         let any_hook = hooks.migrate.is_some() || hooks.before_flip.is_some() || hooks.after_flip.is_some();
@@ -476,13 +482,18 @@ fn check_stage(
     if stage.hosts.get_ref().is_empty() {
         bail!("{}: stage {name} has no hosts", at(stage.hosts.span()));
     }
+    // A local host's name is a path: `fleet/a`, `./fleet/a` and `fleet/a/`
+    // are one host, named the first way everywhere (groups, host_env, urls).
+    let key = |h: &str| if ssh.is_none() { host_path(h) } else { h.to_owned() };
     let mut hosts: Vec<(String, PathBuf)> = Vec::new();
     for h in stage.hosts.get_ref() {
-        if hosts.iter().any(|(n, _)| n == h) {
-            bail!("{}: stage {name} lists host {h:?} twice", at(stage.hosts.span()));
+        let (written, host) = (h.get_ref(), key(h.get_ref()));
+        let local = if ssh.is_none() { normalize(&dir.join(&host)) } else { PathBuf::new() };
+        if let Some((other, _)) = hosts.iter().find(|(n, d)| *n == host || (ssh.is_none() && *d == local)) {
+            let same = if other == written { String::new() } else { format!(" (as {other:?}: the same directory)") };
+            bail!("{}: stage {name} lists host {written:?} twice{same}; list each host once", at(h.span()));
         }
-        let local = if ssh.is_none() { normalize(&dir.join(h)) } else { PathBuf::new() };
-        hosts.push((h.clone(), local));
+        hosts.push((host, local));
     }
     let env = match &stage.env {
         Some(e) if !valid_env_name(e.get_ref()) => {
@@ -491,7 +502,12 @@ fn check_stage(
         Some(e) => e.get_ref().clone(),
         None => name.to_owned(),
     };
-    let groups = stage.groups.get_ref().clone();
+    let groups: BTreeMap<String, Vec<String>> = stage
+        .groups
+        .get_ref()
+        .iter()
+        .map(|(g, members)| (g.clone(), members.iter().map(|m| key(m)).collect()))
+        .collect();
     let mut grouped: BTreeMap<&str, &str> = BTreeMap::new();
     for (group, members) in &groups {
         if !valid_env_name(group) || group.bytes().all(|b| b.is_ascii_digit()) {
@@ -513,22 +529,39 @@ fn check_stage(
         }
     }
     let strategy = match &stage.strategy {
-        Some(s) if !s.get_ref().is_empty() && s.get_ref().iter().all(|g| groups.contains_key(g)) => {
-            Strategy::Groups(s.get_ref().clone())
+        Some(s) if !s.get_ref().is_empty() && s.get_ref().iter().all(|g| groups.contains_key(g.get_ref())) => {
+            Strategy::Groups(s.get_ref().iter().map(|g| g.get_ref().clone()).collect())
         }
-        Some(s) if s.get_ref().iter().any(|g| groups.contains_key(g)) => {
-            let unknown: Vec<&String> = s.get_ref().iter().filter(|g| !groups.contains_key(*g)).collect();
+        Some(s) if s.get_ref().iter().any(|g| groups.contains_key(g.get_ref())) => {
+            let unknown: Vec<&String> =
+                s.get_ref().iter().map(Spanned::get_ref).filter(|g| !groups.contains_key(*g)).collect();
             bail!("{}: strategy names groups, and also {unknown:?}, which is no group of stage {name}", at(s.span()));
         }
         Some(s) => {
             let steps = s
                 .get_ref()
                 .iter()
-                .map(|step| step.parse::<Step>())
+                .map(|step| step.get_ref().parse::<Step>().map_err(|e| (e, step.span())))
                 .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| anyhow::anyhow!("{}: strategy: {e} (or the names of groups)", at(s.span())))?;
+                .map_err(|(e, span)| anyhow::anyhow!("{}: strategy: {e} (or the names of groups)", at(span)))?;
             if steps.is_empty() {
                 bail!("{}: strategy is empty; leave it out for [\"1\", \"50%\", \"100%\"]", at(s.span()));
+            }
+            let n = hosts.len();
+            if let Some((i, j)) = shrinking(n, &steps) {
+                let (earlier, later) = (steps[i], steps[j]);
+                let reach = |step: Step| match step {
+                    Step::Hosts(k) => plural(k, "host"),
+                    Step::Percent(_) => format!("{} of the stage's {n}", step.reach(n)),
+                };
+                bail!(
+                    "{}: stage {name}: strategy \"{later}\" ({}) after \"{earlier}\" ({}) shrinks: each step counts \
+                     the hosts flipped from the start, so it would flip none; batches grow: a canary first, \
+                     e.g. [\"1\", \"50%\", \"100%\"]",
+                    at(s.get_ref()[j].span()),
+                    reach(later),
+                    reach(earlier)
+                );
             }
             Strategy::Steps(steps)
         }
@@ -559,8 +592,15 @@ fn check_stage(
         Some((o, other)) => bail!("{}: on_failure {other:?} must be \"revert\" or \"stop\"", at(o.span())),
     };
     let (linked_dirs, linked_files) = linked_paths(raw, at)?;
-    let gates = gates(name, &stage.health, at)?;
-    for h in stage.host_env.get_ref().keys() {
+    let mut gates = gates(name, &stage.health, at)?;
+    for gate in &mut gates {
+        if let Gate::Http(probe) | Gate::Errors { probe, .. } = gate {
+            probe.urls = std::mem::take(&mut probe.urls).into_iter().map(|(h, u)| (key(&h), u)).collect();
+        }
+    }
+    let host_env: BTreeMap<String, BTreeMap<String, String>> =
+        stage.host_env.get_ref().iter().map(|(h, env)| (key(h), env.clone())).collect();
+    for h in host_env.keys() {
         if !hosts.iter().any(|(n, _)| n == h) {
             bail!(
                 "{}: stage {name}: host_env names {h:?}, which is not one of the stage's hosts",
@@ -568,7 +608,7 @@ fn check_stage(
             );
         }
     }
-    for (h, env) in stage.host_env.get_ref() {
+    for (h, env) in &host_env {
         for (k, v) in env {
             ferry_switcher::host::runtime::config_safe(v, true).map_err(|e| {
                 anyhow::anyhow!("{}: stage {name}: host_env of {h}: {k}: {e}", at(stage.host_env.span()))
@@ -604,7 +644,7 @@ fn check_stage(
         linked_dirs,
         linked_files,
         gates,
-        host_env: stage.host_env.get_ref().clone(),
+        host_env,
     })
 }
 
@@ -789,6 +829,45 @@ fn linked_paths(raw: &FerryToml, at: &dyn Fn(Range<usize>) -> String) -> Result<
     Ok((linked(&raw.deploy.linked_dirs, "linked_dirs")?, linked(&raw.deploy.linked_files, "linked_files")?))
 }
 
+/// A local host's name, lexically tidied as the path it is: no `./`, no
+/// `//`, no trailing `/` (`..` stays: it is not lexical). `.` for the
+/// config's own directory.
+pub fn host_path(name: &str) -> String {
+    let parts: Vec<&str> = name.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    match (name.starts_with('/'), parts.is_empty()) {
+        (true, _) => format!("/{}", parts.join("/")),
+        (false, true) => ".".to_owned(),
+        (false, false) => parts.join("/"),
+    }
+}
+
+/// The first step of `strategy` that reaches fewer hosts than a step before
+/// it, as (earlier, later) indices: steps are cumulative, so such a step
+/// adds no host (the batches drop it), which is never what was meant.
+/// Counts are compared with counts and shares with shares whatever the
+/// fleet (`["5", "3"]`, `["50%", "10%"]`); a count with a share on the
+/// stage's `n` hosts, where `["50%", "1"]` is 2 then 1 for 4 hosts and
+/// `["10%", "20"]` shrinks only past 200 hosts.
+fn shrinking(n: usize, strategy: &[Step]) -> Option<(usize, usize)> {
+    strategy.iter().enumerate().find_map(|(j, later)| {
+        let shrinks = |earlier: &Step| match (*earlier, *later) {
+            (Step::Hosts(a), Step::Hosts(b)) => b < a,
+            (Step::Percent(a), Step::Percent(b)) => b < a,
+            (a, b) => b.reach(n) < a.reach(n),
+        };
+        strategy[..j].iter().position(shrinks).map(|i| (i, j))
+    })
+}
+
+/// `1 host`, `2 hosts`.
+pub fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("{n} {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -944,6 +1023,50 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_strategy_whose_steps_shrink_is_refused_at_the_step() {
+        let stage = |strategy: &str| {
+            parse(&format!(
+                "service = \"s\"\n[stages.web]\nhosts = [\"a\", \"b\", \"c\", \"d\"]\nstrategy = {strategy}\n"
+            ))
+        };
+        let err = stage(r#"["50%", "1"]"#).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "/srv/svc/ferry.toml:4:20: stage web: strategy \"1\" (1 host) after \"50%\" (2 of the stage's 4) shrinks"
+            ),
+            "{err}"
+        );
+        assert!(err.ends_with(r#"batches grow: a canary first, e.g. ["1", "50%", "100%"]"#), "{err}");
+        assert!(stage(r#"["3", "2"]"#).is_err());
+        assert!(stage(r#"["60%", "50%"]"#).is_err());
+        assert!(stage(r#"["1", "50%", "100%"]"#).is_ok());
+        assert!(stage(r#"["10%", "2", "100%"]"#).is_ok());
+        assert!(stage(r#"["2", "50%"]"#).is_ok(), "the same reach twice shrinks nothing");
+        assert_eq!(shrinking(1000, &[Step::Percent(10), Step::Hosts(20)]), Some((0, 1)));
+        assert_eq!(shrinking(1, &[Step::Hosts(5), Step::Hosts(3)]), Some((0, 1)));
+    }
+
+    #[test]
+    fn a_local_host_is_its_path_tidied() {
+        for (written, name) in
+            [("h/a", "h/a"), ("./h/a", "h/a"), ("h//a/", "h/a"), ("./h/./a", "h/a"), ("/x//y/", "/x/y")]
+        {
+            assert_eq!(host_path(written), name, "{written}");
+        }
+        assert_eq!((host_path("."), host_path("./"), host_path("../h")), (".".into(), ".".into(), "../h".into()));
+        let c = parse("service = \"s\"\n[hooks]\nmigrate = \"m\"\nmigrate_on = \"./h//b/\"\n[stages.web]\nhosts = [\"h/a\", \"h/b\"]\n")
+            .unwrap();
+        assert_eq!(c.hooks.migrate_on.as_deref(), Some("h/b"));
+        let err = parse("service = \"s\"\n[stages.web]\nhosts = [\"h/a\", \"./h/a/\"]\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "/srv/svc/ferry.toml:3:17: stage web lists host \"./h/a/\" twice (as \"h/a\": the same directory)"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

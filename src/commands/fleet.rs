@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use ferry_builder::{delta, Store};
+use ferry_builder::store::MIN_PREFIX;
+use ferry_builder::{delta, BundleInfo, Store};
 use ferry_formats::journal::{Outcome as JournalOutcome, Record};
 use ferry_formats::signature::Signature;
-use ferry_formats::ReleaseId;
+use ferry_formats::{ComponentKind, ReleaseId};
 use ferry_switcher::fleet::{self, Local, Observer, Outcome, ReleaseSource, Report, SourceError, Transport};
 
 use crate::exit;
@@ -47,17 +48,27 @@ impl ReleaseSource for StoreSource<'_> {
     }
 }
 
+/// One host step as a line: what happened, not why it failed: the why is
+/// printed once, after the report (see [`show`]).
+fn step_line(host: &str, step: &str, detail: &str) -> String {
+    let failed = detail.starts_with("failed")
+        || (step.starts_with("gate ") && detail.starts_with(step) && detail.contains(" failed after batch "));
+    let detail = if failed { "failed" } else { detail };
+    format!("  {host:<12} {step:<11} {detail}")
+}
+
 /// Progress lines on stderr, one per step of each host.
 struct Lines;
 
 impl Observer for Lines {
     fn event(&self, host: &str, step: &str, detail: &str) {
-        eprintln!("  {host:<12} {step:<11} {detail}");
+        eprintln!("{}", step_line(host, step, detail));
     }
 }
 
-/// On a terminal: one bar over every host step (staged, flipped, rolled
-/// back), with the last event as its message; failures still get a line.
+/// On a terminal: each step's line above one bar over every host step
+/// (staged, flipped, rolled back). The lines are printed whole, wrapping
+/// if need be; only the bar's own message is cut to the terminal's width.
 struct Bar(indicatif::ProgressBar);
 
 impl Bar {
@@ -75,13 +86,11 @@ impl Bar {
 
 impl Observer for Bar {
     fn event(&self, host: &str, step: &str, detail: &str) {
-        if detail.starts_with("failed") || detail.contains("refused") {
-            self.0.println(format!("  {host:<12} {step:<11} {detail}"));
-        }
+        self.0.println(step_line(host, step, detail));
         if matches!(step, "staged" | "activated" | "rolled back" | "reverted") {
             self.0.inc(1);
         }
-        self.0.set_message(format!("{host}: {step} {detail}"));
+        self.0.set_message(format!("{host}: {step}"));
     }
 }
 
@@ -91,10 +100,10 @@ impl Drop for Bar {
     }
 }
 
-/// How a fleet command shows progress: nothing with --json, a bar on a
-/// terminal, else a line per host step.
+/// How a fleet command shows progress: nothing with --json or --quiet, a
+/// bar under the step lines on a terminal, else the step lines.
 fn observer(settings: &Settings, steps: u64) -> Box<dyn Observer> {
-    if settings.output.json {
+    if settings.output.json || settings.output.quiet {
         Box::new(fleet::Quiet)
     } else if settings.output.progress {
         Box::new(Bar::new(steps))
@@ -119,12 +128,28 @@ pub fn push(settings: &Settings, s: &StageSettings, id: Option<&str>) -> Result<
     if head.meta.service != s.service {
         bail!("release {} is of service {}, not {}", release.short(12), head.meta.service, s.service);
     }
-    if !settings.output.json {
+    // Each host would refuse it at stage time, one by one; say it once,
+    // before anything is contacted.
+    if let Some(env) = &s.stage.options.env {
+        for config in head.meta.components_of(ComponentKind::Config) {
+            if !config.environments.contains(env) {
+                bail!(
+                    "release {} has no config for environment {env:?} (it has: {}); nothing was pushed: \
+                     add {}/{env}/ to the release and build it again, or set stage {}'s env to one it has",
+                    release.short(12),
+                    config.environments.join(", "),
+                    config.path,
+                    s.stage.name
+                );
+            }
+        }
+    }
+    if !settings.output.json && !settings.output.quiet {
         eprintln!(
-            "pushing {} ({}) to {} hosts of {}",
+            "pushing {} ({}) to {} of {}",
             release.short(12),
             head.meta.version.as_deref().unwrap_or("no version"),
-            s.stage.hosts.len(),
+            plural(s.stage.hosts.len(), "host"),
             s.stage.name
         );
     }
@@ -132,22 +157,69 @@ pub fn push(settings: &Settings, s: &StageSettings, id: Option<&str>) -> Result<
     let observer = observer(settings, 2 * hosts);
     let report = fleet::push(&s.stage, s.transport(), &StoreSource(&settings.store), &release, observer.as_ref());
     drop(observer);
-    show(settings, &report, "pushed")
+    show(settings, &report, Verb::Push)
 }
 
 pub fn rollback(settings: &Settings, s: &StageSettings, to: Option<&str>) -> Result<u8> {
-    let to = to
-        .map(|t| settings.store.resolve(t).or_else(|_| t.parse::<ReleaseId>().map_err(anyhow::Error::from)))
-        .transpose()?;
+    let to = to.map(|t| named_release(&settings.store, &s.service, t)).transpose()?;
     let observer = observer(settings, s.stage.hosts.len() as u64);
     let report = fleet::rollback(&s.stage, s.transport(), to.as_ref(), observer.as_ref());
     drop(observer);
-    show(settings, &report?, "rolled back")
+    show(settings, &report?, Verb::Rollback)
+}
+
+/// The release of `service` that `name` names: a unique id prefix or an
+/// exact version label among the store's bundles of it, else a whole id
+/// (the hosts may keep a release the store no longer has).
+fn named_release(store: &Store, service: &str, name: &str) -> Result<ReleaseId> {
+    let bundles: Vec<BundleInfo> = store.list()?.into_iter().filter(|b| b.service == service).collect();
+    let hex = name.len() >= MIN_PREFIX && name.bytes().all(|b| b.is_ascii_hexdigit());
+    let prefix = name.to_ascii_lowercase();
+    let matches: Vec<&BundleInfo> = bundles
+        .iter()
+        .filter(|b| (hex && b.id.to_hex().starts_with(&prefix)) || b.version.as_deref() == Some(name))
+        .collect();
+    let shown = |b: &&BundleInfo| format!("{} ({})", b.id.short(12), b.version.as_deref().unwrap_or("no version"));
+    match matches[..] {
+        [one] => Ok(one.id),
+        [] => match name.parse::<ReleaseId>() {
+            Ok(id) => Ok(id),
+            Err(_) => {
+                let known: Vec<String> = bundles.iter().take(10).map(|b| shown(&b)).collect();
+                bail!(
+                    "no release of {service} in the store {} has the id prefix or version {name:?} ({}); \
+                     name one of them, or a whole 64-digit id",
+                    store.root().display(),
+                    if known.is_empty() { "it has none".to_owned() } else { format!("it has: {}", known.join(", ")) }
+                )
+            }
+        },
+        _ => {
+            let which: Vec<String> = matches.iter().map(shown).collect();
+            bail!(
+                "{name:?} names {} releases of {service}: {}; give more digits of the id",
+                which.len(),
+                which.join(", ")
+            )
+        }
+    }
+}
+
+/// Which command a report is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Push,
+    Rollback,
 }
 
 /// Prints the report and returns the exit code: 0 all ok, 1 some hosts
 /// failed, 2 nothing could start (no host staged or flipped anything).
-fn show(settings: &Settings, report: &Report, verb: &str) -> Result<u8> {
+///
+/// Each error is said once: the one that stopped the command (the failed
+/// gate's evidence, else the first failed host's) in the last line, every
+/// other host's own above it. Step lines and the table only say "failed".
+/// With --quiet, only those lines, the warnings and the last line.
+fn show(settings: &Settings, report: &Report, verb: Verb) -> Result<u8> {
     let started = report.hosts.iter().any(|h| h.staged || h.batch.is_some() || h.step == "rollback");
     let code = if report.ok {
         exit::OK
@@ -160,15 +232,61 @@ fn show(settings: &Settings, report: &Report, verb: &str) -> Result<u8> {
         output::json(&serde_json::to_value(report)?)?;
         return Ok(code);
     }
+    let quiet = settings.output.quiet;
     let id = |i: &Option<ReleaseId>| i.map_or_else(|| "-".to_owned(), |i| i.short(12));
+    if !quiet {
+        table(report)?;
+    }
+    let cause = (!report.ok).then(|| cause(report));
+    for line in host_lines(report, cause.as_ref().and_then(|c| c.1), quiet) {
+        eprintln!("{line}");
+    }
+    let hosts = plural(report.hosts.len(), "host");
+    let last = match (cause, verb) {
+        (Some((why, _)), _) => {
+            let back = report.hosts.iter().filter(|h| h.result == Outcome::Reverted).count();
+            let back = match back {
+                0 => String::new(),
+                1 => "; the 1 host this push flipped went back".to_owned(),
+                n => format!("; the {n} hosts this push flipped went back"),
+            };
+            let what = if verb == Verb::Push { "push" } else { "rollback" };
+            format!("{what} failed: {why}{back}")
+        }
+        (None, Verb::Push) => {
+            let batches: Vec<String> = report.batches.iter().map(|b| b.join(", ")).collect();
+            let shipped: u64 = report.hosts.iter().map(|h| h.bytes).sum();
+            let current = report.hosts.iter().filter(|h| h.step == "current").count();
+            format!(
+                "pushed {} to {hosts} of {} in {:.2}s{}{}; shipped {}",
+                id(&report.release),
+                report.stage,
+                report.seconds,
+                if batches.is_empty() { String::new() } else { format!(" (batches: {})", batches.join(" | ")) },
+                if current == 0 { String::new() } else { format!(", {current} already current") },
+                output::bytes(shipped)
+            )
+        }
+        (None, Verb::Rollback) => {
+            format!("rolled {hosts} of {} back to {} in {:.2}s", report.stage, id(&report.release), report.seconds)
+        }
+    };
+    eprintln!("{last}");
+    Ok(code)
+}
+
+/// The table of hosts, on stdout.
+fn table(report: &Report) -> Result<()> {
+    let id = |i: &Option<ReleaseId>| i.map_or_else(|| "-".to_owned(), |i| i.short(12));
+    let w = report.hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(12);
     output::line(&format!(
-        "{:<12}  {:<12}  {:<12}  {:<9}  {:<8}  {:>7}  {:<7}  {:>10}",
+        "{:<w$}  {:<12}  {:<12}  {:<9}  {:<8}  {:>7}  {:<7}  {:>10}",
         "HOST", "FROM", "TO", "STEP", "RESULT", "SECONDS", "SHIPPED", "BYTES"
     ))?;
     for h in &report.hosts {
         let result = serde_json::to_value(h.result)?.as_str().unwrap_or("?").to_owned();
         output::line(&format!(
-            "{:<12}  {:<12}  {:<12}  {:<9}  {:<8}  {:>7.2}  {:<7}  {:>10}",
+            "{:<w$}  {:<12}  {:<12}  {:<9}  {:<8}  {:>7.2}  {:<7}  {:>10}",
             h.host,
             id(&h.from),
             id(&h.to),
@@ -179,46 +297,99 @@ fn show(settings: &Settings, report: &Report, verb: &str) -> Result<u8> {
             output::bytes(h.bytes)
         ))?;
     }
-    for h in report.hosts.iter().filter(|h| h.error.is_some()) {
-        let error = h.error.as_deref().unwrap_or_default();
-        if h.result == Outcome::Reverted {
-            eprintln!("{}: flipped back: {error}", h.host);
-        } else {
-            eprintln!("{}: {} failed: {error}", h.host, h.step);
+    Ok(())
+}
+
+/// Why a command failed, and the host whose error that is (its own line
+/// would say it again): the failed gate's evidence, else the first failed
+/// host's step and error.
+fn cause(report: &Report) -> (String, Option<usize>) {
+    if let Some(gate) = &report.gate {
+        return (gate.clone(), None);
+    }
+    let failed = report.hosts.iter().position(|h| h.result == Outcome::Failed && h.error.is_some());
+    match failed.or_else(|| report.hosts.iter().position(|h| h.error.is_some())) {
+        Some(i) => {
+            let h = &report.hosts[i];
+            // As every other host's error line reads.
+            (format!("{}: {} failed: {}", h.host, h.step, h.error.as_deref().unwrap_or_default()), Some(i))
+        }
+        None => {
+            let bad = report.hosts.iter().filter(|h| h.result != Outcome::Ok).count();
+            (
+                format!(
+                    "{} of {} did not end ok; `ferry status {}` shows where they are",
+                    plural(bad, "host"),
+                    report.stage,
+                    report.stage
+                ),
+                None,
+            )
         }
     }
-    for h in report.hosts.iter().filter_map(|h| h.warning.as_ref().map(|w| (h, w))) {
-        eprintln!("{}: warning: {}", h.0.host, h.1);
+}
+
+/// The lines after the table, host by host: errors (but the cause's, and
+/// a gate's evidence, which the last line says), warnings, programs that
+/// were down before the push, and (not with `quiet`) the hooks' output.
+fn host_lines(report: &Report, cause: Option<usize>, quiet: bool) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (i, h) in report.hosts.iter().enumerate() {
+        let Some(error) = h.error.as_deref().filter(|_| Some(i) != cause) else { continue };
+        // A host of the failed batch carries the gate's evidence: only what
+        // it adds is its own.
+        let own = match &report.gate {
+            Some(gate) => error.strip_prefix(gate.as_str()).map_or(error, |rest| rest.trim_start_matches("; ")),
+            None => error,
+        };
+        if own.is_empty() {
+            continue;
+        }
+        if h.result == Outcome::Reverted {
+            lines.push(format!("{}: flipped back: {own}", h.host));
+        } else if own.starts_with("flipped back") {
+            lines.push(format!("{}: {own}", h.host));
+        } else {
+            lines.push(format!("{}: {} failed: {own}", h.host, h.step));
+        }
     }
-    for h in &report.hosts {
+    lines.extend(report.hosts.iter().filter_map(|h| h.warning.as_ref().map(|w| format!("{}: warning: {w}", h.host))));
+    lines.extend(report.hosts.iter().filter(|h| !h.down_before.is_empty()).map(down_before));
+    for h in report.hosts.iter().filter(|_| !quiet) {
         for run in &h.hooks {
             let how = run.exit.map_or_else(|| "killed".to_owned(), |c| format!("exit {c}"));
-            eprintln!("{}: hook {} ({how}, {:.2}s)", h.host, run.name, run.seconds);
-            for line in run.output.lines() {
-                eprintln!("{}:   | {line}", h.host);
+            lines.push(format!("{}: hook {} ({how}, {:.2}s)", h.host, run.name, run.seconds));
+            lines.extend(run.output.lines().map(|l| format!("{}:   | {l}", h.host)));
+        }
+    }
+    lines
+}
+
+/// `web2: was down before the push: web FATAL (Exited too quickly); its
+/// last output: …`: a revert takes such a host back to a release that did
+/// not run either.
+fn down_before(h: &fleet::HostReport) -> String {
+    let each: Vec<String> = h
+        .down_before
+        .iter()
+        .map(|d| {
+            let mut s = format!("{} {}", d.process, d.state);
+            if !d.description.trim().is_empty() {
+                s.push_str(&format!(" ({})", d.description.trim()));
             }
-        }
-    }
-    if let Some(gate) = &report.gate {
-        if report.hosts.iter().any(|h| h.result == Outcome::Reverted) {
-            eprintln!("{gate}; the hosts this push flipped went back");
-        } else {
-            eprintln!("{gate}");
-        }
-    }
-    let batches: Vec<String> = report.batches.iter().map(|b| b.join(", ")).collect();
-    let shipped: u64 = report.hosts.iter().map(|h| h.bytes).sum();
-    let ok = report.hosts.iter().filter(|h| h.result == Outcome::Ok).count();
-    eprintln!(
-        "{verb} {} on {ok}/{} hosts of {} in {:.2}s{}; shipped {}",
-        id(&report.release),
-        report.hosts.len(),
-        report.stage,
-        report.seconds,
-        if batches.is_empty() { String::new() } else { format!(" (batches: {})", batches.join(" | ")) },
-        output::bytes(shipped)
-    );
-    Ok(code)
+            let output: Vec<&str> = d.output.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            if !output.is_empty() {
+                s.push_str(&format!("; its last output: {}", output.join(" / ")));
+            }
+            s
+        })
+        .collect();
+    format!("{}: was down before the push: {}", h.host, each.join("; "))
+}
+
+/// `1 host`, `2 hosts`.
+fn plural(n: usize, what: &str) -> String {
+    crate::config::plural(n, what)
 }
 
 pub fn status(settings: &Settings, s: &StageSettings) -> Result<u8> {
@@ -381,4 +552,45 @@ pub fn history_line(host: Option<&str>, r: &Record) -> String {
         line.push_str(&format!("  ({reason})"));
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_switcher::fleet::{Down, HostReport, Outcome};
+
+    /// The switcher fills `down_before`; the controller's local fleet has no
+    /// programs to find down, so its line is checked here.
+    #[test]
+    fn a_program_down_before_the_push_gets_one_line_for_its_host() {
+        let down = |process: &str, state: &str, description: &str, output: &str| Down {
+            process: process.into(),
+            state: state.into(),
+            description: description.into(),
+            output: output.into(),
+        };
+        let host = HostReport {
+            host: "web2".into(),
+            from: None,
+            to: None,
+            step: "current".into(),
+            result: Outcome::Ok,
+            shipped: "none".into(),
+            bytes: 0,
+            seconds: 0.0,
+            batch: None,
+            staged: true,
+            warning: None,
+            error: None,
+            hooks: Vec::new(),
+            down_before: vec![
+                down("web", "FATAL", "Exited too quickly (process log may have details)", "boot\nImportError: x\n"),
+                down("worker:worker_00", "STOPPED", "", ""),
+            ],
+        };
+        assert_eq!(
+            super::down_before(&host),
+            "web2: was down before the push: web FATAL (Exited too quickly (process log may have details)); \
+             its last output: boot / ImportError: x; worker:worker_00 STOPPED"
+        );
+    }
 }

@@ -2,6 +2,7 @@
 
 mod agent;
 mod build;
+mod cli_output;
 mod golden;
 mod host;
 mod kit;

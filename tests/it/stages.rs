@@ -58,3 +58,98 @@ fn groups_must_name_the_stage_s_hosts_once() {
     let err = p.ferry(["status", "web"]).fails(2);
     assert!(err.contains("host \"fleet/a\" is in groups group1 and group2"), "{err}");
 }
+
+#[test]
+fn a_strategy_whose_batches_shrink_is_refused_where_it_is_written() {
+    let p = project("strategy = [\"50%\", \"1\"]\n");
+    let err = p.ferry(["push", "web"]).fails(2);
+    let at = format!("{}:14:20:", p.path("ferry.toml").display());
+    assert!(
+        err.contains(&format!("{at} stage web: strategy \"1\" (1 host) after \"50%\" (2 of the stage's 4) shrinks")),
+        "{err}"
+    );
+    assert!(err.contains(r#"batches grow: a canary first, e.g. ["1", "50%", "100%"]"#), "{err}");
+    assert!(!p.path("fleet").exists(), "nothing was pushed");
+    // Groups are flipped in the order named, whatever their sizes.
+    let p = project(
+        "strategy = [\"big\", \"small\"]\n[stages.web.groups]\nbig = [\"fleet/a\", \"fleet/b\", \"fleet/c\"]\nsmall = [\"fleet/d\"]\n",
+    );
+    p.ferry(["status", "web"]).ok();
+}
+
+#[test]
+fn a_local_host_written_two_ways_is_one_host() {
+    let p = sample_project();
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    let stage = |hosts: &str| {
+        format!("{toml}\n[release]\nexclude = [\"h/\"]\n\n[stages.web]\nhosts = [{hosts}]\nenv = \"staging\"\n")
+    };
+    p.write("ferry.toml", stage(r#""h/a", "./h/a/""#));
+    let err = p.ferry(["status", "web"]).fails(2);
+    let at = format!("{}:12:17:", p.path("ferry.toml").display());
+    assert!(
+        err.contains(&format!("{at} stage web lists host \"./h/a/\" twice (as \"h/a\": the same directory)")),
+        "{err}"
+    );
+
+    p.write("ferry.toml", stage(r#""./h/a", "h//b/""#));
+    p.build(&[]);
+    let report = p.ferry(["push", "web", "--hosts", "./h/a", "--json"]).ok().json();
+    assert_eq!(report["batches"], serde_json::json!([["a"]]), "{report:#}");
+    p.ferry(["push", "web", "--hosts", "h/b/"]).ok();
+    assert!(p.path("h/a/srv/shop/current").exists() && p.path("h/b/srv/shop/current").exists());
+
+    // migrate_on names it either way too.
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write("ferry.toml", format!("{toml}[hooks]\nmigrate = \"echo migrated\"\nmigrate_on = \"h/b/\"\n"));
+    p.write("app/main.py", "print('shop v2')\n");
+    p.build(&[]);
+    let report = p.ferry(["push", "web", "--json"]).ok().json();
+    let ran: Vec<&str> = report["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["hooks"].as_array().is_some_and(|runs| runs.iter().any(|r| r["name"] == "migrate")))
+        .map(|h| h["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(ran, ["b"], "{report:#}");
+}
+
+#[test]
+fn hosts_takes_the_names_reports_print() {
+    let p = project("");
+    p.build(&[]);
+    // Reports name a local host by its directory's last component.
+    let report = p.ferry(["push", "web", "--hosts", "b,./fleet/c", "--json"]).ok().json();
+    assert_eq!(report["batches"], serde_json::json!([["b"], ["c"]]), "{report:#}");
+    let status = p.ferry(["status", "web", "--hosts", "c"]).ok().stdout;
+    assert!(status.lines().nth(1).is_some_and(|l| l.starts_with("c ")) && status.lines().count() == 2, "{status}");
+    let err = p.ferry(["status", "web", "--hosts", "e"]).fails(2);
+    assert!(
+        err.contains("stage web has no host \"e\" (it has: a (fleet/a), b (fleet/b), c (fleet/c), d (fleet/d))"),
+        "{err}"
+    );
+}
+
+#[test]
+fn hosts_takes_an_ssh_host_by_the_address_it_resolves_to() {
+    let p = sample_project();
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write("ssh_config", "Host web1\n  HostName 127.0.0.1\n  Port 1\n  User deploy\n").write("known_hosts", "");
+    let stage = |hosts: &str| {
+        format!(
+            "{toml}\n[stages.prod]\ntransport = \"ssh\"\nhosts = [{hosts}]\nenv = \"staging\"\nconnect_timeout = 2\n\
+             ssh_config = \"ssh_config\"\nknown_hosts = \"known_hosts\"\n"
+        )
+    };
+    p.write("ferry.toml", stage(r#""web1", "web2""#));
+    for name in ["deploy@127.0.0.1", "127.0.0.1:1", "deploy@web1"] {
+        // Taken: web1 alone is asked, and refuses the connection (port 1).
+        let r = p.ferry(["status", "prod", "--hosts", name]);
+        assert_eq!(r.code, 1, "{name}: {r:?}");
+        assert!(r.stdout.contains("web1") && !r.stdout.contains("web2"), "{name}: {}", r.stdout);
+    }
+    p.write("ferry.toml", stage(r#""web1", "deploy@web1:2222""#));
+    let err = p.ferry(["status", "prod", "--hosts", "127.0.0.1"]).fails(2);
+    assert!(err.contains("--hosts \"127.0.0.1\" could be any of web1, deploy@web1:2222"), "{err}");
+}

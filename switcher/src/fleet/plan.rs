@@ -29,6 +29,26 @@ impl std::str::FromStr for Step {
     }
 }
 
+impl Step {
+    /// How many of `n` hosts are flipped once this step is done, before
+    /// capping at `n`. A share rounds up, so 50% of 5 hosts is 3.
+    pub fn reach(self, n: usize) -> usize {
+        match self {
+            Step::Hosts(k) => k,
+            Step::Percent(p) => (n * p as usize).div_ceil(100),
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Hosts(k) => write!(f, "{k}"),
+            Step::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
 /// Splits `n` hosts into the strategy's batches, as index ranges. A share
 /// rounds up, so 50% of 5 hosts is 3. Steps that add no host are dropped;
 /// hosts a strategy does not reach form a last batch.
@@ -36,11 +56,7 @@ pub fn batches(n: usize, strategy: &[Step]) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let mut done = 0;
     for step in strategy {
-        let upto = match *step {
-            Step::Hosts(k) => k,
-            Step::Percent(p) => (n * p as usize).div_ceil(100),
-        }
-        .min(n);
+        let upto = step.reach(n).min(n);
         if upto > done {
             out.push(done..upto);
             done = upto;
@@ -74,6 +90,13 @@ mod tests {
     fn hosts_a_strategy_misses_form_a_last_batch() {
         assert_eq!(batches(5, &parse(&["2"])), vec![0..2, 2..5]);
         assert_eq!(batches(3, &[]), vec![0..3]);
+    }
+
+    #[test]
+    fn a_step_reaches_its_count_or_its_share_rounded_up() {
+        let s = parse(&["3", "50%", "100%"]);
+        assert_eq!(s.iter().map(|s| s.reach(5)).collect::<Vec<_>>(), [3, 3, 5]);
+        assert_eq!(s.iter().map(ToString::to_string).collect::<Vec<_>>(), ["3", "50%", "100%"]);
     }
 
     #[test]

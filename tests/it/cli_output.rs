@@ -1,0 +1,204 @@
+//! What `ferry push` and `ferry rollback` say, and what they take, on a
+//! local fleet: the lines a person reads, the names they can give.
+
+use fs_err as fs;
+
+use crate::kit::{sample_project, Project};
+
+/// The sample project with a local stage `web` of `hosts` (under fleet/).
+fn fleet(hosts: &[&str], extra: &str) -> Project {
+    let p = sample_project();
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    let list: Vec<String> = hosts.iter().map(|h| format!("\"fleet/{h}\"")).collect();
+    p.write(
+        "ferry.toml",
+        format!(
+            "{toml}\n[release]\nexclude = [\"fleet/\"]\n\n[stages.web]\nhosts = [{}]\nenv = \"staging\"\n{extra}",
+            list.join(", ")
+        ),
+    );
+    p
+}
+
+fn current(p: &Project, host: &str) -> String {
+    let link = fs::read_link(p.path(&format!("fleet/{host}/srv/shop/current"))).unwrap();
+    link.to_str().unwrap().trim_start_matches("releases/").to_owned()
+}
+
+/// Builds the tree as it is, labelled `version`; its id.
+fn build(p: &Project, version: &str) -> String {
+    p.build(&["--version", version])["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn rollback_to_takes_a_version_label_or_an_id_prefix() {
+    let p = fleet(&["a", "b"], "");
+    let v1 = build(&p, "v1");
+    p.ferry(["push", "web", &v1]).ok();
+    p.write("app/main.py", "print('shop v2')\n");
+    let v2 = build(&p, "v2");
+    p.ferry(["push", "web", &v2]).ok();
+    p.write("app/main.py", "print('shop v3')\n");
+    let v3 = build(&p, "v3");
+    p.ferry(["push", "web", &v3]).ok();
+
+    p.ferry(["rollback", "web", "--to", "v1"]).ok();
+    assert_eq!((current(&p, "a"), current(&p, "b")), (v1.clone(), v1.clone()));
+    p.ferry(["rollback", "web", "--to", &v2[..8]]).ok();
+    assert_eq!((current(&p, "a"), current(&p, "b")), (v2.clone(), v2.clone()));
+
+    let err = p.ferry(["rollback", "web", "--to", "v9"]).fails(2);
+    assert!(err.contains("no release of shop in the store"), "{err}");
+    assert!(err.contains(&format!("has the id prefix or version \"v9\" (it has: {} (v3), ", &v3[..12])), "{err}");
+
+    // Another build labelled v1: the label names two releases.
+    p.write("app/main.py", "print('shop v1, again')\n");
+    let again = build(&p, "v1");
+    let err = p.ferry(["rollback", "web", "--to", "v1"]).fails(2);
+    assert!(err.contains("\"v1\" names 2 releases of shop: "), "{err}");
+    assert!(err.contains(&format!("{} (v1)", &v1[..12])) && err.contains(&format!("{} (v1)", &again[..12])), "{err}");
+    assert_eq!(current(&p, "a"), v2, "nothing changed");
+}
+
+#[test]
+fn a_stage_whose_environment_the_release_lacks_is_refused_once_before_any_host_is_reached() {
+    let p = fleet(&["a", "b", "c"], "");
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write("ferry.toml", toml.replace("env = \"staging\"", "env = \"qa\""));
+    let id = build(&p, "v1");
+    let err = p.ferry(["push", "web"]).fails(2);
+    let said = format!("release {} has no config for environment \"qa\" (it has: production, staging)", &id[..12]);
+    assert_eq!(err.matches(&said).count(), 1, "{err}");
+    assert!(err.contains("add config/qa/ to the release and build it again, or set stage web's env"), "{err}");
+    assert!(!p.path("fleet").exists(), "no host was contacted");
+}
+
+/// `[stages.web.health.command]` that fails, with words to count.
+const BROKEN_GATE: &str = "[stages.web.health.command]\nrun = \"echo canary-is-broken; exit 3\"\n";
+
+fn with_gate(p: &Project, gate: &str) {
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write("ferry.toml", format!("{toml}{gate}"));
+}
+
+#[test]
+fn counts_of_hosts_read_right() {
+    let p = fleet(&["a"], "");
+    let id = build(&p, "v1");
+    let err = p.ferry(["push", "web"]).ok().stderr;
+    assert!(err.contains(&format!("pushing {} (v1) to 1 host of web\n", &id[..12])), "{err}");
+    assert!(err.lines().last().unwrap().starts_with(&format!("pushed {} to 1 host of web in ", &id[..12])), "{err}");
+    assert!(!err.contains("1 hosts"), "{err}");
+    p.write("app/main.py", "print('shop v2')\n");
+    build(&p, "v2");
+    p.ferry(["push", "web"]).ok();
+    let err = p.ferry(["rollback", "web"]).ok().stderr;
+    assert!(
+        err.lines().last().unwrap().starts_with(&format!("rolled 1 host of web back to {} in ", &id[..12])),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_failed_push_ends_with_why_and_says_each_error_once() {
+    let p = fleet(&["a", "b", "c"], "");
+    let v1 = build(&p, "v1");
+    p.ferry(["push", "web"]).ok();
+    with_gate(&p, BROKEN_GATE);
+    p.write("app/main.py", "print('shop v2')\n");
+    build(&p, "v2");
+    let r = p.ferry(["push", "web"]);
+    let err = r.fails(1);
+    assert_eq!(
+        err.lines().last().unwrap(),
+        "push failed: gate command failed after batch a: `echo canary-is-broken; exit 3` exited with exit status: 3: \
+         canary-is-broken; the 1 host this push flipped went back",
+        "{err}"
+    );
+    assert_eq!(err.matches("canary-is-broken").count(), 2, "the command and its words, once: {err}");
+    assert!(!err.contains("pushed ") && !err.contains("0/3"), "{err}");
+    // Every step still has its line, failures without their why.
+    for line in ["  a            staged", "  a            activated   batch 1", "  a            gate command failed\n"]
+    {
+        assert!(err.contains(line), "{line:?}: {err}");
+    }
+    assert_eq!(current(&p, "a"), v1);
+
+    // A host that fails: its step and error, once, in the last line.
+    fs::remove_dir_all(p.path("fleet/b")).unwrap();
+    p.write("fleet/b", "not a directory");
+    let err = p.ferry(["push", "web"]).fails(2);
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.starts_with("push failed: b: connect failed: ") && last.ends_with("Not a directory (os error 20)"),
+        "{err}"
+    );
+    assert_eq!(err.matches("Not a directory").count(), 1, "{err}");
+}
+
+#[test]
+fn quiet_prints_only_the_outcome_errors_and_warnings() {
+    let p = fleet(&["a", "b", "c"], "");
+    let v1 = build(&p, "v1");
+    let r = p.ferry(["push", "web", "--quiet"]).ok();
+    assert_eq!(r.stdout, "", "no table");
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.starts_with(&format!("pushed {} to 3 hosts of web in ", &v1[..12])), "{}", r.stderr);
+
+    with_gate(&p, BROKEN_GATE);
+    p.write("app/main.py", "print('shop v2')\n");
+    build(&p, "v2");
+    let r = p.ferry(["push", "web", "-q"]);
+    assert_eq!((r.code, r.stdout.as_str()), (1, ""), "{r:?}");
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.starts_with("push failed: gate command failed after batch a: "), "{}", r.stderr);
+
+    fs::remove_dir_all(p.path("fleet/c")).unwrap();
+    p.write("fleet/c", "not a directory");
+    let r = p.ferry(["push", "web", "-q"]);
+    assert_eq!((r.code, r.stdout.as_str()), (2, ""), "{r:?}");
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.starts_with("push failed: c: connect failed: "), "{}", r.stderr);
+}
+
+/// On a terminal every host step has its line above the bar, whole, however
+/// wide it is.
+#[test]
+fn on_a_terminal_each_step_has_its_whole_line_above_the_bar() {
+    let long = "c-has-a-name-long-enough-that-its-step-lines-are-wider-than-any-terminal-bar";
+    let p = fleet(&["a", "b", long], "");
+    let id = build(&p, "v1");
+    let command = format!(
+        "stty rows 24 cols 60; {} push web --store {} -c {}",
+        crate::kit::ferry_bin(),
+        p.store.path().display(),
+        p.path("ferry.toml").display()
+    );
+    let r = crate::kit::run(
+        std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env_remove("FERRY_STORE")
+            .env_remove("FERRY_CONFIG"),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let out = r.stdout.replace('\r', "");
+    for host in ["a", "b", long] {
+        for step in ["staged      ", "activated   batch "] {
+            let line = format!("  {host:<12} {step}");
+            assert!(out.contains(&line), "{line:?}:\n{out}");
+        }
+    }
+    assert!(out.contains(&format!("pushed {} to 3 hosts of web", &id[..12])), "{out}");
+}
+
+#[test]
+fn push_takes_force_and_says_what_it_does() {
+    let p = fleet(&["a", "b"], "");
+    let id = build(&p, "v1");
+    p.ferry(["push", "web"]).ok();
+    let r = p.ferry(["push", "web", "--force"]).ok();
+    assert!(r.stderr.lines().last().unwrap().starts_with(&format!("pushed {} to 2 hosts of web", &id[..12])), "{r:?}");
+    assert_eq!((current(&p, "a"), current(&p, "b")), (id.clone(), id));
+    let help = p.ferry(["push", "--help"]).ok().stdout;
+    assert!(help.contains("--force") && help.contains("reported `already current`"), "{help}");
+}
