@@ -241,6 +241,9 @@ fn show(settings: &Settings, report: &Report, verb: Verb) -> Result<u8> {
     for line in host_lines(report, cause.as_ref().and_then(|c| c.1), quiet) {
         eprintln!("{line}");
     }
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
     let hosts = plural(report.hosts.len(), "host");
     let last = match (cause, verb) {
         (Some((why, _)), _) => {

@@ -288,9 +288,8 @@ pub fn push(
         if !down.is_empty() {
             let said: Vec<String> =
                 down.iter().map(|d| format!("{} {} ({})", d.process, d.state, d.description)).collect();
-            let said = format!("was down before the push: {}", said.join(", "));
-            observer.event(&slot.spec.name, "programs", &said);
-            slot.warn(said);
+            // Said now, as it is found; the report carries it as `down_before`.
+            observer.event(&slot.spec.name, "programs", &format!("was down before the push: {}", said.join(", ")));
             slot.report.down_before = down;
         }
     });
@@ -639,7 +638,8 @@ fn check_gates(
                     }
                 }
                 if bad.is_empty() {
-                    Ok(format!("{} hosts answered {}", batch.len(), probe.status))
+                    let hosts = if batch.len() == 1 { "1 host".to_owned() } else { format!("{} hosts", batch.len()) };
+                    Ok(format!("{hosts} answered {}", probe.status))
                 } else {
                     Err(bad.join("; "))
                 }
