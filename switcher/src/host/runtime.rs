@@ -85,6 +85,11 @@ pub enum RuntimeError {
     },
     #[error("program {program} still runs release {runs} after the restart (pid {pid}, {what} {path}), not {wanted}: {hint}")]
     OldRelease { program: String, pid: u32, what: String, path: String, runs: String, wanted: String, hint: String },
+    #[error(
+        "program {program} was sent SIG{signal}, but in {seconds} s no new child of it stayed up: it did not \
+         reload its workers; check its log, or drop reload_signal to restart it by stop and start"
+    )]
+    NotReloaded { program: String, signal: String, seconds: u64 },
     #[error("supervisord did not come up: {0}")]
     Start(String),
 }
@@ -394,10 +399,9 @@ impl Host {
                 Restart::Signal(signal) if group(&supervisor, &p.name)?.iter().all(|i| i.state == "RUNNING") => {
                     let before: Vec<(String, u32)> =
                         group(&supervisor, &p.name)?.into_iter().map(|i| (i.name, i.pid)).collect();
+                    let children: Vec<Vec<u32>> = before.iter().map(|(_, pid)| procs::descendants(*pid)).collect();
                     supervisor.signal_group(&p.name, signal).map_err(runtime)?;
-                    // The program reloads in its own time: give it startsecs.
-                    std::thread::sleep(Duration::from_secs(u64::from(p.startsecs.max(1))));
-                    self.wait_running(&supervisor, p, Some(&before))?;
+                    self.wait_reloaded(&supervisor, p, signal, &before, &children)?;
                 }
                 _ => {
                     // supervisord KILLs after stopwaitsecs; a little more for that.
@@ -422,6 +426,48 @@ impl Host {
             self.check_release(&supervisor, p, id)?;
         }
         Ok(notes)
+    }
+
+    /// After a reload signal: the program reloads in its own time. It has
+    /// reloaded when each process kept its pid (a new pid means it died and
+    /// was restarted) for startsecs, and, for a process that had children
+    /// (a pre-forking server's workers), when a child it started after the
+    /// signal has stayed up for startsecs: the workers that load the new
+    /// code booted. A master whose new workers fail to boot usually exits,
+    /// which the pid shows; under load that takes a while, so a fixed wait
+    /// would pass it as reloaded.
+    fn wait_reloaded(
+        &self,
+        supervisor: &Supervisor,
+        p: &Program,
+        signal: &str,
+        before: &[(String, u32)],
+        children: &[Vec<u32>],
+    ) -> Result<(), HostError> {
+        let settle = Duration::from_secs(u64::from(p.startsecs.max(1)));
+        let start = Instant::now();
+        let deadline = start + settle + Duration::from_secs(u64::from(p.stopwaitsecs) + 30);
+        let mut first_seen: BTreeMap<u32, Instant> = BTreeMap::new();
+        loop {
+            self.wait_running(supervisor, p, Some(before))?;
+            let mut settled = start.elapsed() >= settle;
+            for ((_, pid), old) in before.iter().zip(children).filter(|(_, old)| !old.is_empty()) {
+                let fresh: Vec<u32> = procs::descendants(*pid).into_iter().filter(|c| !old.contains(c)).collect();
+                let lived = fresh.iter().any(|c| first_seen.entry(*c).or_insert_with(Instant::now).elapsed() >= settle);
+                settled &= lived;
+            }
+            if settled {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(runtime(RuntimeError::NotReloaded {
+                    program: p.name.clone(),
+                    signal: signal.to_owned(),
+                    seconds: start.elapsed().as_secs(),
+                }));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Stops every program, as far as it can (a first deploy that did not
