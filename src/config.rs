@@ -100,6 +100,8 @@ pub struct HttpSection {
     pub status: Option<u16>,
     pub timeout: Option<f64>,
     pub retries: Option<u32>,
+    #[serde(default)]
+    pub answered_by: ferry_switcher::fleet::gates::AnsweredBy,
 }
 
 #[derive(Debug, Deserialize)]
@@ -682,6 +684,7 @@ fn gates(stage: &str, health: &HealthSection, at: &dyn Fn(Range<usize>) -> Strin
             status: h.status.unwrap_or(200),
             timeout: secs(h.timeout, 2.0),
             retries: h.retries.unwrap_or(3).max(1),
+            answered_by: h.answered_by,
         }));
     }
     if let Some(e) = &health.errors {
@@ -705,6 +708,7 @@ fn gates(stage: &str, health: &HealthSection, at: &dyn Fn(Range<usize>) -> Strin
                 status: 200,
                 timeout: secs(e.timeout, 2.0),
                 retries: 1,
+                answered_by: ferry_switcher::fleet::gates::AnsweredBy::Any,
             },
             window: secs(e.window, 10.0),
             interval: secs(e.interval, 0.2),

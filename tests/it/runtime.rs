@@ -255,6 +255,7 @@ fn a_host_whose_supervisord_died_gets_it_started_again_and_says_so() {
     let report = p.ferry(["push", "prod", "--json"]).ok().json();
     let second = row(&report, hosts.hosts[1].addr);
     assert_eq!(second["warning"], "supervisord was not running: started it", "{second}");
+    assert_eq!(second["down_before"][0]["process"], "supervisord", "{second}");
     assert!(row(&report, hosts.hosts[0].addr)["warning"].is_null(), "{report}");
     serves(&hosts, "v2");
 }

@@ -186,6 +186,13 @@ fn a_gate_answered_by_another_process_on_the_port_fails_and_names_it() {
     assert_eq!(second["result"], "failed", "{second}");
     assert_eq!(row(&report, hosts.hosts[0].addr)["result"], "reverted", "{report}");
     assert_eq!((current(&hosts, 0), current(&hosts, 1)), (v1.clone(), v1));
+
+    // A proxy in front answers for the programs: said so, the check is off.
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write("ferry.toml", toml.replace("retries = 3\n", "retries = 3\nanswered_by = \"any\"\n"));
+    let report = p.ferry(["push", "prod", "--json"]).ok().json();
+    let notes = report["notes"].to_string();
+    assert!(notes.contains("answered_by = \\\"any\\\": the gate's answers were not checked"), "{report}");
 }
 
 #[test]
@@ -306,7 +313,7 @@ fn a_program_that_ignores_sigterm_is_killed_after_stopwaitsecs_and_the_push_says
 }
 
 #[test]
-fn a_current_release_removed_by_hand_under_its_running_programs_is_replaced_by_the_next_push() {
+fn a_current_release_removed_by_hand_under_its_running_programs_is_never_pointed_at_again() {
     let hosts = TestHosts::start(1);
     let p = project(&hosts, "");
     build(&p, "v1");
@@ -314,7 +321,9 @@ fn a_current_release_removed_by_hand_under_its_running_programs_is_replaced_by_t
     let v2 = build(&p, "v2");
     p.ferry(["push", "prod"]).ok();
     ssh_ok(&hosts, 0, &format!("rm -rf /srv/hello/releases/{v2}"));
-    let v3 = build(&p, "v3");
+
+    // Pushed again, v2 is staged anew; its programs still run in the
+    // removed copy, so they are restarted on the new one.
     let r = p.ferry(["push", "prod", "--json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let host = row(&r.json(), hosts.hosts[0].addr);
@@ -324,8 +333,32 @@ fn a_current_release_removed_by_hand_under_its_running_programs_is_replaced_by_t
         warning.contains(&format!("its current release {} is not on disk (removed by hand?)", &v2[..12])),
         "{host}"
     );
-    assert_eq!(current(&hosts, 0), v3);
-    serves(&hosts, "v3");
+    assert!(warning.contains(&format!("program web did not run release {}", &v2[..12])), "{host}");
+    assert!(warning.contains("a removed copy of release") && warning.contains("restarted it"), "{host}");
+    serves(&hosts, "v2");
+    let status = p.ferry(["status", "prod", "--json"]).ok().json();
+    let master = status["hosts"][0]["status"]["programs"][0]["pid"].as_u64().unwrap();
+    assert_eq!(
+        ssh_ok(&hosts, 0, &format!("readlink /proc/{master}/cwd")).trim(),
+        format!("/srv/hello/releases/{v2}/app")
+    );
+
+    // Removed again, then a release that does not start: there is nothing
+    // to go back to, and `current` must not point at the missing v2.
+    ssh_ok(&hosts, 0, &format!("rm -rf /srv/hello/releases/{v2}"));
+    let code = fs::read_to_string(p.path("app/hello.py")).unwrap();
+    p.write("app/hello.py", format!("{code}\ndef broken(:\n"));
+    build(&p, "v3");
+    let r = p.ferry(["push", "prod", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let error = row(&r.json(), hosts.hosts[0].addr)["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("there is no earlier release to go back to"), "{error}");
+    assert!(fs::symlink_metadata(hosts.hosts[0].srv.join("hello/current")).is_err(), "current points nowhere");
+    p.write("app/hello.py", code);
+    let v4 = build(&p, "v4");
+    p.ferry(["push", "prod"]).ok();
+    assert_eq!(current(&hosts, 0), v4);
+    serves(&hosts, "v4");
 }
 
 #[test]

@@ -91,6 +91,22 @@ pub struct HttpProbe {
     pub status: u16,
     pub timeout: Duration,
     pub retries: u32,
+    /// Who may give the answer on a host (the http gate's).
+    pub answered_by: AnsweredBy,
+}
+
+/// Who may answer a host's http gate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnsweredBy {
+    /// One of the programs' processes listening on the URL's port on that
+    /// host: an answer from any other process (an old one, an orphaned
+    /// worker, someone else's server) fails the gate.
+    #[default]
+    Programs,
+    /// Anything (a proxy or load balancer in front of the programs):
+    /// ferry does not check who answered, and says so.
+    Any,
 }
 
 impl Gate {

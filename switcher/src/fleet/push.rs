@@ -10,7 +10,7 @@ use fs_err as fs;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::gates::{self, Gate, Runtime};
+use super::gates::{self, AnsweredBy, Gate};
 use super::{batches, HostSpec, Observer, OnFailure, ReleaseSource, Session, Stage, Transport};
 use crate::host::runtime::HookRun;
 use crate::host::{error_chain, HostError, Status};
@@ -271,7 +271,15 @@ pub fn push(
         };
         // Look before leaping: programs already down are the host's news
         // before anything flips, not after.
-        let down = down(session.as_mut(), &status.programs);
+        let mut down = down(session.as_mut(), &status.programs);
+        if let Some(why) = &status.supervisord_down {
+            down.push(Down {
+                process: "supervisord".into(),
+                state: "NOT RUNNING".into(),
+                description: why.clone(),
+                output: String::new(),
+            });
+        }
         slot.report.from = status.current;
         if status.releases.iter().any(|r| r.id == *release) {
             slot.report.shipped = "none".into();
@@ -451,7 +459,7 @@ pub fn push(
             ));
             break;
         }
-        if let Err(evidence) = check_gates(rt, &mut slots, range.clone(), release, observer) {
+        if let Err(evidence) = check_gates(stage, &mut slots, range.clone(), release, observer) {
             gate_failed = Some(evidence.clone());
             failed = Some(evidence);
             break;
@@ -462,7 +470,7 @@ pub fn push(
         if stage.on_failure == OnFailure::Revert {
             revert(&pool, &mut slots, observer, &why);
             phases.done("revert");
-            recheck(&stage.runtime, &mut slots);
+            recheck(stage, &mut slots);
         }
         let mut report = finish(stage, Some(*release), slots, names, start).with(phases);
         report.gate = gate_failed;
@@ -493,9 +501,16 @@ pub fn push(
     let mut report = finish(stage, Some(*release), slots, names, start).with(phases);
     let answers = rt.gates.iter().any(|g| matches!(g, Gate::Http(_) | Gate::Errors { .. }));
     if !rt.programs.is_empty() && !answers {
-        report.notes.push(
+        report.notes.push(format!(
             "no http or errors gate: ferry checked that the programs run the new release, not that they answer; \
-             add [stages.<stage>.health.http] to know"
+             add [stages.{}.health.http] to know",
+            stage.name
+        ));
+    }
+    if rt.gates.iter().any(|g| matches!(g, Gate::Http(p) if p.answered_by == AnsweredBy::Any)) {
+        report.notes.push(
+            "health.http.answered_by = \"any\": the gate's answers were not checked to come from the new \
+             release's processes"
                 .into(),
         );
     }
@@ -598,12 +613,13 @@ fn hook_failure(run: &HookRun) -> String {
 /// The stage's gates on the batch `range`, just flipped. A failed gate's
 /// evidence goes on the hosts it names and is returned.
 fn check_gates(
-    rt: &Runtime,
+    stage: &Stage,
     slots: &mut [Slot],
     range: std::ops::Range<usize>,
     release: &ReleaseId,
     observer: &dyn Observer,
 ) -> Result<(), String> {
+    let rt = &stage.runtime;
     let batch: Vec<String> = slots[range.clone()].iter().map(|s| s.spec.name.clone()).collect();
     for gate in &rt.gates {
         let verdict: Result<String, String> = match gate {
@@ -613,12 +629,12 @@ fn check_gates(
                 let mut bad = Vec::new();
                 for (i, result) in results {
                     let result = result.and_then(|ok| {
-                        if rt.programs.is_empty() {
+                        if rt.programs.is_empty() || probe.answered_by == AnsweredBy::Any {
                             return Ok(ok);
                         }
                         let url = probe.url_for(&slots[i].spec.name);
                         let Some(session) = slots[i].session.as_mut() else { return Ok(ok) };
-                        match answered_by_programs(session.as_mut(), &url)? {
+                        match answered_by_programs(session.as_mut(), &url, &stage.name)? {
                             Some(note) => {
                                 slots[i].warn(note);
                                 Ok(ok)
@@ -677,7 +693,8 @@ fn check_gates(
 
 /// After a revert, the hosts flipped back must pass the http gate again:
 /// the old release may not come back (something else took its port).
-fn recheck(rt: &Runtime, slots: &mut [Slot]) {
+fn recheck(stage: &Stage, slots: &mut [Slot]) {
+    let rt = &stage.runtime;
     let Some(probe) = rt.gates.iter().find_map(|g| if let Gate::Http(p) = g { Some(p) } else { None }) else {
         return;
     };
@@ -686,7 +703,9 @@ fn recheck(rt: &Runtime, slots: &mut [Slot]) {
     for (i, result) in reverted.into_iter().zip(probe.check_all(&names)) {
         let url = probe.url_for(&slots[i].spec.name);
         let result = result.and_then(|ok| match slots[i].session.as_mut() {
-            Some(session) if !rt.programs.is_empty() => answered_by_programs(session.as_mut(), &url).map(|_| ok),
+            Some(session) if !rt.programs.is_empty() && probe.answered_by == AnsweredBy::Programs => {
+                answered_by_programs(session.as_mut(), &url, &stage.name).map(|_| ok)
+            }
             _ => Ok(ok),
         });
         if let Err(e) = result {
@@ -746,30 +765,42 @@ fn down(session: &mut dyn Session, processes: &[crate::host::supervisor::Process
 /// programs' processes (which the restart checked to run the release).
 /// `Err` when another process holds the port (an old process, an orphaned
 /// worker, someone else's server), naming it; `Ok(Some(note))` when ferry
-/// cannot tell (nothing on the host listens on the port: the URL reaches
-/// another machine; or the listener is another user's process).
-fn answered_by_programs(session: &mut dyn Session, url: &str) -> Result<Option<String>, String> {
+/// cannot tell: nothing on the host listens on the port (the URL reaches
+/// another machine), the listener is another user's process, or the host
+/// cannot say.
+fn answered_by_programs(session: &mut dyn Session, url: &str, stage: &str) -> Result<Option<String>, String> {
     let Some(port) = port_of(url) else { return Ok(None) };
-    let holders = session
-        .listeners(port)
-        .map_err(|e| format!("cannot tell which process answered on port {port}: {}", error_chain(&e)))?;
+    let holders = match session.listeners(port) {
+        Ok(holders) => holders,
+        Err(e) => {
+            return Ok(Some(format!(
+                "cannot tell which process answered on port {port} ({}): the answer was not checked to come from \
+                 the new release",
+                error_chain(&e)
+            )))
+        }
+    };
     if holders.is_empty() {
         return Ok(Some(format!(
-            "nothing on the host listens on port {port}: the gate's answer came from elsewhere, and ferry cannot tell it came from the new release"
+            "nothing on the host listens on port {port}: the gate's answer came from elsewhere, and ferry cannot \
+             tell it came from the new release"
         )));
     }
     if let Some(other) = holders.iter().find(|h| h.pid.is_some() && h.process.is_none()) {
+        let pid = other.pid.unwrap_or_default();
         let runs = other.release.as_ref().map_or_else(String::new, |r| format!(", running release {r}"));
         return Err(format!(
-            "port {port} is held by pid {} ({}{runs}), which is not one of the programs' processes: the answer \
-             may have come from it, not from the new release; stop it (kill {0}) and push again",
-            other.pid.unwrap_or_default(),
+            "port {port} is held by pid {pid} ({}{runs}), which is not one of the programs' processes: the answer \
+             may have come from it, not from the new release; if it should not be there, stop it (kill {pid}) and \
+             push again; if it is a proxy in front of the programs, set answered_by = \"any\" in \
+             [stages.{stage}.health.http]",
             other.command
         ));
     }
     if holders.iter().all(|h| h.pid.is_none()) {
         return Ok(Some(format!(
-            "port {port} is held by a process this user cannot see: ferry cannot tell the answer came from the new release"
+            "port {port} is held by a process this user cannot see: ferry cannot tell the answer came from the new \
+             release"
         )));
     }
     Ok(None)

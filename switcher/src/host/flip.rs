@@ -10,7 +10,7 @@ use fs_err as fs;
 use serde::Serialize;
 
 use super::stage::{error_chain, StageOptions, ACTIVE_CONFIG};
-use super::{at, whoami, Host, HostError, Lock};
+use super::{at, whoami, Back, Host, HostError, Lock};
 
 /// What a flip did.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -92,10 +92,18 @@ impl Host {
         }
         if from == Some(*id) {
             // Already current (a push again): the programs must still be
-            // running it, and a flip killed before its line gets one now.
+            // running it (restarted if they do not), and a flip killed
+            // before its line gets one now.
             self.record_interrupted(id, action)?;
-            let notes = self.ensure_programs(id)?;
-            return Ok(Flipped { from, to: *id, already: true, notes });
+            return match self.ensure_programs(id) {
+                Ok(notes) => Ok(Flipped { from, to: *id, already: true, notes }),
+                Err(e) => {
+                    // Its last word must not stay the `ok` of when it ran.
+                    let cause = format!("the programs do not run {} and did not restart on it", id.short(12));
+                    let _ = self.record(&record.failed(format!("{cause}: {}", error_chain(&e))));
+                    Err(e)
+                }
+            };
         }
         if let Err(e) = self.point_current(Some(id)) {
             let _ = self.record(&record.failed(error_chain(&e)));
@@ -107,8 +115,9 @@ impl Host {
                     // A flip the journal does not know would mislead the next
                     // rollback: undo it, so the error means "nothing changed".
                     self.point_current(from.as_ref())?;
-                    if let Some(from) = from {
-                        let _ = self.restart_programs(&from);
+                    match from {
+                        Some(from) => drop(self.restart_programs(&from)),
+                        None => self.stop_programs(),
                     }
                     return Err(e);
                 }
@@ -118,37 +127,26 @@ impl Host {
             }
             Err(e) => e,
         };
-        let cause = format!("the programs did not take up {}: {}", id.short(12), error_chain(&e));
-        let Some(from) = from else {
-            // Nothing to go back to: no `current`, nothing running, rather
-            // than a release that does not run posing as deployed.
-            self.stop_programs();
-            self.point_current(None)?;
-            let said = format!(
-                "{cause}; there is no earlier release to go back to: `current` is removed and nothing runs here \
-                 until a release that starts is pushed"
-            );
-            self.record(&record.failed(said.clone()))?;
-            return Err(HostError::Input(said));
+        // Back to where it was, if that is still here to go back to.
+        let back = match from.filter(|f| self.has(f)) {
+            Some(from) => match self.point_current(Some(&from)) {
+                Ok(()) => match self.restart_programs(&from) {
+                    Ok(_) => Back::To(from),
+                    Err(again) => Back::Broken(from, Box::new(again)),
+                },
+                Err(again) => Back::Stuck(from, Box::new(again)),
+            },
+            None => {
+                // Nothing to go back to: no `current`, nothing running,
+                // rather than a release that does not run posing as deployed.
+                self.stop_programs();
+                self.point_current(None)?;
+                Back::Nothing
+            }
         };
-        self.point_current(Some(&from))?;
-        match self.restart_programs(&from) {
-            Ok(_) => {
-                self.record(&record.failed(format!("{cause}; flipped back to {}", from.short(12))))?;
-                Err(e)
-            }
-            Err(again) => {
-                // Back on the old release, which does not run either
-                // (something outside the releases is wrong): say both.
-                let said = format!(
-                    "{cause}; flipped back to {}, whose programs did not start either: {}",
-                    from.short(12),
-                    error_chain(&again)
-                );
-                self.record(&record.failed(said.clone()))?;
-                Err(HostError::Input(said))
-            }
-        }
+        let e = HostError::NotTakenUp { id: *id, cause: Box::new(e), back };
+        self.record(&record.failed(error_chain(&e)))?;
+        Err(e)
     }
 
     /// If the journal's last flip did not get to where `current` is (a flip
@@ -159,7 +157,8 @@ impl Host {
         let Some(current) = self.current()? else { return Ok(()) };
         let journal = self.journal()?;
         // Back to a release that was current before: a rollback, most likely.
-        let action = if journal.iter().any(|r| r.from == Some(current)) { Action::Rollback } else { Action::Deploy };
+        let was = |r: &Record| r.result == Outcome::Ok && r.from == Some(current);
+        let action = if journal.iter().any(was) { Action::Rollback } else { Action::Deploy };
         self.record_interrupted(&current, action)
     }
 
@@ -176,7 +175,11 @@ impl Host {
             return Ok(());
         }
         let mut record = Record::now(whoami(), action, last.and_then(|r| r.to), Some(*id));
-        record.reason = Some("recorded late: the flip was interrupted before its journal line".into());
+        record.reason = Some(
+            "recorded late: the flip was interrupted before its journal line, and its programs were not checked; \
+             the next push of it checks them"
+                .into(),
+        );
         self.record(&record)
     }
 

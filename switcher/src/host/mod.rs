@@ -89,6 +89,53 @@ pub enum HostError {
     /// The service's programs (supervisord) did not take up a release.
     #[error(transparent)]
     Runtime(Box<runtime::RuntimeError>),
+    /// A flip whose programs did not take up the release, and where that
+    /// left the host (the journal's reason says the same).
+    #[error("the programs did not take up {}: {}; {back}", id.short(12), error_chain(cause))]
+    NotTakenUp { id: ReleaseId, cause: Box<HostError>, back: Back },
+}
+
+/// Where a host went after its programs did not take up a release.
+#[derive(Debug)]
+pub enum Back {
+    /// Flipped back to it, and its programs run.
+    To(ReleaseId),
+    /// Flipped back to it, and its programs did not start either (something
+    /// outside the releases is wrong).
+    Broken(ReleaseId, Box<HostError>),
+    /// Could not even point `current` back at it.
+    Stuck(ReleaseId, Box<HostError>),
+    /// A first deploy, or the release it ran is gone: `current` removed,
+    /// the programs stopped.
+    Nothing,
+}
+
+impl std::fmt::Display for Back {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Back::To(id) => write!(f, "flipped back to {}", id.short(12)),
+            Back::Broken(id, e) => {
+                write!(
+                    f,
+                    "flipped back to {}, whose programs did not start either: {}",
+                    id.short(12),
+                    error_chain(&**e)
+                )
+            }
+            Back::Stuck(id, e) => {
+                write!(
+                    f,
+                    "could not flip back to {}: {}; `current` points at the failed release",
+                    id.short(12),
+                    error_chain(&**e)
+                )
+            }
+            Back::Nothing => f.write_str(
+                "there is no earlier release to go back to: `current` is removed and nothing runs here until \
+                 a release that starts is pushed",
+            ),
+        }
+    }
 }
 
 /// Maps an io::Error to [`HostError::Io`] at `path`.

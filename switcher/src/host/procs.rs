@@ -54,6 +54,10 @@ pub struct Hold {
     pub path: PathBuf,
     /// The release's directory name under `releases/`.
     pub release: String,
+    /// The path was removed since the process took it (the kernel's
+    /// " (deleted)"): a release removed, or staged anew, under it.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// Every pid this process can see.
@@ -62,23 +66,41 @@ pub fn pids() -> Vec<u32> {
     entries.flatten().filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok())).collect()
 }
 
-/// Every descendant of `pid` (gunicorn's workers, a shell's children).
-pub fn descendants(pid: u32) -> Vec<u32> {
-    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for p in pids() {
-        if let Some(ppid) = parent(p) {
-            children.entry(ppid).or_default().push(p);
+/// Who is whose child, read from `/proc` once: a poll asks it about
+/// several processes without reading every `/proc/<pid>/stat` each time.
+#[derive(Debug, Default)]
+pub struct Tree {
+    children: BTreeMap<u32, Vec<u32>>,
+}
+
+impl Tree {
+    pub fn read() -> Self {
+        let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for p in pids() {
+            if let Some(ppid) = parent(p) {
+                children.entry(ppid).or_default().push(p);
+            }
         }
+        Self { children }
     }
-    let mut out = Vec::new();
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        for c in children.get(&p).into_iter().flatten() {
-            out.push(*c);
-            todo.push(*c);
+
+    /// `pid`'s own children (a pre-forking server's workers).
+    pub fn children(&self, pid: u32) -> &[u32] {
+        self.children.get(&pid).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every descendant of `pid`.
+    pub fn descendants(&self, pid: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut todo = vec![pid];
+        while let Some(p) = todo.pop() {
+            for c in self.children(p) {
+                out.push(*c);
+                todo.push(*c);
+            }
         }
+        out
     }
-    out
 }
 
 fn parent(pid: u32) -> Option<u32> {
@@ -98,31 +120,38 @@ fn args(pid: u32) -> Vec<String> {
     raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
 }
 
-/// A link read from `/proc`, without the " (deleted)" the kernel adds for
-/// a path removed since (a release removed by hand under a process).
-fn link(path: &str) -> Option<PathBuf> {
+/// A path as `/proc` gives it, and whether the kernel marked it
+/// " (deleted)" (removed since it was taken).
+fn undeleted(text: &str) -> (PathBuf, bool) {
+    match text.strip_suffix(" (deleted)") {
+        Some(path) => (PathBuf::from(path), true),
+        None => (PathBuf::from(text), false),
+    }
+}
+
+fn link(path: &str) -> Option<(PathBuf, bool)> {
     let target = fs::read_link(path).ok()?;
-    let text = target.to_string_lossy();
-    Some(PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(&text)))
+    Some(undeleted(&target.to_string_lossy()))
 }
 
 /// The paths `pid` runs from: its working directory, executable, the
-/// absolute paths in its command line (also after `=`), its mapped files
-/// and, with `open`, its open files.
-pub fn paths_of(pid: u32, open: bool) -> Vec<(Via, PathBuf)> {
+/// absolute paths in its command line (also after `=`, and a `unix:`
+/// socket's), its mapped files and, with `open`, its open files; each with
+/// whether it was removed since. Of another user's process only the
+/// command line can be read (the rest of `/proc/<pid>` is its own), unless
+/// this one is root.
+pub fn paths_of(pid: u32, open: bool) -> Vec<(Via, PathBuf, bool)> {
     let mut out = Vec::new();
     for (via, what) in [(Via::Cwd, "cwd"), (Via::Exe, "exe")] {
-        if let Some(path) = link(&format!("/proc/{pid}/{what}")) {
-            out.push((via, path));
+        if let Some((path, deleted)) = link(&format!("/proc/{pid}/{what}")) {
+            out.push((via, path, deleted));
         }
     }
     for arg in args(pid) {
         let value = arg.split_once('=').map_or(arg.as_str(), |(_, v)| v);
-        for candidate in [arg.as_str(), value] {
-            if candidate.starts_with('/') {
-                out.push((Via::Cmdline, PathBuf::from(candidate)));
-                break;
-            }
+        let value = value.strip_prefix("unix:").unwrap_or(value);
+        if let Some(path) = [arg.as_str(), value].into_iter().find(|c| c.starts_with('/')) {
+            out.push((Via::Cmdline, PathBuf::from(path), false));
         }
     }
     if let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) {
@@ -130,18 +159,18 @@ pub fn paths_of(pid: u32, open: bool) -> Vec<(Via, PathBuf)> {
         for line in maps.lines() {
             // address perms offset dev inode path (the path may hold spaces).
             let Some(path) = line.splitn(6, char::is_whitespace).nth(5).map(str::trim_start) else { continue };
-            let path = path.strip_suffix(" (deleted)").unwrap_or(path);
             if path.starts_with('/') && seen.insert(path.to_owned()) {
-                out.push((Via::Mapped, PathBuf::from(path)));
+                let (path, deleted) = undeleted(path);
+                out.push((Via::Mapped, path, deleted));
             }
         }
     }
     if open {
         if let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) {
             for fd in fds.flatten() {
-                if let Some(path) = link(&fd.path().to_string_lossy()) {
+                if let Some((path, deleted)) = link(&fd.path().to_string_lossy()) {
                     if path.is_absolute() {
-                        out.push((Via::Open, path));
+                        out.push((Via::Open, path, deleted));
                     }
                 }
             }
@@ -158,13 +187,14 @@ pub fn release_of(path: &Path, releases: &Path) -> Option<String> {
 }
 
 /// What `pid` holds in releases other than `wanted` (every release when
-/// `wanted` is `None`).
+/// `wanted` is `None`), and in `wanted` where that was removed since: a
+/// process in a deleted copy of the release does not run the release.
 pub fn holds(pid: u32, releases: &Path, wanted: Option<&str>, open: bool) -> Vec<Hold> {
     paths_of(pid, open)
         .into_iter()
-        .filter_map(|(via, path)| {
+        .filter_map(|(via, path, deleted)| {
             let release = release_of(&path, releases)?;
-            (Some(release.as_str()) != wanted).then_some(Hold { pid, via, path, release })
+            (deleted || Some(release.as_str()) != wanted).then_some(Hold { pid, via, path, release, deleted })
         })
         .collect()
 }

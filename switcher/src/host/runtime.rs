@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::procs;
 use super::supervisor::{ProcessInfo, Supervisor, SupervisorError};
-use super::{Host, HostError};
+use super::{error_chain, Host, HostError};
 
 /// What setup and a restart say when they found supervisord down (with a
 /// release current) and started it.
@@ -83,8 +83,23 @@ pub enum RuntimeError {
         errors: Vec<String>,
         log: String,
     },
-    #[error("program {program} still runs release {runs} after the restart (pid {pid}, {what} {path}), not {wanted}: {hint}")]
-    OldRelease { program: String, pid: u32, what: String, path: String, runs: String, wanted: String, hint: String },
+    #[error(
+        "program {program} still runs {} after the restart (pid {pid}, {what} {}), not {wanted}: {hint}",
+        runs(release, *deleted, wanted),
+        path.display()
+    )]
+    OldRelease {
+        program: String,
+        pid: u32,
+        what: procs::Via,
+        path: PathBuf,
+        /// The release directory it holds (by name: it may be no id at all).
+        release: String,
+        /// That directory was removed since.
+        deleted: bool,
+        wanted: ReleaseId,
+        hint: String,
+    },
     #[error(
         "program {program} was sent SIG{signal}, but in {seconds} s no new child of it stayed up: it did not \
          reload its workers; check its log, or drop reload_signal to restart it by stop and start"
@@ -389,17 +404,25 @@ impl Host {
             notes.push(NOT_RUNNING.to_owned());
         }
         for p in &programs {
-            if !restart
-                && self.wait_running(&supervisor, p, None).is_ok()
-                && self.check_release(&supervisor, p, id).is_ok()
-            {
-                continue;
+            if !restart {
+                let runs =
+                    self.wait_running(&supervisor, p, None).and_then(|()| self.check_release(&supervisor, p, id));
+                match runs {
+                    Ok(()) => continue,
+                    Err(e) => notes.push(format!(
+                        "program {} did not run release {} ({}): restarted it",
+                        p.name,
+                        id.short(12),
+                        error_chain(&e).lines().next().unwrap_or_default()
+                    )),
+                }
             }
             match &p.restart {
                 Restart::Signal(signal) if group(&supervisor, &p.name)?.iter().all(|i| i.state == "RUNNING") => {
                     let before: Vec<(String, u32)> =
                         group(&supervisor, &p.name)?.into_iter().map(|i| (i.name, i.pid)).collect();
-                    let children: Vec<Vec<u32>> = before.iter().map(|(_, pid)| procs::descendants(*pid)).collect();
+                    let tree = procs::Tree::read();
+                    let children: Vec<Vec<u32>> = before.iter().map(|(_, pid)| tree.children(*pid).to_vec()).collect();
                     supervisor.signal_group(&p.name, signal).map_err(runtime)?;
                     self.wait_reloaded(&supervisor, p, signal, &before, &children)?;
                 }
@@ -431,9 +454,10 @@ impl Host {
     /// After a reload signal: the program reloads in its own time. It has
     /// reloaded when each process kept its pid (a new pid means it died and
     /// was restarted) for startsecs, and, for a process that had children
-    /// (a pre-forking server's workers), when a child it started after the
+    /// (a pre-forking server's workers), when a child it forked after the
     /// signal has stayed up for startsecs: the workers that load the new
-    /// code booted. A master whose new workers fail to boot usually exits,
+    /// code booted. (Its own children only: a subprocess an old worker
+    /// starts while it finishes a request is not a new worker.) A master whose new workers fail to boot usually exits,
     /// which the pid shows; under load that takes a while, so a fixed wait
     /// would pass it as reloaded.
     fn wait_reloaded(
@@ -451,8 +475,9 @@ impl Host {
         loop {
             self.wait_running(supervisor, p, Some(before))?;
             let mut settled = start.elapsed() >= settle;
+            let tree = procs::Tree::read();
             for ((_, pid), old) in before.iter().zip(children).filter(|(_, old)| !old.is_empty()) {
-                let fresh: Vec<u32> = procs::descendants(*pid).into_iter().filter(|c| !old.contains(c)).collect();
+                let fresh: Vec<u32> = tree.children(*pid).iter().filter(|c| !old.contains(c)).copied().collect();
                 let lived = fresh.iter().any(|c| first_seen.entry(*c).or_insert_with(Instant::now).elapsed() >= settle);
                 settled &= lived;
             }
@@ -578,20 +603,24 @@ impl Host {
     /// under `current` before the flip keeps what the kernel resolved then:
     /// a reload by signal keeps the old release's interpreter, whatever
     /// code it re-reads. The program's own processes must be right at
-    /// once; their children get until stopwaitsecs (+5 s) to go, as old
-    /// workers finish their last requests after a reload.
+    /// once; their children get until stopwaitsecs + 35 s to go, as old
+    /// workers finish their last requests after a reload (gunicorn gives
+    /// them its graceful_timeout, 30 s by default). A child forked after a
+    /// reload inherits its parent's directory and interpreter, which the
+    /// parent's own check already caught.
     fn check_release(&self, supervisor: &Supervisor, p: &Program, id: &ReleaseId) -> Result<(), HostError> {
         let releases = fs::canonicalize(self.releases_dir()).map_err(HostError::Fs)?;
         let wanted = id.to_string();
-        let deadline = Instant::now() + Duration::from_secs(u64::from(p.stopwaitsecs) + 5);
+        let deadline = Instant::now() + Duration::from_secs(u64::from(p.stopwaitsecs) + 35);
         loop {
             let mut stale = false;
+            let tree = procs::Tree::read();
             for info in group(supervisor, &p.name)? {
                 if info.pid == 0 {
                     return Err(self.not_running(supervisor, &info));
                 }
                 let own = std::iter::once((info.pid, false));
-                for (pid, child) in own.chain(procs::descendants(info.pid).into_iter().map(|c| (c, true))) {
+                for (pid, child) in own.chain(tree.descendants(info.pid).into_iter().map(|c| (c, true))) {
                     let Some(hold) = procs::holds(pid, &releases, Some(&wanted), false).into_iter().next() else {
                         continue;
                     };
@@ -611,6 +640,10 @@ impl Host {
     fn old_release(&self, p: &Program, id: &ReleaseId, program: &str, hold: procs::Hold) -> HostError {
         let here = self.program_dir(p).display().to_string();
         let hint = match (&p.restart, hold.via) {
+            _ if hold.deleted => "what it runs from was removed under it (a release removed by hand, or staged \
+                                  anew); restart it by stop and start (drop reload_signal) to take up the release \
+                                  as it is now"
+                .to_owned(),
             (Restart::Signal(signal), procs::Via::Cwd) => format!(
                 "a process reloaded by SIG{signal} keeps the working directory it started in, and reloads \
                  the old code from there; make it change directory on reload (gunicorn: add --chdir {here} to \
@@ -633,10 +666,11 @@ impl Host {
         runtime(RuntimeError::OldRelease {
             program: program.to_owned(),
             pid: hold.pid,
-            what: hold.via.to_string(),
-            path: hold.path.display().to_string(),
-            runs: hold.release,
-            wanted: id.to_string(),
+            what: hold.via,
+            path: hold.path,
+            release: hold.release,
+            deleted: hold.deleted,
+            wanted: *id,
             hint,
         })
     }
@@ -652,8 +686,9 @@ impl Host {
         let mut owner: BTreeMap<u32, String> = BTreeMap::new();
         let supervisor = self.supervisor();
         if !self.programs()?.is_empty() && supervisor.is_running() {
+            let tree = procs::Tree::read();
             for info in supervisor.processes().map_err(runtime)?.into_iter().filter(|i| i.pid != 0) {
-                for pid in std::iter::once(info.pid).chain(procs::descendants(info.pid)) {
+                for pid in std::iter::once(info.pid).chain(tree.descendants(info.pid)) {
                     owner.insert(pid, info.name.clone());
                 }
             }
@@ -685,10 +720,16 @@ impl Host {
     /// Each program's processes, for `status`; empty without programs or
     /// when supervisord is not running.
     pub fn program_status(&self) -> Vec<ProcessInfo> {
+        self.program_states().unwrap_or_default()
+    }
+
+    /// Each program's processes; `Err` with why when the host has programs
+    /// and its supervisord does not answer (every program is down then).
+    pub fn program_states(&self) -> Result<Vec<ProcessInfo>, String> {
         if self.programs().map(|p| p.is_empty()).unwrap_or(true) {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        self.supervisor().processes().unwrap_or_default()
+        self.supervisor().processes().map_err(|e| e.to_string())
     }
 }
 
@@ -816,6 +857,14 @@ fn env_file(dir: &Path) -> Result<BTreeMap<String, String>, HostError> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
         .collect())
+}
+
+fn runs(release: &str, deleted: bool, wanted: &ReleaseId) -> String {
+    if deleted && release == wanted.to_string() {
+        format!("a removed copy of release {release}")
+    } else {
+        format!("release {release}")
+    }
 }
 
 fn spawned(spawnerr: &str) -> String {

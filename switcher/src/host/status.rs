@@ -25,6 +25,10 @@ pub struct Status {
     /// The programs' processes, as supervisord has them (none without setup).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub programs: Vec<super::supervisor::ProcessInfo>,
+    /// Why the programs' supervisord did not answer, when the host has
+    /// programs and it did not (every program is down then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisord_down: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -79,6 +83,7 @@ impl Host {
                 })
                 .map(|r| r.time.clone())
         });
+        let programs = self.program_states();
         Ok(Status {
             deploy_to: self.root.display().to_string(),
             current,
@@ -86,7 +91,8 @@ impl Host {
             releases: releases.into_iter().map(|(_, r)| r).collect(),
             lock: self.holder()?,
             current_migrated,
-            programs: self.program_status(),
+            programs: programs.clone().unwrap_or_default(),
+            supervisord_down: programs.err(),
         })
     }
 
