@@ -335,7 +335,11 @@ impl Project {
             scope.spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
-                    if line.contains("gate http failed") {
+                    // The step line `  <hosts> gate http   failed`, printed
+                    // as the gate fails (the evidence comes last, after the
+                    // revert, in "push failed: …").
+                    let words: Vec<&str> = line.split_whitespace().collect();
+                    if words.len() == 4 && words[1..] == ["gate", "http", "failed"] {
                         let _ = failed_at.set(Instant::now());
                     }
                     lines.lock().expect("not poisoned").push(line);
@@ -356,7 +360,7 @@ impl Project {
         let said = || format!("its output:\n{}\n{stdout}", lines.join("\n"));
         ensure!(status.code() == Some(1), "ferry push of the bad release exited with {status}, not 1; {}", said());
         let Some(&failed_at) = failed_at.get() else {
-            bail!("the push printed no \"gate http failed\" line; {}", said())
+            bail!("the push printed no \"gate http failed\" step line; {}", said())
         };
         let mut reverted: Vec<String> = lines
             .iter()

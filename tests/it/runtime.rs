@@ -42,6 +42,16 @@ pub(crate) fn project_with(hosts: &TestHosts, extra: &str, health: &str) -> Proj
     p
 }
 
+/// Gives the program 3 s to count as started (supervisord's startsecs),
+/// for tests of a release whose program crashes on start: gunicorn's master
+/// exits once its workers fail to import the app, which on a loaded machine
+/// can take longer than the example's 1 s — a crash supervisord (and so
+/// ferry's process check) would see as RUNNING, leaving it to the gate.
+pub(crate) fn slow_start(p: &Project) {
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    p.write("ferry.toml", toml.replace("startsecs = 1\n", "startsecs = 3\n"));
+}
+
 /// Builds the project as `version` (the app says it) and returns the id.
 pub(crate) fn build(p: &Project, version: &str) -> String {
     let code = fs::read_to_string(p.path("app/hello.py")).unwrap();
@@ -223,6 +233,7 @@ fn a_failed_migration_stops_the_push_before_any_flip() {
 fn a_release_whose_program_crashes_on_start_is_reported_with_its_log_and_the_host_goes_back() {
     let hosts = TestHosts::start(2);
     let p = project(&hosts, "");
+    slow_start(&p);
     let v1 = build(&p, "v1");
     p.ferry(["push", "prod"]).ok();
     let code = fs::read_to_string(p.path("app/hello.py")).unwrap();

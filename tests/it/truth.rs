@@ -316,6 +316,7 @@ fn a_program_that_ignores_sigterm_is_killed_after_stopwaitsecs_and_the_push_says
 fn a_current_release_removed_by_hand_under_its_running_programs_is_never_pointed_at_again() {
     let hosts = TestHosts::start(1);
     let p = project(&hosts, "");
+    crate::runtime::slow_start(&p);
     build(&p, "v1");
     p.ferry(["push", "prod"]).ok();
     let v2 = build(&p, "v2");
@@ -365,6 +366,7 @@ fn a_current_release_removed_by_hand_under_its_running_programs_is_never_pointed
 fn a_rollback_to_a_release_that_no_longer_starts_goes_back_to_the_one_that_ran() {
     let hosts = TestHosts::start(1);
     let p = project(&hosts, "");
+    crate::runtime::slow_start(&p);
     let v1 = build(&p, "v1");
     p.ferry(["push", "prod"]).ok();
     let v2 = build(&p, "v2");
