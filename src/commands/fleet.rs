@@ -9,7 +9,10 @@ use ferry_builder::{delta, BundleInfo, Store};
 use ferry_formats::journal::{Outcome as JournalOutcome, Record};
 use ferry_formats::signature::Signature;
 use ferry_formats::{ComponentKind, ReleaseId};
-use ferry_switcher::fleet::{self, Local, Observer, Outcome, ReleaseSource, Report, SourceError, Transport};
+use ferry_switcher::fleet::{
+    self, Event, EventKind, HostStep, Local, Observer, Outcome, ReleaseSource, Report, SourceError, Transport,
+};
+use ferry_switcher::host::{error_chain, HostError};
 
 use crate::exit;
 use crate::output;
@@ -50,19 +53,17 @@ impl ReleaseSource for StoreSource<'_> {
 
 /// One host step as a line: what happened, not why it failed: the why is
 /// printed once, after the report (see [`show`]).
-fn step_line(host: &str, step: &str, detail: &str) -> String {
-    let failed = detail.starts_with("failed")
-        || (step.starts_with("gate ") && detail.starts_with(step) && detail.contains(" failed after batch "));
-    let detail = if failed { "failed" } else { detail };
-    format!("  {host:<12} {step:<11} {detail}")
+fn step_line(e: &Event<'_>) -> String {
+    let detail = if e.kind == EventKind::Failed { "failed" } else { e.detail };
+    format!("  {:<12} {:<11} {detail}", e.host, e.label)
 }
 
 /// Progress lines on stderr, one per step of each host.
 struct Lines;
 
 impl Observer for Lines {
-    fn event(&self, host: &str, step: &str, detail: &str) {
-        eprintln!("{}", step_line(host, step, detail));
+    fn event(&self, e: &Event<'_>) {
+        eprintln!("{}", step_line(e));
     }
 }
 
@@ -85,12 +86,12 @@ impl Bar {
 }
 
 impl Observer for Bar {
-    fn event(&self, host: &str, step: &str, detail: &str) {
-        self.0.println(step_line(host, step, detail));
-        if matches!(step, "staged" | "activated" | "rolled back" | "reverted") {
+    fn event(&self, e: &Event<'_>) {
+        self.0.println(step_line(e));
+        if e.kind == EventKind::Done {
             self.0.inc(1);
         }
-        self.0.set_message(format!("{host}: {step}"));
+        self.0.set_message(format!("{}: {}", e.host, e.label));
     }
 }
 
@@ -220,7 +221,7 @@ enum Verb {
 /// other host's own above it. Step lines and the table only say "failed".
 /// With --quiet, only those lines, the warnings and the last line.
 fn show(settings: &Settings, report: &Report, verb: Verb) -> Result<u8> {
-    let started = report.hosts.iter().any(|h| h.staged || h.batch.is_some() || h.step == "rollback");
+    let started = report.started();
     let code = if report.ok {
         exit::OK
     } else if started {
@@ -259,7 +260,7 @@ fn show(settings: &Settings, report: &Report, verb: Verb) -> Result<u8> {
         (None, Verb::Push) => {
             let batches: Vec<String> = report.batches.iter().map(|b| b.join(", ")).collect();
             let shipped: u64 = report.hosts.iter().map(|h| h.bytes).sum();
-            let current = report.hosts.iter().filter(|h| h.step == "current").count();
+            let current = report.hosts.iter().filter(|h| h.step == HostStep::Current).count();
             format!(
                 "pushed {} to {hosts} of {} in {:.2}s{}{}; shipped {}",
                 id(&report.release),
@@ -417,7 +418,7 @@ pub fn status(settings: &Settings, s: &StageSettings) -> Result<u8> {
             .iter()
             .map(|(host, st)| match st {
                 Ok(st) => serde_json::json!({"host": host, "ok": true, "drifted": drifted(st), "status": st}),
-                Err(e) => serde_json::json!({"host": host, "ok": false, "error": e}),
+                Err(e) => serde_json::json!({"host": host, "ok": false, "error": error_chain(e)}),
             })
             .collect();
         output::json(&serde_json::json!({"stage": s.stage.name, "hosts": hosts}))?;
@@ -443,7 +444,7 @@ pub fn status(settings: &Settings, s: &StageSettings) -> Result<u8> {
                         ))?;
                     }
                 }
-                Err(e) => output::line(&format!("{host:<w$}  error: {e}"))?,
+                Err(e) => output::line(&format!("{host:<w$}  error: {}", error_chain(e)))?,
             }
         }
         if counts.len() > 1 {
@@ -464,7 +465,7 @@ pub fn history(settings: &Settings, s: &StageSettings) -> Result<u8> {
         match journal {
             Ok(records) => all.extend(records.into_iter().map(|r| (host.clone(), r))),
             Err(e) => {
-                eprintln!("{host}: cannot read its journal: {e}");
+                eprintln!("{host}: cannot read its journal: {}", error_chain(&e));
                 failed = true;
             }
         }
@@ -493,21 +494,21 @@ pub fn setup(settings: &Settings, s: &StageSettings) -> Result<u8> {
         let hosts: Vec<_> = results
             .iter()
             .map(|(host, r)| match r {
-                Ok(did) => serde_json::json!({"host": host, "ok": true, "did": did}),
-                Err(e) => serde_json::json!({"host": host, "ok": false, "error": e}),
+                Ok(set_up) => serde_json::json!({"host": host, "ok": true, "did": set_up.did}),
+                Err(e) => serde_json::json!({"host": host, "ok": false, "error": error_chain(e)}),
             })
             .collect();
         output::json(&serde_json::json!({"stage": s.stage.name, "ok": !failed, "hosts": hosts}))?;
     } else {
         for (host, r) in &results {
             match r {
-                Ok(did) if did.is_empty() => output::line(&format!("{host}: already set up"))?,
-                Ok(did) => {
-                    for line in did {
+                Ok(set_up) if set_up.did.is_empty() => output::line(&format!("{host}: already set up"))?,
+                Ok(set_up) => {
+                    for line in &set_up.did {
                         output::line(&format!("{host}: {line}"))?;
                     }
                 }
-                Err(e) => output::line(&format!("{host}: FAILED: {e}"))?,
+                Err(e) => output::line(&format!("{host}: FAILED: {}", error_chain(e)))?,
             }
         }
     }
@@ -517,7 +518,7 @@ pub fn setup(settings: &Settings, s: &StageSettings) -> Result<u8> {
 pub fn logs(settings: &Settings, s: &StageSettings, args: &crate::cli::LogsArgs) -> Result<u8> {
     let failed = std::sync::atomic::AtomicBool::new(false);
     let json = settings.output.json;
-    let print = |host: &str, chunk: Result<&ferry_switcher::host::runtime::LogChunk, String>| -> bool {
+    let print = |host: &str, chunk: Result<&ferry_switcher::host::runtime::LogChunk, HostError>| -> bool {
         let written = match chunk {
             Ok(c) if json => {
                 output::line(&serde_json::json!({"host": host, "process": c.process, "text": c.text}).to_string())
@@ -525,7 +526,7 @@ pub fn logs(settings: &Settings, s: &StageSettings, args: &crate::cli::LogsArgs)
             Ok(c) => c.text.lines().try_for_each(|l| output::line(&format!("{host} {}: {l}", c.process))),
             Err(e) => {
                 failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                eprintln!("{host}: cannot read the logs: {e}");
+                eprintln!("{host}: cannot read the logs: {}", error_chain(&e));
                 Ok(())
             }
         };
@@ -559,7 +560,7 @@ pub fn history_line(host: Option<&str>, r: &Record) -> String {
 
 #[cfg(test)]
 mod tests {
-    use ferry_switcher::fleet::{Down, HostReport, Outcome};
+    use ferry_switcher::fleet::{Down, HostReport, HostStep, Outcome, Shipped};
 
     /// The switcher fills `down_before`; the controller's local fleet has no
     /// programs to find down, so its line is checked here.
@@ -575,9 +576,9 @@ mod tests {
             host: "web2".into(),
             from: None,
             to: None,
-            step: "current".into(),
+            step: HostStep::Current,
             result: Outcome::Ok,
-            shipped: "none".into(),
+            shipped: Shipped::None,
             bytes: 0,
             seconds: 0.0,
             batch: None,

@@ -11,7 +11,8 @@ use ferry_formats::release::FORMAT_VERSION;
 use ferry_formats::signature::Signature;
 use ferry_formats::{BlobHash, Component, ComponentKind, Entry, EntryKind, Manifest, RelPath, ReleaseId, ReleaseMeta};
 use ferry_switcher::fleet::{
-    self, HostSpec, Local, OnFailure, Outcome, Quiet, ReleaseSource, Session, SourceError, Stage, Step, Transport,
+    self, HostSpec, HostStep, Local, OnFailure, Outcome, Quiet, ReleaseSource, Session, Shipped, SourceError, Stage,
+    Step, Transport,
 };
 use ferry_switcher::host::{Flipped, Host, HostError, Pruned, StageOptions, Staged, Status};
 use fs_err as fs;
@@ -171,9 +172,9 @@ impl Fleet {
         self.stage.hosts.iter().map(|h| Host::new(&h.deploy_to).current().unwrap()).collect()
     }
 
-    fn outcome(report: &fleet::Report, host: &str) -> (Outcome, String) {
+    fn outcome(report: &fleet::Report, host: &str) -> (Outcome, HostStep) {
         let h = report.hosts.iter().find(|h| h.host == host).unwrap();
-        (h.result, h.step.clone())
+        (h.result, h.step)
     }
 }
 
@@ -196,7 +197,7 @@ fn a_failing_canary_stops_the_push_before_any_other_host_flips() {
     let faulty = Faulty { fail_activate: vec!["web1".into()], ..Faulty::default() };
     let report = fleet::push(&f.stage, &faulty, &f.source, &f.v2, &Quiet);
     assert!(!report.ok);
-    assert_eq!(Fleet::outcome(&report, "web1"), (Outcome::Failed, "activate".into()));
+    assert_eq!(Fleet::outcome(&report, "web1"), (Outcome::Failed, HostStep::Activate));
     let web1 = report.hosts.iter().find(|h| h.host == "web1").unwrap();
     assert!(web1.error.as_deref().unwrap().contains("injected fault: activate on web1"), "{web1:?}");
     for host in ["web2", "web3", "web4"] {
@@ -211,11 +212,11 @@ fn a_failure_in_the_last_batch_reverts_every_host_this_push_flipped() {
     let faulty = Faulty { fail_activate: vec!["web3".into()], ..Faulty::default() };
     let report = fleet::push(&f.stage, &faulty, &f.source, &f.v2, &Quiet);
     assert!(!report.ok);
-    assert_eq!(Fleet::outcome(&report, "web1"), (Outcome::Reverted, "revert".into()));
-    assert_eq!(Fleet::outcome(&report, "web2"), (Outcome::Reverted, "revert".into()));
-    assert_eq!(Fleet::outcome(&report, "web3"), (Outcome::Failed, "activate".into()));
+    assert_eq!(Fleet::outcome(&report, "web1"), (Outcome::Reverted, HostStep::Revert));
+    assert_eq!(Fleet::outcome(&report, "web2"), (Outcome::Reverted, HostStep::Revert));
+    assert_eq!(Fleet::outcome(&report, "web3"), (Outcome::Failed, HostStep::Activate));
     // web4 flipped in the same batch as web3, and went back with the others.
-    assert_eq!(Fleet::outcome(&report, "web4"), (Outcome::Reverted, "revert".into()));
+    assert_eq!(Fleet::outcome(&report, "web4"), (Outcome::Reverted, HostStep::Revert));
     assert_eq!(f.currents(), vec![Some(f.v1); 4]);
     // The revert is a rollback in each host's journal.
     let journal = Host::new(&f.stage.hosts[0].deploy_to).journal().unwrap();
@@ -239,7 +240,7 @@ fn a_host_that_cannot_stage_stops_the_push_before_anything_flips() {
     let faulty = Faulty { fail_stage: vec!["web4".into()], ..Faulty::default() };
     let report = fleet::push(&f.stage, &faulty, &f.source, &f.v2, &Quiet);
     assert!(!report.ok);
-    assert_eq!(Fleet::outcome(&report, "web4"), (Outcome::Failed, "stage".into()));
+    assert_eq!(Fleet::outcome(&report, "web4"), (Outcome::Failed, HostStep::Stage));
     assert!(report.batches.is_empty(), "no batch started");
     assert_eq!(f.currents(), vec![Some(f.v1); 4]);
     // The others staged v2 and keep it for the next try, which ships nothing to them.
@@ -278,7 +279,7 @@ fn a_second_push_is_refused_while_a_host_is_locked() {
     let report = fleet::push(&f.stage, &Local, &f.source, &f.v2, &Quiet);
     assert!(!report.ok);
     let web3 = report.hosts.iter().find(|h| h.host == "web3").unwrap();
-    assert_eq!(web3.step, "connect");
+    assert_eq!(web3.step, HostStep::Connect);
     let error = web3.error.as_deref().unwrap();
     assert!(error.contains("locked by `ferry push test (the first one)`"), "{error}");
     assert!(error.contains(&format!("pid {}", std::process::id())), "{error}");
@@ -313,7 +314,7 @@ fn a_host_that_refuses_its_delta_gets_the_whole_bundle() {
     let report = fleet::push(&f.stage, &Local, &source, &f.v2, &Quiet);
     assert!(report.ok, "{report:#?}");
     for h in &report.hosts {
-        assert_eq!(h.shipped, "bundle", "{h:?}");
+        assert_eq!(h.shipped, Shipped::Bundle, "{h:?}");
         let bundle = fs::metadata(f.source.0.join(format!("{}.tar.zst", f.v2))).unwrap().len();
         assert!(h.bytes > bundle, "the refused delta counts too: {h:?}");
     }

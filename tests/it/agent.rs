@@ -7,7 +7,7 @@ use std::process::Command;
 
 use ferry_builder::Store;
 use ferry_formats::ReleaseId;
-use ferry_switcher::fleet::{self, Agent, HostSpec, OnFailure, Quiet, Stage, Step};
+use ferry_switcher::fleet::{self, Agent, HostSpec, OnFailure, Quiet, Shipped, Stage, Step};
 use ferry_switcher::host::{Host, StageOptions};
 use fs_err as fs;
 
@@ -55,13 +55,13 @@ fn a_push_through_agent_sessions_ships_bundles_then_deltas_and_rolls_back() {
     let v1 = build(&p, "v1");
     let report = fleet::push(&stage, &agent(), &source, &v1, &Quiet);
     assert!(report.ok, "{report:#?}");
-    assert!(report.hosts.iter().all(|h| h.shipped == "bundle"));
+    assert!(report.hosts.iter().all(|h| h.shipped == Shipped::Bundle));
 
     p.write("app/main.py", "print('shop v2')\n");
     let v2 = build(&p, "v2");
     let report = fleet::push(&stage, &agent(), &source, &v2, &Quiet);
     assert!(report.ok, "{report:#?}");
-    assert!(report.hosts.iter().all(|h| h.shipped == "delta"), "{report:#?}");
+    assert!(report.hosts.iter().all(|h| h.shipped == Shipped::Delta), "{report:#?}");
     assert_eq!(report.batches, vec![vec!["web1"], vec!["web2"], vec!["web3"]]);
     assert_eq!(currents(&stage), vec![Some(v2); 3]);
     let main = fs::read_to_string(stage.hosts[2].deploy_to.join("current/app/main.py")).unwrap();
@@ -78,7 +78,7 @@ fn a_push_through_agent_sessions_ships_bundles_then_deltas_and_rolls_back() {
     let v3 = build(&p, "v3");
     let report = fleet::push(&stage, &agent(), &source, &v3, &Quiet);
     assert!(report.ok, "{report:#?}");
-    assert!(report.hosts.iter().all(|h| h.shipped == "rsync"), "{report:#?}");
+    assert!(report.hosts.iter().all(|h| h.shipped == Shipped::Rsync), "{report:#?}");
     assert_eq!(currents(&stage), vec![Some(v3); 3]);
 }
 

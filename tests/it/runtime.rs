@@ -420,6 +420,7 @@ fn a_health_url_that_never_answers_fails_the_gate_after_its_timeouts() {
 fn a_release_that_dies_on_a_hup_reload_is_caught_and_the_host_goes_back() {
     let hosts = TestHosts::start(2);
     let p = project(&hosts, "");
+    slow_start(&p);
     let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
     p.write(
         "ferry.toml",
@@ -439,7 +440,8 @@ fn a_release_that_dies_on_a_hup_reload_is_caught_and_the_host_goes_back() {
     let error = canary["error"].as_str().unwrap();
     assert!(error.contains("program web did not start"), "{error}");
     assert!(!error.contains("--chdir"), "the fix is in place; the release is what is broken: {error}");
-    assert_eq!(current(&hosts, 0), v1);
+    let history = p.ferry(["history", "prod"]).ok().stdout;
+    assert_eq!(current(&hosts, 0), v1, "{canary}\n{history}");
     serves(&hosts, "v1");
 }
 

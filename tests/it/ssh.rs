@@ -8,7 +8,7 @@ use ferry_builder::Store;
 use ferry_formats::journal::Record;
 use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
-use ferry_switcher::fleet::{self, AgentBinary, HostSpec, OnFailure, Quiet, Ssh, Stage, Step, Transport};
+use ferry_switcher::fleet::{self, AgentBinary, HostSpec, OnFailure, Quiet, Shipped, Ssh, Stage, Step, Transport};
 use ferry_switcher::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
 use fs_err as fs;
 
@@ -68,7 +68,7 @@ fn a_push_over_ssh_reaches_every_host_by_bundle_then_delta_and_rolls_back() {
     let v2 = build(&p, "v2");
     let report = fleet::push(&stage, &ssh, &source, &v2, &Quiet);
     assert!(report.ok, "{report:#?}");
-    assert!(report.hosts.iter().all(|h| h.shipped == "delta"), "{report:#?}");
+    assert!(report.hosts.iter().all(|h| h.shipped == Shipped::Delta), "{report:#?}");
     for h in &hosts.hosts {
         // Each host's /srv is its own.
         let main = fs::read_to_string(h.srv.join("shop/current/app/main.py")).unwrap();

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{HostSpec, Session, Transport};
-use crate::host::runtime::{HookRun, LogChunk, PortHolder, Program};
+use crate::host::runtime::{HookRun, LogChunk, PortHolder, Program, SetUp};
 use crate::host::serve::{Reply, Request};
 use crate::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
 
@@ -230,7 +230,7 @@ impl Session for AgentSession {
         self.call(Request::Listeners { port })
     }
 
-    fn setup(&mut self, service: &str, programs: &[Program]) -> Result<Vec<String>, HostError> {
+    fn setup(&mut self, service: &str, programs: &[Program]) -> Result<SetUp, HostError> {
         self.call(Request::Setup { service: service.to_owned(), programs: programs.to_vec() })
     }
 

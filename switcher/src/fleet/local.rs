@@ -13,7 +13,7 @@ use ferry_formats::ReleaseId;
 use fs_err as fs;
 
 use super::{HostSpec, Session, Transport};
-use crate::host::runtime::{HookRun, LogChunk, PortHolder, Program};
+use crate::host::runtime::{HookRun, LogChunk, PortHolder, Program, SetUp};
 use crate::host::{Flipped, Host, HostError, Lock, Pruned, StageOptions, Staged, Status};
 
 /// Reaches hosts that are directories.
@@ -81,7 +81,7 @@ impl Session for LocalSession {
         self.host.listeners(port)
     }
 
-    fn setup(&mut self, service: &str, programs: &[Program]) -> Result<Vec<String>, HostError> {
+    fn setup(&mut self, service: &str, programs: &[Program]) -> Result<SetUp, HostError> {
         self.lock();
         self.host.setup(service, programs)
     }

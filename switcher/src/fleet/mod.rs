@@ -9,17 +9,21 @@
 //! push, and every host this push flipped is flipped back.
 
 mod agent;
+mod connect;
 pub mod gates;
 mod local;
 mod plan;
 mod push;
+mod query;
+pub mod report;
+mod rollback;
 mod ssh;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::host::runtime::{HookRun, LogChunk, PortHolder, Program};
+use crate::host::runtime::{HookRun, LogChunk, PortHolder, Program, SetUp};
 use ferry_formats::journal::Record;
 use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
@@ -30,7 +34,10 @@ pub use agent::Agent;
 pub use gates::{Gate, Hooks, HttpProbe, Runtime};
 pub use local::Local;
 pub use plan::{batches, Step};
-pub use push::{journals, logs, push, rollback, setup, status, Down, HostReport, Outcome, Report, RollbackError};
+pub use push::push;
+pub use query::{journals, logs, setup, status, Answer};
+pub use report::{Down, Event, EventKind, HostReport, HostStep, Observer, Outcome, Quiet, Report, Shipped};
+pub use rollback::{rollback, RollbackError};
 pub use ssh::{read_ssh_config, AgentBinary, Ssh};
 
 /// Where the fleet gets bundles and deltas: the CLI hands it the builder's
@@ -86,7 +93,7 @@ pub trait Session: Send {
         Err(HostError::Input("this transport cannot tell who listens on a port".into()))
     }
     /// Prepares the host for the service's programs (see [`Host::setup`](crate::host::Host::setup)).
-    fn setup(&mut self, service: &str, programs: &[Program]) -> Result<Vec<String>, HostError> {
+    fn setup(&mut self, service: &str, programs: &[Program]) -> Result<SetUp, HostError> {
         let _ = (service, programs);
         Err(HostError::Input("this transport cannot set up programs".into()))
     }
@@ -139,17 +146,4 @@ pub struct Stage {
     /// Push even to hosts that already run the release and serve it:
     /// flip, restart and hooks as for a new release (`--force`).
     pub force: bool,
-}
-
-/// Sees a push as it goes, for progress on a terminal.
-pub trait Observer: Sync {
-    fn event(&self, host: &str, step: &str, detail: &str);
-}
-
-/// An observer that sees nothing.
-#[derive(Debug, Default)]
-pub struct Quiet;
-
-impl Observer for Quiet {
-    fn event(&self, _: &str, _: &str, _: &str) {}
 }

@@ -109,14 +109,17 @@ impl Host {
             let _ = self.record(&record.failed(error_chain(&e)));
             return Err(e);
         }
-        let e = match self.restart_programs(id) {
+        // Going back is recovery: a clean restart, not a reload.
+        let restarted =
+            if action == Action::Rollback { self.restart_programs_afresh(id) } else { self.restart_programs(id) };
+        let e = match restarted {
             Ok(notes) => {
                 if let Err(e) = self.record(&record) {
                     // A flip the journal does not know would mislead the next
                     // rollback: undo it, so the error means "nothing changed".
                     self.point_current(from.as_ref())?;
                     match from {
-                        Some(from) => drop(self.restart_programs(&from)),
+                        Some(from) => drop(self.restart_programs_afresh(&from)),
                         None => self.stop_programs(),
                     }
                     return Err(e);
@@ -130,7 +133,7 @@ impl Host {
         // Back to where it was, if that is still here to go back to.
         let back = match from.filter(|f| self.has(f)) {
             Some(from) => match self.point_current(Some(&from)) {
-                Ok(()) => match self.restart_programs(&from) {
+                Ok(()) => match self.restart_programs_afresh(&from) {
                     Ok(_) => Back::To(from),
                     Err(again) => Back::Broken(from, Box::new(again)),
                 },

@@ -131,8 +131,8 @@ impl Host {
     /// Prepares the host once, and again whenever the programs change:
     /// `shared/log`, the programs, supervisord's config, a systemd unit and
     /// an init script; starts supervisord (or has it re-read its config)
-    /// once a release is current. Returns what it did, a line each.
-    pub fn setup(&self, service: &str, programs: &[Program]) -> Result<Vec<String>, HostError> {
+    /// once a release is current. Returns what it did.
+    pub fn setup(&self, service: &str, programs: &[Program]) -> Result<SetUp, HostError> {
         let mut did = Vec::new();
         let ferry = self.root().join(".ferry");
         fs::create_dir_all(&ferry).map_err(HostError::Fs)?;
@@ -161,13 +161,15 @@ impl Host {
         // A changed config reaches the running supervisord at this host's
         // flip (see take_up), not here: here it would restart the programs
         // on the old release, on every host at once.
+        let mut started_supervisord = false;
         if self.current()?.is_some() && !self.supervisor().is_running() {
             self.start_supervisord()?;
             did.push(NOT_RUNNING.into());
+            started_supervisord = true;
         } else if conf_changed && self.current()?.is_some() {
             did.push("supervisord takes up the new config at this host's next flip".into());
         }
-        Ok(did)
+        Ok(SetUp { did, started_supervisord })
     }
 
     /// supervisord's config for `programs`: its socket and files under
@@ -376,16 +378,24 @@ impl Host {
     /// strategy), every process is RUNNING past its startsecs, and each one
     /// runs from `releases/<id>`. Nothing to do without programs.
     pub fn restart_programs(&self, id: &ReleaseId) -> Result<Vec<String>, HostError> {
-        self.take_up(id, true)
+        self.take_up(id, TakeUp::AsConfigured)
+    }
+
+    /// [`Host::restart_programs`] by stop and start whatever `reload_signal`
+    /// says: going back (a rollback, a revert, a failed flip undone) is
+    /// recovery, and a reload asks a master that may be in trouble (its new
+    /// workers failing) to do the work.
+    pub fn restart_programs_afresh(&self, id: &ReleaseId) -> Result<Vec<String>, HostError> {
+        self.take_up(id, TakeUp::StopStart)
     }
 
     /// When `current` already was `id` (a push of the release a host runs):
     /// the programs are only checked, and restarted if they do not run it.
     pub fn ensure_programs(&self, id: &ReleaseId) -> Result<Vec<String>, HostError> {
-        self.take_up(id, false)
+        self.take_up(id, TakeUp::IfNeeded)
     }
 
-    fn take_up(&self, id: &ReleaseId, restart: bool) -> Result<Vec<String>, HostError> {
+    fn take_up(&self, id: &ReleaseId, how: TakeUp) -> Result<Vec<String>, HostError> {
         let programs = self.programs()?;
         if programs.is_empty() {
             return Ok(Vec::new());
@@ -404,7 +414,7 @@ impl Host {
             notes.push(NOT_RUNNING.to_owned());
         }
         for p in &programs {
-            if !restart {
+            if how == TakeUp::IfNeeded {
                 let runs =
                     self.wait_running(&supervisor, p, None).and_then(|()| self.check_release(&supervisor, p, id));
                 match runs {
@@ -418,7 +428,10 @@ impl Host {
                 }
             }
             match &p.restart {
-                Restart::Signal(signal) if group(&supervisor, &p.name)?.iter().all(|i| i.state == "RUNNING") => {
+                Restart::Signal(signal)
+                    if how != TakeUp::StopStart
+                        && group(&supervisor, &p.name)?.iter().all(|i| i.state == "RUNNING") =>
+                {
                     let before: Vec<(String, u32)> =
                         group(&supervisor, &p.name)?.into_iter().map(|i| (i.name, i.pid)).collect();
                     let tree = procs::Tree::read();
@@ -757,6 +770,27 @@ fn env_value(v: &str) -> String {
     } else {
         format!("\"{v}\"")
     }
+}
+
+/// How [`Host::take_up`] has the programs take up a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TakeUp {
+    /// By each program's restart strategy (a reload signal, or stop and start).
+    AsConfigured,
+    /// By stop and start.
+    StopStart,
+    /// Only if they do not run it already (then as configured).
+    IfNeeded,
+}
+
+/// What [`Host::setup`] did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SetUp {
+    /// A line each: files written, supervisord started or told.
+    pub did: Vec<String>,
+    /// supervisord was down, with a release current, and was started: the
+    /// programs had not been running.
+    pub started_supervisord: bool,
 }
 
 /// A process listening on a port (see [`Host::listeners`]).

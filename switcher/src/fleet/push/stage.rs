@@ -1,0 +1,138 @@
+//! The stage phase of a push: what each host needs (a delta from what it
+//! runs, an rsync delta, or the whole bundle), made once per base, shipped
+//! and staged on every host in parallel. Nothing changes for users here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ferry_formats::ReleaseId;
+use fs_err as fs;
+use rayon::prelude::*;
+
+use super::super::connect::Connected;
+use super::super::report::{HostStep, Observer, Shipped};
+use super::super::{ReleaseSource, Stage};
+use crate::host::{error_chain, HostError};
+
+/// What a host gets.
+enum Payload {
+    /// A delta or the whole bundle, and which.
+    File(PathBuf, Shipped),
+    /// The host runs a release the source does not have.
+    Unknown,
+}
+
+/// The payload a host on `base` needs: a delta when the source has `base`,
+/// the whole bundle when the host has nothing.
+fn payload(source: &dyn ReleaseSource, base: Option<ReleaseId>, target: &ReleaseId) -> Result<Payload, String> {
+    if let Some(base) = base {
+        return match source.delta(&base, target) {
+            Ok(Some(path)) => Ok(Payload::File(path, Shipped::Delta)),
+            Ok(None) => Ok(Payload::Unknown),
+            Err(e) => Err(format!("cannot make the delta from {base}: {e}")),
+        };
+    }
+    source
+        .bundle(target)
+        .map(|p| Payload::File(p, Shipped::Bundle))
+        .map_err(|e| format!("cannot find the bundle of {target}: {e}"))
+}
+
+/// Stages `release` on every host. A host that fails is marked failed at
+/// [`HostStep::Stage`] with why.
+pub(super) fn stage_all(
+    pool: &rayon::ThreadPool,
+    hosts: &mut [Connected],
+    stage: &Stage,
+    source: &dyn ReleaseSource,
+    release: &ReleaseId,
+    observer: &dyn Observer,
+) {
+    // The delta's base: what the host runs, unless that is the release.
+    let base = |host: &Connected| host.current.filter(|b| b != release);
+    // One delta per distinct base, made once, before any host is staged.
+    let mut payloads: BTreeMap<Option<ReleaseId>, Result<Payload, String>> = BTreeMap::new();
+    for host in hosts.iter() {
+        payloads.entry(base(host)).or_insert_with(|| payload(source, base(host), release));
+    }
+    // Hosts on the same unknown release sign it the same: one at a time
+    // asks for the rsync delta, so it is encoded once and the others find
+    // it made.
+    let one_rsync = std::sync::Mutex::new(());
+    pool.install(|| {
+        hosts.par_iter_mut().for_each(|host| {
+            host.slot.report.step = HostStep::Stage;
+            let payload = match &payloads[&base(host)] {
+                Ok(Payload::File(path, kind)) => Ok((path.clone(), *kind)),
+                // The store does not know what this host runs: it signs its
+                // files and gets an rsync delta against them.
+                Ok(Payload::Unknown) => host
+                    .session
+                    .signature()
+                    .map_err(|e| format!("cannot sign the host's files: {}", error_chain(&e)))
+                    .and_then(|sig| {
+                        let _one = one_rsync.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        source.rsync_delta(&sig, release).map_err(|e| format!("cannot make the rsync delta: {e}"))
+                    })
+                    .map(|path| (path, Shipped::Rsync)),
+                Err(e) => Err(e.clone()),
+            };
+            match payload {
+                Ok((path, kind)) => stage_one(host, &path, kind, stage, source, release, observer),
+                Err(e) => host.slot.report.fail(HostStep::Stage, e),
+            }
+        });
+    });
+}
+
+/// Ships `path` (of `kind`) to one host and stages it there; a delta the
+/// host refuses (a base file it changed, one given over to shared/) is
+/// replaced by the whole bundle.
+fn stage_one(
+    host: &mut Connected,
+    path: &Path,
+    kind: Shipped,
+    stage: &Stage,
+    source: &dyn ReleaseSource,
+    release: &ReleaseId,
+    observer: &dyn Observer,
+) {
+    let name = host.slot.spec.name.clone();
+    observer.note(&name, "stage", kind.as_str());
+    let size = |p: &Path| fs::metadata(p).map_or(0, |m| m.len());
+    let report = &mut host.slot.report;
+    let mut staged = host.session.stage(path, &stage.options);
+    match &staged {
+        Err(e) if kind.is_delta() => {
+            observer.note(&name, "stage", &format!("{kind} refused ({}); sending the bundle", error_chain(e)));
+            report.bytes += size(path);
+            match source.bundle(release) {
+                Ok(bundle) => {
+                    staged = host.session.stage(&bundle, &stage.options);
+                    if staged.is_ok() {
+                        report.shipped = Shipped::Bundle;
+                        report.bytes += size(&bundle);
+                    }
+                }
+                Err(b) => {
+                    staged = Err(HostError::Input(format!("{}; and no bundle to send instead: {b}", error_chain(e))));
+                }
+            }
+        }
+        Ok(s) if !s.already => {
+            report.shipped = kind;
+            report.bytes = size(path);
+        }
+        _ => {}
+    }
+    match staged {
+        Ok(staged) => {
+            report.staged = true;
+            observer.done(&name, "staged", &format!("{:.2}s", staged.elapsed.as_secs_f64()));
+        }
+        Err(e) => {
+            observer.failed(&name, "stage", &error_chain(&e));
+            host.fail(HostStep::Stage, &e);
+        }
+    }
+}
