@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::defaults;
+
 /// The whole file, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,7 +168,7 @@ fn no_groups() -> Spanned<BTreeMap<String, Vec<String>>> {
 }
 
 fn local() -> Spanned<String> {
-    Spanned::new(0..0, "local".into())
+    Spanned::new(0..0, defaults::TRANSPORT.into())
 }
 
 /// `[release]`: what goes into a bundle and how it is packed.
@@ -179,9 +181,9 @@ pub struct ReleaseSection {
     pub include: Vec<String>,
     #[serde(default)]
     pub exclude: Vec<String>,
-    #[serde(default = "yes")]
+    #[serde(default = "default_excludes")]
     pub default_excludes: bool,
-    #[serde(default = "three")]
+    #[serde(default = "compression_level")]
     pub compression_level: Spanned<i32>,
 }
 
@@ -191,20 +193,20 @@ impl Default for ReleaseSection {
             root: dot(),
             include: vec![],
             exclude: vec![],
-            default_excludes: true,
-            compression_level: Spanned::new(0..0, 3),
+            default_excludes: default_excludes(),
+            compression_level: compression_level(),
         }
     }
 }
 
 fn dot() -> String {
-    ".".into()
+    defaults::RELEASE_ROOT.into()
 }
-fn yes() -> bool {
-    true
+fn default_excludes() -> bool {
+    defaults::USE_DEFAULT_EXCLUDES
 }
-fn three() -> Spanned<i32> {
-    Spanned::new(0..0, 3)
+fn compression_level() -> Spanned<i32> {
+    Spanned::new(0..0, defaults::COMPRESSION_LEVEL)
 }
 
 /// `[components]`: the labelled parts of the release tree.

@@ -11,6 +11,7 @@ use ferry_switcher::fleet::{Gate, Hooks, HttpProbe};
 use ferry_switcher::host::runtime::{Program, Restart};
 use toml::Spanned;
 
+use super::defaults;
 use super::raw::{FerryToml, HealthSection};
 
 /// A stage's `[health]` as gates, in the order they run: http, errors, command.
@@ -44,9 +45,9 @@ pub(super) fn gates(stage: &str, health: &HealthSection, at: &dyn Fn(Range<usize
         gates.push(Gate::Http(HttpProbe {
             url: url(&h.url, "http")?,
             urls: h.urls.clone(),
-            status: h.status.unwrap_or(200),
-            timeout: secs(h.timeout, 2.0),
-            retries: h.retries.unwrap_or(3).max(1),
+            status: h.status.unwrap_or(defaults::HTTP_STATUS),
+            timeout: secs(h.timeout, defaults::PROBE_TIMEOUT),
+            retries: h.retries.unwrap_or(defaults::HTTP_RETRIES).max(1),
             answered_by: h.answered_by,
         }));
     }
@@ -69,22 +70,25 @@ pub(super) fn gates(stage: &str, health: &HealthSection, at: &dyn Fn(Range<usize
                 url: url(&e.url, "errors")?,
                 urls: e.urls.clone(),
                 status: 200,
-                timeout: secs(e.timeout, 2.0),
+                timeout: secs(e.timeout, defaults::PROBE_TIMEOUT),
                 retries: 1,
                 answered_by: ferry_switcher::fleet::gates::AnsweredBy::Any,
             },
-            window: secs(e.window, 10.0),
-            interval: secs(e.interval, 0.2),
-            max_rate: rate(e.max_rate, 0.05, "max_rate")?,
-            max_excess: rate(e.max_excess, 0.02, "max_excess")?,
-            min_requests: e.min_requests.unwrap_or(20),
+            window: secs(e.window, defaults::ERRORS_WINDOW),
+            interval: secs(e.interval, defaults::ERRORS_INTERVAL),
+            max_rate: rate(e.max_rate, defaults::ERRORS_MAX_RATE, "max_rate")?,
+            max_excess: rate(e.max_excess, defaults::ERRORS_MAX_EXCESS, "max_excess")?,
+            min_requests: e.min_requests.unwrap_or(defaults::ERRORS_MIN_REQUESTS),
         });
     }
     if let Some(c) = &health.command {
         if c.timeout == Some(0) {
             bail!("stage {stage}: health.command.timeout must be at least 1 second");
         }
-        gates.push(Gate::Command { run: c.run.clone(), timeout: Duration::from_secs(c.timeout.unwrap_or(60)) });
+        gates.push(Gate::Command {
+            run: c.run.clone(),
+            timeout: Duration::from_secs(c.timeout.unwrap_or(defaults::COMMAND_TIMEOUT)),
+        });
     }
     Ok(gates)
 }
@@ -128,7 +132,7 @@ pub(super) fn programs(raw: &FerryToml, at: &dyn Fn(Range<usize>) -> String) -> 
         let numprocs = match &p.numprocs {
             Some(n) if *n.get_ref() < 1 => bail!("{}: program {name}: numprocs must be at least 1", at(n.span())),
             Some(n) => *n.get_ref(),
-            None => 1,
+            None => defaults::NUMPROCS,
         };
         let directory = match &p.directory {
             Some(d) => {
@@ -141,7 +145,7 @@ pub(super) fn programs(raw: &FerryToml, at: &dyn Fn(Range<usize>) -> String) -> 
                         .to_string()
                 }
             }
-            None => ".".to_owned(),
+            None => defaults::DIRECTORY.to_owned(),
         };
         out.push(Program {
             name: name.clone(),
@@ -149,9 +153,9 @@ pub(super) fn programs(raw: &FerryToml, at: &dyn Fn(Range<usize>) -> String) -> 
             numprocs,
             directory,
             environment: p.environment.clone(),
-            stopsignal: signal(&p.stopsignal, "stopsignal", Some("TERM"))?.unwrap_or_default(),
-            stopwaitsecs: p.stopwaitsecs.unwrap_or(10),
-            startsecs: p.startsecs.unwrap_or(1),
+            stopsignal: signal(&p.stopsignal, "stopsignal", Some(defaults::STOPSIGNAL))?.unwrap_or_default(),
+            stopwaitsecs: p.stopwaitsecs.unwrap_or(defaults::STOPWAITSECS),
+            startsecs: p.startsecs.unwrap_or(defaults::STARTSECS),
             restart: match signal(&p.reload_signal, "reload_signal", None)? {
                 Some(sig) if ["HUP", "USR1", "USR2"].contains(&sig.as_str()) => Restart::Signal(sig),
                 Some(sig) => bail!(
@@ -172,7 +176,7 @@ pub(super) fn hooks(raw: &FerryToml, at: &dyn Fn(Range<usize>) -> String) -> Res
     let timeout = match &h.timeout {
         Some(t) if *t.get_ref() == 0 => bail!("{}: hooks.timeout must be at least 1 second", at(t.span())),
         Some(t) => Duration::from_secs(*t.get_ref()),
-        None => Duration::from_secs(300),
+        None => Duration::from_secs(defaults::HOOK_TIMEOUT),
     };
     Ok(Hooks {
         migrate: h.migrate.clone(),

@@ -10,7 +10,7 @@ use ferry_formats::RelPath;
 use ferry_switcher::fleet::{Gate, OnFailure, Step};
 use toml::Spanned;
 
-use super::defaults::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEP, DEFAULT_STEP_TIMEOUT, DEFAULT_STRATEGY};
+use super::defaults;
 use super::raw::{FerryToml, StageSection};
 use super::runtime::gates;
 use super::{host_path, normalize, plural};
@@ -68,7 +68,7 @@ pub(super) fn check_stage(
     if !valid_env_name(name) {
         bail!("stage {name:?}: a stage name is letters, digits, '_' or '-'");
     }
-    let home = || std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let home = || std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(defaults::HOME));
     let expand = |p: &str| match p.strip_prefix("~/") {
         Some(rest) => home().join(rest),
         None => normalize(&dir.join(p)),
@@ -78,17 +78,17 @@ pub(super) fn check_stage(
         Some(v) => Ok(std::time::Duration::from_secs(*v.get_ref())),
         None => Ok(std::time::Duration::from_secs(default)),
     };
-    let connect_timeout = seconds("connect_timeout", &stage.connect_timeout, DEFAULT_CONNECT_TIMEOUT)?;
-    let step_timeout = seconds("step_timeout", &stage.step_timeout, DEFAULT_STEP_TIMEOUT)?;
+    let connect_timeout = seconds("connect_timeout", &stage.connect_timeout, defaults::CONNECT_TIMEOUT)?;
+    let step_timeout = seconds("step_timeout", &stage.step_timeout, defaults::STEP_TIMEOUT)?;
     let ssh = match stage.transport.get_ref().as_str() {
         "local" => None,
         "ssh" => Some(SshSettings {
             user: stage.user.clone(),
-            known_hosts: stage.known_hosts.as_deref().map_or_else(|| home().join(".ssh/known_hosts"), expand),
+            known_hosts: stage.known_hosts.as_deref().map_or_else(|| home().join(defaults::KNOWN_HOSTS), expand),
             identity: stage.identity.as_deref().map(expand),
             accept_new: stage.accept_new_host_keys,
             agent: stage.agent.clone(),
-            ssh_config: stage.ssh_config.as_deref().map_or_else(|| home().join(".ssh/config"), expand),
+            ssh_config: stage.ssh_config.as_deref().map_or_else(|| home().join(defaults::SSH_CONFIG), expand),
             connect_timeout,
             step_timeout,
         }),
@@ -182,7 +182,7 @@ pub(super) fn check_stage(
             }
             Strategy::Steps(steps)
         }
-        None => Strategy::Steps(DEFAULT_STRATEGY.iter().map(|s| s.parse().expect("the default parses")).collect()),
+        None => Strategy::Steps(defaults::STRATEGY.iter().map(|s| s.parse().expect("the default parses")).collect()),
     };
     let deploy_to = stage.deploy_to.as_ref().or(raw.deploy.deploy_to.as_ref());
     let deploy_to = match deploy_to {
@@ -190,21 +190,22 @@ pub(super) fn check_stage(
             bail!("{}: deploy_to {:?} must be an absolute path on the host", at(d.span()), d.get_ref())
         }
         Some(d) => PathBuf::from(d.get_ref()),
-        None => PathBuf::from(format!("/srv/{}", raw.service.get_ref())),
+        None => Path::new(defaults::DEPLOY_ROOT).join(raw.service.get_ref()),
     };
     let keep = stage.keep_releases.as_ref().or(raw.deploy.keep_releases.as_ref());
     let keep_releases = match keep {
         Some(k) if *k.get_ref() < 1 => bail!("{}: keep_releases must be at least 1", at(k.span())),
         Some(k) => *k.get_ref(),
-        None => DEFAULT_KEEP,
+        None => defaults::KEEP_RELEASES,
     };
     let max_parallel = match &stage.max_parallel {
         Some(m) if *m.get_ref() < 1 => bail!("{}: max_parallel must be at least 1", at(m.span())),
         Some(m) => *m.get_ref(),
-        None => 10,
+        None => defaults::MAX_PARALLEL,
     };
     let on_failure = match stage.on_failure.as_ref().map(|o| (o, o.get_ref().as_str())) {
-        None | Some((_, "revert")) => OnFailure::Revert,
+        None => defaults::ON_FAILURE,
+        Some((_, "revert")) => OnFailure::Revert,
         Some((_, "stop")) => OnFailure::Stop,
         Some((o, other)) => bail!("{}: on_failure {other:?} must be \"revert\" or \"stop\"", at(o.span())),
     };
