@@ -103,12 +103,12 @@ impl Config {
         let mut stages = BTreeMap::new();
         let configs: Vec<RelPath> =
             components.iter().filter(|(k, _)| *k == ComponentKind::Config).map(|(_, p)| p.clone()).collect();
-        let (dirs, files) = linked_paths(&raw, &at)?;
-        let linked: Vec<RelPath> = dirs.into_iter().chain(files).collect();
-        ferry_switcher::host::check_linked(&linked, &configs)
+        let linked = linked_paths(&raw, &at)?;
+        let all: Vec<RelPath> = linked.dirs.iter().chain(&linked.files).cloned().collect();
+        ferry_switcher::host::check_linked(&all, &configs)
             .map_err(|e| anyhow::anyhow!("{}: [deploy] {e}", path.display()))?;
         for (name, stage) in &raw.stages {
-            stages.insert(name.clone(), check_stage(name, stage.get_ref(), &raw, &dir, &at)?);
+            stages.insert(name.clone(), check_stage(name, stage.get_ref(), &raw, &linked, &dir, &at)?);
         }
         let mut hooks = hooks(&raw, &at)?;
         if let Some(h) = &hooks.migrate_on {

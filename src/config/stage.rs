@@ -62,6 +62,7 @@ pub(super) fn check_stage(
     name: &str,
     stage: &StageSection,
     raw: &FerryToml,
+    linked: &Linked,
     dir: &Path,
     at: &dyn Fn(Range<usize>) -> String,
 ) -> Result<Stage> {
@@ -209,7 +210,6 @@ pub(super) fn check_stage(
         Some((_, "stop")) => OnFailure::Stop,
         Some((o, other)) => bail!("{}: on_failure {other:?} must be \"revert\" or \"stop\"", at(o.span())),
     };
-    let (linked_dirs, linked_files) = linked_paths(raw, at)?;
     let mut gates = gates(name, &stage.health, at)?;
     for gate in &mut gates {
         if let Gate::Http(probe) | Gate::Errors { probe, .. } = gate {
@@ -259,18 +259,22 @@ pub(super) fn check_stage(
         keep_releases,
         max_parallel,
         on_failure,
-        linked_dirs,
-        linked_files,
+        linked_dirs: linked.dirs.clone(),
+        linked_files: linked.files.clone(),
         gates,
         host_env,
     })
 }
 
-/// `[deploy]`'s linked_dirs and linked_files, as paths.
-pub(super) fn linked_paths(
-    raw: &FerryToml,
-    at: &dyn Fn(Range<usize>) -> String,
-) -> Result<(Vec<RelPath>, Vec<RelPath>)> {
+/// `[deploy]`'s linked_dirs and linked_files, the same for every stage.
+pub(super) struct Linked {
+    pub dirs: Vec<RelPath>,
+    pub files: Vec<RelPath>,
+}
+
+/// `[deploy]`'s linked_dirs and linked_files, as paths: read once, for the
+/// check against the config component and for every stage.
+pub(super) fn linked_paths(raw: &FerryToml, at: &dyn Fn(Range<usize>) -> String) -> Result<Linked> {
     let linked = |list: &[Spanned<String>], what: &str| -> Result<Vec<RelPath>> {
         list.iter()
             .map(|p| {
@@ -279,7 +283,10 @@ pub(super) fn linked_paths(
             })
             .collect()
     };
-    Ok((linked(&raw.deploy.linked_dirs, "linked_dirs")?, linked(&raw.deploy.linked_files, "linked_files")?))
+    Ok(Linked {
+        dirs: linked(&raw.deploy.linked_dirs, "linked_dirs")?,
+        files: linked(&raw.deploy.linked_files, "linked_files")?,
+    })
 }
 
 /// The first step of `strategy` that reaches fewer hosts than a step before
