@@ -58,7 +58,7 @@ pub enum Action {
     Status(StageSettings),
     History(StageSettings),
     Setup(StageSettings),
-    Logs(StageSettings, crate::cli::LogsArgs),
+    Logs(StageSettings, LogsSettings),
     Host(Host, HostAction),
     AgentHash,
 }
@@ -70,6 +70,17 @@ pub struct StageSettings {
     pub stage: Stage,
     /// `None` for a local stage.
     pub ssh: Option<Ssh>,
+}
+
+/// What `ferry logs` shows of each process.
+#[derive(Debug)]
+pub struct LogsSettings {
+    /// Only this program's processes.
+    pub program: Option<String>,
+    /// Keep printing what they write, until interrupted.
+    pub follow: bool,
+    /// How much of each log to show first, in bytes.
+    pub bytes: i32,
 }
 
 /// One verb of `ferry host`.
@@ -166,7 +177,10 @@ impl Settings {
             Command::Status(a) => Action::Status(load_stage(&config_path, &a.stage, &a.narrow)?.0),
             Command::History(a) => Action::History(load_stage(&config_path, &a.stage, &a.narrow)?.0),
             Command::Setup(a) => Action::Setup(load_stage(&config_path, &a.stage, &a.narrow)?.0),
-            Command::Logs(a) => Action::Logs(load_stage(&config_path, &a.stage, &a.narrow)?.0, a),
+            Command::Logs(a) => Action::Logs(
+                load_stage(&config_path, &a.stage, &a.narrow)?.0,
+                LogsSettings { program: a.program, follow: a.follow, bytes: a.bytes },
+            ),
             Command::AgentHash => Action::AgentHash,
             Command::Host(h) => Action::Host(Host::new(std::path::absolute(&h.deploy_to)?), host_action(h.verb)?),
         };
