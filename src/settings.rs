@@ -31,6 +31,8 @@ pub struct Output {
 #[derive(Debug, Clone)]
 pub enum Target {
     File(PathBuf),
+    /// An id prefix as written: only the store knows which release it
+    /// names, so the command resolves it.
     Id(String),
 }
 
@@ -53,7 +55,11 @@ pub enum Action {
     Diff(Target, Target),
     Bundles,
     Delta(Target, Target),
+    /// The release as written (an id prefix), resolved against the store by
+    /// the command.
     Push(StageSettings, Option<String>),
+    /// `--to` as written: an id prefix or a version label, which only the
+    /// store tells apart, so the command resolves it.
     Rollback(StageSettings, Option<String>),
     Status(StageSettings),
     History(StageSettings),
@@ -83,7 +89,9 @@ pub struct LogsSettings {
     pub bytes: i32,
 }
 
-/// One verb of `ferry host`.
+/// One verb of `ferry host`. Release ids are prefixes as written: the
+/// command resolves them against the host's releases once it holds the
+/// host's lock.
 #[derive(Debug)]
 pub enum HostAction {
     /// `None` reads stdin.
