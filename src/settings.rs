@@ -31,6 +31,8 @@ pub struct Output {
 #[derive(Debug, Clone)]
 pub enum Target {
     File(PathBuf),
+    /// An id prefix as written: only the store knows which release it
+    /// names, so the command resolves it.
     Id(String),
 }
 
@@ -53,12 +55,16 @@ pub enum Action {
     Diff(Target, Target),
     Bundles,
     Delta(Target, Target),
+    /// The release as written (an id prefix), resolved against the store by
+    /// the command.
     Push(StageSettings, Option<String>),
+    /// `--to` as written: an id prefix or a version label, which only the
+    /// store tells apart, so the command resolves it.
     Rollback(StageSettings, Option<String>),
     Status(StageSettings),
     History(StageSettings),
     Setup(StageSettings),
-    Logs(StageSettings, crate::cli::LogsArgs),
+    Logs(StageSettings, LogsSettings),
     Host(Host, HostAction),
     AgentHash,
 }
@@ -72,7 +78,20 @@ pub struct StageSettings {
     pub ssh: Option<Ssh>,
 }
 
-/// One verb of `ferry host`.
+/// What `ferry logs` shows of each process.
+#[derive(Debug)]
+pub struct LogsSettings {
+    /// Only this program's processes.
+    pub program: Option<String>,
+    /// Keep printing what they write, until interrupted.
+    pub follow: bool,
+    /// How much of each log to show first, in bytes.
+    pub bytes: i32,
+}
+
+/// One verb of `ferry host`. Release ids are prefixes as written: the
+/// command resolves them against the host's releases once it holds the
+/// host's lock.
 #[derive(Debug)]
 pub enum HostAction {
     /// `None` reads stdin.
@@ -166,7 +185,10 @@ impl Settings {
             Command::Status(a) => Action::Status(load_stage(&config_path, &a.stage, &a.narrow)?.0),
             Command::History(a) => Action::History(load_stage(&config_path, &a.stage, &a.narrow)?.0),
             Command::Setup(a) => Action::Setup(load_stage(&config_path, &a.stage, &a.narrow)?.0),
-            Command::Logs(a) => Action::Logs(load_stage(&config_path, &a.stage, &a.narrow)?.0, a),
+            Command::Logs(a) => Action::Logs(
+                load_stage(&config_path, &a.stage, &a.narrow)?.0,
+                LogsSettings { program: a.program, follow: a.follow, bytes: a.bytes },
+            ),
             Command::AgentHash => Action::AgentHash,
             Command::Host(h) => Action::Host(Host::new(std::path::absolute(&h.deploy_to)?), host_action(h.verb)?),
         };

@@ -515,7 +515,7 @@ pub fn setup(settings: &Settings, s: &StageSettings) -> Result<u8> {
     Ok(if failed { exit::HOSTS_FAILED } else { exit::OK })
 }
 
-pub fn logs(settings: &Settings, s: &StageSettings, args: &crate::cli::LogsArgs) -> Result<u8> {
+pub fn logs(settings: &Settings, s: &StageSettings, args: &crate::settings::LogsSettings) -> Result<u8> {
     let failed = std::sync::atomic::AtomicBool::new(false);
     let json = settings.output.json;
     let print = |host: &str, chunk: Result<&ferry_switcher::host::runtime::LogChunk, HostError>| -> bool {

@@ -1,0 +1,246 @@
+//! The raw sections of `ferry.toml`, as serde reads them: spans kept for
+//! messages, unknown keys refused. Nothing here is checked beyond its type.
+//!
+//! Named `raw`, not `toml`, so that it does not shadow the `toml` crate in
+//! the modules that use both.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::defaults;
+
+/// The whole file, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FerryToml {
+    pub service: Spanned<String>,
+    #[serde(default)]
+    pub release: ReleaseSection,
+    #[serde(default)]
+    pub components: Components,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub deploy: DeploySection,
+    #[serde(default)]
+    pub stages: BTreeMap<String, Spanned<StageSection>>,
+    /// The service's processes, run by its own supervisord on every host.
+    #[serde(default)]
+    pub programs: BTreeMap<String, Spanned<ProgramSection>>,
+    #[serde(default)]
+    pub hooks: HooksSection,
+}
+
+/// `[programs.<name>]`: one program of the service, under supervisord.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramSection {
+    pub command: Spanned<String>,
+    pub numprocs: Option<Spanned<u32>>,
+    /// Relative to the release; "." by default.
+    pub directory: Option<Spanned<String>>,
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    pub stopsignal: Option<Spanned<String>>,
+    pub stopwaitsecs: Option<u32>,
+    pub startsecs: Option<u32>,
+    /// Restart by this signal (gunicorn: HUP) instead of stop and start.
+    pub reload_signal: Option<Spanned<String>>,
+}
+
+/// `[hooks]`: commands run on hosts around a push.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksSection {
+    pub migrate: Option<String>,
+    pub migrate_on: Option<String>,
+    pub before_flip: Option<String>,
+    pub after_flip: Option<String>,
+    pub timeout: Option<Spanned<u64>>,
+}
+
+/// `[stages.<name>.health]`: the gates after each batch.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    pub http: Option<HttpSection>,
+    pub errors: Option<ErrorsSection>,
+    pub command: Option<CommandSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    pub url: Spanned<String>,
+    #[serde(default)]
+    pub urls: BTreeMap<String, String>,
+    pub status: Option<u16>,
+    pub timeout: Option<f64>,
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub answered_by: ferry_switcher::fleet::gates::AnsweredBy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorsSection {
+    pub url: Spanned<String>,
+    #[serde(default)]
+    pub urls: BTreeMap<String, String>,
+    pub timeout: Option<f64>,
+    pub window: Option<f64>,
+    pub interval: Option<f64>,
+    pub max_rate: Option<f64>,
+    pub max_excess: Option<f64>,
+    pub min_requests: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSection {
+    pub run: String,
+    pub timeout: Option<u64>,
+}
+
+/// `[deploy]`: how releases live on every host, for every stage.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySection {
+    pub deploy_to: Option<Spanned<String>>,
+    #[serde(default)]
+    pub linked_dirs: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub linked_files: Vec<Spanned<String>>,
+    pub keep_releases: Option<Spanned<usize>>,
+}
+
+/// `[stages.<name>]`: a set of hosts pushed to together.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSection {
+    #[serde(default = "local")]
+    pub transport: Spanned<String>,
+    pub hosts: Spanned<Vec<Spanned<String>>>,
+    pub env: Option<Spanned<String>>,
+    pub strategy: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Named sets of hosts (OpenSky's group1 / group2), for a strategy of
+    /// groups and for `--group`.
+    #[serde(default = "no_groups")]
+    pub groups: Spanned<BTreeMap<String, Vec<String>>>,
+    pub deploy_to: Option<Spanned<String>>,
+    pub keep_releases: Option<Spanned<usize>>,
+    pub max_parallel: Option<Spanned<usize>>,
+    pub on_failure: Option<Spanned<String>>,
+    /// ssh: the user for hosts that do not name one.
+    pub user: Option<String>,
+    /// ssh: the known_hosts file host keys are checked against.
+    pub known_hosts: Option<String>,
+    /// ssh: the private key to offer (else the SSH agent's).
+    pub identity: Option<String>,
+    /// ssh: accept and record host keys known_hosts does not have yet.
+    #[serde(default)]
+    pub accept_new_host_keys: bool,
+    /// ssh: the agent binary on the hosts.
+    pub agent: Option<String>,
+    /// ssh: the OpenSSH client config whose Host entries apply.
+    pub ssh_config: Option<String>,
+    /// ssh: seconds to connect (TCP, handshake, key check, authentication).
+    pub connect_timeout: Option<Spanned<u64>>,
+    /// ssh: seconds any one read or write on a connection may take.
+    pub step_timeout: Option<Spanned<u64>>,
+    /// The gates after each batch.
+    #[serde(default)]
+    pub health: HealthSection,
+    /// Environment for the programs on one host, over `[programs.*]`'s:
+    /// `{ "web1" = { PORT = "8101" } }`.
+    #[serde(default = "no_host_env")]
+    pub host_env: Spanned<BTreeMap<String, BTreeMap<String, String>>>,
+}
+
+fn no_host_env() -> Spanned<BTreeMap<String, BTreeMap<String, String>>> {
+    Spanned::new(0..0, BTreeMap::new())
+}
+
+fn no_groups() -> Spanned<BTreeMap<String, Vec<String>>> {
+    Spanned::new(0..0, BTreeMap::new())
+}
+
+fn local() -> Spanned<String> {
+    Spanned::new(0..0, defaults::TRANSPORT.into())
+}
+
+/// `[release]`: what goes into a bundle and how it is packed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSection {
+    #[serde(default = "dot")]
+    pub root: String,
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default = "default_excludes")]
+    pub default_excludes: bool,
+    #[serde(default = "compression_level")]
+    pub compression_level: Spanned<i32>,
+}
+
+impl Default for ReleaseSection {
+    fn default() -> Self {
+        Self {
+            root: dot(),
+            include: vec![],
+            exclude: vec![],
+            default_excludes: default_excludes(),
+            compression_level: compression_level(),
+        }
+    }
+}
+
+fn dot() -> String {
+    defaults::RELEASE_ROOT.into()
+}
+fn default_excludes() -> bool {
+    defaults::USE_DEFAULT_EXCLUDES
+}
+fn compression_level() -> Spanned<i32> {
+    Spanned::new(0..0, defaults::COMPRESSION_LEVEL)
+}
+
+/// `[components]`: the labelled parts of the release tree.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Components {
+    pub code: Option<Spanned<OneOrMany>>,
+    pub venv: Option<Spanned<String>>,
+    pub jar: Option<Spanned<String>>,
+    pub media: Option<Spanned<OneOrMany>>,
+    pub config: Option<Spanned<String>>,
+}
+
+/// A path or a list of paths.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Each path of a one-or-many field, with the field's span.
+pub(super) fn each(field: &Option<Spanned<OneOrMany>>) -> Vec<Spanned<String>> {
+    let Some(f) = field else { return vec![] };
+    let paths = match f.get_ref() {
+        OneOrMany::One(p) => std::slice::from_ref(p),
+        OneOrMany::Many(v) => v.as_slice(),
+    };
+    paths.iter().map(|p| Spanned::new(f.span(), p.clone())).collect()
+}
+
+/// `[store]`: where bundles are kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    pub path: Option<String>,
+}

@@ -1,0 +1,359 @@
+//! `[stages.*]` and `[deploy]`: hosts, batches, ssh, where releases live.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use ferry_formats::release::valid_env_name;
+use ferry_formats::RelPath;
+use ferry_switcher::fleet::{Gate, OnFailure, Step};
+use toml::Spanned;
+
+use super::defaults;
+use super::raw::{FerryToml, StageSection};
+use super::runtime::gates;
+use super::{host_path, normalize, plural};
+
+/// The batches of a stage: counts and shares, or named groups in order.
+#[derive(Debug, Clone)]
+pub enum Strategy {
+    Steps(Vec<Step>),
+    Groups(Vec<String>),
+}
+
+/// How an ssh stage reaches its hosts.
+#[derive(Debug, Clone)]
+pub struct SshSettings {
+    /// The stage's `user`, if it says one.
+    pub user: Option<String>,
+    pub known_hosts: PathBuf,
+    pub identity: Option<PathBuf>,
+    pub accept_new: bool,
+    /// The agent on the hosts; `None`: upload this binary.
+    pub agent: Option<String>,
+    pub ssh_config: PathBuf,
+    pub connect_timeout: std::time::Duration,
+    pub step_timeout: std::time::Duration,
+}
+
+/// A checked stage. `hosts` of a local stage are absolute directories.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// Name, and for a local stage the host's directory.
+    pub hosts: Vec<(String, PathBuf)>,
+    /// For an ssh stage: how to reach its hosts.
+    pub ssh: Option<SshSettings>,
+    pub env: String,
+    pub strategy: Strategy,
+    pub groups: BTreeMap<String, Vec<String>>,
+    pub deploy_to: PathBuf,
+    pub keep_releases: usize,
+    pub max_parallel: usize,
+    pub on_failure: OnFailure,
+    pub linked_dirs: Vec<RelPath>,
+    pub linked_files: Vec<RelPath>,
+    pub gates: Vec<Gate>,
+    /// By host name as the stage lists it.
+    pub host_env: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+pub(super) fn check_stage(
+    name: &str,
+    stage: &StageSection,
+    raw: &FerryToml,
+    linked: &Linked,
+    dir: &Path,
+    at: &dyn Fn(Range<usize>) -> String,
+) -> Result<Stage> {
+    if !valid_env_name(name) {
+        bail!("stage {name:?}: a stage name is letters, digits, '_' or '-'");
+    }
+    let home = || std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(defaults::HOME));
+    let expand = |p: &str| match p.strip_prefix("~/") {
+        Some(rest) => home().join(rest),
+        None => normalize(&dir.join(p)),
+    };
+    let seconds = |key: &str, value: &Option<Spanned<u64>>, default: u64| match value {
+        Some(v) if *v.get_ref() == 0 => bail!("{}: stage {name}: {key} must be at least 1 second", at(v.span())),
+        Some(v) => Ok(std::time::Duration::from_secs(*v.get_ref())),
+        None => Ok(std::time::Duration::from_secs(default)),
+    };
+    let connect_timeout = seconds("connect_timeout", &stage.connect_timeout, defaults::CONNECT_TIMEOUT)?;
+    let step_timeout = seconds("step_timeout", &stage.step_timeout, defaults::STEP_TIMEOUT)?;
+    let ssh = match stage.transport.get_ref().as_str() {
+        "local" => None,
+        "ssh" => Some(SshSettings {
+            user: stage.user.clone(),
+            known_hosts: stage.known_hosts.as_deref().map_or_else(|| home().join(defaults::KNOWN_HOSTS), expand),
+            identity: stage.identity.as_deref().map(expand),
+            accept_new: stage.accept_new_host_keys,
+            agent: stage.agent.clone(),
+            ssh_config: stage.ssh_config.as_deref().map_or_else(|| home().join(defaults::SSH_CONFIG), expand),
+            connect_timeout,
+            step_timeout,
+        }),
+        other => {
+            bail!("{}: stage {name}: transport {other:?} must be \"local\" or \"ssh\"", at(stage.transport.span()))
+        }
+    };
+    if stage.hosts.get_ref().is_empty() {
+        bail!("{}: stage {name} has no hosts", at(stage.hosts.span()));
+    }
+    // A local host's name is a path: `fleet/a`, `./fleet/a` and `fleet/a/`
+    // are one host, named the first way everywhere (groups, host_env, urls).
+    let key = |h: &str| if ssh.is_none() { host_path(h) } else { h.to_owned() };
+    let mut hosts: Vec<(String, PathBuf)> = Vec::new();
+    for h in stage.hosts.get_ref() {
+        let (written, host) = (h.get_ref(), key(h.get_ref()));
+        let local = if ssh.is_none() { normalize(&dir.join(&host)) } else { PathBuf::new() };
+        if let Some((other, _)) = hosts.iter().find(|(n, d)| *n == host || (ssh.is_none() && *d == local)) {
+            let same = if other == written { String::new() } else { format!(" (as {other:?}: the same directory)") };
+            bail!("{}: stage {name} lists host {written:?} twice{same}; list each host once", at(h.span()));
+        }
+        hosts.push((host, local));
+    }
+    let env = match &stage.env {
+        Some(e) if !valid_env_name(e.get_ref()) => {
+            bail!("{}: env {:?} must be letters, digits, '_' or '-'", at(e.span()), e.get_ref())
+        }
+        Some(e) => e.get_ref().clone(),
+        None => name.to_owned(),
+    };
+    let groups: BTreeMap<String, Vec<String>> = stage
+        .groups
+        .get_ref()
+        .iter()
+        .map(|(g, members)| (g.clone(), members.iter().map(|m| key(m)).collect()))
+        .collect();
+    let mut grouped: BTreeMap<&str, &str> = BTreeMap::new();
+    for (group, members) in &groups {
+        if !valid_env_name(group) || group.bytes().all(|b| b.is_ascii_digit()) {
+            bail!(
+                "{}: group {group:?}: a group name is letters, digits, '_' or '-', and not a number (that would be a batch size)",
+                at(stage.groups.span())
+            );
+        }
+        for m in members {
+            if !hosts.iter().any(|(h, _)| h == m) {
+                bail!("{}: group {group} lists {m:?}, which is not one of the stage's hosts", at(stage.groups.span()));
+            }
+            if let Some(other) = grouped.insert(m, group) {
+                bail!(
+                    "{}: host {m:?} is in groups {other} and {group}; a host is in one group",
+                    at(stage.groups.span())
+                );
+            }
+        }
+    }
+    let strategy = match &stage.strategy {
+        Some(s) if !s.get_ref().is_empty() && s.get_ref().iter().all(|g| groups.contains_key(g.get_ref())) => {
+            Strategy::Groups(s.get_ref().iter().map(|g| g.get_ref().clone()).collect())
+        }
+        Some(s) if s.get_ref().iter().any(|g| groups.contains_key(g.get_ref())) => {
+            let unknown: Vec<&String> =
+                s.get_ref().iter().map(Spanned::get_ref).filter(|g| !groups.contains_key(*g)).collect();
+            bail!("{}: strategy names groups, and also {unknown:?}, which is no group of stage {name}", at(s.span()));
+        }
+        Some(s) => {
+            let steps = s
+                .get_ref()
+                .iter()
+                .map(|step| step.get_ref().parse::<Step>().map_err(|e| (e, step.span())))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|(e, span)| anyhow::anyhow!("{}: strategy: {e} (or the names of groups)", at(span)))?;
+            if steps.is_empty() {
+                bail!("{}: strategy is empty; leave it out for [\"1\", \"50%\", \"100%\"]", at(s.span()));
+            }
+            let n = hosts.len();
+            if let Some((i, j)) = shrinking(n, &steps) {
+                let (earlier, later) = (steps[i], steps[j]);
+                let reach = |step: Step| match step {
+                    Step::Hosts(k) => plural(k, "host"),
+                    Step::Percent(_) => format!("{} of the stage's {n}", step.reach(n)),
+                };
+                bail!(
+                    "{}: stage {name}: strategy \"{later}\" ({}) after \"{earlier}\" ({}) shrinks: each step counts \
+                     the hosts flipped from the start, so it would flip none; batches grow: a canary first, \
+                     e.g. [\"1\", \"50%\", \"100%\"]",
+                    at(s.get_ref()[j].span()),
+                    reach(later),
+                    reach(earlier)
+                );
+            }
+            Strategy::Steps(steps)
+        }
+        None => Strategy::Steps(defaults::STRATEGY.iter().map(|s| s.parse().expect("the default parses")).collect()),
+    };
+    let deploy_to = stage.deploy_to.as_ref().or(raw.deploy.deploy_to.as_ref());
+    let deploy_to = match deploy_to {
+        Some(d) if !d.get_ref().starts_with('/') => {
+            bail!("{}: deploy_to {:?} must be an absolute path on the host", at(d.span()), d.get_ref())
+        }
+        Some(d) => PathBuf::from(d.get_ref()),
+        None => Path::new(defaults::DEPLOY_ROOT).join(raw.service.get_ref()),
+    };
+    let keep = stage.keep_releases.as_ref().or(raw.deploy.keep_releases.as_ref());
+    let keep_releases = match keep {
+        Some(k) if *k.get_ref() < 1 => bail!("{}: keep_releases must be at least 1", at(k.span())),
+        Some(k) => *k.get_ref(),
+        None => defaults::KEEP_RELEASES,
+    };
+    let max_parallel = match &stage.max_parallel {
+        Some(m) if *m.get_ref() < 1 => bail!("{}: max_parallel must be at least 1", at(m.span())),
+        Some(m) => *m.get_ref(),
+        None => defaults::MAX_PARALLEL,
+    };
+    let on_failure = match stage.on_failure.as_ref().map(|o| (o, o.get_ref().as_str())) {
+        None => defaults::ON_FAILURE,
+        Some((_, "revert")) => OnFailure::Revert,
+        Some((_, "stop")) => OnFailure::Stop,
+        Some((o, other)) => bail!("{}: on_failure {other:?} must be \"revert\" or \"stop\"", at(o.span())),
+    };
+    let mut gates = gates(name, &stage.health, at)?;
+    for gate in &mut gates {
+        if let Gate::Http(probe) | Gate::Errors { probe, .. } = gate {
+            probe.urls = std::mem::take(&mut probe.urls).into_iter().map(|(h, u)| (key(&h), u)).collect();
+        }
+    }
+    let host_env: BTreeMap<String, BTreeMap<String, String>> =
+        stage.host_env.get_ref().iter().map(|(h, env)| (key(h), env.clone())).collect();
+    for h in host_env.keys() {
+        if !hosts.iter().any(|(n, _)| n == h) {
+            bail!(
+                "{}: stage {name}: host_env names {h:?}, which is not one of the stage's hosts",
+                at(stage.host_env.span())
+            );
+        }
+    }
+    for (h, env) in &host_env {
+        for (k, v) in env {
+            ferry_switcher::host::runtime::config_safe(v, true).map_err(|e| {
+                anyhow::anyhow!("{}: stage {name}: host_env of {h}: {k}: {e}", at(stage.host_env.span()))
+            })?;
+        }
+    }
+    for gate in &gates {
+        if let Gate::Http(probe) | Gate::Errors { probe, .. } = gate {
+            if let Some(h) = probe.urls.keys().find(|h| !hosts.iter().any(|(n, _)| n == *h)) {
+                bail!("stage {name}: health urls name {h:?}, which is not one of the stage's hosts");
+            }
+            let unnamed = hosts.iter().filter(|(n, _)| !probe.urls.contains_key(n)).count();
+            if !probe.url.contains("{host}") && unnamed > 1 {
+                bail!(
+                    "stage {name}: health.{}.url {:?} has no {{host}}: {unnamed} hosts would all be probed at the \
+                     same address; put {{host}} in it, or give each host its URL in urls",
+                    gate.name(),
+                    probe.url
+                );
+            }
+        }
+    }
+    Ok(Stage {
+        hosts,
+        ssh,
+        env,
+        strategy,
+        groups,
+        deploy_to,
+        keep_releases,
+        max_parallel,
+        on_failure,
+        linked_dirs: linked.dirs.clone(),
+        linked_files: linked.files.clone(),
+        gates,
+        host_env,
+    })
+}
+
+/// `[deploy]`'s linked_dirs and linked_files, the same for every stage.
+pub(super) struct Linked {
+    pub dirs: Vec<RelPath>,
+    pub files: Vec<RelPath>,
+}
+
+/// `[deploy]`'s linked_dirs and linked_files, as paths: read once, for the
+/// check against the config component and for every stage.
+pub(super) fn linked_paths(raw: &FerryToml, at: &dyn Fn(Range<usize>) -> String) -> Result<Linked> {
+    let linked = |list: &[Spanned<String>], what: &str| -> Result<Vec<RelPath>> {
+        list.iter()
+            .map(|p| {
+                let s = p.get_ref().trim_end_matches('/');
+                RelPath::new(s).map_err(|e| anyhow::anyhow!("{}: {what} {s:?}: {e}", at(p.span())))
+            })
+            .collect()
+    };
+    Ok(Linked {
+        dirs: linked(&raw.deploy.linked_dirs, "linked_dirs")?,
+        files: linked(&raw.deploy.linked_files, "linked_files")?,
+    })
+}
+
+/// The first step of `strategy` that reaches fewer hosts than a step before
+/// it, as (earlier, later) indices: steps are cumulative, so such a step
+/// adds no host (the batches drop it), which is never what was meant.
+/// Counts are compared with counts and shares with shares whatever the
+/// fleet (`["5", "3"]`, `["50%", "10%"]`); a count with a share on the
+/// stage's `n` hosts, where `["50%", "1"]` is 2 then 1 for 4 hosts and
+/// `["10%", "20"]` shrinks only past 200 hosts.
+fn shrinking(n: usize, strategy: &[Step]) -> Option<(usize, usize)> {
+    strategy.iter().enumerate().find_map(|(j, later)| {
+        let shrinks = |earlier: &Step| match (*earlier, *later) {
+            (Step::Hosts(a), Step::Hosts(b)) => b < a,
+            (Step::Percent(a), Step::Percent(b)) => b < a,
+            (a, b) => b.reach(n) < a.reach(n),
+        };
+        strategy[..j].iter().position(shrinks).map(|i| (i, j))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use anyhow::Result;
+    use ferry_switcher::fleet::Step;
+
+    use super::shrinking;
+    use crate::config::Config;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(Path::new("/srv/svc/ferry.toml"), text)
+    }
+
+    #[test]
+    fn ssh_timeouts_are_seconds_and_zero_is_refused_where_it_is_said() {
+        let base = "service = \"s\"\n[stages.prod]\ntransport = \"ssh\"\nhosts = [\"web1\"]\n";
+        let c = parse(&format!("{base}connect_timeout = 3\nstep_timeout = 90\n")).unwrap();
+        let ssh = c.stages["prod"].ssh.clone().unwrap();
+        assert_eq!((ssh.connect_timeout.as_secs(), ssh.step_timeout.as_secs()), (3, 90));
+        let ssh = parse(base).unwrap().stages["prod"].ssh.clone().unwrap();
+        assert_eq!((ssh.connect_timeout.as_secs(), ssh.step_timeout.as_secs()), (10, 600));
+        let err = parse(&format!("{base}step_timeout = 0\n")).unwrap_err().to_string();
+        assert!(err.contains("ferry.toml:5:16: stage prod: step_timeout must be at least 1 second"), "{err}");
+    }
+
+    #[test]
+    fn a_strategy_whose_steps_shrink_is_refused_at_the_step() {
+        let stage = |strategy: &str| {
+            parse(&format!(
+                "service = \"s\"\n[stages.web]\nhosts = [\"a\", \"b\", \"c\", \"d\"]\nstrategy = {strategy}\n"
+            ))
+        };
+        let err = stage(r#"["50%", "1"]"#).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "/srv/svc/ferry.toml:4:20: stage web: strategy \"1\" (1 host) after \"50%\" (2 of the stage's 4) shrinks"
+            ),
+            "{err}"
+        );
+        assert!(err.ends_with(r#"batches grow: a canary first, e.g. ["1", "50%", "100%"]"#), "{err}");
+        assert!(stage(r#"["3", "2"]"#).is_err());
+        assert!(stage(r#"["60%", "50%"]"#).is_err());
+        assert!(stage(r#"["1", "50%", "100%"]"#).is_ok());
+        assert!(stage(r#"["10%", "2", "100%"]"#).is_ok());
+        assert!(stage(r#"["2", "50%"]"#).is_ok(), "the same reach twice shrinks nothing");
+        assert_eq!(shrinking(1000, &[Step::Percent(10), Step::Hosts(20)]), Some((0, 1)));
+        assert_eq!(shrinking(1, &[Step::Hosts(5), Step::Hosts(3)]), Some((0, 1)));
+    }
+}
