@@ -1,7 +1,7 @@
 //! The push and the fleet rollback, orchestrated over real host directories
-//! (the `local` transport) with one fault-injecting wrapper: a host named in
-//! `fail_activate` or `fail_stage` refuses that step, as a host with a full
-//! disk or a dead link would.
+//! (the `local` transport) with the fleet's fault-injecting wrapper: a host
+//! named to refuse a step refuses it, as a host with a full disk or a dead
+//! link would.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,11 +10,11 @@ use ferry_formats::bundle::{self, Head, WriteOptions};
 use ferry_formats::release::FORMAT_VERSION;
 use ferry_formats::signature::Signature;
 use ferry_formats::{BlobHash, Component, ComponentKind, Entry, EntryKind, Manifest, RelPath, ReleaseId, ReleaseMeta};
+use ferry_switcher::fleet::fault::{At, Fault, Faults, Then};
 use ferry_switcher::fleet::{
-    self, HostSpec, HostStep, Local, OnFailure, Outcome, Quiet, ReleaseSource, Session, Shipped, SourceError, Stage,
-    Step, Transport,
+    self, HostSpec, HostStep, Local, OnFailure, Outcome, Quiet, ReleaseSource, Shipped, SourceError, Stage, Step,
 };
-use ferry_switcher::host::{Flipped, Host, HostError, Pruned, StageOptions, Staged, Status};
+use ferry_switcher::host::{Host, StageOptions};
 use fs_err as fs;
 
 /// Bundles written into a directory; no deltas (every host gets the bundle,
@@ -74,63 +74,15 @@ fn release(dir: &Path, version: &str) -> ReleaseId {
     head.id
 }
 
-/// The local transport, with chosen hosts refusing a step.
-#[derive(Default)]
-struct Faulty {
-    fail_stage: Vec<String>,
-    fail_activate: Vec<String>,
-}
-
-struct FaultySession {
-    name: String,
-    inner: Box<dyn Session>,
-    fail_stage: bool,
-    fail_activate: bool,
-}
-
-fn injected(step: &str, host: &str) -> HostError {
-    HostError::Input(format!("injected fault: {step} on {host}"))
-}
-
-impl Transport for Faulty {
-    fn connect(&self, host: &HostSpec, lock: Option<&str>) -> Result<Box<dyn Session>, HostError> {
-        Ok(Box::new(FaultySession {
-            name: host.name.clone(),
-            inner: Local.connect(host, lock)?,
-            fail_stage: self.fail_stage.contains(&host.name),
-            fail_activate: self.fail_activate.contains(&host.name),
-        }))
-    }
-}
-
-impl Session for FaultySession {
-    fn status(&mut self) -> Result<Status, HostError> {
-        self.inner.status()
-    }
-    fn stage(&mut self, payload: &Path, opts: &StageOptions) -> Result<Staged, HostError> {
-        if self.fail_stage {
-            return Err(injected("stage", &self.name));
-        }
-        self.inner.stage(payload, opts)
-    }
-    fn activate(&mut self, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError> {
-        if self.fail_activate {
-            return Err(injected("activate", &self.name));
-        }
-        self.inner.activate(id, opts)
-    }
-    fn rollback(&mut self, to: Option<&ReleaseId>) -> Result<Flipped, HostError> {
-        self.inner.rollback(to)
-    }
-    fn prune(&mut self, keep: usize) -> Result<Pruned, HostError> {
-        self.inner.prune(keep)
-    }
-    fn signature(&mut self) -> Result<Signature, HostError> {
-        self.inner.signature()
-    }
-    fn journal(&mut self) -> Result<Vec<ferry_formats::journal::Record>, HostError> {
-        self.inner.journal()
-    }
+/// The local transport, with the hosts in `stage` refusing to stage and
+/// those in `activate` refusing to flip ("injected fault: … on …").
+fn faulty(stage: &[&str], activate: &[&str]) -> Faults<Local> {
+    let refuse = |hosts: &[&str], at: At| -> Vec<Fault> {
+        hosts.iter().map(|h| Fault { host: (*h).to_owned(), at, then: Then::Refuse }).collect()
+    };
+    let mut faults = refuse(stage, At::BeforeStage);
+    faults.extend(refuse(activate, At::BeforeActivate));
+    Faults::new(Local, faults)
 }
 
 struct Fleet {
@@ -194,7 +146,7 @@ fn a_good_push_flips_every_host_in_canary_then_halves() {
 #[test]
 fn a_failing_canary_stops_the_push_before_any_other_host_flips() {
     let f = fleet();
-    let faulty = Faulty { fail_activate: vec!["web1".into()], ..Faulty::default() };
+    let faulty = faulty(&[], &["web1"]);
     let report = fleet::push(&f.stage, &faulty, &f.source, &f.v2, &Quiet);
     assert!(!report.ok);
     assert_eq!(Fleet::outcome(&report, "web1"), (Outcome::Failed, HostStep::Activate));
@@ -209,7 +161,7 @@ fn a_failing_canary_stops_the_push_before_any_other_host_flips() {
 #[test]
 fn a_failure_in_the_last_batch_reverts_every_host_this_push_flipped() {
     let f = fleet();
-    let faulty = Faulty { fail_activate: vec!["web3".into()], ..Faulty::default() };
+    let faulty = faulty(&[], &["web3"]);
     let report = fleet::push(&f.stage, &faulty, &f.source, &f.v2, &Quiet);
     assert!(!report.ok);
     assert_eq!(Fleet::outcome(&report, "web1"), (Outcome::Reverted, HostStep::Revert));
@@ -222,13 +174,16 @@ fn a_failure_in_the_last_batch_reverts_every_host_this_push_flipped() {
     let journal = Host::new(&f.stage.hosts[0].deploy_to).journal().unwrap();
     let last = journal.last().unwrap();
     assert_eq!((last.from, last.to), (Some(f.v2), Some(f.v1)));
+    // With why: the failure that stopped the push, as the report says it.
+    let reason = last.reason.as_deref().unwrap_or_default();
+    assert!(reason.contains("web3 failed at activate: injected fault: activate on web3"), "{last:?}");
 }
 
 #[test]
 fn with_on_failure_stop_flipped_hosts_stay_where_they_are() {
     let mut f = fleet();
     f.stage.on_failure = OnFailure::Stop;
-    let faulty = Faulty { fail_activate: vec!["web3".into(), "web4".into()], ..Faulty::default() };
+    let faulty = faulty(&[], &["web3", "web4"]);
     let report = fleet::push(&f.stage, &faulty, &f.source, &f.v2, &Quiet);
     assert!(!report.ok);
     assert_eq!(f.currents(), vec![Some(f.v2), Some(f.v2), Some(f.v1), Some(f.v1)]);
@@ -237,7 +192,7 @@ fn with_on_failure_stop_flipped_hosts_stay_where_they_are() {
 #[test]
 fn a_host_that_cannot_stage_stops_the_push_before_anything_flips() {
     let f = fleet();
-    let faulty = Faulty { fail_stage: vec!["web4".into()], ..Faulty::default() };
+    let faulty = faulty(&["web4"], &[]);
     let report = fleet::push(&f.stage, &faulty, &f.source, &f.v2, &Quiet);
     assert!(!report.ok);
     assert_eq!(Fleet::outcome(&report, "web4"), (Outcome::Failed, HostStep::Stage));

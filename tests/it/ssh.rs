@@ -5,11 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_builder::Store;
-use ferry_formats::journal::Record;
-use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
+use ferry_switcher::fleet::fault::{At, Fault, Faults, Then};
 use ferry_switcher::fleet::{self, AgentBinary, HostSpec, OnFailure, Quiet, Shipped, Ssh, Stage, Step, Transport};
-use ferry_switcher::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
+use ferry_switcher::host::StageOptions;
 use fs_err as fs;
 
 use crate::kit::{ferry_bin, sample_project, Project};
@@ -250,60 +249,12 @@ fn a_key_the_hosts_do_not_accept_is_refused_by_name() {
     assert!(host["error"].as_str().unwrap().contains("authentication as root was refused"), "{host}");
 }
 
-/// The ssh transport, with one host cut off just before or just after it
-/// stages.
-struct Cut {
-    ssh: Ssh,
-    victim: String,
-    veth: String,
-    /// Cut as the stage starts (else once it is done).
-    before_stage: bool,
-}
-
-struct CutSession {
-    inner: Box<dyn fleet::Session>,
-    /// The link to take down at the stage, and when.
-    cut: Option<(String, bool)>,
-}
-
-impl Transport for Cut {
-    fn connect(&self, spec: &HostSpec, lock: Option<&str>) -> Result<Box<dyn fleet::Session>, HostError> {
-        let inner = self.ssh.connect(spec, lock)?;
-        let cut = (spec.name == self.victim).then(|| (self.veth.clone(), self.before_stage));
-        Ok(Box::new(CutSession { inner, cut }))
-    }
-}
-
-impl fleet::Session for CutSession {
-    fn status(&mut self) -> Result<Status, HostError> {
-        self.inner.status()
-    }
-    fn stage(&mut self, payload: &std::path::Path, opts: &StageOptions) -> Result<Staged, HostError> {
-        let down = |veth: &str| crate::kit::sh(&format!("ip link set {veth} down"));
-        if let Some((veth, true)) = &self.cut {
-            down(veth);
-        }
-        let staged = self.inner.stage(payload, opts);
-        if let Some((veth, false)) = &self.cut {
-            down(veth);
-        }
-        staged
-    }
-    fn activate(&mut self, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError> {
-        self.inner.activate(id, opts)
-    }
-    fn rollback(&mut self, to: Option<&ReleaseId>) -> Result<Flipped, HostError> {
-        self.inner.rollback(to)
-    }
-    fn prune(&mut self, keep: usize) -> Result<Pruned, HostError> {
-        self.inner.prune(keep)
-    }
-    fn signature(&mut self) -> Result<Signature, HostError> {
-        self.inner.signature()
-    }
-    fn journal(&mut self) -> Result<Vec<Record>, HostError> {
-        self.inner.journal()
-    }
+/// The ssh transport, with the host `victim` cut off (its link down) just
+/// before it stages, or just after.
+fn cut(ssh: Ssh, victim: &str, veth: &str, at: At) -> Faults<Ssh> {
+    let veth = veth.to_owned();
+    let down = move || drop(crate::kit::sh(&format!("ip link set {veth} down")));
+    Faults::new(ssh, vec![Fault { host: victim.to_owned(), at, then: Then::Run(Box::new(down)) }])
 }
 
 #[test]
@@ -319,15 +270,11 @@ fn a_host_lost_between_stage_and_activate_fails_its_step_and_the_flipped_hosts_g
     p.write("app/main.py", "print('shop v2')\n");
     let v2 = build(&p, "v2");
     // host3 (batch 3 of 1, 50%, 100%) drops off the network once it staged.
-    let faulty = Cut {
-        ssh,
-        victim: format!("root@{}", hosts.hosts[2].addr),
-        veth: hosts.hosts[2].veth.clone(),
-        before_stage: false,
-    };
+    let victim = format!("root@{}", hosts.hosts[2].addr);
+    let faulty = cut(ssh, &victim, &hosts.hosts[2].veth, At::AfterStage);
     let report = fleet::push(&stage, &faulty, &source, &v2, &Quiet);
     assert!(!report.ok);
-    let lost = report.hosts.iter().find(|h| h.host == faulty.victim).unwrap();
+    let lost = report.hosts.iter().find(|h| h.host == victim).unwrap();
     assert_eq!((lost.step.as_str(), lost.result), ("activate", fleet::Outcome::Failed), "{lost:?}");
     for (i, h) in hosts.hosts.iter().enumerate() {
         let current = fs::read_link(h.srv.join("shop/current")).unwrap();
@@ -541,15 +488,11 @@ fn a_host_cut_off_mid_stage_fails_its_stage_and_no_host_flips() {
     assert!(fleet::push(&stage, &ssh, &source, &v1, &Quiet).ok);
     p.write("app/main.py", "print('shop v2')\n");
     let v2 = build(&p, "v2");
-    let faulty = Cut {
-        ssh,
-        victim: format!("root@{}", hosts.hosts[1].addr),
-        veth: hosts.hosts[1].veth.clone(),
-        before_stage: true,
-    };
+    let victim = format!("root@{}", hosts.hosts[1].addr);
+    let faulty = cut(ssh, &victim, &hosts.hosts[1].veth, At::BeforeStage);
     let report = fleet::push(&stage, &faulty, &source, &v2, &Quiet);
     assert!(!report.ok);
-    let cut = report.hosts.iter().find(|h| h.host == faulty.victim).unwrap();
+    let cut = report.hosts.iter().find(|h| h.host == victim).unwrap();
     assert_eq!((cut.step.as_str(), cut.result), ("stage", fleet::Outcome::Failed), "{cut:?}");
     assert!(report.batches.is_empty(), "nothing flipped");
     for h in &hosts.hosts {

@@ -10,6 +10,7 @@
 
 mod agent;
 mod connect;
+pub mod fault;
 pub mod gates;
 mod local;
 mod plan;
@@ -78,40 +79,22 @@ pub trait Session: Send {
     fn journal(&mut self) -> Result<Vec<Record>, HostError>;
     /// Flips back to `to` because of `reason`, which the host's journal
     /// records (a failed gate's evidence).
-    fn revert(&mut self, to: &ReleaseId, reason: &str) -> Result<Flipped, HostError> {
-        let _ = reason;
-        self.rollback(Some(to))
-    }
+    fn revert(&mut self, to: &ReleaseId, reason: &str) -> Result<Flipped, HostError>;
     /// Restarts the programs on `id`, already current (`--force`).
-    fn restart(&mut self, id: &ReleaseId) -> Result<Vec<String>, HostError> {
-        let _ = id;
-        Err(HostError::Input("this transport cannot restart programs".into()))
-    }
+    fn restart(&mut self, id: &ReleaseId) -> Result<Vec<String>, HostError>;
     /// Who listens on TCP `port` on the host (see [`Host::listeners`](crate::host::Host::listeners)).
-    fn listeners(&mut self, port: u16) -> Result<Vec<PortHolder>, HostError> {
-        let _ = port;
-        Err(HostError::Input("this transport cannot tell who listens on a port".into()))
-    }
+    fn listeners(&mut self, port: u16) -> Result<Vec<PortHolder>, HostError>;
     /// Prepares the host for the service's programs (see [`Host::setup`](crate::host::Host::setup)).
-    fn setup(&mut self, service: &str, programs: &[Program]) -> Result<SetUp, HostError> {
-        let _ = (service, programs);
-        Err(HostError::Input("this transport cannot set up programs".into()))
-    }
+    fn setup(&mut self, service: &str, programs: &[Program]) -> Result<SetUp, HostError>;
     /// Runs a hook in release `id` on the host.
-    fn hook(&mut self, id: &ReleaseId, name: &str, command: &str, timeout: Duration) -> Result<HookRun, HostError> {
-        let _ = (id, name, command, timeout);
-        Err(HostError::Input("this transport cannot run hooks".into()))
-    }
+    fn hook(&mut self, id: &ReleaseId, name: &str, command: &str, timeout: Duration) -> Result<HookRun, HostError>;
     /// The programs' logs (see [`Host::logs`](crate::host::Host::logs)).
     fn logs(
         &mut self,
         program: Option<&str>,
         offsets: &BTreeMap<String, i64>,
         bytes: i32,
-    ) -> Result<Vec<LogChunk>, HostError> {
-        let _ = (program, offsets, bytes);
-        Err(HostError::Input("this transport cannot read logs".into()))
-    }
+    ) -> Result<Vec<LogChunk>, HostError>;
 }
 
 /// How to reach hosts.
