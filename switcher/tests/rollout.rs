@@ -190,6 +190,26 @@ fn with_on_failure_stop_flipped_hosts_stay_where_they_are() {
 }
 
 #[test]
+fn a_delta_refused_by_its_host_is_replaced_by_the_bundle_but_a_broken_link_is_not() {
+    let f = fleet();
+    // web4 refuses the delta (as a host whose base file changed would): it
+    // gets the whole bundle, which it refuses too (the fault stays).
+    let report = fleet::push(&f.stage, &faulty(&["web4"], &[]), &f.source, &f.v2, &Quiet);
+    let web4 = report.hosts.iter().find(|h| h.host == "web4").unwrap();
+    assert!(web4.bytes > 0, "the delta was sent: {web4:?}");
+    let sent = web4.bytes;
+    // Its link breaks instead: no bundle goes after the delta.
+    let broken = Faults::new(Local, vec![Fault { host: "web4".into(), at: At::AfterStage, then: Then::Break }]);
+    let f = fleet();
+    let report = fleet::push(&f.stage, &broken, &f.source, &f.v2, &Quiet);
+    let web4 = report.hosts.iter().find(|h| h.host == "web4").unwrap();
+    assert_eq!((web4.result, web4.step), (Outcome::Failed, HostStep::Stage), "{web4:?}");
+    assert!(web4.error.as_deref().unwrap().contains("the link to web4 broke at stage"), "{web4:?}");
+    assert!(web4.bytes < sent, "the bundle was not sent after the delta: {} vs {sent}", web4.bytes);
+    assert_eq!(f.currents(), vec![Some(f.v1); 4]);
+}
+
+#[test]
 fn a_host_that_cannot_stage_stops_the_push_before_anything_flips() {
     let f = fleet();
     let faulty = faulty(&["web4"], &[]);

@@ -102,7 +102,7 @@ impl<F: Fn(&HostSpec) -> Command + Sync> Transport for Agent<F> {
 }
 
 fn remote(host: &str, message: impl std::fmt::Display) -> HostError {
-    HostError::Input(format!("{host}: {message}"))
+    HostError::Link(format!("{host}: {message}"))
 }
 
 impl AgentSession {
@@ -170,7 +170,12 @@ impl AgentSession {
         let reply: Reply = serde_json::from_str(&line).map_err(garbled)?;
         match (reply.ok, reply.error) {
             (true, _) => serde_json::from_value(reply.value).map_err(garbled),
-            (false, error) => Err(HostError::Input(error.unwrap_or_else(|| "the agent failed".into()))),
+            // The host's error comes back of its kind (a missing base, a
+            // refused delta, a lock held), not as any string.
+            (false, error) => Err(HostError::Remote {
+                kind: reply.kind.unwrap_or(crate::host::ErrorKind::Input),
+                message: error.unwrap_or_else(|| "the agent failed".into()),
+            }),
         }
     }
 

@@ -27,9 +27,12 @@ pub enum At {
 
 /// What a fault does there.
 pub enum Then {
-    /// The step is refused ("injected fault: <step> on <host>"), as the
+    /// The step is refused (`injected fault: <step> on <host>`), as the
     /// host would refuse it.
     Refuse,
+    /// The link breaks there (`injected fault: the link to <host> broke at
+    /// <step>`), as a transport error, not the host's answer.
+    Break,
     /// This runs (cut the host's link, kill its agent…), then the step.
     Run(Box<dyn Fn() + Send + Sync>),
 }
@@ -38,6 +41,7 @@ impl std::fmt::Debug for Then {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Then::Refuse => "Refuse",
+            Then::Break => "Break",
             Then::Run(_) => "Run(…)",
         })
     }
@@ -84,6 +88,9 @@ impl FaultySession {
         for fault in self.faults.iter().filter(|f| f.at == at) {
             match &fault.then {
                 Then::Refuse => return Err(HostError::Input(format!("injected fault: {step} on {}", self.name))),
+                Then::Break => {
+                    return Err(HostError::Link(format!("injected fault: the link to {} broke at {step}", self.name)))
+                }
                 Then::Run(run) => run(),
             }
         }

@@ -130,7 +130,7 @@ impl Ssh {
 }
 
 fn refused(host: &str, message: impl std::fmt::Display) -> HostError {
-    HostError::Input(format!("{host}: {message}"))
+    HostError::Link(format!("{host}: {message}"))
 }
 
 impl Transport for Ssh {

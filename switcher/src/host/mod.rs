@@ -89,10 +89,60 @@ pub enum HostError {
     /// The service's programs (supervisord) did not take up a release.
     #[error(transparent)]
     Runtime(Box<runtime::RuntimeError>),
+    /// The link to the host: the session could not be opened, or broke
+    /// (a controller's error; the host said nothing).
+    #[error("{0}")]
+    Link(String),
+    /// What the agent on the host answered with, of its kind.
+    #[error("{message}")]
+    Remote { kind: ErrorKind, message: String },
     /// A flip whose programs did not take up the release, and where that
     /// left the host (the journal's reason says the same).
     #[error("the programs did not take up {}: {}; {back}", id.short(12), error_chain(cause))]
     NotTakenUp { id: ReleaseId, cause: Box<HostError>, back: Back },
+}
+
+/// A [`HostError`]'s kind, which crosses the agent's wire beside its
+/// message, so the controller can tell a refusal from a dropped link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    Io,
+    Locked,
+    NoRelease,
+    MissingBase,
+    DeltaRefused,
+    BundleRefused,
+    Input,
+    Broken,
+    MissingLinked,
+    NoEnvironment,
+    NoPrevious,
+    Runtime,
+    NotTakenUp,
+    Link,
+}
+
+impl HostError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            HostError::Fs(_) | HostError::Io { .. } => ErrorKind::Io,
+            HostError::Locked { .. } => ErrorKind::Locked,
+            HostError::NoRelease { .. } => ErrorKind::NoRelease,
+            HostError::MissingBase { .. } => ErrorKind::MissingBase,
+            HostError::Delta(_) => ErrorKind::DeltaRefused,
+            HostError::Bundle(_) => ErrorKind::BundleRefused,
+            HostError::Input(_) => ErrorKind::Input,
+            HostError::Broken { .. } => ErrorKind::Broken,
+            HostError::MissingLinked { .. } => ErrorKind::MissingLinked,
+            HostError::NoEnvironment { .. } => ErrorKind::NoEnvironment,
+            HostError::NoPrevious { .. } => ErrorKind::NoPrevious,
+            HostError::Runtime(_) => ErrorKind::Runtime,
+            HostError::NotTakenUp { .. } => ErrorKind::NotTakenUp,
+            HostError::Link(_) => ErrorKind::Link,
+            HostError::Remote { kind, .. } => *kind,
+        }
+    }
 }
 
 /// Where a host went after its programs did not take up a release.

@@ -21,7 +21,9 @@
 //! | `{"op":"signature"}` | | `{"len":N}`, then N bytes of signature |
 //! | `{"op":"journal"}` | | every journal record, oldest first |
 //!
-//! Every reply is `{"ok":true,"value":…}` or `{"ok":false,"error":"…"}`; an
+//! Every reply is `{"ok":true,"value":…}` or `{"ok":false,"error":"…","kind":"…"}`
+//! (the error's [`ErrorKind`](super::ErrorKind), so the controller can tell a
+//! missing base from a broken link); an
 //! error ends that request, not the session. A stage's payload is read to
 //! its end whatever happens, so the stream stays in step. End of input ends
 //! the session and releases the lock.
@@ -90,13 +92,20 @@ pub struct Reply {
     pub value: serde_json::Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The error's kind (`missing_base`, `delta_refused`, `locked`…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<super::ErrorKind>,
 }
 
 impl Reply {
     fn of<T: Serialize>(result: Result<T, HostError>) -> Self {
         match result {
-            Ok(v) => Self { ok: true, value: serde_json::to_value(v).expect("replies serialize"), error: None },
-            Err(e) => Self { ok: false, value: serde_json::Value::Null, error: Some(error_chain(&e)) },
+            Ok(v) => {
+                Self { ok: true, value: serde_json::to_value(v).expect("replies serialize"), error: None, kind: None }
+            }
+            Err(e) => {
+                Self { ok: false, value: serde_json::Value::Null, error: Some(error_chain(&e)), kind: Some(e.kind()) }
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use super::super::connect::Connected;
 use super::super::report::{HostStep, Observer, Shipped};
 use super::super::{ReleaseSource, Stage};
-use crate::host::{error_chain, HostError};
+use crate::host::{error_chain, ErrorKind, HostError};
 
 /// What a host gets.
 enum Payload {
@@ -103,7 +103,9 @@ fn stage_one(
     let report = &mut host.slot.report;
     let mut staged = host.session.stage(path, &stage.options);
     match &staged {
-        Err(e) if kind.is_delta() => {
+        // A host that refused the delta gets the bundle; one whose link
+        // broke does not (it would fail the same way, later).
+        Err(e) if kind.is_delta() && e.kind() != ErrorKind::Link => {
             observer.note(&name, "stage", &format!("{kind} refused ({}); sending the bundle", error_chain(e)));
             report.bytes += size(path);
             match source.bundle(release) {
