@@ -147,6 +147,30 @@ impl ReleaseMeta {
         Ok(())
     }
 
+    /// Checks each component against the manifest: its path is an entry,
+    /// a file for a `jar` and a directory for every other kind — never a
+    /// symlink, which could lead outside the release (a host links the
+    /// active config inside the config component).
+    pub fn check_components(&self, manifest: &crate::Manifest) -> Result<(), MetaError> {
+        use crate::EntryKind;
+        for c in &self.components {
+            let is = match manifest.get(c.path.as_str()).map(|e| &e.kind) {
+                None => "not in the manifest",
+                Some(EntryKind::Symlink { .. }) => "a symlink",
+                Some(EntryKind::File { .. }) if c.kind != ComponentKind::Jar => "a file",
+                Some(EntryKind::Dir { .. }) if c.kind == ComponentKind::Jar => "a directory",
+                Some(_) => continue,
+            };
+            let want = if c.kind == ComponentKind::Jar { "a file" } else { "a directory" };
+            return Err(MetaError::Invalid(format!(
+                "component {} ({}) is {is}; it must be {want} of the release (rebuild the release with \
+                 that component as {want}, not a link)",
+                c.path, c.kind
+            )));
+        }
+        Ok(())
+    }
+
     /// The components of one kind.
     pub fn components_of(&self, kind: ComponentKind) -> impl Iterator<Item = &Component> {
         self.components.iter().filter(move |c| c.kind == kind)
@@ -232,6 +256,29 @@ mod tests {
         assert!(!m.may_link_outside(&RelPath::new("venv/bin/gunicorn").unwrap()));
         assert!(!m.may_link_outside(&RelPath::new("app/python").unwrap()));
         assert!(!m.may_link_outside(&RelPath::new("venv/lib/python3.11").unwrap()));
+    }
+
+    #[test]
+    fn components_are_entries_and_never_links() {
+        use crate::{Entry, EntryKind, Manifest};
+        let e = |p: &str, kind| Entry { path: RelPath::new(p).unwrap(), kind };
+        let d = EntryKind::Dir { mode: 0o755 };
+        let l = |t: &str| EntryKind::Symlink { target: t.into() };
+        let m = meta();
+        let ok = Manifest::from_entries(vec![
+            e("app", d.clone()),
+            e("config", d.clone()),
+            e("venv", d.clone()),
+            e("venv/bin", d.clone()),
+        ])
+        .unwrap();
+        m.check_components(&ok).unwrap();
+        let missing = Manifest::from_entries(vec![e("app", d.clone()), e("venv", d.clone())]).unwrap();
+        let err = m.check_components(&missing).unwrap_err().to_string();
+        assert!(err.contains("component config (config) is not in the manifest; it must be a directory"), "{err}");
+        let linked = Manifest::from_entries(vec![e("app", d.clone()), e("config", l("/etc")), e("venv", d)]).unwrap();
+        let err = m.check_components(&linked).unwrap_err().to_string();
+        assert!(err.contains("component config (config) is a symlink; it must be a directory"), "{err}");
     }
 
     #[test]
