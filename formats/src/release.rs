@@ -259,29 +259,6 @@ mod tests {
     }
 
     #[test]
-    fn components_are_entries_and_never_links() {
-        use crate::{Entry, EntryKind, Manifest};
-        let e = |p: &str, kind| Entry { path: RelPath::new(p).unwrap(), kind };
-        let d = EntryKind::Dir { mode: 0o755 };
-        let l = |t: &str| EntryKind::Symlink { target: t.into() };
-        let m = meta();
-        let ok = Manifest::from_entries(vec![
-            e("app", d.clone()),
-            e("config", d.clone()),
-            e("venv", d.clone()),
-            e("venv/bin", d.clone()),
-        ])
-        .unwrap();
-        m.check_components(&ok).unwrap();
-        let missing = Manifest::from_entries(vec![e("app", d.clone()), e("venv", d.clone())]).unwrap();
-        let err = m.check_components(&missing).unwrap_err().to_string();
-        assert!(err.contains("component config (config) is not in the manifest; it must be a directory"), "{err}");
-        let linked = Manifest::from_entries(vec![e("app", d.clone()), e("config", l("/etc")), e("venv", d)]).unwrap();
-        let err = m.check_components(&linked).unwrap_err().to_string();
-        assert!(err.contains("component config (config) is a symlink; it must be a directory"), "{err}");
-    }
-
-    #[test]
     fn service_names() {
         assert!(valid_service_name("shop-api_2.x"));
         for bad in ["", "Shop", "-x", "a b", &"x".repeat(65)] {

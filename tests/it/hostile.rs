@@ -486,3 +486,43 @@ fn a_delta_head_that_decodes_to_hundreds_of_mib_is_refused_undecoded() {
     assert_cheap("stage of a delta whose head decodes to 200 MiB", cost, base);
     assert!(leftovers(&deploy).is_empty(), "{:?}", leftovers(&deploy));
 }
+
+// ---------------------------------------------------------------------------
+// Hole 4: symlink checking that is super-linear
+
+#[test]
+fn links_walked_again_and_again_are_refused_within_a_cpu_budget() {
+    // A directory 3,764 bytes deep holding a link to itself, a link to it at
+    // the top, and 3,000 links through both 2,047 times each: each walk lands
+    // on the long path at every step (the 137 KB bundle, scaled).
+    let mut entries = vec![dir("app"), file("app/main.py", b"x\n")];
+    let mut deep = String::new();
+    for i in 0..15u8 {
+        if !deep.is_empty() {
+            deep.push('/');
+        }
+        deep.push_str(&char::from(b'b' + i).to_string().repeat(250));
+        entries.push(dir(&deep));
+    }
+    entries.push(link(&format!("{deep}/L"), "."));
+    entries.push(link("L", &deep));
+    let through = vec!["L"; 2047].join("/");
+    for i in 0..3000 {
+        entries.push(link(&format!("x{i:05}"), &through));
+    }
+    let t = tempdir();
+    let head = raw_head(entries, meta("v1", vec![component(ComponentKind::Code, "app", &[])]));
+    let bundle = write_bundle(t.path(), &head, &[("app/main.py", b"x\n".to_vec())].into());
+    eprintln!("the bundle: {} bytes", fs::metadata(&bundle).unwrap().len());
+    let base = baseline();
+    let (r, cost) = measured(&["verify", s(&bundle)], None);
+    let err = r.fails(2);
+    assert!(err.contains("resolving the manifest's symlinks takes more work than"), "{err}");
+    assert_cheap("verify of 3,000 links through long paths", cost, base);
+    let deploy = t.path().join("srv/shop");
+    let (r, cost) = measured(&["stage", s(&bundle)], Some(&deploy));
+    let err = r.fails(2);
+    assert!(err.contains("resolving the manifest's symlinks takes more work than"), "{err}");
+    assert_cheap("stage of 3,000 links through long paths", cost, base);
+    assert!(leftovers(&deploy).is_empty(), "{:?}", leftovers(&deploy));
+}
