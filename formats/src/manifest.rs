@@ -253,7 +253,7 @@ pub const MAX_LINK_DEPTH: u32 = 40;
 /// The work [`Manifest::check_links`] may do, in bytes of path walked per
 /// byte of the manifest's link paths and targets (plus 1 MiB). A venv's
 /// links take a few bytes each; only crafted chains come near.
-pub const LINK_WORK_PER_BYTE: u64 = 16;
+pub const LINK_WORK_PER_BYTE: u64 = 8;
 
 impl<F: Fn(&RelPath) -> bool> Resolver<'_, F> {
     /// Where the link at `path` leads.
