@@ -148,12 +148,22 @@ impl Manifest {
             entries.push(entry);
         }
         validate(&entries)?;
-        let manifest = Self { entries };
-        if manifest.to_text() != text.as_bytes() {
-            // Every field parser is strict, so this is a belt-and-braces check.
+        // Every field parser is strict, so this is a belt-and-braces check;
+        // line by line, so it never holds a second copy of the text.
+        let mut at = HEADER.len() + 1;
+        let mut line = String::new();
+        for (i, e) in entries.iter().enumerate() {
+            line.clear();
+            e.render(&mut line);
+            if text.as_bytes().get(at..at + line.len()) != Some(line.as_bytes()) {
+                return Err(line_err(i + 2, "not in canonical form".into()));
+            }
+            at += line.len();
+        }
+        if at != text.len() {
             return Err(line_err(1, "not in canonical form".into()));
         }
-        Ok(manifest)
+        Ok(Self { entries })
     }
 
     /// The canonical text.

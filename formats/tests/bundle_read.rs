@@ -884,7 +884,7 @@ fn oversize_manifest_claim_is_refused_before_reading() {
     let mut parts = good();
     parts[1].0.set_size(300 << 20); // the data stays a few hundred bytes
     let msg = head_refused(&bundle(&parts));
-    assert!(msg.contains(".ferry/manifest: 314572800 bytes; at most 50331648 are accepted"), "{msg}");
+    assert!(msg.contains(".ferry/manifest: 314572800 bytes; at most 16777216 are accepted"), "{msg}");
     let mut parts = good();
     parts[2].0.set_size((1 << 20) + 1);
     let msg = head_refused(&bundle(&parts));

@@ -526,3 +526,46 @@ fn links_walked_again_and_again_are_refused_within_a_cpu_budget() {
     assert_cheap("stage of 3,000 links through long paths", cost, base);
     assert!(leftovers(&deploy).is_empty(), "{:?}", leftovers(&deploy));
 }
+
+/// A bundle of only a head of directories with long names, `n` of them.
+fn head_only_long(out: &Path, n: usize) -> PathBuf {
+    let mut entries = vec![dir("d")];
+    for i in 0..n {
+        entries.push(dir(&format!("d/{i:06}-{}", "x".repeat(180))));
+    }
+    let head = raw_head(entries, meta("v1", vec![]));
+    let whole = write_bundle(out, &head, &BTreeMap::new());
+    let bytes = fs::read(&whole).unwrap();
+    let meta_frame = zstd::zstd_safe::find_frame_compressed_size(&bytes).unwrap();
+    let cut = out.join(format!("long-{n}.tar.zst"));
+    fs::write(&cut, &bytes[..meta_frame]).unwrap();
+    eprintln!(
+        "a head of {n} long directory names: {meta_frame} bytes, a manifest of {}",
+        head.manifest.to_text().len()
+    );
+    cut
+}
+
+#[test]
+fn a_head_of_long_paths_is_bounded_by_the_manifest_size_cap() {
+    let t = tempdir();
+    let base = baseline();
+    let deploy = t.path().join("srv/shop");
+    // 249,000 paths of 194 bytes: 47 MiB of manifest from 300 KB, refused
+    // from its tar header.
+    let cut = head_only_long(t.path(), 249_000);
+    let (r, cost) = measured(&["stage", s(&cut)], Some(&deploy));
+    let err = r.fails(2);
+    assert!(err.contains(".ferry/manifest: 48804025 bytes; at most 16777216 are accepted"), "{err}");
+    assert_cheap("stage of a head of 47 MiB", cost, base);
+    // 85,000 of them: just under the cap, read, and refused where the
+    // entries should begin.
+    let cut = head_only_long(t.path(), 85_000);
+    for args in [vec!["verify", s(&cut)], vec!["host", "--deploy-to", s(&deploy), "stage", s(&cut)]] {
+        let (r, cost) = measured(&args, None);
+        let err = r.fails(2);
+        assert!(err.contains("the bundle is corrupt or truncated"), "{err}");
+        assert_cheap(&format!("{} of a head of 16 MiB", args[args.len() - 2]), cost, base);
+    }
+    assert!(leftovers(&deploy).is_empty(), "{:?}", leftovers(&deploy));
+}

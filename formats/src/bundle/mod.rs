@@ -83,10 +83,12 @@ pub const MANIFEST_PATH: &str = ".ferry/manifest";
 /// The release metadata's path in a bundle.
 pub const RELEASE_PATH: &str = ".ferry/release.json";
 /// The largest manifest a reader accepts, in bytes of text: room for
-/// [`MAX_ENTRIES`](crate::manifest::MAX_ENTRIES) lines of 200 bytes. It also
-/// bounds what a delta's head may decode to (this plus [`MAX_META`]), so a
-/// small hostile head cannot make a reader hold more.
-pub const MAX_MANIFEST: u64 = 48 << 20;
+/// 100,000 files of 160-byte lines (the benchmark release, 10,000 files of a
+/// large venv, has 1.4 MiB). A reader holds the text and the parsed entries,
+/// about twice this, so the cap bounds what a small hostile head (its text
+/// compresses well) can make a reader hold; it also bounds what a delta's
+/// head may decode to (this plus [`MAX_META`]).
+pub const MAX_MANIFEST: u64 = 16 << 20;
 /// The largest release metadata a reader accepts.
 pub const MAX_META: u64 = 1 << 20;
 /// The largest window a reader lets the zstd stream ask for (128 MiB).
