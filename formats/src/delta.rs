@@ -35,6 +35,11 @@
 //! |---|---|---|
 //! | 3 rsync | varint index of a file in the signature, varint n, n bytes | one zstd frame holding a fast_rsync delta against that file |
 //!
+//! Limits: the head frame must state its decoded size, at most
+//! [`MAX_HEAD`] (the largest manifest and metadata a bundle may have), and is
+//! refused undecoded when it states more; every frame's window is at most
+//! 2^[`MAX_WINDOW_LOG`].
+//!
 //! Varints are unsigned LEB128, at most 10 bytes, in their shortest form. zstd frames carry their
 //! content size and no checksum: each decoded file is checked against the
 //! blake3 in B's manifest, the head against B's id, and the op stream against
@@ -55,6 +60,9 @@ pub const MAGIC: [u8; 8] = *b"FERRYDLT";
 pub const RSYNC_MAGIC: [u8; 8] = *b"FERRYRSD";
 /// The version of this layout.
 pub const FORMAT_VERSION: u32 = 1;
+/// The most a delta's head may decode to: the largest manifest and release
+/// metadata a reader accepts, and the manifest's length.
+pub const MAX_HEAD: u64 = crate::bundle::MAX_MANIFEST + crate::bundle::MAX_META + 10;
 /// The largest zstd window a delta frame may ask for (128 MiB): a file patched
 /// against an old version of itself needs both in the window.
 pub const MAX_WINDOW_LOG: u32 = 27;
@@ -441,9 +449,16 @@ enum Basis<'a> {
 
 impl Basis<'_> {
     fn hashes(&self) -> HashSet<&BlobHash> {
+        self.sizes().into_keys().collect()
+    }
+
+    /// The size of each content the basis has.
+    fn sizes(&self) -> std::collections::HashMap<&BlobHash, u64> {
         match self {
-            Basis::Release(h) => h.manifest.entries().iter().filter_map(file_hash).collect(),
-            Basis::Files(s) => s.files.iter().map(|f| &f.hash).collect(),
+            Basis::Release(h) => {
+                h.manifest.entries().iter().filter_map(|e| file_hash(e).map(|hash| (hash, e.size()))).collect()
+            }
+            Basis::Files(s) => s.files.iter().map(|f| (&f.hash, f.size)).collect(),
         }
     }
 
@@ -519,6 +534,20 @@ fn read_impl(input: &mut dyn Read, basis: &Basis<'_>) -> Result<(Ends, Head, Vec
         return Err(DeltaError::TargetMismatch { expected: ends.target, actual: head.id });
     }
 
+    // A target file reused from the base is known by its hash alone: its
+    // size must be the base's, or the host would stage a file the manifest
+    // contradicts.
+    let sizes = basis.sizes();
+    for e in head.manifest.entries() {
+        if let EntryKind::File { size, hash, .. } = &e.kind {
+            if let Some(&have) = sizes.get(hash).filter(|&&have| have != *size) {
+                return Err(bad(
+                    format!("the target manifest's entry {:?}", e.path.as_str()),
+                    format!("it gives content {hash} {size} bytes, but the base has that content with {have} bytes"),
+                ));
+            }
+        }
+    }
     let needed = needed_from(&basis.hashes(), &head.manifest);
     let count = r.varint("the op count")?;
     if count != needed.len() as u64 {
@@ -581,12 +610,24 @@ fn read_impl(input: &mut dyn Read, basis: &Basis<'_>) -> Result<(Ends, Head, Vec
 }
 
 fn decode_head(data: &[u8], prefix: &[u8]) -> Result<Head, DeltaError> {
-    let limit = crate::bundle::MAX_MANIFEST + crate::bundle::MAX_META + 10;
+    let limit = MAX_HEAD;
+    // The frame says what it decodes to (ferry always writes the size): a
+    // head that claims more than any head can be is refused undecoded.
+    let stated = match zstd_safe::get_frame_content_size(data) {
+        Ok(Some(n)) if n > limit => {
+            return Err(bad("the head", format!("it decodes to {n} bytes; a head is at most {limit}")));
+        }
+        Ok(Some(n)) => n,
+        _ => return Err(bad("the head", "a zstd frame that does not state its size")),
+    };
     let mut decoder = zstd::stream::read::Decoder::with_ref_prefix(data, prefix)
         .map_err(|e| bad("the head", format!("cannot decompress: {e}")))?;
     decoder.window_log_max(MAX_WINDOW_LOG).map_err(|e| bad("the head", e))?;
-    let mut text = Vec::new();
-    decoder.take(limit).read_to_end(&mut text).map_err(|e| bad("the head", format!("cannot decompress: {e}")))?;
+    let mut text = Vec::with_capacity(stated as usize);
+    decoder.take(stated + 1).read_to_end(&mut text).map_err(|e| bad("the head", format!("cannot decompress: {e}")))?;
+    if text.len() as u64 != stated {
+        return Err(bad("the head", format!("it decodes to {} bytes, not the {stated} its frame says", text.len())));
+    }
     let mut cursor = &text[..];
     let len = get_varint(&mut cursor).ok_or_else(|| bad("the head", "no manifest length"))?;
     let len = usize::try_from(len).ok().filter(|&l| l <= cursor.len()).ok_or_else(|| bad("the head", "too short"))?;

@@ -17,9 +17,20 @@
 //!   no duplicates; every entry's parent directory is itself an entry (so no
 //!   path ever goes through a symlink); no path starts with `.ferry`, which a
 //!   bundle keeps for its own metadata.
+//! - at most [`MAX_ENTRIES`] entries, and at most
+//!   [`MAX_MANIFEST`](crate::bundle::MAX_MANIFEST) bytes of text.
+//! - no two paths are one name on a case-insensitive or Unicode-normalizing
+//!   file system (`App.py` and `app.py`; the NFC and NFD forms of `é`): equal
+//!   once Unicode-decomposed (NFD) and lower-cased, they would overwrite each
+//!   other on macOS, Windows or an ext4 `casefold` directory.
+//! - a content has one size: two file entries with the same blake3 have the
+//!   same size (a host places a content it has by its hash alone).
 //! - target: 1 to 4096 bytes, no control characters. A symlink must resolve
 //!   inside the release ([`Manifest::check_links`]), except where the caller's
-//!   policy allows (a virtualenv's interpreter link).
+//!   policy allows (a virtualenv's interpreter link). Resolving is bounded:
+//!   a chain of more than [`MAX_LINK_DEPTH`] links, or links that take more
+//!   than [`LINK_WORK_PER_BYTE`] bytes of path walked per byte of their
+//!   paths and targets, are refused.
 //!
 //! Anything that does not render back to the same bytes is refused, so a
 //! manifest has exactly one text and one id.
@@ -32,9 +43,12 @@ use crate::{BlobHash, RelPath};
 /// The manifest format version.
 pub const FORMAT_VERSION: u32 = 1;
 const HEADER: &str = "ferry-manifest 1";
-/// The most entries a manifest may have. A release of a million files is far
-/// past any real service; the cap bounds a hostile manifest's memory.
-pub const MAX_ENTRIES: usize = 1_000_000;
+/// The most entries a manifest may have. A release of a quarter of a million
+/// paths is far past any real service (the benchmark release, a large venv,
+/// has 10,000); the cap bounds what a hostile manifest costs a reader — about
+/// 60 MiB and a fraction of a second to parse — and is counted before a line
+/// is parsed.
+pub const MAX_ENTRIES: usize = 250_000;
 
 /// Why a manifest was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -134,12 +148,22 @@ impl Manifest {
             entries.push(entry);
         }
         validate(&entries)?;
-        let manifest = Self { entries };
-        if manifest.to_text() != text.as_bytes() {
-            // Every field parser is strict, so this is a belt-and-braces check.
+        // Every field parser is strict, so this is a belt-and-braces check;
+        // line by line, so it never holds a second copy of the text.
+        let mut at = HEADER.len() + 1;
+        let mut line = String::new();
+        for (i, e) in entries.iter().enumerate() {
+            line.clear();
+            e.render(&mut line);
+            if text.as_bytes().get(at..at + line.len()) != Some(line.as_bytes()) {
+                return Err(line_err(i + 2, "not in canonical form".into()));
+            }
+            at += line.len();
+        }
+        if at != text.len() {
             return Err(line_err(1, "not in canonical form".into()));
         }
-        Ok(manifest)
+        Ok(Self { entries })
     }
 
     /// The canonical text.
@@ -180,8 +204,25 @@ impl Manifest {
     /// `may_link_outside` allows it (a virtualenv's interpreter links); no
     /// link may pass *through* an outside link. Each link is resolved once,
     /// so the check is linear in the size of the manifest.
+    ///
+    /// Each link is resolved once, and the work is bounded besides: a chain
+    /// more than [`MAX_LINK_DEPTH`] links deep is refused (the kernel gives
+    /// up there too, with ELOOP), and so is a manifest whose links take more
+    /// than [`LINK_WORK_PER_BYTE`] bytes of path walked per byte of its
+    /// paths and targets (long chains walked again and again through long
+    /// directories), so the check is linear in the size of the manifest.
     pub fn check_links(&self, may_link_outside: impl Fn(&RelPath) -> bool) -> Result<(), ManifestError> {
-        let mut resolver = Resolver { manifest: self, may_link_outside: &may_link_outside, done: HashMap::new() };
+        let size: u64 = self
+            .entries
+            .iter()
+            .map(|e| match &e.kind {
+                EntryKind::Symlink { target } => (e.path.as_str().len() + target.len()) as u64,
+                _ => 0,
+            })
+            .sum();
+        let budget = size.saturating_mul(LINK_WORK_PER_BYTE).saturating_add(1 << 20);
+        let mut resolver =
+            Resolver { manifest: self, may_link_outside: &may_link_outside, done: HashMap::new(), depth: 0, budget };
         for e in &self.entries {
             if let EntryKind::Symlink { target } = &e.kind {
                 resolver
@@ -210,7 +251,19 @@ struct Resolver<'a, F> {
     may_link_outside: &'a F,
     /// Each link's resolution, once known; `None` while it is being resolved (a loop).
     done: HashMap<String, Option<Result<Resolved, String>>>,
+    /// Links being resolved, one inside another.
+    depth: u32,
+    /// Bytes of path the walks may still build.
+    budget: u64,
 }
+
+/// The deepest chain of links [`Manifest::check_links`] follows (the
+/// kernel's own limit, so a deeper one would not resolve on a host either).
+pub const MAX_LINK_DEPTH: u32 = 40;
+/// The work [`Manifest::check_links`] may do, in bytes of path walked per
+/// byte of the manifest's link paths and targets (plus 1 MiB). A venv's
+/// links take a few bytes each; only crafted chains come near.
+pub const LINK_WORK_PER_BYTE: u64 = 8;
 
 impl<F: Fn(&RelPath) -> bool> Resolver<'_, F> {
     /// Where the link at `path` leads.
@@ -220,7 +273,11 @@ impl<F: Fn(&RelPath) -> bool> Resolver<'_, F> {
             Some(None) => return Err(format!("symlink to {target:?} is part of a loop of links")),
             None => {}
         }
+        if self.depth >= MAX_LINK_DEPTH {
+            return Err(format!("symlink to {target:?} is reached through more than {MAX_LINK_DEPTH} links"));
+        }
         self.done.insert(path.to_owned(), None);
+        self.depth += 1;
         let result = if target.starts_with('/') {
             let allowed = RelPath::new(path).is_ok_and(|p| (self.may_link_outside)(&p)) && is_interpreter(target);
             if allowed {
@@ -238,8 +295,20 @@ impl<F: Fn(&RelPath) -> bool> Resolver<'_, F> {
                 other => other,
             }
         };
+        self.depth -= 1;
         self.done.insert(path.to_owned(), Some(result.clone()));
         result
+    }
+
+    /// Takes `bytes` of work from the budget, or says it is spent.
+    fn spend(&mut self, bytes: usize) -> Result<(), String> {
+        self.budget = self.budget.checked_sub(bytes as u64 + 1).ok_or_else(|| {
+            format!(
+                "resolving the manifest's symlinks takes more work than {LINK_WORK_PER_BYTE} bytes per byte of \
+                 their paths and targets (chains of links walked through long paths): refused as hostile"
+            )
+        })?;
+        Ok(())
     }
 
     /// Resolves `target`'s components from the directory `from`.
@@ -258,6 +327,7 @@ impl<F: Fn(&RelPath) -> bool> Resolver<'_, F> {
                 at.push('/');
             }
             at.push_str(part);
+            self.spend(at.len())?;
             let last = i + 1 == parts.len();
             match self.manifest.get(&at).map(|e| e.kind.clone()) {
                 None => return Ok(Resolved::Nowhere),
@@ -265,7 +335,10 @@ impl<F: Fn(&RelPath) -> bool> Resolver<'_, F> {
                 Some(EntryKind::File { .. }) if last => {}
                 Some(EntryKind::File { .. }) => return Ok(Resolved::Nowhere),
                 Some(EntryKind::Symlink { target: next }) => match self.link(&at, &next)? {
-                    Resolved::Inside(there) => at = there,
+                    Resolved::Inside(there) => {
+                        self.spend(there.len())?;
+                        at = there;
+                    }
                     Resolved::Nowhere => return Ok(Resolved::Nowhere),
                     Resolved::Outside if last => return Ok(Resolved::Outside),
                     Resolved::Outside => {
@@ -328,6 +401,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
 /// The rules every list of entries must keep, whether parsed or built.
 fn validate(entries: &[Entry]) -> Result<(), ManifestError> {
     let mut dirs: HashSet<&str> = HashSet::new();
+    // One content has one size: a host that has the content by its hash
+    // places it without reading the input, so two sizes would be a lie.
+    let mut sizes: HashMap<&BlobHash, (u64, &RelPath)> = HashMap::new();
     let err = |e: &Entry, reason: String| ManifestError::Entry { path: e.path.to_string(), reason };
     for (i, e) in entries.iter().enumerate() {
         if i > 0 && entries[i - 1].path == e.path {
@@ -342,6 +418,12 @@ fn validate(entries: &[Entry]) -> Result<(), ManifestError> {
                     e,
                     format!("its parent {:?} is not a directory entry of the manifest", parent.as_str()),
                 ));
+            }
+        }
+        if let EntryKind::File { size, hash, .. } = &e.kind {
+            let (first, at) = *sizes.entry(hash).or_insert((*size, &e.path));
+            if first != *size {
+                return Err(err(e, format!("content {hash} is {size} bytes here, but {first} bytes at {at:?}")));
             }
         }
         match &e.kind {
@@ -361,6 +443,44 @@ fn validate(entries: &[Entry]) -> Result<(), ManifestError> {
         if matches!(e.kind, EntryKind::Dir { .. }) {
             dirs.insert(e.path.as_str());
         }
+    }
+    check_collisions(entries)?;
+    Ok(())
+}
+
+/// Refuses two paths that one file system would take for one name: equal
+/// once Unicode-decomposed and lower-cased. Only paths with an upper-case
+/// or non-ASCII character can collide with another, so only they are folded
+/// and kept (a lower-case ASCII path is its own folded form, found among the
+/// sorted entries by binary search): the check costs nothing for most
+/// releases.
+fn check_collisions(entries: &[Entry]) -> Result<(), ManifestError> {
+    use unicode_normalization::UnicodeNormalization;
+    let mut folded: HashMap<String, &RelPath> = HashMap::new();
+    for e in entries {
+        let p = e.path.as_str();
+        if p.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+            continue;
+        }
+        let lower: String = p.nfd().flat_map(char::to_lowercase).collect();
+        let key: String = lower.nfd().collect();
+        let other = folded.get(&key).copied().or_else(|| {
+            entries
+                .binary_search_by(|x| x.path.as_str().cmp(&key))
+                .ok()
+                .map(|i| &entries[i].path)
+                .filter(|o| *o != &e.path)
+        });
+        if let Some(other) = other {
+            return Err(ManifestError::Entry {
+                path: e.path.to_string(),
+                reason: format!(
+                    "it and {other:?} are one name on a case-insensitive or Unicode-normalizing file system \
+                     (they differ only in case or in Unicode normalization): rename one"
+                ),
+            });
+        }
+        folded.insert(key, &e.path);
     }
     Ok(())
 }

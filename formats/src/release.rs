@@ -147,6 +147,30 @@ impl ReleaseMeta {
         Ok(())
     }
 
+    /// Checks each component against the manifest: its path is an entry,
+    /// a file for a `jar` and a directory for every other kind — never a
+    /// symlink, which could lead outside the release (a host links the
+    /// active config inside the config component).
+    pub fn check_components(&self, manifest: &crate::Manifest) -> Result<(), MetaError> {
+        use crate::EntryKind;
+        for c in &self.components {
+            let is = match manifest.get(c.path.as_str()).map(|e| &e.kind) {
+                None => "not in the manifest",
+                Some(EntryKind::Symlink { .. }) => "a symlink",
+                Some(EntryKind::File { .. }) if c.kind != ComponentKind::Jar => "a file",
+                Some(EntryKind::Dir { .. }) if c.kind == ComponentKind::Jar => "a directory",
+                Some(_) => continue,
+            };
+            let want = if c.kind == ComponentKind::Jar { "a file" } else { "a directory" };
+            return Err(MetaError::Invalid(format!(
+                "component {} ({}) is {is}; it must be {want} of the release (rebuild the release with \
+                 that component as {want}, not a link)",
+                c.path, c.kind
+            )));
+        }
+        Ok(())
+    }
+
     /// The components of one kind.
     pub fn components_of(&self, kind: ComponentKind) -> impl Iterator<Item = &Component> {
         self.components.iter().filter(move |c| c.kind == kind)

@@ -265,7 +265,8 @@ fn longest_path_and_link_target_are_accepted() {
         lens.iter().enumerate().map(|(i, n)| char::from(b'a' + i as u8).to_string().repeat(*n)).collect();
     let interpreter = format!("/{}python3", "q/".repeat(2044));
     assert_eq!(interpreter.len(), 4096);
-    let mut entries = vec![dir("venv"), dir("venv/bin"), link("venv/bin/python", &interpreter)];
+    // `app` too: meta()'s code component, which must be a directory of the release.
+    let mut entries = vec![dir("app"), dir("venv"), dir("venv/bin"), link("venv/bin/python", &interpreter)];
     for i in 1..comps.len() {
         entries.push(dir(&comps[..i].join("/")));
     }
@@ -883,7 +884,7 @@ fn oversize_manifest_claim_is_refused_before_reading() {
     let mut parts = good();
     parts[1].0.set_size(300 << 20); // the data stays a few hundred bytes
     let msg = head_refused(&bundle(&parts));
-    assert!(msg.contains(".ferry/manifest: 314572800 bytes; at most 268435456 are accepted"), "{msg}");
+    assert!(msg.contains(".ferry/manifest: 314572800 bytes; at most 16777216 are accepted"), "{msg}");
     let mut parts = good();
     parts[2].0.set_size((1 << 20) + 1);
     let msg = head_refused(&bundle(&parts));

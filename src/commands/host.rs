@@ -15,12 +15,12 @@ pub fn run(settings: &Settings, host: &Host, action: &HostAction) -> Result<u8> 
     let lock = |verb: &str| -> Result<Lock> { Ok(host.lock(&format!("ferry host {verb}"))?) };
     match action {
         HostAction::Stage(input, options) => {
+            // Opened before the lock is taken: a path that is no regular
+            // file is refused without holding the host.
+            let mut file = input.as_deref().map(super::open_input).transpose()?;
             let lock = lock("stage")?;
-            let staged = match input {
-                Some(path) => {
-                    let mut file = fs_err::File::open(path)?;
-                    host.stage(&lock, &mut file, options)
-                }
+            let staged = match &mut file {
+                Some(file) => host.stage(&lock, file, options),
                 None => host.stage(&lock, &mut std::io::stdin().lock() as &mut dyn Read, options),
             }
             .with_context(|| format!("cannot stage into {}", host.root().display()))?;
@@ -30,7 +30,12 @@ pub fn run(settings: &Settings, host: &Host, action: &HostAction) -> Result<u8> 
             } else {
                 output::line(&id.to_hex())?;
                 if staged.already {
-                    eprintln!("release {} is already staged", id.short(12));
+                    // Said plainly: a damaged input naming a release the host has passes here.
+                    eprintln!(
+                        "release {} is already staged here, with these options; the input was not read past its head \
+                         (it is neither checked nor used: `ferry verify` checks a bundle)",
+                        id.short(12)
+                    );
                 } else {
                     eprintln!(
                         "staged {}: {} files written ({}), {} hardlinked, {} copied, in {:.2}s",

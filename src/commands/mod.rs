@@ -10,7 +10,7 @@ mod inspect;
 use std::io::BufReader;
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use ferry_formats::bundle::{self, Head, Verified};
 use ferry_formats::ReleaseId;
 
@@ -69,8 +69,37 @@ fn locate(settings: &Settings, target: &Target) -> Result<(PathBuf, Option<Relea
     })
 }
 
-fn open(path: &PathBuf) -> Result<BufReader<fs_err::File>> {
-    Ok(BufReader::with_capacity(1 << 20, fs_err::File::open(path)?))
+fn open(path: &std::path::Path) -> Result<BufReader<fs_err::File>> {
+    Ok(BufReader::with_capacity(1 << 20, open_input(path)?))
+}
+
+/// Opens a bundle or delta given by path, which must be a regular file: a
+/// FIFO or a device would block the open or the read with no end (and a
+/// stage would hold the host's lock all the while). Checked before opening,
+/// since opening a FIFO blocks.
+pub(crate) fn open_input(path: &std::path::Path) -> Result<fs_err::File> {
+    let kind = fs_err::metadata(path)?.file_type();
+    if !kind.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        bail!("{} is {what}: give a bundle or delta file, or `-` to read standard input", path.display());
+    }
+    let file = fs_err::File::open(path)?;
+    // Checked again on what was opened: the path may have changed between the two.
+    if !file.metadata()?.is_file() {
+        bail!("{} is not a regular file: give a bundle or delta file, or `-` to read standard input", path.display());
+    }
+    Ok(file)
 }
 
 /// Reads and checks a bundle's head.

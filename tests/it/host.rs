@@ -200,8 +200,8 @@ fn a_delta_staged_after_a_bundle_hardlinks_unchanged_files_read_only_with_the_no
     assert_eq!(fs::read_link(r2.join("media/main-link.py")).unwrap(), Path::new("../app/main.py"));
     for release in [&r1, &r2] {
         let files = files_under(release);
-        assert_eq!(files.len(), 9, "6 files and the .ferry head: {files:?}");
-        for head in [".ferry/manifest", ".ferry/release.json", ".ferry/staged.json"] {
+        assert_eq!(files.len(), 10, "6 files and the .ferry head: {files:?}");
+        for head in [".ferry/manifest", ".ferry/release.json", ".ferry/staged.json", ".ferry/verified.json"] {
             assert!(release.join(head).is_file(), "{head}");
         }
         for f in files {
@@ -473,9 +473,10 @@ fn a_full_disk_fails_the_stage_and_leaves_current_alone() {
     host(&dir, &["activate", &v1]).ok();
 
     for (what, input) in [("bundle", bundle(&p, &v2)), ("delta", delta(&p, &v1, &v2))] {
+        // Refused before a byte is written: the files it declares do not fit.
         let err = host(&dir, &["stage", s(&input)]).fails(2);
-        assert!(err.contains("No space left on device"), "{what}: {err}");
-        assert!(err.contains("noise.bin"), "{what}: the message names the file: {err}");
+        assert!(err.contains(&format!("release {v2} needs ")), "{what}: {err}");
+        assert!(err.contains("are free; free some space"), "{what}: the message says what to do: {err}");
         nothing_left(&dir, &v2, &v1, what);
         host(&dir, &["verify"]).ok();
     }
@@ -805,7 +806,7 @@ fn check_release(release: &Path, want: &Tree) -> Result<(), String> {
     for (path, (node, ..)) in &got {
         let ok = match path.as_str() {
             ".ferry" => node == &Node::Dir,
-            ".ferry/manifest" | ".ferry/release.json" | ".ferry/staged.json" => {
+            ".ferry/manifest" | ".ferry/release.json" | ".ferry/staged.json" | ".ferry/verified.json" => {
                 matches!(node, Node::File { content, .. } if !content.is_empty())
             }
             "config/active" => node == &Node::Link("staging".into()),
@@ -816,7 +817,9 @@ fn check_release(release: &Path, want: &Tree) -> Result<(), String> {
             return Err(format!("{path} should not be there ({node:?})"));
         }
     }
-    for head in [".ferry/manifest", ".ferry/release.json", ".ferry/staged.json", "config/active", "log"] {
+    for head in
+        [".ferry/manifest", ".ferry/release.json", ".ferry/staged.json", ".ferry/verified.json", "config/active", "log"]
+    {
         if fs::symlink_metadata(release.join(head)).is_err() {
             return Err(format!("{head} is missing"));
         }
@@ -1369,7 +1372,9 @@ fn a_push_where_one_host_cannot_stage_exits_1_and_flips_nothing() {
     let hosts = report["hosts"].as_array().unwrap();
     let web2 = hosts.iter().find(|h| h["host"] == "web2").unwrap();
     assert_eq!((web2["step"].as_str(), web2["result"].as_str()), (Some("stage"), Some("failed")), "{web2}");
-    assert!(web2["error"].as_str().unwrap().contains("No space left on device"), "{web2}");
+    // Refused before a byte is written: v2's files do not fit in what is free.
+    assert!(web2["error"].as_str().unwrap().contains(&format!("release {v2} needs ")), "{web2}");
+    assert!(web2["error"].as_str().unwrap().contains("free some space"), "{web2}");
     assert!(report["batches"].as_array().unwrap().is_empty(), "no batch started: {report}");
     for host in ["web1", "web2"] {
         let dir = p.path(&format!("fleet/{host}/srv/shop"));
@@ -1379,7 +1384,7 @@ fn a_push_where_one_host_cannot_stage_exits_1_and_flips_nothing() {
     assert!(leftovers(&p.path("fleet/web2/srv/shop")).is_empty());
     // The text report names the host and the step.
     let err = p.ferry(["push", "local"]).fails(1);
-    assert!(err.contains("web2: stage failed:") && err.contains("No space left on device"), "{err}");
+    assert!(err.contains("web2: stage failed:") && err.contains("free some space"), "{err}");
 }
 
 /// Staging hashes every file it takes from a kept release: one changed in

@@ -5,6 +5,7 @@ mod build;
 mod cli_output;
 mod golden;
 mod host;
+mod hostile;
 mod kit;
 mod read;
 mod rsync;

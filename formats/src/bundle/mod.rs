@@ -45,6 +45,14 @@
 //! frame has its own hash so a builder can hash the files frame as it writes
 //! it, and copy it behind the metadata without reading it again.
 //!
+//! | limit | value |
+//! |---|---|
+//! | manifest text | at most [`MAX_MANIFEST`] bytes, refused from its tar header before it is read |
+//! | manifest entries | at most [`MAX_ENTRIES`](crate::manifest::MAX_ENTRIES), counted before a line is parsed |
+//! | release metadata | at most [`MAX_META`] bytes |
+//! | zstd window | at most 2^27 bytes (128 MiB) |
+//! | components | each an entry of the manifest, never a symlink ([`ReleaseMeta::check_components`]) |
+//!
 //! Reading is strict ([`read`]): the metadata must come first, in its own
 //! frame; the manifest and metadata must be canonical; the computed
 //! [`ReleaseId`] must be the expected one; then every tar entry must be the next
@@ -74,8 +82,13 @@ pub const META_DIR: &str = ".ferry";
 pub const MANIFEST_PATH: &str = ".ferry/manifest";
 /// The release metadata's path in a bundle.
 pub const RELEASE_PATH: &str = ".ferry/release.json";
-/// The largest manifest a reader accepts (about two million entries).
-pub const MAX_MANIFEST: u64 = 256 << 20;
+/// The largest manifest a reader accepts, in bytes of text: room for
+/// 100,000 files of 160-byte lines (the benchmark release, 10,000 files of a
+/// large venv, has 1.4 MiB). A reader holds the text and the parsed entries,
+/// about twice this, so the cap bounds what a small hostile head (its text
+/// compresses well) can make a reader hold; it also bounds what a delta's
+/// head may decode to (this plus [`MAX_META`]).
+pub const MAX_MANIFEST: u64 = 16 << 20;
 /// The largest release metadata a reader accepts.
 pub const MAX_META: u64 = 1 << 20;
 /// The largest window a reader lets the zstd stream ask for (128 MiB).
@@ -148,8 +161,22 @@ impl Head {
     pub fn new(manifest: Manifest, meta: ReleaseMeta) -> Result<Self, HeadError> {
         meta.validate()?;
         manifest.check_links(|p| meta.may_link_outside(p))?;
+        meta.check_components(&manifest)?;
         let id = ReleaseId::compute(&manifest.to_text(), &meta.to_canonical());
         Ok(Self { id, manifest, meta })
+    }
+}
+
+impl Head {
+    /// A head that [`Head::new`] (or the bundle reader) checked before it
+    /// was stored, read back from a store the caller trusts: a host's
+    /// release whose stage recorded that it was verified. Only the id is
+    /// computed; the caller compares it with the id it expects. The link
+    /// and component checks, which a hostile manifest can make costly, are
+    /// not run again on every later stage.
+    pub fn checked_before(manifest: Manifest, meta: ReleaseMeta) -> Self {
+        let id = ReleaseId::compute(&manifest.to_text(), &meta.to_canonical());
+        Self { id, manifest, meta }
     }
 }
 

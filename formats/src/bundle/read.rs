@@ -205,6 +205,7 @@ fn read_impl<R: Read>(
         let manifest = Manifest::parse(&manifest_text).map_err(|e| refused(MANIFEST_PATH, e.to_string()))?;
         let meta = ReleaseMeta::parse(&meta_text).map_err(|e| refused(RELEASE_PATH, e.to_string()))?;
         manifest.check_links(|p| meta.may_link_outside(p)).map_err(|e| refused(MANIFEST_PATH, e.to_string()))?;
+        meta.check_components(&manifest).map_err(|e| refused(RELEASE_PATH, e.to_string()))?;
         let id = ReleaseId::compute(&manifest_text, &meta_text);
         meta_frame_len = metadata_frame_len(manifest_text.len(), meta_text.len());
         if let Some(expected) = expect {

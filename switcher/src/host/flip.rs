@@ -210,6 +210,7 @@ impl Host {
         // A release is complete once its head is there (it is written last,
         // and the directory only gets its name after a syncfs).
         let head = self.head(id)?;
+        self.check_verified(id, &head)?;
         let shared = self.shared_dir();
         for file in &opts.linked_files {
             let path = shared.join(file.as_str());
@@ -246,6 +247,42 @@ impl Host {
                     });
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl Host {
+    /// Refuses a release that has no record of having been checked entry
+    /// by entry (written by the stage that made it, or by `ferry host
+    /// verify`), or whose record is not of its manifest. Reading one small
+    /// file keeps a flip cheap; the hashing was done when it was staged.
+    fn check_verified(&self, id: &ReleaseId, head: &ferry_formats::bundle::Head) -> Result<(), HostError> {
+        let path = self.release_dir(id).join(super::stage::VERIFIED);
+        let broken = |reason: String| HostError::Broken { id: *id, root: self.root.clone(), reason };
+        let record = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<super::stage::StagedCheck>(&bytes)
+                .map_err(|e| broken(format!("{} is not a record of a verified stage: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(broken(format!(
+                    "it has no record that it was verified as staged ({} is missing: staged by an older ferry, \
+                     or by hand); run `ferry host verify {id}`, which checks every file and records it",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(HostError::Fs(e)),
+        };
+        let (files, bytes) = head.manifest.file_totals();
+        let want = super::stage::StagedCheck { id: *id, files, bytes };
+        if record != want {
+            return Err(broken(format!(
+                "its record of a verified stage ({}) says release {}, {} files, {} bytes; its manifest has {files} files, \
+                 {bytes} bytes; run `ferry host verify {id}`",
+                path.display(),
+                record.id,
+                record.files,
+                record.bytes
+            )));
         }
         Ok(())
     }

@@ -5,7 +5,9 @@
 //! <deploy_to>/
 //!   releases/<id>/            a complete release: read-only files, hardlinked
 //!                             between releases when (hash, mode) match, plus
-//!                             .ferry/manifest and .ferry/release.json
+//!                             .ferry/manifest and .ferry/release.json, and
+//!                             .ferry/staged.json (its options) and
+//!                             .ferry/verified.json (checked when staged)
 //!   releases/.staging-<id>/   a release being staged; never a release until
 //!                             complete, verified and synced, then renamed
 //!   releases/.pruning-<id>/   a release being removed
@@ -84,6 +86,8 @@ pub enum HostError {
     MissingLinked { path: PathBuf, shared: PathBuf },
     #[error("release {id} has no config for environment {env:?} (it has: {})", have.join(", "))]
     NoEnvironment { id: ReleaseId, env: String, have: Vec<String> },
+    #[error("release {id} needs {} on the file system of {} (its new files, a block each, and a margin), but {} are free; free some space (`ferry host prune`) and stage again", human(*need), dir.display(), human(*free))]
+    NoSpace { id: ReleaseId, dir: PathBuf, need: u64, free: u64 },
     #[error("no previous release is recorded in {}; name one with --to", journal.display())]
     NoPrevious { journal: PathBuf },
     /// The service's programs (supervisord) did not take up a release.
@@ -117,6 +121,7 @@ pub enum ErrorKind {
     Broken,
     MissingLinked,
     NoEnvironment,
+    NoSpace,
     NoPrevious,
     Runtime,
     NotTakenUp,
@@ -136,6 +141,7 @@ impl HostError {
             HostError::Broken { .. } => ErrorKind::Broken,
             HostError::MissingLinked { .. } => ErrorKind::MissingLinked,
             HostError::NoEnvironment { .. } => ErrorKind::NoEnvironment,
+            HostError::NoSpace { .. } => ErrorKind::NoSpace,
             HostError::NoPrevious { .. } => ErrorKind::NoPrevious,
             HostError::Runtime(_) => ErrorKind::Runtime,
             HostError::NotTakenUp { .. } => ErrorKind::NotTakenUp,
@@ -185,6 +191,15 @@ impl std::fmt::Display for Back {
                  a release that starts is pushed",
             ),
         }
+    }
+}
+
+/// Bytes for a message: exact, and in MiB when large.
+fn human(n: u64) -> String {
+    if n < 1 << 20 {
+        format!("{n} bytes")
+    } else {
+        format!("{n} bytes ({:.1} MiB)", n as f64 / f64::from(1 << 20))
     }
 }
 
@@ -284,7 +299,17 @@ impl Host {
         let meta_text = fs::read(dir.join(RELEASE_PATH)).map_err(|e| broken(e.to_string()))?;
         let manifest = Manifest::parse(&manifest_text).map_err(|e| broken(e.to_string()))?;
         let meta = ReleaseMeta::parse(&meta_text).map_err(|e| broken(e.to_string()))?;
-        let head = Head::new(manifest, meta).map_err(|e| broken(e.to_string()))?;
+        // A release whose stage recorded it verified had its links and
+        // components checked then; they are not checked again each time.
+        let verified = fs::read(dir.join(stage::VERIFIED))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<stage::StagedCheck>(&b).ok())
+            .is_some_and(|r| r.id == *id);
+        let head = if verified {
+            Head::checked_before(manifest, meta)
+        } else {
+            Head::new(manifest, meta).map_err(|e| broken(e.to_string()))?
+        };
         if head.id != *id {
             return Err(broken(format!("its manifest and metadata hash to {}, not to its name", head.id)));
         }

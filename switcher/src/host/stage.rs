@@ -8,7 +8,13 @@
 //! and copied ones are hashed again, so a drifted kept release is caught
 //! rather than spread. Then one syncfs(2) makes it all durable and a rename
 //! makes it a release. A kill at any point leaves only the staging directory,
-//! which the next lock holder removes.
+//! which the next lock holder removes; a refused stage removes it itself
+//! (when its [`Staging`] is dropped).
+//!
+//! Nothing is removed before the input was read and checked whole: a release
+//! staged anew with other options gives way only to its complete
+//! replacement. A release whose new files would not fit in the free space
+//! is refused before anything is written.
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
@@ -44,6 +50,10 @@ pub struct Staged {
     pub id: Option<ReleaseId>,
     /// The release was already complete here; nothing was done.
     pub already: bool,
+    /// The input was not read past its head (an `already` release): it was
+    /// neither checked nor used, and may be damaged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub input_unread: bool,
     /// Files written from the bundle or delta, and their bytes.
     pub written: usize,
     pub written_bytes: u64,
@@ -213,7 +223,7 @@ impl Host {
             }
             Ok(())
         })();
-        staging.finish(result, target, opts)
+        staging.finish(result.map(|()| target), opts)
     }
 
     fn stage_bundle(&self, input: &mut dyn Read, opts: &StageOptions) -> Result<Staged, HostError> {
@@ -229,8 +239,10 @@ impl Host {
                     self.already = Some(head.id);
                     return Err(io::Error::other("already staged"));
                 }
+                // Directories are made as their entries arrive, not all at
+                // once from the manifest: a bundle cut short after its head
+                // makes none.
                 let staging = Staging::begin(self.host, head, None, self.opts).map_err(io::Error::other)?;
-                staging.dirs(head).map_err(io::Error::other)?;
                 self.staging = Some(staging);
                 Ok(())
             }
@@ -238,7 +250,7 @@ impl Host {
             fn entry(&mut self, entry: &Entry, content: &mut dyn Read) -> io::Result<()> {
                 let staging = self.staging.as_mut().expect("head comes first");
                 let done = match &entry.kind {
-                    EntryKind::Dir { .. } => Ok(()),
+                    EntryKind::Dir { mode } => staging.dir(entry, *mode | 0o700, umask()),
                     EntryKind::Symlink { target } => staging.symlink(entry, target),
                     EntryKind::File { hash, mode, .. } => {
                         if staging.can_reuse(entry) {
@@ -258,20 +270,30 @@ impl Host {
         let mut stager = Stager { host: self, opts, staging: None, already: None };
         let read = bundle::read(input, None, &mut stager);
         if let Some(id) = stager.already {
-            return Ok(Staged { id: Some(id), already: true, ..Staged::default() });
+            return Ok(Staged::already(id));
         }
         let Some(staging) = stager.staging.take() else {
             return Err(HostError::Bundle(read.expect_err("a bundle read without a head failed")));
         };
-        let head = staging.head.clone();
-        let result = read.map(drop).map_err(|e| match e {
+        // The head is the reader's, handed back once every byte was checked
+        // (a staging keeps only the id: a second copy of a large manifest
+        // would double what a stage holds).
+        let result = read.map_err(|e| match e {
             ReadError::Visitor { source, .. } => match source.downcast::<HostError>() {
                 Ok(host) => host,
                 Err(other) => HostError::Input(other.to_string()),
             },
             other => HostError::Bundle(other),
         });
-        staging.finish(result, &head, opts)
+        let verified;
+        let head = match result {
+            Ok(v) => {
+                verified = v;
+                Ok(verified.head())
+            }
+            Err(e) => Err(e),
+        };
+        staging.finish(head, opts)
     }
 }
 
@@ -345,7 +367,7 @@ struct Counts {
 /// A release being built in `releases/.staging-<id>`.
 struct Staging<'a> {
     host: &'a Host,
-    head: Head,
+    id: ReleaseId,
     dir: PathBuf,
     kept: Kept,
     /// Contents written into this staging directory, for later duplicates.
@@ -363,6 +385,13 @@ impl<'a> Staging<'a> {
         check_env(host, head, opts)?;
         let configs: Vec<RelPath> = head.meta.components_of(ComponentKind::Config).map(|c| c.path.clone()).collect();
         check_linked(&opts.linked(), &configs).map_err(HostError::Input)?;
+        let kept = Kept::index(host, base)?;
+        if let Err(e) = check_space(host, head, &kept) {
+            // Journalled as a stage that failed: the host's operator sees why.
+            let record = Record::now(super::whoami(), Action::Stage, None, Some(head.id)).failed(error_chain(&e));
+            let _ = host.record(&record);
+            return Err(e);
+        }
         let dir = host.releases_dir().join(format!(".staging-{}", head.id));
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(HostError::Fs)?;
@@ -370,9 +399,9 @@ impl<'a> Staging<'a> {
         fs::create_dir(&dir).map_err(HostError::Fs)?;
         Ok(Self {
             host,
-            head: head.clone(),
+            id: head.id,
             dir,
-            kept: Kept::index(host, base)?,
+            kept,
             written: HashMap::new(),
             deferred: Vec::new(),
             verified: std::collections::HashSet::new(),
@@ -399,15 +428,18 @@ impl<'a> Staging<'a> {
             }
         }
         for level in by_depth {
-            level.par_iter().try_for_each(|(entry, mode)| {
-                let path = self.path(entry);
-                fs::create_dir(&path).map_err(HostError::Fs)?;
-                // mkdir applies the umask; set the mode only where it took bits away.
-                if mode & !umask != *mode {
-                    fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).map_err(HostError::Fs)?;
-                }
-                Ok(())
-            })?;
+            level.par_iter().try_for_each(|(entry, mode)| self.dir(entry, *mode, umask))?;
+        }
+        Ok(())
+    }
+
+    /// Makes one directory with `mode` (the process's `umask` given).
+    fn dir(&self, entry: &Entry, mode: u32, umask: u32) -> Result<(), HostError> {
+        let path = self.path(entry);
+        fs::create_dir(&path).map_err(HostError::Fs)?;
+        // mkdir applies the umask; set the mode only where it took bits away.
+        if mode & !umask != mode {
+            fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(HostError::Fs)?;
         }
         Ok(())
     }
@@ -522,6 +554,18 @@ impl<'a> Staging<'a> {
                 },
             },
         };
+        // The content is known by its hash alone; a manifest that gives it
+        // another size than the bytes this host has is refused, not staged
+        // with a file `verify` would then call wrong.
+        let size = entry.size();
+        let have = fs::symlink_metadata(&source).map_err(HostError::Fs)?.len();
+        if have != size {
+            return Err(HostError::Input(format!(
+                "{}: the manifest says {size} bytes for content {hash}, but that content, as this host has it in {}, is {have} bytes; the input is inconsistent",
+                entry.path,
+                source.display()
+            )));
+        }
         let from_kept = !source.starts_with(&self.dir);
         let linked = exact && fs::hard_link(&source, &path).is_ok();
         if linked && self.verified.contains(&source) {
@@ -545,15 +589,19 @@ impl<'a> Staging<'a> {
         Ok(linked)
     }
 
-    /// Completes the release if `result` is Ok, else removes the staging
-    /// directory and journals the failure.
-    fn finish(mut self, result: Result<(), HostError>, head: &Head, opts: &StageOptions) -> Result<Staged, HostError> {
-        let done = result.and_then(|()| self.place_reused()).and_then(|()| self.complete(head, opts));
+    /// Completes the release if `head` is Ok (the input was read and
+    /// checked whole), else journals the failure; the staging directory goes
+    /// when `self` is dropped.
+    fn finish(mut self, head: Result<&Head, HostError>, opts: &StageOptions) -> Result<Staged, HostError> {
+        let done = head.and_then(|head| {
+            self.place_reused()?;
+            self.complete(head, opts)
+        });
         match done {
             Ok(staged) => Ok(staged),
             Err(e) => {
-                let _ = fs::remove_dir_all(&self.dir);
-                let record = Record::now(super::whoami(), Action::Stage, None, Some(head.id)).failed(error_chain(&e));
+                // Drop removes the staging directory.
+                let record = Record::now(super::whoami(), Action::Stage, None, Some(self.id)).failed(error_chain(&e));
                 let _ = self.host.record(&record);
                 Err(e)
             }
@@ -571,21 +619,40 @@ impl<'a> Staging<'a> {
         }
         self.link_shared(opts)?;
         self.link_config(head, opts)?;
-        let record = self.dir.join(STAGED_WITH);
-        let mut file = fs::File::create(&record).map_err(HostError::Fs)?;
-        file.write_all(&serde_json::to_vec(opts).expect("options serialize")).map_err(at(&record))?;
-        finish_file(file.file(), 0o444).map_err(at(&record))?;
+        let (files, bytes) = head.manifest.file_totals();
+        let checked = StagedCheck { id: head.id, files, bytes };
+        for (name, bytes) in [
+            (STAGED_WITH, serde_json::to_vec(opts).expect("options serialize")),
+            (VERIFIED, serde_json::to_vec(&checked).expect("a record serializes")),
+        ] {
+            let record = self.dir.join(name);
+            let mut file = fs::File::create(&record).map_err(HostError::Fs)?;
+            file.write_all(&bytes).map_err(at(&record))?;
+            finish_file(file.file(), 0o444).map_err(at(&record))?;
+        }
 
         // One syncfs for every file and directory written, then the rename.
         let dir = fs::File::open(&self.dir).map_err(HostError::Fs)?;
         rustix::fs::syncfs(&dir).map_err(|e| at(&self.dir)(e.into()))?;
         let release = self.host.release_dir(&head.id);
+        // The same release staged with other options gives way only now,
+        // once its replacement is complete ([`Host::already_staged`] refused
+        // it if it is current or the previous release).
+        let doomed = self.host.releases_dir().join(format!(".pruning-{}", head.id));
+        let replaced = release.exists();
+        if replaced {
+            fs::rename(&release, &doomed).map_err(HostError::Fs)?;
+        }
         fs::rename(&self.dir, &release).map_err(HostError::Fs)?;
         atomic::fsync_dir(&self.host.releases_dir()).map_err(at(self.host.releases_dir()))?;
+        if replaced {
+            fs::remove_dir_all(&doomed).map_err(HostError::Fs)?;
+        }
         self.host.record(&Record::now(super::whoami(), Action::Stage, None, Some(head.id)))?;
         Ok(Staged {
             id: Some(head.id),
             already: false,
+            input_unread: false,
             written: self.counts.written,
             written_bytes: self.counts.written_bytes,
             linked: self.counts.linked,
@@ -636,16 +703,84 @@ impl<'a> Staging<'a> {
 
     fn link_config(&self, head: &Head, opts: &StageOptions) -> Result<(), HostError> {
         let Some(env) = &opts.env else { return Ok(()) };
+        let root = fs::canonicalize(&self.dir).map_err(HostError::Fs)?;
         for config in head.meta.components_of(ComponentKind::Config) {
-            let link = self.dir.join(config.path.as_str()).join(ACTIVE_CONFIG);
+            let dir = self.dir.join(config.path.as_str());
+            // The reader refuses a component that is not a directory entry,
+            // so this is the belt to its braces: nothing is made outside
+            // the staging directory.
+            let real = fs::canonicalize(&dir).map_err(HostError::Fs)?;
+            if real != root.join(config.path.as_str()) {
+                return Err(HostError::Input(format!(
+                    "config component {} would have its {ACTIVE_CONFIG} link made in {}, not in the release",
+                    config.path,
+                    real.display()
+                )));
+            }
+            let link = dir.join(ACTIVE_CONFIG);
             fs::os::unix::fs::symlink(env, &link).map_err(HostError::Fs)?;
         }
         Ok(())
     }
 }
 
+impl Drop for Staging<'_> {
+    /// Whatever failed, a stage leaves no staging directory (after a
+    /// complete one it was renamed, and there is nothing to remove).
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Refuses, before anything is written, a release whose files would not fit
+/// in the free space of the deploy directory's file system: the declared
+/// sizes of the files this host has no (hash, mode) of, each rounded up to a
+/// block, a block per directory, and a margin of [`SPACE_MARGIN`] — so a
+/// small input that declares gigabytes is refused, not left to fill the disk.
+fn check_space(host: &Host, head: &Head, kept: &Kept) -> Result<(), HostError> {
+    let releases = host.releases_dir();
+    let stat = rustix::fs::statvfs(&releases).map_err(|e| at(&releases)(e.into()))?;
+    let block = stat.f_frsize.max(512);
+    let free = stat.f_bavail.saturating_mul(block);
+    let mut seen = std::collections::HashSet::new();
+    let mut need = SPACE_MARGIN;
+    for entry in head.manifest.entries() {
+        let add = match &entry.kind {
+            EntryKind::File { mode, hash, size } => {
+                if kept.exact.contains_key(&(*hash, *mode)) || !seen.insert((*hash, *mode)) {
+                    continue;
+                }
+                size.div_ceil(block).saturating_mul(block)
+            }
+            EntryKind::Dir { .. } => block,
+            EntryKind::Symlink { .. } => continue,
+        };
+        need = need.saturating_add(add);
+    }
+    if need > free {
+        return Err(HostError::NoSpace { id: head.id, dir: releases, need, free });
+    }
+    Ok(())
+}
+
+/// Room kept free beyond what a release's files need: the metadata, the
+/// journal, and what the file system needs for itself.
+pub const SPACE_MARGIN: u64 = 64 << 10;
+
 /// Where a release records the options it was staged with.
 const STAGED_WITH: &str = ".ferry/staged.json";
+/// Where a release records that every entry was checked when it was staged
+/// (or by `ferry host verify` since): a flip refuses a release without it.
+pub(crate) const VERIFIED: &str = ".ferry/verified.json";
+
+/// What [`VERIFIED`] holds: the release, and its files as its manifest has
+/// them, checked as they were staged.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct StagedCheck {
+    pub id: ReleaseId,
+    pub files: usize,
+    pub bytes: u64,
+}
 
 impl StageOptions {
     /// Every linked path, directories and files.
@@ -689,24 +824,37 @@ impl Host {
         serde_json::from_slice(&text).ok()
     }
 
-    /// `Some` when release `id` is here, staged with these options. One
-    /// staged with others is removed, to be staged anew — unless it is
-    /// `current`, which is refused.
+    /// `Some` when release `id` is here, staged with these options: the
+    /// input is not read past its head. One staged with other options is
+    /// staged anew, and gives way only once its replacement is complete
+    /// (nothing is removed before the input was read and verified); that is
+    /// refused when it is `current` or the previous release (a rollback's
+    /// target, whose config must stay as it ran), or a process uses it.
     fn already_staged(&self, id: &ReleaseId, opts: &StageOptions) -> Result<Option<Staged>, HostError> {
         if !self.has(id) {
             return Ok(None);
         }
         let with = self.staged_with(id);
         if with.as_ref() == Some(opts) {
-            return Ok(Some(Staged { id: Some(*id), already: true, ..Staged::default() }));
+            return Ok(Some(Staged::already(*id)));
         }
+        let with = with.map_or_else(|| "unknown".to_owned(), |w| serde_json::to_string(&w).unwrap_or_default());
         if self.current()? == Some(*id) {
             return Err(HostError::Broken {
                 id: *id,
                 root: self.root.clone(),
                 reason: format!(
-                    "it is current, staged with other options ({}); flip to another release first, then stage it again",
-                    with.map_or_else(|| "unknown".to_owned(), |w| serde_json::to_string(&w).unwrap_or_default())
+                    "it is current, staged with other options ({with}); flip to another release first, then stage it again"
+                ),
+            });
+        }
+        if super::previous(self)? == Some(*id) {
+            return Err(HostError::Broken {
+                id: *id,
+                root: self.root.clone(),
+                reason: format!(
+                    "it is the previous release (what a rollback goes back to), staged with other options ({with}); \
+                     it is kept as it is: deploy another release first, then stage it again"
                 ),
             });
         }
@@ -725,11 +873,14 @@ impl Host {
                 ),
             });
         }
-        let dir = self.release_dir(id);
-        let doomed = self.releases_dir().join(format!(".pruning-{id}"));
-        fs::rename(&dir, &doomed).map_err(HostError::Fs)?;
-        fs::remove_dir_all(&doomed).map_err(HostError::Fs)?;
         Ok(None)
+    }
+}
+
+impl Staged {
+    /// A release that was already here: the input was not read past its head.
+    fn already(id: ReleaseId) -> Self {
+        Staged { id: Some(id), already: true, input_unread: true, ..Staged::default() }
     }
 }
 

@@ -158,6 +158,16 @@ impl Host {
             Ok(())
         })?;
         let (count, bytes) = head.manifest.file_totals();
+        // Every entry matched: record it, so a flip may take this release
+        // (one staged by an older ferry, or whose record was lost).
+        let record = super::stage::StagedCheck { id: *id, files: count, bytes };
+        let path = dir.join(super::stage::VERIFIED);
+        if fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).as_ref() != Some(&record) {
+            ferry_formats::atomic::write_atomic_mode(&path, 0o444, |f| {
+                io::Write::write_all(f, &serde_json::to_vec(&record).expect("a record serializes"))
+            })
+            .map_err(super::at(&path))?;
+        }
         Ok(Verified { id: *id, files: count, bytes })
     }
 }
