@@ -221,7 +221,7 @@ fn a_delta_that_gives_a_reused_content_another_size_is_refused() {
 }
 
 #[test]
-fn activate_refuses_a_release_without_a_record_that_it_was_verified_as_staged() {
+fn a_release_without_a_record_of_its_verified_stage_is_checked_at_its_flip_and_refused_if_it_does_not_match() {
     let t = tempdir();
     let (v1, files) = small("v1");
     let b1 = write_bundle(t.path(), &v1, &files);
@@ -230,20 +230,27 @@ fn activate_refuses_a_release_without_a_record_that_it_was_verified_as_staged() 
     let id = v1.id.to_hex();
     let record = deploy.join("releases").join(&id).join(".ferry/verified.json");
     assert!(record.exists(), "the stage records that it verified the release");
-    // As a release staged by an older ferry, or by hand, has none.
+    // As a release staged by an older ferry, or by hand, has none: it is
+    // checked now, and one whose files do not match is refused.
     fs::remove_file(&record).unwrap();
+    let main = deploy.join("releases").join(&id).join("app/main.py");
+    let mode = fs::metadata(&main).unwrap().permissions();
+    fs::set_permissions(&main, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    fs::write(&main, "print('changed by hand')\n").unwrap();
     let err = host(&deploy, &["activate", &id, "--env", "prod"]).fails(2);
     assert!(err.contains("it has no record that it was verified as staged"), "{err}");
-    assert!(err.contains(&format!("run `ferry host verify {id}`")), "{err}");
+    assert!(err.contains("does not match its manifest") && err.contains("app/main.py"), "{err}");
     assert!(!deploy.join("current").exists(), "current was made");
+    fs::write(&main, "print('v1')\n").unwrap();
+    fs::set_permissions(&main, mode).unwrap();
     // A record of another release is no record of this one.
     fs::write(&record, format!("{{\"id\":\"{}\",\"files\":3,\"bytes\":31}}", "ab".repeat(32))).unwrap();
     let err = host(&deploy, &["activate", &id, "--env", "prod"]).fails(2);
     assert!(err.contains("its record of a verified stage"), "{err}");
     fs::remove_file(&record).unwrap();
-    // `host verify` checks every file and records it; then the flip goes.
-    host(&deploy, &["verify", &id]).ok();
+    // Intact, it is checked on the way and flipped to, and recorded.
     host(&deploy, &["activate", &id, "--env", "prod"]).ok();
+    assert!(record.exists(), "the check on the way is recorded");
 }
 
 // ---------------------------------------------------------------------------

@@ -253,10 +253,13 @@ impl Host {
 }
 
 impl Host {
-    /// Refuses a release that has no record of having been checked entry
-    /// by entry (written by the stage that made it, or by `ferry host
-    /// verify`), or whose record is not of its manifest. Reading one small
-    /// file keeps a flip cheap; the hashing was done when it was staged.
+    /// Refuses a release whose record of having been checked entry by
+    /// entry (written by the stage that made it, or by `ferry host verify`)
+    /// is not of its manifest. Reading one small file keeps a flip cheap;
+    /// the hashing was done when it was staged. A release with no record
+    /// (staged by an older ferry, whose kept releases a rollback must still
+    /// reach) is checked entry by entry now, and refused if it does not
+    /// match its manifest.
     fn check_verified(&self, id: &ReleaseId, head: &ferry_formats::bundle::Head) -> Result<(), HostError> {
         let path = self.release_dir(id).join(super::stage::VERIFIED);
         let broken = |reason: String| HostError::Broken { id: *id, root: self.root.clone(), reason };
@@ -264,11 +267,14 @@ impl Host {
             Ok(bytes) => serde_json::from_slice::<super::stage::StagedCheck>(&bytes)
                 .map_err(|e| broken(format!("{} is not a record of a verified stage: {e}", path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(broken(format!(
-                    "it has no record that it was verified as staged ({} is missing: staged by an older ferry, \
-                     or by hand); run `ferry host verify {id}`, which checks every file and records it",
-                    path.display()
-                )))
+                return self.verify(id).map(drop).map_err(|e| {
+                    broken(format!(
+                        "it has no record that it was verified as staged ({} is missing: staged by an older ferry, \
+                         or by hand), and checked now, it does not match its manifest: {}",
+                        path.display(),
+                        error_chain(&e)
+                    ))
+                });
             }
             Err(e) => return Err(HostError::Fs(e)),
         };

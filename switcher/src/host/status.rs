@@ -83,7 +83,10 @@ impl Host {
                 })
                 .map(|r| r.time.clone())
         });
-        let programs = self.program_states();
+        let (programs, supervisord_down) = match self.program_states() {
+            Ok(programs) => (programs, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
         Ok(Status {
             deploy_to: self.root.display().to_string(),
             current,
@@ -91,8 +94,8 @@ impl Host {
             releases: releases.into_iter().map(|(_, r)| r).collect(),
             lock: self.holder()?,
             current_migrated,
-            programs: programs.clone().unwrap_or_default(),
-            supervisord_down: programs.err(),
+            programs,
+            supervisord_down,
         })
     }
 

@@ -149,11 +149,11 @@ impl Host {
 
     /// Each program's processes; `Err` with why when the host has programs
     /// and its supervisord does not answer (every program is down then).
-    pub fn program_states(&self) -> Result<Vec<ProcessInfo>, String> {
+    pub fn program_states(&self) -> Result<Vec<ProcessInfo>, SupervisorError> {
         if self.programs().map(|p| p.is_empty()).unwrap_or(true) {
             return Ok(Vec::new());
         }
-        self.supervisor().processes().map_err(|e| e.to_string())
+        self.supervisor().processes()
     }
 }
 
