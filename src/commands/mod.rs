@@ -6,6 +6,7 @@ mod delta;
 mod fleet;
 mod host;
 mod inspect;
+mod report;
 
 use std::io::BufReader;
 use std::path::PathBuf;
