@@ -11,6 +11,7 @@ use super::super::gates::{self, AnsweredBy, Gate};
 use super::super::report::{Down, HostStep, Observer, Outcome};
 use super::super::{Session, Stage};
 use crate::host::error_chain;
+use crate::host::supervisor::ProcessState;
 
 /// The stage's gates on the batch `range`, just flipped. A failed gate's
 /// evidence goes on the hosts it names and is returned.
@@ -149,10 +150,10 @@ fn tail(session: &mut dyn Session, program: Option<&str>) -> Vec<String> {
 pub(super) fn down(session: &mut dyn Session, processes: &[crate::host::supervisor::ProcessInfo]) -> Vec<Down> {
     processes
         .iter()
-        .filter(|p| p.state != "RUNNING")
+        .filter(|p| p.state != ProcessState::Running)
         .map(|p| Down {
             process: p.name.clone(),
-            state: p.state.clone(),
+            state: p.state.to_string(),
             description: if p.spawnerr.is_empty() { p.description.clone() } else { p.spawnerr.clone() },
             output: tail(session, Some(&p.name)).join(" / "),
         })
