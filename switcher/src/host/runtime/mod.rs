@@ -22,7 +22,7 @@ mod restart;
 mod setup;
 
 pub(crate) use hooks::run_bounded;
-pub use hooks::{HookRun, LogChunk};
+pub use hooks::{HookKind, HookRun, LogChunk};
 pub use restart::PortHolder;
 pub use setup::{config_safe, ConfigUnsafe, SetUp};
 
