@@ -104,7 +104,7 @@ pub fn build(spec: &BuildSpec, store: &Store, progress: &dyn Progress) -> Result
     let mut timings = Timings::default();
 
     let filter = Filter::new(&spec.include, &spec.exclude)
-        .map_err(|reason| BuildError::BadPath { path: spec.root.join("ferry.toml"), reason })?;
+        .map_err(|e| BuildError::BadPath { path: spec.root.join("ferry.toml"), reason: e.to_string() })?;
     for (kind, path) in &spec.components {
         let abs = spec.root.join(path.as_str());
         if fs::symlink_metadata(&abs).is_err() {

@@ -41,6 +41,17 @@ pub enum FoundKind {
     Symlink(String),
 }
 
+/// An include or exclude pattern that does not compile; the message quotes it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    /// The pattern is empty once its leading and trailing `/` are taken off.
+    #[error("pattern {pattern:?} is empty")]
+    Empty { pattern: String },
+    /// The pattern is not a valid glob.
+    #[error("pattern {pattern:?}: {reason}")]
+    BadGlob { pattern: String, reason: String },
+}
+
 /// Compiled include and exclude patterns.
 #[derive(Debug)]
 pub struct Filter {
@@ -57,7 +68,7 @@ struct Patterns {
 }
 
 impl Patterns {
-    fn new(patterns: &[String]) -> Result<Self, String> {
+    fn new(patterns: &[String]) -> Result<Self, PatternError> {
         let mut sets: [GlobSetBuilder; 4] = std::array::from_fn(|_| GlobSetBuilder::new());
         for p in patterns {
             let (body, dirs_only) = match p.strip_suffix('/') {
@@ -67,12 +78,12 @@ impl Patterns {
             let anchored = body.contains('/');
             let body = body.strip_prefix('/').unwrap_or(body);
             if body.is_empty() {
-                return Err(format!("pattern {p:?} is empty"));
+                return Err(PatternError::Empty { pattern: p.clone() });
             }
             let glob: Glob = GlobBuilder::new(body)
                 .literal_separator(true)
                 .build()
-                .map_err(|e| format!("pattern {p:?}: {}", e.kind()))?;
+                .map_err(|e| PatternError::BadGlob { pattern: p.clone(), reason: e.kind().to_string() })?;
             sets[usize::from(anchored) * 2 + usize::from(dirs_only)].add(glob);
         }
         let [a, b, c, d] = sets.map(|s| s.build().expect("globs were each checked"));
@@ -89,7 +100,7 @@ impl Patterns {
 
 impl Filter {
     /// Compiles the patterns; an invalid glob is an error that quotes it.
-    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, String> {
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, PatternError> {
         Ok(Self {
             exclude: Patterns::new(exclude)?,
             include: if include.is_empty() { None } else { Some(Patterns::new(include)?) },
@@ -317,6 +328,6 @@ mod tests {
     #[test]
     fn bad_glob_is_quoted() {
         let err = Filter::new(&[], &["a[".into()]).unwrap_err();
-        assert!(err.contains("pattern \"a[\""), "{err}");
+        assert!(err.to_string().contains("pattern \"a[\""), "{err}");
     }
 }

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{HostSpec, Session, Transport};
-use crate::host::runtime::{HookRun, LogChunk, PortHolder, Program, SetUp};
+use crate::host::runtime::{HookKind, HookRun, LogChunk, PortHolder, Program, SetUp};
 use crate::host::serve::{Reply, Request};
 use crate::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
 
@@ -239,10 +239,10 @@ impl Session for AgentSession {
         self.call(Request::Setup { service: service.to_owned(), programs: programs.to_vec() })
     }
 
-    fn hook(&mut self, id: &ReleaseId, name: &str, command: &str, timeout: Duration) -> Result<HookRun, HostError> {
+    fn hook(&mut self, id: &ReleaseId, kind: HookKind, command: &str, timeout: Duration) -> Result<HookRun, HostError> {
         self.call(Request::Hook {
             id: *id,
-            name: name.to_owned(),
+            name: kind,
             command: command.to_owned(),
             timeout_secs: timeout.as_secs().max(1),
         })

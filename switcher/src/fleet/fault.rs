@@ -14,7 +14,7 @@ use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
 
 use super::{HostSpec, Session, Transport};
-use crate::host::runtime::{HookRun, LogChunk, PortHolder, Program, SetUp};
+use crate::host::runtime::{HookKind, HookRun, LogChunk, PortHolder, Program, SetUp};
 use crate::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
 
 /// Where in a session a fault strikes.
@@ -136,8 +136,8 @@ impl Session for FaultySession {
     fn setup(&mut self, service: &str, programs: &[Program]) -> Result<SetUp, HostError> {
         self.inner.setup(service, programs)
     }
-    fn hook(&mut self, id: &ReleaseId, name: &str, command: &str, timeout: Duration) -> Result<HookRun, HostError> {
-        self.inner.hook(id, name, command, timeout)
+    fn hook(&mut self, id: &ReleaseId, kind: HookKind, command: &str, timeout: Duration) -> Result<HookRun, HostError> {
+        self.inner.hook(id, kind, command, timeout)
     }
     fn logs(
         &mut self,

@@ -129,32 +129,67 @@ impl HttpProbe {
     }
 
     /// One request: `Ok(status)` or why there was none.
-    pub fn get(&self, url: &str) -> Result<u16, String> {
+    pub fn get(&self, url: &str) -> Result<u16, NoAnswer> {
         let agent = ureq::AgentBuilder::new().timeout(self.timeout).build();
         match agent.get(url).call() {
             Ok(response) => Ok(response.status()),
             Err(ureq::Error::Status(code, _)) => Ok(code),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(NoAnswer { url: url.to_owned(), reason: e.to_string() }),
         }
     }
 
     /// Whether host `name` answers with the expected status within the
-    /// retries; the evidence either way.
-    pub fn check(&self, name: &str) -> Result<String, String> {
+    /// retries: the evidence when it does, the last try's failure when not.
+    pub fn check(&self, name: &str) -> Result<String, HttpGateError> {
         let url = self.url_for(name);
-        let mut last = String::new();
-        for attempt in 1..=self.retries.max(1) {
+        let tries = self.retries.max(1);
+        let mut last = None;
+        for attempt in 1..=tries {
             match self.get(&url) {
                 Ok(code) if code == self.status => return Ok(format!("{url} answered {code}")),
-                Ok(code) => last = format!("{url} answered {code}, not {}", self.status),
-                Err(e) => last = format!("{url}: {e}"),
+                Ok(code) => last = Some(HttpFailure::Status { url: url.clone(), got: code, want: self.status }),
+                Err(e) => last = Some(HttpFailure::NoAnswer(e)),
             }
             if attempt < self.retries {
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
-        Err(format!("{last} (after {} tries)", self.retries.max(1)))
+        let last = last.expect("at least one try");
+        Err(HttpGateError::Failed { last, tries })
     }
+}
+
+/// No answer to an HTTP request (a refused connection, a timeout, a bad
+/// URL): the message is the HTTP client's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct NoAnswer {
+    /// The URL asked.
+    pub url: String,
+    /// The HTTP client's words.
+    pub reason: String,
+}
+
+/// How one try of an http gate on a host failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpFailure {
+    /// An answer, with another status than the gate wants.
+    #[error("{url} answered {got}, not {want}")]
+    Status { url: String, got: u16, want: u16 },
+    /// No answer.
+    #[error("{url}: {reason}", url = .0.url, reason = .0.reason)]
+    NoAnswer(NoAnswer),
+}
+
+/// Why a host fails an http gate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpGateError {
+    /// Every try failed; the last one's failure.
+    #[error("{last} (after {tries} tries)")]
+    Failed { last: HttpFailure, tries: u32 },
+    /// The thread probing the host panicked.
+    #[error("the probe panicked")]
+    Panicked,
 }
 
 /// The address part of a host's name: `user@host:port` → `host`, with an
@@ -171,10 +206,10 @@ pub fn address_of(name: &str) -> String {
 
 impl HttpProbe {
     /// [`HttpProbe::check`] on every host of `names` at once, in order.
-    pub fn check_all(&self, names: &[String]) -> Vec<Result<String, String>> {
+    pub fn check_all(&self, names: &[String]) -> Vec<Result<String, HttpGateError>> {
         std::thread::scope(|scope| {
             let handles: Vec<_> = names.iter().map(|n| scope.spawn(move || self.check(n))).collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("the probe panicked".into()))).collect()
+            handles.into_iter().map(|h| h.join().unwrap_or(Err(HttpGateError::Panicked))).collect()
         })
     }
 }
@@ -245,7 +280,37 @@ pub fn sample_errors(
     })
 }
 
-/// The verdict on an error-rate sample: `Ok(evidence)` or `Err(evidence)`.
+/// Why the flipped hosts fail an errors gate; each message ends with the
+/// evidence, both samples.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ErrorsGateError {
+    /// Too few requests to the flipped hosts to judge.
+    #[error(
+        "inconclusive: {} requests to the flipped hosts, fewer than min_requests = {min_requests} (flipped hosts \
+         {flipped}, hosts not yet flipped {others})",
+        .flipped.requests
+    )]
+    Inconclusive { flipped: Sample, others: Sample, min_requests: usize },
+    /// The flipped hosts' rate is over the ceiling.
+    #[error(
+        "error rate {:.1}% over max_rate {:.1}% (flipped hosts {flipped}, hosts not yet flipped {others})",
+        .flipped.rate() * 100.0,
+        .max_rate * 100.0
+    )]
+    OverMaxRate { flipped: Sample, others: Sample, max_rate: f64 },
+    /// The flipped hosts' rate is over the unflipped hosts' by more than
+    /// `max_excess` and than chance explains (`z` over 1.645).
+    #[error(
+        "error rate {:.1}% over the unflipped hosts' {:.1}% + max_excess {:.1}% (z = {z:.2}) (flipped hosts \
+         {flipped}, hosts not yet flipped {others})",
+        .flipped.rate() * 100.0,
+        .others.rate() * 100.0,
+        .max_excess * 100.0
+    )]
+    OverOthers { flipped: Sample, others: Sample, max_excess: f64, z: f64 },
+}
+
+/// The verdict on an error-rate sample: `Ok(evidence)` or why it fails.
 /// The flipped hosts fail when their rate is over `max_rate`, or when it is
 /// over the unflipped hosts' by more than `max_excess` and by more than
 /// chance explains (a one-sided two-proportion z-test at 95%, with both
@@ -257,49 +322,51 @@ pub fn judge_errors(
     max_rate: f64,
     max_excess: f64,
     min_requests: usize,
-) -> Result<String, String> {
-    let evidence = format!("flipped hosts {flipped}, hosts not yet flipped {others}");
+) -> Result<String, ErrorsGateError> {
     if flipped.requests < min_requests {
-        return Err(format!(
-            "inconclusive: {} requests to the flipped hosts, fewer than min_requests = {min_requests} ({evidence})",
-            flipped.requests
-        ));
+        return Err(ErrorsGateError::Inconclusive { flipped, others, min_requests });
     }
     if flipped.rate() > max_rate {
-        return Err(format!(
-            "error rate {:.1}% over max_rate {:.1}% ({evidence})",
-            flipped.rate() * 100.0,
-            max_rate * 100.0
-        ));
+        return Err(ErrorsGateError::OverMaxRate { flipped, others, max_rate });
     }
     if others.requests >= min_requests && flipped.failures >= 5 && flipped.rate() > others.rate() + max_excess {
         let pooled = (flipped.failures + others.failures) as f64 / (flipped.requests + others.requests) as f64;
         let se = (pooled * (1.0 - pooled) * (1.0 / flipped.requests as f64 + 1.0 / others.requests as f64)).sqrt();
         let z = if se > 0.0 { (flipped.rate() - others.rate()) / se } else { 0.0 };
         if z > 1.645 {
-            return Err(format!(
-                "error rate {:.1}% over the unflipped hosts' {:.1}% + max_excess {:.1}% (z = {z:.2}) ({evidence})",
-                flipped.rate() * 100.0,
-                others.rate() * 100.0,
-                max_excess * 100.0
-            ));
+            return Err(ErrorsGateError::OverOthers { flipped, others, max_excess, z });
         }
     }
-    Ok(evidence)
+    Ok(format!("flipped hosts {flipped}, hosts not yet flipped {others}"))
 }
 
-/// Runs a controller-side command gate.
-pub fn run_command(run: &str, timeout: Duration, hosts: &[String], release: &str) -> Result<String, String> {
+/// Why a command gate fails.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandGateError {
+    /// `sh` could not be run.
+    #[error("cannot run sh -c {run:?}: {error}")]
+    Spawn { run: String, error: std::io::Error },
+    /// The command exited other than 0; `tail` is its last lines of output.
+    #[error("`{run}` exited with {status}: {tail}")]
+    Exited { run: String, status: std::process::ExitStatus, tail: String },
+    /// The command ran past its timeout and was killed.
+    #[error("`{run}` did not finish in {} s: {tail}", .timeout.as_secs())]
+    TimedOut { run: String, timeout: Duration, tail: String },
+}
+
+/// Runs a controller-side command gate: the evidence when it exits 0.
+pub fn run_command(run: &str, timeout: Duration, hosts: &[String], release: &str) -> Result<String, CommandGateError> {
     let mut sh = std::process::Command::new("sh");
     sh.arg("-c").arg(run).env("FERRY_HOSTS", hosts.join(" ")).env("FERRY_RELEASE", release);
-    let (status, output) =
-        crate::host::runtime::run_bounded(sh, timeout).map_err(|e| format!("cannot run sh -c {run:?}: {e}"))?;
+    let (status, output) = crate::host::runtime::run_bounded(sh, timeout)
+        .map_err(|error| CommandGateError::Spawn { run: run.to_owned(), error })?;
     let tail: Vec<&str> = output.lines().collect();
     let tail = tail[tail.len().saturating_sub(5)..].join(" / ");
+    let run = run.to_owned();
     match status {
         Some(s) if s.success() => Ok(format!("`{run}` exited 0")),
-        Some(s) => Err(format!("`{run}` exited with {s}: {tail}")),
-        None => Err(format!("`{run}` did not finish in {} s: {tail}", timeout.as_secs())),
+        Some(status) => Err(CommandGateError::Exited { run, status, tail }),
+        None => Err(CommandGateError::TimedOut { run, timeout, tail }),
     }
 }
 
@@ -319,15 +386,15 @@ mod tests {
     fn error_rates_are_judged_against_the_ceiling_the_others_and_the_sample_size() {
         let s = |requests, failures| Sample { requests, failures };
         assert!(judge_errors(s(100, 1), s(100, 1), 0.05, 0.02, 20).is_ok());
-        let too_high = judge_errors(s(100, 30), s(100, 0), 0.05, 0.02, 20).unwrap_err();
+        let too_high = judge_errors(s(100, 30), s(100, 0), 0.05, 0.02, 20).unwrap_err().to_string();
         assert!(too_high.starts_with("error rate 30.0% over max_rate 5.0%"), "{too_high}");
         // Under the ceiling, but well over what the old release does…
-        let worse = judge_errors(s(400, 16), s(400, 0), 0.05, 0.02, 20).unwrap_err();
+        let worse = judge_errors(s(400, 16), s(400, 0), 0.05, 0.02, 20).unwrap_err().to_string();
         assert!(worse.contains("over the unflipped hosts' 0.0% + max_excess 2.0% (z = 4."), "{worse}");
         // …unless chance explains it, or the others' sample is too small.
         assert!(judge_errors(s(50, 2), s(150, 0), 0.05, 0.02, 20).is_ok());
         assert!(judge_errors(s(400, 16), s(1, 0), 0.05, 0.02, 20).is_ok());
-        let few = judge_errors(s(5, 0), s(100, 0), 0.05, 0.02, 20).unwrap_err();
+        let few = judge_errors(s(5, 0), s(100, 0), 0.05, 0.02, 20).unwrap_err().to_string();
         assert!(few.starts_with("inconclusive: 5 requests"), "{few}");
     }
 }

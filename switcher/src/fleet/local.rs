@@ -13,7 +13,7 @@ use ferry_formats::ReleaseId;
 use fs_err as fs;
 
 use super::{HostSpec, Session, Transport};
-use crate::host::runtime::{HookRun, LogChunk, PortHolder, Program, SetUp};
+use crate::host::runtime::{HookKind, HookRun, LogChunk, PortHolder, Program, SetUp};
 use crate::host::{Flipped, Host, HostError, Lock, Pruned, StageOptions, Staged, Status};
 
 /// Reaches hosts that are directories.
@@ -86,9 +86,9 @@ impl Session for LocalSession {
         self.host.setup(service, programs)
     }
 
-    fn hook(&mut self, id: &ReleaseId, name: &str, command: &str, timeout: Duration) -> Result<HookRun, HostError> {
+    fn hook(&mut self, id: &ReleaseId, kind: HookKind, command: &str, timeout: Duration) -> Result<HookRun, HostError> {
         self.lock();
-        self.host.run_hook(id, name, command, timeout)
+        self.host.run_hook(id, kind, command, timeout)
     }
 
     fn logs(

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::host::runtime::{HookRun, LogChunk, PortHolder, Program, SetUp};
+use crate::host::runtime::{HookKind, HookRun, LogChunk, PortHolder, Program, SetUp};
 use ferry_formats::journal::Record;
 use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
@@ -87,7 +87,7 @@ pub trait Session: Send {
     /// Prepares the host for the service's programs (see [`Host::setup`](crate::host::Host::setup)).
     fn setup(&mut self, service: &str, programs: &[Program]) -> Result<SetUp, HostError>;
     /// Runs a hook in release `id` on the host.
-    fn hook(&mut self, id: &ReleaseId, name: &str, command: &str, timeout: Duration) -> Result<HookRun, HostError>;
+    fn hook(&mut self, id: &ReleaseId, kind: HookKind, command: &str, timeout: Duration) -> Result<HookRun, HostError>;
     /// The programs' logs (see [`Host::logs`](crate::host::Host::logs)).
     fn logs(
         &mut self,

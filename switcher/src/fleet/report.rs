@@ -52,6 +52,18 @@ impl HostStep {
     }
 }
 
+impl From<crate::host::runtime::HookKind> for HostStep {
+    /// The step a hook runs at.
+    fn from(kind: crate::host::runtime::HookKind) -> Self {
+        use crate::host::runtime::HookKind;
+        match kind {
+            HookKind::Migrate => HostStep::Migrate,
+            HookKind::BeforeFlip => HostStep::BeforeFlip,
+            HookKind::AfterFlip => HostStep::AfterFlip,
+        }
+    }
+}
+
 impl std::fmt::Display for HostStep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -60,7 +60,7 @@ pub enum Request {
     },
     Hook {
         id: ReleaseId,
-        name: String,
+        name: super::runtime::HookKind,
         command: String,
         timeout_secs: u64,
     },
@@ -172,7 +172,7 @@ fn answer(
         }
         Request::Setup { service, programs } => Reply::of(locked().and_then(|_| host.setup(&service, &programs))),
         Request::Hook { id, name, command, timeout_secs } => Reply::of(
-            locked().and_then(|_| host.run_hook(&id, &name, &command, std::time::Duration::from_secs(timeout_secs))),
+            locked().and_then(|_| host.run_hook(&id, name, &command, std::time::Duration::from_secs(timeout_secs))),
         ),
         Request::Logs { program, offsets, bytes } => Reply::of(host.logs(program.as_deref(), &offsets, bytes)),
         Request::Restart { id } => Reply::of(locked().and_then(|lock| host.restart(lock, &id))),

@@ -28,7 +28,7 @@ pub struct ProcessInfo {
     pub name: String,
     pub group: String,
     /// RUNNING, STARTING, BACKOFF, FATAL, EXITED, STOPPED…
-    pub state: String,
+    pub state: ProcessState,
     pub pid: u32,
     /// Seconds since the epoch it was started (0 if never).
     pub start: i64,
@@ -38,6 +38,71 @@ pub struct ProcessInfo {
     /// command '/srv/hello/current/venv/bin/gunicorn'"); empty when it could.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub spawnerr: String,
+}
+
+/// A process's state, as supervisord names it (`statename`), and as
+/// ferry's JSON and messages write it: the same uppercase word.
+///
+/// A name supervisord does not document (a newer supervisord's) reads as
+/// [`ProcessState::Unknown`], supervisord's own state for a process it
+/// cannot tell about: not running, like a stopped one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ProcessState {
+    /// Stopped, or never started.
+    Stopped,
+    /// Started, not yet up for its `startsecs`.
+    Starting,
+    /// Up past its `startsecs`.
+    Running,
+    /// It exited while starting; supervisord will try again.
+    Backoff,
+    /// Being stopped.
+    Stopping,
+    /// It exited after it was up.
+    Exited,
+    /// It could not be started, and supervisord gave up.
+    Fatal,
+    /// Any other name.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ProcessState {
+    /// supervisord's name for the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessState::Stopped => "STOPPED",
+            ProcessState::Starting => "STARTING",
+            ProcessState::Running => "RUNNING",
+            ProcessState::Backoff => "BACKOFF",
+            ProcessState::Stopping => "STOPPING",
+            ProcessState::Exited => "EXITED",
+            ProcessState::Fatal => "FATAL",
+            ProcessState::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// The state supervisord's `name` stands for; a name it does not
+    /// document is [`ProcessState::Unknown`].
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "STOPPED" => ProcessState::Stopped,
+            "STARTING" => ProcessState::Starting,
+            "RUNNING" => ProcessState::Running,
+            "BACKOFF" => ProcessState::Backoff,
+            "STOPPING" => ProcessState::Stopping,
+            "EXITED" => ProcessState::Exited,
+            "FATAL" => ProcessState::Fatal,
+            _ => ProcessState::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for ProcessState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A supervisord call that failed.
@@ -147,7 +212,14 @@ impl Supervisor {
                 .processes()?
                 .into_iter()
                 .filter(|p| {
-                    p.group == group && matches!(p.state.as_str(), "RUNNING" | "STOPPING" | "STARTING" | "BACKOFF")
+                    p.group == group
+                        && matches!(
+                            p.state,
+                            ProcessState::Running
+                                | ProcessState::Stopping
+                                | ProcessState::Starting
+                                | ProcessState::Backoff
+                        )
                 })
                 .collect();
             if up.is_empty() {
@@ -252,10 +324,36 @@ fn process_info(v: &Value) -> ProcessInfo {
     ProcessInfo {
         name: if group.is_empty() || group == name { name.clone() } else { format!("{group}:{name}") },
         group,
-        state: s("statename"),
+        state: ProcessState::from_name(&s("statename")),
         pid: u32::try_from(i("pid")).unwrap_or(0),
         start: i("start"),
         description: s("description"),
         spawnerr: s("spawnerr"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProcessState;
+
+    #[test]
+    fn states_are_supervisords_words_and_an_unknown_one_reads_as_unknown() {
+        for state in [
+            ProcessState::Stopped,
+            ProcessState::Starting,
+            ProcessState::Running,
+            ProcessState::Backoff,
+            ProcessState::Stopping,
+            ProcessState::Exited,
+            ProcessState::Fatal,
+            ProcessState::Unknown,
+        ] {
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{state}\""));
+            assert_eq!(serde_json::from_str::<ProcessState>(&json).unwrap(), state);
+            assert_eq!(ProcessState::from_name(state.as_str()), state);
+        }
+        assert_eq!(ProcessState::from_name("SLEEPING"), ProcessState::Unknown);
+        assert_eq!(serde_json::from_str::<ProcessState>("\"SLEEPING\"").unwrap(), ProcessState::Unknown);
     }
 }

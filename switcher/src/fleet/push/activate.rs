@@ -9,7 +9,7 @@ use super::super::connect::Connected;
 use super::super::report::{HostStep, Observer, Outcome};
 use super::super::Stage;
 use crate::host::error_chain;
-use crate::host::runtime::HookRun;
+use crate::host::runtime::{HookKind, HookRun};
 
 /// The host runs the release already, and the push leaves it as it is
 /// (unless `--force`).
@@ -48,7 +48,7 @@ pub(super) fn activate_one(
         return;
     }
     if let Some(command) = &hooks.before_flip {
-        if !run_hook(host, release, HostStep::BeforeFlip, command, hooks.timeout) {
+        if !run_hook(host, release, HookKind::BeforeFlip, command, hooks.timeout) {
             return;
         }
     }
@@ -77,24 +77,24 @@ pub(super) fn activate_one(
     if let Some(command) = &hooks.after_flip {
         // On failure the host is flipped: the revert takes it back with the others.
         let step = host.slot.report.step;
-        if run_hook(host, release, HostStep::AfterFlip, command, hooks.timeout) {
+        if run_hook(host, release, HookKind::AfterFlip, command, hooks.timeout) {
             host.slot.report.step = step;
         }
     }
 }
 
-/// Runs hook `step` (migrate, before_flip, after_flip) on the host: its run
-/// goes into the report; a failure fails the host at that step. Whether it
-/// succeeded.
+/// Runs hook `kind` on the host: its run goes into the report; a failure
+/// fails the host at the hook's step. Whether it succeeded.
 pub(super) fn run_hook(
     host: &mut Connected,
     release: &ReleaseId,
-    step: HostStep,
+    kind: HookKind,
     command: &str,
     timeout: std::time::Duration,
 ) -> bool {
+    let step = HostStep::from(kind);
     host.slot.report.step = step;
-    match host.session.hook(release, step.as_str(), command, timeout) {
+    match host.session.hook(release, kind, command, timeout) {
         Ok(run) if run.ok() => {
             host.slot.report.hooks.push(run);
             true

@@ -11,6 +11,7 @@ use super::super::gates::{self, AnsweredBy, Gate};
 use super::super::report::{Down, HostStep, Observer, Outcome};
 use super::super::{Session, Stage};
 use crate::host::error_chain;
+use crate::host::supervisor::ProcessState;
 
 /// The stage's gates on the batch `range`, just flipped. A failed gate's
 /// evidence goes on the hosts it names and is returned.
@@ -26,11 +27,11 @@ pub(super) fn check_gates(
     for gate in &rt.gates {
         let verdict: Result<String, String> = match gate {
             Gate::Http(probe) => {
-                let results: Vec<(usize, Result<String, String>)> =
+                let results: Vec<(usize, Result<String, gates::HttpGateError>)> =
                     range.clone().zip(probe.check_all(&batch)).collect();
                 let mut bad = Vec::new();
                 for (i, result) in results {
-                    let result = result.and_then(|ok| {
+                    let result = result.map_err(|e| e.to_string()).and_then(|ok| {
                         if rt.programs.is_empty() || probe.answered_by == AnsweredBy::Any {
                             return Ok(ok);
                         }
@@ -64,9 +65,11 @@ pub(super) fn check_gates(
                 let others: Vec<String> = hosts[range.end..].iter().map(|h| h.name().to_owned()).collect();
                 observer.note(&batch.join(","), "gate errors", &format!("watching for {} s", window.as_secs_f64()));
                 let (a, b) = gates::sample_errors(probe, &flipped, &others, *window, *interval);
-                gates::judge_errors(a, b, *max_rate, *max_excess, *min_requests)
+                gates::judge_errors(a, b, *max_rate, *max_excess, *min_requests).map_err(|e| e.to_string())
             }
-            Gate::Command { run, timeout } => gates::run_command(run, *timeout, &batch, &release.to_string()),
+            Gate::Command { run, timeout } => {
+                gates::run_command(run, *timeout, &batch, &release.to_string()).map_err(|e| e.to_string())
+            }
         };
         match verdict {
             Ok(evidence) => observer.note(&batch.join(","), &format!("gate {}", gate.name()), &evidence),
@@ -102,7 +105,7 @@ pub(super) fn recheck(stage: &Stage, hosts: &mut [Connected]) {
     for (i, result) in reverted.into_iter().zip(probe.check_all(&names)) {
         let host = &mut hosts[i];
         let url = probe.url_for(host.name());
-        let result = result.and_then(|ok| {
+        let result = result.map_err(|e| e.to_string()).and_then(|ok| {
             if programs && probe.answered_by == AnsweredBy::Programs {
                 answered_by_programs(host.session.as_mut(), &url, &stage.name)?;
             }
@@ -147,10 +150,10 @@ fn tail(session: &mut dyn Session, program: Option<&str>) -> Vec<String> {
 pub(super) fn down(session: &mut dyn Session, processes: &[crate::host::supervisor::ProcessInfo]) -> Vec<Down> {
     processes
         .iter()
-        .filter(|p| p.state != "RUNNING")
+        .filter(|p| p.state != ProcessState::Running)
         .map(|p| Down {
             process: p.name.clone(),
-            state: p.state.clone(),
+            state: p.state.to_string(),
             description: if p.spawnerr.is_empty() { p.description.clone() } else { p.spawnerr.clone() },
             output: tail(session, Some(&p.name)).join(" / "),
         })

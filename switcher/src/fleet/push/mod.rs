@@ -17,6 +17,7 @@ use super::gates::{AnsweredBy, Gate};
 use super::report::{Down, HostStep, Observer, Phases, Report, Shipped};
 use super::{batches, OnFailure, ReleaseSource, Stage, Transport};
 use crate::host::error_chain;
+use crate::host::runtime::HookKind;
 
 /// Pushes `release` to every host of `stage`: stage everywhere, then flip
 /// batch by batch; on a failure, stop and (by the stage's policy) flip back
@@ -77,7 +78,7 @@ pub fn push(
         let on = rt.hooks.migrate_on.as_ref().and_then(|name| hosts.iter().position(|h| h.name() == name));
         let host = &mut hosts[on.unwrap_or(plan.first().map_or(0, |r| r.start))];
         observer.note(&host.slot.spec.name, "migrate", command);
-        if !activate::run_hook(host, release, HostStep::Migrate, command, rt.hooks.timeout) {
+        if !activate::run_hook(host, release, HookKind::Migrate, command, rt.hooks.timeout) {
             observer.failed(&host.slot.spec.name, "migrate", host.slot.report.error.as_deref().unwrap_or_default());
             return end(hosts, phases);
         }

@@ -12,11 +12,49 @@ use super::runtime;
 use super::setup::env_file;
 use crate::host::{Host, HostError};
 
+/// Which hook: where in a push it runs. Written `migrate`, `before_flip`,
+/// `after_flip` (the keys of ferry.toml's `[hooks]`), on the agent's wire
+/// and in a report's `hooks[].name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookKind {
+    /// Once per push, on one host, before any flip; recorded in the
+    /// host's journal (a rollback past it is warned about).
+    Migrate,
+    /// On each host, before its flip.
+    BeforeFlip,
+    /// On each host, after its flip and restart.
+    AfterFlip,
+}
+
+impl HookKind {
+    /// The hook's name, as ferry.toml's `[hooks]` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::Migrate => "migrate",
+            HookKind::BeforeFlip => "before_flip",
+            HookKind::AfterFlip => "after_flip",
+        }
+    }
+}
+
+impl std::fmt::Display for HookKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Host {
-    /// Runs hook `name` (`sh -c command`) in release `id` (staged or live)
+    /// Runs hook `kind` (`sh -c command`) in release `id` (staged or live)
     /// with its environment's `config/active/env`, `FERRY_RELEASE` and
     /// `FERRY_DEPLOY_TO`; kills it (and its children) after `timeout`.
-    pub fn run_hook(&self, id: &ReleaseId, name: &str, command: &str, timeout: Duration) -> Result<HookRun, HostError> {
+    pub fn run_hook(
+        &self,
+        id: &ReleaseId,
+        kind: HookKind,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<HookRun, HostError> {
         let dir = self.release_dir(id);
         if !dir.is_dir() {
             return Err(HostError::NoRelease { id: *id, root: self.root().to_owned() });
@@ -30,17 +68,17 @@ impl Host {
             .env("FERRY_RELEASE", id.to_string())
             .env("FERRY_DEPLOY_TO", self.root());
         let (status, output) =
-            run_bounded(sh, timeout).map_err(|e| HostError::Input(format!("hook {name}: cannot run sh: {e}")))?;
+            run_bounded(sh, timeout).map_err(|e| HostError::Input(format!("hook {kind}: cannot run sh: {e}")))?;
         let lines: Vec<&str> = output.lines().collect();
         let output = lines[lines.len().saturating_sub(200)..].join("\n");
         let run = HookRun {
-            name: name.to_owned(),
+            name: kind,
             exit: status.and_then(|s| s.code()),
             timed_out: status.is_none(),
             seconds: start.elapsed().as_secs_f64(),
             output,
         };
-        if name == "migrate" {
+        if let HookKind::Migrate = kind {
             // A later rollback past this release is warned about.
             let mut record = Record::now(crate::host::whoami(), Action::Migrate, self.current()?, Some(*id));
             if !run.ok() {
@@ -84,7 +122,8 @@ impl Host {
 /// What a hook did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HookRun {
-    pub name: String,
+    /// Which hook it was (its name in the JSON).
+    pub name: HookKind,
     /// Its exit code; `None` when it was killed (by its timeout, or a signal).
     pub exit: Option<i32>,
     pub timed_out: bool,
@@ -146,4 +185,20 @@ pub(crate) fn run_bounded(
     log.rewind()?;
     let _ = log.take(1 << 20).read_to_string(&mut output);
     Ok((status, output))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HookKind;
+
+    #[test]
+    fn hook_kinds_are_written_as_ferry_toml_names_them() {
+        for (kind, name) in
+            [(HookKind::Migrate, "migrate"), (HookKind::BeforeFlip, "before_flip"), (HookKind::AfterFlip, "after_flip")]
+        {
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{name}\""));
+            assert_eq!(serde_json::from_str::<HookKind>(&format!("\"{name}\"")).unwrap(), kind);
+            assert_eq!(kind.to_string(), name);
+        }
+    }
 }

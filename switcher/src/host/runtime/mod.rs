@@ -22,9 +22,9 @@ mod restart;
 mod setup;
 
 pub(crate) use hooks::run_bounded;
-pub use hooks::{HookRun, LogChunk};
+pub use hooks::{HookKind, HookRun, LogChunk};
 pub use restart::PortHolder;
-pub use setup::{config_safe, SetUp};
+pub use setup::{config_safe, ConfigUnsafe, SetUp};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

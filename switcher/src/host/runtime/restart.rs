@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::setup::{write_if_changed, PRIVATE};
 use super::{group, runtime, Program, Restart, RuntimeError, NOT_RUNNING};
 use crate::host::procs;
-use crate::host::supervisor::{ProcessInfo, Supervisor};
+use crate::host::supervisor::{ProcessInfo, ProcessState, Supervisor};
 use crate::host::{error_chain, Host, HostError};
 
 impl Host {
@@ -72,7 +72,7 @@ impl Host {
             match &p.restart {
                 Restart::Signal(signal)
                     if how != TakeUp::StopStart
-                        && group(&supervisor, &p.name)?.iter().all(|i| i.state == "RUNNING") =>
+                        && group(&supervisor, &p.name)?.iter().all(|i| i.state == ProcessState::Running) =>
                 {
                     let before: Vec<(String, u32)> =
                         group(&supervisor, &p.name)?.into_iter().map(|i| (i.name, i.pid)).collect();
@@ -181,9 +181,13 @@ impl Host {
                     return Err(self.not_running(supervisor, &bad));
                 }
             }
-            let failed =
-                processes.iter().find(|i| matches!(i.state.as_str(), "FATAL" | "EXITED" | "STOPPED" | "UNKNOWN"));
-            let up = !processes.is_empty() && processes.iter().all(|i| i.state == "RUNNING" && i.pid != 0);
+            let failed = processes.iter().find(|i| {
+                matches!(
+                    i.state,
+                    ProcessState::Fatal | ProcessState::Exited | ProcessState::Stopped | ProcessState::Unknown
+                )
+            });
+            let up = !processes.is_empty() && processes.iter().all(|i| i.state == ProcessState::Running && i.pid != 0);
             if let Some(bad) = failed.filter(|_| !up) {
                 return Err(self.not_running(supervisor, bad));
             }
@@ -191,7 +195,7 @@ impl Host {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                let worst = processes.into_iter().find(|i| i.state != "RUNNING");
+                let worst = processes.into_iter().find(|i| i.state != ProcessState::Running);
                 return Err(match worst {
                     Some(bad) => self.not_running(supervisor, &bad),
                     None => runtime(RuntimeError::NotRunning {
@@ -243,7 +247,7 @@ impl Host {
         let errors = errors.split_off(errors.len().saturating_sub(3));
         runtime(RuntimeError::NotRunning {
             program: bad.name.clone(),
-            state: bad.state.clone(),
+            state: bad.state.to_string(),
             description: bad.description.clone(),
             spawnerr: bad.spawnerr.clone(),
             errors,

@@ -193,18 +193,35 @@ impl Host {
     }
 }
 
+/// Why supervisord's config cannot carry a value as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigUnsafe {
+    /// A newline or carriage return: supervisord's ini reader knows none in a value.
+    #[error("a newline cannot be in supervisord's config")]
+    Newline,
+    /// `" ;"`, `" #"` (or with a tab): the ini reader cuts the line there.
+    #[error("{comment:?} would start a comment in supervisord's config, cutting the rest")]
+    Comment {
+        /// The comment character, `;` or `#`.
+        comment: &'static str,
+    },
+    /// An environment value with both `"` and `'`.
+    #[error("an environment value cannot hold both kinds of quote in supervisord's config")]
+    BothQuotes,
+}
+
 /// Whether supervisord's config can carry `value` as written: its ini
 /// reader cuts a line at " ;" or " #" (a comment) and knows no newline in
 /// a value; an environment value may hold one kind of quote, not both.
-pub fn config_safe(value: &str, quoted: bool) -> Result<(), String> {
+pub fn config_safe(value: &str, quoted: bool) -> Result<(), ConfigUnsafe> {
     if value.contains('\n') || value.contains('\r') {
-        return Err("a newline cannot be in supervisord's config".into());
+        return Err(ConfigUnsafe::Newline);
     }
     if let Some(at) = [" ;", " #", "\t;", "\t#"].iter().find(|c| value.contains(**c)) {
-        return Err(format!("{:?} would start a comment in supervisord's config, cutting the rest", at.trim()));
+        return Err(ConfigUnsafe::Comment { comment: at.trim() });
     }
     if quoted && value.contains('"') && value.contains('\'') {
-        return Err("an environment value cannot hold both kinds of quote in supervisord's config".into());
+        return Err(ConfigUnsafe::BothQuotes);
     }
     Ok(())
 }
