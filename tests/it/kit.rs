@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use fs_err as fs;
+use serde_json::Value;
 
 /// The `ferry` binary under test.
 pub fn ferry_bin() -> &'static str {
@@ -221,4 +222,139 @@ pub(crate) fn pypi_gunicorn_venv(dir: &Path) {
         .arg(format!("gunicorn=={PYPI_GUNICORN}"))
         .env("PIP_NO_INPUT", "1"));
     assert_eq!(r.code, 0, "pip install gunicorn=={PYPI_GUNICORN} from {} failed: {}", wheels.display(), r.stderr);
+}
+
+// ---------------------------------------------------------------------------
+// The on-host side: `ferry host` on a directory, and what it leaves there
+
+/// The mtime every release file gets on a host (1980-01-01, as in the bundle).
+pub const NORMALIZED_MTIME: i64 = 315_532_800;
+
+/// `ferry host --deploy-to <dir>`.
+pub fn host_cmd(dir: &Path) -> Command {
+    let mut c = ferry_cmd();
+    c.arg("host").arg("--deploy-to").arg(dir);
+    c
+}
+
+/// `ferry host --deploy-to <dir> <args>`, to completion.
+pub fn host(dir: &Path, args: &[&str]) -> Run {
+    run(host_cmd(dir).args(args))
+}
+
+/// `ferry host --deploy-to <dir> <args>` with `input` on stdin.
+pub fn host_stdin(dir: &Path, args: &[&str], input: &Path) -> Run {
+    let file = fs::File::open(input).unwrap().into_file();
+    let out = host_cmd(dir).args(args).stdin(file).output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Builds the project's tree as `version` and returns the release id.
+#[track_caller]
+pub fn build(p: &Project, version: &str) -> String {
+    let id = p.ferry(["build", "--quiet", "--version", version]).ok().stdout.trim().to_owned();
+    assert_eq!(id.len(), 64, "not a release id: {id:?}");
+    id
+}
+
+pub fn bundle(p: &Project, id: &str) -> PathBuf {
+    p.store.path().join("bundles").join(format!("{id}.tar.zst"))
+}
+
+/// `ferry delta FROM TO`: the delta's path.
+#[track_caller]
+pub fn delta(p: &Project, from: &str, to: &str) -> PathBuf {
+    PathBuf::from(p.ferry(["delta", from, to]).ok().stdout.trim())
+}
+
+pub fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+pub fn read(path: impl AsRef<Path>) -> String {
+    fs::read_to_string(path.as_ref()).unwrap()
+}
+
+/// The id `current` points at, if it exists; panics unless it is `releases/<id>`.
+pub fn current(dir: &Path) -> Option<String> {
+    let link = fs::read_link(dir.join("current")).ok()?;
+    let text = link.to_str().unwrap();
+    let id = text.strip_prefix("releases/").unwrap_or_else(|| panic!("current -> {text}, not releases/<id>"));
+    Some(id.to_owned())
+}
+
+/// Every name in `releases/`, sorted.
+pub fn release_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match fs::read_dir(dir.join("releases")) {
+        Ok(d) => d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => vec![],
+    };
+    names.sort();
+    names
+}
+
+/// What killed or failed processes may leave: staging and pruning
+/// directories, temporary files beside `current`.
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    let mut left: Vec<String> = release_names(dir).into_iter().filter(|n| n.starts_with('.')).collect();
+    if let Ok(d) = fs::read_dir(dir) {
+        left.extend(
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(".tmp-")),
+        );
+    }
+    left
+}
+
+/// The journal's records.
+pub fn journal(dir: &Path) -> Vec<Value> {
+    read(dir.join(".ferry/journal")).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Writes `config/<env>/settings.json` of the sample project, saying `n`.
+pub fn settings(p: &Project, n: u32) {
+    p.write("config/staging/settings.json", format!("{{\"v\": {n}}}\n"))
+        .write("config/production/settings.json", format!("{{\"v\": {n}, \"prod\": true}}\n"));
+}
+
+/// Stops the supervisord (and so the programs) of every host under a local
+/// fleet's directory when dropped.
+pub struct StopSupervisors(pub PathBuf);
+
+impl Drop for StopSupervisors {
+    fn drop(&mut self) {
+        let Ok(hosts) = fs::read_dir(&self.0) else { return };
+        for host in hosts.flatten() {
+            let pidfile = host.path().join("srv/hello/.ferry/supervisord.pid");
+            if let Ok(pid) = fs::read_to_string(&pidfile) {
+                let _ = Command::new("kill").arg(pid.trim()).status();
+            }
+        }
+    }
+}
+
+/// A copy of fixtures/example (the embedded default: four local hosts) with
+/// its virtualenv, and a store of its own.
+pub fn example_project() -> Project {
+    let p = Project { dir: tempdir(), store: tempdir() };
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/example");
+    sh(&format!("cp -r {}/. {}", fixture.display(), p.root().display()));
+    // Debian's interpreter, whose site sees Debian's gunicorn package (the
+    // program runs `venv/bin/python -m gunicorn`): offline, as the quickstart.
+    let r = run(Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--system-site-packages", "--without-pip"])
+        .arg(p.path("venv")));
+    assert_eq!(r.code, 0, "/usr/bin/python3 -m venv failed (scripts/test installs python3-venv): {}", r.stderr);
+    p
+}
+
+/// Asserts a failed stage of `target` left nothing, and `current` is `cur`.
+#[track_caller]
+pub fn nothing_left(dir: &Path, target: &str, cur: &str, what: &str) {
+    assert!(!dir.join("releases").join(target).exists(), "{what}: releases/{target} exists");
+    assert!(leftovers(dir).is_empty(), "{what}: left {:?}", leftovers(dir));
+    assert_eq!(current(dir).as_deref(), Some(cur), "{what}: current moved");
 }

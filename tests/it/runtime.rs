@@ -9,7 +9,7 @@ use std::time::Duration;
 use fs_err as fs;
 use serde_json::Value;
 
-use crate::host::example_project;
+use crate::kit::example_project;
 use crate::kit::{ferry_bin, Project};
 use crate::testhosts::TestHosts;
 
