@@ -3,7 +3,7 @@
 
 use fs_err as fs;
 
-use crate::kit::{sample_project, Project};
+use crate::kit::{build, sample_project, Project};
 
 /// The sample project with a local stage `web` of `hosts` (under fleet/).
 fn fleet(hosts: &[&str], extra: &str) -> Project {
@@ -23,11 +23,6 @@ fn fleet(hosts: &[&str], extra: &str) -> Project {
 fn current(p: &Project, host: &str) -> String {
     let link = fs::read_link(p.path(&format!("fleet/{host}/srv/shop/current"))).unwrap();
     link.to_str().unwrap().trim_start_matches("releases/").to_owned()
-}
-
-/// Builds the tree as it is, labelled `version`; its id.
-fn build(p: &Project, version: &str) -> String {
-    p.build(&["--version", version])["id"].as_str().unwrap().to_owned()
 }
 
 #[test]

@@ -4,6 +4,9 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use ferry_formats::ReleaseId;
+use ferry_switcher::fleet::{HostSpec, OnFailure, Stage, Step};
+use ferry_switcher::host::StageOptions;
 use fs_err as fs;
 use serde_json::Value;
 
@@ -253,12 +256,36 @@ pub fn host_stdin(dir: &Path, args: &[&str], input: &Path) -> Run {
     }
 }
 
-/// Builds the project's tree as `version` and returns the release id.
+/// Builds the project's tree as `version` and returns the release id: the
+/// one `build` of the suites (the `--json` report's is [`Project::build`]).
 #[track_caller]
 pub fn build(p: &Project, version: &str) -> String {
     let id = p.ferry(["build", "--quiet", "--version", version]).ok().stdout.trim().to_owned();
     assert_eq!(id.len(), 64, "not a release id: {id:?}");
     id
+}
+
+/// [`build`], as the switcher's [`ReleaseId`], for the tests that drive
+/// `ferry_switcher::fleet` in process.
+#[track_caller]
+pub fn build_id(p: &Project, version: &str) -> ReleaseId {
+    build(p, version).parse().unwrap()
+}
+
+/// The stage the in-process fleet tests push to: `hosts`, in batches of
+/// 1, 50% and 100%, for the staging environment, reverting on failure.
+pub fn stage(name: &str, hosts: Vec<HostSpec>) -> Stage {
+    Stage {
+        name: name.into(),
+        hosts,
+        strategy: ["1", "50%", "100%"].iter().map(|s| s.parse::<Step>().unwrap()).collect(),
+        options: StageOptions { env: Some("staging".into()), ..StageOptions::default() },
+        keep_releases: 5,
+        max_parallel: 4,
+        on_failure: OnFailure::Revert,
+        runtime: Default::default(),
+        force: false,
+    }
 }
 
 pub fn bundle(p: &Project, id: &str) -> PathBuf {
