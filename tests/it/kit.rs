@@ -194,6 +194,21 @@ pub fn sample_project() -> Project {
     p
 }
 
+/// The sample project with a local stage `web` of `hosts` (under fleet/).
+pub fn local_stage(hosts: &[&str], extra: &str) -> Project {
+    let p = sample_project();
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    let list: Vec<String> = hosts.iter().map(|h| format!("\"fleet/{h}\"")).collect();
+    p.write(
+        "ferry.toml",
+        format!(
+            "{toml}\n[release]\nexclude = [\"fleet/\"]\n\n[stages.web]\nhosts = [{}]\nenv = \"staging\"\n{extra}",
+            list.join(", ")
+        ),
+    );
+    p
+}
+
 /// The gunicorn of [`pypi_gunicorn_venv`]; scripts/test downloads this
 /// version's wheel and says why it is pinned. Change both together.
 pub(crate) const PYPI_GUNICORN: &str = "27.0.1";

@@ -13,6 +13,7 @@ mod local_fleet;
 mod read;
 mod rsync;
 mod runtime;
+mod snapshots;
 mod source;
 mod ssh;
 mod stages;
