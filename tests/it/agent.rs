@@ -7,11 +7,11 @@ use std::process::Command;
 
 use ferry_builder::Store;
 use ferry_formats::ReleaseId;
-use ferry_switcher::fleet::{self, Agent, HostSpec, OnFailure, Quiet, Shipped, Stage, Step};
-use ferry_switcher::host::{Host, StageOptions};
+use ferry_switcher::fleet::{self, Agent, HostSpec, Quiet, Shipped, Stage};
+use ferry_switcher::host::Host;
 use fs_err as fs;
 
-use crate::kit::{ferry_bin, sample_project, tempdir, Project};
+use crate::kit::{self, build_id, ferry_bin, sample_project, tempdir, Project};
 use crate::source::Source;
 
 fn agent() -> Agent<impl Fn(&HostSpec) -> Command + Sync> {
@@ -23,23 +23,9 @@ fn agent() -> Agent<impl Fn(&HostSpec) -> Command + Sync> {
 }
 
 fn stage(root: &Path, hosts: usize) -> Stage {
-    Stage {
-        name: "agents".into(),
-        hosts: (1..=hosts)
-            .map(|i| HostSpec { name: format!("web{i}"), deploy_to: root.join(format!("web{i}/srv/shop")) })
-            .collect(),
-        strategy: ["1", "50%", "100%"].iter().map(|s| s.parse::<Step>().unwrap()).collect(),
-        options: StageOptions { env: Some("staging".into()), ..StageOptions::default() },
-        keep_releases: 5,
-        max_parallel: 4,
-        on_failure: OnFailure::Revert,
-        runtime: Default::default(),
-        force: false,
-    }
-}
-
-fn build(p: &Project, version: &str) -> ReleaseId {
-    p.build(&["--version", version])["id"].as_str().unwrap().parse().unwrap()
+    let specs =
+        (1..=hosts).map(|i| HostSpec { name: format!("web{i}"), deploy_to: root.join(format!("web{i}/srv/shop")) });
+    kit::stage("agents", specs.collect())
 }
 
 fn currents(stage: &Stage) -> Vec<Option<ReleaseId>> {
@@ -52,13 +38,13 @@ fn a_push_through_agent_sessions_ships_bundles_then_deltas_and_rolls_back() {
     let hosts = tempdir();
     let stage = stage(hosts.path(), 3);
     let source = Source(Store::new(p.store.path()));
-    let v1 = build(&p, "v1");
+    let v1 = build_id(&p, "v1");
     let report = fleet::push(&stage, &agent(), &source, &v1, &Quiet);
     assert!(report.ok, "{report:#?}");
     assert!(report.hosts.iter().all(|h| h.shipped == Shipped::Bundle));
 
     p.write("app/main.py", "print('shop v2')\n");
-    let v2 = build(&p, "v2");
+    let v2 = build_id(&p, "v2");
     let report = fleet::push(&stage, &agent(), &source, &v2, &Quiet);
     assert!(report.ok, "{report:#?}");
     assert!(report.hosts.iter().all(|h| h.shipped == Shipped::Delta), "{report:#?}");
@@ -75,7 +61,7 @@ fn a_push_through_agent_sessions_ships_bundles_then_deltas_and_rolls_back() {
     // session, and get rsync deltas to v3.
     fs::remove_file(source.0.bundle_path(&v1)).unwrap();
     p.write("app/main.py", "print('shop v3')\n");
-    let v3 = build(&p, "v3");
+    let v3 = build_id(&p, "v3");
     let report = fleet::push(&stage, &agent(), &source, &v3, &Quiet);
     assert!(report.ok, "{report:#?}");
     assert!(report.hosts.iter().all(|h| h.shipped == Shipped::Rsync), "{report:#?}");
@@ -88,7 +74,7 @@ fn a_session_refused_by_the_lock_names_its_holder_and_a_bad_payload_leaves_the_s
     let hosts = tempdir();
     let stage = stage(hosts.path(), 1);
     let spec = &stage.hosts[0];
-    let v1 = build(&p, "v1");
+    let v1 = build_id(&p, "v1");
     let first = fleet::Transport::connect(&agent(), spec, Some("ferry push agents (first)")).unwrap();
     let err = fleet::Transport::connect(&agent(), spec, Some("ferry push agents (second)")).err().unwrap();
     assert!(err.to_string().contains("is locked by `ferry push agents (first)`"), "{err}");

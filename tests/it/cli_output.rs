@@ -3,31 +3,11 @@
 
 use fs_err as fs;
 
-use crate::kit::{sample_project, Project};
-
-/// The sample project with a local stage `web` of `hosts` (under fleet/).
-fn fleet(hosts: &[&str], extra: &str) -> Project {
-    let p = sample_project();
-    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
-    let list: Vec<String> = hosts.iter().map(|h| format!("\"fleet/{h}\"")).collect();
-    p.write(
-        "ferry.toml",
-        format!(
-            "{toml}\n[release]\nexclude = [\"fleet/\"]\n\n[stages.web]\nhosts = [{}]\nenv = \"staging\"\n{extra}",
-            list.join(", ")
-        ),
-    );
-    p
-}
+use crate::kit::{build, local_stage as fleet, Project};
 
 fn current(p: &Project, host: &str) -> String {
     let link = fs::read_link(p.path(&format!("fleet/{host}/srv/shop/current"))).unwrap();
     link.to_str().unwrap().trim_start_matches("releases/").to_owned()
-}
-
-/// Builds the tree as it is, labelled `version`; its id.
-fn build(p: &Project, version: &str) -> String {
-    p.build(&["--version", version])["id"].as_str().unwrap().to_owned()
 }
 
 #[test]

@@ -4,7 +4,11 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use ferry_formats::ReleaseId;
+use ferry_switcher::fleet::{HostSpec, OnFailure, Stage, Step};
+use ferry_switcher::host::StageOptions;
 use fs_err as fs;
+use serde_json::Value;
 
 /// The `ferry` binary under test.
 pub fn ferry_bin() -> &'static str {
@@ -190,6 +194,21 @@ pub fn sample_project() -> Project {
     p
 }
 
+/// The sample project with a local stage `web` of `hosts` (under fleet/).
+pub fn local_stage(hosts: &[&str], extra: &str) -> Project {
+    let p = sample_project();
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    let list: Vec<String> = hosts.iter().map(|h| format!("\"fleet/{h}\"")).collect();
+    p.write(
+        "ferry.toml",
+        format!(
+            "{toml}\n[release]\nexclude = [\"fleet/\"]\n\n[stages.web]\nhosts = [{}]\nenv = \"staging\"\n{extra}",
+            list.join(", ")
+        ),
+    );
+    p
+}
+
 /// The gunicorn of [`pypi_gunicorn_venv`]; scripts/test downloads this
 /// version's wheel and says why it is pinned. Change both together.
 pub(crate) const PYPI_GUNICORN: &str = "27.0.1";
@@ -221,4 +240,163 @@ pub(crate) fn pypi_gunicorn_venv(dir: &Path) {
         .arg(format!("gunicorn=={PYPI_GUNICORN}"))
         .env("PIP_NO_INPUT", "1"));
     assert_eq!(r.code, 0, "pip install gunicorn=={PYPI_GUNICORN} from {} failed: {}", wheels.display(), r.stderr);
+}
+
+// ---------------------------------------------------------------------------
+// The on-host side: `ferry host` on a directory, and what it leaves there
+
+/// The mtime every release file gets on a host (1980-01-01, as in the bundle).
+pub const NORMALIZED_MTIME: i64 = 315_532_800;
+
+/// `ferry host --deploy-to <dir>`.
+pub fn host_cmd(dir: &Path) -> Command {
+    let mut c = ferry_cmd();
+    c.arg("host").arg("--deploy-to").arg(dir);
+    c
+}
+
+/// `ferry host --deploy-to <dir> <args>`, to completion.
+pub fn host(dir: &Path, args: &[&str]) -> Run {
+    run(host_cmd(dir).args(args))
+}
+
+/// `ferry host --deploy-to <dir> <args>` with `input` on stdin.
+pub fn host_stdin(dir: &Path, args: &[&str], input: &Path) -> Run {
+    let file = fs::File::open(input).unwrap().into_file();
+    let out = host_cmd(dir).args(args).stdin(file).output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Builds the project's tree as `version` and returns the release id: the
+/// one `build` of the suites (the `--json` report's is [`Project::build`]).
+#[track_caller]
+pub fn build(p: &Project, version: &str) -> String {
+    let id = p.ferry(["build", "--quiet", "--version", version]).ok().stdout.trim().to_owned();
+    assert_eq!(id.len(), 64, "not a release id: {id:?}");
+    id
+}
+
+/// [`build`], as the switcher's [`ReleaseId`], for the tests that drive
+/// `ferry_switcher::fleet` in process.
+#[track_caller]
+pub fn build_id(p: &Project, version: &str) -> ReleaseId {
+    build(p, version).parse().unwrap()
+}
+
+/// The stage the in-process fleet tests push to: `hosts`, in batches of
+/// 1, 50% and 100%, for the staging environment, reverting on failure.
+pub fn stage(name: &str, hosts: Vec<HostSpec>) -> Stage {
+    Stage {
+        name: name.into(),
+        hosts,
+        strategy: ["1", "50%", "100%"].iter().map(|s| s.parse::<Step>().unwrap()).collect(),
+        options: StageOptions { env: Some("staging".into()), ..StageOptions::default() },
+        keep_releases: 5,
+        max_parallel: 4,
+        on_failure: OnFailure::Revert,
+        runtime: Default::default(),
+        force: false,
+    }
+}
+
+pub fn bundle(p: &Project, id: &str) -> PathBuf {
+    p.store.path().join("bundles").join(format!("{id}.tar.zst"))
+}
+
+/// `ferry delta FROM TO`: the delta's path.
+#[track_caller]
+pub fn delta(p: &Project, from: &str, to: &str) -> PathBuf {
+    PathBuf::from(p.ferry(["delta", from, to]).ok().stdout.trim())
+}
+
+pub fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+pub fn read(path: impl AsRef<Path>) -> String {
+    fs::read_to_string(path.as_ref()).unwrap()
+}
+
+/// The id `current` points at, if it exists; panics unless it is `releases/<id>`.
+pub fn current(dir: &Path) -> Option<String> {
+    let link = fs::read_link(dir.join("current")).ok()?;
+    let text = link.to_str().unwrap();
+    let id = text.strip_prefix("releases/").unwrap_or_else(|| panic!("current -> {text}, not releases/<id>"));
+    Some(id.to_owned())
+}
+
+/// Every name in `releases/`, sorted.
+pub fn release_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match fs::read_dir(dir.join("releases")) {
+        Ok(d) => d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => vec![],
+    };
+    names.sort();
+    names
+}
+
+/// What killed or failed processes may leave: staging and pruning
+/// directories, temporary files beside `current`.
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    let mut left: Vec<String> = release_names(dir).into_iter().filter(|n| n.starts_with('.')).collect();
+    if let Ok(d) = fs::read_dir(dir) {
+        left.extend(
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(".tmp-")),
+        );
+    }
+    left
+}
+
+/// The journal's records.
+pub fn journal(dir: &Path) -> Vec<Value> {
+    read(dir.join(".ferry/journal")).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Writes `config/<env>/settings.json` of the sample project, saying `n`.
+pub fn settings(p: &Project, n: u32) {
+    p.write("config/staging/settings.json", format!("{{\"v\": {n}}}\n"))
+        .write("config/production/settings.json", format!("{{\"v\": {n}, \"prod\": true}}\n"));
+}
+
+/// Stops the supervisord (and so the programs) of every host under a local
+/// fleet's directory when dropped.
+pub struct StopSupervisors(pub PathBuf);
+
+impl Drop for StopSupervisors {
+    fn drop(&mut self) {
+        let Ok(hosts) = fs::read_dir(&self.0) else { return };
+        for host in hosts.flatten() {
+            let pidfile = host.path().join("srv/hello/.ferry/supervisord.pid");
+            if let Ok(pid) = fs::read_to_string(&pidfile) {
+                let _ = Command::new("kill").arg(pid.trim()).status();
+            }
+        }
+    }
+}
+
+/// A copy of fixtures/example (the embedded default: four local hosts) with
+/// its virtualenv, and a store of its own.
+pub fn example_project() -> Project {
+    let p = Project { dir: tempdir(), store: tempdir() };
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/example");
+    sh(&format!("cp -r {}/. {}", fixture.display(), p.root().display()));
+    // Debian's interpreter, whose site sees Debian's gunicorn package (the
+    // program runs `venv/bin/python -m gunicorn`): offline, as the quickstart.
+    let r = run(Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--system-site-packages", "--without-pip"])
+        .arg(p.path("venv")));
+    assert_eq!(r.code, 0, "/usr/bin/python3 -m venv failed (scripts/test installs python3-venv): {}", r.stderr);
+    p
+}
+
+/// Asserts a failed stage of `target` left nothing, and `current` is `cur`.
+#[track_caller]
+pub fn nothing_left(dir: &Path, target: &str, cur: &str, what: &str) {
+    assert!(!dir.join("releases").join(target).exists(), "{what}: releases/{target} exists");
+    assert!(leftovers(dir).is_empty(), "{what}: left {:?}", leftovers(dir));
+    assert_eq!(current(dir).as_deref(), Some(cur), "{what}: current moved");
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use fs_err as fs;
 use serde_json::Value;
 
-use crate::host::example_project;
-use crate::kit::{ferry_bin, Project};
+use crate::kit::example_project;
+use crate::kit::{self, ferry_bin, Project};
 use crate::testhosts::TestHosts;
 
 /// The example service with an ssh stage `prod` over `hosts`, gated by its
@@ -57,7 +57,7 @@ pub(crate) fn build(p: &Project, version: &str) -> String {
     let code = fs::read_to_string(p.path("app/hello.py")).unwrap();
     let line = code.lines().find(|l| l.starts_with("VERSION = ")).unwrap().to_owned();
     p.write("app/hello.py", code.replace(&line, &format!("VERSION = \"{version}\"")));
-    p.build(&["--version", version])["id"].as_str().unwrap().to_owned()
+    kit::build(p, version)
 }
 
 /// `GET path` on port 8000 of `addr`: the status and the body.

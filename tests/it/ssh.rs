@@ -5,13 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_builder::Store;
-use ferry_formats::ReleaseId;
 use ferry_switcher::fleet::fault::{At, Fault, Faults, Then};
-use ferry_switcher::fleet::{self, AgentBinary, HostSpec, OnFailure, Quiet, Shipped, Ssh, Stage, Step, Transport};
-use ferry_switcher::host::StageOptions;
+use ferry_switcher::fleet::{self, AgentBinary, HostSpec, Quiet, Shipped, Ssh, Stage, Transport};
 use fs_err as fs;
 
-use crate::kit::{ferry_bin, sample_project, Project};
+use crate::kit::{self, build, build_id, ferry_bin, sample_project, Project};
 use crate::source::Source;
 use crate::testhosts::TestHosts;
 
@@ -30,25 +28,9 @@ fn ssh(hosts: &TestHosts) -> Ssh {
 }
 
 fn stage(hosts: &TestHosts) -> Stage {
-    Stage {
-        name: "ssh".into(),
-        hosts: hosts
-            .hosts
-            .iter()
-            .map(|h| HostSpec { name: format!("root@{}", h.addr), deploy_to: "/srv/shop".into() })
-            .collect(),
-        strategy: ["1", "50%", "100%"].iter().map(|s| s.parse::<Step>().unwrap()).collect(),
-        options: StageOptions { env: Some("staging".into()), ..StageOptions::default() },
-        keep_releases: 5,
-        max_parallel: 4,
-        on_failure: OnFailure::Revert,
-        runtime: Default::default(),
-        force: false,
-    }
-}
-
-fn build(p: &Project, version: &str) -> ReleaseId {
-    p.build(&["--version", version])["id"].as_str().unwrap().parse().unwrap()
+    let specs =
+        hosts.hosts.iter().map(|h| HostSpec { name: format!("root@{}", h.addr), deploy_to: "/srv/shop".into() });
+    kit::stage("ssh", specs.collect())
 }
 
 #[test]
@@ -60,11 +42,11 @@ fn a_push_over_ssh_reaches_every_host_by_bundle_then_delta_and_rolls_back() {
     // Hosts named by IPv4, by IPv6 with a port, and by bare IPv6.
     stage.hosts[1].name = format!("root@[{}]:22", hosts.hosts[1].addr6);
     stage.hosts[2].name = format!("root@{}", hosts.hosts[2].addr6);
-    let v1 = build(&p, "v1");
+    let v1 = build_id(&p, "v1");
     let report = fleet::push(&stage, &ssh, &source, &v1, &Quiet);
     assert!(report.ok, "{report:#?}");
     p.write("app/main.py", "print('shop v2')\n");
-    let v2 = build(&p, "v2");
+    let v2 = build_id(&p, "v2");
     let report = fleet::push(&stage, &ssh, &source, &v2, &Quiet);
     assert!(report.ok, "{report:#?}");
     assert!(report.hosts.iter().all(|h| h.shipped == Shipped::Delta), "{report:#?}");
@@ -114,10 +96,10 @@ fn ferry_push_status_history_and_rollback_over_an_ssh_stage() {
             hosts.key.display(),
         ),
     );
-    let v1 = build(&p, "v1").to_string();
+    let v1 = build(&p, "v1");
     p.ferry(["push", "prod"]).ok();
     p.write("app/main.py", "print('shop v2')\n");
-    let v2 = build(&p, "v2").to_string();
+    let v2 = build(&p, "v2");
     let report = p.ferry(["push", "prod", "--json"]).ok().json();
     let batches: Vec<usize> =
         report["batches"].as_array().unwrap().iter().map(|b| b.as_array().unwrap().len()).collect();
@@ -203,7 +185,7 @@ fn row(report: &serde_json::Value, addr: std::net::Ipv4Addr) -> serde_json::Valu
 fn unreachable_refusing_and_locked_hosts_stop_the_push_before_anything_changes() {
     let mut hosts = TestHosts::start(4);
     let p = ssh_project(&hosts, &hosts.key.clone());
-    let v1 = build(&p, "v1").to_string();
+    let v1 = build(&p, "v1");
     p.ferry(["push", "prod"]).ok();
     p.write("app/main.py", "print('shop v2')\n");
     build(&p, "v2");
@@ -265,10 +247,10 @@ fn a_host_lost_between_stage_and_activate_fails_its_step_and_the_flipped_hosts_g
     let mut ssh = ssh(&hosts);
     ssh.step_timeout = Duration::from_secs(3);
     let stage = stage(&hosts);
-    let v1 = build(&p, "v1");
+    let v1 = build_id(&p, "v1");
     assert!(fleet::push(&stage, &ssh, &source, &v1, &Quiet).ok);
     p.write("app/main.py", "print('shop v2')\n");
-    let v2 = build(&p, "v2");
+    let v2 = build_id(&p, "v2");
     // host3 (batch 3 of 1, 50%, 100%) drops off the network once it staged.
     let victim = format!("root@{}", hosts.hosts[2].addr);
     let faulty = cut(ssh, &victim, &hosts.hosts[2].veth, At::AfterStage);
@@ -307,7 +289,7 @@ fn hosts_named_by_ssh_config_aliases_are_reached_through_their_entries() {
             ferry_bin()
         ),
     );
-    let v1 = build(&p, "v1").to_string();
+    let v1 = build(&p, "v1");
     let report = p.ferry(["push", "prod", "--json"]).ok().json();
     let names: Vec<&str> = report["hosts"].as_array().unwrap().iter().map(|h| h["host"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["app-0", "app-1"]);
@@ -346,7 +328,7 @@ fn a_host_behind_a_bastion_is_reached_through_proxy_jump() {
     let source = Source(Store::new(p.store.path()));
     let mut stage = stage(&hosts);
     stage.hosts = vec![HostSpec { name: "inner".into(), deploy_to: "/srv/shop".into() }];
-    let v1 = build(&p, "v1");
+    let v1 = build_id(&p, "v1");
     let report = fleet::push(&stage, &ssh, &source, &v1, &Quiet);
     assert!(report.ok, "{report:#?}");
     let current = fs::read_link(hosts.hosts[1].srv.join("shop/current")).unwrap();
@@ -458,7 +440,7 @@ fn a_host_whose_disk_is_full_fails_its_stage_and_no_host_flips() {
     // host2's /srv is a 2 MiB disk: v1 fits, v2's 3 MiB of noise does not.
     let hosts = TestHosts::start_with(3, |i| (i == 1).then_some(2));
     let p = ssh_project(&hosts, &hosts.key.clone());
-    let v1 = build(&p, "v1").to_string();
+    let v1 = build(&p, "v1");
     p.ferry(["push", "prod"]).ok();
     p.write("media/noise.bin", crate::kit::noise(3 << 20));
     build(&p, "v2");
@@ -485,10 +467,10 @@ fn a_host_cut_off_mid_stage_fails_its_stage_and_no_host_flips() {
     let mut ssh = ssh(&hosts);
     ssh.step_timeout = Duration::from_secs(3);
     let stage = stage(&hosts);
-    let v1 = build(&p, "v1");
+    let v1 = build_id(&p, "v1");
     assert!(fleet::push(&stage, &ssh, &source, &v1, &Quiet).ok);
     p.write("app/main.py", "print('shop v2')\n");
-    let v2 = build(&p, "v2");
+    let v2 = build_id(&p, "v2");
     let victim = format!("root@{}", hosts.hosts[1].addr);
     let faulty = cut(ssh, &victim, &hosts.hosts[1].veth, At::BeforeStage);
     let report = fleet::push(&stage, &faulty, &source, &v2, &Quiet);
