@@ -197,7 +197,7 @@ fn a_gate_answered_by_another_process_on_the_port_fails_and_names_it() {
 
 #[test]
 fn prune_keeps_a_release_a_process_still_uses_and_failed_releases_never_push_a_good_one_out() {
-    let hosts = TestHosts::start(1);
+    let hosts = TestHosts::start(2);
     let p = project(&hosts, "");
     let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
     p.write("ferry.toml", toml.replace("keep_releases = 3", "keep_releases = 2"));
@@ -227,6 +227,11 @@ fn prune_keeps_a_release_a_process_still_uses_and_failed_releases_never_push_a_g
         names
     };
     assert!(releases(&hosts).contains(&v1), "v1 is in use: {:?}", releases(&hosts));
+    // Host 2 has the same path in its own mount namespace, and nothing
+    // there uses v1: the holder on host 1 is not its business.
+    let other = row(&r.json(), hosts.hosts[1].addr);
+    assert!(!other["warning"].as_str().unwrap_or_default().contains("kept release"), "{other}");
+    assert!(!hosts.hosts[1].srv.join("hello/releases").join(&v1).exists(), "v1 is pruned on host 2");
     ssh_ok(&hosts, 0, &format!("kill {holder}"));
 
     // A failed v4 (reverted by its gate) does not count toward keeping 3:

@@ -199,12 +199,22 @@ pub fn holds(pid: u32, releases: &Path, wanted: Option<&str>, open: bool) -> Vec
         .collect()
 }
 
+/// The mount namespace `pid` lives in (`mnt:[4026531841]`), if it can be read.
+fn mount_namespace(pid: &str) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
+}
+
 /// For each release under `releases`, the first process found holding it
 /// (working directory, executable, command line, mapped or open file).
+/// Only processes that see the same files count: one in another mount
+/// namespace (a container, another test host on the same machine) may
+/// name the same path and mean another directory.
 pub fn users(releases: &Path) -> BTreeMap<String, Hold> {
     let own = std::process::id();
+    let ours = mount_namespace("self");
     let mut found = BTreeMap::new();
-    for pid in pids().into_iter().filter(|p| *p != own) {
+    let same = |pid: &u32| ours.is_some() && mount_namespace(&pid.to_string()) == ours;
+    for pid in pids().into_iter().filter(|p| *p != own).filter(same) {
         for hold in holds(pid, releases, None, true) {
             found.entry(hold.release.clone()).or_insert(hold);
         }
