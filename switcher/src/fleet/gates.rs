@@ -347,11 +347,20 @@ pub enum CommandGateError {
     #[error("cannot run sh -c {run:?}: {error}")]
     Spawn { run: String, error: std::io::Error },
     /// The command exited other than 0; `tail` is its last lines of output.
-    #[error("`{run}` exited with {status}: {tail}")]
+    #[error("`{run}` exited with {status}{}", said(tail))]
     Exited { run: String, status: std::process::ExitStatus, tail: String },
     /// The command ran past its timeout and was killed.
-    #[error("`{run}` did not finish in {} s: {tail}", .timeout.as_secs())]
+    #[error("`{run}` did not finish in {} s{}", .timeout.as_secs(), said(tail))]
     TimedOut { run: String, timeout: Duration, tail: String },
+}
+
+/// A command's last output after a colon, or that it said nothing.
+fn said(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        " (and wrote nothing)".to_owned()
+    } else {
+        format!(": {tail}")
+    }
 }
 
 /// Runs a controller-side command gate: the evidence when it exits 0.

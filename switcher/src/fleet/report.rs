@@ -66,7 +66,8 @@ impl From<crate::host::runtime::HookKind> for HostStep {
 
 impl std::fmt::Display for HostStep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        // pad, not write_str: the report table aligns it by width.
+        f.pad(self.as_str())
     }
 }
 
@@ -103,7 +104,8 @@ impl Shipped {
 
 impl std::fmt::Display for Shipped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        // pad, not write_str: the report table aligns it by width.
+        f.pad(self.as_str())
     }
 }
 
