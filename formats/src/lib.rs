@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod path;
 pub mod release;
 pub mod signature;
+mod varint;
 
 pub use id::{BlobHash, ReleaseId};
 pub use manifest::{Entry, EntryKind, Manifest};

@@ -17,6 +17,7 @@
 
 use std::io::{self, Read, Write};
 
+use crate::varint::{get_varint, put_varint};
 use crate::{BlobHash, RelPath};
 
 pub const MAGIC: [u8; 8] = *b"FERRYSIG";
@@ -153,30 +154,6 @@ fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
     let (head, tail) = input.split_at(n);
     *input = tail;
     Some(head)
-}
-
-pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-pub(crate) fn get_varint(input: &mut &[u8]) -> Option<u64> {
-    let mut value = 0u64;
-    for i in 0..10 {
-        let (&b, rest) = input.split_first()?;
-        *input = rest;
-        if (i == 9 && b > 1) || (i > 0 && b == 0) {
-            return None;
-        }
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@ use ferry_formats::{ComponentKind, ReleaseId};
 use fs_err as fs;
 use serde::Serialize;
 
-use super::stage::{error_chain, StageOptions, ACTIVE_CONFIG};
+use super::stage::{StageOptions, ACTIVE_CONFIG};
 use super::{at, whoami, Back, Host, HostError, Lock};
+use crate::error::error_chain;
 
 /// What a flip did.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]

@@ -44,10 +44,11 @@ use ferry_formats::journal::{self, Record};
 use ferry_formats::{Manifest, ReleaseId, ReleaseMeta};
 use fs_err as fs;
 
+pub use crate::error::error_chain;
 pub use flip::{previous, Flipped};
 pub use lock::{Holder, Lock};
 pub use prune::Pruned;
-pub use stage::{check_linked, error_chain, StageOptions, Staged, ACTIVE_CONFIG};
+pub use stage::{check_linked, StageOptions, Staged, ACTIVE_CONFIG};
 pub use status::{ReleaseStatus, Status, Verified};
 
 /// One service's directory on one host.

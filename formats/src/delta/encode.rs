@@ -1,0 +1,136 @@
+//! Writing deltas: the head frame, each op's frame, and the stream with its
+//! trailing hash.
+
+use std::io::{self, Write};
+
+use zstd::zstd_safe;
+
+use super::{head_text, signature_text, Ends, Op};
+use super::{FORMAT_VERSION, MAGIC, MAX_WINDOW_LOG, OP_LITERAL, OP_PATCH, OP_RSYNC, RSYNC_MAGIC};
+use crate::bundle::Head;
+use crate::signature::Signature;
+use crate::varint::put_varint;
+use crate::{BlobHash, ReleaseId};
+
+/// Compresses `content` with `prefix` as zstd's reference prefix (empty for
+/// none), at `level`.
+pub fn compress(content: &[u8], prefix: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    let mut cctx = zstd_safe::CCtx::create();
+    let window = window_log(prefix.len() + content.len());
+    let set = |cctx: &mut zstd_safe::CCtx<'_>, p| cctx.set_parameter(p).map(drop).map_err(zstd_error);
+    set(&mut cctx, zstd_safe::CParameter::CompressionLevel(level))?;
+    set(&mut cctx, zstd_safe::CParameter::WindowLog(window))?;
+    set(&mut cctx, zstd_safe::CParameter::ChecksumFlag(false))?;
+    set(&mut cctx, zstd_safe::CParameter::ContentSizeFlag(true))?;
+    if !prefix.is_empty() {
+        cctx.ref_prefix(prefix).map_err(zstd_error)?;
+    }
+    let mut out = Vec::with_capacity(zstd_safe::compress_bound(content.len()));
+    cctx.compress2(&mut out, content).map_err(zstd_error)?;
+    Ok(out)
+}
+
+/// The smallest window that holds prefix and content, within zstd's limits
+/// and [`MAX_WINDOW_LOG`].
+fn window_log(len: usize) -> u32 {
+    let bits = usize::BITS - len.max(1).leading_zeros();
+    bits.clamp(10, MAX_WINDOW_LOG)
+}
+
+fn zstd_error(code: usize) -> io::Error {
+    io::Error::other(zstd_safe::get_error_name(code))
+}
+
+/// The head frame: the target's manifest and metadata against the base's.
+pub fn encode_head(base: &Head, target: &Head, level: i32) -> io::Result<Vec<u8>> {
+    compress(&head_text(target, true), &head_text(base, false), level)
+}
+
+/// The head frame of an rsync delta: the target's manifest and metadata
+/// against the signature's list of sizes, hashes and paths (which most
+/// manifest lines repeat).
+pub fn encode_head_rsync(basis: &Signature, target: &Head, level: i32) -> io::Result<Vec<u8>> {
+    compress(&head_text(target, true), &signature_text(basis), level)
+}
+
+/// Writes a delta and returns its length. `ops` must be in [`needed`](super::needed) order.
+pub fn write(out: &mut dyn Write, ends: Ends, head: &[u8], ops: &[Op]) -> io::Result<u64> {
+    write_raw(out, MAGIC, ends.base.as_bytes(), &ends.target, head, ops)
+}
+
+/// Writes an rsync delta against the signature `basis`; `ops` in
+/// [`needed_from`](super::needed_from) order over the signature's hashes.
+pub fn write_rsync(
+    out: &mut dyn Write,
+    basis: &BlobHash,
+    target: &ReleaseId,
+    head: &[u8],
+    ops: &[Op],
+) -> io::Result<u64> {
+    write_raw(out, RSYNC_MAGIC, basis.as_bytes(), target, head, ops)
+}
+
+fn write_raw(
+    out: &mut dyn Write,
+    magic: [u8; 8],
+    base: &[u8; 32],
+    target: &ReleaseId,
+    head: &[u8],
+    ops: &[Op],
+) -> io::Result<u64> {
+    let mut w = HashingWriter { inner: out, hasher: blake3::Hasher::new(), count: 0 };
+    w.write_all(&magic)?;
+    w.write_all(&FORMAT_VERSION.to_le_bytes())?;
+    w.write_all(base)?;
+    w.write_all(target.as_bytes())?;
+    let mut buf = Vec::new();
+    put_varint(&mut buf, head.len() as u64);
+    w.write_all(&buf)?;
+    w.write_all(head)?;
+    buf.clear();
+    put_varint(&mut buf, ops.len() as u64);
+    w.write_all(&buf)?;
+    for op in ops {
+        buf.clear();
+        match op {
+            Op::Patch { reference, data } => {
+                buf.push(OP_PATCH);
+                put_varint(&mut buf, *reference as u64);
+                put_varint(&mut buf, data.len() as u64);
+            }
+            Op::Literal { data } => {
+                buf.push(OP_LITERAL);
+                put_varint(&mut buf, data.len() as u64);
+            }
+            Op::Rsync { reference, data } => {
+                buf.push(OP_RSYNC);
+                put_varint(&mut buf, *reference as u64);
+                put_varint(&mut buf, data.len() as u64);
+            }
+        }
+        w.write_all(&buf)?;
+        w.write_all(op.data())?;
+    }
+    let hash = w.hasher.finalize();
+    w.inner.write_all(hash.as_bytes())?;
+    Ok(w.count + 32)
+}
+
+struct HashingWriter<'a> {
+    inner: &'a mut dyn Write,
+    hasher: blake3::Hasher,
+    count: u64,
+}
+
+impl Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

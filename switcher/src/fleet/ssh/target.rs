@@ -1,0 +1,146 @@
+//! Where and as whom to connect: a host's name (`user@host:port`,
+//! `[v6]:port`), the user's ssh config (`~/.ssh/config`), and the stage's
+//! defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ssh2_config::{ParseRule, SshConfig};
+
+use super::{refused, Ssh};
+use crate::host::HostError;
+
+/// Reads an ssh config file (OpenSSH's format); `None` when there is none.
+pub fn read_ssh_config(path: &std::path::Path) -> Result<Option<SshConfig>, String> {
+    let file = match fs_err::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    SshConfig::default()
+        .parse(&mut std::io::BufReader::new(file), ParseRule::ALLOW_UNKNOWN_FIELDS)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `user@host:port`, `host:port`, `user@host` or `host`: what the name
+/// itself says. An IPv6 address is bare (`fd00::2`) or, with a port, in
+/// brackets (`[fd00::2]:2222`), as OpenSSH writes it.
+pub(crate) fn address(name: &str) -> Result<(Option<String>, String, Option<u16>), String> {
+    let (user, rest) = match name.rsplit_once('@') {
+        Some((u, r)) => (Some(u.to_owned()), r),
+        None => (None, name),
+    };
+    let port = |p: &str| p.parse::<u16>().map_err(|_| format!("the port {p:?} is not a number from 0 to 65535"));
+    if let Some(bracketed) = rest.strip_prefix('[') {
+        let (h, after) = bracketed.split_once(']').ok_or_else(|| "a '[' without its ']'".to_owned())?;
+        return match after {
+            "" => Ok((user, h.to_owned(), None)),
+            _ => match after.strip_prefix(':') {
+                Some(p) => Ok((user, h.to_owned(), Some(port(p)?))),
+                None => Err("after ']' comes ':PORT' or nothing".to_owned()),
+            },
+        };
+    }
+    match rest.rsplit_once(':') {
+        // More than one colon and no brackets: an IPv6 address, no port.
+        Some((h, _)) if h.contains(':') => Ok((user, rest.to_owned(), None)),
+        Some((h, p)) => Ok((user, h.to_owned(), Some(port(p)?))),
+        None => Ok((user, rest.to_owned(), None)),
+    }
+}
+
+/// Where and as whom to connect: the host's name first, then the ssh
+/// config's entry for it, then the stage's defaults.
+pub(super) struct Target {
+    pub(super) user: String,
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) identity: Option<PathBuf>,
+    pub(super) connect_timeout: Duration,
+    /// The ProxyJump hosts, in the order they are gone through.
+    pub(super) jumps: Vec<String>,
+}
+
+impl Ssh {
+    pub(super) fn target(&self, name: &str) -> Result<Target, HostError> {
+        let (user, alias, port) = address(name).map_err(|e| refused(name, e))?;
+        let params = self.ssh_config.as_ref().map(|c| c.query(&alias));
+        let from_config = |f: fn(&ssh2_config::HostParams) -> Option<String>| params.as_ref().and_then(f);
+        Ok(Target {
+            user: user
+                .or_else(|| self.user.clone())
+                .or_else(|| from_config(|p| p.user.clone()))
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "root".into()),
+            host: from_config(|p| p.host_name.clone()).unwrap_or(alias),
+            port: port.or_else(|| params.as_ref().and_then(|p| p.port)).unwrap_or(22),
+            identity: self
+                .identity
+                .clone()
+                .or_else(|| params.as_ref().and_then(|p| p.identity_file.as_ref()).and_then(|f| f.first()).cloned()),
+            connect_timeout: params.as_ref().and_then(|p| p.connect_timeout).unwrap_or(self.connect_timeout),
+            jumps: params
+                .as_ref()
+                .and_then(|p| p.proxy_jump.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|j| !j.is_empty() && j != "none")
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::AgentBinary;
+
+    #[test]
+    fn addresses() {
+        let ok = |name: &str| address(name).unwrap();
+        assert_eq!(ok("web1"), (None, "web1".into(), None));
+        assert_eq!(ok("root@10.0.0.2:2222"), (Some("root".into()), "10.0.0.2".into(), Some(2222)));
+        assert_eq!(ok("app@web1"), (Some("app".into()), "web1".into(), None));
+        assert_eq!(ok("fd00::2"), (None, "fd00::2".into(), None));
+        assert_eq!(ok("root@[fd00::2]:2222"), (Some("root".into()), "fd00::2".into(), Some(2222)));
+        assert_eq!(ok("[fd00::2]"), (None, "fd00::2".into(), None));
+        assert_eq!(ok("app@::1"), (Some("app".into()), "::1".into(), None));
+        let bad = |name: &str| address(name).unwrap_err();
+        assert_eq!(bad("web1:99999"), "the port \"99999\" is not a number from 0 to 65535");
+        assert_eq!(bad("root@[fd00::2]:x"), "the port \"x\" is not a number from 0 to 65535");
+        assert_eq!(bad("[fd00::2"), "a '[' without its ']'");
+        assert_eq!(bad("[fd00::2]2222"), "after ']' comes ':PORT' or nothing");
+    }
+
+    #[test]
+    fn the_ssh_config_fills_in_what_the_name_does_not_say() {
+        let config = SshConfig::default()
+            .parse(
+                &mut "Host web-*\n  HostName 10.1.2.3\n  User app\n  Port 2222\n  IdentityFile /keys/app\n".as_bytes(),
+                ParseRule::ALLOW_UNKNOWN_FIELDS,
+            )
+            .unwrap();
+        let ssh = Ssh {
+            known_hosts: PathBuf::new(),
+            accept_new: false,
+            identity: None,
+            user: None,
+            ferry: AgentBinary::OnHost("ferry".into()),
+            connect_timeout: Duration::from_secs(10),
+            step_timeout: Duration::from_secs(60),
+            ssh_config: Some(config),
+        };
+        let t = ssh.target("web-1").unwrap();
+        assert_eq!((t.user.as_str(), t.host.as_str(), t.port), ("app", "10.1.2.3", 2222));
+        assert_eq!(t.identity, Some(PathBuf::from("/keys/app")));
+        let t = ssh.target("root@web-1:22").unwrap();
+        assert_eq!((t.user.as_str(), t.port), ("root", 22), "the name wins");
+        let t = ssh.target("db1").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.identity), ("db1", 22, None));
+        // The stage's user, said in ferry.toml, wins over a personal config.
+        let ssh = Ssh { user: Some("deploy".into()), ..ssh };
+        assert_eq!(ssh.target("web-1").unwrap().user, "deploy");
+        assert_eq!(ssh.target("root@web-1").unwrap().user, "root");
+    }
+}
