@@ -251,7 +251,7 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
             },
             connect_timeout: s.connect_timeout,
             step_timeout: s.step_timeout,
-            ssh_config: read_ssh_config(&s.ssh_config).map_err(anyhow::Error::msg)?,
+            ssh_config: read_ssh_config(&s.ssh_config).map_err(|e| anyhow::anyhow!("{e}"))?,
         })
     });
     let ssh = ssh.transpose()?;

@@ -39,7 +39,7 @@ pub use push::push;
 pub use query::{journals, logs, setup, status, Answer};
 pub use report::{Down, Event, EventKind, HostReport, HostStep, Observer, Outcome, Quiet, Report, Shipped};
 pub use rollback::{rollback, RollbackError};
-pub use ssh::{read_ssh_config, AgentBinary, Ssh};
+pub use ssh::{read_ssh_config, AgentBinary, Ssh, SshConfigError};
 
 /// Where the fleet gets bundles and deltas: the CLI hands it the builder's
 /// store.

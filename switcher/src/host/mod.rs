@@ -48,7 +48,7 @@ pub use crate::error::error_chain;
 pub use flip::{previous, Flipped};
 pub use lock::{Holder, Lock};
 pub use prune::Pruned;
-pub use stage::{check_linked, StageOptions, Staged, ACTIVE_CONFIG};
+pub use stage::{check_linked, LinkedError, StageOptions, Staged, ACTIVE_CONFIG};
 pub use status::{ReleaseStatus, Status, Verified};
 
 /// One service's directory on one host.

@@ -22,8 +22,8 @@ use exec::{start, Started, NO_AGENT};
 use jump::pump;
 use known_hosts::known_key_types;
 pub(crate) use target::address;
-pub use target::read_ssh_config;
 use target::Target;
+pub use target::{read_ssh_config, SshConfigError};
 use upload::{agent_path, upload_agent};
 
 /// How to reach hosts over SSH.

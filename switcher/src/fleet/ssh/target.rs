@@ -11,16 +11,26 @@ use super::{refused, Ssh};
 use crate::host::HostError;
 
 /// Reads an ssh config file (OpenSSH's format); `None` when there is none.
-pub fn read_ssh_config(path: &std::path::Path) -> Result<Option<SshConfig>, String> {
+pub fn read_ssh_config(path: &std::path::Path) -> Result<Option<SshConfig>, SshConfigError> {
     let file = match fs_err::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(SshConfigError::Read(e)),
     };
     SshConfig::default()
         .parse(&mut std::io::BufReader::new(file), ParseRule::ALLOW_UNKNOWN_FIELDS)
         .map(Some)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| SshConfigError::Parse { path: path.to_owned(), message: e.to_string() })
+}
+
+/// Why an ssh config file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SshConfigError {
+    /// fs-err's message names the path.
+    #[error("{0}")]
+    Read(std::io::Error),
+    #[error("{}: {message}", path.display())]
+    Parse { path: std::path::PathBuf, message: String },
 }
 
 /// `user@host:port`, `host:port`, `user@host` or `host`: what the name

@@ -47,28 +47,35 @@ pub const SPACE_MARGIN: u64 = 64 << 10;
 /// Refuses linked paths that overlap (one inside another: the inner one
 /// would be made inside `shared/`), that are or hold a config directory (its
 /// `active` link would land in `shared/`), or that sit in the `active` link.
-pub fn check_linked(linked: &[RelPath], configs: &[RelPath]) -> Result<(), String> {
+pub fn check_linked(linked: &[RelPath], configs: &[RelPath]) -> Result<(), LinkedError> {
     for (i, a) in linked.iter().enumerate() {
         if a.components().next() == Some(META_DIR) {
-            return Err(format!("linked path {a}: .ferry is ferry's own"));
+            return Err(LinkedError::Ours { path: a.clone() });
         }
         for b in &linked[i + 1..] {
             if a.starts_with(b) || b.starts_with(a) {
-                return Err(format!(
-                    "linked paths {a} and {b} overlap: link one directory, or files beside each other"
-                ));
+                return Err(LinkedError::Overlap { a: a.clone(), b: b.clone() });
             }
         }
         for c in configs {
             let active = c.join(ACTIVE_CONFIG).expect("a valid name");
             if c.starts_with(a) || a.starts_with(&active) {
-                return Err(format!(
-                    "linked path {a} overlaps the config directory {c}, where ferry links the active environment"
-                ));
+                return Err(LinkedError::Config { path: a.clone(), config: c.clone() });
             }
         }
     }
     Ok(())
+}
+
+/// Why linked paths cannot be linked as given.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkedError {
+    #[error("linked path {path}: .ferry is ferry's own")]
+    Ours { path: RelPath },
+    #[error("linked paths {a} and {b} overlap: link one directory, or files beside each other")]
+    Overlap { a: RelPath, b: RelPath },
+    #[error("linked path {path} overlaps the config directory {config}, where ferry links the active environment")]
+    Config { path: RelPath, config: RelPath },
 }
 
 /// Refuses, before anything is written, a release that has no config for the

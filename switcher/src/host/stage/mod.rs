@@ -30,7 +30,7 @@ use ferry_formats::{BlobHash, Entry, EntryKind, ReleaseId};
 use fs_err as fs;
 use rayon::prelude::*;
 
-pub use checks::check_linked;
+pub use checks::{check_linked, LinkedError};
 pub(crate) use options::{shared_link_target, StagedCheck, VERIFIED};
 pub use options::{StageOptions, Staged, ACTIVE_CONFIG};
 use staging::{file_parts, Staging};

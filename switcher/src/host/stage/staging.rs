@@ -101,7 +101,7 @@ impl<'a> Staging<'a> {
     ) -> Result<Self, HostError> {
         check_env(host, head, opts)?;
         let configs: Vec<RelPath> = head.meta.components_of(ComponentKind::Config).map(|c| c.path.clone()).collect();
-        check_linked(&opts.linked(), &configs).map_err(HostError::Input)?;
+        check_linked(&opts.linked(), &configs).map_err(|e| HostError::Input(e.to_string()))?;
         let kept = Kept::index(host, base)?;
         if let Err(e) = check_space(host, head, &kept) {
             // Journalled as a stage that failed: the host's operator sees why.
