@@ -93,9 +93,8 @@ impl Host {
         }
         if from == Some(*id) {
             // Already current (a push again): the programs must still be
-            // running it (restarted if they do not), and a flip killed
-            // before its line gets one now.
-            self.record_interrupted(id, action)?;
+            // running it (restarted if they do not). A flip killed before
+            // its journal line got one when the lock was taken.
             return match self.ensure_programs(id) {
                 Ok(notes) => Ok(Flipped { from, to: *id, already: true, notes }),
                 Err(e) => {
