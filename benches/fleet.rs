@@ -94,6 +94,8 @@ fn main() -> Result<()> {
         on_failure: OnFailure::Revert,
         runtime: Default::default(),
         force: false,
+        load_balancer: None,
+        out_of_rotation: false,
     };
     let source = Source(store.clone());
 

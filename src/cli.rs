@@ -89,6 +89,7 @@ Examples:
   ferry push production 9c1e         a given release, by id prefix
   ferry push production --json       the per-host report as JSON, for CI
   ferry push staging --force         restart and re-run hooks on hosts already on the release
+  ferry push production --out        only the hosts out of the load balancer's rotation
 
 Each host gets the delta from its current release (the whole bundle when it has
 none), stages it beside the running release, then the hosts flip in the stage's
@@ -133,6 +134,21 @@ Examples:
 
 Read through each host's supervisord (stdout and stderr of every process).")]
     Logs(LogsArgs),
+    /// Move a stage's hosts in and out of its load balancer's rotation (HAProxy).
+    #[command(after_help = "\
+Examples:
+  ferry lb production status          every server on every LB node: state, sessions, check
+  ferry lb production out group1      drain group1's servers, wait for their sessions, maint
+  ferry push production --out         deploy to the hosts now out of rotation
+  ferry lb production flip            bring the out group in (wait UP), take the other out
+  ferry push production --out
+  ferry lb production all             every host back in rotation
+
+GROUP is a group of the stage or hosts (comma-separated). A step that would leave
+a backend with fewer than min_in_service servers in service is refused before
+anything changes. HAProxy forgets runtime states when it reloads: `status` shows
+where it no longer has what ferry set, and the same `out` sets it again.")]
+    Lb(LbArgs),
     /// The on-host agent: what the controller runs on each host (also by hand).
     Host(HostArgs),
     /// The blake3 of this binary (how the controller checks its agent on a host).
@@ -169,6 +185,32 @@ pub struct PushArgs {
     /// the hooks again; without it, such hosts are left as they are and reported `already current`.
     #[arg(long)]
     pub force: bool,
+    /// Only the hosts now out of the load balancer's rotation (after `ferry lb STAGE out GROUP`); the
+    /// load balancer's states are left as they are.
+    #[arg(long, conflicts_with_all = ["hosts", "groups"])]
+    pub out: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LbArgs {
+    /// A stage of ferry.toml with a [stages.<name>.load_balancer].
+    pub stage: String,
+    #[command(subcommand)]
+    pub verb: LbVerb,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum LbVerb {
+    /// Every server of the stage's backends on every LB node.
+    Status,
+    /// Drain GROUP's servers, wait for their sessions to end, then maint.
+    Out { group: String },
+    /// Put GROUP's servers back in rotation and wait until HAProxy sees them UP.
+    In { group: String },
+    /// Bring the group that is out in (wait UP), then take the other out.
+    Flip,
+    /// Put every host of the stage back in rotation.
+    All,
 }
 
 /// Some of a stage's hosts, as Fabric's -H does.

@@ -65,6 +65,7 @@ pub enum Action {
     History(StageSettings),
     Setup(StageSettings),
     Logs(StageSettings, LogsSettings),
+    Lb(StageSettings, crate::cli::LbVerb),
     Host(Host, HostAction),
     AgentHash,
 }
@@ -76,6 +77,10 @@ pub struct StageSettings {
     pub stage: Stage,
     /// `None` for a local stage.
     pub ssh: Option<Ssh>,
+    /// The stage's groups, each host by the name reports use.
+    pub groups: std::collections::BTreeMap<String, Vec<String>>,
+    /// Where ferry keeps what it set on the load balancer (see `ferry lb`).
+    pub lb_state: PathBuf,
 }
 
 /// What `ferry logs` shows of each process.
@@ -174,6 +179,14 @@ impl Settings {
             Command::Push(p) => {
                 let (mut stage, store) = load_stage(&config_path, &p.stage, &p.narrow)?;
                 stage.stage.force = p.force;
+                if p.out && stage.stage.load_balancer.is_none() {
+                    anyhow::bail!(
+                        "--out deploys to the hosts out of the load balancer's rotation, and stage {} has no \
+                         [stages.{0}.load_balancer]",
+                        p.stage
+                    );
+                }
+                stage.stage.out_of_rotation = p.out;
                 store_hint = Some(store);
                 Action::Push(stage, p.id)
             }
@@ -189,6 +202,17 @@ impl Settings {
                 load_stage(&config_path, &a.stage, &a.narrow)?.0,
                 LogsSettings { program: a.program, follow: a.follow, bytes: a.bytes },
             ),
+            Command::Lb(a) => {
+                let (stage, _) = load_stage(&config_path, &a.stage, &Narrow::default())?;
+                if stage.stage.load_balancer.is_none() {
+                    anyhow::bail!(
+                        "stage {} has no load balancer: add [stages.{0}.load_balancer] (kind = \"haproxy\", nodes, \
+                         backends) to ferry.toml",
+                        a.stage
+                    );
+                }
+                Action::Lb(stage, a.verb)
+            }
             Command::AgentHash => Action::AgentHash,
             Command::Host(h) => Action::Host(Host::new(std::path::absolute(&h.deploy_to)?), host_action(h.verb)?),
         };
@@ -204,6 +228,7 @@ impl Settings {
             | Action::History(_)
             | Action::Setup(_)
             | Action::Logs(..)
+            | Action::Lb(..)
             | Action::Host(..)
             | Action::AgentHash => false,
         };
@@ -259,6 +284,8 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
     // without --hosts.
     let names = host_names(stage, ssh.as_ref());
     let (chosen, strategy) = narrowed(name, stage, &names, narrow)?;
+    // Over the whole stage: the guard counts every server of the backends.
+    let load_balancer = stage.load_balancer.as_ref().map(|lb| load_balancer(lb, stage, &names));
     let stage =
         &crate::config::Stage { hosts: chosen.iter().map(|i| stage.hosts[*i].clone()).collect(), ..stage.clone() };
     let hosts: Vec<HostSpec> = chosen
@@ -289,8 +316,22 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
         on_failure: stage.on_failure,
         runtime,
         force: false,
+        load_balancer,
+        out_of_rotation: false,
     };
-    Ok((StageSettings { service: config.service, stage, ssh }, store))
+    let groups = config.stages[name]
+        .groups
+        .iter()
+        .map(|(g, members)| {
+            let members = members
+                .iter()
+                .filter_map(|m| config.stages[name].hosts.iter().position(|(h, _)| h == m).map(|i| names[i][0].clone()))
+                .collect();
+            (g.clone(), members)
+        })
+        .collect();
+    let lb_state = store.parent().unwrap_or(Path::new("")).join("lb").join(format!("{name}.json"));
+    Ok((StageSettings { service: config.service, stage, ssh, groups, lb_state }, store))
 }
 
 /// The programs, hooks and gates for `hosts`, with host names as ferry.toml
@@ -316,6 +357,18 @@ fn runtime(config: &crate::config::Config, stage: &crate::config::Stage, hosts: 
         })
         .collect();
     let mut hooks = config.hooks.clone();
+    let own = &stage.hooks;
+    for (mine, over) in [
+        (&mut hooks.migrate, &own.migrate),
+        (&mut hooks.before_flip, &own.before_flip),
+        (&mut hooks.after_flip, &own.after_flip),
+        (&mut hooks.before_batch, &own.before_batch),
+        (&mut hooks.after_batch, &own.after_batch),
+    ] {
+        if over.is_some() {
+            mine.clone_from(over);
+        }
+    }
     hooks.migrate_on = hooks.migrate_on.as_deref().and_then(|h| rename.get(h)).map(|n| (*n).to_owned());
     Runtime {
         service: config.service.clone(),
@@ -327,6 +380,44 @@ fn runtime(config: &crate::config::Config, stage: &crate::config::Stage, hosts: 
             .iter()
             .filter_map(|(k, v)| rename.get(k.as_str()).map(|n| ((*n).to_owned(), v.clone())))
             .collect(),
+    }
+}
+
+/// The stage's load balancer as the fleet drives it: each of the whole
+/// stage's hosts (not only those `--hosts` leaves) by the name reports use,
+/// and each node reached as the stage's hosts are.
+fn load_balancer(
+    lb: &crate::config::LoadBalancer,
+    stage: &crate::config::Stage,
+    names: &[Vec<String>],
+) -> ferry_switcher::fleet::LoadBalancer {
+    let servers = stage
+        .hosts
+        .iter()
+        .zip(names)
+        .filter_map(|((written, _), names)| lb.servers.get(written).map(|s| (names[0].clone(), s.clone())))
+        .collect();
+    let nodes = lb
+        .nodes
+        .iter()
+        .map(|(host, dir, socket)| ferry_switcher::fleet::LbNode {
+            spec: HostSpec {
+                name: host.clone(),
+                deploy_to: match &stage.ssh {
+                    Some(_) => stage.deploy_to.clone(),
+                    None => dir.join(stage.deploy_to.strip_prefix("/").unwrap_or(&stage.deploy_to)),
+                },
+            },
+            socket: socket.clone(),
+        })
+        .collect();
+    ferry_switcher::fleet::LoadBalancer {
+        nodes,
+        backends: lb.backends.clone(),
+        servers,
+        drain_timeout: lb.drain_timeout,
+        up_timeout: lb.up_timeout,
+        min_in_service: lb.min_in_service,
     }
 }
 

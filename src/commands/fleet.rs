@@ -20,7 +20,7 @@ use crate::settings::{Settings, StageSettings};
 
 impl StageSettings {
     /// How this stage's hosts are reached.
-    fn transport(&self) -> &dyn Transport {
+    pub(super) fn transport(&self) -> &dyn Transport {
         match &self.ssh {
             Some(ssh) => ssh,
             None => &Local,
@@ -92,11 +92,35 @@ pub fn push(settings: &Settings, s: &StageSettings, id: Option<&str>) -> Result<
             s.stage.name
         );
     }
-    let hosts = s.stage.hosts.len() as u64;
+    let out_only;
+    let stage = match &s.stage.load_balancer {
+        Some(lb) if s.stage.out_of_rotation => {
+            out_only = out_of_rotation(s, lb)?;
+            &out_only
+        }
+        _ => &s.stage,
+    };
+    let hosts = stage.hosts.len() as u64;
     let observer = observer(settings, 2 * hosts);
-    let report = fleet::push(&s.stage, s.transport(), &StoreSource(&settings.store), &release, observer.as_ref());
+    let report = fleet::push(stage, s.transport(), &StoreSource(&settings.store), &release, observer.as_ref());
     drop(observer);
     show(settings, &report, Verb::Push)
+}
+
+/// The stage narrowed to the hosts out of the load balancer's rotation
+/// (`push --out`), flipped in one batch: they take no traffic, and the
+/// gates still run before the push ends.
+fn out_of_rotation(s: &StageSettings, lb: &fleet::LoadBalancer) -> Result<fleet::Stage> {
+    let out = fleet::lb::Lb::connect(lb, s.transport())?.out_of_rotation()?;
+    let hosts: Vec<fleet::HostSpec> = s.stage.hosts.iter().filter(|h| out.contains(&h.name)).cloned().collect();
+    if hosts.is_empty() {
+        bail!(
+            "no host of stage {} is out of the load balancer's rotation, so --out has nothing to push to; take a \
+             group out first: `ferry lb {0} out <group>`",
+            s.stage.name
+        );
+    }
+    Ok(fleet::Stage { hosts, strategy: vec![fleet::Step::Percent(100)], ..s.stage.clone() })
 }
 
 pub fn rollback(settings: &Settings, s: &StageSettings, to: Option<&str>) -> Result<u8> {

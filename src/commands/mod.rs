@@ -6,6 +6,7 @@ mod delta;
 mod fleet;
 mod host;
 mod inspect;
+mod lb;
 mod report;
 
 use std::io::BufReader;
@@ -32,6 +33,7 @@ pub fn run(settings: &Settings) -> Result<u8> {
         Action::History(s) => fleet::history(settings, s),
         Action::Setup(s) => fleet::setup(settings, s),
         Action::Logs(s, args) => fleet::logs(settings, s, args),
+        Action::Lb(s, verb) => lb::run(settings, s, verb),
         Action::Host(host, action) => host::run(settings, host, action),
         Action::AgentHash => {
             let exe = std::env::current_exe()?;

@@ -111,6 +111,25 @@ pub(super) fn show(settings: &Settings, report: &Report, verb: Verb) -> Result<u
     for note in &report.notes {
         eprintln!("note: {note}");
     }
+    if let Some(lb) = &report.load_balancer {
+        if !quiet {
+            for b in &lb.batches {
+                eprintln!(
+                    "load balancer: {} out of rotation {:.2} s (drain {:.2} s, UP after {:.2} s)",
+                    b.hosts.join(", "),
+                    b.seconds,
+                    b.drain_seconds,
+                    b.up_seconds
+                );
+            }
+        }
+        for (host, sessions) in lb.batches.iter().flat_map(|b| &b.forced) {
+            eprintln!("warning: {host}: {sessions} sessions outlived the drain timeout and were shut down");
+        }
+        for left in &lb.left_out {
+            eprintln!("warning: {left}");
+        }
+    }
     let hosts = plural(report.hosts.len(), "host");
     let last = match (cause, verb) {
         (Some((why, _)), _) => {
@@ -176,6 +195,9 @@ fn table(report: &Report) -> Result<()> {
 fn cause(report: &Report) -> (String, Option<usize>) {
     if let Some(gate) = &report.gate {
         return (gate.clone(), None);
+    }
+    if let Some(e) = report.load_balancer.as_ref().and_then(|lb| lb.error.as_ref()) {
+        return (e.clone(), None);
     }
     let failed = report.hosts.iter().position(|h| h.result == Outcome::Failed && h.error.is_some());
     match failed.or_else(|| report.hosts.iter().position(|h| h.error.is_some())) {

@@ -45,6 +45,14 @@ pub const STRATEGY: &[&str] = &["1", "50%", "100%"];
 /// `max_parallel`: hosts worked on at once; enough that a fleet of dozens
 /// goes in a few rounds, few enough not to swamp the controller's link.
 pub const MAX_PARALLEL: usize = 10;
+/// `load_balancer.drain_timeout`: seconds a draining server's sessions may
+/// take to end; HAProxy's own `timeout server` is often about this.
+pub const DRAIN_TIMEOUT: u64 = 30;
+/// `load_balancer.up_timeout`: seconds for HAProxy to see a server UP after
+/// `ready`: room for several health checks at HAProxy's default 2 s.
+pub const UP_TIMEOUT: u64 = 30;
+/// `load_balancer.min_in_service`: a backend keeps at least one server.
+pub const MIN_IN_SERVICE: usize = 1;
 /// `on_failure`: flip back, since a half-pushed fleet runs two releases.
 pub const ON_FAILURE: OnFailure = OnFailure::Revert;
 /// `connect_timeout`: seconds to connect to an ssh host, as OpenSSH's

@@ -4,6 +4,7 @@
 //! with their line and column, and so are values that parse but are wrong (a
 //! bad service name, a component path that leaves the tree).
 
+mod balancer;
 mod defaults;
 mod raw;
 mod runtime;
@@ -19,6 +20,7 @@ use ferry_formats::{ComponentKind, RelPath};
 use ferry_switcher::fleet::Hooks;
 use ferry_switcher::host::runtime::Program;
 
+pub use balancer::LoadBalancer;
 use defaults::DEFAULT_EXCLUDES;
 use raw::{each, FerryToml};
 use runtime::{hooks, programs};

@@ -58,7 +58,47 @@ pub struct HooksSection {
     pub migrate_on: Option<String>,
     pub before_flip: Option<String>,
     pub after_flip: Option<String>,
+    pub before_batch: Option<String>,
+    pub after_batch: Option<String>,
     pub timeout: Option<Spanned<u64>>,
+}
+
+/// `[stages.<name>.hooks]`: the stage's own, over `[hooks]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageHooksSection {
+    pub migrate: Option<String>,
+    pub before_flip: Option<String>,
+    pub after_flip: Option<String>,
+    pub before_batch: Option<String>,
+    pub after_batch: Option<String>,
+}
+
+/// `[stages.<name>.load_balancer]`: the load balancer a push drives.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancerSection {
+    pub kind: Spanned<String>,
+    pub nodes: Spanned<Vec<LbNodeSection>>,
+    pub backends: Spanned<Vec<Spanned<String>>>,
+    /// Host (as the stage writes it) to server name, where they differ.
+    #[serde(default = "no_servers")]
+    pub servers: Spanned<BTreeMap<String, String>>,
+    pub drain_timeout: Option<Spanned<u64>>,
+    pub up_timeout: Option<Spanned<u64>>,
+    pub min_in_service: Option<Spanned<usize>>,
+}
+
+/// One LB node: a host reached as the stage's are, and its admin socket.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbNodeSection {
+    pub host: Spanned<String>,
+    pub socket: Spanned<String>,
+}
+
+fn no_servers() -> Spanned<BTreeMap<String, String>> {
+    Spanned::new(0..0, BTreeMap::new())
 }
 
 /// `[stages.<name>.health]`: the gates after each batch.
@@ -157,6 +197,10 @@ pub struct StageSection {
     /// `{ "web1" = { PORT = "8101" } }`.
     #[serde(default = "no_host_env")]
     pub host_env: Spanned<BTreeMap<String, BTreeMap<String, String>>>,
+    /// The stage's hooks, over `[hooks]`.
+    #[serde(default)]
+    pub hooks: StageHooksSection,
+    pub load_balancer: Option<LoadBalancerSection>,
 }
 
 fn no_host_env() -> Spanned<BTreeMap<String, BTreeMap<String, String>>> {

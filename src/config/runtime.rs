@@ -183,6 +183,8 @@ pub(super) fn hooks(raw: &FerryToml, at: &dyn Fn(Range<usize>) -> String) -> Res
         migrate_on: h.migrate_on.clone(),
         before_flip: h.before_flip.clone(),
         after_flip: h.after_flip.clone(),
+        before_batch: h.before_batch.clone(),
+        after_batch: h.after_batch.clone(),
         timeout,
     })
 }

@@ -11,7 +11,7 @@ use ferry_switcher::fleet::{Gate, OnFailure, Step};
 use toml::Spanned;
 
 use super::defaults;
-use super::raw::{FerryToml, StageSection};
+use super::raw::{FerryToml, StageHooksSection, StageSection};
 use super::runtime::gates;
 use super::{host_path, normalize, plural};
 
@@ -56,6 +56,9 @@ pub struct Stage {
     pub gates: Vec<Gate>,
     /// By host name as the stage lists it.
     pub host_env: BTreeMap<String, BTreeMap<String, String>>,
+    /// The stage's own hooks, over `[hooks]`.
+    pub hooks: StageHooksSection,
+    pub load_balancer: Option<super::balancer::LoadBalancer>,
 }
 
 pub(super) fn check_stage(
@@ -249,7 +252,24 @@ pub(super) fn check_stage(
             }
         }
     }
+    let local_dir = |h: &str| normalize(&dir.join(h));
+    let load_balancer = stage
+        .load_balancer
+        .as_ref()
+        .map(|lb| {
+            super::balancer::check(
+                name,
+                lb,
+                &hosts,
+                &key,
+                if ssh.is_none() { Some(&local_dir as &dyn Fn(&str) -> PathBuf) } else { None },
+                at,
+            )
+        })
+        .transpose()?;
     Ok(Stage {
+        hooks: stage.hooks.clone(),
+        load_balancer,
         hosts,
         ssh,
         env,

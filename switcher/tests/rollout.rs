@@ -112,6 +112,8 @@ fn fleet() -> Fleet {
         on_failure: OnFailure::Revert,
         runtime: Default::default(),
         force: false,
+        load_balancer: None,
+        out_of_rotation: false,
     };
     let source = Bundles(bundles);
     let report = fleet::push(&stage, &Local, &source, &v1, &Quiet);

@@ -300,6 +300,8 @@ pub fn stage(name: &str, hosts: Vec<HostSpec>) -> Stage {
         on_failure: OnFailure::Revert,
         runtime: Default::default(),
         force: false,
+        load_balancer: None,
+        out_of_rotation: false,
     }
 }
 

@@ -256,6 +256,10 @@ impl Session for AgentSession {
     ) -> Result<Vec<LogChunk>, HostError> {
         self.call(Request::Logs { program: program.map(str::to_owned), offsets: offsets.clone(), bytes })
     }
+
+    fn admin_socket(&mut self, socket: &Path, command: &str) -> Result<String, HostError> {
+        self.call(Request::AdminSocket { socket: socket.to_owned(), command: command.to_owned() })
+    }
 }
 
 impl AgentSession {

@@ -147,4 +147,7 @@ impl Session for FaultySession {
     ) -> Result<Vec<LogChunk>, HostError> {
         self.inner.logs(program, offsets, bytes)
     }
+    fn admin_socket(&mut self, socket: &Path, command: &str) -> Result<String, HostError> {
+        self.inner.admin_socket(socket, command)
+    }
 }

@@ -54,6 +54,13 @@ pub struct Hooks {
     pub before_flip: Option<String>,
     /// On each host, in the new release, after its flip (and restart).
     pub after_flip: Option<String>,
+    /// On the controller, before each batch goes out of rotation and flips
+    /// (for a load balancer ferry does not drive), with FERRY_STAGE,
+    /// FERRY_BATCH, FERRY_HOSTS and FERRY_RELEASE set.
+    pub before_batch: Option<String>,
+    /// On the controller, after each batch passed its gates (and is back in
+    /// rotation), with the same variables.
+    pub after_batch: Option<String>,
     pub timeout: Duration,
 }
 
@@ -367,6 +374,13 @@ fn said(tail: &str) -> String {
 pub fn run_command(run: &str, timeout: Duration, hosts: &[String], release: &str) -> Result<String, CommandGateError> {
     let mut sh = std::process::Command::new("sh");
     sh.arg("-c").arg(run).env("FERRY_HOSTS", hosts.join(" ")).env("FERRY_RELEASE", release);
+    run_in(sh, run, timeout)
+}
+
+/// Runs `sh` (the command `run` as the user wrote it) for at most
+/// `timeout`: what it said when it exited 0, else why not with its last
+/// lines.
+pub fn run_in(sh: std::process::Command, run: &str, timeout: Duration) -> Result<String, CommandGateError> {
     let (status, output) = crate::host::runtime::run_bounded(sh, timeout)
         .map_err(|error| CommandGateError::Spawn { run: run.to_owned(), error })?;
     let tail: Vec<&str> = output.lines().collect();

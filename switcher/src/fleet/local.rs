@@ -99,4 +99,8 @@ impl Session for LocalSession {
     ) -> Result<Vec<LogChunk>, HostError> {
         self.host.logs(program, offsets, bytes)
     }
+
+    fn admin_socket(&mut self, socket: &Path, command: &str) -> Result<String, HostError> {
+        crate::host::admin_socket::command(socket, command, crate::host::admin_socket::TIMEOUT)
+    }
 }

@@ -12,6 +12,7 @@ mod agent;
 mod connect;
 pub mod fault;
 pub mod gates;
+pub mod lb;
 mod local;
 mod plan;
 mod push;
@@ -33,9 +34,10 @@ use crate::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
 
 pub use agent::Agent;
 pub use gates::{Gate, Hooks, HttpProbe, Runtime};
+pub use lb::{LbError, LbNode, LoadBalancer};
 pub use local::Local;
 pub use plan::{batches, Step};
-pub use push::push;
+pub use push::{push, LbBatch, LbReport};
 pub use query::{journals, logs, setup, status, Answer};
 pub use report::{Down, Event, EventKind, HostReport, HostStep, Observer, Outcome, Quiet, Report, Shipped};
 pub use rollback::{rollback, RollbackError};
@@ -95,6 +97,9 @@ pub trait Session: Send {
         offsets: &BTreeMap<String, i64>,
         bytes: i32,
     ) -> Result<Vec<LogChunk>, HostError>;
+    /// Sends one command to a load balancer's admin socket on the host and
+    /// returns its reply (see [`admin_socket`](crate::host::admin_socket)).
+    fn admin_socket(&mut self, socket: &Path, command: &str) -> Result<String, HostError>;
 }
 
 /// How to reach hosts.
@@ -129,4 +134,9 @@ pub struct Stage {
     /// Push even to hosts that already run the release and serve it:
     /// flip, restart and hooks as for a new release (`--force`).
     pub force: bool,
+    /// The load balancer in front of the hosts, which a push drives.
+    pub load_balancer: Option<LoadBalancer>,
+    /// `--out`: the hosts are out of rotation already (checked), and the
+    /// push leaves the load balancer's states as they are.
+    pub out_of_rotation: bool,
 }

@@ -220,6 +220,9 @@ pub struct Report {
     /// What ferry could not check, said once for the whole push.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// What the load balancer did, when the stage has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<super::LbReport>,
 }
 
 impl Report {

@@ -22,6 +22,7 @@
 //! killed predecessor left (a staging or pruning directory, a temporary
 //! symlink) is cleared right after.
 
+pub mod admin_socket;
 mod files;
 mod flip;
 mod lock;

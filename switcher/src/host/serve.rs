@@ -20,6 +20,7 @@
 //! | `{"op":"prune","keep":N}` | | [`Pruned`](super::Pruned) |
 //! | `{"op":"signature"}` | | `{"len":N}`, then N bytes of signature |
 //! | `{"op":"journal"}` | | every journal record, oldest first |
+//! | `{"op":"admin_socket","socket":…,"command":…}` | | the load balancer's reply, as text |
 //!
 //! Every reply is `{"ok":true,"value":…}` or `{"ok":false,"error":"…","kind":"…"}`
 //! (the error's [`ErrorKind`](super::ErrorKind), so the controller can tell a
@@ -82,6 +83,13 @@ pub enum Request {
     },
     Signature,
     Journal,
+    /// One command to a load balancer's admin socket on the host (see
+    /// [`admin_socket`](super::admin_socket)).
+    #[serde(rename = "admin_socket")]
+    AdminSocket {
+        socket: std::path::PathBuf,
+        command: String,
+    },
 }
 
 /// One reply.
@@ -179,6 +187,9 @@ fn answer(
         Request::Listeners { port } => Reply::of(host.listeners(port)),
         Request::Prune { keep } => Reply::of(locked().and_then(|lock| host.prune(lock, keep))),
         Request::Journal => Reply::of(host.journal()),
+        Request::AdminSocket { socket, command } => {
+            Reply::of(super::admin_socket::command(&socket, &command, super::admin_socket::TIMEOUT))
+        }
         Request::Signature => match locked().and_then(|lock| host.signature(lock)) {
             Ok(signature) => {
                 let bytes = signature.to_bytes();

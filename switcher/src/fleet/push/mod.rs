@@ -4,8 +4,11 @@
 //! hosts; the first that stops the push returns its report.
 
 mod activate;
+mod balance;
 mod health;
 mod stage;
+
+pub use balance::{LbBatch, LbReport};
 
 use std::time::Instant;
 
@@ -46,6 +49,23 @@ pub fn push(
         Err(slots) => return stop(slots, phases),
     };
     let pool = pool(stage.max_parallel);
+    let plan = batches(hosts.len(), &stage.strategy);
+    let names: Vec<Vec<String>> =
+        plan.iter().map(|r| hosts[r.clone()].iter().map(|h| h.name().to_owned()).collect()).collect();
+
+    // The load balancer, checked before anything changes: its sockets, its
+    // servers, and that no batch would leave a backend short.
+    let mut balancer = match balancer(stage, transport, &names) {
+        Ok(b) => b,
+        Err(e) => {
+            let mut report = stop(super::connect::close(hosts), phases);
+            report.load_balancer = Some(LbReport { error: Some(e.to_string()), ..LbReport::default() });
+            return report;
+        }
+    };
+    if balancer.is_some() {
+        phases.done("load_balancer");
+    }
 
     stage::stage_all(&pool, &mut hosts, stage, source, release, observer);
     if hosts.iter().any(Connected::failed) {
@@ -54,9 +74,6 @@ pub fn push(
     phases.done("stage");
 
     let rt = &stage.runtime;
-    let plan = batches(hosts.len(), &stage.strategy);
-    let names: Vec<Vec<String>> =
-        plan.iter().map(|r| hosts[r.clone()].iter().map(|h| h.name().to_owned()).collect()).collect();
     let end = |hosts: Vec<Connected>, phases: Phases| {
         let mut report = finish_connected(stage, Some(*release), hosts, names.clone(), start);
         report.phases = phases.seconds;
@@ -88,7 +105,22 @@ pub fn push(
     // Activate batch by batch; each batch's gates before the next.
     let mut failed: Option<String> = None;
     let mut gate_failed = None;
+    let mut failed_batch = 0;
     for (n, range) in plan.iter().enumerate() {
+        failed_batch = n;
+        let batch = &names[n];
+        if let Err(e) =
+            balance::batch_hook(stage, "before_batch", rt.hooks.before_batch.as_ref(), batch, n, release, observer)
+        {
+            failed = Some(e);
+            break;
+        }
+        if let Some(b) = balancer.as_mut() {
+            if let Err(e) = b.take_out(batch, observer) {
+                failed = Some(e);
+                break;
+            }
+        }
         pool.install(|| {
             hosts[range.clone()].par_iter_mut().for_each(|host| {
                 host.slot.report.batch = Some(n + 1);
@@ -110,16 +142,36 @@ pub fn push(
             failed = Some(evidence);
             break;
         }
+        // Back in rotation only once ferry's own gates passed.
+        if let Some(b) = balancer.as_mut() {
+            if let Err(e) = b.put_in(batch, observer) {
+                failed = Some(e);
+                break;
+            }
+        }
+        if let Err(e) =
+            balance::batch_hook(stage, "after_batch", rt.hooks.after_batch.as_ref(), batch, n, release, observer)
+        {
+            failed = Some(e);
+            break;
+        }
     }
     phases.done("activate");
     if let Some(why) = failed {
         if stage.on_failure == OnFailure::Revert {
-            activate::revert(&pool, &mut hosts, observer, &why);
+            match balancer.as_mut() {
+                Some(b) => balance::revert(&pool, &mut hosts, &plan[..=failed_batch], stage, b, observer, &why),
+                None => {
+                    activate::revert(&pool, &mut hosts, observer, &why);
+                    health::recheck(stage, &mut hosts);
+                }
+            }
             phases.done("revert");
-            health::recheck(stage, &mut hosts);
         }
         let mut report = end(hosts, phases);
         report.gate = gate_failed;
+        report.load_balancer = balancer.map(|b| b.finish(|_| left_out_why(stage)));
+        report.ok = false;
         return report;
     }
 
@@ -127,7 +179,46 @@ pub fn push(
     phases.done("cleanup");
     let mut report = end(hosts, phases);
     report.notes = notes(stage);
+    report.load_balancer = balancer.map(|b| b.finish(|_| left_out_why(stage)));
+    report.ok &= report.load_balancer.as_ref().is_none_or(|lb| lb.error.is_none() && lb.left_out.is_empty());
     report
+}
+
+/// The stage's load balancer, connected and checked, unless the push
+/// leaves it alone; with `--out`, every host must be out of rotation.
+fn balancer<'a>(
+    stage: &'a Stage,
+    transport: &dyn Transport,
+    batches: &[Vec<String>],
+) -> Result<Option<balance::Balancer<'a>>, String> {
+    let Some(config) = &stage.load_balancer else { return Ok(None) };
+    let mut lb = super::lb::Lb::connect(config, transport).map_err(|e| e.to_string())?;
+    if stage.out_of_rotation {
+        let out = lb.out_of_rotation().map_err(|e| e.to_string())?;
+        let in_rotation: Vec<&String> = batches.iter().flatten().filter(|h| !out.contains(h)).collect();
+        if !in_rotation.is_empty() {
+            let names: Vec<&str> = in_rotation.iter().map(|h| h.as_str()).collect();
+            return Err(format!(
+                "--out pushes only to hosts out of rotation, and {} in rotation on the load balancer; nothing was \
+                 changed: take them out first (`ferry lb {} out …`)",
+                if names.len() == 1 { format!("{} is", names[0]) } else { format!("{} are", names.join(", ")) },
+                stage.name
+            ));
+        }
+        return Ok(None);
+    }
+    let mut balancer = balance::Balancer::new(lb);
+    balancer.guard_all(batches).map_err(|e| e.to_string())?;
+    Ok(Some(balancer))
+}
+
+/// Why a host the push took out of rotation is still out.
+fn left_out_why(stage: &Stage) -> String {
+    format!(
+        "left out of rotation (its release did not pass, or the load balancer stopped answering); `ferry lb {} in \
+         <host>` puts it back",
+        stage.name
+    )
 }
 
 /// As a host connects: what it runs (the delta's base), whether it has the
