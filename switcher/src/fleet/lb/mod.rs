@@ -359,23 +359,4 @@ impl<'a> Lb<'a> {
             std::thread::sleep(POLL);
         }
     }
-
-    /// Sets `hosts` to maint again where some node no longer has them so
-    /// (HAProxy reloaded and forgot): which hosts needed it.
-    pub fn reassert_out(&mut self, hosts: &[String]) -> Result<Vec<String>, LbError> {
-        let views = self.status()?;
-        let lost: Vec<String> = hosts
-            .iter()
-            .filter(|h| {
-                let server = self.config.servers.get(*h);
-                views.iter().any(|v| Some(&v.stat.server) == server && !v.stat.status.is_maint())
-            })
-            .cloned()
-            .collect();
-        if !lost.is_empty() {
-            // It may have taken traffic since: drain it again.
-            self.take_out(&lost, &super::Quiet)?;
-        }
-        Ok(lost)
-    }
 }

@@ -174,20 +174,22 @@ pub(super) fn revert(
     let back = passing(stage, &hosts[failed.clone()]);
     let batch = names(hosts, &failed);
     let back: Vec<String> = batch.iter().zip(back).filter(|(_, ok)| *ok).map(|(h, _)| h.clone()).collect();
-    if balancer.put_in(&back, observer).is_err() {
-        return;
-    }
+    // Once the load balancer stops answering, the rest still go back (a
+    // half-pushed fleet is worse), without draining: the report says so.
+    let mut answers = balancer.put_in(&back, observer).is_ok();
     for range in before.iter().rev() {
         let batch = names(hosts, range);
-        if balancer.take_out(&batch, observer).is_err() {
-            return;
-        }
+        answers = answers && balancer.take_out(&batch, observer).is_ok();
         activate::revert(pool, &mut hosts[range.clone()], observer, why);
         super::health::recheck(stage, &mut hosts[range.clone()]);
-        let ok = passing(stage, &hosts[range.clone()]);
-        let back: Vec<String> = batch.iter().zip(ok).filter(|(_, ok)| *ok).map(|(h, _)| h.clone()).collect();
-        if balancer.put_in(&back, observer).is_err() {
-            return;
+        if answers {
+            let ok = passing(stage, &hosts[range.clone()]);
+            let back: Vec<String> = batch.iter().zip(ok).filter(|(_, ok)| *ok).map(|(h, _)| h.clone()).collect();
+            answers = balancer.put_in(&back, observer).is_ok();
+        } else {
+            for host in &mut hosts[range.clone()] {
+                host.slot.report.warn("flipped back without draining: the load balancer did not answer");
+            }
         }
     }
 }
