@@ -351,7 +351,7 @@ fn runtime(config: &crate::config::Config, stage: &crate::config::Stage, hosts: 
                 ferry_switcher::fleet::Gate::Http(probe) | ferry_switcher::fleet::Gate::Errors { probe, .. } => {
                     probe.urls = by_spec(&probe.urls);
                 }
-                ferry_switcher::fleet::Gate::Command { .. } => {}
+                ferry_switcher::fleet::Gate::Command { .. } | ferry_switcher::fleet::Gate::LbErrors { .. } => {}
             }
             gate
         })

@@ -106,7 +106,7 @@ fn no_servers() -> Spanned<BTreeMap<String, String>> {
 #[serde(deny_unknown_fields)]
 pub struct HealthSection {
     pub http: Option<HttpSection>,
-    pub errors: Option<ErrorsSection>,
+    pub errors: Option<Spanned<ErrorsSection>>,
     pub command: Option<CommandSection>,
 }
 
@@ -126,7 +126,10 @@ pub struct HttpSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorsSection {
-    pub url: Spanned<String>,
+    /// Where the probes go; not with `source = "load_balancer"`.
+    pub url: Option<Spanned<String>>,
+    /// `"probes"` (the default) or `"load_balancer"`: HAProxy's own counts.
+    pub source: Option<Spanned<String>>,
     #[serde(default)]
     pub urls: BTreeMap<String, String>,
     pub timeout: Option<f64>,

@@ -51,23 +51,56 @@ pub(super) fn gates(stage: &str, health: &HealthSection, at: &dyn Fn(Range<usize
             answered_by: h.answered_by,
         }));
     }
-    if let Some(e) = &health.errors {
-        positive(e.timeout, "errors.timeout", e.url.span())?;
-        positive(e.window, "errors.window", e.url.span())?;
-        positive(e.interval, "errors.interval", e.url.span())?;
+    if let Some(spanned) = &health.errors {
+        let (e, span) = (spanned.get_ref(), spanned.span());
+        positive(e.timeout, "errors.timeout", span.clone())?;
+        positive(e.window, "errors.window", span.clone())?;
+        positive(e.interval, "errors.interval", span.clone())?;
         if e.min_requests == Some(0) {
-            bail!("{}: stage {stage}: health.errors.min_requests must be at least 1", at(e.url.span()));
+            bail!("{}: stage {stage}: health.errors.min_requests must be at least 1", at(span));
         }
         let rate = |v: Option<f64>, default: f64, key: &str| -> Result<f64> {
             let v = v.unwrap_or(default);
             if !(0.0..=1.0).contains(&v) {
-                bail!("{}: stage {stage}: health.errors.{key} = {v} must be a share from 0 to 1", at(e.url.span()));
+                bail!("{}: stage {stage}: health.errors.{key} = {v} must be a share from 0 to 1", at(span.clone()));
             }
             Ok(v)
         };
+        let from_lb = match &e.source {
+            None => false,
+            Some(s) if s.get_ref() == "probes" => false,
+            Some(s) if s.get_ref() == "load_balancer" => true,
+            Some(s) => bail!(
+                "{}: stage {stage}: health.errors.source {:?} must be \"probes\" or \"load_balancer\"",
+                at(s.span()),
+                s.get_ref()
+            ),
+        };
+        let probe_url = match (&e.url, from_lb) {
+            (Some(u), false) => url(u, "errors")?,
+            (None, false) => bail!(
+                "{}: stage {stage}: health.errors needs a url to probe, or source = \"load_balancer\" to read \
+                 HAProxy's counts",
+                at(span)
+            ),
+            (Some(u), true) => bail!(
+                "{}: stage {stage}: health.errors reads HAProxy's counts (source = \"load_balancer\"): leave url out",
+                at(u.span())
+            ),
+            (None, true) => String::new(),
+        };
+        if from_lb {
+            gates.push(Gate::LbErrors {
+                window: secs(e.window, defaults::ERRORS_WINDOW),
+                max_rate: rate(e.max_rate, defaults::ERRORS_MAX_RATE, "max_rate")?,
+                max_excess: rate(e.max_excess, defaults::ERRORS_MAX_EXCESS, "max_excess")?,
+                min_requests: e.min_requests.unwrap_or(defaults::ERRORS_MIN_REQUESTS),
+            });
+            return gates_then_command(gates, health, stage);
+        }
         gates.push(Gate::Errors {
             probe: HttpProbe {
-                url: url(&e.url, "errors")?,
+                url: probe_url,
                 urls: e.urls.clone(),
                 status: 200,
                 timeout: secs(e.timeout, defaults::PROBE_TIMEOUT),
@@ -81,6 +114,11 @@ pub(super) fn gates(stage: &str, health: &HealthSection, at: &dyn Fn(Range<usize
             min_requests: e.min_requests.unwrap_or(defaults::ERRORS_MIN_REQUESTS),
         });
     }
+    gates_then_command(gates, health, stage)
+}
+
+/// `gates` and then the stage's command gate, if any.
+fn gates_then_command(mut gates: Vec<Gate>, health: &HealthSection, stage: &str) -> Result<Vec<Gate>> {
     if let Some(c) = &health.command {
         if c.timeout == Some(0) {
             bail!("stage {stage}: health.command.timeout must be at least 1 second");

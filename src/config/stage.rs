@@ -267,6 +267,12 @@ pub(super) fn check_stage(
             )
         })
         .transpose()?;
+    if load_balancer.is_none() && gates.iter().any(|g| matches!(g, Gate::LbErrors { .. })) {
+        bail!(
+            "stage {name}: health.errors has source = \"load_balancer\", and the stage has no \
+             [stages.{name}.load_balancer] to read"
+        );
+    }
     Ok(Stage {
         hooks: stage.hooks.clone(),
         load_balancer,

@@ -82,6 +82,11 @@ pub enum Gate {
         max_excess: f64,
         min_requests: usize,
     },
+    /// [`Gate::Errors`] judged from the load balancer's own counts: each
+    /// server's responses and 5xx in HAProxy's stats over `window`, once
+    /// the batch is back in rotation (the stage must have a load
+    /// balancer), against the servers not flipped yet.
+    LbErrors { window: Duration, max_rate: f64, max_excess: f64, min_requests: usize },
     /// A command on the controller; exit 0 is healthy. It gets the batch's
     /// hosts in `FERRY_HOSTS` (space-separated) and the release in
     /// `FERRY_RELEASE`.
@@ -120,7 +125,7 @@ impl Gate {
     pub fn name(&self) -> &'static str {
         match self {
             Gate::Http(_) => "http",
-            Gate::Errors { .. } => "errors",
+            Gate::Errors { .. } | Gate::LbErrors { .. } => "errors",
             Gate::Command { .. } => "command",
         }
     }

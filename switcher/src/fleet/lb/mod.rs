@@ -333,6 +333,15 @@ impl<'a> Lb<'a> {
             .collect())
     }
 
+    /// The responses and the 5xx among them HAProxy counted for `hosts`'
+    /// servers, over every node and backend, since it started.
+    pub fn responses(&mut self, hosts: &[String]) -> Result<(u64, u64), LbError> {
+        let servers: BTreeSet<String> = hosts.iter().map(|h| self.server(h)).collect::<Result<_, _>>()?;
+        let views = self.status()?;
+        let mine = views.iter().filter(|v| servers.contains(&v.stat.server));
+        Ok(mine.fold((0, 0), |(r, e), v| (r + v.stat.responses, e + v.stat.hrsp_5xx)))
+    }
+
     /// Puts `hosts` back in rotation and waits until HAProxy's status of
     /// each is exactly `UP` on every node (or `no check`: a server without
     /// a health check is as up as HAProxy can tell).

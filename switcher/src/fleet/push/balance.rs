@@ -102,6 +102,41 @@ impl<'a> Balancer<'a> {
         Ok(())
     }
 
+    /// The errors gate from HAProxy's counts: over `window`, the batch's
+    /// servers' share of 5xx against the ceiling and against `others` (the
+    /// hosts not flipped yet).
+    pub fn errors_gate(
+        &mut self,
+        gate: &Gate,
+        batch: &[String],
+        others: &[String],
+        observer: &dyn Observer,
+    ) -> Result<String, String> {
+        let Gate::LbErrors { window, max_rate, max_excess, min_requests } = gate else { return Ok(String::new()) };
+        observer.note(
+            &batch.join(","),
+            "gate errors",
+            &format!("reading HAProxy's counts for {} s", window.as_secs_f64()),
+        );
+        let before =
+            (self.lb.responses(batch).map_err(|e| self.stop(e))?, self.lb.responses(others).map_err(|e| self.stop(e))?);
+        std::thread::sleep(*window);
+        let after =
+            (self.lb.responses(batch).map_err(|e| self.stop(e))?, self.lb.responses(others).map_err(|e| self.stop(e))?);
+        let sample = |a: (u64, u64), b: (u64, u64)| gates::Sample {
+            requests: b.0.saturating_sub(a.0) as usize,
+            failures: b.1.saturating_sub(a.1) as usize,
+        };
+        gates::judge_errors(sample(before.0, after.0), sample(before.1, after.1), *max_rate, *max_excess, *min_requests)
+            .map(|ok| format!("{ok} (HAProxy's counts)"))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Whether every host of `batch` is out of rotation by ferry's hand.
+    pub fn has_out(&self, batch: &[String]) -> bool {
+        batch.iter().all(|h| self.out.contains(h))
+    }
+
     /// Records the load balancer's error that stops the push; its words.
     fn stop(&mut self, e: LbError) -> String {
         let words = e.to_string();
@@ -169,10 +204,16 @@ pub(super) fn revert(
     };
     let Some((failed, before)) = plan.split_last() else { return };
     let failed = failed.clone();
+    // Back in rotation already when HAProxy's counts failed it.
+    let batch = names(hosts, &failed);
+    if !balancer.has_out(&batch) && balancer.take_out(&batch, observer).is_err() {
+        for host in &mut hosts[failed.clone()] {
+            host.slot.report.warn("flipped back without draining: the load balancer did not answer");
+        }
+    }
     activate::revert(pool, &mut hosts[failed.clone()], observer, why);
     super::health::recheck(stage, &mut hosts[failed.clone()]);
     let back = passing(stage, &hosts[failed.clone()]);
-    let batch = names(hosts, &failed);
     let back: Vec<String> = batch.iter().zip(back).filter(|(_, ok)| *ok).map(|(h, _)| h.clone()).collect();
     // Once the load balancer stops answering, the rest still go back (a
     // half-pushed fleet is worse), without draining: the report says so.

@@ -67,6 +67,8 @@ pub(super) fn check_gates(
                 let (a, b) = gates::sample_errors(probe, &flipped, &others, *window, *interval);
                 gates::judge_errors(a, b, *max_rate, *max_excess, *min_requests).map_err(|e| e.to_string())
             }
+            // Judged from HAProxy's counts once the batch is back in rotation.
+            Gate::LbErrors { .. } => continue,
             Gate::Command { run, timeout } => {
                 gates::run_command(run, *timeout, &batch, &release.to_string()).map_err(|e| e.to_string())
             }

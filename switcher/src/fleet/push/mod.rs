@@ -148,6 +148,22 @@ pub fn push(
                 failed = Some(e);
                 break;
             }
+            if let Some(gate) = rt.gates.iter().find(|g| matches!(g, Gate::LbErrors { .. })) {
+                let others: Vec<String> = names[n + 1..].iter().flatten().cloned().collect();
+                match b.errors_gate(gate, batch, &others, observer) {
+                    Ok(evidence) => observer.note(&batch.join(","), "gate errors", &evidence),
+                    Err(evidence) => {
+                        let evidence = format!("gate errors failed after batch {}: {evidence}", batch.join(", "));
+                        observer.failed(&batch.join(","), "gate errors", &evidence);
+                        for host in &mut hosts[range.clone()] {
+                            host.slot.report.fail(HostStep::Gate, evidence.clone());
+                        }
+                        gate_failed = Some(evidence.clone());
+                        failed = Some(evidence);
+                        break;
+                    }
+                }
+            }
         }
         if let Err(e) =
             balance::batch_hook(stage, "after_batch", rt.hooks.after_batch.as_ref(), batch, n, release, observer)
@@ -315,7 +331,7 @@ fn clean_up(pool: &rayon::ThreadPool, hosts: &mut [Connected], stage: &Stage) {
 fn notes(stage: &Stage) -> Vec<String> {
     let rt = &stage.runtime;
     let mut notes = Vec::new();
-    let answers = rt.gates.iter().any(|g| matches!(g, Gate::Http(_) | Gate::Errors { .. }));
+    let answers = rt.gates.iter().any(|g| matches!(g, Gate::Http(_) | Gate::Errors { .. } | Gate::LbErrors { .. }));
     if !rt.programs.is_empty() && !answers {
         notes.push(format!(
             "no http or errors gate: ferry checked that the programs run the new release, not that they answer; \
