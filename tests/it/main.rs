@@ -8,6 +8,7 @@ mod flip;
 mod golden;
 mod hostile;
 mod kit;
+mod lb_config;
 mod linked;
 mod local_fleet;
 mod read;
