@@ -115,10 +115,11 @@ pub(super) fn show(settings: &Settings, report: &Report, verb: Verb) -> Result<u
         if !quiet {
             for b in &lb.batches {
                 eprintln!(
-                    "load balancer: {} out of rotation {:.2} s (drain {:.2} s, UP after {:.2} s)",
+                    "load balancer: {} out of rotation {:.2} s (drain {:.2} s, flip and gates {:.2} s, UP after {:.2} s)",
                     b.hosts.join(", "),
                     b.seconds,
                     b.drain_seconds,
+                    b.flip_seconds,
                     b.up_seconds
                 );
             }

@@ -38,6 +38,9 @@ pub struct LbBatch {
     pub seconds: f64,
     /// Waiting for its sessions to end.
     pub drain_seconds: f64,
+    /// Out of rotation for the flip, restart and ferry's own gates: from
+    /// `maint` to `ready`.
+    pub flip_seconds: f64,
     /// Waiting for HAProxy to see it UP after `ready`.
     pub up_seconds: f64,
     /// Hosts whose sessions outlived the drain timeout, and how many.
@@ -51,13 +54,14 @@ pub(super) struct Balancer<'a> {
     pub report: LbReport,
     /// Hosts ferry took out and has not put back.
     out: Vec<String>,
-    /// When the batch out now went out.
+    /// When the batch out now went out, and when it was in maint.
     since: Instant,
+    maint: Instant,
 }
 
 impl<'a> Balancer<'a> {
     pub fn new(lb: Lb<'a>) -> Self {
-        Self { lb, report: LbReport::default(), out: Vec::new(), since: Instant::now() }
+        Self { lb, report: LbReport::default(), out: Vec::new(), since: Instant::now(), maint: Instant::now() }
     }
 
     /// Checks every batch against the capacity guard before anything
@@ -75,11 +79,13 @@ impl<'a> Balancer<'a> {
         self.lb.guard(batch).map_err(|e| self.stop(e))?;
         let drained = self.lb.take_out(batch, observer).map_err(|e| self.stop(e))?;
         self.out.extend(batch.iter().cloned());
+        self.maint = Instant::now();
         observer.note(&label, "lb", &format!("out of rotation (drained in {:.2} s)", drained.seconds));
         self.report.batches.push(LbBatch {
             hosts: batch.to_vec(),
             seconds: self.since.elapsed().as_secs_f64(),
             drain_seconds: drained.seconds,
+            flip_seconds: 0.0,
             up_seconds: 0.0,
             forced: drained.forced,
         });
@@ -92,10 +98,12 @@ impl<'a> Balancer<'a> {
             return Ok(());
         }
         let label = batch.join(",");
+        let flip = self.maint.elapsed().as_secs_f64();
         let up = self.lb.put_in(batch).map_err(|e| self.stop(e))?;
         self.out.retain(|h| !batch.contains(h));
         if let Some(b) = self.report.batches.iter_mut().rev().find(|b| b.hosts == batch) {
             b.up_seconds = up.as_secs_f64();
+            b.flip_seconds = flip;
             b.seconds = self.since.elapsed().as_secs_f64();
         }
         observer.note(&label, "lb", &format!("back in rotation (UP after {:.2} s)", up.as_secs_f64()));
