@@ -127,8 +127,12 @@ pub(super) fn show(settings: &Settings, report: &Report, verb: Verb) -> Result<u
         for (host, sessions) in lb.batches.iter().flat_map(|b| &b.forced) {
             eprintln!("warning: {host}: {sessions} sessions outlived the drain timeout and were shut down");
         }
-        for left in &lb.left_out {
-            eprintln!("warning: {left}");
+        for host in &lb.left_out {
+            eprintln!(
+                "warning: {host} is left out of rotation (its release did not pass, or the load balancer stopped \
+                 answering); `ferry lb {} in {host}` puts it back",
+                report.stage
+            );
         }
     }
     let hosts = plural(report.hosts.len(), "host");

@@ -22,7 +22,8 @@ use super::activate;
 pub struct LbReport {
     /// Each batch's time out of rotation.
     pub batches: Vec<LbBatch>,
-    /// Hosts the push left out of rotation, and why.
+    /// Hosts the push took out of rotation and did not put back: their
+    /// release did not pass, or the load balancer stopped answering.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<String>,
     /// What the load balancer answered that stopped the push.
@@ -153,10 +154,8 @@ impl<'a> Balancer<'a> {
     }
 
     /// Ends the push: every host still out of rotation is reported.
-    pub fn finish(mut self, why: impl Fn(&str) -> String) -> LbReport {
-        for host in std::mem::take(&mut self.out) {
-            self.report.left_out.push(format!("{host}: {}", why(&host)));
-        }
+    pub fn finish(mut self) -> LbReport {
+        self.report.left_out = std::mem::take(&mut self.out);
         self.report
     }
 }

@@ -186,7 +186,7 @@ pub fn push(
         }
         let mut report = end(hosts, phases);
         report.gate = gate_failed;
-        report.load_balancer = balancer.map(|b| b.finish(|_| left_out_why(stage)));
+        report.load_balancer = balancer.map(balance::Balancer::finish);
         report.ok = false;
         return report;
     }
@@ -195,7 +195,7 @@ pub fn push(
     phases.done("cleanup");
     let mut report = end(hosts, phases);
     report.notes = notes(stage);
-    report.load_balancer = balancer.map(|b| b.finish(|_| left_out_why(stage)));
+    report.load_balancer = balancer.map(balance::Balancer::finish);
     report.ok &= report.load_balancer.as_ref().is_none_or(|lb| lb.error.is_none() && lb.left_out.is_empty());
     report
 }
@@ -226,15 +226,6 @@ fn balancer<'a>(
     let mut balancer = balance::Balancer::new(lb);
     balancer.guard_all(batches).map_err(|e| e.to_string())?;
     Ok(Some(balancer))
-}
-
-/// Why a host the push took out of rotation is still out.
-fn left_out_why(stage: &Stage) -> String {
-    format!(
-        "left out of rotation (its release did not pass, or the load balancer stopped answering); `ferry lb {} in \
-         <host>` puts it back",
-        stage.name
-    )
 }
 
 /// As a host connects: what it runs (the delta's base), whether it has the
