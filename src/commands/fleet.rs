@@ -104,6 +104,9 @@ pub fn push(settings: &Settings, s: &StageSettings, id: Option<&str>) -> Result<
     let observer = observer(settings, 2 * hosts);
     let report = fleet::push(stage, s.transport(), &StoreSource(&settings.store), &release, observer.as_ref());
     drop(observer);
+    if let Some(lb) = report.load_balancer.as_ref().filter(|lb| !lb.left_out.is_empty()) {
+        super::lb::left_out(s, &lb.left_out)?;
+    }
     show(settings, &report, Verb::Push)
 }
 

@@ -103,6 +103,14 @@ pub fn run(settings: &Settings, s: &StageSettings, verb: &LbVerb) -> Result<u8> 
     Ok(exit::OK)
 }
 
+/// Records hosts a push left out of rotation, so `ferry lb status` knows
+/// ferry set them so.
+pub(super) fn left_out(s: &StageSettings, hosts: &[String]) -> Result<()> {
+    let mut set = Intent::load(s)?;
+    set.out(hosts);
+    set.save()
+}
+
 fn say(settings: &Settings, line: &str) -> Result<()> {
     if settings.output.json {
         output::json(&serde_json::json!({ "ok": true, "done": line }))?;
