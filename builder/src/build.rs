@@ -348,8 +348,10 @@ fn components(spec: &BuildSpec, found: &[Found]) -> Vec<Component> {
     out
 }
 
+// The same as ferry_switcher::host::hostname: the builder does not depend on the switcher, and
+// ferry-formats (the crate both share) holds data formats, not questions to the system.
 fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
 }
 
 /// What preparing a file needs to know about the whole tree.

@@ -21,10 +21,24 @@ pub fn read_ends(input: &mut dyn Read) -> Result<Ends, DeltaError> {
 }
 
 fn parse_fixed(fixed: &[u8; FIXED_LEN]) -> Result<Ends, DeltaError> {
-    parse_fixed_as(fixed, MAGIC)
+    let Fixed { base, target } = parse_fixed_as(fixed, MAGIC)?;
+    Ok(Ends { base: ReleaseId::from_bytes(base), target })
 }
 
-fn parse_fixed_as(fixed: &[u8; FIXED_LEN], magic: [u8; 8]) -> Result<Ends, DeltaError> {
+fn parse_fixed_rsync(fixed: &[u8; FIXED_LEN]) -> Result<(BlobHash, ReleaseId), DeltaError> {
+    let Fixed { base, target } = parse_fixed_as(fixed, RSYNC_MAGIC)?;
+    Ok((BlobHash::from_bytes(base), target))
+}
+
+/// The fixed header's two ids. The base's 32 bytes are a release id in a
+/// delta and a signature's hash in an rsync delta, so they stay raw until the
+/// magic says which.
+struct Fixed {
+    base: [u8; 32],
+    target: ReleaseId,
+}
+
+fn parse_fixed_as(fixed: &[u8; FIXED_LEN], magic: [u8; 8]) -> Result<Fixed, DeltaError> {
     if fixed[..8] != magic {
         return Err(DeltaError::Magic);
     }
@@ -32,8 +46,9 @@ fn parse_fixed_as(fixed: &[u8; FIXED_LEN], magic: [u8; 8]) -> Result<Ends, Delta
     if version != FORMAT_VERSION {
         return Err(DeltaError::Version(version));
     }
-    let id = |r: std::ops::Range<usize>| ReleaseId::from_bytes(fixed[r].try_into().expect("32 bytes"));
-    Ok(Ends { base: id(12..44), target: id(44..76) })
+    let base = fixed[12..44].try_into().expect("32 bytes");
+    let target = ReleaseId::from_bytes(fixed[44..76].try_into().expect("32 bytes"));
+    Ok(Fixed { base, target })
 }
 
 /// A delta read whole and checked: its target's head, and one op for each
@@ -81,8 +96,8 @@ impl Basis<'_> {
 /// the head against the target id, every op's shape, and the trailing hash.
 /// File contents are checked as each op is decoded ([`Op::decode`]).
 pub fn read(input: &mut dyn Read, base: &Head) -> Result<Parsed, DeltaError> {
-    let (ends, head, ops) = read_impl(input, &Basis::Release(base))?;
-    Ok(Parsed { ends, head, ops })
+    let (target, head, ops) = read_impl(input, &Basis::Release(base))?;
+    Ok(Parsed { ends: Ends { base: base.id, target }, head, ops })
 }
 
 /// An rsync delta read whole and checked, as [`read`] does: the target's
@@ -103,39 +118,36 @@ pub fn read_rsync(input: &mut dyn Read, basis: &Signature) -> Result<RsyncParsed
 pub fn read_rsync_basis(input: &mut dyn Read) -> Result<(BlobHash, ReleaseId), DeltaError> {
     let mut fixed = [0u8; FIXED_LEN];
     input.read_exact(&mut fixed).map_err(|source| DeltaError::Io { at: "in its header".into(), source })?;
-    let ends = parse_fixed_as(&fixed, RSYNC_MAGIC)?;
-    Ok((BlobHash::from_bytes(*ends.base.as_bytes()), ends.target))
+    parse_fixed_rsync(&fixed)
 }
 
-fn read_impl(input: &mut dyn Read, basis: &Basis<'_>) -> Result<(Ends, Head, Vec<Op>), DeltaError> {
+/// Returns the target's id, its head and the ops; the base is checked to be `basis`.
+fn read_impl(input: &mut dyn Read, basis: &Basis<'_>) -> Result<(ReleaseId, Head, Vec<Op>), DeltaError> {
     let mut r = Reader { inner: input, hasher: blake3::Hasher::new() };
     let mut fixed = [0u8; FIXED_LEN];
     r.exact(&mut fixed, "in its header")?;
-    let (ends, prefix) = match basis {
+    let (target, prefix) = match basis {
         Basis::Release(base) => {
             let ends = parse_fixed(&fixed)?;
             if ends.base != base.id {
                 return Err(DeltaError::WrongBase { expected: base.id, actual: ends.base });
             }
-            (ends, head_text(base, false))
+            (ends.target, head_text(base, false))
         }
         Basis::Files(signature) => {
-            let ends = parse_fixed_as(&fixed, RSYNC_MAGIC)?;
-            if ends.base.as_bytes() != signature.id.as_bytes() {
-                return Err(DeltaError::WrongBasis {
-                    expected: signature.id,
-                    actual: BlobHash::from_bytes(*ends.base.as_bytes()),
-                });
+            let (actual, target) = parse_fixed_rsync(&fixed)?;
+            if actual != signature.id {
+                return Err(DeltaError::WrongBasis { expected: signature.id, actual });
             }
-            (ends, signature_text(signature))
+            (target, signature_text(signature))
         }
     };
 
     let head_len = r.varint("the head's length")?;
     let head_data = r.bytes(head_len, 2 * (crate::bundle::MAX_MANIFEST + crate::bundle::MAX_META), "the head")?;
     let head = decode_head(&head_data, &prefix)?;
-    if head.id != ends.target {
-        return Err(DeltaError::TargetMismatch { expected: ends.target, actual: head.id });
+    if head.id != target {
+        return Err(DeltaError::TargetMismatch { expected: target, actual: head.id });
     }
 
     // A target file reused from the base is known by its hash alone: its
@@ -210,7 +222,7 @@ fn read_impl(input: &mut dyn Read, basis: &Basis<'_>) -> Result<(Ends, Head, Vec
         Ok(_) => return Err(bad("the end", "bytes after the trailing hash")),
         Err(source) => return Err(DeltaError::Io { at: "after its trailing hash".into(), source }),
     }
-    Ok((ends, head, ops))
+    Ok((target, head, ops))
 }
 
 fn decode_head(data: &[u8], prefix: &[u8]) -> Result<Head, DeltaError> {

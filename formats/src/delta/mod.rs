@@ -76,7 +76,9 @@ const OP_PATCH: u8 = 1;
 const OP_LITERAL: u8 = 2;
 const OP_RSYNC: u8 = 3;
 
-/// What a delta goes from and to.
+/// What a delta goes from and to: release to release. (An rsync delta's base
+/// is a signature's hash, not a release: see [`read_rsync_basis`] and
+/// [`write_rsync`].)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ends {
     pub base: ReleaseId,

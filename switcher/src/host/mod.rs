@@ -385,6 +385,7 @@ fn user_name() -> String {
         .unwrap_or_else(|| format!("uid {uid}"))
 }
 
+// The builder has its own copy (ferry_builder's build.rs): it does not depend on the switcher.
 pub fn hostname() -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()
 }

@@ -110,8 +110,60 @@ impl std::fmt::Display for ProcessState {
 pub enum SupervisorError {
     #[error("supervisord is not answering on {socket}: {source}")]
     Unreachable { socket: PathBuf, source: std::io::Error },
+    /// `fault`: supervisord's faultCode, when the call failed with an XML-RPC fault.
     #[error("supervisord at {socket}: {method} failed: {message}")]
-    Call { socket: PathBuf, method: String, message: String },
+    Call { socket: PathBuf, method: String, fault: Option<Fault>, message: String },
+}
+
+/// The faultCodes of supervisord's XML-RPC interface (`supervisor.xmlrpc.Faults`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    UnknownMethod,
+    IncorrectParameters,
+    BadArguments,
+    SignatureUnsupported,
+    ShutdownState,
+    BadName,
+    BadSignal,
+    NoFile,
+    NotExecutable,
+    Failed,
+    AbnormalTermination,
+    SpawnError,
+    AlreadyStarted,
+    NotRunning,
+    Success,
+    AlreadyAdded,
+    StillRunning,
+    CantReread,
+    /// A code this list does not know.
+    Other(i32),
+}
+
+impl Fault {
+    pub fn from_code(code: i32) -> Self {
+        match code {
+            1 => Self::UnknownMethod,
+            2 => Self::IncorrectParameters,
+            3 => Self::BadArguments,
+            4 => Self::SignatureUnsupported,
+            6 => Self::ShutdownState,
+            10 => Self::BadName,
+            11 => Self::BadSignal,
+            20 => Self::NoFile,
+            21 => Self::NotExecutable,
+            30 => Self::Failed,
+            40 => Self::AbnormalTermination,
+            50 => Self::SpawnError,
+            60 => Self::AlreadyStarted,
+            70 => Self::NotRunning,
+            80 => Self::Success,
+            90 => Self::AlreadyAdded,
+            91 => Self::StillRunning,
+            92 => Self::CantReread,
+            other => Self::Other(other),
+        }
+    }
 }
 
 struct Socket<'a> {
@@ -173,7 +225,12 @@ impl Supervisor {
                         source: std::io::Error::new(io.kind(), message),
                     }
                 }
-                _ => SupervisorError::Call { socket: self.socket.clone(), method: method.to_owned(), message },
+                _ => SupervisorError::Call {
+                    socket: self.socket.clone(),
+                    method: method.to_owned(),
+                    fault: e.fault().map(|f| Fault::from_code(f.fault_code)),
+                    message,
+                },
             }
         })
     }
@@ -203,7 +260,7 @@ impl Supervisor {
         match self.call("supervisor.stopProcessGroup", vec![Value::from(group), Value::Bool(false)]) {
             Ok(_) => {}
             // Already stopped is what we wanted.
-            Err(SupervisorError::Call { message, .. }) if message.contains("NOT_RUNNING") => return Ok(()),
+            Err(SupervisorError::Call { fault: Some(Fault::NotRunning), .. }) => return Ok(()),
             Err(e) => return Err(e),
         }
         let deadline = std::time::Instant::now() + within;
@@ -230,6 +287,7 @@ impl Supervisor {
                 return Err(SupervisorError::Call {
                     socket: self.socket.clone(),
                     method: "supervisor.stopProcessGroup".into(),
+                    fault: None,
                     message: format!("still not stopped after {} s: {}", within.as_secs(), names.join(", ")),
                 });
             }
@@ -242,7 +300,7 @@ impl Supervisor {
     pub fn start_group(&self, group: &str) -> Result<(), SupervisorError> {
         match self.call("supervisor.startProcessGroup", vec![Value::from(group), Value::Bool(false)]) {
             Ok(_) => Ok(()),
-            Err(SupervisorError::Call { message, .. }) if message.contains("ALREADY_STARTED") => Ok(()),
+            Err(SupervisorError::Call { fault: Some(Fault::AlreadyStarted), .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -311,6 +369,7 @@ impl Supervisor {
         SupervisorError::Call {
             socket: self.socket.clone(),
             method: method.to_owned(),
+            fault: None,
             message: format!("an answer of an unexpected shape: {value:?}"),
         }
     }
@@ -334,7 +393,15 @@ fn process_info(v: &Value) -> ProcessInfo {
 
 #[cfg(test)]
 mod tests {
-    use super::ProcessState;
+    use super::{Fault, ProcessState};
+
+    #[test]
+    fn fault_codes_are_supervisords_and_an_unknown_one_is_kept() {
+        assert_eq!(Fault::from_code(70), Fault::NotRunning);
+        assert_eq!(Fault::from_code(60), Fault::AlreadyStarted);
+        assert_eq!(Fault::from_code(92), Fault::CantReread);
+        assert_eq!(Fault::from_code(5), Fault::Other(5));
+    }
 
     #[test]
     fn states_are_supervisords_words_and_an_unknown_one_reads_as_unknown() {
