@@ -285,7 +285,7 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
     let names = host_names(stage, ssh.as_ref());
     let (chosen, strategy) = narrowed(name, stage, &names, narrow)?;
     // Over the whole stage: the guard counts every server of the backends.
-    let load_balancer = stage.load_balancer.as_ref().map(|lb| load_balancer(lb, stage, &names));
+    let load_balancer = stage.load_balancer.as_ref().map(|lb| lb.resolve(stage, &names));
     let stage =
         &crate::config::Stage { hosts: chosen.iter().map(|i| stage.hosts[*i].clone()).collect(), ..stage.clone() };
     let hosts: Vec<HostSpec> = chosen
@@ -380,44 +380,6 @@ fn runtime(config: &crate::config::Config, stage: &crate::config::Stage, hosts: 
             .iter()
             .filter_map(|(k, v)| rename.get(k.as_str()).map(|n| ((*n).to_owned(), v.clone())))
             .collect(),
-    }
-}
-
-/// The stage's load balancer as the fleet drives it: each of the whole
-/// stage's hosts (not only those `--hosts` leaves) by the name reports use,
-/// and each node reached as the stage's hosts are.
-fn load_balancer(
-    lb: &crate::config::LoadBalancer,
-    stage: &crate::config::Stage,
-    names: &[Vec<String>],
-) -> ferry_switcher::fleet::LoadBalancer {
-    let servers = stage
-        .hosts
-        .iter()
-        .zip(names)
-        .filter_map(|((written, _), names)| lb.servers.get(written).map(|s| (names[0].clone(), s.clone())))
-        .collect();
-    let nodes = lb
-        .nodes
-        .iter()
-        .map(|(host, dir, socket)| ferry_switcher::fleet::LbNode {
-            spec: HostSpec {
-                name: host.clone(),
-                deploy_to: match &stage.ssh {
-                    Some(_) => stage.deploy_to.clone(),
-                    None => dir.join(stage.deploy_to.strip_prefix("/").unwrap_or(&stage.deploy_to)),
-                },
-            },
-            socket: socket.clone(),
-        })
-        .collect();
-    ferry_switcher::fleet::LoadBalancer {
-        nodes,
-        backends: lb.backends.clone(),
-        servers,
-        drain_timeout: lb.drain_timeout,
-        up_timeout: lb.up_timeout,
-        min_in_service: lb.min_in_service,
     }
 }
 

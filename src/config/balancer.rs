@@ -27,6 +27,42 @@ pub struct LoadBalancer {
     pub min_in_service: usize,
 }
 
+impl LoadBalancer {
+    /// The stage's load balancer as the fleet drives it: each of the whole
+    /// stage's hosts (not only those `--hosts` leaves) by the name reports use,
+    /// and each node reached as the stage's hosts are.
+    pub fn resolve(&self, stage: &super::Stage, names: &[Vec<String>]) -> ferry_switcher::fleet::LoadBalancer {
+        let servers = stage
+            .hosts
+            .iter()
+            .zip(names)
+            .filter_map(|((written, _), names)| self.servers.get(written).map(|s| (names[0].clone(), s.clone())))
+            .collect();
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|(host, dir, socket)| ferry_switcher::fleet::LbNode {
+                spec: ferry_switcher::fleet::HostSpec {
+                    name: host.clone(),
+                    deploy_to: match &stage.ssh {
+                        Some(_) => stage.deploy_to.clone(),
+                        None => dir.join(stage.deploy_to.strip_prefix("/").unwrap_or(&stage.deploy_to)),
+                    },
+                },
+                socket: socket.clone(),
+            })
+            .collect();
+        ferry_switcher::fleet::LoadBalancer {
+            nodes,
+            backends: self.backends.clone(),
+            servers,
+            drain_timeout: self.drain_timeout,
+            up_timeout: self.up_timeout,
+            min_in_service: self.min_in_service,
+        }
+    }
+}
+
 /// A name HAProxy's runtime API takes in `set server B/S`: no spaces, no
 /// slash, no command separator.
 fn valid_name(s: &str) -> bool {

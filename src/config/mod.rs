@@ -20,7 +20,6 @@ use ferry_formats::{ComponentKind, RelPath};
 use ferry_switcher::fleet::Hooks;
 use ferry_switcher::host::runtime::Program;
 
-pub use balancer::LoadBalancer;
 use defaults::DEFAULT_EXCLUDES;
 use raw::{each, FerryToml};
 use runtime::{hooks, programs};
