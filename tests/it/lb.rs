@@ -127,22 +127,41 @@ fn haproxy_test_host_balances_and_reports_its_servers() {
     assert!(lb.server("host1").stot > 0, "host1 serves again (its count restarted at {host1} in the new worker)");
 }
 
+/// Why ferry must drain servers in the load balancer: a plain rolling
+/// push under constant load through a realistic HAProxy (Debian's
+/// defaults: `retries 3`, no `option redispatch`, `retry-on` left at
+/// `conn-failure`; checks every 500 ms, down after 2) fails requests on
+/// every run, kept alive or not.
+///
+/// What fails is not the refused connects while gunicorn is down: HAProxy
+/// retries those (`wretr`) and they succeed. It is the connections the
+/// kernel still accepts on gunicorn's listening socket between SIGTERM and
+/// the exit of its last worker (a worker finishing a `/slow` request keeps
+/// it open for up to 2 s; without one, the few ms a worker takes to exit):
+/// they are reset unanswered, after HAProxy sent the request, so it does
+/// not retry them. A client of its own connection gets a 502 (`SH--` in
+/// HAProxy's log); a kept-alive client's connection is closed with no
+/// answer (no 502, no log line), which counts as `eof-reused`. Measured
+/// here: 8 to 15 such failures of each load a push. HAProxy's
+/// `retry-on all-retryable-errors` (which also retries requests the server
+/// dropped) hid them all in 2 runs of 2 — for these GETs; `option
+/// redispatch` did not. So this test, and the one that shows none fail with
+/// the load balancer configured, keep HAProxy's default `retry-on`.
 #[test]
 fn without_a_load_balancer_in_the_config_a_rolling_push_fails_requests() {
     let hosts = TestHosts::start(5);
     let p = web_project(&hosts, &WEB);
     build(&p, "v1");
     p.ferry(["push", "prod"]).ok();
-    // Debian's config as it comes: retries 3, no option redispatch; health
-    // checks every 500 ms, down after 2 failed, up after 2 passed.
     let lb = Haproxy::start(&hosts, LB, &WEB, HaproxyOpts::default());
     lb.wait_all_up(Duration::from_secs(10));
     build(&p, "v2");
 
+    // Each load: 4 connections on `/`, 1 ms apart, and one on `/slow`.
     let opts = |keep_alive| LoadOpts {
         keep_alive,
         connections: 4,
-        pause: Duration::from_millis(5),
+        pause: Duration::from_millis(1),
         slow: 1,
         ..LoadOpts::default()
     };
@@ -154,18 +173,22 @@ fn without_a_load_balancer_in_the_config_a_rolling_push_fails_requests() {
     let push = start.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     let (kept, closing) = (kept.stop(), closing.stop());
-    eprintln!("push of v2 to 4 hosts: {:.1} s", push.as_secs_f64());
-    eprintln!("{}", show("keep-alive", &kept));
-    eprintln!("{}", show("one connection a request", &closing));
-    eprintln!("HAProxy's errors: {:?}", lb.errors());
-    eprintln!("HAProxy's log of requests not answered 200:\n{}", not_200(&lb));
-    for r in [&kept, &closing] {
-        assert!(r.versions.contains_key("v2"), "{}", show("load", r));
-    }
-    assert!(
-        kept.failed() + closing.failed() > 0,
-        "a rolling push without the load balancer failed no request: {}\n{}",
+    let said = format!(
+        "push of v2 to 4 hosts: {:.1} s
+{}
+{}
+HAProxy's errors: {:?}
+HAProxy's log of requests not answered 200:
+{}",
+        push.as_secs_f64(),
         show("keep-alive", &kept),
-        show("one connection a request", &closing)
+        show("one connection a request", &closing),
+        lb.errors(),
+        not_200(&lb)
     );
+    eprintln!("{said}");
+    for r in [&kept, &closing] {
+        assert!(r.versions.contains_key("v2"), "{said}");
+        assert!(r.failed() > 0, "a rolling push without the load balancer failed no request:\n{said}");
+    }
 }
