@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use fs_err as fs;
 
 use crate::kit::{example_project, ferry_bin, Project};
-use crate::lbkit::{send, Haproxy, HaproxyOpts};
+use crate::lbkit::{send, ErrorCounters, Haproxy, HaproxyOpts};
 use crate::load::{Load, LoadOpts, LoadResult};
 use crate::runtime::build;
 use crate::testhosts::TestHosts;
@@ -70,6 +70,7 @@ fn haproxy_test_host_balances_and_reports_its_servers() {
     let lb = Haproxy::start(&hosts, LB, &WEB, opts);
     assert_eq!(lb.servers, ["host1", "host2", "host3", "host4"]);
     lb.wait_all_up(Duration::from_secs(10));
+    assert_eq!(lb.errors(), ErrorCounters::default(), "{:#?}", lb.stats());
     // ferry, on the LB host, finds the socket where the config says.
     for socket in [lb.socket_on_host(), lb.operator_socket_on_host().unwrap()] {
         let out = hosts.ssh(LB, &format!("test -S {socket}"));
@@ -104,6 +105,10 @@ fn haproxy_test_host_balances_and_reports_its_servers() {
     // The runtime API, at level admin and not.
     assert_eq!(lb.admin("set server web/host1 state maint").trim(), "");
     assert_eq!(lb.server("host1").status, "MAINT");
+    lb.admin("set server web/host3 state drain");
+    lb.wait_status("host3", "DRAIN", Duration::from_secs(2));
+    lb.admin("set server web/host3 state ready");
+    lb.wait_status("host3", "UP", Duration::from_secs(2));
     let operator = send(&lb.operator_socket_here().unwrap(), "set server web/host2 state maint").unwrap();
     assert!(operator.contains("Permission denied"), "{operator}");
     assert_eq!(lb.server("host2").status, "UP");

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -169,8 +169,8 @@ pub struct Counters {
     pub dresp: u64,
 }
 
-/// The frontend's and the backend's error counters: a test asserts they
-/// did not move.
+/// The frontend's (`http`) and the backend's error counters: a test
+/// asserts they did not move.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ErrorCounters {
     pub frontend: Counters,
@@ -272,8 +272,10 @@ impl Haproxy {
             if let Some(status) = haproxy.master.as_mut().unwrap().try_wait().unwrap() {
                 panic!("haproxy exited ({status}) on start; it said:\n{}", haproxy.log_text());
             }
-            let listening = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
-            if listening && haproxy.try_admin("show info").is_ok() {
+            // The master binds the listeners before it starts the worker
+            // that answers here. (No TCP probe of the frontend: a
+            // connection without a request would count in its `ereq`.)
+            if haproxy.try_admin("show info").is_ok() {
                 break;
             }
             assert!(
@@ -372,6 +374,21 @@ impl Haproxy {
                     .collect();
                 panic!("{servers:?} not all UP after {timeout:?}: {states:?}");
             }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until server `name`'s status is `status` (`MAINT`, `DRAIN`,
+    /// `DOWN`…); panics with its row after `timeout`.
+    #[track_caller]
+    pub fn wait_status(&self, name: &str, status: &str, timeout: Duration) -> StatRow {
+        let start = Instant::now();
+        loop {
+            let row = self.server(name);
+            if row.status == status {
+                return row;
+            }
+            assert!(start.elapsed() < timeout, "{name} is not {status} after {timeout:?}: {row:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
