@@ -53,6 +53,8 @@ pub struct Stage {
     pub on_failure: OnFailure,
     pub linked_dirs: Vec<RelPath>,
     pub linked_files: Vec<RelPath>,
+    /// The stage's, else `[deploy]`'s.
+    pub bridge_assets: Vec<RelPath>,
     pub gates: Vec<Gate>,
     /// By host name as the stage lists it.
     pub host_env: BTreeMap<String, BTreeMap<String, String>>,
@@ -199,6 +201,10 @@ pub(super) fn check_stage(
         Some(k) => *k.get_ref(),
         None => defaults::KEEP_RELEASES,
     };
+    let bridge_assets = match &stage.bridge_assets {
+        Some(list) => bridge_paths(list, at)?,
+        None => linked.bridge_assets.clone(),
+    };
     let max_parallel = match &stage.max_parallel {
         Some(m) if *m.get_ref() < 1 => bail!("{}: max_parallel must be at least 1", at(m.span())),
         Some(m) => *m.get_ref(),
@@ -261,15 +267,18 @@ pub(super) fn check_stage(
         on_failure,
         linked_dirs: linked.dirs.clone(),
         linked_files: linked.files.clone(),
+        bridge_assets,
         gates,
         host_env,
     })
 }
 
-/// `[deploy]`'s linked_dirs and linked_files, the same for every stage.
+/// `[deploy]`'s linked_dirs and linked_files, the same for every stage,
+/// and its bridge_assets, which a stage may replace.
 pub(super) struct Linked {
     pub dirs: Vec<RelPath>,
     pub files: Vec<RelPath>,
+    pub bridge_assets: Vec<RelPath>,
 }
 
 /// `[deploy]`'s linked_dirs and linked_files, as paths: read once, for the
@@ -286,7 +295,23 @@ pub(super) fn linked_paths(raw: &FerryToml, at: &dyn Fn(Range<usize>) -> String)
     Ok(Linked {
         dirs: linked(&raw.deploy.linked_dirs, "linked_dirs")?,
         files: linked(&raw.deploy.linked_files, "linked_files")?,
+        bridge_assets: bridge_paths(raw.deploy.bridge_assets.as_deref().unwrap_or_default(), at)?,
     })
+}
+
+/// bridge_assets, as paths: release paths as linked_dirs are, and not in
+/// ferry's own `.ferry/`.
+fn bridge_paths(list: &[Spanned<String>], at: &dyn Fn(Range<usize>) -> String) -> Result<Vec<RelPath>> {
+    list.iter()
+        .map(|p| {
+            let s = p.get_ref().trim_end_matches('/');
+            let rel = RelPath::new(s).map_err(|e| anyhow::anyhow!("{}: bridge_assets {s:?}: {e}", at(p.span())))?;
+            if rel.components().next() == Some(".ferry") {
+                bail!("{}: bridge_assets {s:?}: .ferry is reserved for ferry's own files", at(p.span()));
+            }
+            Ok(rel)
+        })
+        .collect()
 }
 
 /// The first step of `strategy` that reaches fewer hosts than a step before
