@@ -359,6 +359,31 @@ mod tests {
     }
 
     #[test]
+    fn bridge_assets_are_release_paths_from_deploy_that_a_stage_may_replace_and_bad_ones_say_where() {
+        let c = parse(
+            "service = \"s\"\n[deploy]\nbridge_assets = [\"media/static/\", \"media/js\"]\n\
+             [stages.a]\nhosts = [\"h\"]\n[stages.b]\nhosts = [\"h\"]\nbridge_assets = [\"public/assets\"]\n\
+             [stages.c]\nhosts = [\"h\"]\nbridge_assets = []\n",
+        )
+        .unwrap();
+        let paths = |stage: &str| -> Vec<String> {
+            c.stages[stage].bridge_assets.iter().map(|p| p.as_str().to_owned()).collect()
+        };
+        assert_eq!(paths("a"), ["media/static", "media/js"]);
+        assert_eq!(paths("b"), ["public/assets"]);
+        assert!(paths("c").is_empty(), "an empty list turns the deploy's off");
+        assert!(parse("service = \"s\"\n[stages.a]\nhosts = [\"h\"]\n").unwrap().stages["a"].bridge_assets.is_empty());
+        let err = parse("service = \"s\"\n[deploy]\nbridge_assets = [\"media\", \"../up\"]\n").unwrap_err().to_string();
+        assert!(err.starts_with("/srv/svc/ferry.toml:3:27: bridge_assets \"../up\""), "{err}");
+        let err = parse("service = \"s\"\n[stages.a]\nhosts = [\"h\"]\nbridge_assets = [\"/abs\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/srv/svc/ferry.toml:4:18: bridge_assets \"/abs\""), "{err}");
+        let err = parse("service = \"s\"\n[deploy]\nbridge_assets = [\".ferry/x\"]\n").unwrap_err().to_string();
+        assert!(err.contains("ferry.toml:3:18: bridge_assets \".ferry/x\": .ferry is reserved"), "{err}");
+    }
+
+    #[test]
     fn a_strategy_whose_steps_shrink_is_refused_at_the_step() {
         let stage = |strategy: &str| {
             parse(&format!(

@@ -125,3 +125,37 @@ pub(crate) fn shared_link_target(path: &RelPath) -> String {
     let depth = path.components().count();
     format!("{}shared/{path}", "../".repeat(depth + 1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{StageOptions, Staged};
+
+    /// The agent's wire protocol and `.ferry/staged.json` carry these as
+    /// JSON: what an older ferry sends or recorded still parses, and
+    /// without bridging nothing new is sent or recorded.
+    #[test]
+    fn options_and_answers_without_bridging_are_what_older_agents_send_and_read() {
+        let old: StageOptions =
+            serde_json::from_str(r#"{"env":"staging","linked_dirs":["log"],"linked_files":[]}"#).unwrap();
+        assert!(old.bridge_assets.is_empty());
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"env":"staging","linked_dirs":["log"],"linked_files":[]}"#
+        );
+        let bridging =
+            StageOptions { bridge_assets: vec![ferry_formats::RelPath::new("media/static").unwrap()], ..old.clone() };
+        let text = serde_json::to_string(&bridging).unwrap();
+        assert!(text.ends_with(r#","bridge_assets":["media/static"]}"#), "{text}");
+        assert_eq!(serde_json::from_str::<StageOptions>(&text).unwrap(), bridging);
+        assert!(bridging.same_layout(&old) && old.same_layout(&bridging), "bridging is no other layout");
+        assert!(!StageOptions { env: None, ..old.clone() }.same_layout(&old));
+
+        let staged: Staged = serde_json::from_str(
+            r#"{"id":null,"already":false,"written":1,"written_bytes":2,"linked":3,"copied":4,"elapsed":5}"#,
+        )
+        .unwrap();
+        assert_eq!((staged.bridged, staged.bridged_from), (0, None));
+        let text = serde_json::to_string(&staged).unwrap();
+        assert!(!text.contains("bridged"), "{text}");
+    }
+}
