@@ -1,9 +1,11 @@
 //! Asset bridging (`bridge_assets`, as Kamal's): while a rolling deploy
-//! runs behind a load balancer, a page rendered by one release may ask any
-//! host for a fingerprinted asset only the other release has. So the
-//! release being staged also gets, in each bridged directory, the files of
-//! the release it replaces (the host's `current`) that it lacks:
-//! hardlinked (copied across file systems), never over one of its own.
+//! runs behind a load balancer, a page rendered by the old release may ask
+//! a host already on the new one for a fingerprinted asset only the old
+//! release has. So the release being staged also gets, in each bridged
+//! directory, the files of the release it replaces (the host's `current`)
+//! that it lacks: hardlinked (copied across file systems), never over one
+//! of its own. A running release is never changed, so the other way round
+//! is not bridged.
 //!
 //! Only the files of the current release's own manifest are bridged, never
 //! the ones it was given by bridging itself: an asset lives on for one

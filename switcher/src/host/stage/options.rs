@@ -18,9 +18,9 @@ pub struct StageOptions {
     pub linked_files: Vec<RelPath>,
     /// Asset directories (`media/static`) that also get the files of the
     /// release this one replaces (the host's `current` when it is staged)
-    /// that it lacks, hardlinked: so pages rendered by either release find
-    /// their fingerprinted assets on any host during a rolling deploy (as
-    /// Kamal's asset bridging does). Only the files of that release's own
+    /// that it lacks, hardlinked: so a host on the new release still serves
+    /// the fingerprinted assets of pages the old one rendered during a
+    /// rolling deploy (as Kamal's asset bridging does). Only the files of that release's own
     /// manifest are bridged, never those it had bridged itself, so assets do
     /// not pile up release after release. A default, and left out when
     /// empty, for agents and records older than it.
