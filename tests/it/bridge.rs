@@ -245,3 +245,18 @@ fn an_old_pages_asset_is_served_by_a_host_running_the_new_release() {
     assert_eq!(status, 404, "{body}");
     assert!(report["hosts"][0].get("notes").is_none(), "{report}");
 }
+
+#[test]
+fn an_asset_changed_on_the_host_is_not_bridged_on_but_refuses_the_stage() {
+    let (p, v1, v2) = v1_and_v2();
+    let h = tempdir();
+    let dir = h.path();
+    host(dir, &["stage", s(&bundle(&p, &v1))]).ok();
+    host(dir, &["activate", &v1]).ok();
+    let css = dir.join("releases").join(&v1).join("media/app-v1.css");
+    sh(&format!("chmod u+w {c} && printf '/* v9 */\\n' > {c} && chmod u-w {c}", c = css.display()));
+    let err = host(dir, &["stage", s(&bundle(&p, &v2)), "--bridge-asset", "media"]).fails(2);
+    assert!(err.contains("media/app-v1.css: the current release's copy hashes to"), "{err}");
+    assert!(!dir.join("releases").join(&v2).exists());
+    assert!(crate::kit::leftovers(dir).is_empty(), "{:?}", crate::kit::leftovers(dir));
+}
