@@ -317,6 +317,9 @@ pub struct HostOptions {
     /// A file linked to shared/PATH in each release; must exist (repeatable).
     #[arg(long = "linked-file", value_name = "PATH")]
     pub linked_files: Vec<String>,
+    /// An asset directory that also gets the current release's files it lacks, hardlinked (repeatable).
+    #[arg(long = "bridge-asset", value_name = "PATH")]
+    pub bridge_assets: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -304,6 +304,7 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
         env: Some(stage.env.clone()),
         linked_dirs: stage.linked_dirs.clone(),
         linked_files: stage.linked_files.clone(),
+        bridge_assets: stage.bridge_assets.clone(),
     };
     let runtime = runtime(&config, stage, &hosts);
     let stage = Stage {
@@ -548,6 +549,7 @@ fn host_action(verb: HostVerb) -> Result<HostAction> {
             env: o.env,
             linked_dirs: rel(o.linked_dirs, "--linked-dir")?,
             linked_files: rel(o.linked_files, "--linked-file")?,
+            bridge_assets: rel(o.bridge_assets, "--bridge-asset")?,
         })
     };
     Ok(match verb {

@@ -46,6 +46,9 @@ pub fn run(settings: &Settings, host: &Host, action: &HostAction) -> Result<u8> 
                         staged.copied,
                         staged.elapsed.as_secs_f64()
                     );
+                    if let Some(from) = staged.bridged_from {
+                        eprintln!("bridged {} asset files from {}", staged.bridged, from.short(12));
+                    }
                 }
             }
         }
@@ -94,11 +97,15 @@ pub fn run(settings: &Settings, host: &Host, action: &HostAction) -> Result<u8> 
                 for r in &status.releases {
                     let mark = if Some(r.id) == status.current { "*" } else { " " };
                     output::line(&format!(
-                        "{mark} {}  {:<16} {}{}",
+                        "{mark} {}  {:<16} {}{}{}",
                         r.id.short(12),
                         r.version.as_deref().unwrap_or("-"),
                         r.last_used.as_deref().unwrap_or("-"),
-                        if r.pinned { "  pinned" } else { "" }
+                        if r.pinned { "  pinned" } else { "" },
+                        match r.bridged {
+                            0 => String::new(),
+                            n => format!("  {n} bridged"),
+                        }
                     ))?;
                 }
             }

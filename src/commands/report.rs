@@ -228,7 +228,8 @@ fn cause(report: &Report) -> (String, Option<usize>) {
 
 /// The lines after the table, host by host: errors (but the cause's, and
 /// a gate's evidence, which the last line says), warnings, programs that
-/// were down before the push, and (not with `quiet`) the hooks' output.
+/// were down before the push, and (not with `quiet`) notes and the hooks'
+/// output.
 fn host_lines(report: &Report, cause: Option<usize>, quiet: bool) -> Vec<String> {
     let mut lines = Vec::new();
     for (i, h) in report.hosts.iter().enumerate() {
@@ -252,6 +253,9 @@ fn host_lines(report: &Report, cause: Option<usize>, quiet: bool) -> Vec<String>
     }
     lines.extend(report.hosts.iter().filter_map(|h| h.warning.as_ref().map(|w| format!("{}: warning: {w}", h.host))));
     lines.extend(report.hosts.iter().filter(|h| !h.down_before.is_empty()).map(down_before));
+    for h in report.hosts.iter().filter(|_| !quiet) {
+        lines.extend(h.notes.iter().map(|n| format!("{}: {n}", h.host)));
+    }
     for h in report.hosts.iter().filter(|_| !quiet) {
         for run in &h.hooks {
             let how = run.exit.map_or_else(|| "killed".to_owned(), |c| format!("exit {c}"));
@@ -315,6 +319,7 @@ mod tests {
             batch: None,
             staged: true,
             warning: None,
+            notes: Vec::new(),
             error: None,
             hooks: Vec::new(),
             down_before: vec![

@@ -157,6 +157,9 @@ pub struct DeploySection {
     #[serde(default)]
     pub linked_files: Vec<Spanned<String>>,
     pub keep_releases: Option<Spanned<usize>>,
+    /// Asset directories that also get the replaced release's files they
+    /// lack (see `StageOptions::bridge_assets`).
+    pub bridge_assets: Option<Vec<Spanned<String>>>,
 }
 
 /// `[stages.<name>]`: a set of hosts pushed to together.
@@ -174,6 +177,8 @@ pub struct StageSection {
     pub groups: Spanned<BTreeMap<String, Vec<String>>>,
     pub deploy_to: Option<Spanned<String>>,
     pub keep_releases: Option<Spanned<usize>>,
+    /// Over `[deploy]`'s bridge_assets, for this stage.
+    pub bridge_assets: Option<Vec<Spanned<String>>>,
     pub max_parallel: Option<Spanned<usize>>,
     pub on_failure: Option<Spanned<String>>,
     /// ssh: the user for hosts that do not name one.

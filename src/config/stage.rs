@@ -53,6 +53,8 @@ pub struct Stage {
     pub on_failure: OnFailure,
     pub linked_dirs: Vec<RelPath>,
     pub linked_files: Vec<RelPath>,
+    /// The stage's, else `[deploy]`'s.
+    pub bridge_assets: Vec<RelPath>,
     pub gates: Vec<Gate>,
     /// By host name as the stage lists it.
     pub host_env: BTreeMap<String, BTreeMap<String, String>>,
@@ -202,6 +204,10 @@ pub(super) fn check_stage(
         Some(k) => *k.get_ref(),
         None => defaults::KEEP_RELEASES,
     };
+    let bridge_assets = match &stage.bridge_assets {
+        Some(list) => bridge_paths(list, at)?,
+        None => linked.bridge_assets.clone(),
+    };
     let max_parallel = match &stage.max_parallel {
         Some(m) if *m.get_ref() < 1 => bail!("{}: max_parallel must be at least 1", at(m.span())),
         Some(m) => *m.get_ref(),
@@ -287,15 +293,18 @@ pub(super) fn check_stage(
         on_failure,
         linked_dirs: linked.dirs.clone(),
         linked_files: linked.files.clone(),
+        bridge_assets,
         gates,
         host_env,
     })
 }
 
-/// `[deploy]`'s linked_dirs and linked_files, the same for every stage.
+/// `[deploy]`'s linked_dirs and linked_files, the same for every stage,
+/// and its bridge_assets, which a stage may replace.
 pub(super) struct Linked {
     pub dirs: Vec<RelPath>,
     pub files: Vec<RelPath>,
+    pub bridge_assets: Vec<RelPath>,
 }
 
 /// `[deploy]`'s linked_dirs and linked_files, as paths: read once, for the
@@ -312,7 +321,23 @@ pub(super) fn linked_paths(raw: &FerryToml, at: &dyn Fn(Range<usize>) -> String)
     Ok(Linked {
         dirs: linked(&raw.deploy.linked_dirs, "linked_dirs")?,
         files: linked(&raw.deploy.linked_files, "linked_files")?,
+        bridge_assets: bridge_paths(raw.deploy.bridge_assets.as_deref().unwrap_or_default(), at)?,
     })
+}
+
+/// bridge_assets, as paths: release paths as linked_dirs are, and not in
+/// ferry's own `.ferry/`.
+fn bridge_paths(list: &[Spanned<String>], at: &dyn Fn(Range<usize>) -> String) -> Result<Vec<RelPath>> {
+    list.iter()
+        .map(|p| {
+            let s = p.get_ref().trim_end_matches('/');
+            let rel = RelPath::new(s).map_err(|e| anyhow::anyhow!("{}: bridge_assets {s:?}: {e}", at(p.span())))?;
+            if rel.components().next() == Some(".ferry") {
+                bail!("{}: bridge_assets {s:?}: .ferry is reserved for ferry's own files", at(p.span()));
+            }
+            Ok(rel)
+        })
+        .collect()
 }
 
 /// The first step of `strategy` that reaches fewer hosts than a step before
@@ -357,6 +382,31 @@ mod tests {
         assert_eq!((ssh.connect_timeout.as_secs(), ssh.step_timeout.as_secs()), (10, 600));
         let err = parse(&format!("{base}step_timeout = 0\n")).unwrap_err().to_string();
         assert!(err.contains("ferry.toml:5:16: stage prod: step_timeout must be at least 1 second"), "{err}");
+    }
+
+    #[test]
+    fn bridge_assets_are_release_paths_from_deploy_that_a_stage_may_replace_and_bad_ones_say_where() {
+        let c = parse(
+            "service = \"s\"\n[deploy]\nbridge_assets = [\"media/static/\", \"media/js\"]\n\
+             [stages.a]\nhosts = [\"h\"]\n[stages.b]\nhosts = [\"h\"]\nbridge_assets = [\"public/assets\"]\n\
+             [stages.c]\nhosts = [\"h\"]\nbridge_assets = []\n",
+        )
+        .unwrap();
+        let paths = |stage: &str| -> Vec<String> {
+            c.stages[stage].bridge_assets.iter().map(|p| p.as_str().to_owned()).collect()
+        };
+        assert_eq!(paths("a"), ["media/static", "media/js"]);
+        assert_eq!(paths("b"), ["public/assets"]);
+        assert!(paths("c").is_empty(), "an empty list turns the deploy's off");
+        assert!(parse("service = \"s\"\n[stages.a]\nhosts = [\"h\"]\n").unwrap().stages["a"].bridge_assets.is_empty());
+        let err = parse("service = \"s\"\n[deploy]\nbridge_assets = [\"media\", \"../up\"]\n").unwrap_err().to_string();
+        assert!(err.starts_with("/srv/svc/ferry.toml:3:27: bridge_assets \"../up\""), "{err}");
+        let err = parse("service = \"s\"\n[stages.a]\nhosts = [\"h\"]\nbridge_assets = [\"/abs\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/srv/svc/ferry.toml:4:18: bridge_assets \"/abs\""), "{err}");
+        let err = parse("service = \"s\"\n[deploy]\nbridge_assets = [\".ferry/x\"]\n").unwrap_err().to_string();
+        assert!(err.contains("ferry.toml:3:18: bridge_assets \".ferry/x\": .ferry is reserved"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Integration tests: they drive the real `ferry` binary.
 
 mod agent;
+mod bridge;
 mod build;
 mod cli_output;
 mod crash;

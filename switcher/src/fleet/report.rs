@@ -127,6 +127,10 @@ pub struct HostReport {
     pub staged: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// What is worth saying but went right: asset files bridged from the
+    /// release it ran (`bridged 3 asset files from <id>`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The hooks run on it, with their output.
@@ -154,6 +158,7 @@ impl HostReport {
             batch: None,
             staged: false,
             warning: None,
+            notes: Vec::new(),
             error: None,
             hooks: Vec::new(),
             down_before: Vec::new(),

@@ -38,6 +38,14 @@ pub struct ReleaseStatus {
     pub pinned: bool,
     /// When it was last staged, deployed or rolled back to.
     pub last_used: Option<String>,
+    /// Asset files it was given by bridging from the release it replaced
+    /// (`bridge_assets`), which are not in its manifest.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bridged: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A release whose every entry matched its manifest.
@@ -68,6 +76,7 @@ impl Host {
                     version,
                     pinned: self.is_pinned(&id),
                     last_used: last.map(|i| journal[i].time.clone()),
+                    bridged: self.bridged(&id).map_or(0, |(_, files)| files.len()),
                 },
             ));
         }
@@ -101,7 +110,10 @@ impl Host {
 
     /// Checks every entry of release `id` against its manifest: types,
     /// modes, link targets and every file's blake3. Paths linked into
-    /// `shared/` and the config link are ferry's own and are not in it.
+    /// `shared/` and the config link are ferry's own and are not in it;
+    /// neither are bridged asset files (`.ferry/bridged.json`), which were
+    /// checked against their own release's manifest when they were bridged
+    /// and are not this release's: only the manifest's entries are checked.
     pub fn verify(&self, id: &ReleaseId) -> Result<Verified, HostError> {
         let head = self.head(id)?;
         let dir = self.release_dir(id);

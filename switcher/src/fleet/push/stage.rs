@@ -131,6 +131,12 @@ fn stage_one(
         Ok(staged) => {
             report.staged = true;
             observer.done(&name, "staged", &format!("{:.2}s", staged.elapsed.as_secs_f64()));
+            if let Some(from) = staged.bridged_from {
+                let files = if staged.bridged == 1 { "file" } else { "files" };
+                let note = format!("bridged {} asset {files} from {}", staged.bridged, from.short(12));
+                observer.note(&name, "bridge", &note);
+                report.notes.push(note);
+            }
         }
         Err(e) => {
             observer.failed(&name, "stage", &error_chain(&e));

@@ -17,7 +17,8 @@ impl Host {
         serde_json::from_slice(&text).ok()
     }
 
-    /// `Some` when release `id` is here, staged with these options: the
+    /// `Some` when release `id` is here, staged with these options (but for
+    /// `bridge_assets`: see [`StageOptions::same_layout`]): the
     /// input is not read past its head. One staged with other options is
     /// staged anew, and gives way only once its replacement is complete
     /// (nothing is removed before the input was read and verified); that is
@@ -28,7 +29,7 @@ impl Host {
             return Ok(None);
         }
         let with = self.staged_with(id);
-        if with.as_ref() == Some(opts) {
+        if with.as_ref().is_some_and(|w| w.same_layout(opts)) {
             return Ok(Some(Staged::already(*id)));
         }
         let with = with.map_or_else(|| "unknown".to_owned(), |w| serde_json::to_string(&w).unwrap_or_default());

@@ -3,8 +3,8 @@
 //! Everything is built in `releases/.staging-<id>`: directories first, then
 //! each file — hardlinked from a kept release that has the same (hash, mode),
 //! copied when only the hash matches, else written from the bundle or the
-//! delta — then symlinks, the release's `.ferry/` head, the `shared/` links and
-//! the config link. Written files were checked as they were decoded; linked
+//! delta — then symlinks, the release's `.ferry/` head, the `shared/` links,
+//! the config link and any bridged assets (see `bridge`). Written files were checked as they were decoded; linked
 //! and copied ones are hashed again, so a drifted kept release is caught
 //! rather than spread. Then one syncfs(2) makes it all durable and a rename
 //! makes it a release. A kill at any point leaves only the staging directory,
@@ -17,6 +17,7 @@
 //! is refused before anything is written.
 
 mod already;
+mod bridge;
 mod checks;
 mod options;
 mod staging;

@@ -337,6 +337,9 @@ impl<'a> Staging<'a> {
         }
         self.link_shared(opts)?;
         self.link_config(head, opts)?;
+        // After the links: a bridged directory given over to shared/ is a
+        // symlink by now, and gets nothing.
+        let bridged = self.bridge(opts)?;
         let (files, bytes) = head.manifest.file_totals();
         let checked = StagedCheck { id: head.id, files, bytes };
         for (name, bytes) in [
@@ -375,6 +378,8 @@ impl<'a> Staging<'a> {
             written_bytes: self.counts.written_bytes,
             linked: self.counts.linked,
             copied: self.counts.copied,
+            bridged: bridged.as_ref().map_or(0, |(_, files)| files.len()),
+            bridged_from: bridged.map(|(from, _)| from),
             elapsed: Duration::ZERO,
         })
     }
