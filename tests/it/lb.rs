@@ -257,3 +257,101 @@ fn a_rolling_push_behind_haproxy_fails_no_request_and_the_same_push_without_it_d
         assert!(r.failed() > 0, "a rolling push without the load balancer failed no request:\n{said}");
     }
 }
+
+/// What `GET /` on a web host answers, directly (not through HAProxy).
+fn serves(hosts: &TestHosts, i: usize) -> String {
+    crate::runtime::get(hosts.hosts[i].addr, "/").1
+}
+
+/// Each server's status in HAProxy, in the kit's order.
+fn statuses(lb: &Haproxy) -> Vec<String> {
+    lb.servers.iter().map(|s| lb.server(s).status).collect()
+}
+
+/// OpenSky's flow — group1 out, deploy to it, flip the groups, deploy to
+/// group2, all back in — by hand with `ferry lb` and `ferry push --out`,
+/// then as one `ferry push` with a strategy of the two groups; each step
+/// asserted from HAProxy's own state and from what each host serves.
+#[test]
+fn the_opensky_group_flow_by_hand_and_as_one_push() {
+    let hosts = TestHosts::start(5);
+    let p = web_project(&hosts, &WEB);
+    build(&p, "v1");
+    p.ferry(["push", "prod"]).ok();
+    let lb = Haproxy::start(&hosts, LB, &WEB, HaproxyOpts::default());
+    lb.wait_all_up(Duration::from_secs(10));
+    let host = |i: usize| format!("\"root@{}\"", hosts.hosts[i].addr);
+    with_load_balancer(
+        &p,
+        &hosts,
+        &lb,
+        &WEB,
+        &format!("[stages.prod.groups]\ngroup1 = [{}, {}]\ngroup2 = [{}, {}]\n", host(0), host(1), host(2), host(3)),
+    );
+    let (up, maint) = ("UP", "MAINT");
+
+    p.ferry(["lb", "prod", "out", "group1"]).ok();
+    assert_eq!(statuses(&lb), [maint, maint, up, up]);
+    build(&p, "v2");
+    let report = p.ferry(["push", "prod", "--out", "--json"]).ok().json();
+    let pushed: Vec<&str> = report["hosts"].as_array().unwrap().iter().map(|h| h["host"].as_str().unwrap()).collect();
+    assert_eq!(pushed, [format!("root@{}", hosts.hosts[0].addr), format!("root@{}", hosts.hosts[1].addr)]);
+    assert!(report.get("load_balancer").is_none(), "--out leaves the load balancer alone: {report:#}");
+    assert_eq!(statuses(&lb), [maint, maint, up, up], "--out changed HAProxy's states");
+    let served: Vec<String> = WEB.iter().map(|&i| serves(&hosts, i)).collect();
+    assert!(served[0].contains("v2") && served[1].contains("v2"), "{served:?}");
+    assert!(served[2].contains("v1") && served[3].contains("v1"), "{served:?}");
+
+    p.ferry(["lb", "prod", "flip"]).ok();
+    assert_eq!(statuses(&lb), [up, up, maint, maint]);
+    p.ferry(["push", "prod", "--out"]).ok();
+    assert_eq!(statuses(&lb), [up, up, maint, maint]);
+    assert!(WEB.iter().all(|&i| serves(&hosts, i).contains("v2")));
+    p.ferry(["lb", "prod", "all"]).ok();
+    assert_eq!(statuses(&lb), [up, up, up, up]);
+    let status = p.ferry(["lb", "prod", "status", "--json"]).ok().json();
+    assert_eq!(status["mismatches"], serde_json::json!([]), "{status:#}");
+    assert_eq!(status["servers"].as_array().unwrap().len(), 4, "{status:#}");
+    // Nothing out: --out has nothing to push to, and says so.
+    let err = p.ferry(["push", "prod", "--out"]).fails(2);
+    assert!(err.contains("no host of stage prod is out of the load balancer's rotation"), "{err}");
+
+    // As one push: strategy = the groups. A watcher samples HAProxy's
+    // states throughout.
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    let (local, prod) = toml.split_once("[stages.prod]").unwrap();
+    let prod = prod.replacen("strategy = [\"1\", \"50%\", \"100%\"]", "strategy = [\"group1\", \"group2\"]", 1);
+    p.write("ferry.toml", format!("{local}[stages.prod]{prod}"));
+    build(&p, "v3");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let seen = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let mut seen: Vec<Vec<String>> = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = statuses(&lb);
+                if seen.last() != Some(&now) {
+                    seen.push(now);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        });
+        let report = p.ferry(["push", "prod", "--json"]).ok().json();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let batches: Vec<usize> = report["load_balancer"]["batches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["hosts"].as_array().unwrap().len())
+            .collect();
+        assert_eq!(batches, [2, 2], "{report:#}");
+        watcher.join().unwrap()
+    });
+    let out = |s: &Vec<String>, i: usize| s[i] != "UP";
+    let group1_out = seen.iter().position(|s| out(s, 0) && out(s, 1) && !out(s, 2) && !out(s, 3));
+    let group2_out = seen.iter().position(|s| !out(s, 0) && !out(s, 1) && out(s, 2) && out(s, 3));
+    assert!(matches!((group1_out, group2_out), (Some(a), Some(b)) if a < b), "HAProxy's states went: {seen:?}");
+    assert!(!seen.iter().any(|s| (0..4).all(|i| out(s, i))), "all four were out at once: {seen:?}");
+    assert_eq!(statuses(&lb), [up, up, up, up]);
+    assert!(WEB.iter().all(|&i| serves(&hosts, i).contains("v3")));
+}
