@@ -211,6 +211,7 @@ fn cause(report: &Report) -> (String, Option<usize>) {
             // As every other host's error line reads.
             (format!("{}: {} failed: {}", h.host, h.step, h.error.as_deref().unwrap_or_default()), Some(i))
         }
+        None if report.error.is_some() => (report.error.clone().unwrap_or_default(), None),
         None => {
             let bad = report.hosts.iter().filter(|h| h.result != Outcome::Ok).count();
             (

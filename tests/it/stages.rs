@@ -153,3 +153,46 @@ fn hosts_takes_an_ssh_host_by_the_address_it_resolves_to() {
     let err = p.ferry(["status", "prod", "--hosts", "127.0.0.1"]).fails(2);
     assert!(err.contains("--hosts \"127.0.0.1\" could be any of web1, deploy@web1:2222"), "{err}");
 }
+
+/// `before_batch` and `after_batch` run on the controller around each
+/// batch, with the batch in their environment (for a load balancer ferry
+/// does not drive); a stage's own hooks win over `[hooks]`; a failing
+/// `before_batch` stops the push before its batch flips, and the batches
+/// before it go back.
+#[test]
+fn batch_hooks_run_on_the_controller_around_each_batch_and_a_failing_one_stops_the_push() {
+    let p = project("strategy = [\"1\", \"100%\"]\n");
+    let log = p.path("batches.log");
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    let hook = |when: &str| format!("echo \"{when} $FERRY_STAGE $FERRY_BATCH $FERRY_HOSTS\" >> {}", log.display());
+    p.write(
+        "ferry.toml",
+        format!(
+            "{toml}[stages.web.hooks]\nbefore_batch = '{}'\nafter_batch = '{}'\n\n[hooks]\nbefore_batch = \"exit 3\"\n",
+            hook("before"),
+            hook("after")
+        ),
+    );
+    let v1 = p.build(&["--version", "v1"])["id"].as_str().unwrap().to_owned();
+    p.ferry(["push", "web"]).ok();
+    assert_eq!(
+        fs::read_to_string(&log).unwrap(),
+        "before web 1 a\nafter web 1 a\nbefore web 2 b c d\nafter web 2 b c d\n",
+        "the stage's hooks, around each batch, in order"
+    );
+
+    // Fails before batch 2: batch 1 flipped and goes back; batch 2 never flips.
+    fs::remove_file(&log).unwrap();
+    let failing = format!("{}; test $FERRY_BATCH = 1", hook("before"));
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    let (head, _) = toml.split_once("[stages.web.hooks]").unwrap();
+    p.write("ferry.toml", format!("{head}[stages.web.hooks]\nbefore_batch = '{failing}'\n"));
+    p.write("app/main.py", "print('shop v2')\n");
+    p.build(&["--version", "v2"]);
+    let err = p.ferry(["push", "web"]).fails(1);
+    assert!(err.contains("push failed: before_batch hook of batch 2: `echo"), "{err}");
+    assert_eq!(fs::read_to_string(&log).unwrap(), "before web 1 a\nbefore web 2 b c d\n");
+    for host in ["a", "b", "c", "d"] {
+        assert_eq!(current(&p, host).as_deref(), Some(v1.as_str()), "{host}");
+    }
+}

@@ -170,6 +170,7 @@ pub(super) fn finish(
         phases: Default::default(),
         gate: None,
         notes: Vec::new(),
+        error: None,
         load_balancer: None,
     }
 }

@@ -225,6 +225,10 @@ pub struct Report {
     /// What ferry could not check, said once for the whole push.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// What stopped the push when it was no one host's step (a batch hook,
+    /// the load balancer) and no gate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// What the load balancer did, when the stage has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<super::LbReport>,

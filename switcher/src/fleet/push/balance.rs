@@ -185,7 +185,7 @@ pub(super) fn batch_hook(
             Ok(())
         }
         Err(e) => {
-            let e = format!("{which} hook after batch {}: {e}", n + 1);
+            let e = format!("{which} hook of batch {}: {e}", n + 1);
             observer.failed(&label, which, &e);
             Err(e)
         }

@@ -185,6 +185,9 @@ pub fn push(
             phases.done("revert");
         }
         let mut report = end(hosts, phases);
+        if gate_failed.is_none() {
+            report.error = Some(why);
+        }
         report.gate = gate_failed;
         report.load_balancer = balancer.map(balance::Balancer::finish);
         report.ok = false;
