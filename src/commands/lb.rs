@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context as _, Result};
 use ferry_switcher::fleet::lb::{Lb, ServerView};
-use ferry_switcher::fleet::{LoadBalancer, Quiet};
+use ferry_switcher::fleet::{LoadBalancer, Observer};
 
 use crate::cli::LbVerb;
 use crate::exit;
@@ -22,12 +22,18 @@ pub fn run(settings: &Settings, s: &StageSettings, verb: &LbVerb) -> Result<u8> 
     let config = s.stage.load_balancer.as_ref().context("the stage has a load balancer (checked in settings)")?;
     let mut lb = Lb::connect(config, s.transport())?;
     let mut set = Intent::load(s)?;
+    let observer = super::report::observer(settings, 0);
+    let draining = |hosts: &[String], observer: &dyn Observer| {
+        let within = format!("waiting for their sessions, up to {} s", config.drain_timeout.as_secs());
+        observer.note(&hosts.join(","), "lb", &format!("draining: {within}"));
+    };
     match verb {
         LbVerb::Status => return status(settings, s, &mut lb, &set),
         LbVerb::Out { group } => {
             let hosts = members(s, config, group)?;
             lb.guard(&hosts)?;
-            let drained = lb.take_out(&hosts, &Quiet)?;
+            draining(&hosts, observer.as_ref());
+            let drained = lb.take_out(&hosts, observer.as_ref())?;
             set.out(&hosts);
             set.save()?;
             let forced =
@@ -76,7 +82,8 @@ pub fn run(settings: &Settings, s: &StageSettings, verb: &LbVerb) -> Result<u8> 
             set.back(&coming);
             set.save()?;
             lb.guard(&going)?;
-            let drained = lb.take_out(&going, &Quiet)?;
+            draining(&going, observer.as_ref());
+            let drained = lb.take_out(&going, observer.as_ref())?;
             set.out(&going);
             set.save()?;
             let names =
