@@ -193,7 +193,7 @@ pub struct PushArgs {
 
 #[derive(Debug, Args)]
 pub struct LbArgs {
-    /// A stage of ferry.toml with a [stages.<name>.load_balancer].
+    /// A stage of ferry.toml with a `[stages.<name>.load_balancer]`.
     pub stage: String,
     #[command(subcommand)]
     pub verb: LbVerb,
