@@ -312,12 +312,14 @@ fn report(runs: usize, with: &[Push], without: &[Push], haproxy_log: String) {
         let each: Vec<f64> = with.iter().map(|p| p.lb[b].beyond_drain()).collect();
         let ups: Vec<f64> = with.iter().map(|p| p.lb[b].up).collect();
         let drains: Vec<f64> = with.iter().map(|p| p.lb[b].drain).collect();
+        let flips: Vec<f64> = with.iter().map(|p| p.lb[b].flip).collect();
         println!(
-            "  batch {} runs: beyond drain {}; UP wait {}; drain wait {}",
+            "  batch {} runs: beyond drain {}; UP wait {}; drain wait {}; flip+gates {}",
             b + 1,
             list3(&each),
             list3(&ups),
-            list3(&drains)
+            list3(&drains),
+            list3(&flips)
         );
     }
     let forced: u64 = with.iter().flat_map(|p| &p.lb).map(|b| b.forced).sum();
