@@ -91,6 +91,8 @@ const PAUSE: Duration = Duration::from_millis(10);
 const SLOW: usize = 1;
 /// What the load balancer's steps may add to a batch beyond its drain wait.
 const GOAL_BEYOND_DRAIN: f64 = 0.5;
+/// A push's phases, in order (the report's `phases`).
+const PHASES: [&str; 7] = ["connect", "load_balancer", "stage", "setup", "migrate", "activate", "cleanup"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -127,6 +129,8 @@ struct Push {
     loads: [LoadResult; 2],
     /// Servers HAProxy marked DOWN (its checks failing) during the push.
     down: usize,
+    /// The report's `phases`: wall time of each, s.
+    phases: BTreeMap<String, f64>,
 }
 
 impl Push {
@@ -260,7 +264,13 @@ fn measured(p: &Project, hosts: &TestHosts, lb: &Haproxy, mode: Mode, version: &
             Ok(at("after")? - at("before")?)
         })
         .collect::<Result<Vec<f64>>>()?;
-    Ok(Push { wall, batches, lb: lb_batches, loads, down })
+    let phases = report["phases"]
+        .as_object()
+        .context("no phases in the report")?
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+        .collect();
+    Ok(Push { wall, batches, lb: lb_batches, loads, down, phases })
 }
 
 fn report(runs: usize, with: &[Push], without: &[Push], haproxy_log: String) {
@@ -282,6 +292,23 @@ fn report(runs: usize, with: &[Push], without: &[Push], haproxy_log: String) {
     println!("push wall time, with the load balancer      {w:>6.2} s   (runs: {})", list(&walls(with)));
     println!("push wall time, without                      {wo:>6.2} s   (runs: {})", list(&walls(without)));
     println!("ratio with / without                         {:>6.2}", w / wo);
+
+    let mut names: Vec<&String> = with.iter().chain(without).flat_map(|p| p.phases.keys()).collect();
+    names.sort_by_key(|n| PHASES.iter().position(|p| p == n).unwrap_or(PHASES.len()));
+    names.dedup();
+    let phase =
+        |v: &[Push], n: &str| median(&v.iter().map(|p| p.phases.get(n).copied().unwrap_or(0.0)).collect::<Vec<_>>());
+    println!(
+        "  phases (report, medians, s): {}",
+        names
+            .iter()
+            .map(|n| format!("{n} {:.2} / {:.2}", phase(with, n), phase(without, n)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  (with / without; activate is every batch with its gates, and with the load balancer its drain and UP waits)"
+    );
 
     let batches = with.iter().map(|p| p.lb.len()).min().unwrap_or(0);
     println!();
