@@ -38,7 +38,10 @@
 //! requests (and their kinds) are counted by the loads.
 //!
 //! `FERRY_BENCH_LB_LOG=1` also prints HAProxy's log of server state
-//! changes (drain, maintenance, UP, DOWN with the check's reason).
+//! changes (drain, maintenance, UP, DOWN with the check's reason);
+//! `FERRY_BENCH_LB_CHECK` replaces what follows each server line's address
+//! (`check inter 500ms fall 2 rise 2`): the wait for `UP` after `ready` is
+//! the wait for HAProxy's next check of the server.
 //!
 //! The agent is this build's `ferry`, which the test hosts share with this
 //! machine (only `/srv` is theirs).
@@ -168,7 +171,12 @@ fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     p.push(Mode::Without, &v1)?;
     serves_all(&hosts, "v1")?;
-    let lb = Haproxy::start(&hosts, LB, &WEB, HaproxyOpts::default());
+    let mut opts = HaproxyOpts::default();
+    if let Ok(params) = std::env::var("FERRY_BENCH_LB_CHECK") {
+        opts.server_params = params;
+    }
+    let check = opts.server_params.clone();
+    let lb = Haproxy::start(&hosts, LB, &WEB, opts);
     lb.wait_all_up(Duration::from_secs(10));
 
     let mut next = releases.iter();
@@ -193,7 +201,7 @@ fn main() -> Result<()> {
             }
         }
     }
-    report(runs, &with, &without, lb.log_text());
+    report(runs, &check, &with, &without, lb.log_text());
     Ok(())
 }
 
@@ -273,11 +281,11 @@ fn measured(p: &Project, hosts: &TestHosts, lb: &Haproxy, mode: Mode, version: &
     Ok(Push { wall, batches, lb: lb_batches, loads, down, phases })
 }
 
-fn report(runs: usize, with: &[Push], without: &[Push], haproxy_log: String) {
+fn report(runs: usize, check: &str, with: &[Push], without: &[Push], haproxy_log: String) {
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     println!();
     println!(
-        "{} web test hosts behind HAProxy 2.6 (check inter 500ms fall 2 rise 2), strategy {STRATEGY}, {cores} cores; \
+        "{} web test hosts behind HAProxy 2.6 ({check}), strategy {STRATEGY}, {cores} cores; \
          {runs} runs (order alternating), medians",
         WEB.len()
     );
