@@ -46,7 +46,7 @@ pub struct LbNode {
 }
 
 /// How often HAProxy is asked while ferry waits on it.
-const POLL: Duration = Duration::from_millis(50);
+const POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LbError {
