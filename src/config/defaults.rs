@@ -53,6 +53,11 @@ pub const DRAIN_TIMEOUT: u64 = 30;
 pub const UP_TIMEOUT: u64 = 30;
 /// `load_balancer.min_in_service`: a backend keeps at least one server.
 pub const MIN_IN_SERVICE: usize = 1;
+/// `tag_format`: the stage and the day, as the Fabric setup tagged every
+/// production push (`production-2026-12-05`, then `-2`, `-3` that day).
+pub const TAG_FORMAT: &str = "{stage}-{date}";
+/// `tag_remote`: git's own default remote.
+pub const TAG_REMOTE: &str = "origin";
 /// `on_failure`: flip back, since a half-pushed fleet runs two releases.
 pub const ON_FAILURE: OnFailure = OnFailure::Revert;
 /// `connect_timeout`: seconds to connect to an ssh host, as OpenSSH's

@@ -208,6 +208,19 @@ pub struct StageSection {
     /// The stage's hooks, over `[hooks]`.
     #[serde(default)]
     pub hooks: StageHooksSection,
+    /// The git ref `ferry deploy` builds when given none, and whose newest
+    /// build `ferry push` picks.
+    #[serde(rename = "ref")]
+    pub reference: Option<Spanned<String>>,
+    /// The tags `stable` picks the newest of, in version order (`"v*"`).
+    pub stable_tags: Option<Spanned<String>>,
+    /// Tag the deployed commit after each successful push.
+    #[serde(default)]
+    pub tag: bool,
+    /// The dated tag's name: `{stage}` and `{date}` (YYYY-MM-DD).
+    pub tag_format: Option<Spanned<String>>,
+    /// Where the dated tag is pushed.
+    pub tag_remote: Option<Spanned<String>>,
     pub load_balancer: Option<LoadBalancerSection>,
 }
 

@@ -37,6 +37,23 @@ pub struct SshSettings {
     pub step_timeout: std::time::Duration,
 }
 
+/// A stage's git settings: what `ferry deploy` builds and how a push is
+/// tagged.
+#[derive(Debug, Clone, Default)]
+#[allow(dead_code)] // until `ferry deploy` and the dated tags read it
+pub struct StageGit {
+    /// The ref deployed when none is given (and whose builds a push picks).
+    pub reference: Option<String>,
+    /// The glob `stable` picks the newest matching tag of.
+    pub stable_tags: Option<String>,
+    /// Tag the deployed commit after a successful push.
+    pub tag: bool,
+    /// The dated tag's name, `{stage}` and `{date}` replaced.
+    pub tag_format: String,
+    /// The remote the tag is pushed to.
+    pub tag_remote: String,
+}
+
 /// A checked stage. `hosts` of a local stage are absolute directories.
 #[derive(Debug, Clone)]
 pub struct Stage {
@@ -61,6 +78,8 @@ pub struct Stage {
     /// The stage's own hooks, over `[hooks]`.
     pub hooks: StageHooksSection,
     pub load_balancer: Option<super::balancer::LoadBalancer>,
+    #[allow(dead_code)] // until `ferry deploy` and the dated tags read it
+    pub git: StageGit,
 }
 
 pub(super) fn check_stage(
@@ -279,7 +298,23 @@ pub(super) fn check_stage(
              [stages.{name}.load_balancer] to read"
         );
     }
+    let tag_format = stage.tag_format.as_ref().map_or(defaults::TAG_FORMAT, |f| f.get_ref().as_str());
+    if let Some(f) = stage.tag_format.as_ref().filter(|f| !f.get_ref().contains("{date}")) {
+        bail!(
+            "{}: stage {name}: tag_format {:?} has no {{date}}: every push would make the same tag",
+            at(f.span()),
+            f.get_ref()
+        );
+    }
+    let git = StageGit {
+        reference: stage.reference.as_ref().map(|r| r.get_ref().clone()),
+        stable_tags: stage.stable_tags.as_ref().map(|r| r.get_ref().clone()),
+        tag: stage.tag,
+        tag_format: tag_format.to_owned(),
+        tag_remote: stage.tag_remote.as_ref().map_or(defaults::TAG_REMOTE, |r| r.get_ref().as_str()).to_owned(),
+    };
     Ok(Stage {
+        git,
         hooks: stage.hooks.clone(),
         load_balancer,
         hosts,
