@@ -97,6 +97,23 @@ batches (default: 1 host, then half, then all). A failure stops the push and
 flips back every host it flipped. Exit 0: all hosts ok; 1: some failed; 2: nothing
 could start.")]
     Push(PushArgs),
+    /// Build a git ref and push it to a stage, in one command (and tag the deployed commit).
+    #[command(after_help = "\
+Examples:
+  ferry deploy production stable     the newest tag matching the stage's stable_tags (v*)
+  ferry deploy staging               the stage's ref (ferry.toml: ref = \"main\")
+  ferry deploy staging 3f2a1b9       a commit, branch or tag
+  ferry deploy production stable --json
+
+Exports the ref with git archive, builds it (running the [build] steps, whose
+outputs are reused from the build cache when their inputs did not change),
+pushes the release as `ferry push` does, and with the stage's tag = true tags
+the deployed commit (production-2026-12-05, then -2, -3 that day) and pushes
+the tag; a failed or reverted push makes no tag. Stable is in version order,
+pre-releases (v1.2.0-rc1) left out. A work tree whose tracked files have
+uncommitted changes is refused unless --allow-dirty (then the report and the
+tag say so). Exit 0: all hosts ok; 1: some failed; 2: nothing could start.")]
+    Deploy(DeployArgs),
     /// Flip every host of a stage back to its previous release (or --to one).
     #[command(after_help = "\
 Examples:
@@ -189,6 +206,23 @@ pub struct PushArgs {
     /// load balancer's states are left as they are.
     #[arg(long, conflicts_with_all = ["hosts", "groups"])]
     pub out: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// A stage of ferry.toml.
+    pub stage: String,
+    /// A git ref: a branch, tag or commit, or `stable` [default: the stage's ref].
+    #[arg(value_name = "REF")]
+    pub reference: Option<String>,
+    /// Deploy even when tracked files have uncommitted changes (which the ref's export leaves out).
+    #[arg(long)]
+    pub allow_dirty: bool,
+    #[command(flatten)]
+    pub narrow: Narrow,
+    /// As `ferry push --force`.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -66,6 +66,7 @@ pub enum Action {
     Setup(StageSettings),
     Logs(StageSettings, LogsSettings),
     Lb(StageSettings, crate::cli::LbVerb),
+    Deploy(StageSettings, DeploySettings),
     Host(Host, HostAction),
     AgentHash,
 }
@@ -81,6 +82,18 @@ pub struct StageSettings {
     pub groups: std::collections::BTreeMap<String, Vec<String>>,
     /// Where ferry keeps what it set on the load balancer (see `ferry lb`).
     pub lb_state: PathBuf,
+    /// What `ferry deploy` builds and how a push is tagged.
+    pub git: crate::config::StageGit,
+}
+
+/// `ferry deploy`: the ref as given, and where the config is.
+#[derive(Debug)]
+pub struct DeploySettings {
+    pub reference: Option<String>,
+    pub allow_dirty: bool,
+    /// The config's directory (the work tree) and its name there.
+    pub workdir: PathBuf,
+    pub file_name: PathBuf,
 }
 
 /// What `ferry logs` shows of each process.
@@ -202,6 +215,21 @@ impl Settings {
                 load_stage(&config_path, &a.stage, &a.narrow)?.0,
                 LogsSettings { program: a.program, follow: a.follow, bytes: a.bytes },
             ),
+            Command::Deploy(d) => {
+                let (mut stage, store) = load_stage(&config_path, &d.stage, &d.narrow)?;
+                stage.stage.force = d.force;
+                store_hint = Some(store);
+                let abs = std::path::absolute(&config_path)?;
+                Action::Deploy(
+                    stage,
+                    DeploySettings {
+                        reference: d.reference,
+                        allow_dirty: d.allow_dirty,
+                        workdir: abs.parent().map(Path::to_path_buf).unwrap_or_default(),
+                        file_name: abs.file_name().map(PathBuf::from).unwrap_or_default(),
+                    },
+                )
+            }
             Command::Lb(a) => {
                 let (stage, _) = load_stage(&config_path, &a.stage, &Narrow::default())?;
                 if stage.stage.load_balancer.is_none() {
@@ -229,6 +257,7 @@ impl Settings {
             | Action::Setup(_)
             | Action::Logs(..)
             | Action::Lb(..)
+            | Action::Deploy(..)
             | Action::Host(..)
             | Action::AgentHash => false,
         };
@@ -332,7 +361,8 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
         })
         .collect();
     let lb_state = store.parent().unwrap_or(Path::new("")).join("lb").join(format!("{name}.json"));
-    Ok((StageSettings { service: config.service, stage, ssh, groups, lb_state }, store))
+    let git = config.stages[name].git.clone();
+    Ok((StageSettings { service: config.service, stage, ssh, groups, lb_state, git }, store))
 }
 
 /// The programs, hooks and gates for `hosts`, with host names as ferry.toml

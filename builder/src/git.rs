@@ -24,7 +24,7 @@ pub struct Export {
     pub tag: Option<String>,
 }
 
-fn git(dir: &Path, args: &[&str]) -> Result<String, BuildError> {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> Result<String, BuildError> {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)

@@ -15,6 +15,7 @@ mod error;
 pub mod git;
 pub mod pyc;
 pub mod store;
+pub mod tags;
 pub mod venv;
 pub mod walk;
 

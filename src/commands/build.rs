@@ -11,6 +11,13 @@ use crate::output::{self, Bar};
 use crate::settings::{BuildSettings, ConfigSource, Settings};
 
 pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
+    let built = build(settings, b)?;
+    show(settings, &built)?;
+    Ok(exit::OK)
+}
+
+/// Builds what `b` says into the store (`ferry build` and `ferry deploy`).
+pub(super) fn build(settings: &Settings, b: &BuildSettings) -> Result<ferry_builder::build::Built> {
     // Keeps a --git-ref export alive until the build is done.
     let mut _export = None;
     let (config, git, git_tag) = match &b.config {
@@ -39,7 +46,12 @@ pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
         strict: b.strict,
         compression: WriteOptions { level: config.compression_level, ..WriteOptions::default() },
     };
-    let built = ferry_builder::build(&spec, &settings.store, &Bar::new(settings.output))?;
+    Ok(ferry_builder::build(&spec, &settings.store, &Bar::new(settings.output))?)
+}
+
+/// What `ferry build` says of a build: JSON, or a summary on stderr and the
+/// id on stdout.
+fn show(settings: &Settings, built: &ferry_builder::build::Built) -> Result<()> {
     let info = &built.info;
     if settings.output.json {
         output::json(&json!({
@@ -108,7 +120,7 @@ pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
         }
         output::line(&built.id.to_string())?;
     }
-    Ok(exit::OK)
+    Ok(())
 }
 
 fn shorten(list: &[String]) -> String {

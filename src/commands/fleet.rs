@@ -63,6 +63,18 @@ pub fn push(settings: &Settings, s: &StageSettings, id: Option<&str>) -> Result<
             ),
         },
     };
+    Ok(push_release(settings, s, &release, Verb::Push)?.0)
+}
+
+/// Pushes `release` (in the store) to the stage; the exit code and the
+/// report (`ferry push` and `ferry deploy`).
+pub(super) fn push_release(
+    settings: &Settings,
+    s: &StageSettings,
+    release: &ReleaseId,
+    verb: Verb,
+) -> Result<(u8, fleet::Report)> {
+    let release = *release;
     let head = settings.store.read_head(&release)?;
     if head.meta.service != s.service {
         bail!("release {} is of service {}, not {}", release.short(12), head.meta.service, s.service);
@@ -107,7 +119,7 @@ pub fn push(settings: &Settings, s: &StageSettings, id: Option<&str>) -> Result<
     if let Some(lb) = report.load_balancer.as_ref().filter(|lb| !lb.left_out.is_empty()) {
         super::lb::left_out(s, &lb.left_out)?;
     }
-    show(settings, &report, Verb::Push)
+    Ok((show(settings, &report, verb)?, report))
 }
 
 /// The stage narrowed to the hosts out of the load balancer's rotation

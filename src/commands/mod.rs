@@ -3,6 +3,7 @@
 mod build;
 mod bundles;
 mod delta;
+mod deploy;
 mod fleet;
 mod host;
 mod inspect;
@@ -34,6 +35,7 @@ pub fn run(settings: &Settings) -> Result<u8> {
         Action::Setup(s) => fleet::setup(settings, s),
         Action::Logs(s, args) => fleet::logs(settings, s, args),
         Action::Lb(s, verb) => lb::run(settings, s, verb),
+        Action::Deploy(s, d) => deploy::run(settings, s, d),
         Action::Host(host, action) => host::run(settings, host, action),
         Action::AgentHash => {
             let exe = std::env::current_exe()?;

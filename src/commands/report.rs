@@ -72,10 +72,23 @@ pub(super) fn observer(settings: &Settings, steps: u64) -> Box<dyn Observer> {
     }
 }
 
+/// 0 all ok, 1 some hosts failed, 2 nothing could start.
+pub(super) fn exit_code(report: &Report) -> u8 {
+    if report.ok {
+        exit::OK
+    } else if report.started() {
+        exit::HOSTS_FAILED
+    } else {
+        exit::FATAL
+    }
+}
+
 /// Which command a report is of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Verb {
     Push,
+    /// A push as part of `ferry deploy`.
+    Deploy,
     Rollback,
 }
 
@@ -87,14 +100,11 @@ pub(super) enum Verb {
 /// other host's own above it. Step lines and the table only say "failed".
 /// With --quiet, only those lines, the warnings and the last line.
 pub(super) fn show(settings: &Settings, report: &Report, verb: Verb) -> Result<u8> {
-    let started = report.started();
-    let code = if report.ok {
-        exit::OK
-    } else if started {
-        exit::HOSTS_FAILED
-    } else {
-        exit::FATAL
-    };
+    let code = exit_code(report);
+    if settings.output.json && verb == Verb::Deploy {
+        // `ferry deploy` prints one document, with the push's report in it.
+        return Ok(code);
+    }
     if settings.output.json {
         output::json(&serde_json::to_value(report)?)?;
         return Ok(code);
@@ -144,10 +154,10 @@ pub(super) fn show(settings: &Settings, report: &Report, verb: Verb) -> Result<u
                 1 => "; the 1 host this push flipped went back".to_owned(),
                 n => format!("; the {n} hosts this push flipped went back"),
             };
-            let what = if verb == Verb::Push { "push" } else { "rollback" };
+            let what = if verb == Verb::Rollback { "rollback" } else { "push" };
             format!("{what} failed: {why}{back}")
         }
-        (None, Verb::Push) => {
+        (None, Verb::Push | Verb::Deploy) => {
             let batches: Vec<String> = report.batches.iter().map(|b| b.join(", ")).collect();
             let shipped: u64 = report.hosts.iter().map(|h| h.bytes).sum();
             let current = report.hosts.iter().filter(|h| h.step == HostStep::Current).count();

@@ -40,7 +40,6 @@ pub struct SshSettings {
 /// A stage's git settings: what `ferry deploy` builds and how a push is
 /// tagged.
 #[derive(Debug, Clone, Default)]
-#[allow(dead_code)] // until `ferry deploy` and the dated tags read it
 pub struct StageGit {
     /// The ref deployed when none is given (and whose builds a push picks).
     pub reference: Option<String>,
@@ -78,7 +77,6 @@ pub struct Stage {
     /// The stage's own hooks, over `[hooks]`.
     pub hooks: StageHooksSection,
     pub load_balancer: Option<super::balancer::LoadBalancer>,
-    #[allow(dead_code)] // until `ferry deploy` and the dated tags read it
     pub git: StageGit,
 }
 

@@ -5,6 +5,7 @@ mod bridge;
 mod build;
 mod cli_output;
 mod crash;
+mod deploy;
 mod flip;
 mod golden;
 mod hostile;
