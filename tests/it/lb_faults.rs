@@ -318,8 +318,11 @@ fn a_drain_that_times_out_shuts_the_sessions_down_and_says_so() {
     assert!(states(&lb).iter().all(|(_, s)| s == "UP"), "{:?}", states(&lb));
 }
 
-/// A cut link makes each admin socket call wait for the ssh step timeout:
-/// the stage's are short here.
+/// A cut link makes each admin socket call wait for the ssh step timeout
+/// (then 2 s more for the channel's end): the stage's are short here. Not
+/// under 10 s: a web host's activate is one step, and gunicorn now and then
+/// outlives SIGTERM until supervisord kills it at `stopwaitsecs` (5 s), so
+/// with 5 s a restart sometimes timed out.
 const TIMEOUTS: &str = "connect_timeout = 3\nstep_timeout = 10\n";
 
 /// The LB host is cut off (its link down) before batch 2 goes out: the
