@@ -596,7 +596,11 @@ fn a_failed_gate_behind_the_load_balancer_reverts_while_out_of_rotation_and_lose
     let report = run.json();
     let gate = report["gate"].as_str().unwrap_or_else(|| panic!("{report}"));
     assert!(gate.starts_with(&format!("gate errors failed after batch {}", name(&hosts, 0))), "{gate}");
-    assert!(gate.contains("error rate 100.0% over max_rate"), "{gate}");
+    // host1's every answer through HAProxy failed, and none of the others':
+    // said in a failed rate ("error rate 100.0% over max_rate") or, when a
+    // busy machine slowed the load to under min_requests in the window (seen
+    // once), in an inconclusive one — either way the push fails.
+    assert!(gate.contains(" failed (100.0%), hosts not yet flipped 0/"), "{gate}");
     assert_eq!(row(&report, &name(&hosts, 0))["result"], "reverted", "{report}");
     assert_eq!(currents(&hosts), vec![v1.clone(); 4]);
     lb.wait_all_up(Duration::from_secs(2));
