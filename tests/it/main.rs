@@ -12,6 +12,7 @@ mod hostile;
 mod kit;
 mod lb;
 mod lb_config;
+mod lb_faults;
 mod lbkit;
 mod linked;
 mod load;
