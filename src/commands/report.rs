@@ -138,11 +138,19 @@ pub(super) fn show(settings: &Settings, report: &Report, verb: Verb) -> Result<u
             eprintln!("warning: {host}: {sessions} sessions outlived the drain timeout and were shut down");
         }
         for host in &lb.left_out {
-            eprintln!(
-                "warning: {host} is left out of rotation (its release did not pass, or the load balancer stopped \
-                 answering); `ferry lb {} in {host}` puts it back",
-                report.stage
-            );
+            let stage = &report.stage;
+            match &lb.error {
+                // What HAProxy last got is unknown: say so.
+                Some(_) => eprintln!(
+                    "warning: {host} is left out of rotation as far as ferry knows: the load balancer stopped \
+                     answering before ferry could put it back; `ferry lb {stage} status` shows what it has, and \
+                     `ferry lb {stage} in {host}` puts it back"
+                ),
+                None => eprintln!(
+                    "warning: {host} is left out of rotation: its release did not pass; `ferry lb {stage} in {host}` \
+                     puts it back"
+                ),
+            }
         }
     }
     let hosts = plural(report.hosts.len(), "host");

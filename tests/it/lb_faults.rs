@@ -364,10 +364,9 @@ fn an_lb_node_lost_before_a_batch_stops_the_push_and_flips_back_without_draining
     assert_eq!(host1["result"], "reverted", "{host1}");
     let warning = host1["warning"].as_str().unwrap_or_default();
     assert!(warning.contains("flipped back without draining: the load balancer did not answer"), "{host1}");
-    // FAILING: host2 (batch 2, whose take_out found the LB gone) never
-    // flipped — its row says `skipped` at step `setup` — yet ferry warns it
-    // was "flipped back without draining" (balance::revert warns every host
-    // of the failed batch when its take_out fails, flipped or not).
+    // host2 (batch 2, whose take_out found the LB gone) never flipped — its
+    // row says `skipped` at step `setup` — so no "flipped back without
+    // draining" on it (ferry once warned every host of the failed batch).
     let mut wrong = Vec::new();
     for i in 1..4 {
         let r = row(&report, &name(&hosts, i));
@@ -378,12 +377,11 @@ fn an_lb_node_lost_before_a_batch_stops_the_push_and_flips_back_without_draining
     assert_eq!(currents(&hosts), vec![v1.clone(); 4], "host1 went back, the others never flipped");
     lb.wait_all_up(Duration::from_secs(5));
     assert!(took < Duration::from_secs(60), "took {took:?}");
-    // FAILING: once the LB node's session broke (a reply not read within
-    // step_timeout), ferry sends it more commands and waits step_timeout
-    // (+ 2 s) for each again: take_out of batch 2 again, put_in of it, in
-    // the revert — the time host1 stays on the new release in rotation.
-    // (With the default step_timeout, 600 s each.) Flipping host1 back
-    // takes about 2 s here.
+    // Once the LB node's session broke (a reply not read within
+    // step_timeout), ferry asks it nothing more: before that fix it waited
+    // step_timeout (+ 2 s) again for each command of the revert, with host1
+    // on the new release in rotation meanwhile (600 s each by default).
+    // Flipping host1 back takes about 2 s here.
     let revert = report["phases"]["revert"].as_f64().unwrap();
     if revert >= 10.0 {
         wrong.push(format!("the revert waited {revert:.1} s on a load balancer already lost"));
@@ -432,10 +430,9 @@ fn an_lb_node_lost_mid_push_stops_the_push_and_reports_what_it_left_out() {
     assert_eq!(left.len(), 1, "{}", run.stderr);
     assert!(left[0].starts_with(&format!("warning: {host2} is left out of rotation")), "{}", left[0]);
     assert!(left[0].contains(&format!("`ferry lb prod in {host2}` puts it back")), "{}", left[0]);
-    // FAILING: host2 was out of rotation from its drain to the end of the
-    // push, flipped and gated meanwhile, yet its batch's line says 0.00 s
-    // for all of it (LbBatch's `seconds`: "or to the end, when it stayed
-    // out"; Balancer::finish does not fill them in).
+    // host2 was out of rotation from its drain to the end of the push,
+    // flipped and gated meanwhile: its batch's line says so (it once said
+    // 0.00 s for all of it).
     let batch2 = run
         .stderr
         .lines()
@@ -445,9 +442,8 @@ fn an_lb_node_lost_mid_push_stops_the_push_and_reports_what_it_left_out() {
     if batch2.contains("out of rotation 0.00 s") || batch2.contains("flip and gates 0.00 s") {
         wrong.push(format!("host2's time out of rotation is not 0: {batch2}"));
     }
-    // FAILING: a node that stopped answering is not a socket misconfigured:
-    // the advice to check `stats socket … level admin` sends one to the
-    // wrong place (LbError::Socket wraps every failed command).
+    // A node that stopped answering is not a socket misconfigured: no
+    // advice to check `stats socket … level admin`.
     if run.stderr.contains("level admin` in haproxy.cfg") {
         wrong.push("a lost LB node is not a misconfigured socket: no advice to check `stats socket`".to_owned());
     }
@@ -638,9 +634,8 @@ fn a_failed_gate_behind_the_load_balancer_reverts_while_out_of_rotation_and_lose
     // busy machine slowed the load to under min_requests in the window (seen
     // once), in an inconclusive one — either way the push fails.
     assert!(gate.contains(" failed (100.0%), hosts not yet flipped 0/"), "{gate}");
-    // FAILING (asserted at the end): a pass says "(HAProxy's counts)"; a
-    // failure does not say whose counts it judged (Balancer::errors_gate's
-    // map_err).
+    // (Asserted at the end.) A failure says whose counts it judged, as a
+    // pass does: "(HAProxy's counts)".
     let says_whose = gate.contains("HAProxy's counts");
     assert_eq!(row(&report, &name(&hosts, 0))["result"], "reverted", "{report}");
     assert_eq!(currents(&hosts), vec![v1.clone(); 4]);

@@ -48,6 +48,9 @@ pub(crate) struct AgentSession {
     output: Box<dyn BufRead + Send>,
     /// The agent's process, however it is reached.
     agent: Box<dyn Remote>,
+    /// Why the streams broke, once they did: a request after that would
+    /// wait again, or read a late answer to an earlier one.
+    broken: Option<String>,
 }
 
 /// The far end of a session's streams: the agent's process.
@@ -120,6 +123,7 @@ impl AgentSession {
             input: Some(Box::new(io::BufWriter::with_capacity(1 << 18, input))),
             output: Box::new(BufReader::new(output)),
             agent,
+            broken: None,
         };
         #[derive(serde::Deserialize)]
         struct Hello {
@@ -143,10 +147,15 @@ impl AgentSession {
     /// said as it went, when it went.
     fn lost(&mut self, what: &str, e: impl std::fmt::Display) -> HostError {
         let ended = self.agent.ended();
-        remote(&self.host, format!("the agent session broke while {what}: {e}; {ended}"))
+        let why = format!("the agent session broke while {what}: {e}; {ended}");
+        self.broken = Some(why.clone());
+        remote(&self.host, why)
     }
 
     fn send(&mut self, request: &Request, payload: Option<&mut dyn Read>) -> Result<(), HostError> {
+        if let Some(why) = &self.broken {
+            return Err(remote(&self.host, format!("not asked again: {why}")));
+        }
         let mut line = serde_json::to_string(request).expect("requests serialize");
         line.push('\n');
         let input = self.input.as_mut().expect("open until dropped");
@@ -165,9 +174,17 @@ impl AgentSession {
             Ok(_) => {}
             Err(e) => return Err(self.lost("waiting for a reply", e)),
         }
-        let garbled =
-            |e| remote(&self.host, format!("the agent's reply is not understood: {e}: {:?}", line.trim_end()));
-        let reply: Reply = serde_json::from_str(&line).map_err(garbled)?;
+        let garbled = |e| format!("the agent's reply is not understood: {e}: {:?}", line.trim_end());
+        // Out of step with its requests: nothing more is asked of it.
+        let reply: Reply = match serde_json::from_str(&line) {
+            Ok(reply) => reply,
+            Err(e) => {
+                let why = garbled(e);
+                self.broken = Some(why.clone());
+                return Err(remote(&self.host, why));
+            }
+        };
+        let garbled = |e| remote(&self.host, garbled(e));
         match (reply.ok, reply.error) {
             (true, _) => serde_json::from_value(reply.value).map_err(garbled),
             // The host's error comes back of its kind (a missing base, a

@@ -65,6 +65,12 @@ pub enum LbError {
         socket.display()
     )]
     NotAdmin { node: String, socket: PathBuf, level: String },
+    #[error(
+        "load balancer {node} stopped answering: {}; what HAProxy last got from ferry is unknown: `ferry lb <stage> \
+         status` shows its states once it answers",
+        error_chain(source)
+    )]
+    Lost { node: String, source: Box<HostError> },
     #[error("load balancer {node}: HAProxy refused `{command}`: {reply}")]
     Refused { node: String, command: String, reply: String },
     #[error("load balancer {node}: {why}")]
@@ -183,10 +189,10 @@ impl<'a> Lb<'a> {
     /// Sends `command` to node `i`; its reply.
     fn ask(&mut self, i: usize, command: &str) -> Result<String, LbError> {
         let (node, socket, session) = &mut self.nodes[i];
-        session.admin_socket(socket, command).map_err(|source| LbError::Socket {
-            node: node.clone(),
-            socket: socket.clone(),
-            source: Box::new(source),
+        session.admin_socket(socket, command).map_err(|source| match source.kind() {
+            // The link, not the socket: the node is gone or its agent is.
+            crate::host::ErrorKind::Link => LbError::Lost { node: node.clone(), source: Box::new(source) },
+            _ => LbError::Socket { node: node.clone(), socket: socket.clone(), source: Box::new(source) },
         })
     }
 

@@ -138,7 +138,7 @@ impl<'a> Balancer<'a> {
         };
         gates::judge_errors(sample(before.0, after.0), sample(before.1, after.1), *max_rate, *max_excess, *min_requests)
             .map(|ok| format!("{ok} (HAProxy's counts)"))
-            .map_err(|e| e.to_string())
+            .map_err(|e| format!("{e} (HAProxy's counts)"))
     }
 
     /// Whether every host of `batch` is out of rotation by ferry's hand.
@@ -156,6 +156,14 @@ impl<'a> Balancer<'a> {
     /// Ends the push: every host still out of rotation is reported.
     pub fn finish(mut self) -> LbReport {
         self.report.left_out = std::mem::take(&mut self.out);
+        // A batch still out: out of rotation until now, flipped and gated
+        // since its maint.
+        if let Some(b) =
+            self.report.batches.last_mut().filter(|b| b.hosts.iter().all(|h| self.report.left_out.contains(h)))
+        {
+            b.seconds = self.since.elapsed().as_secs_f64();
+            b.flip_seconds = self.maint.elapsed().as_secs_f64();
+        }
         self.report
     }
 }
@@ -214,7 +222,7 @@ pub(super) fn revert(
     // Back in rotation already when HAProxy's counts failed it.
     let batch = names(hosts, &failed);
     if !balancer.has_out(&batch) && balancer.take_out(&batch, observer).is_err() {
-        for host in &mut hosts[failed.clone()] {
+        for host in hosts[failed.clone()].iter_mut().filter(|h| h.flipped) {
             host.slot.report.warn("flipped back without draining: the load balancer did not answer");
         }
     }
@@ -235,7 +243,7 @@ pub(super) fn revert(
             let back: Vec<String> = batch.iter().zip(ok).filter(|(_, ok)| *ok).map(|(h, _)| h.clone()).collect();
             answers = balancer.put_in(&back, observer).is_ok();
         } else {
-            for host in &mut hosts[range.clone()] {
+            for host in hosts[range.clone()].iter_mut().filter(|h| h.flipped) {
                 host.slot.report.warn("flipped back without draining: the load balancer did not answer");
             }
         }
