@@ -376,3 +376,16 @@ impl Store {
         Ok(all)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::utc_minutes;
+
+    #[test]
+    fn unix_seconds_read_as_utc_dates() {
+        assert_eq!(utc_minutes(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc_minutes(1_796_530_200), "2026-12-06 04:10 UTC");
+        assert_eq!(utc_minutes(1_709_251_199), "2024-02-29 23:59 UTC");
+        assert_eq!(utc_minutes(4_107_542_400), "2100-03-01 00:00 UTC");
+    }
+}
