@@ -109,9 +109,9 @@ pub fn push(settings: &Settings, s: &StageSettings, id: Option<&str>) -> Result<
 /// the line that says so): with the stage's `ref`, the newest build of the
 /// commit the ref names now; without, the service's newest build.
 fn picked(store: &Store, s: &StageSettings) -> Result<(ReleaseId, String)> {
-    let builds = store.list()?.into_iter().filter(|b| b.service == s.service);
+    let mut builds = store.list()?.into_iter().filter(|b| b.service == s.service);
     let Some(reference) = &s.git_ref else {
-        return match builds.into_iter().next() {
+        return match builds.next() {
             Some(newest) => Ok((newest.id, format!(", the newest build of {},", s.service))),
             None => {
                 bail!("the store {} has no build of {}; run `ferry build` first", store.root().display(), s.service)
@@ -120,8 +120,7 @@ fn picked(store: &Store, s: &StageSettings) -> Result<(ReleaseId, String)> {
     };
     let commit = git::commit_of(&s.repo_dir, reference)
         .map_err(|e| anyhow::anyhow!("stage {} deploys ref {reference:?} (its `ref`): {e}", s.stage.name))?;
-    let mut builds = builds.filter(|b| b.git_commit.as_deref() == Some(commit.as_str()));
-    match builds.next() {
+    match builds.find(|b| b.git_commit.as_deref() == Some(commit.as_str())) {
         Some(newest) => {
             Ok((newest.id, format!(", the newest build of {reference} (commit {}),", short_commit(&commit))))
         }
