@@ -11,11 +11,11 @@ Examples:
   ferry build --version v2 --json     label the release and print id, size and timings as JSON
   ferry build --git-ref v2.1.0        build from a clean export of a git tag
   ferry bundles                       list the store's bundles, newest first
-  ferry inspect 3f2a                  show a release's metadata and entries (id by unique prefix)
+  ferry inspect 3f2a                  metadata and entries of a release (id, version, tag, commit)
   ferry verify 3f2a                   check every byte of a bundle against its manifest
   ferry diff 3f2a 9c1e                what changed between two releases
-  ferry push staging                  ship the newest build to every host of a stage, canary first
-  ferry push production 9c1e --json   push a named release; print the per-host report as JSON
+  ferry push staging                  ship the newest build (of its ref) to every host, canary first
+  ferry push production v2.1 --json   push a named release; print the per-host report as JSON
   ferry status staging                what each host runs, what it keeps, who holds its lock
   ferry rollback staging              flip every host back to its previous release
   ferry delta 3f2a 9c1e               make (or find) the delta a host on 3f2a needs for 9c1e
@@ -85,11 +85,20 @@ at the same path or on its own. A file the base has anywhere costs nothing.")]
     /// Ship a release to every host of a stage and flip them batch by batch.
     #[command(after_help = "\
 Examples:
-  ferry push staging                 the newest build of the service in the store
+  ferry push staging                 the newest build (of the stage's ref, if it has one)
   ferry push production 9c1e         a given release, by id prefix
+  ferry push production v2.1.0       … by git tag or version label
+  ferry push production 1b12254      … by the git commit it was built from
   ferry push production --json       the per-host report as JSON, for CI
   ferry push staging --force         restart and re-run hooks on hosts already on the release
   ferry push production --out        only the hosts out of the load balancer's rotation
+
+RELEASE is an id or id prefix (4+ hex digits), a version label, or the git tag
+or commit (7+ hex digits) it was built from, unique among the service's builds
+(an exact label or tag wins over an id prefix); an ambiguous name is refused,
+listing the candidates. With none, a stage with a `ref` gets the newest build of
+the commit the ref names now. Which release is pushed is said before anything
+moves.
 
 Each host gets the delta from its current release (the whole bundle when it has
 none), stages it beside the running release, then the hosts flip in the stage's
@@ -120,15 +129,17 @@ Examples:
   ferry rollback production
   ferry rollback production --to 3f2a
   ferry rollback production --to v1
+  ferry rollback production --to v2.0.3
 
 Picks a release every host still has: the previous release, when it is the same
-on all hosts, or the one named with --to (an id prefix or a version label of a
-build in the store, or a whole id). Refuses, changing nothing, otherwise.")]
+on all hosts, or the one named with --to (an id prefix, version label, git tag or
+commit of a build in the store, or a whole id). Refuses, changing nothing,
+otherwise.")]
     Rollback(RollbackArgs),
-    /// Show each host of a stage: current and previous release, kept releases, lock.
+    /// Show each host of a stage: current release (version, commit, tag), previous, kept, lock.
     #[command(after_help = "Examples:\n  ferry status staging\n  ferry status production --json")]
     Status(StageArgs),
-    /// Show the journals of a stage's hosts, merged in time order.
+    /// Show the journals of a stage's hosts, merged in time order, with version, commit, tag.
     #[command(after_help = "Examples:\n  ferry history staging\n  ferry history production --json")]
     History(StageArgs),
     /// Prepare each host of a stage for the service's programs (safe to re-run).
@@ -194,7 +205,9 @@ pub struct LogsArgs {
 pub struct PushArgs {
     /// A stage of ferry.toml.
     pub stage: String,
-    /// The release to push (id or unique prefix) [default: the service's newest build].
+    /// The release to push: id prefix, version label, git tag or commit [default: the newest build
+    /// of the stage's ref, or of the service].
+    #[arg(value_name = "RELEASE")]
     pub id: Option<String>,
     #[command(flatten)]
     pub narrow: Narrow,
@@ -263,9 +276,9 @@ pub struct Narrow {
 pub struct RollbackArgs {
     /// A stage of ferry.toml.
     pub stage: String,
-    /// The release to flip to: an id prefix or version label of a build in the store, or a whole id
-    /// [default: each host's previous release, if it is the same everywhere].
-    #[arg(long, value_name = "ID|VERSION")]
+    /// The release to flip to: an id prefix, version label, git tag or commit of a build in the
+    /// store, or a whole id [default: each host's previous release, if it is the same everywhere].
+    #[arg(long, value_name = "RELEASE")]
     pub to: Option<String>,
     #[command(flatten)]
     pub narrow: Narrow,
@@ -374,17 +387,17 @@ pub struct BuildArgs {
 
 #[derive(Debug, Args)]
 pub struct TargetArgs {
-    /// A bundle file, or a release id (or unique prefix of one) in the store.
-    #[arg(value_name = "BUNDLE|ID")]
+    /// A bundle file, or a release in the store: id prefix, version label, git tag or commit.
+    #[arg(value_name = "BUNDLE|RELEASE")]
     pub target: String,
 }
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// The older release: a bundle file or id.
+    /// The older release: a bundle file, or an id prefix, version label, git tag or commit.
     #[arg(value_name = "FROM")]
     pub from: String,
-    /// The newer release: a bundle file or id.
+    /// The newer release: a bundle file, or an id prefix, version label, git tag or commit.
     #[arg(value_name = "TO")]
     pub to: String,
 }

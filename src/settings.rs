@@ -30,19 +30,22 @@ pub struct Output {
 /// A bundle named on the command line.
 #[derive(Debug, Clone)]
 pub enum Target {
+    /// A file that exists, or a name ending in `.tar.zst`.
     File(PathBuf),
-    /// An id prefix as written: only the store knows which release it
-    /// names, so the command resolves it.
-    Id(String),
+    /// Anything else, as written: an id or id prefix, a version label, a
+    /// git tag or commit. Only the store knows which release it names, so
+    /// the command resolves it (`Store::find`). A tag may have a `/` in
+    /// it, so a path that does not exist is tried as a name too.
+    Name(String),
 }
 
 impl Target {
     fn parse(s: &str) -> Self {
         let p = Path::new(s);
-        if p.exists() || s.contains('/') || s.ends_with(".tar.zst") {
+        if p.exists() || s.ends_with(".tar.zst") {
             Target::File(p.to_path_buf())
         } else {
-            Target::Id(s.to_owned())
+            Target::Name(s.to_owned())
         }
     }
 }
@@ -55,11 +58,10 @@ pub enum Action {
     Diff(Target, Target),
     Bundles,
     Delta(Target, Target),
-    /// The release as written (an id prefix), resolved against the store by
-    /// the command.
+    /// The release as written (see [`Target::Name`]), resolved against the
+    /// store by the command.
     Push(StageSettings, Option<String>),
-    /// `--to` as written: an id prefix or a version label, which only the
-    /// store tells apart, so the command resolves it.
+    /// `--to` as written (see [`Target::Name`]), resolved by the command.
     Rollback(StageSettings, Option<String>),
     Status(StageSettings),
     History(StageSettings),
@@ -82,8 +84,11 @@ pub struct StageSettings {
     pub groups: std::collections::BTreeMap<String, Vec<String>>,
     /// Where ferry keeps what it set on the load balancer (see `ferry lb`).
     pub lb_state: PathBuf,
-    /// What `ferry deploy` builds and how a push is tagged.
+    /// What `ferry deploy` builds and how a push is tagged; a push with no
+    /// release picks the newest build of the commit its `ref` names now.
     pub git: crate::config::StageGit,
+    /// The directory of ferry.toml, whose git repository `ref` is of.
+    pub repo_dir: PathBuf,
 }
 
 /// `ferry deploy`: the ref as given, and where the config is.
@@ -208,8 +213,17 @@ impl Settings {
                 store_hint = Some(store);
                 Action::Rollback(stage, r.to)
             }
-            Command::Status(a) => Action::Status(load_stage(&config_path, &a.stage, &a.narrow)?.0),
-            Command::History(a) => Action::History(load_stage(&config_path, &a.stage, &a.narrow)?.0),
+            // The store says which version, commit and tag each release is.
+            Command::Status(a) => {
+                let (stage, store) = load_stage(&config_path, &a.stage, &a.narrow)?;
+                store_hint = Some(store);
+                Action::Status(stage)
+            }
+            Command::History(a) => {
+                let (stage, store) = load_stage(&config_path, &a.stage, &a.narrow)?;
+                store_hint = Some(store);
+                Action::History(stage)
+            }
             Command::Setup(a) => Action::Setup(load_stage(&config_path, &a.stage, &a.narrow)?.0),
             Command::Logs(a) => Action::Logs(
                 load_stage(&config_path, &a.stage, &a.narrow)?.0,
@@ -248,8 +262,8 @@ impl Settings {
         // ferry.toml in the current directory is none of their business.
         let needs_store = match &action {
             Action::Build(_) | Action::Bundles | Action::Delta(..) => true,
-            Action::Inspect(t) | Action::Verify(t) => matches!(t, Target::Id(_)),
-            Action::Diff(a, b) => matches!(a, Target::Id(_)) || matches!(b, Target::Id(_)),
+            Action::Inspect(t) | Action::Verify(t) => matches!(t, Target::Name(_)),
+            Action::Diff(a, b) => matches!(a, Target::Name(_)) || matches!(b, Target::Name(_)),
             Action::Push(..)
             | Action::Rollback(..)
             | Action::Status(_)
@@ -362,7 +376,11 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
         .collect();
     let lb_state = store.parent().unwrap_or(Path::new("")).join("lb").join(format!("{name}.json"));
     let git = config.stages[name].git.clone();
-    Ok((StageSettings { service: config.service, stage, ssh, groups, lb_state, git }, store))
+    let repo_dir = match config.path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((StageSettings { service: config.service, stage, ssh, groups, lb_state, git, repo_dir }, store))
 }
 
 /// The programs, hooks and gates for `hosts`, with host names as ferry.toml

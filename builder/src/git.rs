@@ -39,13 +39,16 @@ pub(crate) fn git(dir: &Path, args: &[&str]) -> Result<String, BuildError> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// The commit `reference` names now in the repository that holds `dir`
+/// (`git rev-parse <reference>^{commit}`), as 40 hex digits.
+pub fn commit_of(dir: &Path, reference: &str) -> Result<String, BuildError> {
+    git(dir, &["rev-parse", "--verify", "--quiet", "--end-of-options", &format!("{reference}^{{commit}}")])
+        .map_err(|_| BuildError::Git(format!("git ref {reference:?} does not name a commit in {}", dir.display())))
+}
+
 /// Exports `reference` of the repository that holds `workdir`.
 pub fn export(workdir: &Path, reference: &str) -> Result<Export, BuildError> {
-    let commit =
-        git(workdir, &["rev-parse", "--verify", "--quiet", "--end-of-options", &format!("{reference}^{{commit}}")])
-            .map_err(|_| {
-                BuildError::Git(format!("git ref {reference:?} does not name a commit in {}", workdir.display()))
-            })?;
+    let commit = commit_of(workdir, reference)?;
     let top = PathBuf::from(git(workdir, &["rev-parse", "--show-toplevel"])?);
     let prefix = git(workdir, &["rev-parse", "--show-prefix"])?;
     let tag = git(workdir, &["tag", "--points-at", &commit, "--sort=-creatordate"])

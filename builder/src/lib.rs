@@ -20,5 +20,5 @@ pub mod venv;
 pub mod walk;
 
 pub use build::{build, BuildSpec, Built, Progress};
-pub use error::{BuildError, StoreError};
+pub use error::{AmbiguousName, BuildError, NoSuchRelease, StoreError};
 pub use store::{BundleInfo, Store};

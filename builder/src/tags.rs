@@ -62,12 +62,6 @@ pub fn stable(workdir: &Path, pattern: &str) -> Result<String, BuildError> {
     }
 }
 
-/// The commit `reference` names, or an error saying it names none.
-pub fn commit_of(workdir: &Path, reference: &str) -> Result<String, BuildError> {
-    git(workdir, &["rev-parse", "--verify", "--quiet", "--end-of-options", &format!("{reference}^{{commit}}")])
-        .map_err(|_| BuildError::Git(format!("git ref {reference:?} does not name a commit in {}", workdir.display())))
-}
-
 /// The tracked files changed in the work tree or the index, against
 /// `HEAD` (as `git describe --dirty` counts: untracked files do not make
 /// it dirty).

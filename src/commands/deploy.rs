@@ -30,7 +30,7 @@ pub fn run(settings: &Settings, s: &StageSettings, d: &DeploySettings) -> Result
     } else {
         asked.clone()
     };
-    let commit = tags::commit_of(&d.workdir, &reference)?;
+    let commit = ferry_builder::git::commit_of(&d.workdir, &reference)?;
     let dirty = tags::dirty(&d.workdir)?;
     if !dirty.is_empty() && !d.allow_dirty {
         bail!(
@@ -66,7 +66,7 @@ pub fn run(settings: &Settings, s: &StageSettings, d: &DeploySettings) -> Result
         eprintln!("{what} {} in {:.2}s", built.id.short(12), built.timings.total.as_secs_f64());
     }
 
-    let (code, report) = push_release(settings, s, &built.id, Verb::Deploy)?;
+    let (code, report) = push_release(settings, s, &built.id, "", Verb::Deploy)?;
     let dated = (code == exit::OK && report.ok && s.git.tag)
         .then(|| {
             let hosts: Vec<&str> = report.hosts.iter().map(|h| h.host.as_str()).collect();

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use ferry_builder::store::MIN_PREFIX;
-use ferry_builder::{delta, BundleInfo, Store};
+use ferry_builder::store::{short_commit, utc_minutes};
+use ferry_builder::{delta, git, BundleInfo, Store, StoreError};
 use ferry_formats::journal::{Outcome as JournalOutcome, Record};
 use ferry_formats::signature::Signature;
 use ferry_formats::{ComponentKind, ReleaseId};
@@ -52,29 +52,26 @@ impl ReleaseSource for StoreSource<'_> {
 }
 
 pub fn push(settings: &Settings, s: &StageSettings, id: Option<&str>) -> Result<u8> {
-    let release = match id {
-        Some(prefix) => settings.store.resolve(prefix)?,
-        None => match settings.store.list()?.into_iter().find(|b| b.service == s.service) {
-            Some(newest) => newest.id,
-            None => bail!(
-                "the store {} has no build of {}; run `ferry build` first",
-                settings.store.root().display(),
-                s.service
-            ),
-        },
+    let store = &settings.store;
+    let (release, picked) = match id {
+        Some(name) => (store.find(Some(&s.service), name)?, String::new()),
+        None => picked(store, s)?,
     };
-    Ok(push_release(settings, s, &release, Verb::Push)?.0)
+    Ok(push_release(settings, s, &release, &picked, Verb::Push)?.0)
 }
 
 /// Pushes `release` (in the store) to the stage; the exit code and the
-/// report (`ferry push` and `ferry deploy`).
+/// report (`ferry push` and `ferry deploy`). `picked` says how it was
+/// picked, for the line that names it.
 pub(super) fn push_release(
     settings: &Settings,
     s: &StageSettings,
     release: &ReleaseId,
+    picked: &str,
     verb: Verb,
 ) -> Result<(u8, fleet::Report)> {
     let release = *release;
+    let store = &settings.store;
     let head = settings.store.read_head(&release)?;
     if head.meta.service != s.service {
         bail!("release {} is of service {}, not {}", release.short(12), head.meta.service, s.service);
@@ -95,15 +92,6 @@ pub(super) fn push_release(
             }
         }
     }
-    if !settings.output.json && !settings.output.quiet {
-        eprintln!(
-            "pushing {} ({}) to {} of {}",
-            release.short(12),
-            head.meta.version.as_deref().unwrap_or("no version"),
-            crate::config::plural(s.stage.hosts.len(), "host"),
-            s.stage.name
-        );
-    }
     let out_only;
     let stage = match &s.stage.load_balancer {
         Some(lb) if s.stage.out_of_rotation => {
@@ -112,6 +100,16 @@ pub(super) fn push_release(
         }
         _ => &s.stage,
     };
+    if !settings.output.json && !settings.output.quiet {
+        let info = store.info(&release).ok();
+        eprintln!(
+            "pushing {} ({}){picked} to {} of {}",
+            release.short(12),
+            describe(info.as_ref()),
+            crate::config::plural(stage.hosts.len(), "host"),
+            s.stage.name
+        );
+    }
     let hosts = stage.hosts.len() as u64;
     let observer = observer(settings, 2 * hosts);
     let report = fleet::push(stage, s.transport(), &StoreSource(&settings.store), &release, observer.as_ref());
@@ -120,6 +118,49 @@ pub(super) fn push_release(
         super::lb::left_out(s, &lb.left_out)?;
     }
     Ok((show(settings, &report, verb)?, report))
+}
+
+/// The release a push with none named picks, and how it was picked (for
+/// the line that says so): with the stage's `ref`, the newest build of the
+/// commit the ref names now; without, the service's newest build.
+fn picked(store: &Store, s: &StageSettings) -> Result<(ReleaseId, String)> {
+    let mut builds = store.list()?.into_iter().filter(|b| b.service == s.service);
+    let Some(reference) = &s.git.reference else {
+        return match builds.next() {
+            Some(newest) => Ok((newest.id, format!(", the newest build of {},", s.service))),
+            None => {
+                bail!("the store {} has no build of {}; run `ferry build` first", store.root().display(), s.service)
+            }
+        };
+    };
+    let commit = git::commit_of(&s.repo_dir, reference)
+        .map_err(|e| anyhow::anyhow!("stage {} deploys ref {reference:?} (its `ref`): {e}", s.stage.name))?;
+    match builds.find(|b| b.git_commit.as_deref() == Some(commit.as_str())) {
+        Some(newest) => {
+            Ok((newest.id, format!(", the newest build of {reference} (commit {}),", short_commit(&commit))))
+        }
+        None => bail!(
+            "stage {} deploys ref {reference:?}, which names commit {} now, and the store {} has no build of that \
+             commit; build it (`ferry build --git-ref {reference}`) or deploy it (`ferry deploy {0}`), or name a \
+             release to push",
+            s.stage.name,
+            short_commit(&commit),
+            store.root().display()
+        ),
+    }
+}
+
+/// A release as the push line shows it: `v1.1.0, commit 9c1e2d3, tag
+/// v1.1.0, built 2026-12-06 04:10 UTC`, with what the store knows.
+fn describe(info: Option<&BundleInfo>) -> String {
+    let Some(info) = info else { return "not in the store's records".into() };
+    let mut parts = vec![info.version.clone().unwrap_or_else(|| "no version".into())];
+    parts.extend(info.git_commit.as_deref().map(|c| format!("commit {}", short_commit(c))));
+    parts.extend(info.git_tag.as_ref().map(|t| format!("tag {t}")));
+    if info.built_at > 0 {
+        parts.push(format!("built {}", utc_minutes(info.built_at)));
+    }
+    parts.join(", ")
 }
 
 /// The stage narrowed to the hosts out of the load balancer's rotation
@@ -146,40 +187,13 @@ pub fn rollback(settings: &Settings, s: &StageSettings, to: Option<&str>) -> Res
     show(settings, &report?, Verb::Rollback)
 }
 
-/// The release of `service` that `name` names: a unique id prefix or an
-/// exact version label among the store's bundles of it, else a whole id
-/// (the hosts may keep a release the store no longer has).
+/// The release of `service` that `name` names among the store's bundles
+/// (`Store::find`), else a whole id: the hosts may keep a release the store
+/// no longer has.
 fn named_release(store: &Store, service: &str, name: &str) -> Result<ReleaseId> {
-    let bundles: Vec<BundleInfo> = store.list()?.into_iter().filter(|b| b.service == service).collect();
-    let hex = name.len() >= MIN_PREFIX && name.bytes().all(|b| b.is_ascii_hexdigit());
-    let prefix = name.to_ascii_lowercase();
-    let matches: Vec<&BundleInfo> = bundles
-        .iter()
-        .filter(|b| (hex && b.id.to_hex().starts_with(&prefix)) || b.version.as_deref() == Some(name))
-        .collect();
-    let shown = |b: &&BundleInfo| format!("{} ({})", b.id.short(12), b.version.as_deref().unwrap_or("no version"));
-    match matches[..] {
-        [one] => Ok(one.id),
-        [] => match name.parse::<ReleaseId>() {
-            Ok(id) => Ok(id),
-            Err(_) => {
-                let known: Vec<String> = bundles.iter().take(10).map(|b| shown(&b)).collect();
-                bail!(
-                    "no release of {service} in the store {} has the id prefix or version {name:?} ({}); \
-                     name one of them, or a whole 64-digit id",
-                    store.root().display(),
-                    if known.is_empty() { "it has none".to_owned() } else { format!("it has: {}", known.join(", ")) }
-                )
-            }
-        },
-        _ => {
-            let which: Vec<String> = matches.iter().map(shown).collect();
-            bail!(
-                "{name:?} names {} releases of {service}: {}; give more digits of the id",
-                which.len(),
-                which.join(", ")
-            )
-        }
+    match store.find(Some(service), name) {
+        Err(StoreError::NoSuchRelease(_)) if name.parse::<ReleaseId>().is_ok() => Ok(name.parse()?),
+        found => Ok(found?),
     }
 }
 
@@ -200,11 +214,16 @@ pub fn status(settings: &Settings, s: &StageSettings) -> Result<u8> {
         _ => None,
     };
     let drifted = |st: &ferry_switcher::host::Status| usual.is_some_and(|u| counts.len() > 1 && st.current != u);
+    let known = Known::new(&settings.store);
     if settings.output.json {
         let hosts: Vec<_> = statuses
             .iter()
             .map(|(host, st)| match st {
-                Ok(st) => serde_json::json!({"host": host, "ok": true, "drifted": drifted(st), "status": st}),
+                Ok(st) => serde_json::json!({
+                    "host": host, "ok": true, "drifted": drifted(st), "status": st,
+                    "current_release": known.json(st.current.as_ref()),
+                    "previous_release": known.json(st.previous.as_ref()),
+                }),
                 Err(e) => serde_json::json!({"host": host, "ok": false, "error": error_chain(e)}),
             })
             .collect();
@@ -212,13 +231,23 @@ pub fn status(settings: &Settings, s: &StageSettings) -> Result<u8> {
     } else {
         let id = |i: &Option<ReleaseId>| i.map_or_else(|| "-".to_owned(), |i| i.short(12));
         let w = statuses.iter().map(|(h, _)| h.len()).max().unwrap_or(4).max(4);
-        output::line(&format!("{:<w$}  {:<12}  {:<12}  {:>4}  LOCK", "HOST", "CURRENT", "PREVIOUS", "KEPT"))?;
+        let currents: Vec<ReleaseId> = statuses.iter().filter_map(|(_, st)| st.as_ref().ok()?.current).collect();
+        let cols = known.widths(currents.iter().copied());
+        output::line(&format!(
+            "{:<w$}  {:<12}  {}  {:<12}  {:>4}  LOCK",
+            "HOST",
+            "CURRENT",
+            Known::columns(["VERSION", "COMMIT", "TAG"].map(str::to_owned), cols),
+            "PREVIOUS",
+            "KEPT"
+        ))?;
         for (host, st) in &statuses {
             match st {
                 Ok(st) => {
                     output::line(&format!(
-                        "{host:<w$}  {:<12}  {:<12}  {:>4}  {}{}",
+                        "{host:<w$}  {:<12}  {}  {:<12}  {:>4}  {}{}",
                         id(&st.current),
+                        Known::columns(known.fields(st.current), cols),
                         id(&st.previous),
                         st.releases.len(),
                         st.lock.as_ref().map_or_else(|| "free".to_owned(), ToString::to_string),
@@ -259,13 +288,17 @@ pub fn history(settings: &Settings, s: &StageSettings) -> Result<u8> {
     }
     // RFC 3339 UTC with fixed precision sorts as text.
     all.sort_by(|a, b| a.1.time.cmp(&b.1.time));
+    let known = Known::new(&settings.store);
+    let cols = known.widths(all.iter().filter_map(|(_, r)| r.to));
     for (host, record) in &all {
         if settings.output.json {
             let mut v = serde_json::to_value(record)?;
             v["host"] = serde_json::Value::String(host.clone());
+            v["to_release"] = known.json(record.to.as_ref());
             output::line(&v.to_string())?;
         } else {
-            output::line(&history_line(Some(host), record))?;
+            let to = Known::columns(known.fields(record.to), cols);
+            output::line(&history_line(Some(host), record, Some(&to)))?;
         }
     }
     Ok(if failed { exit::HOSTS_FAILED } else { exit::OK })
@@ -324,8 +357,63 @@ pub fn logs(settings: &Settings, s: &StageSettings, args: &crate::settings::Logs
     Ok(if failed.into_inner() { exit::HOSTS_FAILED } else { exit::OK })
 }
 
-/// One journal record as a line of text.
-pub fn history_line(host: Option<&str>, r: &Record) -> String {
+/// What the store knows of the releases a stage's hosts name: version,
+/// commit and tag, looked up once each.
+struct Known<'a> {
+    store: &'a Store,
+    seen: std::cell::RefCell<std::collections::HashMap<ReleaseId, Option<BundleInfo>>>,
+}
+
+impl<'a> Known<'a> {
+    fn new(store: &'a Store) -> Self {
+        Self { store, seen: Default::default() }
+    }
+
+    fn info(&self, id: &ReleaseId) -> Option<BundleInfo> {
+        self.seen.borrow_mut().entry(*id).or_insert_with(|| self.store.info(id).ok()).clone()
+    }
+
+    /// Version, short commit and tag, "-" for what the store does not know.
+    fn fields(&self, id: Option<ReleaseId>) -> [String; 3] {
+        let info = id.and_then(|id| self.info(&id));
+        let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        [
+            dash(info.as_ref().and_then(|i| i.version.clone())),
+            dash(info.as_ref().and_then(|i| i.git_commit.as_deref().map(short_commit))),
+            dash(info.as_ref().and_then(|i| i.git_tag.clone())),
+        ]
+    }
+
+    /// The widths of the three columns over `ids`, at least their headers'.
+    fn widths(&self, ids: impl Iterator<Item = ReleaseId>) -> [usize; 3] {
+        let mut w = [7, 7, 3];
+        for id in ids {
+            for (w, f) in w.iter_mut().zip(self.fields(Some(id))) {
+                *w = (*w).max(f.chars().count());
+            }
+        }
+        w
+    }
+
+    fn columns(fields: [String; 3], w: [usize; 3]) -> String {
+        format!("{:<a$}  {:<b$}  {:<c$}", fields[0], fields[1], fields[2], a = w[0], b = w[1], c = w[2])
+    }
+
+    /// For --json: version, git_commit (whole), git_tag, built_at, or null
+    /// when the store does not know the release.
+    fn json(&self, id: Option<&ReleaseId>) -> serde_json::Value {
+        match id.and_then(|id| self.info(id)) {
+            Some(i) => serde_json::json!({
+                "version": i.version, "git_commit": i.git_commit, "git_tag": i.git_tag, "built_at": i.built_at,
+            }),
+            None => serde_json::Value::Null,
+        }
+    }
+}
+
+/// One journal record as a line of text; `to`: what the store says of the
+/// release it went to, beside its id.
+pub fn history_line(host: Option<&str>, r: &Record, to: Option<&str>) -> String {
     let id = |i: &Option<ReleaseId>| i.map_or_else(|| "-".to_owned(), |i| i.short(12));
     let mut line = format!("{}  ", r.time);
     if let Some(host) = host {
@@ -333,10 +421,11 @@ pub fn history_line(host: Option<&str>, r: &Record) -> String {
     }
     let result = if r.result == JournalOutcome::Ok { "ok" } else { "FAILED" };
     line.push_str(&format!(
-        "{:<8}  {:<12} -> {:<12}  {result:<6}  {}",
+        "{:<8}  {:<12} -> {:<12}  {}{result:<6}  {}",
         format!("{:?}", r.action).to_lowercase(),
         id(&r.from),
         id(&r.to),
+        to.map(|t| format!("{t}  ")).unwrap_or_default(),
         r.user
     ));
     if let Some(reason) = &r.reason {

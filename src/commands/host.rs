@@ -115,7 +115,7 @@ pub fn run(settings: &Settings, host: &Host, action: &HostAction) -> Result<u8> 
                 if json {
                     output::line(record.to_line().trim_end())?;
                 } else {
-                    output::line(&super::fleet::history_line(None, &record))?;
+                    output::line(&super::fleet::history_line(None, &record, None))?;
                 }
             }
         }

@@ -14,6 +14,7 @@ use std::io::BufReader;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
+use ferry_builder::StoreError;
 use ferry_formats::bundle::{self, Head, Verified};
 use ferry_formats::ReleaseId;
 
@@ -45,8 +46,8 @@ pub fn run(settings: &Settings) -> Result<u8> {
     }
 }
 
-/// A release that must be in the store: by id prefix, or a bundle file's
-/// name.
+/// A release that must be in the store: by any name `Store::find` takes,
+/// or a bundle file's name.
 fn stored_id(settings: &Settings, target: &Target) -> Result<ReleaseId> {
     match locate(settings, target)? {
         (_, Some(id)) if settings.store.has_intact(&id) => Ok(id),
@@ -67,10 +68,14 @@ fn locate(settings: &Settings, target: &Target) -> Result<(PathBuf, Option<Relea
                 .and_then(|n| n.parse().ok());
             (path.clone(), named)
         }
-        Target::Id(prefix) => {
-            let id = settings.store.resolve(prefix)?;
-            (settings.store.bundle_path(&id), Some(id))
-        }
+        // Any service's: these commands need no ferry.toml.
+        Target::Name(name) => match settings.store.find(None, name) {
+            Ok(id) => (settings.store.bundle_path(&id), Some(id)),
+            Err(e @ StoreError::NoSuchRelease(_)) if name.contains('/') => {
+                return Err(anyhow::Error::new(e).context(format!("there is no file {name}")));
+            }
+            Err(e) => return Err(e.into()),
+        },
     })
 }
 

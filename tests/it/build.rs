@@ -96,9 +96,12 @@ fn unknown_and_ambiguous_ids_are_explained() {
     let p = sample_project();
     p.build(&[]);
     let err = p.ferry(["verify", "ffffffff"]).fails(2);
-    assert!(err.contains("no bundle in") && err.contains("has an id starting with \"ffffffff\""), "{err}");
+    assert!(
+        err.contains("has \"ffffffff\" as its id prefix, version label, git tag or git commit; the 1 it has"),
+        "{err}"
+    );
     let err = p.ferry(["inspect", "xyz"]).fails(2);
-    assert!(err.contains("\"xyz\" is not a release id or id prefix"), "{err}");
+    assert!(err.contains("has \"xyz\" as its version label or git tag (not hex digits, so no id prefix"), "{err}");
 }
 
 #[test]

@@ -29,14 +29,21 @@ fn rollback_to_takes_a_version_label_or_an_id_prefix() {
 
     let err = p.ferry(["rollback", "web", "--to", "v9"]).fails(2);
     assert!(err.contains("no release of shop in the store"), "{err}");
-    assert!(err.contains(&format!("has the id prefix or version \"v9\" (it has: {} (v3), ", &v3[..12])), "{err}");
+    assert!(err.contains("has \"v9\" as its version label or git tag"), "{err}");
+    assert!(
+        err.contains(&format!("the 3 it has:\n  ID            VERSION  COMMIT  TAG  BUILT\n  {}  v3  ", &v3[..12])),
+        "{err}"
+    );
 
     // Another build labelled v1: the label names two releases.
     p.write("app/main.py", "print('shop v1, again')\n");
     let again = build(&p, "v1");
     let err = p.ferry(["rollback", "web", "--to", "v1"]).fails(2);
-    assert!(err.contains("\"v1\" names 2 releases of shop: "), "{err}");
-    assert!(err.contains(&format!("{} (v1)", &v1[..12])) && err.contains(&format!("{} (v1)", &again[..12])), "{err}");
+    assert!(err.contains("\"v1\" names 2 releases of shop:\n"), "{err}");
+    assert!(
+        err.contains(&format!("  {}  v1  ", &v1[..12])) && err.contains(&format!("  {}  v1  ", &again[..12])),
+        "{err}"
+    );
     assert_eq!(current(&p, "a"), v2, "nothing changed");
 }
 
@@ -66,7 +73,9 @@ fn counts_of_hosts_read_right() {
     let p = fleet(&["a"], "");
     let id = build(&p, "v1");
     let err = p.ferry(["push", "web"]).ok().stderr;
-    assert!(err.contains(&format!("pushing {} (v1) to 1 host of web\n", &id[..12])), "{err}");
+    let pushing = err.lines().next().unwrap();
+    assert!(pushing.starts_with(&format!("pushing {} (v1, built ", &id[..12])), "{err}");
+    assert!(pushing.ends_with(" UTC), the newest build of shop, to 1 host of web"), "{err}");
     assert!(err.lines().last().unwrap().starts_with(&format!("pushed {} to 1 host of web in ", &id[..12])), "{err}");
     assert!(!err.contains("1 hosts"), "{err}");
     p.write("app/main.py", "print('shop v2')\n");

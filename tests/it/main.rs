@@ -17,6 +17,7 @@ mod lbkit;
 mod linked;
 mod load;
 mod local_fleet;
+mod names;
 mod read;
 mod rsync;
 mod runtime;

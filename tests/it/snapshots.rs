@@ -38,6 +38,8 @@ fn settings(releases: &[(&str, &str)]) -> Settings {
     s.add_filter(r"(?:/[^/\s'\x22():]+)*/ferry-it-[A-Za-z0-9]+", "[TMP]");
     // RFC 3339 timestamps.
     s.add_filter(r"\b\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})", "[TIME]");
+    // When a release was built, as the push line and the release tables say it.
+    s.add_filter(r"\b\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC\b", "[BUILT]");
     // Byte sizes, with the padding that right-aligns them in a column (its
     // width would vary with theirs).
     s.add_filter(r" *\b\d+(?:\.\d+)? (?:B|KiB|MiB|GiB)\b", " [SIZE]");
