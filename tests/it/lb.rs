@@ -5,37 +5,11 @@ use std::time::{Duration, Instant};
 
 use fs_err as fs;
 
-use crate::kit::{example_project, ferry_bin, Project};
+use crate::lb_faults::{fleet, LB, WEB};
 use crate::lbkit::{send, ErrorCounters, Haproxy, HaproxyOpts};
 use crate::load::{Load, LoadOpts, LoadResult};
 use crate::runtime::build;
 use crate::testhosts::TestHosts;
-
-/// The web hosts (0-based) of a set of 5 test hosts; host5 (4) is the LB.
-const WEB: [usize; 4] = [0, 1, 2, 3];
-const LB: usize = 4;
-
-/// The example service with an ssh stage `prod` over the hosts `web` (and
-/// no load balancer), in batches of 1, 50% and 100%, gated by its health
-/// URL on each host.
-fn web_project(hosts: &TestHosts, web: &[usize]) -> Project {
-    let p = example_project();
-    let list: Vec<String> = web.iter().map(|&i| format!("\"root@{}\"", hosts.hosts[i].addr)).collect();
-    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
-    p.write(
-        "ferry.toml",
-        format!(
-            "{toml}\n[stages.prod]\ntransport = \"ssh\"\nhosts = [{}]\nenv = \"staging\"\n\
-             strategy = [\"1\", \"50%\", \"100%\"]\nknown_hosts = \"{}\"\nidentity = \"{}\"\nagent = \"{}\"\n\
-             [stages.prod.health.http]\nurl = \"http://{{host}}:8000/health\"\ntimeout = 2\nretries = 3\n",
-            list.join(", "),
-            hosts.known_hosts.display(),
-            hosts.key.display(),
-            ferry_bin()
-        ),
-    );
-    p
-}
 
 /// What a load saw, for the test's output.
 fn show(what: &str, r: &LoadResult) -> String {
@@ -62,14 +36,8 @@ fn not_200(lb: &Haproxy) -> String {
 
 #[test]
 fn haproxy_test_host_balances_and_reports_its_servers() {
-    let hosts = TestHosts::start(5);
-    let p = web_project(&hosts, &WEB);
-    build(&p, "v1");
-    p.ferry(["push", "prod"]).ok();
-    let opts = HaproxyOpts { operator_socket: true, ..HaproxyOpts::default() };
-    let lb = Haproxy::start(&hosts, LB, &WEB, opts);
+    let (hosts, lb, _p, _) = fleet(HaproxyOpts { operator_socket: true, ..HaproxyOpts::default() }, "");
     assert_eq!(lb.servers, ["host1", "host2", "host3", "host4"]);
-    lb.wait_all_up(Duration::from_secs(10));
     assert_eq!(lb.errors(), ErrorCounters::default(), "{:#?}", lb.stats());
     // ferry, on the LB host, finds the socket where the config says.
     for socket in [lb.socket_on_host(), lb.operator_socket_on_host().unwrap()] {
@@ -132,32 +100,10 @@ fn haproxy_test_host_balances_and_reports_its_servers() {
     assert!(lb.server("host1").stot > 0, "host1 serves again (its count restarted at {host1} in the new worker)");
 }
 
-/// The stage `prod` of [`web_project`] with HAProxy's test host as its
-/// load balancer (its admin socket at level admin, backend `web`, each web
-/// host's server named as the kit names it), and `extra` lines after the
-/// table.
-pub(crate) fn with_load_balancer(p: &Project, hosts: &TestHosts, lb: &Haproxy, web: &[usize], extra: &str) {
-    let servers: Vec<String> =
-        web.iter().zip(&lb.servers).map(|(&i, s)| format!("\"root@{}\" = \"{s}\"", hosts.hosts[i].addr)).collect();
-    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
-    p.write(
-        "ferry.toml",
-        format!(
-            "{toml}\n[stages.prod.load_balancer]\nkind = \"haproxy\"\n\
-             nodes = [{{ host = \"root@{}\", socket = \"{}\" }}]\nbackends = [\"{}\"]\nservers = {{ {} }}\n\
-             drain_timeout = 30\n{extra}",
-            hosts.hosts[LB].addr,
-            lb.socket_on_host(),
-            lb.backend,
-            servers.join(", ")
-        ),
-    );
-}
-
 /// Two loads through HAProxy, one on kept-alive connections and one a
 /// connection a request, each 4 connections on `/` 1 ms apart and one on
 /// `/slow` (2 s), so a drain has requests to wait for.
-fn two_loads(lb: &Haproxy) -> (Load, Load) {
+pub(crate) fn two_loads(lb: &Haproxy) -> (Load, Load) {
     let opts = |keep_alive| LoadOpts {
         keep_alive,
         connections: 4,
@@ -190,14 +136,10 @@ fn two_loads(lb: &Haproxy) -> (Load, Load) {
 /// default `retry-on`, or the first half would prove nothing.
 #[test]
 fn a_rolling_push_behind_haproxy_fails_no_request_and_the_same_push_without_it_does() {
-    let hosts = TestHosts::start(5);
-    let p = web_project(&hosts, &WEB);
-    build(&p, "v1");
-    p.ferry(["push", "prod"]).ok();
-    let lb = Haproxy::start(&hosts, LB, &WEB, HaproxyOpts::default());
-    lb.wait_all_up(Duration::from_secs(10));
-    let plain = fs::read_to_string(p.path("ferry.toml")).unwrap();
-    with_load_balancer(&p, &hosts, &lb, &WEB, "");
+    let (_hosts, lb, p, _) = fleet(HaproxyOpts::default(), "drain_timeout = 30\n");
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    let (plain, _) = toml.split_once("\n[stages.prod.load_balancer]\n").unwrap();
+    let plain = plain.to_owned();
 
     build(&p, "v2");
     let before = lb.errors();
@@ -275,19 +217,10 @@ fn statuses(lb: &Haproxy) -> Vec<String> {
 #[test]
 fn the_opensky_group_flow_by_hand_and_as_one_push() {
     let hosts = TestHosts::start(5);
-    let p = web_project(&hosts, &WEB);
-    build(&p, "v1");
-    p.ferry(["push", "prod"]).ok();
-    let lb = Haproxy::start(&hosts, LB, &WEB, HaproxyOpts::default());
-    lb.wait_all_up(Duration::from_secs(10));
     let host = |i: usize| format!("\"root@{}\"", hosts.hosts[i].addr);
-    with_load_balancer(
-        &p,
-        &hosts,
-        &lb,
-        &WEB,
-        &format!("[stages.prod.groups]\ngroup1 = [{}, {}]\ngroup2 = [{}, {}]\n", host(0), host(1), host(2), host(3)),
-    );
+    let groups =
+        format!("[stages.prod.groups]\ngroup1 = [{}, {}]\ngroup2 = [{}, {}]\n", host(0), host(1), host(2), host(3));
+    let (hosts, lb, p, _) = crate::lb_faults::fleet_on(hosts, HaproxyOpts::default(), &groups);
     let (up, maint) = ("UP", "MAINT");
 
     p.ferry(["lb", "prod", "out", "group1"]).ok();

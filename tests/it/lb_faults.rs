@@ -24,8 +24,8 @@ use crate::runtime::{build, current};
 use crate::testhosts::TestHosts;
 
 /// The web hosts (0-based) of a set of 5 test hosts; host5 (4) is the LB.
-const WEB: [usize; 4] = [0, 1, 2, 3];
-const LB: usize = 4;
+pub(crate) const WEB: [usize; 4] = [0, 1, 2, 3];
+pub(crate) const LB: usize = 4;
 
 /// A web host's name in ferry's reports and config: `root@<addr>`.
 fn name(hosts: &TestHosts, i: usize) -> String {
@@ -78,8 +78,12 @@ fn rewrite(p: &Project, hosts: &TestHosts, haproxy: &Haproxy, stage: &str, extra
 /// to the 4 others (before the stage has its load balancer: HAProxy
 /// starts each server UP until its checks fail, and the capacity guard
 /// would go by that), all UP in HAProxy; then the stage with it.
-fn fleet(opts: HaproxyOpts, extra: &str) -> (TestHosts, Haproxy, Project, String) {
-    let hosts = TestHosts::start(5);
+pub(crate) fn fleet(opts: HaproxyOpts, extra: &str) -> (TestHosts, Haproxy, Project, String) {
+    fleet_on(TestHosts::start(5), opts, extra)
+}
+
+/// [`fleet`] on test hosts already started (5 of them).
+pub(crate) fn fleet_on(hosts: TestHosts, opts: HaproxyOpts, extra: &str) -> (TestHosts, Haproxy, Project, String) {
     let lb = Haproxy::start(&hosts, LB, &WEB, opts);
     let p = lb_project(&hosts, &lb, extra);
     let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
@@ -573,16 +577,7 @@ fn a_failed_gate_behind_the_load_balancer_reverts_while_out_of_rotation_and_lose
         HaproxyOpts { frontend_lines: vec!["http-request set-header Host shop.test".into()], ..HaproxyOpts::default() };
     let errors = "\n[stages.prod.health.errors]\nsource = \"load_balancer\"\nwindow = 3\nmin_requests = 20\n";
     let (hosts, lb, p, v1) = fleet(opts, errors);
-    let loads = || {
-        let opts = |keep_alive| LoadOpts {
-            keep_alive,
-            connections: 4,
-            pause: Duration::from_millis(1),
-            slow: 1,
-            ..LoadOpts::default()
-        };
-        (Load::start(lb.addr, opts(true)), Load::start(lb.addr, opts(false)))
-    };
+    let loads = || crate::lb::two_loads(&lb);
 
     // Part 1: v2 fails on the canary, and only for its own address: the
     // direct http gate sees 500s, the load never does.
