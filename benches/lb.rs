@@ -47,8 +47,6 @@
 //! machine (only `/srv` is theirs).
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,6 +62,9 @@ mod kit;
 #[path = "../tests/it/testhosts.rs"]
 mod testhosts;
 
+#[path = "common/web.rs"]
+mod web;
+
 #[allow(dead_code)]
 #[path = "../tests/it/lbkit.rs"]
 mod lbkit;
@@ -75,6 +76,7 @@ mod load;
 use lbkit::{Haproxy, HaproxyOpts};
 use load::{Load, LoadOpts, LoadResult};
 use testhosts::TestHosts;
+use web::{median, serves_all};
 
 /// host1…host4 serve; host5 runs HAProxy.
 const WEB: [usize; 4] = [0, 1, 2, 3];
@@ -170,7 +172,7 @@ fn main() -> Result<()> {
         })
         .collect::<Result<_>>()?;
     p.push(Mode::Without, &v1)?;
-    serves_all(&hosts, "v1")?;
+    serves_all(WEB.iter().map(|&i| &hosts.hosts[i]), "v1")?;
     let mut opts = HaproxyOpts::default();
     if let Ok(params) = std::env::var("FERRY_BENCH_LB_CHECK") {
         opts.server_params = params;
@@ -233,7 +235,7 @@ fn measured(p: &Project, hosts: &TestHosts, lb: &Haproxy, mode: Mode, version: &
         .filter(|l| l.starts_with("Server ") && l.contains(" is DOWN"))
         .count();
     let report = pushed?;
-    serves_all(hosts, version)?;
+    serves_all(WEB.iter().map(|&i| &hosts.hosts[i]), version)?;
     for l in &loads {
         ensure!(l.versions.contains_key(version), "no request was answered by {version}: {l:?}");
     }
@@ -528,38 +530,6 @@ impl Project {
         );
         Ok(report)
     }
-}
-
-/// `GET /` on port 8000 of `addr`, HTTP/1.0: the status and the body, or
-/// `None` if nothing answered.
-fn get(addr: Ipv4Addr) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&(addr, 8000).into(), Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Some((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
-}
-
-fn serves_all(hosts: &TestHosts, version: &str) -> Result<()> {
-    for &i in &WEB {
-        let h = &hosts.hosts[i];
-        let (status, body) = get(h.addr).with_context(|| format!("{} ({}) does not answer", h.name, h.addr))?;
-        ensure!(
-            status == 200 && body.starts_with(&format!("hello from {version} ")),
-            "{} ({}) answers {status} {body:?}, not {version}",
-            h.name,
-            h.addr
-        );
-    }
-    Ok(())
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn list(v: &[f64]) -> String {

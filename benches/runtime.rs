@@ -39,8 +39,8 @@
 //! The agent is this build's `ferry`, which the test hosts share with this
 //! machine (only `/srv` is theirs).
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{Ipv4Addr, TcpStream};
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,7 +57,11 @@ mod kit;
 #[path = "../tests/it/testhosts.rs"]
 mod testhosts;
 
+#[path = "common/web.rs"]
+mod web;
+
 use testhosts::TestHosts;
+use web::{get, median, serves_all};
 
 const HOSTS: usize = 4;
 /// The first batch of `["50%", "100%"]` over 4 hosts.
@@ -110,7 +114,7 @@ fn main() -> Result<()> {
     fs::remove_file(p.dir.join("app/BAD"))?;
     let v3 = p.build("v3")?;
     p.push_ok(&v1)?;
-    serves_all(&hosts, "v1")?;
+    serves_all(&hosts.hosts, "v1")?;
 
     let ssh_cmd = |addr: Ipv4Addr, command: &str| {
         let mut c = Command::new("ssh");
@@ -129,7 +133,7 @@ fn main() -> Result<()> {
     for run in 1..=runs {
         // --- ferry: gate failed → the flipped hosts serve v1 again ----------
         ferry.push(p.failed_push(&v2, &flipped).with_context(|| format!("run {run}: ferry's push of v2"))?);
-        serves_all(&hosts, "v1").with_context(|| format!("run {run}: after ferry's revert"))?;
+        serves_all(&hosts.hosts, "v1").with_context(|| format!("run {run}: after ferry's revert"))?;
 
         // --- the program's own start time, on the same hosts --------------
         let took: Vec<Result<f64>> = std::thread::scope(|scope| {
@@ -155,11 +159,11 @@ fn main() -> Result<()> {
             slowest = slowest.max(t.with_context(|| format!("run {run}: the program's start"))?);
         }
         start.push(slowest);
-        serves_all(&hosts, "v1").with_context(|| format!("run {run}: after the program's start"))?;
+        serves_all(&hosts.hosts, "v1").with_context(|| format!("run {run}: after the program's start"))?;
 
         // --- the Fabric-style rollback: v3 → v1 on the 2 hosts -------------
         p.push_ok(&v3)?;
-        serves_all(&hosts, "v3")?;
+        serves_all(&hosts.hosts, "v3")?;
         let command = format!(
             "cd {DEPLOY_TO} && test -d releases/{v1} && ln -sfn releases/{v1} current && \
              supervisorctl -c .ferry/supervisord.conf restart web"
@@ -206,7 +210,7 @@ fn main() -> Result<()> {
         fabric.push((last - began).as_secs_f64());
         // Back to v1 everywhere for the next run.
         p.push_ok(&v1)?;
-        serves_all(&hosts, "v1").with_context(|| format!("run {run}: after the push back to v1"))?;
+        serves_all(&hosts.hosts, "v1").with_context(|| format!("run {run}: after the push back to v1"))?;
     }
 
     let list = |v: &[f64]| v.iter().map(|t| format!("{t:.2}")).collect::<Vec<_>>().join(" ");
@@ -399,35 +403,4 @@ fn first_serving(addr: Ipv4Addr, version: &str, after: &OnceLock<Instant>, stop:
         std::thread::sleep(POLL);
     }
     None
-}
-
-/// `GET path` on port 8000 of `addr`, HTTP/1.0: the status and the body,
-/// or `None` if nothing answered.
-fn get(addr: Ipv4Addr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&(addr, 8000).into(), Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Some((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
-}
-
-fn serves_all(hosts: &TestHosts, version: &str) -> Result<()> {
-    for h in &hosts.hosts {
-        let (status, body) = get(h.addr, "/").with_context(|| format!("{} ({}) does not answer", h.name, h.addr))?;
-        ensure!(
-            status == 200 && body.starts_with(&format!("hello from {version} ")),
-            "{} ({}) answers {status} {body:?}, not {version}",
-            h.name,
-            h.addr
-        );
-    }
-    Ok(())
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }

@@ -1,0 +1,44 @@
+//! The example service on test hosts, as the benchmarks that run it see
+//! it: `GET` on port 8000 and which version every host serves; and the
+//! median of a few seconds' figures. Included by `runtime.rs` and `lb.rs`.
+
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{ensure, Context as _, Result};
+
+use crate::testhosts::TestHost;
+
+/// `GET path` on port 8000 of `addr`: the status and the body, or `None`
+/// when it does not answer (within 1 s to connect, 2 s to read).
+pub fn get(addr: Ipv4Addr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&(addr, 8000).into(), Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Some((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
+}
+
+/// Every one of `hosts` answers `GET /` with 200 `hello from <version> …`.
+pub fn serves_all<'a>(hosts: impl IntoIterator<Item = &'a TestHost>, version: &str) -> Result<()> {
+    for h in hosts {
+        let (status, body) = get(h.addr, "/").with_context(|| format!("{} ({}) does not answer", h.name, h.addr))?;
+        ensure!(
+            status == 200 && body.starts_with(&format!("hello from {version} ")),
+            "{} ({}) answers {status} {body:?}, not {version}",
+            h.name,
+            h.addr
+        );
+    }
+    Ok(())
+}
+
+/// The median (the upper middle one for an even count; NaN for none).
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
