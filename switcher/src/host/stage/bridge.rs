@@ -122,45 +122,48 @@ fn place(b: &Bridge) -> Result<(), HostError> {
     Ok(())
 }
 
-/// Whether `root/rel` is a regular file reached through real directories
-/// only (no symlink on the way, nor at the end).
-fn regular_file_below(root: &Path, rel: &RelPath) -> Result<bool, HostError> {
+/// What is at `root/rel`, walked through real directories only.
+#[derive(PartialEq, Eq)]
+enum Below {
+    /// A regular file, reached through real directories (no symlink on the
+    /// way, nor at the end).
+    File,
+    /// Nothing, and every parent of it that exists is a real directory
+    /// (not a symlink, which could lead out of the release): a place a
+    /// bridged file may be put without overwriting or following anything.
+    Free,
+    /// Anything else: a directory, a symlink, a file where a directory
+    /// would be.
+    Taken,
+}
+
+fn below(root: &Path, rel: &RelPath) -> Result<Below, HostError> {
     let mut path = root.to_path_buf();
     let parts: Vec<&str> = rel.components().collect();
     for (i, part) in parts.iter().enumerate() {
         path.push(part);
         let meta = match fs::symlink_metadata(&path) {
             Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Below::Free),
             Err(e) => return Err(HostError::Fs(e)),
         };
         let last = i + 1 == parts.len();
-        if (last && !meta.is_file()) || (!last && !meta.is_dir()) {
-            return Ok(false);
+        if last && meta.is_file() {
+            return Ok(Below::File);
+        }
+        if last || !meta.is_dir() {
+            return Ok(Below::Taken);
         }
     }
-    Ok(true)
+    Ok(Below::Taken)
 }
 
-/// Whether nothing is at `root/rel`, and every parent of it that exists is
-/// a real directory (not a symlink, which could lead out of the release):
-/// a place a bridged file may be put without overwriting or following
-/// anything.
+fn regular_file_below(root: &Path, rel: &RelPath) -> Result<bool, HostError> {
+    Ok(below(root, rel)? == Below::File)
+}
+
 fn free_below(root: &Path, rel: &RelPath) -> Result<bool, HostError> {
-    let mut path = root.to_path_buf();
-    let parts: Vec<&str> = rel.components().collect();
-    for (i, part) in parts.iter().enumerate() {
-        path.push(part);
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
-            Err(e) => return Err(HostError::Fs(e)),
-        };
-        if i + 1 == parts.len() || !meta.is_dir() {
-            return Ok(false);
-        }
-    }
-    Ok(false)
+    Ok(below(root, rel)? == Below::Free)
 }
 
 impl Host {
