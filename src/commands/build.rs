@@ -16,7 +16,11 @@ pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
     let (config, git, git_tag) = match &b.config {
         ConfigSource::Loaded(c) => ((**c).clone(), None, None),
         ConfigSource::Git { reference, workdir, file_name } => {
-            let export = ferry_builder::git::export(workdir, reference)?;
+            // The same directory for every build of this config, so that
+            // what a build step makes there (a venv names its path) is the
+            // same each time, and restored from the step cache as it is.
+            let dir = settings.store.export_dir(&workdir.join(file_name));
+            let export = ferry_builder::git::export_at(workdir, reference, &dir)?;
             let path = export.workdir.join(file_name);
             let config = Config::load(&path).with_context(|| format!("in the export of {reference}"))?;
             let (info, tag) = (export.info.clone(), export.tag.clone());
@@ -24,8 +28,9 @@ pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
             (config, Some(info), tag)
         }
     };
-    // An export is a new directory every time: a cache of it would never hit.
+    // An export is written anew every time: a stat cache of it would never hit.
     let use_cache = git.is_none();
+    let steps = run_steps(settings, &config, git.as_ref())?;
     let spec = BuildSpec {
         service: config.service.clone(),
         root: config.root.clone(),
@@ -41,6 +46,8 @@ pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
     };
     let built = ferry_builder::build(&spec, &settings.store, &Bar::new(settings.output))?;
     let info = &built.info;
+    let warnings: Vec<String> =
+        steps.iter().flat_map(|s| s.warnings.iter().cloned()).chain(built.warnings.iter().cloned()).collect();
     if settings.output.json {
         output::json(&json!({
             "id": built.id,
@@ -59,7 +66,8 @@ pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
             "scripts_relocated": built.scripts_relocated,
             "unrelocated": built.unrelocated,
             "stale_pycs": built.stale_pycs,
-            "warnings": built.warnings,
+            "steps": steps,
+            "warnings": warnings,
             "timings_ms": {
                 "walk": output::ms(built.timings.walk),
                 "check": output::ms(built.timings.check),
@@ -69,6 +77,14 @@ pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
             },
         }))?;
     } else {
+        for s in &steps {
+            if s.cached {
+                let how = if s.restored { "; outputs restored" } else { "" };
+                eprintln!("step {}: reused from the cache (inputs unchanged{how}) in {:.2}s", s.name, s.seconds);
+            } else {
+                eprintln!("step {}: ran in {:.2}s", s.name, s.seconds);
+            }
+        }
         let label = info.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
         let what = if built.reused { "unchanged, reused" } else { "built" };
         eprintln!(
@@ -103,12 +119,36 @@ pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
                 shorten(&built.stale_pycs)
             );
         }
-        for w in &built.warnings {
+        for w in &warnings {
             eprintln!("warning: {w}");
         }
         output::line(&built.id.to_string())?;
     }
     Ok(exit::OK)
+}
+
+/// Runs the config's `[build]` steps in its release root, before packing.
+fn run_steps(
+    settings: &Settings,
+    config: &Config,
+    git: Option<&ferry_formats::release::GitInfo>,
+) -> Result<Vec<ferry_builder::steps::StepReport>> {
+    if config.build_steps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cache = settings.store.steps_dir(&config.service);
+    let mut env = vec![
+        ("FERRY_SERVICE".to_owned(), config.service.clone()),
+        ("FERRY_BUILD_ROOT".to_owned(), config.root.to_string_lossy().into_owned()),
+    ];
+    if let Some(g) = git {
+        env.push(("FERRY_GIT_COMMIT".to_owned(), g.commit.clone()));
+    }
+    if !settings.output.json {
+        let names: Vec<&str> = config.build_steps.iter().map(|s| s.name.as_str()).collect();
+        eprintln!("running build steps in {}: {}", config.root.display(), names.join(", "));
+    }
+    Ok(ferry_builder::steps::run_all(&config.build_steps, &config.root, &cache, &env)?)
 }
 
 fn shorten(list: &[String]) -> String {

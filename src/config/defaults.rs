@@ -29,6 +29,12 @@ pub const DEFAULT_EXCLUDES: &[&str] = &[
 /// the size win; it does not change the release id.
 pub const COMPRESSION_LEVEL: i32 = 3;
 
+// [build]
+
+/// A build step's `timeout`, in seconds: a pip install of a large lock file
+/// on a slow index takes minutes; a hung one should not hold a build all day.
+pub const BUILD_STEP_TIMEOUT: u64 = 600;
+
 // [deploy] and [stages.*]
 
 /// `deploy_to` is `<this>/<service>`: the FHS's place for data a system
