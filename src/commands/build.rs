@@ -77,7 +77,7 @@ pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
             },
         }))?;
     } else {
-        for s in &steps {
+        for s in steps.iter().filter(|_| !settings.output.quiet) {
             if s.cached {
                 let how = if s.restored { "; outputs restored" } else { "" };
                 eprintln!("step {}: reused from the cache (inputs unchanged{how}) in {:.2}s", s.name, s.seconds);
@@ -144,7 +144,7 @@ fn run_steps(
     if let Some(g) = git {
         env.push(("FERRY_GIT_COMMIT".to_owned(), g.commit.clone()));
     }
-    if !settings.output.json {
+    if !settings.output.json && !settings.output.quiet {
         let names: Vec<&str> = config.build_steps.iter().map(|s| s.name.as_str()).collect();
         eprintln!("running build steps in {}: {}", config.root.display(), names.join(", "));
     }
