@@ -53,6 +53,11 @@ run = "echo ran >> {log} && python3 -m venv venv && venv/bin/pip install --no-in
 inputs = ["requirements.txt"]
 outputs = ["venv"]
 timeout = 300
+
+# Uses the venv in the tree: its scripts must name where the tree is now.
+[[build.steps]]
+name = "check"
+run = "venv/bin/pip --version && venv/bin/python -c 'import tinypkg'"
 "#,
         log = log.display()
     ));
@@ -77,9 +82,11 @@ fn runs(log: &Path) -> usize {
     fs::read_to_string(log).map(|t| t.lines().count()).unwrap_or(0)
 }
 
+/// The venv step's report; the check step after it ran and passed.
 fn step(built: &Value) -> &Value {
     let steps = built["steps"].as_array().unwrap_or_else(|| panic!("no steps in the report: {built}"));
-    assert_eq!(steps.len(), 1, "{built}");
+    assert_eq!(steps.len(), 2, "{built}");
+    assert_eq!((steps[1]["name"].as_str(), steps[1]["exit"].as_i64()), (Some("check"), Some(0)), "{built}");
     &steps[0]
 }
 
