@@ -2,8 +2,14 @@
 //!
 //! The commit is exported with `git archive` (so `export-ignore` attributes
 //! apply, and nothing untracked or modified in the work tree gets in) into a
-//! temporary directory, and the build runs there. The commit id goes into the
+//! directory of its own, and the build runs there. The commit id goes into the
 //! release metadata; the tag that names it, if any, into the store's record.
+//!
+//! The directory is a stable one per service when the caller names it
+//! ([`export_at`]: `<store>/exports/<hash of the config's path>`, flock(2)ed while a build
+//! uses it, emptied before and removed after), so that what a build step
+//! makes there — a venv records its absolute path — is the same from one
+//! build to the next and its cached outputs can be restored as they are.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,7 +21,7 @@ use crate::BuildError;
 /// A checked-out export; removed when dropped.
 #[derive(Debug)]
 pub struct Export {
-    pub dir: tempfile::TempDir,
+    pub dir: ExportDir,
     /// The export's counterpart of the directory the export was asked from.
     pub workdir: PathBuf,
     pub info: GitInfo,
@@ -46,8 +52,69 @@ pub fn commit_of(dir: &Path, reference: &str) -> Result<String, BuildError> {
         .map_err(|_| BuildError::Git(format!("git ref {reference:?} does not name a commit in {}", dir.display())))
 }
 
-/// Exports `reference` of the repository that holds `workdir`.
+/// Where an export is: a temporary directory, or a stable one held locked.
+#[derive(Debug)]
+pub enum ExportDir {
+    Temp(tempfile::TempDir),
+    /// Removed when dropped; the lock file is unlocked when closed.
+    Stable {
+        path: PathBuf,
+        _lock: std::fs::File,
+    },
+}
+
+impl ExportDir {
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Temp(t) => t.path(),
+            Self::Stable { path, .. } => path,
+        }
+    }
+}
+
+impl Drop for ExportDir {
+    fn drop(&mut self) {
+        if let Self::Stable { path, .. } = self {
+            let _ = fs_err::remove_dir_all(path);
+        }
+    }
+}
+
+/// Exports `reference` of the repository that holds `workdir` into a new
+/// temporary directory.
 pub fn export(workdir: &Path, reference: &str) -> Result<Export, BuildError> {
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-git-")
+        .tempdir()
+        .map_err(|e| BuildError::Git(format!("cannot make a directory for the export: {e}")))?;
+    export_into(workdir, reference, ExportDir::Temp(dir))
+}
+
+/// Exports `reference` into `dir`, the same path every time: waits for
+/// another build using it to finish (flock on `<dir>.lock`), then empties it.
+pub fn export_at(workdir: &Path, reference: &str, dir: &Path) -> Result<Export, BuildError> {
+    let fail = |what: &str, e: std::io::Error| BuildError::Git(format!("{what} {}: {e}", dir.display()));
+    if let Some(parent) = dir.parent() {
+        fs_err::create_dir_all(parent).map_err(|e| fail("cannot make the directory for the export", e))?;
+    }
+    let lock_path = dir.with_extension("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| fail("cannot open the lock of", e))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| fail("cannot lock", e.into()))?;
+    match fs_err::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail("cannot empty the export directory", e)),
+    }
+    fs_err::create_dir(dir).map_err(|e| fail("cannot make the export directory", e))?;
+    export_into(workdir, reference, ExportDir::Stable { path: dir.to_path_buf(), _lock: lock })
+}
+
+fn export_into(workdir: &Path, reference: &str, dir: ExportDir) -> Result<Export, BuildError> {
     let commit = commit_of(workdir, reference)?;
     let top = PathBuf::from(git(workdir, &["rev-parse", "--show-toplevel"])?);
     let prefix = git(workdir, &["rev-parse", "--show-prefix"])?;
@@ -55,10 +122,6 @@ pub fn export(workdir: &Path, reference: &str) -> Result<Export, BuildError> {
         .ok()
         .and_then(|tags| tags.lines().next().map(str::to_owned));
 
-    let dir = tempfile::Builder::new()
-        .prefix("ferry-git-")
-        .tempdir()
-        .map_err(|e| BuildError::Git(format!("cannot make a directory for the export: {e}")))?;
     let mut child = Command::new("git")
         .arg("-C")
         .arg(&top)

@@ -7,6 +7,7 @@
 //! - [`cache`]: reuse the last build's hashes for files whose stat is unchanged.
 //! - [`store`]: the local directory of bundles.
 //! - [`git`]: builds from a clean export of a git ref.
+//! - [`steps`]: `[build]` steps run in the tree before it is packed, and their cache.
 
 pub mod build;
 pub mod cache;
@@ -14,6 +15,7 @@ pub mod delta;
 mod error;
 pub mod git;
 pub mod pyc;
+pub mod steps;
 pub mod store;
 pub mod tags;
 pub mod venv;

@@ -6,6 +6,9 @@
 //!   bundles/<id>.json        what `ferry bundles` shows: service, version, sizes,
 //!                            when and where it was first built (not part of the id)
 //!   cache/<service>.json     the build cache (see `cache`)
+//!   steps/<service>/<step>/  the `[build]` steps' cached outputs (see `steps`)
+//!   exports/<hash>/          a `--git-ref` build's export, while it builds
+//!                            (one directory per config path; see `git`)
 //! ```
 //!
 //! The `bundles/` directory listing is the index.
@@ -209,6 +212,18 @@ impl Store {
 
     pub fn cache_path(&self, service: &str) -> PathBuf {
         self.root.join("cache").join(format!("{service}.json"))
+    }
+
+    /// Where the `[build]` steps of `service` cache their outputs.
+    pub fn steps_dir(&self, service: &str) -> PathBuf {
+        self.root.join("steps").join(service)
+    }
+
+    /// Where `--git-ref` builds of the config at `config` export the commit:
+    /// the same directory every time (see `git::export_at`).
+    pub fn export_dir(&self, config: &Path) -> PathBuf {
+        let id = blake3::hash(config.as_os_str().as_encoded_bytes()).to_hex();
+        self.root.join("exports").join(&id[..16])
     }
 
     /// Whether the store has this bundle whole: its size is the one recorded

@@ -11,19 +11,27 @@ use crate::output::{self, Bar};
 use crate::settings::{BuildSettings, ConfigSource, Settings};
 
 pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
-    let built = build(settings, b)?;
-    show(settings, &built)?;
+    let (built, steps) = build(settings, b)?;
+    show(settings, &built, &steps)?;
     Ok(exit::OK)
 }
 
-/// Builds what `b` says into the store (`ferry build` and `ferry deploy`).
-pub(super) fn build(settings: &Settings, b: &BuildSettings) -> Result<ferry_builder::build::Built> {
+/// What a build made, and what its steps did.
+pub(super) type Built = (ferry_builder::build::Built, Vec<ferry_builder::steps::StepReport>);
+
+/// Builds what `b` says into the store, its `[build]` steps first
+/// (`ferry build` and `ferry deploy`).
+pub(super) fn build(settings: &Settings, b: &BuildSettings) -> Result<Built> {
     // Keeps a --git-ref export alive until the build is done.
     let mut _export = None;
     let (config, git, git_tag) = match &b.config {
         ConfigSource::Loaded(c) => ((**c).clone(), None, None),
         ConfigSource::Git { reference, workdir, file_name } => {
-            let export = ferry_builder::git::export(workdir, reference)?;
+            // The same directory for every build of this config, so that
+            // what a build step makes there (a venv names its path) is the
+            // same each time, and restored from the step cache as it is.
+            let dir = settings.store.export_dir(&workdir.join(file_name));
+            let export = ferry_builder::git::export_at(workdir, reference, &dir)?;
             let path = export.workdir.join(file_name);
             let config = Config::load(&path).with_context(|| format!("in the export of {reference}"))?;
             let (info, tag) = (export.info.clone(), export.tag.clone());
@@ -31,8 +39,9 @@ pub(super) fn build(settings: &Settings, b: &BuildSettings) -> Result<ferry_buil
             (config, Some(info), tag)
         }
     };
-    // An export is a new directory every time: a cache of it would never hit.
+    // An export is written anew every time: a stat cache of it would never hit.
     let use_cache = git.is_none();
+    let steps = run_steps(settings, &config, git.as_ref())?;
     let spec = BuildSpec {
         service: config.service.clone(),
         root: config.root.clone(),
@@ -46,13 +55,19 @@ pub(super) fn build(settings: &Settings, b: &BuildSettings) -> Result<ferry_buil
         strict: b.strict,
         compression: WriteOptions { level: config.compression_level, ..WriteOptions::default() },
     };
-    Ok(ferry_builder::build(&spec, &settings.store, &Bar::new(settings.output))?)
+    Ok((ferry_builder::build(&spec, &settings.store, &Bar::new(settings.output))?, steps))
 }
 
 /// What `ferry build` says of a build: JSON, or a summary on stderr and the
 /// id on stdout.
-fn show(settings: &Settings, built: &ferry_builder::build::Built) -> Result<()> {
+fn show(
+    settings: &Settings,
+    built: &ferry_builder::build::Built,
+    steps: &[ferry_builder::steps::StepReport],
+) -> Result<()> {
     let info = &built.info;
+    let warnings: Vec<String> =
+        steps.iter().flat_map(|s| s.warnings.iter().cloned()).chain(built.warnings.iter().cloned()).collect();
     if settings.output.json {
         output::json(&json!({
             "id": built.id,
@@ -71,7 +86,8 @@ fn show(settings: &Settings, built: &ferry_builder::build::Built) -> Result<()> 
             "scripts_relocated": built.scripts_relocated,
             "unrelocated": built.unrelocated,
             "stale_pycs": built.stale_pycs,
-            "warnings": built.warnings,
+            "steps": steps,
+            "warnings": warnings,
             "timings_ms": {
                 "walk": output::ms(built.timings.walk),
                 "check": output::ms(built.timings.check),
@@ -81,6 +97,9 @@ fn show(settings: &Settings, built: &ferry_builder::build::Built) -> Result<()> 
             },
         }))?;
     } else {
+        if !settings.output.quiet {
+            say_steps(steps);
+        }
         let label = info.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
         let what = if built.reused { "unchanged, reused" } else { "built" };
         eprintln!(
@@ -115,12 +134,48 @@ fn show(settings: &Settings, built: &ferry_builder::build::Built) -> Result<()> 
                 shorten(&built.stale_pycs)
             );
         }
-        for w in &built.warnings {
+        for w in &warnings {
             eprintln!("warning: {w}");
         }
         output::line(&built.id.to_string())?;
     }
     Ok(())
+}
+
+/// Runs the config's `[build]` steps in its release root, before packing.
+fn run_steps(
+    settings: &Settings,
+    config: &Config,
+    git: Option<&ferry_formats::release::GitInfo>,
+) -> Result<Vec<ferry_builder::steps::StepReport>> {
+    if config.build_steps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cache = settings.store.steps_dir(&config.service);
+    let mut env = vec![
+        ("FERRY_SERVICE".to_owned(), config.service.clone()),
+        ("FERRY_BUILD_ROOT".to_owned(), config.root.to_string_lossy().into_owned()),
+    ];
+    if let Some(g) = git {
+        env.push(("FERRY_GIT_COMMIT".to_owned(), g.commit.clone()));
+    }
+    if !settings.output.json && !settings.output.quiet {
+        let names: Vec<&str> = config.build_steps.iter().map(|s| s.name.as_str()).collect();
+        eprintln!("running build steps in {}: {}", config.root.display(), names.join(", "));
+    }
+    Ok(ferry_builder::steps::run_all(&config.build_steps, &config.root, &cache, &env)?)
+}
+
+/// A line on stderr for each build step: run, or reused from the cache.
+pub(super) fn say_steps(steps: &[ferry_builder::steps::StepReport]) {
+    for s in steps {
+        if s.cached {
+            let how = if s.restored { "; outputs restored" } else { "" };
+            eprintln!("step {}: reused from the cache (inputs unchanged{how}) in {:.2}s", s.name, s.seconds);
+        } else {
+            eprintln!("step {}: ran in {:.2}s", s.name, s.seconds);
+        }
+    }
 }
 
 fn shorten(list: &[String]) -> String {

@@ -60,8 +60,9 @@ pub fn run(settings: &Settings, s: &StageSettings, d: &DeploySettings) -> Result
         version,
         strict: false,
     };
-    let built = super::build::build(settings, &build)?;
+    let (built, steps) = super::build::build(settings, &build)?;
     if !quiet {
+        super::build::say_steps(&steps);
         let what = if built.reused { "unchanged, reused" } else { "built" };
         eprintln!("{what} {} in {:.2}s", built.id.short(12), built.timings.total.as_secs_f64());
     }
@@ -113,6 +114,7 @@ pub fn run(settings: &Settings, s: &StageSettings, d: &DeploySettings) -> Result
             "dirty": dirty,
             "release": built.id,
             "reused": built.reused,
+            "steps": steps,
             "tag": dated,
         });
         output::json(&doc)?;

@@ -29,6 +29,12 @@ pub const DEFAULT_EXCLUDES: &[&str] = &[
 /// the size win; it does not change the release id.
 pub const COMPRESSION_LEVEL: i32 = 3;
 
+// [build]
+
+/// A build step's `timeout`, in seconds: a pip install of a large lock file
+/// on a slow index takes minutes; a hung one should not hold a build all day.
+pub const BUILD_STEP_TIMEOUT: u64 = 600;
+
 // [deploy] and [stages.*]
 
 /// `deploy_to` is `<this>/<service>`: the FHS's place for data a system
@@ -157,7 +163,15 @@ mod tests {
         assert_eq!(default("stopsignal"), format!("`{STOPSIGNAL}`"));
         assert_eq!(default("stopwaitsecs"), STOPWAITSECS.to_string());
         assert_eq!(default("startsecs"), STARTSECS.to_string());
-        assert_eq!(default("timeout"), HOOK_TIMEOUT.to_string(), "[hooks]");
+        // `timeout` is a key of more than one table: the row under a heading.
+        let under = |heading: &str, key: &str| -> String {
+            let at = docs.find(heading).unwrap_or_else(|| panic!("no heading {heading}"));
+            let start = format!("| `{key}` |");
+            let line = docs[at..].lines().find(|l| l.starts_with(&start)).unwrap_or_else(|| panic!("no row {key}"));
+            line.split('|').nth(3).unwrap().trim().to_owned()
+        };
+        assert_eq!(under("## `[hooks]`", "timeout"), HOOK_TIMEOUT.to_string(), "[hooks]");
+        assert_eq!(under("## `[build]`", "timeout"), BUILD_STEP_TIMEOUT.to_string(), "[build]");
         let http = row("`http` |");
         for said in [
             format!("`status` ({HTTP_STATUS})"),

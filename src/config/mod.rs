@@ -5,6 +5,7 @@
 //! bad service name, a component path that leaves the tree).
 
 mod balancer;
+mod build;
 mod defaults;
 mod raw;
 mod runtime;
@@ -40,6 +41,8 @@ pub struct Config {
     pub stages: BTreeMap<String, Stage>,
     pub programs: Vec<Program>,
     pub hooks: Hooks,
+    /// `[[build.steps]]`, in order.
+    pub build_steps: Vec<ferry_builder::steps::Step>,
 }
 
 impl Config {
@@ -147,6 +150,7 @@ impl Config {
             stages,
             programs: programs(&raw, &at)?,
             hooks,
+            build_steps: build::steps(&raw, &at)?,
         })
     }
 }

@@ -31,6 +31,30 @@ pub struct FerryToml {
     pub programs: BTreeMap<String, Spanned<ProgramSection>>,
     #[serde(default)]
     pub hooks: HooksSection,
+    /// Steps run in the tree before it is packed.
+    #[serde(default)]
+    pub build: BuildSection,
+}
+
+/// `[build]`: what `ferry build` runs in the tree before packing it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSection {
+    #[serde(default)]
+    pub steps: Vec<Spanned<StepSection>>,
+}
+
+/// `[[build.steps]]`: one command, and what keys and holds its cache.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSection {
+    pub name: Spanned<String>,
+    pub run: Spanned<String>,
+    #[serde(default)]
+    pub inputs: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub outputs: Vec<Spanned<String>>,
+    pub timeout: Option<Spanned<u64>>,
 }
 
 /// `[programs.<name>]`: one program of the service, under supervisord.

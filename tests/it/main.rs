@@ -3,6 +3,7 @@
 mod agent;
 mod bridge;
 mod build;
+mod build_steps;
 mod cli_output;
 mod crash;
 mod deploy;
