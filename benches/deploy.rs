@@ -24,7 +24,9 @@
 //! every bundle is new: (1) the same requirements, (2) the bumped ones plus a
 //! line naming the run (so each run's key is new: the cache keeps 3 entries);
 //! (3) and (4) take (1)'s commit: (3) after an untimed build and push of the
-//! reset commit's tree, so its store and hosts are as warm as the deploy's. Goals missed are reported, not failed; a
+//! reset commit's tree, so its store and hosts are as warm as the deploy's.
+//! Each measurement starts after a `sync`, so none pays for an earlier one's
+//! writeback. Goals missed are reported, not failed; a
 //! failing command fails the benchmark.
 
 use std::io::{BufRead as _, BufReader};
@@ -204,7 +206,7 @@ fn main() -> Result<()> {
     row("(3) ferry build + ferry push of a prebuilt tree", w3, list(baseline.iter().map(Prebuilt::wall), 2));
     row("(4) today: archive, venv, pip, tar | zstd, copy, flip", w4, list(today.iter().copied(), 2));
     println!();
-    println!("phases of the median runs (s)          export+load   step venv       pack       push");
+    println!("phases of the median runs (s)       export+load+rm   step venv       pack       push");
     for (name, d) in [("(1) deps unchanged", m1), ("(2) lock file changed", m2)] {
         println!(
             "{name:<38}{:>12.2}{:>12.2}{:>11.2}{:>11.2}",
@@ -246,14 +248,16 @@ struct Deploy {
 }
 
 impl Deploy {
-    /// Export, config load, the step's key: what is not the step, the pack or the push.
+    /// What is not the step, the pack or the push: the process's start, git's
+    /// checks, the export (git archive), the config's load and the export's
+    /// removal after the build (its venv's files too).
     fn export_s(&self) -> f64 {
         secs(self.built_at) - self.step_s - self.pack_s
     }
 
     fn line(&self) -> String {
         format!(
-            "{:.2} s (export+load {:.2}, step venv {:.2}{}, pack {:.2}, push {:.2})",
+            "{:.2} s (export+load+rm {:.2}, step venv {:.2}{}, pack {:.2}, push {:.2})",
             secs(self.wall),
             self.export_s(),
             self.step_s,
@@ -265,6 +269,7 @@ impl Deploy {
 }
 
 fn deploy(ferry: &Path, repo: &Path, store: &Path, commit: &str) -> Result<Deploy> {
+    sync()?;
     let mut cmd = Command::new(ferry);
     cmd.args(["deploy", "bench", commit]).arg("--store").arg(store).current_dir(repo);
     cmd.env_remove("FERRY_CONFIG").env_remove("FERRY_STORE").stdout(Stdio::null()).stderr(Stdio::piped());
@@ -315,6 +320,7 @@ impl Prebuilt {
 }
 
 fn build_push(ferry: &Path, tree: &Path, store: &Path) -> Result<Prebuilt> {
+    sync()?;
     let start = Instant::now();
     let out = Command::new(ferry)
         .args(["build", "--json", "--quiet", "--store"])
@@ -368,6 +374,7 @@ for h in a b c; do
     ln -sfn "releases/$NAME" "$d/current.new" && mv -T "$d/current.new" "$d/current"
 done
 "#;
+    sync()?;
     let start = Instant::now();
     let out = Command::new("bash")
         .arg("-c")
@@ -382,6 +389,12 @@ done
     let wall = start.elapsed();
     ensure!(out.status.success(), "the user's steps failed: {}", String::from_utf8_lossy(&out.stderr));
     Ok(wall)
+}
+
+/// Untimed, before each measurement: what earlier ones wrote goes to disk now,
+/// not during the next one.
+fn sync() -> Result<()> {
+    run_ok(&mut Command::new("sync"))
 }
 
 fn git(dir: &Path, args: &[&str]) -> Result<String> {
