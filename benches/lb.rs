@@ -447,19 +447,7 @@ impl Project {
             with_lb: scratch.join("lb.toml"),
             batch_log: scratch.join("batches"),
         };
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/example");
-        kit::sh(&format!("cp -r {} {}", fixture.display(), p.dir.display()));
-        // As the quickstart makes it: Debian's interpreter, whose site has
-        // Debian's gunicorn (the program runs `venv/bin/python -m gunicorn`).
-        let out = Command::new("/usr/bin/python3")
-            .args(["-m", "venv", "--system-site-packages", "--without-pip"])
-            .arg(p.dir.join("venv"))
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "/usr/bin/python3 -m venv failed (scripts/bench installs python3-venv): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        web::example_at(&p.dir)?;
         let addr = |i: usize| hosts.hosts[i].addr;
         let list: Vec<String> = WEB.iter().map(|&i| format!("\"root@{}\"", addr(i))).collect();
         let log = p.batch_log.display();

@@ -251,19 +251,7 @@ struct Project {
 impl Project {
     fn new(hosts: &TestHosts, scratch: &Path) -> Result<Self> {
         let p = Self { dir: scratch.join("example"), store: scratch.join("store") };
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/example");
-        kit::sh(&format!("cp -r {} {}", fixture.display(), p.dir.display()));
-        // As the quickstart makes it: Debian's interpreter, whose site has
-        // Debian's gunicorn (the program runs `venv/bin/python -m gunicorn`).
-        let out = Command::new("/usr/bin/python3")
-            .args(["-m", "venv", "--system-site-packages", "--without-pip"])
-            .arg(p.dir.join("venv"))
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "/usr/bin/python3 -m venv failed (scripts/bench installs python3-venv): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        web::example_at(&p.dir)?;
         let list: Vec<String> = hosts.hosts.iter().map(|h| format!("\"root@{}\"", h.addr)).collect();
         let toml = fs::read_to_string(p.dir.join("ferry.toml"))?;
         fs::write(

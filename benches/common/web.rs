@@ -6,6 +6,9 @@ use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, TcpStream};
 use std::time::Duration;
 
+use std::path::Path;
+use std::process::Command;
+
 use anyhow::{ensure, Context as _, Result};
 
 use crate::testhosts::TestHost;
@@ -41,4 +44,22 @@ pub fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A copy of fixtures/example at `dir`, with its venv made as the
+/// quickstart makes it: Debian's interpreter, whose site has Debian's
+/// gunicorn (the program runs `venv/bin/python -m gunicorn`).
+pub fn example_at(dir: &Path) -> Result<()> {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/example");
+    crate::kit::sh(&format!("cp -r {} {}", fixture.display(), dir.display()));
+    let out = Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--system-site-packages", "--without-pip"])
+        .arg(dir.join("venv"))
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "/usr/bin/python3 -m venv failed (scripts/bench installs python3-venv): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }

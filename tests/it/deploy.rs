@@ -134,3 +134,97 @@ fn what_a_deploy_refuses_and_a_remote_that_refuses_the_tag() {
     let err = p.ferry(["deploy", "web", "stable"]).fails(2);
     assert!(err.contains("no tag matches stable_tags \"release-*\""), "{err}");
 }
+
+/// Issue 14 end to end, on the example service (gunicorn under its own
+/// supervisord, on a local stage `production` of two hosts): a git
+/// repository with a bare remote, tags v1.0.0, v1.1.0 and v1.2.0-rc1, and
+/// a venv made by a build step from `requirements.txt` (gunicorn from the
+/// wheel scripts/test downloads: offline). `ferry deploy production stable`
+/// deploys v1.1.0, whose hosts then answer "hello from v1.1.0", and pushes
+/// `production-<today>`; a second deploy that day (of v1.0.0, the venv
+/// step reused from the cache) makes `-2`; a stable release whose every
+/// answer is a 500 is caught by the gate, reverted, and tagged nowhere.
+#[test]
+fn the_example_service_deploys_stable_from_git_with_its_venv_made_by_a_build_step() {
+    let p = crate::kit::example_project();
+    let _stop = crate::kit::StopSupervisors(p.path("fleet"));
+    let wheels = std::env::var_os("FERRY_PYPI_WHEELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pypi-wheels"));
+    let base = 42000 + std::process::id() % 20000;
+    let (p1, p2) = (base + 1, base + 2);
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    let (head, rest) = toml.split_once("[[build.steps]]").unwrap();
+    let (_, rest) = rest.split_once("\n\n").unwrap();
+    p.write(
+        "ferry.toml",
+        format!(
+            "{head}[[build.steps]]\nname = \"venv\"\nrun = \"/usr/bin/python3 -m venv venv && venv/bin/pip install \
+             --quiet --no-index --disable-pip-version-check --find-links {} -r requirements.txt\"\n\
+             inputs = [\"requirements.txt\"]\noutputs = [\"venv\"]\ntimeout = 300\n\n{rest}\n\
+             [stages.production]\ntransport = \"local\"\nhosts = [\"fleet/p1\", \"fleet/p2\"]\nstrategy = [\"1\", \"100%\"]\n\
+             stable_tags = \"v*\"\ntag = true\n\
+             host_env = {{ \"fleet/p1\" = {{ PORT = \"{p1}\" }}, \"fleet/p2\" = {{ PORT = \"{p2}\" }} }}\n\n\
+             [stages.production.health.http]\nurl = \"http://127.0.0.1:{p1}/health\"\n\
+             urls = {{ \"fleet/p2\" = \"http://127.0.0.1:{p2}/health\" }}\ntimeout = 2\nretries = 5\n",
+            wheels.display()
+        ),
+    );
+    p.write("requirements.txt", format!("gunicorn=={}\n", crate::kit::PYPI_GUNICORN));
+    p.write(".gitignore", "venv/\nfleet/\n.ferry/\n__pycache__/\n");
+    fs::remove_dir_all(p.path("venv")).unwrap();
+    let version = |v: &str| {
+        let hello = fs::read_to_string(p.path("app/hello.py")).unwrap();
+        let line = hello.lines().find(|l| l.starts_with("VERSION = ")).unwrap().to_owned();
+        p.write("app/hello.py", hello.replace(&line, &format!("VERSION = \"{v}\"")));
+    };
+    git(&p, "init -q -b main");
+    git(&p, "config user.name deployer");
+    git(&p, "config user.email deployer@example.com");
+    for v in ["v1.0.0", "v1.1.0", "v1.2.0-rc1"] {
+        version(v);
+        git(&p, "add -A");
+        git(&p, &format!("commit -qm {v}"));
+        git(&p, &format!("tag -a {v} -m {v}"));
+    }
+    let remote = tempfile::tempdir().unwrap();
+    sh(&format!("git init -q --bare {}", remote.path().display()));
+    git(&p, &format!("remote add origin {}", remote.path().display()));
+    git(&p, "push -q origin main --tags");
+    let serves = |port: u32| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port as u16)).expect("the service answers");
+        std::io::Write::write_all(&mut s, b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+        text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+    };
+
+    let report = p.ferry(["deploy", "production", "stable", "--json"]).ok().json();
+    assert_eq!(report["deploy"]["resolved"], "v1.1.0", "{report:#}");
+    assert_eq!(report["deploy"]["steps"][0]["cached"], false, "{report:#}");
+    for port in [p1, p2] {
+        assert!(serves(port).starts_with("hello from v1.1.0 "), "{}", serves(port));
+    }
+    let tag = format!("production-{}", today());
+    assert_eq!(report["deploy"]["tag"]["name"], tag.as_str(), "{report:#}");
+    let on_remote = sh(&format!("git -C {} tag -l", remote.path().display()));
+    assert!(on_remote.lines().any(|t| t == tag), "{on_remote}");
+
+    let report = p.ferry(["deploy", "production", "v1.0.0", "--json"]).ok().json();
+    assert_eq!(report["deploy"]["steps"][0]["cached"], true, "the venv's requirements did not change: {report:#}");
+    assert_eq!(report["deploy"]["tag"]["name"], format!("{tag}-2").as_str(), "{report:#}");
+    assert!(serves(p1).starts_with("hello from v1.0.0 "), "{}", serves(p1));
+
+    // v1.3.0 answers every request with a 500: the canary's gate fails.
+    version("v1.3.0");
+    p.write("app/BAD", "");
+    git(&p, "add -A");
+    git(&p, "commit -qm v1.3.0");
+    git(&p, "tag -a v1.3.0 -m v1.3.0");
+    let out = p.ferry(["deploy", "production", "stable"]).fails(1);
+    assert!(out.contains("gate http failed"), "{out}");
+    assert!(!git(&p, "tag -l").lines().any(|t| t == format!("{tag}-3")), "a failed deploy made a tag");
+    for port in [p1, p2] {
+        assert!(serves(port).starts_with("hello from v1.0.0 "), "{}", serves(port));
+    }
+}
