@@ -56,7 +56,8 @@ pub fn commit_of(dir: &Path, reference: &str) -> Result<String, BuildError> {
 #[derive(Debug)]
 pub enum ExportDir {
     Temp(tempfile::TempDir),
-    /// Removed when dropped; the lock file is unlocked when closed.
+    /// Kept after the build, with what its steps made, for the next export
+    /// there (see [`Export::keep`]); the lock file is unlocked when closed.
     Stable {
         path: PathBuf,
         _lock: std::fs::File,
@@ -72,11 +73,70 @@ impl ExportDir {
     }
 }
 
-impl Drop for ExportDir {
-    fn drop(&mut self) {
-        if let Self::Stable { path, .. } = self {
-            let _ = fs_err::remove_dir_all(path);
+impl Export {
+    /// Keeps `outputs` (paths in the export that git does not track: what
+    /// build steps made) for the next export into the same stable
+    /// directory, which gets them back in place, so a step whose inputs did
+    /// not change finds its outputs there and copies nothing. Nothing for a
+    /// temporary export.
+    pub fn keep(&self, outputs: &[PathBuf]) -> std::io::Result<()> {
+        let ExportDir::Stable { path, .. } = &self.dir else { return Ok(()) };
+        let list: Vec<String> = outputs
+            .iter()
+            .filter_map(|o| o.strip_prefix(path).ok())
+            .map(|o| o.to_string_lossy().into_owned())
+            .filter(|o| !o.is_empty() && !o.contains('\n'))
+            .collect();
+        let keep = keep_list(path);
+        let tmp = keep.with_extension("keep.tmp");
+        fs_err::write(&tmp, list.join("\n"))?;
+        fs_err::rename(&tmp, &keep)
+    }
+}
+
+/// Where a stable export lists what the next one keeps.
+fn keep_list(dir: &Path) -> PathBuf {
+    dir.with_extension("keep")
+}
+
+/// Moves what the last build kept (see [`Export::keep`]) out of `dir`
+/// into `aside`, before `dir` is emptied.
+fn set_aside(dir: &Path, aside: &Path) -> std::io::Result<Vec<String>> {
+    let _ = fs_err::remove_dir_all(aside);
+    let Ok(list) = fs_err::read_to_string(keep_list(dir)) else { return Ok(Vec::new()) };
+    let mut kept = Vec::new();
+    for rel in list.lines().filter(|l| !l.is_empty()) {
+        let from = dir.join(rel);
+        if fs_err::symlink_metadata(&from).is_err() {
+            continue;
         }
+        let to = aside.join(rel);
+        if let Some(parent) = to.parent() {
+            fs_err::create_dir_all(parent)?;
+        }
+        fs_err::rename(&from, &to)?;
+        kept.push(rel.to_owned());
+    }
+    Ok(kept)
+}
+
+/// Puts back, into the fresh export `dir`, what [`set_aside`] kept, where
+/// the commit has nothing of its own (a tracked file wins; the kept copy
+/// goes); then removes `aside`.
+fn put_back(dir: &Path, aside: &Path, kept: &[String]) -> std::io::Result<()> {
+    for rel in kept {
+        let to = dir.join(rel);
+        if fs_err::symlink_metadata(&to).is_ok() {
+            continue;
+        }
+        if let Some(parent) = to.parent() {
+            fs_err::create_dir_all(parent)?;
+        }
+        fs_err::rename(aside.join(rel), &to)?;
+    }
+    match fs_err::remove_dir_all(aside) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -91,7 +151,10 @@ pub fn export(workdir: &Path, reference: &str) -> Result<Export, BuildError> {
 }
 
 /// Exports `reference` into `dir`, the same path every time: waits for
-/// another build using it to finish (flock on `<dir>.lock`), then empties it.
+/// another build using it to finish (flock on `<dir>.lock`), then empties
+/// it, but for what the last build there kept (see [`Export::keep`]), put
+/// back where the commit has nothing. The export stays after the build, for
+/// the next.
 pub fn export_at(workdir: &Path, reference: &str, dir: &Path) -> Result<Export, BuildError> {
     let fail = |what: &str, e: std::io::Error| BuildError::Git(format!("{what} {}: {e}", dir.display()));
     if let Some(parent) = dir.parent() {
@@ -105,13 +168,17 @@ pub fn export_at(workdir: &Path, reference: &str, dir: &Path) -> Result<Export, 
         .open(&lock_path)
         .map_err(|e| fail("cannot open the lock of", e))?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| fail("cannot lock", e.into()))?;
+    let aside = dir.with_extension("kept");
+    let kept = set_aside(dir, &aside).map_err(|e| fail("cannot set aside what the last build kept in", e))?;
     match fs_err::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(fail("cannot empty the export directory", e)),
     }
     fs_err::create_dir(dir).map_err(|e| fail("cannot make the export directory", e))?;
-    export_into(workdir, reference, ExportDir::Stable { path: dir.to_path_buf(), _lock: lock })
+    let export = export_into(workdir, reference, ExportDir::Stable { path: dir.to_path_buf(), _lock: lock })?;
+    put_back(dir, &aside, &kept).map_err(|e| fail("cannot put back what the last build kept in", e))?;
+    Ok(export)
 }
 
 fn export_into(workdir: &Path, reference: &str, dir: ExportDir) -> Result<Export, BuildError> {

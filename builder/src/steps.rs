@@ -106,16 +106,27 @@ fn tail_text(tail: &[String]) -> String {
 
 /// Runs `steps` in order in the tree at `root`, with `cache` as the
 /// service's step cache directory. Stops at the first that fails.
+/// `owned`: the tree is ferry's own (a `--git-ref` export), where outputs
+/// a step made for other inputs are removed before it runs again, however
+/// they were changed since; in a user's tree, only when they are exactly
+/// what the step made.
 pub fn run_all(
     steps: &[Step],
     root: &Path,
     cache: &Path,
     env: &[(String, String)],
+    owned: bool,
 ) -> Result<Vec<StepReport>, StepError> {
-    steps.iter().map(|s| run_one(s, root, cache, env)).collect()
+    steps.iter().map(|s| run_one(s, root, cache, env, owned)).collect()
 }
 
-fn run_one(step: &Step, root: &Path, cache: &Path, env: &[(String, String)]) -> Result<StepReport, StepError> {
+fn run_one(
+    step: &Step,
+    root: &Path,
+    cache: &Path,
+    env: &[(String, String)],
+    owned: bool,
+) -> Result<StepReport, StepError> {
     let start = Instant::now();
     let io = |what: String| {
         let step = step.name.clone();
@@ -143,10 +154,19 @@ fn run_one(step: &Step, root: &Path, cache: &Path, env: &[(String, String)]) -> 
     };
 
     if let Some((key, _, entry, state_path)) = &cached {
+        let state: Option<TreeState> = fs::read(state_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let now = fingerprint(root, &step.outputs);
+        // Outputs this step made here for other inputs (a kept export's venv
+        // of the old lock file) are its own stale ones: it starts without
+        // them, as from a fresh tree, whether it runs or restores.
+        if state.as_ref().is_some_and(|s| s.key != *key && (owned || Some(&s.fingerprint) == now.as_ref())) {
+            for o in &step.outputs {
+                let stale = root.join(o.as_str());
+                remove(&stale).map_err(io(format!("removing {}", stale.display())))?;
+            }
+        }
         if entry.join("entry.json").is_file() {
             report.cached = true;
-            let state: Option<TreeState> = fs::read(state_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
-            let now = fingerprint(root, &step.outputs);
             let all_there = step.outputs.iter().all(|o| fs::symlink_metadata(root.join(o.as_str())).is_ok());
             match state {
                 Some(s) if s.key == *key && Some(s.fingerprint.clone()) == now => {}
@@ -520,21 +540,21 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         fs::write(root.path().join("req.txt"), "a\n").unwrap();
         let s = step("mkdir -p out && touch -d 2001-01-01 out/f && echo hi", &["req.txt"], &["out"]);
-        let r = run_all(std::slice::from_ref(&s), root.path(), cache.path(), &[]).unwrap();
+        let r = run_all(std::slice::from_ref(&s), root.path(), cache.path(), &[], false).unwrap();
         assert!(!r[0].cached);
         assert_eq!(r[0].output_tail, ["hi"]);
         let mtime = fs::metadata(root.path().join("out/f")).unwrap().modified().unwrap();
         // Unchanged tree: nothing to do.
-        let r = run_all(std::slice::from_ref(&s), root.path(), cache.path(), &[]).unwrap();
+        let r = run_all(std::slice::from_ref(&s), root.path(), cache.path(), &[], false).unwrap();
         assert!(r[0].cached && !r[0].restored, "{r:?}");
         // Outputs gone: restored.
         fs::remove_dir_all(root.path().join("out")).unwrap();
-        let r = run_all(std::slice::from_ref(&s), root.path(), cache.path(), &[]).unwrap();
+        let r = run_all(std::slice::from_ref(&s), root.path(), cache.path(), &[], false).unwrap();
         assert!(r[0].cached && r[0].restored, "{r:?}");
         assert_eq!(fs::metadata(root.path().join("out/f")).unwrap().modified().unwrap(), mtime);
         // A changed input reruns it.
         fs::write(root.path().join("req.txt"), "b\n").unwrap();
-        let r = run_all(std::slice::from_ref(&s), root.path(), cache.path(), &[]).unwrap();
+        let r = run_all(std::slice::from_ref(&s), root.path(), cache.path(), &[], false).unwrap();
         assert!(!r[0].cached);
     }
 
@@ -545,7 +565,7 @@ mod tests {
         let s = step("mkdir -p out", &["req.txt"], &["out"]);
         for n in 0..5 {
             fs::write(root.path().join("req.txt"), format!("{n}\n")).unwrap();
-            run_all(std::slice::from_ref(&s), root.path(), cache.path(), &[]).unwrap();
+            run_all(std::slice::from_ref(&s), root.path(), cache.path(), &[], false).unwrap();
         }
         let keys = fs::read_dir(cache.path().join("s"))
             .unwrap()
@@ -559,7 +579,7 @@ mod tests {
     fn a_glob_that_matches_nothing_is_refused() {
         let root = tempfile::tempdir().unwrap();
         let cache = tempfile::tempdir().unwrap();
-        let err = run_all(&[step("touch ran", &["*.lock"], &[])], root.path(), cache.path(), &[]).unwrap_err();
+        let err = run_all(&[step("touch ran", &["*.lock"], &[])], root.path(), cache.path(), &[], false).unwrap_err();
         assert!(err.to_string().contains("\"*.lock\" matches no file"), "{err}");
         assert!(!root.path().join("ran").exists());
     }

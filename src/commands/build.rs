@@ -42,6 +42,13 @@ pub(super) fn build(settings: &Settings, b: &BuildSettings) -> Result<Built> {
     // An export is written anew every time: a stat cache of it would never hit.
     let use_cache = git.is_none();
     let steps = run_steps(settings, &config, git.as_ref())?;
+    if let Some(export) = &_export {
+        // What the steps made stays for the next export of this config: a
+        // step whose inputs did not change then finds it in place.
+        let outputs: Vec<std::path::PathBuf> =
+            config.build_steps.iter().flat_map(|s| s.outputs.iter().map(|o| config.root.join(o.as_str()))).collect();
+        export.keep(&outputs).context("cannot record the build steps' outputs for the next export")?;
+    }
     let spec = BuildSpec {
         service: config.service.clone(),
         root: config.root.clone(),
@@ -163,7 +170,7 @@ fn run_steps(
         let names: Vec<&str> = config.build_steps.iter().map(|s| s.name.as_str()).collect();
         eprintln!("running build steps in {}: {}", config.root.display(), names.join(", "));
     }
-    Ok(ferry_builder::steps::run_all(&config.build_steps, &config.root, &cache, &env)?)
+    Ok(ferry_builder::steps::run_all(&config.build_steps, &config.root, &cache, &env, git.is_some())?)
 }
 
 /// A line on stderr for each build step: run, or reused from the cache.

@@ -137,6 +137,9 @@ fn a_git_ref_build_makes_the_venv_by_its_step_and_the_next_reuses_it() {
     let took = t.elapsed();
     let st = step(&v2);
     assert_eq!(st["cached"], true, "{v2}");
+    // The export's directory kept the venv the step made there: found in
+    // place, nothing copied.
+    assert_ne!(st["restored"], true, "{v2}");
     assert_eq!(st["exit"], Value::Null, "{v2}");
     assert_eq!(runs(&log), 1, "the step did not run again");
     assert!(took < Duration::from_secs(20), "a cached build took {took:?}");
@@ -146,11 +149,18 @@ fn a_git_ref_build_makes_the_venv_by_its_step_and_the_next_reuses_it() {
     let text = p.ferry(["build", "--git-ref", "v2"]).ok().stderr;
     assert!(text.contains("step venv: reused from the cache (inputs unchanged"), "{text}");
 
-    // Changed requirements: the step runs again.
+    // Changed requirements: the step runs again, from a tree without the
+    // venv of the old requirements (which the export kept): a file the old
+    // venv had, and the new one's run does not make, is not in the release.
+    let exports = fs::read_dir(p.store.path().join("exports")).unwrap();
+    let export = exports.flatten().map(|e| e.path()).find(|e| e.is_dir()).expect("a stable export directory");
+    fs::write(export.join("venv/OLD-REQUIREMENTS"), "stale\n").unwrap();
     p.write("requirements.txt", "tinypkg==2.0\n");
     commit(&p, "v3");
     let v3 = p.build(&["--git-ref", "v3"]);
     assert_eq!(step(&v3)["cached"], false, "{v3}");
+    let listing = p.ferry(["inspect", v3["id"].as_str().unwrap(), "--json"]).ok().stdout;
+    assert!(!listing.contains("OLD-REQUIREMENTS"), "the old venv's file is in the release");
     assert_eq!(runs(&log), 2);
     assert_eq!(version_on_a_host(&p, v3["id"].as_str().unwrap()), "2.0");
     let text = {
