@@ -588,6 +588,11 @@ fn a_failed_gate_behind_the_load_balancer_reverts_while_out_of_rotation_and_lose
     std::thread::sleep(Duration::from_secs(1));
     let run = p.ferry(["push", "prod", "--json"]);
     std::thread::sleep(Duration::from_secs(1));
+    // Enough requests to count, however busy the machine (a busy one was
+    // seen to slow the load to a few a second for a while).
+    for load in [&kept, &closing] {
+        load.wait_total(200, Duration::from_secs(60));
+    }
     let (kept, closing) = (kept.stop(), closing.stop());
     let said = format!("{}\n{}\n{}", run.stderr, show("keep-alive", &kept), show("one connection a request", &closing));
     eprintln!("{said}");
