@@ -232,8 +232,8 @@ fn old_asset_after_v2(port: u32, extra: &str) -> ((u16, String), serde_json::Val
 
 #[test]
 fn an_old_pages_asset_is_served_by_a_host_running_the_new_release() {
-    let base = 40000 + std::process::id() % 20000;
-    let ((status, body), report) = old_asset_after_v2(base + 1, "bridge_assets = [\"media/static\"]");
+    let ports = crate::kit::local_ports(2);
+    let ((status, body), report) = old_asset_after_v2(ports[0], "bridge_assets = [\"media/static\"]");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, "body { color: teal } /* v1 */\n");
     let notes = &report["hosts"][0]["notes"];
@@ -241,7 +241,7 @@ fn an_old_pages_asset_is_served_by_a_host_running_the_new_release() {
     assert!(note.starts_with("bridged 1 asset file from "), "{report}");
 
     // Without bridge_assets, the new release does not have it.
-    let ((status, body), report) = old_asset_after_v2(base + 2, "");
+    let ((status, body), report) = old_asset_after_v2(ports[1], "");
     assert_eq!(status, 404, "{body}");
     assert!(report["hosts"][0].get("notes").is_none(), "{report}");
 }

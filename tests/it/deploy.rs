@@ -151,8 +151,8 @@ fn the_example_service_deploys_stable_from_git_with_its_venv_made_by_a_build_ste
     let wheels = std::env::var_os("FERRY_PYPI_WHEELS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pypi-wheels"));
-    let base = 42000 + std::process::id() % 20000;
-    let (p1, p2) = (base + 1, base + 2);
+    let ports = crate::kit::local_ports(2);
+    let (p1, p2) = (ports[0], ports[1]);
     let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
     let (head, rest) = toml.split_once("[[build.steps]]").unwrap();
     let (_, rest) = rest.split_once("\n\n").unwrap();

@@ -402,3 +402,25 @@ pub fn nothing_left(dir: &Path, target: &str, cur: &str, what: &str) {
     assert!(leftovers(dir).is_empty(), "{what}: left {:?}", leftovers(dir));
     assert_eq!(current(dir).as_deref(), Some(cur), "{what}: current moved");
 }
+
+/// `n` TCP ports for the programs a local stage runs on this machine:
+/// below the kernel's ephemeral range (32768 and up, whose ports the
+/// suite's own clients take by the thousand, so a listener there can find
+/// its port in use), free when asked, and a different set for each call in
+/// this process.
+pub fn local_ports(n: usize) -> Vec<u32> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const FIRST: u32 = 20000;
+    const SPAN: u32 = 12000;
+    let step = NEXT.fetch_add(n as u32 + 11, std::sync::atomic::Ordering::Relaxed);
+    let mut k = std::process::id().wrapping_mul(97).wrapping_add(step) % SPAN;
+    let mut out = Vec::new();
+    while out.len() < n {
+        let port = FIRST + k % SPAN;
+        if std::net::TcpListener::bind(("0.0.0.0", port as u16)).is_ok() {
+            out.push(port);
+        }
+        k += 1;
+    }
+    out
+}

@@ -108,9 +108,9 @@ fn push_to_a_local_fleet_ships_a_bundle_then_a_delta_in_batches_and_rolls_back()
     let p = example_project();
     // The example runs under a supervisord per host, on this machine: on
     // ports of this test's own (not the quickstart's 8101-8104).
-    let base = 20000 + std::process::id() % 20000;
+    let ports = crate::kit::local_ports(4);
     let toml = read(p.path("ferry.toml"));
-    let toml = (1..=4).fold(toml, |t, n| t.replace(&format!("810{n}"), &(base + n).to_string()));
+    let toml = (1..=4).fold(toml, |t, n| t.replace(&format!("810{n}"), &ports[n - 1].to_string()));
     p.write("ferry.toml", toml);
     let _stop = StopSupervisors(p.path("fleet"));
     let v1 = build(&p, "v1");
