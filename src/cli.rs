@@ -182,6 +182,16 @@ where it no longer has what ferry set, and the same `out` sets it again.")]
     /// The blake3 of this binary (how the controller checks its agent on a host).
     #[command(hide = true)]
     AgentHash,
+    /// Print a shell completion script for ferry.
+    #[command(after_help = "\
+Examples:
+  ferry completions bash > /etc/bash_completion.d/ferry
+  ferry completions zsh > \"${fpath[1]}/_ferry\"
+  ferry completions fish > ~/.config/fish/completions/ferry.fish")]
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]

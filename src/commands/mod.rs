@@ -38,6 +38,15 @@ pub fn run(settings: &Settings) -> Result<u8> {
         Action::Lb(s, verb) => lb::run(settings, s, verb),
         Action::Deploy(s, d) => deploy::run(settings, s, d),
         Action::Host(host, action) => host::run(settings, host, action),
+        Action::Completions(shell) => {
+            // Made whole first, then written as any output is (a closed
+            // pipe, `| head`, ends it quietly).
+            let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "ferry", &mut script);
+            crate::output::line(String::from_utf8_lossy(&script).trim_end())?;
+            Ok(crate::exit::OK)
+        }
         Action::AgentHash => {
             let exe = std::env::current_exe()?;
             crate::output::line(&blake3::hash(&fs_err::read(exe)?).to_hex())?;

@@ -73,6 +73,7 @@ pub enum Action {
     Deploy(StageSettings, DeploySettings),
     Host(Host, HostAction),
     AgentHash,
+    Completions(clap_complete::Shell),
 }
 
 /// A stage of ferry.toml, as the fleet runs it.
@@ -258,6 +259,7 @@ impl Settings {
                 Action::Lb(stage, a.verb)
             }
             Command::AgentHash => Action::AgentHash,
+            Command::Completions { shell } => Action::Completions(shell),
             Command::Host(h) => Action::Host(Host::new(std::path::absolute(&h.deploy_to)?), host_action(h.verb)?),
         };
         // Commands that read bundle files only need no config: a broken
@@ -275,7 +277,8 @@ impl Settings {
             | Action::Lb(..)
             | Action::Deploy(..)
             | Action::Host(..)
-            | Action::AgentHash => false,
+            | Action::AgentHash
+            | Action::Completions(_) => false,
         };
         let store = match cli.store {
             Some(s) => s,

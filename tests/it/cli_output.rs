@@ -191,3 +191,29 @@ fn push_takes_force_and_says_what_it_does() {
     let help = p.ferry(["push", "--help"]).ok().stdout;
     assert!(help.contains("--force") && help.contains("reported `already current`"), "{help}");
 }
+
+/// `ferry completions SHELL`: a script for bash, zsh and fish. bash is
+/// here, so its script is loaded and asked to complete `ferry de` and
+/// `ferry lb prod `; the others are checked for what their shells read.
+#[test]
+fn completions_for_bash_zsh_and_fish_complete_ferry_s_commands() {
+    let bin = crate::kit::ferry_bin();
+    let complete = |words: &str, cword: usize| {
+        crate::kit::sh(&format!(
+            "bash -c 'source <({bin} completions bash); COMP_WORDS=({words}); COMP_CWORD={cword}; \
+             _ferry ferry \"${{COMP_WORDS[$COMP_CWORD]}}\" \"${{COMP_WORDS[$COMP_CWORD-1]}}\"; echo ${{COMPREPLY[@]}}'"
+        ))
+    };
+    assert_eq!(complete("ferry de", 1).split_whitespace().collect::<Vec<_>>(), ["delta", "deploy"]);
+    let lb = complete("ferry lb prod ''", 3);
+    for verb in ["status", "out", "in", "flip", "all"] {
+        assert!(lb.split_whitespace().any(|w| w == verb), "ferry lb prod <TAB>: {lb}");
+    }
+    let zsh = crate::kit::run(crate::kit::ferry_cmd().args(["completions", "zsh"])).stdout;
+    assert!(zsh.starts_with("#compdef ferry") && zsh.contains("'deploy:"), "{}", &zsh[..zsh.len().min(300)]);
+    let fish = crate::kit::run(crate::kit::ferry_cmd().args(["completions", "fish"])).stdout;
+    assert!(fish.contains("complete -c ferry") && fish.contains("-a \"deploy\""), "{}", &fish[..fish.len().min(300)]);
+    let err = crate::kit::run(crate::kit::ferry_cmd().args(["completions", "tcsh"]));
+    assert_eq!(err.code, 2);
+    assert!(err.stderr.contains("possible values: bash, elvish, fish, powershell, zsh"), "{}", err.stderr);
+}
