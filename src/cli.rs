@@ -182,6 +182,20 @@ where it no longer has what ferry set, and the same `out` sets it again.")]
     /// The blake3 of this binary (how the controller checks its agent on a host).
     #[command(hide = true)]
     AgentHash,
+    /// Run a command on a stage's hosts, in the current release with its environment.
+    #[command(after_help = "\
+Examples:
+  ferry exec production -- venv/bin/python manage.py showmigrations
+  ferry exec production --hosts web1 -- 'tail -n 20 log/app.log'
+  ferry exec staging --json -- uname -r
+
+Runs `sh -c` with the words after -- (joined by spaces, as ssh does) on every
+host at once, in <deploy_to>/releases/<current> with the release's
+config/active/env, FERRY_RELEASE and FERRY_DEPLOY_TO, as a hook runs, holding
+each host's lock meanwhile, so no push flips or prunes that release under it
+(and a host a push holds says so). Each output line is prefixed by its host; then each host's exit code.
+Exit 0: it exited 0 everywhere; 1: it failed (or could not run) somewhere.")]
+    Exec(ExecArgs),
     /// Print a shell completion script for ferry.
     #[command(after_help = "\
 Examples:
@@ -246,6 +260,20 @@ pub struct DeployArgs {
     /// As `ferry push --force`.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// A stage of ferry.toml.
+    pub stage: String,
+    #[command(flatten)]
+    pub narrow: Narrow,
+    /// Seconds it may run on a host before it is killed (with its process group).
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// The command (after --).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -335,6 +335,44 @@ pub fn setup(settings: &Settings, s: &StageSettings) -> Result<u8> {
     Ok(if failed { exit::HOSTS_FAILED } else { exit::OK })
 }
 
+/// `ferry exec`: each host's output, its lines prefixed by the host, then
+/// each host's exit code; 1 when it failed or could not run anywhere.
+pub fn exec(settings: &Settings, s: &StageSettings, command: &str, timeout: std::time::Duration) -> Result<u8> {
+    let runs = fleet::exec(&s.stage, s.transport(), command, timeout);
+    let failed = runs.iter().any(|(_, r)| !r.as_ref().is_ok_and(ferry_switcher::host::runtime::HookRun::ok));
+    if settings.output.json {
+        let hosts: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|(host, r)| match r {
+                Ok(run) => serde_json::json!({
+                    "host": host, "exit": run.exit, "timed_out": run.timed_out,
+                    "seconds": run.seconds, "output": run.output,
+                }),
+                Err(e) => serde_json::json!({ "host": host, "error": error_chain(e) }),
+            })
+            .collect();
+        output::json(&serde_json::json!({ "command": command, "ok": !failed, "hosts": hosts }))?;
+    } else {
+        for (host, r) in &runs {
+            match r {
+                Ok(run) => {
+                    for line in run.output.lines() {
+                        output::line(&format!("{host}: {line}"))?;
+                    }
+                    let how = match (run.exit, run.timed_out) {
+                        (_, true) => format!("killed after its timeout ({} s)", timeout.as_secs()),
+                        (Some(code), _) => format!("exit {code}"),
+                        (None, _) => "killed by a signal".to_owned(),
+                    };
+                    eprintln!("{host}: {how} in {:.2}s", run.seconds);
+                }
+                Err(e) => eprintln!("{host}: could not run: {}", error_chain(e)),
+            }
+        }
+    }
+    Ok(if failed { exit::HOSTS_FAILED } else { exit::OK })
+}
+
 pub fn logs(settings: &Settings, s: &StageSettings, args: &crate::settings::LogsSettings) -> Result<u8> {
     let failed = std::sync::atomic::AtomicBool::new(false);
     let json = settings.output.json;

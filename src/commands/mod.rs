@@ -36,6 +36,7 @@ pub fn run(settings: &Settings) -> Result<u8> {
         Action::Setup(s) => fleet::setup(settings, s),
         Action::Logs(s, args) => fleet::logs(settings, s, args),
         Action::Lb(s, verb) => lb::run(settings, s, verb),
+        Action::Exec(s, command, timeout) => fleet::exec(settings, s, command, *timeout),
         Action::Deploy(s, d) => deploy::run(settings, s, d),
         Action::Host(host, action) => host::run(settings, host, action),
         Action::Completions(shell) => {

@@ -71,6 +71,8 @@ pub enum Action {
     Logs(StageSettings, LogsSettings),
     Lb(StageSettings, crate::cli::LbVerb),
     Deploy(StageSettings, DeploySettings),
+    /// `ferry exec`: the command (for `sh -c`) and its timeout.
+    Exec(StageSettings, String, std::time::Duration),
     Host(Host, HostAction),
     AgentHash,
     Completions(clap_complete::Shell),
@@ -260,6 +262,11 @@ impl Settings {
             }
             Command::AgentHash => Action::AgentHash,
             Command::Completions { shell } => Action::Completions(shell),
+            Command::Exec(e) => Action::Exec(
+                load_stage(&config_path, &e.stage, &e.narrow)?.0,
+                e.command.join(" "),
+                std::time::Duration::from_secs(e.timeout.max(1)),
+            ),
             Command::Host(h) => Action::Host(Host::new(std::path::absolute(&h.deploy_to)?), host_action(h.verb)?),
         };
         // Commands that read bundle files only need no config: a broken
@@ -276,6 +283,7 @@ impl Settings {
             | Action::Logs(..)
             | Action::Lb(..)
             | Action::Deploy(..)
+            | Action::Exec(..)
             | Action::Host(..)
             | Action::AgentHash
             | Action::Completions(_) => false,

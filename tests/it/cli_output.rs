@@ -217,3 +217,57 @@ fn completions_for_bash_zsh_and_fish_complete_ferry_s_commands() {
     assert_eq!(err.code, 2);
     assert!(err.stderr.contains("possible values: bash, elvish, fish, powershell, zsh"), "{}", err.stderr);
 }
+
+/// `ferry exec`: the command runs on every host of the stage, in its
+/// current release with that release's environment; each line is prefixed
+/// by its host, each host's exit code is said, and one host's failure makes
+/// the exit 1. A host with no release says so on its line.
+#[test]
+fn exec_runs_on_every_host_in_its_current_release_and_reports_each_exit_code() {
+    let p = fleet(&["a", "b", "c"], "");
+    let v1 = build(&p, "v1");
+    p.ferry(["push", "web", "--hosts", "fleet/a,fleet/b"]).ok();
+    // Options before `--`: what follows it is the command.
+    let exec = |args: &[&str]| {
+        let mut cmd = crate::kit::ferry_cmd();
+        cmd.arg("-c").arg(p.path("ferry.toml")).arg("--store").arg(p.store.path()).arg("exec").args(args);
+        crate::kit::run(&mut cmd)
+    };
+    let run = exec(&[
+        "web",
+        "--hosts",
+        "fleet/a,fleet/b",
+        "--",
+        "echo",
+        "in $(basename $PWD), $FERRY_RELEASE;",
+        "cat app/main.py",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mut lines: Vec<&str> = run.stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        [
+            format!("a: in {v1}, {v1}").as_str(),
+            "a: print('shop v1')",
+            format!("b: in {v1}, {v1}").as_str(),
+            "b: print('shop v1')"
+        ],
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("a: exit 0 in") && run.stderr.contains("b: exit 0 in"), "{}", run.stderr);
+
+    // b fails; c has no release: exit 1, each said on its own line.
+    let err = exec(&["web", "--", "case $FERRY_DEPLOY_TO in */b/*) exit 3;; esac; echo fine"]);
+    assert_eq!(err.code, 1, "{}", err.stderr);
+    assert!(err.stdout.contains("a: fine") && !err.stdout.contains("b: fine"), "{}", err.stdout);
+    assert!(err.stderr.contains("b: exit 3 in"), "{}", err.stderr);
+    assert!(err.stderr.contains("c: could not run: it has no current release to run in"), "{}", err.stderr);
+    let json = exec(&["web", "--hosts", "fleet/b", "--json", "--", "echo out; exit 4"]);
+    assert_eq!(json.code, 1);
+    let doc = json.json();
+    assert_eq!(doc["hosts"][0]["exit"], 4, "{doc}");
+    assert_eq!(doc["hosts"][0]["output"], "out", "{doc}");
+    assert_eq!(doc["ok"], false);
+}

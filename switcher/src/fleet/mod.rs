@@ -38,7 +38,7 @@ pub use lb::{LbError, LbNode, LoadBalancer};
 pub use local::Local;
 pub use plan::{batches, Step};
 pub use push::{push, LbBatch, LbReport};
-pub use query::{journals, logs, setup, status, Answer};
+pub use query::{exec, journals, logs, setup, status, Answer};
 pub use report::{Down, Event, EventKind, HostReport, HostStep, Observer, Outcome, Quiet, Report, Shipped};
 pub use rollback::{rollback, RollbackError};
 pub use ssh::{read_ssh_config, AgentBinary, Ssh, SshConfigError};

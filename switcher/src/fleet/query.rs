@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::connect::{close, connect_each, pool, Connected};
 use super::report::Quiet;
 use super::{Stage, Transport};
-use crate::host::runtime::{LogChunk, SetUp};
+use crate::host::runtime::{HookKind, HookRun, LogChunk, SetUp};
 use crate::host::{HostError, Status};
 
 /// Why a host gave no answer: it could not be reached, or its answer was
@@ -66,6 +66,26 @@ pub fn setup(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Answer<Se
     ask_each(stage, transport, Some(&format!("ferry setup {}", stage.name)), |h| {
         let programs = rt.programs_for(h.name());
         h.session.setup(&rt.service, &programs)
+    })
+}
+
+/// `ferry exec`: `command` on every host, in its current release's
+/// directory with the release's environment (as a hook runs), under the
+/// host's lock (no push flips or prunes that release meanwhile): what each
+/// run did, or why it could not run.
+pub fn exec(
+    stage: &Stage,
+    transport: &dyn Transport,
+    command: &str,
+    timeout: std::time::Duration,
+) -> Vec<(String, Answer<HookRun>)> {
+    ask_each(stage, transport, Some(&format!("ferry exec {}", stage.name)), |h| {
+        let current = h
+            .session
+            .status()?
+            .current
+            .ok_or_else(|| HostError::Input("it has no current release to run in (push one first)".to_owned()))?;
+        h.session.hook(&current, HookKind::Exec, command, timeout)
     })
 }
 

@@ -60,6 +60,8 @@ impl From<crate::host::runtime::HookKind> for HostStep {
             HookKind::Migrate => HostStep::Migrate,
             HookKind::BeforeFlip => HostStep::BeforeFlip,
             HookKind::AfterFlip => HostStep::AfterFlip,
+            // Run by hand, outside a push: the step it was is no push's.
+            HookKind::Exec => HostStep::Status,
         }
     }
 }

@@ -25,6 +25,8 @@ pub enum HookKind {
     BeforeFlip,
     /// On each host, after its flip and restart.
     AfterFlip,
+    /// `ferry exec`: a command run by hand in the current release.
+    Exec,
 }
 
 impl HookKind {
@@ -34,6 +36,7 @@ impl HookKind {
             HookKind::Migrate => "migrate",
             HookKind::BeforeFlip => "before_flip",
             HookKind::AfterFlip => "after_flip",
+            HookKind::Exec => "exec",
         }
     }
 }
