@@ -196,6 +196,26 @@ each host's lock meanwhile, so no push flips or prunes that release under it
 (and a host a push holds says so). Each output line is prefixed by its host; then each host's exit code.
 Exit 0: it exited 0 everywhere; 1: it failed (or could not run) somewhere.")]
     Exec(ExecArgs),
+    /// Write a commented ferry.toml for the tree in a directory (as `kamal init` or `cap install`).
+    #[command(after_help = "\
+Examples:
+  ferry init                 the current directory
+  ferry init ../shop --force write over an existing ferry.toml
+
+Finds the code (top-level directories and .py files), a venv (a directory
+with pyvenv.cfg) and its lock file (requirements.txt, poetry.lock), a jar
+(target/, build/libs/), media (static, media, assets, public) and config
+(config/<env>/), and writes what it found, with the build step that makes
+the venv and a program and a stage to fill in, commented. Refuses to write
+over a ferry.toml unless --force.")]
+    Init {
+        /// The tree [default: the current directory].
+        #[arg(default_value = ".")]
+        dir: std::path::PathBuf,
+        /// Write over an existing ferry.toml.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print a shell completion script for ferry.
     #[command(after_help = "\
 Examples:

@@ -6,6 +6,7 @@ mod delta;
 mod deploy;
 mod fleet;
 mod host;
+mod init;
 mod inspect;
 mod lb;
 mod report;
@@ -39,6 +40,7 @@ pub fn run(settings: &Settings) -> Result<u8> {
         Action::Exec(s, command, timeout) => fleet::exec(settings, s, command, *timeout),
         Action::Deploy(s, d) => deploy::run(settings, s, d),
         Action::Host(host, action) => host::run(settings, host, action),
+        Action::Init(dir, force) => init::run(dir, *force),
         Action::Completions(shell) => {
             // Made whole first, then written as any output is (a closed
             // pipe, `| head`, ends it quietly).

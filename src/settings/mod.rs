@@ -76,6 +76,7 @@ pub enum Action {
     Host(Host, HostAction),
     AgentHash,
     Completions(clap_complete::Shell),
+    Init(PathBuf, bool),
 }
 
 /// A stage of ferry.toml, as the fleet runs it.
@@ -262,6 +263,7 @@ impl Settings {
             }
             Command::AgentHash => Action::AgentHash,
             Command::Completions { shell } => Action::Completions(shell),
+            Command::Init { dir, force } => Action::Init(dir, force),
             Command::Exec(e) => Action::Exec(
                 load_stage(&config_path, &e.stage, &e.narrow)?.0,
                 e.command.join(" "),
@@ -286,7 +288,8 @@ impl Settings {
             | Action::Exec(..)
             | Action::Host(..)
             | Action::AgentHash
-            | Action::Completions(_) => false,
+            | Action::Completions(_)
+            | Action::Init(..) => false,
         };
         let store = match cli.store {
             Some(s) => s,

@@ -271,3 +271,39 @@ fn exec_runs_on_every_host_in_its_current_release_and_reports_each_exit_code() {
     assert_eq!(doc["hosts"][0]["output"], "out", "{doc}");
     assert_eq!(doc["ok"], false);
 }
+
+/// `ferry init` on the example's tree (its ferry.toml removed) writes a
+/// ferry.toml of what it finds — the code, the venv, media and the config
+/// of two environments — that builds; it refuses to write over one unless
+/// `--force`.
+#[test]
+fn init_writes_a_ferry_toml_for_the_example_tree_that_builds() {
+    let p = crate::kit::example_project();
+    fs::remove_file(p.path("ferry.toml")).unwrap();
+    let init = |args: &[&str]| crate::kit::run(crate::kit::ferry_cmd().arg("init").arg(p.root()).args(args));
+    let run = init(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    for line in [
+        "code = [\"app\"]",
+        "venv = \"venv\"",
+        "media = [\"media\"]",
+        "config = \"config\"",
+        "environments: production, staging",
+    ] {
+        assert!(toml.contains(line), "no {line:?} in:\n{toml}");
+    }
+    let built = p.build(&[]);
+    let listing = p.ferry(["inspect", built["id"].as_str().unwrap(), "--json"]).ok().stdout;
+    for path in ["app/hello.py", "venv/pyvenv.cfg", "media/robots.txt", "config/staging/settings.json"] {
+        assert!(listing.contains(path), "{path} is not in the release");
+    }
+    let again = init(&[]);
+    assert_eq!(again.code, 2);
+    assert!(again.stderr.contains("exists already") && again.stderr.contains("--force"), "{}", again.stderr);
+    fs::write(p.path("ferry.toml"), "mine\n").unwrap();
+    assert_eq!(init(&[]).code, 2);
+    assert_eq!(fs::read_to_string(p.path("ferry.toml")).unwrap(), "mine\n", "left as it was");
+    assert_eq!(init(&["--force"]).code, 0);
+    assert!(fs::read_to_string(p.path("ferry.toml")).unwrap().contains("venv = \"venv\""));
+}
