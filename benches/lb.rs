@@ -482,22 +482,12 @@ impl Project {
 
     /// `ferry <args> --store <store> -c <config>`.
     fn ferry(&self, config: &Path, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
-        c.env_remove("FERRY_STORE").env_remove("FERRY_CONFIG");
-        c.args(args).arg("--store").arg(&self.store).arg("-c").arg(config);
-        c.current_dir(&self.dir);
-        c
+        web::ferry(&self.dir, &self.store, config, args)
     }
 
     /// Builds the tree as `version` (the app says it) and returns the id.
     fn build(&self, version: &str) -> Result<String> {
-        let path = self.dir.join("app/hello.py");
-        let code = fs::read_to_string(&path)?;
-        let line = code.lines().find(|l| l.starts_with("VERSION = ")).context("hello.py has no VERSION line")?;
-        fs::write(&path, code.replace(line, &format!("VERSION = \"{version}\"")))?;
-        let out = self.ferry(&self.dir.join("ferry.toml"), &["build", "--quiet", "--version", version]).output()?;
-        ensure!(out.status.success(), "ferry build of {version} failed: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+        web::build(&self.dir, &self.store, version)
     }
 
     /// `ferry push prod <id> --json`, with or without the load balancer;

@@ -46,6 +46,28 @@ pub fn median(v: &[f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// `ferry <args> --store <store> -c <config>`, run in `dir` (the example's
+/// copy), with no store or config from the environment.
+pub fn ferry(dir: &Path, store: &Path, config: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    c.env_remove("FERRY_STORE").env_remove("FERRY_CONFIG");
+    c.args(args).arg("--store").arg(store).arg("-c").arg(config);
+    c.current_dir(dir);
+    c
+}
+
+/// Builds the example's copy at `dir` as `version` (its app says it) with
+/// its own ferry.toml; the release id.
+pub fn build(dir: &Path, store: &Path, version: &str) -> Result<String> {
+    let path = dir.join("app/hello.py");
+    let code = fs_err::read_to_string(&path)?;
+    let line = code.lines().find(|l| l.starts_with("VERSION = ")).context("hello.py has no VERSION line")?;
+    fs_err::write(&path, code.replace(line, &format!("VERSION = \"{version}\"")))?;
+    let out = ferry(dir, store, &dir.join("ferry.toml"), &["build", "--quiet", "--version", version]).output()?;
+    ensure!(out.status.success(), "ferry build of {version} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
 /// A copy of fixtures/example at `dir`, with its venv made as the
 /// quickstart makes it: Debian's interpreter, whose site has Debian's
 /// gunicorn (the program runs `venv/bin/python -m gunicorn`).

@@ -97,8 +97,7 @@ fn look(dir: &Path) -> Result<Found> {
             }
         }
     }
-    if let (Some(venv), Some(lock)) = (&found.venv, &found.lock) {
-        let _ = venv;
+    if let (Some(_), Some(lock)) = (&found.venv, &found.lock) {
         found.gunicorn = fs::read_to_string(dir.join(lock)).is_ok_and(|t| t.to_lowercase().contains("gunicorn"));
     }
     Ok(found)

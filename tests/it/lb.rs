@@ -7,25 +7,9 @@ use fs_err as fs;
 
 use crate::lb_faults::{fleet, LB, WEB};
 use crate::lbkit::{send, ErrorCounters, Haproxy, HaproxyOpts};
-use crate::load::{Load, LoadOpts, LoadResult};
+use crate::load::{Load, LoadOpts};
 use crate::runtime::build;
 use crate::testhosts::TestHosts;
-
-/// What a load saw, for the test's output.
-fn show(what: &str, r: &LoadResult) -> String {
-    format!(
-        "{what}: {} requests in {:.1} s ({:.0}/s), {} ok ({} /slow), {} failed {:?}, versions {:?}\n  first failures:\n    {}",
-        r.total,
-        r.elapsed.as_secs_f64(),
-        r.rate(),
-        r.ok,
-        r.slow_ok,
-        r.failed(),
-        r.failed_by_kind,
-        r.versions,
-        r.first_failures.join("\n    ")
-    )
-}
 
 /// HAProxy's log lines of requests not answered 200 (at most 40).
 fn not_200(lb: &Haproxy) -> String {
@@ -53,14 +37,14 @@ fn haproxy_test_host_balances_and_reports_its_servers() {
     let load = Load::start(lb.addr, fast(true));
     std::thread::sleep(Duration::from_secs(2));
     let kept = load.stop();
-    eprintln!("{}", show("8 keep-alive connections, no pause", &kept));
+    eprintln!("{}", kept.summary("8 keep-alive connections, no pause"));
     let load = Load::start(lb.addr, fast(false));
     std::thread::sleep(Duration::from_secs(2));
     let closing = load.stop();
-    eprintln!("{}", show("8 connections, one a request, no pause", &closing));
+    eprintln!("{}", closing.summary("8 connections, one a request, no pause"));
     for r in [&kept, &closing] {
-        assert_eq!(r.failed(), 0, "{}\nHAProxy said:\n{}", show("load", r), not_200(&lb));
-        assert!(r.ok > 100, "{}", show("load", r));
+        assert_eq!(r.failed(), 0, "{}\nHAProxy said:\n{}", r.summary("load"), not_200(&lb));
+        assert!(r.ok > 100, "{}", r.summary("load"));
         assert_eq!(r.versions.get("v1"), Some(&r.ok), "{r:?}");
     }
     for name in &lb.servers {
@@ -84,7 +68,7 @@ fn haproxy_test_host_balances_and_reports_its_servers() {
     load.wait_total(200, Duration::from_secs(20));
     assert_eq!(load.failed(), 0);
     let r = load.stop();
-    assert_eq!(r.failed(), 0, "{}", show("load", &r));
+    assert_eq!(r.failed(), 0, "{}", r.summary("load"));
     let host1 = lb.server("host1").stot;
     assert!(lb.server("host2").stot > 0);
 
@@ -96,7 +80,7 @@ fn haproxy_test_host_balances_and_reports_its_servers() {
     let load = Load::start(lb.addr, LoadOpts { connections: 4, ..LoadOpts::default() });
     load.wait_total(400, Duration::from_secs(20));
     let r = load.stop();
-    assert_eq!(r.failed(), 0, "{}", show("load", &r));
+    assert_eq!(r.failed(), 0, "{}", r.summary("load"));
     assert!(lb.server("host1").stot > 0, "host1 serves again (its count restarted at {host1} in the new worker)");
 }
 
@@ -159,8 +143,8 @@ fn a_rolling_push_behind_haproxy_fails_no_request_and_the_same_push_without_it_d
         push.as_secs_f64(),
         during.0,
         during.1,
-        show("keep-alive", &kept),
-        show("one connection a request", &closing),
+        kept.summary("keep-alive"),
+        closing.summary("one connection a request"),
         lb.errors(),
         not_200(&lb)
     );
@@ -188,8 +172,8 @@ fn a_rolling_push_behind_haproxy_fails_no_request_and_the_same_push_without_it_d
     let (kept, closing) = (kept.stop(), closing.stop());
     let said = format!(
         "push of v3 without the load balancer:\n{}\n{}\nHAProxy's errors: {:?}\nHAProxy's log of requests not answered 200:\n{}",
-        show("keep-alive", &kept),
-        show("one connection a request", &closing),
+        kept.summary("keep-alive"),
+        closing.summary("one connection a request"),
         lb.errors(),
         not_200(&lb)
     );

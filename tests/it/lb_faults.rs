@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::kit::{example_project, ferry_bin, sh, Project};
 use crate::lbkit::{Haproxy, HaproxyOpts};
-use crate::load::{Load, LoadOpts, LoadResult};
+use crate::load::{Load, LoadOpts};
 use crate::runtime::{build, current};
 use crate::testhosts::TestHosts;
 
@@ -122,21 +122,6 @@ fn staged_anywhere(hosts: &TestHosts, id: &str) -> Vec<String> {
 /// The push report's row for `host`.
 fn row(report: &Value, host: &str) -> Value {
     report["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host).unwrap_or_else(|| panic!("{report}")).clone()
-}
-
-/// What a load saw, for the test's output.
-fn show(what: &str, r: &LoadResult) -> String {
-    format!(
-        "{what}: {} requests in {:.1} s, {} ok ({} /slow), {} failed {:?}, versions {:?}\n  first failures:\n    {}",
-        r.total,
-        r.elapsed.as_secs_f64(),
-        r.ok,
-        r.slow_ok,
-        r.failed(),
-        r.failed_by_kind,
-        r.versions,
-        r.first_failures.join("\n    ")
-    )
 }
 
 /// One `GET path` through `addr` on a connection of its own, with the
@@ -594,7 +579,8 @@ fn a_failed_gate_behind_the_load_balancer_reverts_while_out_of_rotation_and_lose
         load.wait_total(200, Duration::from_secs(60));
     }
     let (kept, closing) = (kept.stop(), closing.stop());
-    let said = format!("{}\n{}\n{}", run.stderr, show("keep-alive", &kept), show("one connection a request", &closing));
+    let said =
+        format!("{}\n{}\n{}", run.stderr, kept.summary("keep-alive"), closing.summary("one connection a request"));
     eprintln!("{said}");
     assert_eq!(run.code, 1, "{said}");
     let report = run.json();
@@ -623,7 +609,8 @@ fn a_failed_gate_behind_the_load_balancer_reverts_while_out_of_rotation_and_lose
     let run = p.ferry(["push", "prod", "--json"]);
     std::thread::sleep(Duration::from_secs(1));
     let (kept, closing) = (kept.stop(), closing.stop());
-    let said = format!("{}\n{}\n{}", run.stderr, show("keep-alive", &kept), show("one connection a request", &closing));
+    let said =
+        format!("{}\n{}\n{}", run.stderr, kept.summary("keep-alive"), closing.summary("one connection a request"));
     eprintln!("{said}");
     assert_eq!(run.code, 1, "{said}");
     let report = run.json();
@@ -651,7 +638,7 @@ fn a_failed_gate_behind_the_load_balancer_reverts_while_out_of_rotation_and_lose
     let load = Load::start(lb.addr, LoadOpts { connections: 4, ..LoadOpts::default() });
     load.wait_total(200, Duration::from_secs(20));
     let r = load.stop();
-    assert_eq!(r.failed(), 0, "{}", show("after", &r));
-    assert_eq!(r.versions.keys().collect::<Vec<_>>(), ["v1"], "{}", show("after", &r));
+    assert_eq!(r.failed(), 0, "{}", r.summary("after"));
+    assert_eq!(r.versions.keys().collect::<Vec<_>>(), ["v1"], "{}", r.summary("after"));
     assert!(says_whose, "the failed gate's evidence does not say it judged HAProxy's counts: {gate}");
 }

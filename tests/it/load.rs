@@ -86,6 +86,24 @@ impl LoadResult {
     pub fn rate(&self) -> f64 {
         self.total as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+
+    /// What the load saw, as a test prints it: counts, kinds, versions, and
+    /// the first failures with their times.
+    pub fn summary(&self, what: &str) -> String {
+        format!(
+            "{what}: {} requests in {:.1} s ({:.0}/s), {} ok ({} /slow), {} failed {:?}, versions {:?}\n  first \
+             failures:\n    {}",
+            self.total,
+            self.elapsed.as_secs_f64(),
+            self.rate(),
+            self.ok,
+            self.slow_ok,
+            self.failed(),
+            self.failed_by_kind,
+            self.versions,
+            self.first_failures.join("\n    ")
+        )
+    }
 }
 
 #[derive(Debug, Default)]
