@@ -2,7 +2,7 @@
 
 mod cli;
 mod commands;
-mod config;
+use ferry::config;
 mod output;
 mod settings;
 

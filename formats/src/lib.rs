@@ -12,6 +12,8 @@
 pub mod atomic;
 pub mod bundle;
 pub mod delta;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod id;
 pub mod journal;
 pub mod manifest;

@@ -12,4 +12,6 @@
 
 pub mod error;
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod host;

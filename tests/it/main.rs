@@ -8,6 +8,7 @@ mod cli_output;
 mod crash;
 mod deploy;
 mod flip;
+mod fuzz_corpora;
 mod golden;
 mod hostile;
 mod kit;
