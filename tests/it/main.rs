@@ -10,6 +10,7 @@ mod deploy;
 mod flip;
 mod golden;
 mod hostile;
+mod java;
 mod kit;
 mod lb;
 mod lb_config;
