@@ -281,6 +281,28 @@ fn a_java_service_is_built_by_javac_pushed_gated_reverted_and_rolled_back_under_
         jvm_runs(&hosts, i, *pid, &v1);
     }
     assert!(took < Duration::from_secs(15), "the rollback took {took:?}");
+
+    // v4's jar names a main class it does not have: the JVM exits at start,
+    // supervisord gives up on it, and the canary fails and goes back to v1
+    // before any gate, with the JVM's own last words in the report.
+    let script = fs::read_to_string(p.path("build.sh")).unwrap();
+    p.write("build.sh", script.replace("Main-Class: com.example.hello.Hello", "Main-Class: com.example.hello.Main"));
+    let built = build(&p, "4.0.0");
+    step_ran(&built, "4.0.0");
+    let r = p.ferry(["push", "prod", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let report = r.json();
+    let canary = row(&report, hosts.hosts[0].addr);
+    assert_eq!((canary["step"].as_str(), canary["result"].as_str()), (Some("activate"), Some("failed")), "{canary}");
+    let error = canary["error"].as_str().unwrap();
+    assert!(error.contains("program web did not start"), "{error}");
+    assert!(error.contains("Could not find or load main class com.example.hello.Main"), "{error}");
+    assert!(error.contains(&format!("flipped back to {}", &v1[..12])), "{error}");
+    assert_eq!(row(&report, hosts.hosts[1].addr)["result"], "skipped", "{report}");
+    for i in 0..2 {
+        assert_eq!(current(&hosts, i), v1, "host {i}");
+    }
+    serves(&hosts, "1.0.0", &v1);
     eprintln!("rollback to v1 on 2 hosts: {took:.1?}; the whole test: {:.1?}", start.elapsed());
 
     // supervisord down (as at the test hosts' teardown): the JVMs go with it.
