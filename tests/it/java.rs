@@ -345,3 +345,17 @@ fn the_same_java_source_builds_the_same_jar_and_release_and_an_unchanged_build_r
     assert_eq!(fs::read(b.path("build/libs/hello.jar")).unwrap(), jar, "the same jar");
     assert_eq!(id(&other), id(&first), "the same release");
 }
+
+#[test]
+fn init_on_a_built_java_tree_finds_the_jar_and_suggests_running_it_from_the_release() {
+    let p = fixture();
+    sh(&format!("cd {} && sh build.sh && rm ferry.toml", p.root().display()));
+    let r = run(ferry_cmd().arg("init").arg(p.root()));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
+    assert!(toml.contains("\njar = \"build/libs/hello.jar\"\n"), "{toml}");
+    // The program runs in <deploy_to>/current: the jar's path is the
+    // release's, not current/… (which would be current/current/…).
+    assert!(toml.contains("\n# command = \"java -Xmx256m -jar build/libs/hello.jar\""), "{toml}");
+    p.ferry(["build"]).ok();
+}
