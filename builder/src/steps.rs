@@ -444,7 +444,12 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
     }
     for e in walkdir::WalkDir::new(src) {
         let e = e.map_err(std::io::Error::other)?;
-        let to = dst.join(e.path().strip_prefix(src).unwrap_or(Path::new("")));
+        // `src` itself is `dst`, not `dst/` (a file output, a jar, joined
+        // with "" would name a directory).
+        let to = match e.path().strip_prefix(src) {
+            Ok(rel) if !rel.as_os_str().is_empty() => dst.join(rel),
+            _ => dst.to_path_buf(),
+        };
         let kind = e.file_type();
         if kind.is_symlink() {
             std::os::unix::fs::symlink(fs::read_link(e.path())?, &to)?;

@@ -143,8 +143,13 @@ fn render(service: &str, f: &Found) -> String {
     }
     let program = if f.gunicorn {
         "# [programs.web]\n# command = \"venv/bin/gunicorn --workers 4 app:application\"\n# directory = \".\"\n"
+            .to_owned()
+    } else if let Some(jar) = &f.jar {
+        // It runs in <deploy_to>/current: the jar's path in the release is
+        // current/<jar> (docs/java.md).
+        format!("# [programs.web]\n# command = \"java -Xmx256m -jar {jar}\"    # runs in <deploy_to>/current\n")
     } else {
-        "# [programs.web]\n# command = \"venv/bin/python -m yourapp\"    # or \"java -jar current/...jar\"\n"
+        "# [programs.web]\n# command = \"venv/bin/python -m yourapp\"\n".to_owned()
     };
     t.push_str(&format!(
         "\n# The service's processes, under its own supervisord on each host.\n{program}\n\

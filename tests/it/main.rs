@@ -11,6 +11,7 @@ mod flip;
 mod fuzz_corpora;
 mod golden;
 mod hostile;
+mod java;
 mod kit;
 mod lb;
 mod lb_config;
