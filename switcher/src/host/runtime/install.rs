@@ -31,6 +31,17 @@ pub enum InstallError {
         /// The commands that install it.
         command: String,
     },
+    /// The name is installed already, for another deploy directory (the
+    /// same service twice on one host): it is left as it is.
+    #[error("{} is there already, and is not for {}; left as it is. Remove it first (as root: {remove}), or deploy this copy under another service name", path.display(), root.display())]
+    Taken {
+        /// The unit or script that is there.
+        path: PathBuf,
+        /// This deploy directory.
+        root: PathBuf,
+        /// The commands that remove it.
+        remove: String,
+    },
     /// A tool of the init system failed.
     #[error("{command} failed ({status}): {output}")]
     Tool {
@@ -311,7 +322,23 @@ impl Host {
         };
         let text = fs_err::read(&src)
             .map_err(|e| HostError::Input(format!("{e}: run `ferry setup` first, which writes it")))?;
-        let same = fs_err::read(&plan.dest).is_ok_and(|old| old == text);
+        let old = fs_err::read(&plan.dest).ok();
+        let same = old.as_deref() == Some(&text[..]);
+        // Ours names this directory (`DIR='/srv/shop'`, `PIDFile=/srv/shop/.ferry/…`).
+        let mine = format!("{}/", self.root().display());
+        if old.as_ref().is_some_and(|old| !String::from_utf8_lossy(old).contains(&mine)) {
+            let remove = match plan.enabler {
+                Enabler::Systemctl => format!("systemctl disable --now {name} && rm {}", plan.dest.display()),
+                Enabler::UpdateRcD => format!("{0} stop; update-rc.d -f {name} remove && rm {0}", plan.dest.display()),
+                Enabler::Chkconfig => format!("{0} stop; chkconfig --del {name} && rm {0}", plan.dest.display()),
+                Enabler::RcLinks => format!(
+                    "{0} stop; rm {0} {1}/rc?.d/[SK]??{name}",
+                    plan.dest.display(),
+                    plan.rc.as_deref().unwrap_or(Path::new("/etc")).display()
+                ),
+            };
+            return Err(runtime(InstallError::Taken { path: plan.dest, root: self.root().to_owned(), remove }));
+        }
         let enabled = match plan.enabler {
             Enabler::Systemctl => {
                 system.systemctl.as_deref().is_some_and(|s| run(s, &["is-enabled", "--quiet", &name]).is_ok())

@@ -130,8 +130,9 @@ fn without_an_enabler_tool_the_rc_links_are_made_by_hand_once() {
     let again = host.install_into(&s, "shop").unwrap();
     assert!(again.did.is_empty(), "{:?}", again.did);
 
-    // A changed script (a new deploy_to, a newer ferry) is installed again; the links stay.
-    fs::write(&dest, "#!/bin/sh\n# old\n").unwrap();
+    // An older ferry's script for this directory is replaced; the links stay.
+    let conf = host.root().join(".ferry/supervisord.conf");
+    fs::write(&dest, format!("#!/bin/sh\nCONF={}\n", conf.display())).unwrap();
     let updated = host.install_into(&s, "shop").unwrap();
     assert_eq!(updated.did, [format!("installed {}", dest.display())]);
 }
@@ -272,4 +273,23 @@ fn json_names_the_init_systems_and_enablers_as_the_report_does() {
     ] {
         assert_eq!(serde_json::to_value(enabler).unwrap(), name);
     }
+}
+
+#[test]
+fn a_script_of_another_deploy_directory_under_the_same_name_is_left_alone() {
+    let (t, host) = deployed();
+    let root = t.path().join("host");
+    dirs(&root, &["etc/init.d", "etc/rc2.d"]);
+    let other = Host::new(t.path().join("srv/shop-blue"));
+    let dest = root.join("etc/init.d/ferry-shop");
+    fs::write(&dest, other.init_script("shop")).unwrap();
+    let e = host.install_into(&system(&root), "shop").unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&format!("{} is there already, and is not for {};", dest.display(), host.root().display())),
+        "{text}"
+    );
+    assert!(text.contains("deploy this copy under another service name"), "{text}");
+    assert_eq!(fs::read_to_string(&dest).unwrap(), other.init_script("shop"));
+    assert_eq!(fs::read_dir(root.join("etc/rc2.d")).unwrap().count(), 0);
 }
