@@ -220,6 +220,24 @@ fn without_root_setup_install_writes_nothing_and_says_the_command_for_root_which
     let (said, code) = on(&hosts, "service ferry-hello start");
     assert_eq!(code, 6, "{said}");
     assert!(said.contains("no release is current in /srv/hello"), "{said}");
+
+    // Deployed by the deploy user; started by root as boot would: the
+    // supervisord (and so the programs) run as the deploy directory's owner.
+    build(&p, "v1");
+    p.ferry(["push", "prod"]).ok();
+    let (said, code) = on(&hosts, "service ferry-hello stop && service ferry-hello start");
+    assert_eq!(code, 0, "{said}");
+    let started = processes(&hosts, "supervisord");
+    assert_eq!(started.len(), 1, "{said}");
+    let status = fs::read_to_string(format!("/proc/{}/status", started[0])).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(uid.split_whitespace().nth(1), Some("65534"), "{uid}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect((hosts.hosts[0].addr, 8000)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the program did not answer in 20 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    serves(&hosts, "v1");
     nothing_of_ours_in_this_machines_etc();
 }
 
