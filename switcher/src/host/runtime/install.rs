@@ -171,7 +171,7 @@ pub(crate) struct System {
     pub systemctl: Option<PathBuf>,
     pub update_rc_d: Option<PathBuf>,
     pub chkconfig: Option<PathBuf>,
-    /// Whether this process may write there: root, and `/etc` writable.
+    /// The effective uid this runs as (installing needs root).
     pub euid: u32,
 }
 
@@ -182,7 +182,8 @@ pub(crate) struct Plan {
     pub enabler: Enabler,
     /// `/etc/systemd/system/ferry-<service>.service` or `/etc/init.d/ferry-<service>`.
     pub dest: PathBuf,
-    /// The rc directories (`/etc/rc2.d`…, or `/etc/rc.d/rc2.d`…), for init.d.
+    /// Where the rc directories are, for init.d: `/etc` (`/etc/rc2.d`…), or
+    /// `/etc/rc.d` (Red Hat's `/etc/rc.d/rc2.d`…).
     pub rc: Option<PathBuf>,
 }
 
@@ -203,8 +204,9 @@ impl System {
     }
 
     /// Systemd when it runs (as `sd_booted()` tells: `/run/systemd/system`
-    /// exists), else init.d with the first enabler the host has.
-    pub fn plan(&self, service: &str) -> Result<Plan, InstallError> {
+    /// exists), else init.d with the first enabler the host has, for the
+    /// service deployed to `deploy_to`.
+    pub fn plan(&self, service: &str, deploy_to: &Path) -> Result<Plan, InstallError> {
         let name = format!("ferry-{service}");
         if self.root.join("run/systemd/system").is_dir() {
             return Ok(Plan {
@@ -224,7 +226,7 @@ impl System {
         } else {
             return Err(InstallError::UnknownInit {
                 etc: self.etc(),
-                script: PathBuf::from(format!("<deploy_to>/.ferry/init.d/{name}")),
+                script: deploy_to.join(".ferry/init.d").join(&name),
             });
         };
         Ok(Plan { init: Init::InitD, enabler, dest: self.etc().join("init.d").join(&name), rc })
@@ -315,7 +317,7 @@ impl Host {
             return Err(HostError::Input(format!("{service:?} cannot name an init script")));
         }
         let name = format!("ferry-{service}");
-        let plan = system.plan(service).map_err(runtime)?;
+        let plan = system.plan(service, self.root()).map_err(runtime)?;
         let (src, mode) = match plan.init {
             Init::Systemd => (self.root().join(format!(".ferry/{name}.service")), 0o644),
             Init::InitD => (self.root().join(format!(".ferry/init.d/{name}")), 0o755),

@@ -33,31 +33,32 @@ fn systemd_is_chosen_when_it_runs_else_init_d_with_the_first_enabler_the_host_ha
     s.update_rc_d = Some("/usr/sbin/update-rc.d".into());
     s.chkconfig = Some("/sbin/chkconfig".into());
     // systemctl installed, but systemd not running (a container, a chroot): init.d.
-    let plan = s.plan("shop").unwrap();
+    let plan = s.plan("shop", Path::new("/srv/shop")).unwrap();
     assert_eq!((plan.init, plan.enabler), (Init::InitD, Enabler::UpdateRcD));
     assert_eq!(plan.dest, root.join("etc/init.d/ferry-shop"));
     assert_eq!(plan.rc.as_deref(), Some(root.join("etc").as_path()));
 
     s.update_rc_d = None;
-    assert_eq!(s.plan("shop").unwrap().enabler, Enabler::Chkconfig);
+    assert_eq!(s.plan("shop", Path::new("/srv/shop")).unwrap().enabler, Enabler::Chkconfig);
     s.chkconfig = None;
-    assert_eq!(s.plan("shop").unwrap().enabler, Enabler::RcLinks);
+    assert_eq!(s.plan("shop", Path::new("/srv/shop")).unwrap().enabler, Enabler::RcLinks);
 
     // Red Hat's layout: /etc/rc.d/rc2.d.
     let t2 = tempfile::tempdir().unwrap();
     dirs(t2.path(), &["etc/rc.d/rc2.d", "etc/rc.d/init.d"]);
-    let plan = system(t2.path()).plan("shop").unwrap();
+    let plan = system(t2.path()).plan("shop", Path::new("/srv/shop")).unwrap();
     assert_eq!((plan.enabler, plan.rc), (Enabler::RcLinks, Some(t2.path().join("etc/rc.d"))));
 
     // Neither systemd nor rc directories.
     let t3 = tempfile::tempdir().unwrap();
-    let e = system(t3.path()).plan("shop").unwrap_err();
+    let e = system(t3.path()).plan("shop", Path::new("/srv/shop")).unwrap_err();
     assert!(matches!(e, InstallError::UnknownInit { .. }), "{e}");
     assert!(e.to_string().contains("neither systemd"), "{e}");
+    assert!(e.to_string().ends_with("start /srv/shop/.ferry/init.d/ferry-shop at boot by hand"), "{e}");
 
     // systemd runs: /run/systemd/system exists (what sd_booted() checks).
     dirs(root, &["run/systemd/system"]);
-    let plan = s.plan("shop").unwrap();
+    let plan = s.plan("shop", Path::new("/srv/shop")).unwrap();
     assert_eq!((plan.init, plan.enabler), (Init::Systemd, Enabler::Systemctl));
     assert_eq!(plan.dest, root.join("etc/systemd/system/ferry-shop.service"));
 }
@@ -69,20 +70,20 @@ fn the_root_commands_are_whole_for_each_enabler() {
     dirs(root, &["etc/rc2.d"]);
     let src = Path::new("/srv/shop/.ferry/init.d/ferry-shop");
     let mut s = system(root);
-    let links = root_command(&s.plan("shop").unwrap(), src, "ferry-shop");
+    let links = root_command(&s.plan("shop", Path::new("/srv/shop")).unwrap(), src, "ferry-shop");
     assert!(links.starts_with(&format!("sudo cp {} {}/etc/init.d/ferry-shop && ", src.display(), root.display())));
     assert!(links.contains("sudo ln -sf ../init.d/ferry-shop"), "{links}");
     s.update_rc_d = Some("/usr/sbin/update-rc.d".into());
-    assert!(
-        root_command(&s.plan("shop").unwrap(), src, "ferry-shop").ends_with("&& sudo update-rc.d ferry-shop defaults")
-    );
+    assert!(root_command(&s.plan("shop", Path::new("/srv/shop")).unwrap(), src, "ferry-shop")
+        .ends_with("&& sudo update-rc.d ferry-shop defaults"));
     s.update_rc_d = None;
     s.chkconfig = Some("/sbin/chkconfig".into());
-    assert!(root_command(&s.plan("shop").unwrap(), src, "ferry-shop").ends_with("&& sudo chkconfig --add ferry-shop"));
+    assert!(root_command(&s.plan("shop", Path::new("/srv/shop")).unwrap(), src, "ferry-shop")
+        .ends_with("&& sudo chkconfig --add ferry-shop"));
     dirs(root, &["run/systemd/system"]);
     let unit = Path::new("/srv/shop/.ferry/ferry-shop.service");
     assert_eq!(
-        root_command(&s.plan("shop").unwrap(), unit, "ferry-shop"),
+        root_command(&s.plan("shop", Path::new("/srv/shop")).unwrap(), unit, "ferry-shop"),
         format!(
             "sudo cp {} {}/etc/systemd/system/ferry-shop.service && sudo systemctl daemon-reload && sudo systemctl enable ferry-shop",
             unit.display(),
