@@ -147,13 +147,23 @@ otherwise.")]
 Examples:
   ferry setup production
   ferry setup production --hosts web3     a new host
+  ferry setup production --install        and start it at boot (systemd or init.d)
 
 On each host: the deploy_to layout, shared/log, and the service's own
 supervisord, configured from ferry.toml's [programs] (its socket under
 .ferry/), with a systemd unit and an init.d script in .ferry/ that start it.
 Started once a release is current; `ferry push` re-runs this before its
-first flip, so a changed [programs] reaches the hosts with the release.")]
-    Setup(StageArgs),
+first flip, so a changed [programs] reaches the hosts with the release.
+
+With --install, each host's init system also starts that supervisord at boot,
+and the host's own commands work (`systemctl status ferry-<service>`, or
+`service ferry-<service> status`): under systemd the unit goes to
+/etc/systemd/system/ and is enabled; without systemd the init script goes to
+/etc/init.d/ and is enabled with update-rc.d, else chkconfig, else rc?.d links.
+A supervisord already running is kept, not started twice. That needs root on
+the host: without it the host's line fails, nothing is written, and it says the
+commands to run as root. Safe to re-run (\"already installed\").")]
+    Setup(SetupArgs),
     /// Show the programs' logs on a stage's hosts, prefixed by host.
     #[command(after_help = "\
 Examples:
@@ -280,6 +290,18 @@ pub struct DeployArgs {
     /// As `ferry push --force`.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// A stage of ferry.toml.
+    pub stage: String,
+    #[command(flatten)]
+    pub narrow: Narrow,
+    /// Also install and enable, on each host, the systemd unit (or the init.d script where
+    /// systemd does not run) that starts the service's supervisord at boot (needs root there).
+    #[arg(long)]
+    pub install: bool,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ use ferry_formats::journal::{Outcome as JournalOutcome, Record};
 use ferry_formats::signature::Signature;
 use ferry_formats::{ComponentKind, ReleaseId};
 use ferry_switcher::fleet::{self, Local, ReleaseSource, SourceError, Transport};
+use ferry_switcher::host::runtime::{Installed, SetUp};
 use ferry_switcher::host::{error_chain, HostError};
 
 use super::report::{observer, show, Verb};
@@ -304,23 +305,47 @@ pub fn history(settings: &Settings, s: &StageSettings) -> Result<u8> {
     Ok(if failed { exit::HOSTS_FAILED } else { exit::OK })
 }
 
-pub fn setup(settings: &Settings, s: &StageSettings) -> Result<u8> {
+/// `ferry setup [--install]`: what each host did, a line each; with
+/// `--install`, then what its init system got. Exit 1 when a host failed
+/// either.
+pub fn setup(settings: &Settings, s: &StageSettings, install: bool) -> Result<u8> {
     if s.stage.runtime.programs.is_empty() {
         bail!("ferry.toml has no [programs.<name>]: there is nothing to set up");
     }
-    let results = fleet::setup(&s.stage, s.transport());
-    let failed = results.iter().any(|(_, r)| r.is_err());
+    let results: Vec<(String, fleet::Answer<SetUp>, Option<fleet::Answer<Installed>>)> = if install {
+        fleet::setup_install(&s.stage, s.transport())
+    } else {
+        fleet::setup(&s.stage, s.transport()).into_iter().map(|(host, r)| (host, r, None)).collect()
+    };
+    let failed = results.iter().any(|(_, r, i)| r.is_err() || i.as_ref().is_some_and(Result::is_err));
+    let service = &s.stage.runtime.service;
     if settings.output.json {
         let hosts: Vec<_> = results
             .iter()
-            .map(|(host, r)| match r {
-                Ok(set_up) => serde_json::json!({"host": host, "ok": true, "did": set_up.did}),
-                Err(e) => serde_json::json!({"host": host, "ok": false, "error": error_chain(e)}),
+            .map(|(host, r, installed)| {
+                let mut v = match r {
+                    Ok(set_up) => serde_json::json!({"host": host, "ok": true, "did": set_up.did}),
+                    Err(e) => serde_json::json!({"host": host, "ok": false, "error": error_chain(e)}),
+                };
+                match installed {
+                    Some(Ok(i)) => {
+                        v["install"] = serde_json::json!({
+                            "ok": true, "init": i.init, "enabled_with": i.enabled_with, "path": i.path,
+                            "already": i.did.is_empty(), "did": i.did, "now": i.now, "said": i.now_line(service),
+                        });
+                    }
+                    Some(Err(e)) => {
+                        v["ok"] = false.into();
+                        v["install"] = serde_json::json!({"ok": false, "error": error_chain(e)});
+                    }
+                    None => {}
+                }
+                v
             })
             .collect();
         output::json(&serde_json::json!({"stage": s.stage.name, "ok": !failed, "hosts": hosts}))?;
     } else {
-        for (host, r) in &results {
+        for (host, r, installed) in &results {
             match r {
                 Ok(set_up) if set_up.did.is_empty() => output::line(&format!("{host}: already set up"))?,
                 Ok(set_up) => {
@@ -329,6 +354,24 @@ pub fn setup(settings: &Settings, s: &StageSettings) -> Result<u8> {
                     }
                 }
                 Err(e) => output::line(&format!("{host}: FAILED: {}", error_chain(e)))?,
+            }
+            match installed {
+                Some(Ok(i)) => {
+                    if i.did.is_empty() {
+                        output::line(&format!(
+                            "{host}: already installed: {} ({}, enabled with {})",
+                            i.path.display(),
+                            i.init,
+                            i.enabled_with
+                        ))?;
+                    }
+                    for line in &i.did {
+                        output::line(&format!("{host}: {line}"))?;
+                    }
+                    output::line(&format!("{host}: {}", i.now_line(service)))?;
+                }
+                Some(Err(e)) => output::line(&format!("{host}: FAILED to install: {}", error_chain(e)))?,
+                None => {}
             }
         }
     }

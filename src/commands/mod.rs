@@ -34,7 +34,7 @@ pub fn run(settings: &Settings) -> Result<u8> {
         Action::Rollback(s, to) => fleet::rollback(settings, s, to.as_deref()),
         Action::Status(s) => fleet::status(settings, s),
         Action::History(s) => fleet::history(settings, s),
-        Action::Setup(s) => fleet::setup(settings, s),
+        Action::Setup(s, install) => fleet::setup(settings, s, *install),
         Action::Logs(s, args) => fleet::logs(settings, s, args),
         Action::Lb(s, verb) => lb::run(settings, s, verb),
         Action::Exec(s, command, timeout) => fleet::exec(settings, s, command, *timeout),

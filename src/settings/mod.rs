@@ -67,7 +67,8 @@ pub enum Action {
     Rollback(StageSettings, Option<String>),
     Status(StageSettings),
     History(StageSettings),
-    Setup(StageSettings),
+    /// `ferry setup`, and with `--install` the boot integration too.
+    Setup(StageSettings, bool),
     Logs(StageSettings, LogsSettings),
     Lb(StageSettings, crate::cli::LbVerb),
     Deploy(StageSettings, DeploySettings),
@@ -230,7 +231,7 @@ impl Settings {
                 store_hint = Some(store);
                 Action::History(stage)
             }
-            Command::Setup(a) => Action::Setup(load_stage(&config_path, &a.stage, &a.narrow)?.0),
+            Command::Setup(a) => Action::Setup(load_stage(&config_path, &a.stage, &a.narrow)?.0, a.install),
             Command::Logs(a) => Action::Logs(
                 load_stage(&config_path, &a.stage, &a.narrow)?.0,
                 LogsSettings { program: a.program, follow: a.follow, bytes: a.bytes },
@@ -281,7 +282,7 @@ impl Settings {
             | Action::Rollback(..)
             | Action::Status(_)
             | Action::History(_)
-            | Action::Setup(_)
+            | Action::Setup(..)
             | Action::Logs(..)
             | Action::Lb(..)
             | Action::Deploy(..)

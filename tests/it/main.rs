@@ -24,6 +24,7 @@ mod names;
 mod read;
 mod rsync;
 mod runtime;
+mod setup_install;
 mod snapshots;
 mod source;
 mod ssh;

@@ -4,6 +4,11 @@
 //! test's key and presents a host key the test generated and wrote to a
 //! known_hosts file. Everything is torn down on drop, also when a test
 //! panics. Needs root (CI runs the suite as root).
+//!
+//! A host shares this machine's `/etc` unless the test asks for a private
+//! one ([`TestHosts::start_with_etc`]): an overlay over `/etc` in the
+//! host's own mount namespace, whose writes land in the test's directory
+//! ([`TestHost::etc_upper`]) and go away with the namespace.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -29,7 +34,21 @@ pub struct TestHost {
     pub srv: PathBuf,
     /// The root-namespace end of its link (down = cut off).
     pub veth: String,
+    /// With a private `/etc`: the overlay's upper directory, where what the
+    /// host writes to its `/etc` lands.
+    pub etc_upper: Option<PathBuf>,
     sshd: Option<Child>,
+}
+
+/// What a test host sees as `/etc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Etc {
+    /// This machine's (the default).
+    Shared,
+    /// This machine's, overlaid: writes land in [`TestHost::etc_upper`].
+    Private,
+    /// The private overlay, read-only (as on a host whose `/etc` is).
+    ReadOnly,
 }
 
 /// A set of test hosts on one bridge, and the client's key and known_hosts.
@@ -58,6 +77,15 @@ impl TestHosts {
     /// Starts `n` hosts; host `i` (0-based) gets a `/srv` of `disk(i)` MiB
     /// (a tmpfs) where that is `Some`, to fill up.
     pub fn start_with(n: usize, disk: impl Fn(usize) -> Option<u32>) -> Self {
+        Self::start_all(n, disk, Etc::Shared)
+    }
+
+    /// Starts `n` hosts, each with its own `/etc` as `etc` says.
+    pub fn start_with_etc(n: usize, etc: Etc) -> Self {
+        Self::start_all(n, |_| None, etc)
+    }
+
+    fn start_all(n: usize, disk: impl Fn(usize) -> Option<u32>, etc: Etc) -> Self {
         assert!(
             crate::kit::is_root(),
             "test hosts need root to make network namespaces: run the suite as root (CI does)"
@@ -104,7 +132,7 @@ impl TestHosts {
         fs::copy(hosts.key.with_extension("pub"), hosts.dir.path().join("authorized_keys")).unwrap();
         let mut known = String::new();
         for i in 1..=n {
-            hosts.add(id, subnet, i, disk(i - 1));
+            hosts.add(id, subnet, i, disk(i - 1), etc);
             let pubkey = fs::read_to_string(hosts.dir.path().join(format!("host{i}_key.pub"))).unwrap();
             let mut fields = pubkey.split_whitespace();
             let (addr, addr6) = (hosts.hosts[i - 1].addr, hosts.hosts[i - 1].addr6);
@@ -122,7 +150,7 @@ impl TestHosts {
 
     /// Adds host `i`, registered before anything of it is made, so that a
     /// failure half-way is still torn down.
-    fn add(&mut self, id: u32, subnet: [u8; 3], i: usize, disk: Option<u32>) {
+    fn add(&mut self, id: u32, subnet: [u8; 3], i: usize, disk: Option<u32>, etc: Etc) {
         let name = format!("host{i}");
         let netns = format!("ferry-{id}-{i}");
         let veth = format!("fv{id}h{i}");
@@ -130,6 +158,7 @@ impl TestHosts {
         let addr6 = v6(id, 10 + i as u16);
         let srv = self.dir.path().join(format!("{name}-srv"));
         fs::create_dir_all(&srv).unwrap();
+        let etc_upper = (etc != Etc::Shared).then(|| self.dir.path().join(format!("{name}-etc/upper")));
         self.hosts.push(TestHost {
             name: name.clone(),
             netns: netns.clone(),
@@ -137,6 +166,7 @@ impl TestHosts {
             addr6,
             srv: srv.clone(),
             veth: veth.clone(),
+            etc_upper: etc_upper.clone(),
             sshd: None,
         });
         if let Some(mb) = disk {
@@ -171,8 +201,25 @@ impl TestHosts {
         // OpenSSH alike, and time that instead.
         let rc = self.dir.path().join("bashrc");
         fs::write(&rc, "").unwrap();
+        // A private /etc: an overlay of this machine's, mounted in the
+        // host's namespace only (gone with it), its writes in the test's
+        // directory; read-only when asked.
+        let etc_mount = match &etc_upper {
+            None => String::new(),
+            Some(upper) => {
+                let work = upper.with_file_name("work");
+                fs::create_dir_all(upper).unwrap();
+                fs::create_dir_all(&work).unwrap();
+                let ro = if etc == Etc::ReadOnly { " && mount -o remount,ro /etc" } else { "" };
+                format!(
+                    "mount -t overlay ferry-test-etc -o lowerdir=/etc,upperdir={},workdir={} /etc{ro} && ",
+                    upper.display(),
+                    work.display()
+                )
+            }
+        };
         let script = format!(
-            "mount --bind {} /srv && home=$(getent passwd root | cut -d: -f6) && \
+            "{etc_mount}mount --bind {} /srv && home=$(getent passwd root | cut -d: -f6) && \
              if [ -f \"$home/.bashrc\" ]; then mount --bind {} \"$home/.bashrc\"; fi && exec /usr/sbin/sshd -D -e -f {}",
             srv.display(),
             rc.display(),
@@ -290,4 +337,29 @@ fn test_hosts_answer_ssh_with_their_own_srv_and_go_away() {
     for ns in names {
         assert!(!left.contains(&ns), "{ns} was not torn down: {left}");
     }
+}
+
+#[test]
+fn a_private_etc_takes_the_hosts_writes_and_leaves_this_machines_etc_alone() {
+    let hosts = TestHosts::start_with_etc(1, Etc::Private);
+    let upper = hosts.hosts[0].etc_upper.clone().expect("a private /etc");
+    let mark = format!("ferry-test-{}", hosts.hosts[0].netns);
+    let out = hosts.ssh(0, &format!("echo private > /etc/{mark} && cat /etc/{mark} && cat /etc/os-release | head -1"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("private\n"), "{said}");
+    // The rest of /etc is this machine's, read through the overlay.
+    assert_eq!(said.lines().nth(1), fs::read_to_string("/etc/os-release").unwrap().lines().next());
+    assert_eq!(fs::read_to_string(upper.join(&mark)).unwrap(), "private\n");
+    assert!(!Path::new("/etc").join(&mark).exists(), "this machine's /etc got the host's write");
+    // The overlay is the host's namespace's alone.
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains("ferry-test-etc"), "{mounts}");
+    drop(hosts);
+    assert!(!upper.exists(), "the test's directory is removed");
+
+    let hosts = TestHosts::start_with_etc(1, Etc::ReadOnly);
+    let out = hosts.ssh(0, &format!("echo x > /etc/{mark}"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Read-only file system"), "{out:?}");
+    assert_eq!(fs::read_dir(hosts.hosts[0].etc_upper.as_ref().unwrap()).unwrap().count(), 0);
 }

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{HostSpec, Session, Transport};
-use crate::host::runtime::{HookKind, HookRun, LogChunk, PortHolder, Program, SetUp};
+use crate::host::runtime::{HookKind, HookRun, Installed, LogChunk, PortHolder, Program, SetUp};
 use crate::host::serve::{Reply, Request};
 use crate::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
 
@@ -254,6 +254,10 @@ impl Session for AgentSession {
 
     fn setup(&mut self, service: &str, programs: &[Program]) -> Result<SetUp, HostError> {
         self.call(Request::Setup { service: service.to_owned(), programs: programs.to_vec() })
+    }
+
+    fn install(&mut self, service: &str) -> Result<Installed, HostError> {
+        self.call(Request::Install { service: service.to_owned() })
     }
 
     fn hook(&mut self, id: &ReleaseId, kind: HookKind, command: &str, timeout: Duration) -> Result<HookRun, HostError> {

@@ -14,7 +14,7 @@ use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
 
 use super::{HostSpec, Session, Transport};
-use crate::host::runtime::{HookKind, HookRun, LogChunk, PortHolder, Program, SetUp};
+use crate::host::runtime::{HookKind, HookRun, Installed, LogChunk, PortHolder, Program, SetUp};
 use crate::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
 
 /// Where in a session a fault strikes.
@@ -135,6 +135,9 @@ impl Session for FaultySession {
     }
     fn setup(&mut self, service: &str, programs: &[Program]) -> Result<SetUp, HostError> {
         self.inner.setup(service, programs)
+    }
+    fn install(&mut self, service: &str) -> Result<Installed, HostError> {
+        self.inner.install(service)
     }
     fn hook(&mut self, id: &ReleaseId, kind: HookKind, command: &str, timeout: Duration) -> Result<HookRun, HostError> {
         self.inner.hook(id, kind, command, timeout)

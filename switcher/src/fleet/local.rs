@@ -13,7 +13,7 @@ use ferry_formats::ReleaseId;
 use fs_err as fs;
 
 use super::{HostSpec, Session, Transport};
-use crate::host::runtime::{HookKind, HookRun, LogChunk, PortHolder, Program, SetUp};
+use crate::host::runtime::{HookKind, HookRun, Installed, LogChunk, PortHolder, Program, SetUp};
 use crate::host::{Flipped, Host, HostError, Lock, Pruned, StageOptions, Staged, Status};
 
 /// Reaches hosts that are directories.
@@ -84,6 +84,11 @@ impl Session for LocalSession {
     fn setup(&mut self, service: &str, programs: &[Program]) -> Result<SetUp, HostError> {
         self.lock();
         self.host.setup(service, programs)
+    }
+
+    fn install(&mut self, service: &str) -> Result<Installed, HostError> {
+        self.lock();
+        self.host.install(service)
     }
 
     fn hook(&mut self, id: &ReleaseId, kind: HookKind, command: &str, timeout: Duration) -> Result<HookRun, HostError> {

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::host::runtime::{HookKind, HookRun, LogChunk, PortHolder, Program, SetUp};
+use crate::host::runtime::{HookKind, HookRun, Installed, LogChunk, PortHolder, Program, SetUp};
 use ferry_formats::journal::Record;
 use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
@@ -38,7 +38,7 @@ pub use lb::{LbError, LbNode, LoadBalancer};
 pub use local::Local;
 pub use plan::{batches, Step};
 pub use push::{push, LbBatch, LbReport};
-pub use query::{exec, journals, logs, setup, status, Answer};
+pub use query::{exec, journals, logs, setup, setup_install, status, Answer};
 pub use report::{Down, Event, EventKind, HostReport, HostStep, Observer, Outcome, Quiet, Report, Shipped};
 pub use rollback::{rollback, RollbackError};
 pub use ssh::{read_ssh_config, AgentBinary, Ssh, SshConfigError};
@@ -88,6 +88,9 @@ pub trait Session: Send {
     fn listeners(&mut self, port: u16) -> Result<Vec<PortHolder>, HostError>;
     /// Prepares the host for the service's programs (see [`Host::setup`](crate::host::Host::setup)).
     fn setup(&mut self, service: &str, programs: &[Program]) -> Result<SetUp, HostError>;
+    /// Installs and enables at boot what starts the service's supervisord
+    /// (see [`Host::install`](crate::host::Host::install)).
+    fn install(&mut self, service: &str) -> Result<Installed, HostError>;
     /// Runs a hook in release `id` on the host.
     fn hook(&mut self, id: &ReleaseId, kind: HookKind, command: &str, timeout: Duration) -> Result<HookRun, HostError>;
     /// The programs' logs (see [`Host::logs`](crate::host::Host::logs)).

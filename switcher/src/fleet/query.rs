@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::connect::{close, connect_each, pool, Connected};
 use super::report::Quiet;
 use super::{Stage, Transport};
-use crate::host::runtime::{HookKind, HookRun, LogChunk, SetUp};
+use crate::host::runtime::{HookKind, HookRun, Installed, LogChunk, SetUp};
 use crate::host::{HostError, Status};
 
 /// Why a host gave no answer: it could not be reached, or its answer was
@@ -67,6 +67,30 @@ pub fn setup(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Answer<Se
         let programs = rt.programs_for(h.name());
         h.session.setup(&rt.service, &programs)
     })
+}
+
+/// [`setup`], then on each host set up, the install of what starts its
+/// supervisord at boot (see [`Host::install`]), under the same lock: what
+/// each did, and its install's answer (`None` when setup failed there).
+///
+/// [`Host::install`]: crate::host::Host::install
+pub fn setup_install(
+    stage: &Stage,
+    transport: &dyn Transport,
+) -> Vec<(String, Answer<SetUp>, Option<Answer<Installed>>)> {
+    let rt = &stage.runtime;
+    let answers = ask_each(stage, transport, Some(&format!("ferry setup {} --install", stage.name)), |h| {
+        let programs = rt.programs_for(h.name());
+        let set_up = h.session.setup(&rt.service, &programs)?;
+        Ok((set_up, h.session.install(&rt.service)))
+    });
+    answers
+        .into_iter()
+        .map(|(host, answer)| match answer {
+            Ok((set_up, installed)) => (host, Ok(set_up), Some(installed)),
+            Err(e) => (host, Err(e), None),
+        })
+        .collect()
 }
 
 /// `ferry exec`: `command` on every host, in its current release's

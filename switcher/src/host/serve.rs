@@ -13,6 +13,7 @@
 //! | `{"op":"activate","id":…,"options":…}` | | [`Flipped`](super::Flipped) |
 //! | `{"op":"rollback","to":…,"reason":…}` | | [`Flipped`](super::Flipped) |
 //! | `{"op":"setup","service":…,"programs":[…]}` | | what it did, a line each |
+//! | `{"op":"install","service":…}` | | [`Installed`](super::runtime::Installed) (`setup --install`) |
 //! | `{"op":"hook","id":…,"name":…,"command":…,"timeout_secs":N}` | | [`HookRun`](super::runtime::HookRun) |
 //! | `{"op":"logs","program":…,"offsets":{…},"bytes":N}` | | [`LogChunk`](super::runtime::LogChunk)s |
 //! | `{"op":"restart","id":…}` | | what it did, a line each (`id` must be current) |
@@ -58,6 +59,10 @@ pub enum Request {
     Setup {
         service: String,
         programs: Vec<super::runtime::Program>,
+    },
+    /// `setup --install`: the unit or init script installed and enabled.
+    Install {
+        service: String,
     },
     Hook {
         id: ReleaseId,
@@ -179,6 +184,7 @@ fn answer(
             Reply::of(locked().and_then(|lock| host.rollback_because(lock, to.as_ref(), reason)))
         }
         Request::Setup { service, programs } => Reply::of(locked().and_then(|_| host.setup(&service, &programs))),
+        Request::Install { service } => Reply::of(locked().and_then(|_| host.install(&service))),
         Request::Hook { id, name, command, timeout_secs } => Reply::of(
             locked().and_then(|_| host.run_hook(&id, name, &command, std::time::Duration::from_secs(timeout_secs))),
         ),

@@ -16,13 +16,16 @@
 //! | `setup` | supervisord's config, unit and init script; starting supervisord |
 //! | `restart` | taking up a release: restart or reload, the waits, the release check, who listens on a port |
 //! | `hooks` | hooks run in a release, bounded; the programs' logs |
+//! | `install` | the unit or init script installed and enabled at boot (`setup --install`) |
 
 mod hooks;
+mod install;
 mod restart;
 mod setup;
 
 pub(crate) use hooks::run_bounded;
 pub use hooks::{HookKind, HookRun, LogChunk};
+pub use install::{Enabler, Init, InstallError, Installed, Now};
 pub use restart::PortHolder;
 pub use setup::{config_safe, ConfigUnsafe, SetUp};
 
@@ -120,6 +123,9 @@ pub enum RuntimeError {
     NotReloaded { program: String, signal: String, seconds: u64 },
     #[error("supervisord did not come up: {0}")]
     Start(String),
+    /// `setup --install`: the init system could not be given the service.
+    #[error(transparent)]
+    Install(#[from] InstallError),
 }
 
 impl Host {

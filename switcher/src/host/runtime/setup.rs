@@ -34,7 +34,7 @@ impl Host {
         }
         for (path, text, mode) in [
             (ferry.join(format!("ferry-{service}.service")), self.systemd_unit(service, &conf_path), 0o644),
-            (ferry.join(format!("init.d/ferry-{service}")), self.init_script(service, &conf_path), 0o755),
+            (ferry.join(format!("init.d/ferry-{service}")), self.init_script(service), 0o755),
         ] {
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir).map_err(HostError::Fs)?;
@@ -137,12 +137,23 @@ impl Host {
         env_file(&self.root().join("current"))
     }
 
+    /// The systemd unit: supervisord as the deploy directory's owner (its
+    /// uid and gid: the programs run as the user who deploys, also when
+    /// systemd starts them at boot).
     pub(super) fn systemd_unit(&self, service: &str, conf: &Path) -> String {
+        use std::os::unix::fs::MetadataExt;
+        let user = match fs::metadata(self.root()) {
+            Ok(m) if m.uid() != 0 => format!("User={}\nGroup={}\n", m.uid(), m.gid()),
+            _ => String::new(),
+        };
         format!(
             "# Written by ferry setup: supervisord for {service}, so systemctl start/stop/status work.\n\
-             # Install: cp this file /etc/systemd/system/ && systemctl enable --now ferry-{service}\n\
-             [Unit]\nDescription=supervisord for {service} (ferry)\nAfter=network.target\n\n\
-             [Service]\nType=forking\nPIDFile={root}/.ferry/supervisord.pid\nExecStart=/usr/bin/supervisord -c {conf}\n\
+             # Install: ferry setup STAGE --install, or as root: cp this file /etc/systemd/system/ \
+             && systemctl daemon-reload && systemctl enable ferry-{service}\n\
+             [Unit]\nDescription=supervisord for {service} (ferry)\nAfter=network.target\n\
+             ConditionPathExists={root}/current\n\n\
+             [Service]\nType=forking\n{user}WorkingDirectory={root}\nPIDFile={root}/.ferry/supervisord.pid\n\
+             ExecStart=/usr/bin/supervisord -c {conf}\n\
              ExecStop=/usr/bin/supervisorctl -c {conf} shutdown\nExecReload=/usr/bin/supervisorctl -c {conf} update\n\
              Restart=on-failure\n\n[Install]\nWantedBy=multi-user.target\n",
             root = self.root().display(),
@@ -150,18 +161,14 @@ impl Host {
         )
     }
 
-    pub(super) fn init_script(&self, service: &str, conf: &Path) -> String {
-        format!(
-            "#!/bin/sh\n### BEGIN INIT INFO\n# Provides:          ferry-{service}\n# Required-Start:    $network $remote_fs\n\
-             # Required-Stop:     $network $remote_fs\n# Default-Start:     2 3 4 5\n# Default-Stop:      0 1 6\n\
-             # Short-Description: supervisord for {service} (ferry)\n### END INIT INFO\n\
-             # Written by ferry setup. Install: cp this file /etc/init.d/ && update-rc.d ferry-{service} defaults\n\
-             CONF={conf}\ncase \"$1\" in\n  start) supervisorctl -c \"$CONF\" pid >/dev/null 2>&1 || supervisord -c \"$CONF\" ;;\n\
-               stop) supervisorctl -c \"$CONF\" shutdown ;;\n  restart) \"$0\" stop; sleep 1; \"$0\" start ;;\n\
-               reload) supervisorctl -c \"$CONF\" update ;;\n  status) supervisorctl -c \"$CONF\" status ;;\n\
-               *) echo \"usage: $0 start|stop|restart|reload|status\" >&2; exit 2 ;;\nesac\n",
-            conf = conf.display()
-        )
+    /// The LSB init script (`init.d.sh`): start, stop, restart, reload,
+    /// status with LSB's exit codes; it finds a supervisord ferry started
+    /// by its pid file, and starts none beside it.
+    pub(super) fn init_script(&self, service: &str) -> String {
+        INIT_SCRIPT
+            .replace("@SERVICE@", service)
+            .replace("@QDIR@", &sh_quote(&self.root().display().to_string()))
+            .replace("@DIR@", &self.root().display().to_string())
     }
 
     /// Starts supervisord on its config and waits for its socket.
@@ -281,6 +288,15 @@ pub(super) fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<b
     ferry_formats::atomic::write_atomic_mode(path, mode, |f| std::io::Write::write_all(f, bytes))
         .map_err(HostError::Fs)?;
     Ok(true)
+}
+
+/// The init script, with `@SERVICE@`, `@DIR@` (in comments) and `@QDIR@`
+/// (the deploy directory, quoted for sh) to fill in.
+const INIT_SCRIPT: &str = include_str!("init.d.sh");
+
+/// `s` in single quotes, for sh.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// Files that hold the programs' environment (secrets, often): the deploy
