@@ -214,7 +214,7 @@ pub(super) fn run(
         output::json(&doc)?;
     } else {
         for (host, p) in &planned {
-            for line in host_lines(host, p, release, env, &diffs, &version) {
+            for line in host_lines(host, p, release, env, &diffs, &version, s.stage.force) {
                 output::line(&line)?;
             }
         }
@@ -237,9 +237,12 @@ pub(super) fn run(
     Ok(if failed { exit::HOSTS_FAILED } else { exit::OK })
 }
 
-fn ship_text(ship: &Ship, p: &Planned) -> String {
+fn ship_text(ship: &Ship, p: &Planned, force: bool) -> String {
     let sized = |n: u64| format!("{} ({n} bytes)", output::bytes(n));
     match ship {
+        Ship::AlreadyCurrent if force => {
+            "nothing: already current (--force: it is restarted and its hooks run again)".into()
+        }
         Ship::AlreadyCurrent => "nothing: already current".into(),
         Ship::OnHost => "nothing: the host keeps this release already; it is only flipped".into(),
         Ship::Delta { bytes } if p.current_missing => format!(
@@ -277,15 +280,16 @@ fn host_lines(
     env: Option<&str>,
     diffs: &BTreeMap<ReleaseId, Diff>,
     version: &Version<'_>,
+    force: bool,
 ) -> Vec<String> {
     let p = match p {
         Ok(p) => p,
         Err(e) => return vec![format!("{host}  UNREACHABLE: {}", error_chain(e))],
     };
     let mut lines = vec![format!("{host}  {} → {}", named(p.from.as_ref(), version), named(Some(release), version))];
-    lines.push(format!("  ships     {}", ship_text(&p.ship, p)));
+    lines.push(format!("  ships     {}", ship_text(&p.ship, p, force)));
     if let Some(holder) = &p.locked_by {
-        lines.push(format!("  lock      held by {holder}: a push now would wait for it"));
+        lines.push(format!("  lock      held by {holder}: a push now would be refused on it until it is free"));
     }
     let Some(from) = p.from.filter(|f| f != release) else { return lines };
     let Some(d) = diffs.get(&from) else {

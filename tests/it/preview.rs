@@ -304,7 +304,13 @@ fn jars_first_releases_and_current_hosts_are_previewed_as_the_push_would_treat_t
     assert_eq!(host_row(&preview, "b")["ship"], serde_json::json!({"kind": "bundle", "bytes": bundle}));
     // Now both run it.
     let again = p.ferry(["push", "web", &v2, "--dry-run"]).ok().stdout;
-    assert_eq!(again.matches("ships     nothing: already current").count(), 2, "{again}");
+    assert_eq!(again.matches("ships     nothing: already current\n").count(), 2, "{again}");
+    let forced = p.ferry(["push", "web", &v2, "--dry-run", "--force"]).ok().stdout;
+    assert_eq!(
+        forced.matches("already current (--force: it is restarted and its hooks run again)").count(),
+        2,
+        "{forced}"
+    );
 }
 
 fn git(p: &Project, args: &str) -> String {
@@ -333,4 +339,27 @@ fn deploy_dry_run_builds_the_ref_but_touches_no_host_and_makes_no_tag() {
     let changed: Vec<&str> =
         after.lines().filter(|l| !before.contains(*l) && !l.contains("./.git") && !l.starts_with(". ")).collect();
     assert!(changed.is_empty(), "only the store and git's own files changed: {changed:#?}");
+}
+
+#[test]
+fn a_host_on_a_release_the_store_lacks_is_said_to_get_an_rsync_delta_of_unknown_size() {
+    let p = local_stage(&["a"], "");
+    let v1 = build(&p, "v1");
+    p.ferry(["push", "web"]).ok();
+    p.write("app/main.py", "print('shop v2')\n");
+    let v2 = build(&p, "v2");
+    fs::remove_file(p.store.path().join(format!("bundles/{v1}.tar.zst"))).unwrap();
+    let before = tree(&local_host(&p, "a"));
+    let out = p.ferry(["push", "web", &v2, "--dry-run"]).ok().stdout;
+    assert!(out.contains("ships     rsync delta, size unknown"), "{out}");
+    assert!(out.contains(&format!("files     unknown: the store does not have {}", &v1[..12])), "{out}");
+    let json = p.ferry(["push", "web", &v2, "--dry-run", "--json"]).ok().json();
+    let h = &json["hosts"][0];
+    assert_eq!(h["ship"]["kind"], "rsync", "{h:#}");
+    assert_eq!(h["bytes"], Value::Null, "not known without the host's signature: {h:#}");
+    // Signing would take the host's lock and write .ferry/signature: not done.
+    unchanged(&before, &tree(&local_host(&p, "a")), "host a");
+    // The push does sign it and sends an rsync delta.
+    let pushed = p.ferry(["push", "web", &v2, "--json"]).ok().json();
+    assert_eq!(pushed["hosts"][0]["shipped"], "rsync", "{pushed:#}");
 }

@@ -54,7 +54,7 @@ pub struct Planned {
     /// What it runs now.
     pub from: Option<ReleaseId>,
     pub ship: Ship,
-    /// Who holds its lock now, if anyone (a push now would wait for it).
+    /// Who holds its lock now, if anyone (a push now would be refused there).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub locked_by: Option<String>,
     /// Its current release is not on its disk (removed by hand): it would
