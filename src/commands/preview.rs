@@ -98,8 +98,8 @@ impl PackageLists<'_> {
         let old = self.of(from)?.clone();
         let new = self.of(to)?;
         let mut unknown: Vec<String> =
-            old.unknown.iter().map(|u| format!("{} ({}): {u}", from.short(12), "from")).collect();
-        unknown.extend(new.unknown.iter().map(|u| format!("{} ({}): {u}", to.short(12), "to")));
+            old.unknown.iter().map(|u| format!("{u} (in {}, the host's)", from.short(12))).collect();
+        unknown.extend(new.unknown.iter().map(|u| format!("{u} (in {}, the new)", to.short(12))));
         Ok(PackageDiff { none: !old.any_source && !new.any_source, unknown, changes: packages::compare(&old, new) })
     }
 }
@@ -347,6 +347,11 @@ fn host_json(
         "locked_by": p.locked_by,
         "current_missing": p.current_missing,
     });
+    // Null when there is nothing to compare: no release on the host, the
+    // release itself, or one the store does not have.
+    v["files"] = Value::Null;
+    v["config"] = Value::Null;
+    v["packages"] = Value::Null;
     if let Some(d) = p.from.filter(|f| f != release).and_then(|f| diffs.get(&f)) {
         v["files"] = d.files_json();
         v["config"] = json!({
