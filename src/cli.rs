@@ -92,6 +92,7 @@ Examples:
   ferry push production --json       the per-host report as JSON, for CI
   ferry push staging --force         restart and re-run hooks on hosts already on the release
   ferry push production --out        only the hosts out of the load balancer's rotation
+  ferry push production v2.1.0 --dry-run   what it would ship and change on each host; nothing moves
 
 RELEASE is an id or id prefix (4+ hex digits), a version label, or the git tag
 or commit (7+ hex digits) it was built from, unique among the service's builds
@@ -104,7 +105,14 @@ Each host gets the delta from its current release (the whole bundle when it has
 none), stages it beside the running release, then the hosts flip in the stage's
 batches (default: 1 host, then half, then all). A failure stops the push and
 flips back every host it flipped. Exit 0: all hosts ok; 1: some failed; 2: nothing
-could start.")]
+could start.
+
+--dry-run changes nothing on any host (no lock, staging, journal line or
+restart) and shows, per host: from → to, the bytes it would ship (the deltas are
+made in the store, as the push makes them), files added, changed and removed,
+config files changed in the stage's environment, and packages changed (venv
+dist-info, jars' pom.properties or manifest). Exit 1 when a host could not be
+reached (the others are shown).")]
     Push(PushArgs),
     /// Build a git ref and push it to a stage, in one command (and tag the deployed commit).
     #[command(after_help = "\
@@ -113,6 +121,7 @@ Examples:
   ferry deploy staging               the stage's ref (ferry.toml: ref = \"main\")
   ferry deploy staging 3f2a1b9       a commit, branch or tag
   ferry deploy production stable --json
+  ferry deploy production stable --dry-run   build, then preview the push; no push, no tag
 
 Exports the ref with git archive, builds it (running the [build] steps, whose
 outputs are reused from the build cache when their inputs did not change),
@@ -273,6 +282,10 @@ pub struct PushArgs {
     /// load balancer's states are left as they are.
     #[arg(long, conflicts_with_all = ["hosts", "groups"])]
     pub out: bool,
+    /// Change nothing: show per host what the push would ship and change (files, bytes, config,
+    /// packages).
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -290,6 +303,10 @@ pub struct DeployArgs {
     /// As `ferry push --force`.
     #[arg(long)]
     pub force: bool,
+    /// Build the ref (the store keeps the release), then show what pushing it would do, as `ferry
+    /// push --dry-run`; no host is touched and no tag is made.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

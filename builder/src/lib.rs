@@ -7,6 +7,7 @@
 //! - [`cache`]: reuse the last build's hashes for files whose stat is unchanged.
 //! - [`store`]: the local directory of bundles.
 //! - [`git`]: builds from a clean export of a git ref.
+//! - [`packages`]: the Python packages and jars a release carries, and how two differ.
 //! - [`steps`]: `[build]` steps run in the tree before it is packed, and their cache.
 
 pub mod build;
@@ -14,6 +15,7 @@ pub mod cache;
 pub mod delta;
 mod error;
 pub mod git;
+pub mod packages;
 pub mod pyc;
 pub mod steps;
 pub mod store;

@@ -30,7 +30,7 @@ impl StageSettings {
 }
 
 /// The store, as the fleet sees it.
-struct StoreSource<'a>(&'a Store);
+pub(super) struct StoreSource<'a>(pub(super) &'a Store);
 
 impl ReleaseSource for StoreSource<'_> {
     fn bundle(&self, id: &ReleaseId) -> Result<PathBuf, SourceError> {
@@ -58,6 +58,9 @@ pub fn push(settings: &Settings, s: &StageSettings, id: Option<&str>) -> Result<
         Some(name) => (store.find(Some(&s.service), name)?, String::new()),
         None => picked(store, s)?,
     };
+    if s.dry_run {
+        return super::preview::run(settings, s, &release, &picked, None);
+    }
     Ok(push_release(settings, s, &release, &picked, Verb::Push)?.0)
 }
 
@@ -73,6 +76,33 @@ pub(super) fn push_release(
 ) -> Result<(u8, fleet::Report)> {
     let release = *release;
     let store = &settings.store;
+    check_release(settings, s, &release)?;
+    let stage = &pushed_stage(s)?;
+    if !settings.output.json && !settings.output.quiet {
+        let info = store.info(&release).ok();
+        eprintln!(
+            "pushing {} ({}){picked} to {} of {}",
+            release.short(12),
+            describe(info.as_ref()),
+            crate::config::plural(stage.hosts.len(), "host"),
+            s.stage.name
+        );
+    }
+    let hosts = stage.hosts.len() as u64;
+    let observer = observer(settings, 2 * hosts);
+    let report = fleet::push(stage, s.transport(), &StoreSource(&settings.store), &release, observer.as_ref());
+    drop(observer);
+    if let Some(lb) = report.load_balancer.as_ref().filter(|lb| !lb.left_out.is_empty()) {
+        super::lb::left_out(s, &lb.left_out)?;
+    }
+    Ok((show(settings, &report, verb)?, report))
+}
+
+/// What a push checks of a release before any host is contacted (`push`
+/// and `push --dry-run`): the stage's service, and a config for its
+/// environment.
+pub(super) fn check_release(settings: &Settings, s: &StageSettings, release: &ReleaseId) -> Result<()> {
+    let release = *release;
     let head = settings.store.read_head(&release)?;
     if head.meta.service != s.service {
         bail!("release {} is of service {}, not {}", release.short(12), head.meta.service, s.service);
@@ -93,32 +123,16 @@ pub(super) fn push_release(
             }
         }
     }
-    let out_only;
-    let stage = match &s.stage.load_balancer {
-        Some(lb) if s.stage.out_of_rotation => {
-            out_only = out_of_rotation(s, lb)?;
-            &out_only
-        }
-        _ => &s.stage,
-    };
-    if !settings.output.json && !settings.output.quiet {
-        let info = store.info(&release).ok();
-        eprintln!(
-            "pushing {} ({}){picked} to {} of {}",
-            release.short(12),
-            describe(info.as_ref()),
-            crate::config::plural(stage.hosts.len(), "host"),
-            s.stage.name
-        );
-    }
-    let hosts = stage.hosts.len() as u64;
-    let observer = observer(settings, 2 * hosts);
-    let report = fleet::push(stage, s.transport(), &StoreSource(&settings.store), &release, observer.as_ref());
-    drop(observer);
-    if let Some(lb) = report.load_balancer.as_ref().filter(|lb| !lb.left_out.is_empty()) {
-        super::lb::left_out(s, &lb.left_out)?;
-    }
-    Ok((show(settings, &report, verb)?, report))
+    Ok(())
+}
+
+/// The hosts a push goes to: the stage's, or with `--out` those out of
+/// the load balancer's rotation, in one batch.
+pub(super) fn pushed_stage(s: &StageSettings) -> Result<std::borrow::Cow<'_, fleet::Stage>> {
+    Ok(match &s.stage.load_balancer {
+        Some(lb) if s.stage.out_of_rotation => std::borrow::Cow::Owned(out_of_rotation(s, lb)?),
+        _ => std::borrow::Cow::Borrowed(&s.stage),
+    })
 }
 
 /// The release a push with none named picks, and how it was picked (for
@@ -153,7 +167,7 @@ fn picked(store: &Store, s: &StageSettings) -> Result<(ReleaseId, String)> {
 
 /// A release as the push line shows it: `v1.1.0, commit 9c1e2d3, tag
 /// v1.1.0, built 2026-12-06 04:10 UTC`, with what the store knows.
-fn describe(info: Option<&BundleInfo>) -> String {
+pub(super) fn describe(info: Option<&BundleInfo>) -> String {
     let Some(info) = info else { return "not in the store's records".into() };
     let mut parts = vec![info.version.clone().unwrap_or_else(|| "no version".into())];
     parts.extend(info.git_commit.as_deref().map(|c| format!("commit {}", short_commit(c))));

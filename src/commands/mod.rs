@@ -9,6 +9,7 @@ mod host;
 mod init;
 mod inspect;
 mod lb;
+mod preview;
 mod report;
 
 use std::io::BufReader;

@@ -96,6 +96,8 @@ pub struct StageSettings {
     pub git: crate::config::StageGit,
     /// The directory of ferry.toml, whose git repository `ref` is of.
     pub repo_dir: PathBuf,
+    /// `--dry-run`: show what a push would do, change nothing.
+    pub dry_run: bool,
 }
 
 /// `ferry deploy`: the ref as given, and where the config is.
@@ -212,6 +214,7 @@ impl Settings {
                     );
                 }
                 stage.stage.out_of_rotation = p.out;
+                stage.dry_run = p.dry_run;
                 store_hint = Some(store);
                 Action::Push(stage, p.id)
             }
@@ -239,6 +242,7 @@ impl Settings {
             Command::Deploy(d) => {
                 let (mut stage, store) = load_stage(&config_path, &d.stage, &d.narrow)?;
                 stage.stage.force = d.force;
+                stage.dry_run = d.dry_run;
                 store_hint = Some(store);
                 let abs = std::path::absolute(&config_path)?;
                 Action::Deploy(
@@ -397,7 +401,7 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    Ok((StageSettings { service: config.service, stage, ssh, groups, lb_state, git, repo_dir }, store))
+    Ok((StageSettings { service: config.service, stage, ssh, groups, lb_state, git, repo_dir, dry_run: false }, store))
 }
 
 /// The programs, hooks and gates for `hosts`, with host names as ferry.toml

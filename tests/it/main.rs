@@ -21,6 +21,7 @@ mod linked;
 mod load;
 mod local_fleet;
 mod names;
+mod preview;
 mod read;
 mod rsync;
 mod runtime;

@@ -9,6 +9,8 @@ mod health;
 mod stage;
 
 pub use balance::{LbBatch, LbReport};
+// The preview decides what each host gets as the push does.
+pub(super) use stage::{payload, Payload};
 
 use std::time::Instant;
 

@@ -15,7 +15,7 @@ use super::super::{ReleaseSource, Stage};
 use crate::host::{error_chain, ErrorKind, HostError};
 
 /// What a host gets.
-enum Payload {
+pub(in crate::fleet) enum Payload {
     /// A delta or the whole bundle, and which.
     File(PathBuf, Shipped),
     /// The host runs a release the source does not have.
@@ -24,7 +24,11 @@ enum Payload {
 
 /// The payload a host on `base` needs: a delta when the source has `base`,
 /// the whole bundle when the host has nothing.
-fn payload(source: &dyn ReleaseSource, base: Option<ReleaseId>, target: &ReleaseId) -> Result<Payload, String> {
+pub(in crate::fleet) fn payload(
+    source: &dyn ReleaseSource,
+    base: Option<ReleaseId>,
+    target: &ReleaseId,
+) -> Result<Payload, String> {
     if let Some(base) = base {
         return match source.delta(&base, target) {
             Ok(Some(path)) => Ok(Payload::File(path, Shipped::Delta)),
