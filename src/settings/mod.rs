@@ -13,6 +13,7 @@ use ferry_formats::RelPath;
 use ferry_switcher::fleet::{read_ssh_config, AgentBinary, HostSpec, Runtime, Ssh, Stage};
 use ferry_switcher::host::{Host, StageOptions};
 
+mod agent;
 mod hosts;
 
 use crate::cli::{Cli, Command, HostOptions, HostVerb, Narrow};
@@ -331,7 +332,7 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
             user: s.user.clone(),
             ferry: match &s.agent {
                 Some(path) => AgentBinary::OnHost(path.clone()),
-                None => AgentBinary::Upload(std::env::current_exe()?),
+                None => AgentBinary::Upload(agent::to_upload(name)?),
             },
             connect_timeout: s.connect_timeout,
             step_timeout: s.step_timeout,

@@ -12,6 +12,7 @@ mod agent;
 mod connect;
 pub mod fault;
 pub mod gates;
+mod host_name;
 pub mod lb;
 mod local;
 mod plan;
@@ -19,6 +20,7 @@ mod push;
 mod query;
 pub mod report;
 mod rollback;
+#[cfg(feature = "ssh")]
 mod ssh;
 
 use std::collections::BTreeMap;
@@ -41,6 +43,7 @@ pub use push::{push, LbBatch, LbReport};
 pub use query::{exec, journals, logs, setup, status, Answer};
 pub use report::{Down, Event, EventKind, HostReport, HostStep, Observer, Outcome, Quiet, Report, Shipped};
 pub use rollback::{rollback, RollbackError};
+#[cfg(feature = "ssh")]
 pub use ssh::{read_ssh_config, AgentBinary, Ssh, SshConfigError};
 
 /// Where the fleet gets bundles and deltas: the CLI hands it the builder's
