@@ -13,7 +13,7 @@ pub const FERRY_AGENT: &str = "FERRY_AGENT";
 /// `ferry-agent` beside this ferry, else in `../agent/` from it (cargo's
 /// `target/agent/` when ferry runs from `target/debug/` or
 /// `target/release/`).
-pub fn to_upload(stage: &str) -> Result<PathBuf> {
+pub fn to_upload() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os(FERRY_AGENT).filter(|p| !p.is_empty()) {
         let path = std::path::absolute(PathBuf::from(path))?;
         if !path.is_file() {
@@ -23,16 +23,16 @@ pub fn to_upload(stage: &str) -> Result<PathBuf> {
     }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().unwrap_or(Path::new("/"));
-    let places = [dir.join("ferry-agent"), dir.join("../agent/ferry-agent")];
+    let cargos = dir.parent().unwrap_or(dir).join("agent");
+    let places = [dir.join("ferry-agent"), cargos.join("ferry-agent")];
     match places.iter().find(|p| p.is_file()) {
         Some(found) => Ok(found.clone()),
         None => bail!(
-            "the stage {stage:?} uploads the agent to its hosts, and there is no ferry-agent beside ferry ({}) \
-             nor in {}: build it with `cargo build -p ferry-agent --profile agent` (it lands in \
-             target/agent/) and put it beside ferry or set {FERRY_AGENT}=PATH; or name a ferry already on the \
-             hosts with `agent` in the stage",
+            "no ferry-agent to upload to ssh hosts: none beside ferry ({}) nor in {}: build it with `cargo build -p \
+             ferry-agent --profile agent` (it lands in target/agent/) and put it beside ferry or set \
+             {FERRY_AGENT}=PATH; or name a ferry already on the hosts with `agent` in the stage",
             places[0].display(),
-            dir.join("../agent").display()
+            cargos.display()
         ),
     }
 }

@@ -5,6 +5,7 @@
 //! says of itself is changed by binding a stand-in over a tool in that
 //! host's own mount namespace.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ferry_switcher::fleet::{AgentBinary, HostSpec, Ssh, Transport};
@@ -198,4 +199,55 @@ fn a_host_whose_gzip_does_not_run_gets_the_agent_as_it_is() {
         assert_eq!(names.len(), 1, "{names:?}");
         assert_eq!(fs::read(hosts.hosts[i].srv.join("shop/.ferry/bin").join(&names[0])).unwrap(), agent);
     }
+}
+
+#[test]
+fn ferry_agent_shows_what_goes_to_hosts_and_where_it_was_found() {
+    let agent = agent_bin();
+    let bytes = fs::metadata(agent).unwrap().len();
+    let hash = kit::run(std::process::Command::new(agent).arg("agent-hash")).ok().stdout.trim().to_owned();
+    // From target/debug/ferry: cargo's target/agent/.
+    let info = kit::run(kit::ferry_cmd().args(["agent", "--json"])).ok().json();
+    assert_eq!((info["bytes"].as_u64(), info["blake3"].as_str()), (Some(bytes), Some(hash.as_str())), "{info:#}");
+    assert!(info["gzip_bytes"].as_u64().unwrap() < bytes, "{info:#}");
+    assert_eq!(info["machine"], std::env::consts::ARCH);
+    let glibc: Vec<u32> = info["glibc"].as_str().unwrap().split('.').map(|n| n.parse().unwrap()).collect();
+    let here = sh("getconf GNU_LIBC_VERSION");
+    let here: Vec<u32> = here.split_whitespace().last().unwrap().split('.').map(|n| n.parse().unwrap()).collect();
+    assert!(glibc >= vec![2, 17] && glibc <= here, "needs {glibc:?}, this machine has {here:?}");
+    for lib in info["libraries"].as_array().unwrap() {
+        let lib = lib.as_str().unwrap();
+        assert!(["libc.so.6", "libm.so.6", "libgcc_s.so.1"].contains(&lib) || lib.starts_with("ld-linux"), "{lib}");
+    }
+    let human = kit::run(kit::ferry_cmd().arg("agent")).ok().stdout;
+    assert!(
+        human.contains(&format!(
+            "runs on    Linux {}, glibc {} or newer",
+            std::env::consts::ARCH,
+            info["glibc"].as_str().unwrap()
+        )),
+        "{human}"
+    );
+
+    let err = kit::run(kit::ferry_cmd().arg("agent").env("FERRY_AGENT", "/nonexistent/ferry-agent")).fails(2);
+    assert!(err.contains("FERRY_AGENT=/nonexistent/ferry-agent is not a file"), "{err}");
+    // A ferry installed alone: it says where it looked and what to do; then
+    // one beside it is found.
+    // Hard links, not copies: a file this process wrote may still be open
+    // for writing in a child another test forks, and then will not run.
+    let target = agent.parent().and_then(Path::parent).unwrap();
+    let dir = tempfile::Builder::new().prefix("ferry-it-").tempdir_in(target).unwrap();
+    let bin = dir.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    fs::hard_link(kit::ferry_bin(), bin.join("ferry")).unwrap();
+    let err = kit::run(std::process::Command::new(bin.join("ferry")).arg("agent")).fails(2);
+    let beside = bin.join("ferry-agent");
+    assert!(
+        err.contains(&format!("no ferry-agent to upload to ssh hosts: none beside ferry ({})", beside.display())),
+        "{err}"
+    );
+    assert!(err.contains("build it with `cargo build -p ferry-agent --profile agent`"), "{err}");
+    fs::hard_link(agent, &beside).unwrap();
+    let info = kit::run(std::process::Command::new(bin.join("ferry")).args(["agent", "--json"])).ok().json();
+    assert_eq!(info["path"], beside.to_str().unwrap());
 }

@@ -89,7 +89,7 @@ pub fn sh(script: &str) -> String {
 /// A `ferry` command with a clean environment for ferry's own variables.
 pub fn ferry_cmd() -> Command {
     let mut c = Command::new(ferry_bin());
-    c.env_remove("FERRY_STORE").env_remove("FERRY_CONFIG");
+    c.env_remove("FERRY_STORE").env_remove("FERRY_CONFIG").env_remove("FERRY_AGENT");
     c
 }
 

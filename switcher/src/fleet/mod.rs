@@ -44,7 +44,7 @@ pub use query::{exec, journals, logs, setup, status, Answer};
 pub use report::{Down, Event, EventKind, HostReport, HostStep, Observer, Outcome, Quiet, Report, Shipped};
 pub use rollback::{rollback, RollbackError};
 #[cfg(feature = "ssh")]
-pub use ssh::{read_ssh_config, AgentBinary, Ssh, SshConfigError};
+pub use ssh::{agent_info, read_ssh_config, AgentBinary, AgentInfo, Ssh, SshConfigError};
 
 /// Where the fleet gets bundles and deltas: the CLI hands it the builder's
 /// store.

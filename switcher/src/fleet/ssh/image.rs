@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use object::read::elf::{ElfFile64, FileHeader as _};
-use object::{elf, Endianness};
+use object::{elf, Endianness, Object as _};
 
 use crate::host::HostError;
 
@@ -63,6 +63,8 @@ pub(super) struct Image {
     /// The oldest glibc it runs on (its highest `GLIBC_*` version need);
     /// `None` for a binary that needs no glibc (a static one).
     pub glibc: Option<Glibc>,
+    /// The shared libraries it links (its `DT_NEEDED` entries).
+    pub libraries: Vec<String>,
     bytes: Vec<u8>,
     gzip: OnceLock<Result<Arc<Vec<u8>>, String>>,
 }
@@ -75,7 +77,7 @@ pub(super) fn image(path: &Path) -> Result<Arc<Image>, HostError> {
         return Ok(image.clone());
     }
     let bytes = fs_err::read(path).map_err(HostError::Fs)?;
-    let (machine, glibc) = needs(&bytes).map_err(|e| {
+    let Needs { machine, glibc, libraries } = needs(&bytes).map_err(|e| {
         HostError::Link(format!("the agent {} is not a Linux ELF binary ferry can upload: {e}", path.display()))
     })?;
     let image = Arc::new(Image {
@@ -83,6 +85,7 @@ pub(super) fn image(path: &Path) -> Result<Arc<Image>, HostError> {
         hash: blake3::hash(&bytes).to_hex().to_string(),
         machine,
         glibc,
+        libraries,
         bytes,
         gzip: OnceLock::new(),
     });
@@ -108,9 +111,18 @@ impl Image {
     }
 }
 
-/// The machine an ELF binary is built for and the highest glibc version it
-/// needs (its `GLIBC_*` version needs, from whichever of glibc's libraries).
-fn needs(bytes: &[u8]) -> Result<(String, Option<Glibc>), object::read::Error> {
+/// What an ELF binary needs of a host.
+struct Needs {
+    /// The machine it is built for.
+    machine: String,
+    /// The highest glibc version it needs (its `GLIBC_*` version needs, from
+    /// whichever of glibc's libraries).
+    glibc: Option<Glibc>,
+    /// Its `DT_NEEDED` libraries.
+    libraries: Vec<String>,
+}
+
+fn needs(bytes: &[u8]) -> Result<Needs, object::read::Error> {
     let file = ElfFile64::<Endianness>::parse(bytes)?;
     let endian = file.endian();
     let machine = match file.elf_header().e_machine(endian) {
@@ -134,7 +146,43 @@ fn needs(bytes: &[u8]) -> Result<(String, Option<Glibc>), object::read::Error> {
             }
         }
     }
-    Ok((machine, newest))
+    let libraries = file
+        .import_libraries()?
+        .map(|l| l.map(|l| String::from_utf8_lossy(l.name()).into_owned()))
+        .collect::<Result<_, _>>()?;
+    Ok(Needs { machine, glibc: newest, libraries })
+}
+
+/// The agent binary ferry uploads to ssh hosts, as `ferry agent` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentInfo {
+    pub path: PathBuf,
+    pub blake3: String,
+    /// Its size as it is, and gzipped (as it is sent to a host with gzip).
+    pub bytes: u64,
+    pub gzip_bytes: u64,
+    /// The machine it runs on, as `uname -m` says it.
+    pub machine: String,
+    /// The oldest glibc it runs on (its ELF version needs); `None`: it
+    /// needs no glibc.
+    pub glibc: Option<String>,
+    /// The shared libraries it links (`DT_NEEDED`).
+    pub libraries: Vec<String>,
+}
+
+/// What the agent at `path` is and needs of a host (read as an upload
+/// reads it).
+pub fn agent_info(path: &Path) -> Result<AgentInfo, HostError> {
+    let image = image(path)?;
+    Ok(AgentInfo {
+        path: image.path.clone(),
+        blake3: image.hash.clone(),
+        bytes: image.bytes.len() as u64,
+        gzip_bytes: image.gzip()?.len() as u64,
+        machine: image.machine.clone(),
+        glibc: image.glibc.map(|g| g.to_string()),
+        libraries: image.libraries.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -161,8 +209,9 @@ mod tests {
         // The test binary is linked as the agent is, against this machine's
         // glibc: it needs some GLIBC_2.x, and no newer than the glibc here.
         let exe = std::env::current_exe().unwrap();
-        let (machine, glibc) = needs(&fs_err::read(exe).unwrap()).unwrap();
+        let Needs { machine, glibc, libraries } = needs(&fs_err::read(exe).unwrap()).unwrap();
         assert_eq!(machine, std::env::consts::ARCH);
+        assert!(libraries.iter().any(|l| l == "libc.so.6"), "{libraries:?}");
         let glibc = glibc.expect("a dynamically linked test binary needs glibc");
         let here = std::process::Command::new("getconf").arg("GNU_LIBC_VERSION").output().unwrap();
         let here = Glibc::of_host(&String::from_utf8_lossy(&here.stdout)).unwrap();

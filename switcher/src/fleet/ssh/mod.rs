@@ -20,6 +20,7 @@ use ssh2_config::SshConfig;
 use super::{HostSpec, Session, Transport};
 use crate::host::HostError;
 use exec::{start, Started, NO_AGENT};
+pub use image::{agent_info, AgentInfo};
 use jump::pump;
 use known_hosts::known_key_types;
 use target::Target;
