@@ -201,6 +201,18 @@ where it no longer has what ferry set, and the same `out` sets it again.")]
     /// The blake3 of this binary (how the controller checks its agent on a host).
     #[command(hide = true)]
     AgentHash,
+    /// Show the agent ferry uploads to ssh hosts: its size and what it needs of a host.
+    #[command(after_help = "\
+Examples:
+  ferry agent           its path, size (and gzipped), machine, glibc floor, libraries
+  ferry agent --json
+
+An ssh stage without `agent` gets ferry-agent uploaded to each host that lacks
+it, found by FERRY_AGENT, beside ferry, or in cargo's target/agent/ (build it
+with `cargo build -p ferry-agent --profile agent`). It runs on a Linux host of
+its machine whose glibc is at least the one shown (read from the binary's own
+version needs); an older host is refused before anything is sent.")]
+    Agent,
     /// Run a command on a stage's hosts, in the current release with its environment.
     #[command(after_help = "\
 Examples:

@@ -1,5 +1,6 @@
 //! One module per command; each takes the validated settings.
 
+mod agent;
 mod build;
 mod bundles;
 mod delta;
@@ -51,6 +52,7 @@ pub fn run(settings: &Settings) -> Result<u8> {
             crate::output::line(String::from_utf8_lossy(&script).trim_end())?;
             Ok(crate::exit::OK)
         }
+        Action::Agent(path) => agent::run(settings, path),
         Action::AgentHash => {
             let exe = std::env::current_exe()?;
             crate::output::line(&blake3::hash(&fs_err::read(exe)?).to_hex())?;

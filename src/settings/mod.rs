@@ -13,6 +13,7 @@ use ferry_formats::RelPath;
 use ferry_switcher::fleet::{read_ssh_config, AgentBinary, HostSpec, Runtime, Ssh, Stage};
 use ferry_switcher::host::{Host, StageOptions};
 
+mod agent;
 mod hosts;
 
 use crate::cli::{Cli, Command, HostOptions, HostVerb, Narrow};
@@ -76,6 +77,8 @@ pub enum Action {
     Exec(StageSettings, String, std::time::Duration),
     Host(Host, HostAction),
     AgentHash,
+    /// `ferry agent`: the agent ferry would upload.
+    Agent(PathBuf),
     Completions(clap_complete::Shell),
     Init(PathBuf, bool),
 }
@@ -267,6 +270,7 @@ impl Settings {
                 Action::Lb(stage, a.verb)
             }
             Command::AgentHash => Action::AgentHash,
+            Command::Agent => Action::Agent(agent::to_upload()?),
             Command::Completions { shell } => Action::Completions(shell),
             Command::Init { dir, force } => Action::Init(dir, force),
             Command::Exec(e) => Action::Exec(
@@ -293,6 +297,7 @@ impl Settings {
             | Action::Exec(..)
             | Action::Host(..)
             | Action::AgentHash
+            | Action::Agent(_)
             | Action::Completions(_)
             | Action::Init(..) => false,
         };
@@ -336,7 +341,7 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
             user: s.user.clone(),
             ferry: match &s.agent {
                 Some(path) => AgentBinary::OnHost(path.clone()),
-                None => AgentBinary::Upload(std::env::current_exe()?),
+                None => AgentBinary::Upload(agent::to_upload()?),
             },
             connect_timeout: s.connect_timeout,
             step_timeout: s.step_timeout,

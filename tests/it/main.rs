@@ -1,6 +1,7 @@
 //! Integration tests: they drive the real `ferry` binary.
 
 mod agent;
+mod agent_upload;
 mod bridge;
 mod build;
 mod build_steps;

@@ -12,6 +12,7 @@ mod agent;
 mod connect;
 pub mod fault;
 pub mod gates;
+mod host_name;
 pub mod lb;
 mod local;
 mod plan;
@@ -20,6 +21,7 @@ mod push;
 mod query;
 pub mod report;
 mod rollback;
+#[cfg(feature = "ssh")]
 mod ssh;
 
 use std::collections::BTreeMap;
@@ -43,7 +45,8 @@ pub use push::{push, LbBatch, LbReport};
 pub use query::{exec, journals, logs, setup, setup_install, status, Answer};
 pub use report::{Down, Event, EventKind, HostReport, HostStep, Observer, Outcome, Quiet, Report, Shipped};
 pub use rollback::{rollback, RollbackError};
-pub use ssh::{read_ssh_config, AgentBinary, Ssh, SshConfigError};
+#[cfg(feature = "ssh")]
+pub use ssh::{agent_info, read_ssh_config, AgentBinary, AgentInfo, Ssh, SshConfigError};
 
 /// Where the fleet gets bundles and deltas: the CLI hands it the builder's
 /// store.
