@@ -7,6 +7,7 @@
 //! - [`cache`]: reuse the last build's hashes for files whose stat is unchanged.
 //! - [`store`]: the local directory of bundles.
 //! - [`git`]: builds from a clean export of a git ref.
+//! - [`signing`]: minisign keys and release signatures (`ferry keygen`, `ferry sign`).
 //! - [`steps`]: `[build]` steps run in the tree before it is packed, and their cache.
 
 pub mod build;
@@ -15,6 +16,7 @@ pub mod delta;
 mod error;
 pub mod git;
 pub mod pyc;
+pub mod signing;
 pub mod steps;
 pub mod store;
 pub mod tags;

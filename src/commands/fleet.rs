@@ -49,6 +49,10 @@ impl ReleaseSource for StoreSource<'_> {
     fn rsync_delta(&self, signature: &Signature, target: &ReleaseId) -> Result<PathBuf, SourceError> {
         Ok(delta::encode_rsync(self.0, signature, target)?.path)
     }
+
+    fn release_signature(&self, id: &ReleaseId) -> Result<Option<String>, SourceError> {
+        Ok(self.0.signature(id)?)
+    }
 }
 
 pub fn push(settings: &Settings, s: &StageSettings, id: Option<&str>) -> Result<u8> {
@@ -305,7 +309,7 @@ pub fn history(settings: &Settings, s: &StageSettings) -> Result<u8> {
 }
 
 pub fn setup(settings: &Settings, s: &StageSettings) -> Result<u8> {
-    if s.stage.runtime.programs.is_empty() {
+    if s.stage.runtime.programs.is_empty() && s.stage.trusted_keys.is_empty() {
         bail!("ferry.toml has no [programs.<name>]: there is nothing to set up");
     }
     let results = fleet::setup(&s.stage, s.transport());

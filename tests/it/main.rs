@@ -22,6 +22,7 @@ mod names;
 mod read;
 mod rsync;
 mod runtime;
+mod signing;
 mod snapshots;
 mod source;
 mod ssh;
