@@ -8,6 +8,8 @@
 //! the check is the host side's (`Host::stage`), the same code the agent
 //! runs over SSH, and what a refusal leaves is read straight from the
 //! directory. `ferry host stage --signature` is the host's own command.
+//! Over SSH to real test hosts, `signatures_and_pins_cross_the_agents_wire`
+//! checks the agent protocol carries the signature and the pins.
 
 use std::path::{Path, PathBuf};
 
@@ -219,4 +221,64 @@ fn a_swapped_bundle_is_refused_on_the_host_itself() {
     );
     ok.ok();
     assert!(host.join(format!("releases/{v1}/.ferry/signature.minisig")).exists());
+}
+
+#[test]
+fn signatures_and_pins_cross_the_agents_wire() {
+    use ferry_builder::Store;
+    use ferry_switcher::fleet::{self, AgentBinary, HostSpec, Quiet, Ssh};
+
+    let hosts = crate::testhosts::TestHosts::start(2);
+    let keys = tempdir();
+    let (key, public) = keygen(&keys.path().join("k"));
+    let p = crate::kit::sample_project();
+    let source = crate::source::Source(Store::new(p.store.path()));
+    let ssh = Ssh {
+        known_hosts: hosts.known_hosts.clone(),
+        accept_new: false,
+        identity: Some(hosts.key.clone()),
+        user: Some("root".into()),
+        ferry: AgentBinary::OnHost(crate::kit::ferry_bin().into()),
+        connect_timeout: std::time::Duration::from_secs(5),
+        step_timeout: std::time::Duration::from_secs(60),
+        ssh_config: None,
+    };
+    let specs =
+        hosts.hosts.iter().map(|h| HostSpec { name: format!("root@{}", h.addr), deploy_to: "/srv/shop".into() });
+    let mut stage = crate::kit::stage("ssh", specs.collect());
+    stage.trusted_keys = vec![public.clone()];
+    let v1 = crate::kit::build_id(&p, "v1");
+
+    // Unsigned: the first push pins the key, then every host refuses.
+    let report = fleet::push(&stage, &ssh, &source, &v1, &Quiet);
+    assert!(!report.ok, "{report:#?}");
+    for (h, r) in hosts.hosts.iter().zip(&report.hosts) {
+        let err = r.error.as_deref().unwrap_or_default();
+        assert!(err.contains("refused before anything was written: it is not signed"), "{err}");
+        assert_eq!(read(h.srv.join("shop/.ferry/trusted_keys")).lines().last(), Some(public.as_str()));
+        assert!(release_names(&h.srv.join("shop")).is_empty(), "{:?}", release_names(&h.srv.join("shop")));
+        assert!(!h.srv.join("shop/current").exists());
+    }
+
+    let signed = sign(&p, &v1.to_string(), &key, &["--serial", "20"]);
+    let report = fleet::push(&stage, &ssh, &source, &v1, &Quiet);
+    assert!(report.ok, "{report:#?}");
+    for h in &hosts.hosts {
+        let last = journal(&h.srv.join("shop")).pop().unwrap();
+        assert_eq!((&last["key"], &last["serial"]), (&signed["key_id"], &Value::from(20)), "{last}");
+    }
+
+    // A downgrade, refused over the wire too; the stage's keys dropped from
+    // the controller change nothing.
+    p.write("app/main.py", "print('shop v2')\n");
+    let v2 = crate::kit::build_id(&p, "v2");
+    sign(&p, &v2.to_string(), &key, &["--serial", "19"]);
+    stage.trusted_keys.clear();
+    let report = fleet::push(&stage, &ssh, &source, &v2, &Quiet);
+    for (h, r) in hosts.hosts.iter().zip(&report.hosts) {
+        let err = r.error.as_deref().unwrap_or_default();
+        assert!(err.contains("downgrade: serial 19 is below 20"), "{err}");
+        assert_eq!(current(&h.srv.join("shop")), Some(v1.to_string()));
+        assert!(leftovers(&h.srv.join("shop")).is_empty());
+    }
 }
