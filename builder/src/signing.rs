@@ -94,16 +94,19 @@ impl std::fmt::Debug for SigningKey {
 /// Reads a secret key; an encrypted one with the password from
 /// [`PASSWORD_ENV`], else asked for on the terminal.
 pub fn load_key(path: &Path) -> Result<SigningKey, SignError> {
+    load_key_with(path, std::env::var(PASSWORD_ENV).ok())
+}
+
+/// [`load_key`] with the password of an encrypted key given (`None`:
+/// asked for on the terminal).
+pub fn load_key_with(path: &Path, password: Option<String>) -> Result<SigningKey, SignError> {
     let text = fs::read_to_string(path).map_err(io_at(path))?;
     let bad = |message: String| SignError::Key { path: path.to_owned(), message };
     let sk_box = minisign::SecretKeyBox::from_string(&text).map_err(|e| bad(e.to_string()))?;
     let sk = match minisign::SecretKey::from_unencrypted_box(sk_box.clone()) {
         Ok(sk) => sk,
-        Err(_) => {
-            let password = std::env::var(PASSWORD_ENV).ok();
-            minisign::SecretKey::from_box(sk_box, password)
-                .map_err(|e| bad(format!("{e} (the password is read from {PASSWORD_ENV})")))?
-        }
+        Err(_) => minisign::SecretKey::from_box(sk_box, password)
+            .map_err(|e| bad(format!("{e} (the password is read from {PASSWORD_ENV})")))?,
     };
     let pk = minisign::PublicKey::from_secret_key(&sk).map_err(|e| bad(e.to_string()))?;
     let key_id = KeyId(pk.keynum().try_into().map_err(|_| bad("a key id is 8 bytes".into()))?);
@@ -157,5 +160,54 @@ impl Store {
         fs::create_dir_all(dir).map_err(io_at(dir))?;
         atomic::write_atomic(&path, |f| f.write_all(text.as_bytes())).map_err(io_at(&path))?;
         Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statement(serial: u64) -> Statement {
+        Statement { service: "shop".into(), release: ReleaseId::from_bytes([3; 32]), serial, expires: 2_000_000_000 }
+    }
+
+    #[test]
+    fn a_signature_verifies_under_its_key_only_and_not_once_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = keygen(&dir.path().join("a"), None).unwrap();
+        let b = keygen(&dir.path().join("b"), None).unwrap();
+        assert!(matches!(keygen(&dir.path().join("a"), None), Err(SignError::Exists(_))));
+        let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&a.secret).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600);
+        let key = load_key_with(&a.secret, None).unwrap();
+        assert_eq!(key.key_id, a.key_id);
+        let text = key.sign(&statement(7)).unwrap();
+        let trusted_a = TrustedKey::parse(&fs::read_to_string(&a.public).unwrap()).unwrap();
+        let trusted_b = TrustedKey::parse(&b.public_key).unwrap();
+        let sig = signed::parse(text.as_bytes()).unwrap();
+        assert_eq!(sig.statement, statement(7));
+        assert_eq!(sig.verify(std::slice::from_ref(&trusted_a)).unwrap(), a.key_id);
+        assert_eq!(sig.verify(&[trusted_b.clone(), trusted_a.clone()]).unwrap(), a.key_id);
+        assert!(matches!(sig.verify(&[trusted_b]), Err(signed::SignedError::UnknownKey { .. })));
+        // Any field of the statement changed: the trusted comment no longer
+        // matches its global signature, nor the data its signature.
+        for (from, to) in [("serial=7", "serial=8"), ("expires=2000000000", "expires=2000000001"), ("shop", "shoq")] {
+            let changed = signed::parse(text.replace(from, to).as_bytes()).unwrap();
+            assert!(
+                matches!(changed.verify(std::slice::from_ref(&trusted_a)), Err(signed::SignedError::BadSignature(_))),
+                "{from} -> {to}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_encrypted_key_needs_its_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = keygen(dir.path(), Some("hunter2".into())).unwrap();
+        assert!(!fs::read_to_string(&k.secret).unwrap().contains(&k.public_key));
+        let e = load_key_with(&k.secret, Some("wrong".into())).unwrap_err().to_string();
+        assert!(e.contains("Wrong password") && e.contains(PASSWORD_ENV), "{e}");
+        let key = load_key_with(&k.secret, Some("hunter2".into())).unwrap();
+        assert_eq!(key.public_key(), k.public_key);
     }
 }

@@ -282,3 +282,19 @@ fn signatures_and_pins_cross_the_agents_wire() {
         assert!(leftovers(&h.srv.join("shop")).is_empty());
     }
 }
+
+#[test]
+fn a_trusted_key_that_is_not_one_is_refused_at_its_place_in_ferry_toml() {
+    let p = project(&["RWQnot-a-key"]);
+    let line = read(p.path("ferry.toml")).lines().position(|l| l.starts_with("trusted_keys")).unwrap() + 1;
+    let err = p.ferry(["status", "web"]).fails(2);
+    assert!(
+        err.contains(&format!("ferry.toml:{line}:17: stage web: trusted_keys: not a minisign public key")),
+        "{err}"
+    );
+    let keys = tempdir();
+    let (_, public) = keygen(keys.path());
+    let p = project(&[&public, &public]);
+    let err = p.ferry(["status", "web"]).fails(2);
+    assert!(err.contains("trusted_keys lists key") && err.contains("twice"), "{err}");
+}
