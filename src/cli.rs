@@ -316,6 +316,11 @@ pub struct DeployArgs {
     /// As `ferry push --force`.
     #[arg(long)]
     pub force: bool,
+    /// Sign the release once built, before it is pushed (as `ferry sign`).
+    #[arg(long)]
+    pub sign: bool,
+    #[command(flatten)]
+    pub signing: SignArgs,
 }
 
 #[derive(Debug, Args)]

@@ -67,6 +67,9 @@ pub fn run(settings: &Settings, s: &StageSettings, d: &DeploySettings) -> Result
         let what = if built.reused { "unchanged, reused" } else { "built" };
         eprintln!("{what} {} in {:.2}s", built.id.short(12), built.timings.total.as_secs_f64());
     }
+    if let Some(sign) = &d.sign {
+        super::sign::sign_release(settings, &built.id, sign)?;
+    }
 
     let (code, report) = push_release(settings, s, &built.id, "", Verb::Deploy)?;
     let dated = (code == exit::OK && report.ok && s.git.tag)

@@ -128,6 +128,8 @@ pub struct DeploySettings {
     /// The config's directory (the work tree) and its name there.
     pub workdir: PathBuf,
     pub file_name: PathBuf,
+    /// `--sign`: sign the release once built.
+    pub sign: Option<SignSettings>,
 }
 
 /// What `ferry logs` shows of each process.
@@ -273,6 +275,7 @@ impl Settings {
                         allow_dirty: d.allow_dirty,
                         workdir: abs.parent().map(Path::to_path_buf).unwrap_or_default(),
                         file_name: abs.file_name().map(PathBuf::from).unwrap_or_default(),
+                        sign: d.sign.then(|| SignSettings::from(d.signing)),
                     },
                 )
             }

@@ -298,3 +298,30 @@ fn a_trusted_key_that_is_not_one_is_refused_at_its_place_in_ferry_toml() {
     let err = p.ferry(["status", "web"]).fails(2);
     assert!(err.contains("trusted_keys lists key") && err.contains("twice"), "{err}");
 }
+
+#[test]
+fn build_sign_signs_what_it_built_and_inspect_says_by_which_key() {
+    let keys = tempdir();
+    let (key, public) = keygen(keys.path());
+    let p = project(&[&public]);
+    let built = p.ferry(["build", "--quiet", "--version", "v1", "--sign", "--key", key.to_str().unwrap()]).ok();
+    let id = built.stdout.trim();
+    let inspect = p.ferry(["inspect", id, "--json"]).ok().json();
+    let key_id = inspect["signature"]["key_id"].as_str().unwrap().to_owned();
+    assert_eq!(key_id.len(), 16, "{inspect}");
+    assert!(inspect["signature"]["serial"].as_u64().unwrap() > 1_700_000_000, "the time of signing: {inspect}");
+    assert!(p.store.path().join(format!("signatures/{id}.minisig")).exists());
+    // The key from FERRY_SIGNING_KEY, as CI passes it.
+    p.write("app/main.py", "print('v2')\n");
+    let r = crate::kit::run(
+        crate::kit::ferry_cmd()
+            .args(["build", "--quiet", "--version", "v2", "--sign", "--store"])
+            .arg(p.store.path())
+            .arg("-c")
+            .arg(p.path("ferry.toml"))
+            .env("FERRY_SIGNING_KEY", &key),
+    )
+    .ok();
+    p.ferry(["push", "web", r.stdout.trim()]).ok();
+    assert_eq!(journal(&p.path("fleet/web1/srv/shop")).pop().unwrap()["key"], Value::from(key_id));
+}
