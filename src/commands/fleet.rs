@@ -114,6 +114,16 @@ pub(super) fn push_release(
             s.stage.name
         );
     }
+    // Hosts decide (their pinned keys, not ferry.toml's): this only says
+    // early what they will say.
+    if !settings.output.json && !s.stage.trusted_keys.is_empty() && store.signature(&release)?.is_none() {
+        eprintln!(
+            "warning: release {} is not signed, and stage {}'s hosts take only signed releases: sign it (`ferry sign {}`)",
+            release.short(12),
+            s.stage.name,
+            release.short(12)
+        );
+    }
     let hosts = stage.hosts.len() as u64;
     let observer = observer(settings, 2 * hosts);
     let report = fleet::push(stage, s.transport(), &StoreSource(&settings.store), &release, observer.as_ref());
@@ -262,6 +272,15 @@ pub fn status(settings: &Settings, s: &StageSettings) -> Result<u8> {
                             "{:<w$}    {:<20}  {:<9}  pid {:<7}  {}",
                             "", p.name, p.state, p.pid, p.description
                         ))?;
+                    }
+                    if !st.trusted_keys.is_empty() {
+                        let current = st.releases.iter().find(|r| Some(r.id) == st.current);
+                        let signed = match current.map(|r| r.signed_by.as_deref()) {
+                            Some(Some(key)) => format!("; current signed by {key}"),
+                            Some(None) => "; current unsigned (staged before the keys were pinned)".to_owned(),
+                            None => String::new(),
+                        };
+                        output::line(&format!("{:<w$}    trusts keys {}{signed}", "", st.trusted_keys.join(", ")))?;
                     }
                 }
                 Err(e) => output::line(&format!("{host:<w$}  error: {}", error_chain(e)))?,

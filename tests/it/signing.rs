@@ -103,6 +103,9 @@ fn a_host_with_pinned_keys_refuses_unsigned_wrong_key_tampered_expired_and_downg
     set_keys(&p, &[]);
     refused(&p, &host, &v2, "it is not signed");
     set_keys(&p, &[&pub_a]);
+    // With the keys listed, the controller says so before it ships a byte.
+    let err = p.ferry(["push", "web", &v2]).fails(2);
+    assert!(err.contains("is not signed, and stage web's hosts take only signed releases"), "{err}");
 
     // Signed by a key the host does not trust.
     let by_b = sign(&p, &v2, &key_b, &[]);
@@ -133,6 +136,10 @@ fn a_host_with_pinned_keys_refuses_unsigned_wrong_key_tampered_expired_and_downg
     assert_eq!(current(&host).as_deref(), Some(v2.as_str()));
     assert_eq!(read(host.join(".ferry/serial")).trim(), ok["serial"].to_string());
     assert!(leftovers(&host).is_empty());
+    let status = p.ferry(["status", "web"]).ok().stdout;
+    assert!(status.contains(&format!("trusts keys {key_id}; current signed by {key_id}")), "{status}");
+    let json = p.ferry(["status", "web", "--json"]).ok().json();
+    assert_eq!(json["hosts"][0]["status"]["trusted_keys"], serde_json::json!([key_id]), "{json}");
 }
 
 #[test]
