@@ -128,13 +128,16 @@ fn a_host_with_pinned_keys_refuses_unsigned_wrong_key_tampered_expired_and_downg
 
     // Downgraded: a serial below the one v1 came with.
     sign(&p, &v2, &key_a, &["--serial", "5"]);
-    refused(&p, &host, &v2, &format!("downgrade: serial 5 is below {}", signed_v1["serial"]));
+    refused(&p, &host, &v2, &format!("downgrade: serial 5 is not above {}", signed_v1["serial"]));
+    // … or the same serial as v1's, for another release.
+    sign(&p, &v2, &key_a, &["--serial", &signed_v1["serial"].to_string()]);
+    refused(&p, &host, &v2, &format!("downgrade: serial {0} is not above {0}", signed_v1["serial"]));
 
     // Signed properly, it goes.
     let ok = sign(&p, &v2, &key_a, &["--serial", &(signed_v1["serial"].as_u64().unwrap() + 1).to_string()]);
     p.ferry(["push", "web", &v2]).ok();
     assert_eq!(current(&host).as_deref(), Some(v2.as_str()));
-    assert_eq!(read(host.join(".ferry/serial")).trim(), ok["serial"].to_string());
+    assert_eq!(read(host.join(".ferry/serial")).trim(), format!("{} {v2}", ok["serial"]));
     assert!(leftovers(&host).is_empty());
     let status = p.ferry(["status", "web"]).ok().stdout;
     assert!(status.contains(&format!("trusts keys {key_id}; current signed by {key_id}")), "{status}");
@@ -284,7 +287,7 @@ fn signatures_and_pins_cross_the_agents_wire() {
     let report = fleet::push(&stage, &ssh, &source, &v2, &Quiet);
     for (h, r) in hosts.hosts.iter().zip(&report.hosts) {
         let err = r.error.as_deref().unwrap_or_default();
-        assert!(err.contains("downgrade: serial 19 is below 20"), "{err}");
+        assert!(err.contains("downgrade: serial 19 is not above 20"), "{err}");
         assert_eq!(current(&h.srv.join("shop")), Some(v1.to_string()));
         assert!(leftovers(&h.srv.join("shop")).is_empty());
     }

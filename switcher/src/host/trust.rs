@@ -5,14 +5,15 @@
 //! <deploy_to>/.ferry/trusted_keys      the pinned minisign public keys, a line each
 //!                                      (written by `ferry setup`; a push pins them
 //!                                      only on a host that has none)
-//! <deploy_to>/.ferry/serial            the highest serial this host accepted
+//! <deploy_to>/.ferry/serial            the highest serial this host accepted, and its release
 //! releases/<id>/.ferry/signature.minisig   the signature a release was staged with
 //! ```
 //!
 //! With no pinned keys a host takes any release (as before). With keys, a
 //! release is staged only with a signature that a pinned key made, over a
 //! statement that names this release and its service, that has not
-//! expired, and whose serial is not below the highest this host accepted.
+//! expired, and whose serial is above the highest this host accepted (or
+//! equal to it, for the release that came with it).
 //! A release already kept here (a re-push, a rollback) was checked when it
 //! was staged: it is taken without the serial check.
 
@@ -41,7 +42,7 @@ pub enum Refusal {
     OtherService { signed: String, service: String },
     #[error("the signature expired at {} (now {})", time(*.expires), time(*.now))]
     Expired { expires: u64, now: u64 },
-    #[error("downgrade: serial {serial} is below {highest}, the highest this host accepted; to go back to an older release use `ferry rollback`, or sign it again")]
+    #[error("downgrade: serial {serial} is not above {highest}, the highest this host accepted; to go back to an older release use `ferry rollback`, or sign it again")]
     Downgrade { serial: u64, highest: u64 },
 }
 
@@ -131,14 +132,18 @@ impl Host {
         Ok(Pinned { keys: ids(&parsed), changed: true, kept_other: false })
     }
 
-    /// The highest serial this host accepted.
-    pub fn highest_serial(&self) -> Result<u64, HostError> {
+    /// The highest serial this host accepted (0: none), and the release
+    /// it came with: `<serial> <release id>`.
+    pub fn highest_serial(&self) -> Result<(u64, Option<ReleaseId>), HostError> {
         let path = self.serial_path();
-        match fs::read_to_string(&path) {
-            Ok(t) => t.trim().parse().map_err(|_| HostError::Input(format!("{} is damaged: {t:?}", path.display()))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(HostError::Fs(e)),
-        }
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, None)),
+            Err(e) => return Err(HostError::Fs(e)),
+        };
+        let damaged = || HostError::Input(format!("{} is damaged: {text:?}", path.display()));
+        let (serial, id) = text.trim_end().split_once(' ').ok_or_else(damaged)?;
+        Ok((serial.parse().map_err(|_| damaged())?, Some(id.parse().map_err(|_| damaged())?)))
     }
 
     /// Checks release `id` of `service`, about to be staged, against the
@@ -173,8 +178,9 @@ impl Host {
             if now >= st.expires {
                 return Err(refuse(Refusal::Expired { expires: st.expires, now }));
             }
-            let highest = self.highest_serial()?;
-            if st.serial < highest {
+            // Equal only for the same release (staged again after a prune).
+            let (highest, with) = self.highest_serial()?;
+            if st.serial < highest || (st.serial == highest && with.is_some_and(|w| w != *id)) {
                 return Err(refuse(Refusal::Downgrade { serial: st.serial, highest }));
             }
         }
@@ -184,11 +190,12 @@ impl Host {
     /// Records that the host accepted `accepted`: its serial is the lowest
     /// the next release may have.
     pub(crate) fn raise_serial(&self, accepted: &Accepted) -> Result<(), HostError> {
-        if accepted.serial <= self.highest_serial()? {
+        if accepted.serial <= self.highest_serial()?.0 {
             return Ok(());
         }
         let path = self.serial_path();
-        atomic::write_atomic(&path, |f| writeln!(f, "{}", accepted.serial)).map_err(at(&path))
+        let id = accepted.signature.statement.release;
+        atomic::write_atomic(&path, |f| writeln!(f, "{} {id}", accepted.serial)).map_err(at(&path))
     }
 
     /// The signature release `id` was staged with, if it was signed.
