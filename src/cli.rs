@@ -247,6 +247,42 @@ over a ferry.toml unless --force.")]
         #[arg(long)]
         force: bool,
     },
+    /// Make a minisign key pair for signing releases.
+    #[command(after_help = "\
+Examples:
+  FERRY_KEY_PASSWORD=… ferry keygen          ~/.ferry/ferry.key (encrypted) and ferry.pub
+  ferry keygen --out ci-key --no-password    for CI: keep ferry.key in CI's secret store
+
+Prints the public key (for a stage's trusted_keys in ferry.toml) on stdout. The
+secret key is encrypted with the password in FERRY_KEY_PASSWORD unless
+--no-password; an existing key is never written over.")]
+    Keygen {
+        /// Where to write ferry.key and ferry.pub [default: ~/.ferry].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Leave the secret key unencrypted (for CI, where a secret store keeps it).
+        #[arg(long)]
+        no_password: bool,
+    },
+    /// Sign a release in the store, for hosts whose stage has trusted_keys.
+    #[command(after_help = "\
+Examples:
+  ferry sign 9c1e
+  ferry sign v2.1.0 --key ci-key/ferry.key --expires 7d
+  ferry build --sign                 build and sign in one step
+
+Signs the statement `service, release id, serial, expiry` with minisign and keeps
+it in <store>/signatures/<id>.minisig, which a push sends with the release.
+The serial is the time of signing (seconds) unless --serial: a host refuses a
+release whose serial is below the highest it took (use `ferry rollback` to go
+back). Prints the signature's path on stdout.")]
+    Sign {
+        /// The release: id prefix, version label, git tag or commit.
+        #[arg(value_name = "RELEASE")]
+        release: String,
+        #[command(flatten)]
+        signing: SignArgs,
+    },
     /// Print a shell completion script for ferry.
     #[command(after_help = "\
 Examples:
@@ -319,6 +355,11 @@ pub struct DeployArgs {
     /// push --dry-run`; no host is touched and no tag is made.
     #[arg(long)]
     pub dry_run: bool,
+    /// Sign the release once built, before it is pushed (as `ferry sign`).
+    #[arg(long)]
+    pub sign: bool,
+    #[command(flatten)]
+    pub signing: SignArgs,
 }
 
 #[derive(Debug, Args)]
@@ -426,6 +467,10 @@ pub enum HostVerb {
         input: PathBuf,
         #[command(flatten)]
         options: HostOptions,
+        /// The release's minisign signature (`<store>/signatures/<id>.minisig`), checked against the
+        /// keys pinned in <deploy_to>/.ferry/trusted_keys before anything is written.
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
     },
     /// Flip current to a staged release.
     Activate {
@@ -492,6 +537,28 @@ pub struct BuildArgs {
     /// Fail if a virtualenv file cannot be made relocatable.
     #[arg(long)]
     pub strict: bool,
+
+    /// Sign the release once built (as `ferry sign`).
+    #[arg(long)]
+    pub sign: bool,
+
+    #[command(flatten)]
+    pub signing: SignArgs,
+}
+
+/// How to sign a release.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The secret key [default: ~/.ferry/ferry.key]; an encrypted one's password is read from
+    /// FERRY_KEY_PASSWORD.
+    #[arg(long, value_name = "FILE", env = "FERRY_SIGNING_KEY")]
+    pub key: Option<PathBuf>,
+    /// How long hosts take the signature: 30d, 12h…
+    #[arg(long, value_name = "DURATION", default_value = "30d")]
+    pub expires: humantime::Duration,
+    /// The release's serial [default: the time of signing, in seconds].
+    #[arg(long, value_name = "N")]
+    pub serial: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,9 @@ use crate::settings::{BuildSettings, ConfigSource, Settings};
 
 pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
     let (built, steps) = build(settings, b)?;
+    if let Some(s) = &b.sign {
+        super::sign::sign_release(settings, &built.id, s)?;
+    }
     show(settings, &built, &steps)?;
     Ok(exit::OK)
 }

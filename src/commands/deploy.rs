@@ -59,12 +59,16 @@ pub fn run(settings: &Settings, s: &StageSettings, d: &DeploySettings) -> Result
         },
         version,
         strict: false,
+        sign: None,
     };
     let (built, steps) = super::build::build(settings, &build)?;
     if !quiet {
         super::build::say_steps(&steps);
         let what = if built.reused { "unchanged, reused" } else { "built" };
         eprintln!("{what} {} in {:.2}s", built.id.short(12), built.timings.total.as_secs_f64());
+    }
+    if let Some(sign) = &d.sign {
+        super::sign::sign_release(settings, &built.id, sign)?;
     }
 
     if s.dry_run {

@@ -50,6 +50,10 @@ impl ReleaseSource for StoreSource<'_> {
     fn rsync_delta(&self, signature: &Signature, target: &ReleaseId) -> Result<PathBuf, SourceError> {
         Ok(delta::encode_rsync(self.0, signature, target)?.path)
     }
+
+    fn release_signature(&self, id: &ReleaseId) -> Result<Option<String>, SourceError> {
+        Ok(self.0.signature(id)?)
+    }
 }
 
 pub fn push(settings: &Settings, s: &StageSettings, id: Option<&str>) -> Result<u8> {
@@ -86,6 +90,16 @@ pub(super) fn push_release(
             describe(info.as_ref()),
             crate::config::plural(stage.hosts.len(), "host"),
             s.stage.name
+        );
+    }
+    // Hosts decide (their pinned keys, not ferry.toml's): this only says
+    // early what they will say.
+    if !settings.output.json && !s.stage.trusted_keys.is_empty() && store.signature(&release)?.is_none() {
+        eprintln!(
+            "warning: release {} is not signed, and stage {}'s hosts take only signed releases: sign it (`ferry sign {}`)",
+            release.short(12),
+            s.stage.name,
+            release.short(12)
         );
     }
     let hosts = stage.hosts.len() as u64;
@@ -274,6 +288,15 @@ pub fn status(settings: &Settings, s: &StageSettings) -> Result<u8> {
                             "", p.name, p.state, p.pid, p.description
                         ))?;
                     }
+                    if !st.trusted_keys.is_empty() {
+                        let current = st.releases.iter().find(|r| Some(r.id) == st.current);
+                        let signed = match current.map(|r| r.signed_by.as_deref()) {
+                            Some(Some(key)) => format!("; current signed by {key}"),
+                            Some(None) => "; current unsigned (staged before the keys were pinned)".to_owned(),
+                            None => String::new(),
+                        };
+                        output::line(&format!("{:<w$}    trusts keys {}{signed}", "", st.trusted_keys.join(", ")))?;
+                    }
                 }
                 Err(e) => output::line(&format!("{host:<w$}  error: {}", error_chain(e)))?,
             }
@@ -323,7 +346,7 @@ pub fn history(settings: &Settings, s: &StageSettings) -> Result<u8> {
 /// `--install`, then what its init system got. Exit 1 when a host failed
 /// either.
 pub fn setup(settings: &Settings, s: &StageSettings, install: bool) -> Result<u8> {
-    if s.stage.runtime.programs.is_empty() {
+    if s.stage.runtime.programs.is_empty() && s.stage.trusted_keys.is_empty() {
         bail!("ferry.toml has no [programs.<name>]: there is nothing to set up");
     }
     let results: Vec<(String, fleet::Answer<SetUp>, Option<fleet::Answer<Installed>>)> = if install {

@@ -12,6 +12,7 @@ mod inspect;
 mod lb;
 mod preview;
 mod report;
+mod sign;
 
 use std::io::BufReader;
 use std::path::PathBuf;
@@ -43,6 +44,8 @@ pub fn run(settings: &Settings) -> Result<u8> {
         Action::Deploy(s, d) => deploy::run(settings, s, d),
         Action::Host(host, action) => host::run(settings, host, action),
         Action::Init(dir, force) => init::run(dir, *force),
+        Action::Keygen(dir, no_password) => sign::keygen(settings, dir, *no_password),
+        Action::Sign(name, s) => sign::sign(settings, name, s),
         Action::Completions(shell) => {
             // Made whole first, then written as any output is (a closed
             // pipe, `| head`, ends it quietly).

@@ -246,6 +246,9 @@ pub struct StageSection {
     /// Where the dated tag is pushed.
     pub tag_remote: Option<Spanned<String>>,
     pub load_balancer: Option<LoadBalancerSection>,
+    /// Minisign public keys (`RWS…`): the hosts take only releases one of
+    /// them signed. Rotation: list the new key beside the old.
+    pub trusted_keys: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 fn no_host_env() -> Spanned<BTreeMap<String, BTreeMap<String, String>>> {

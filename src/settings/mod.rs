@@ -81,6 +81,29 @@ pub enum Action {
     Agent(PathBuf),
     Completions(clap_complete::Shell),
     Init(PathBuf, bool),
+    /// `ferry keygen`: where, and whether without a password.
+    Keygen(PathBuf, bool),
+    /// `ferry sign`: the release as written, and how.
+    Sign(String, SignSettings),
+}
+
+/// How to sign a release (`ferry sign`, `ferry build --sign`).
+#[derive(Debug, Clone)]
+pub struct SignSettings {
+    pub key: PathBuf,
+    pub expires: std::time::Duration,
+    pub serial: Option<u64>,
+}
+
+impl SignSettings {
+    fn from(s: crate::cli::SignArgs) -> Self {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+        Self {
+            key: s.key.unwrap_or_else(|| home.join(".ferry/ferry.key")),
+            expires: s.expires.into(),
+            serial: s.serial,
+        }
+    }
 }
 
 /// A stage of ferry.toml, as the fleet runs it.
@@ -111,6 +134,8 @@ pub struct DeploySettings {
     /// The config's directory (the work tree) and its name there.
     pub workdir: PathBuf,
     pub file_name: PathBuf,
+    /// `--sign`: sign the release once built.
+    pub sign: Option<SignSettings>,
 }
 
 /// What `ferry logs` shows of each process.
@@ -129,8 +154,8 @@ pub struct LogsSettings {
 /// host's lock.
 #[derive(Debug)]
 pub enum HostAction {
-    /// `None` reads stdin.
-    Stage(Option<PathBuf>, StageOptions),
+    /// `None` reads stdin; then the release's signature file, if given.
+    Stage(Option<PathBuf>, StageOptions, Option<PathBuf>),
     Activate(String, StageOptions),
     Rollback(Option<String>),
     Prune(usize),
@@ -147,6 +172,8 @@ pub struct BuildSettings {
     pub config: ConfigSource,
     pub version: Option<String>,
     pub strict: bool,
+    /// `--sign`: sign the release once built.
+    pub sign: Option<SignSettings>,
 }
 
 #[derive(Debug)]
@@ -199,7 +226,8 @@ impl Settings {
                 if let Some(v) = args.version.as_deref().filter(|v| !valid_version(v)) {
                     anyhow::bail!("--version {v:?} must be {VERSION_RULE}");
                 }
-                Action::Build(BuildSettings { config, version: args.version, strict: args.strict })
+                let sign = args.sign.then(|| SignSettings::from(args.signing));
+                Action::Build(BuildSettings { config, version: args.version, strict: args.strict, sign })
             }
             Command::Inspect(t) => Action::Inspect(Target::parse(&t.target)),
             Command::Verify(t) => Action::Verify(Target::parse(&t.target)),
@@ -255,6 +283,7 @@ impl Settings {
                         allow_dirty: d.allow_dirty,
                         workdir: abs.parent().map(Path::to_path_buf).unwrap_or_default(),
                         file_name: abs.file_name().map(PathBuf::from).unwrap_or_default(),
+                        sign: d.sign.then(|| SignSettings::from(d.signing)),
                     },
                 )
             }
@@ -273,6 +302,11 @@ impl Settings {
             Command::Agent => Action::Agent(agent::to_upload()?),
             Command::Completions { shell } => Action::Completions(shell),
             Command::Init { dir, force } => Action::Init(dir, force),
+            Command::Keygen { out, no_password } => {
+                let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+                Action::Keygen(out.unwrap_or_else(|| home.join(".ferry")), no_password)
+            }
+            Command::Sign { release, signing } => Action::Sign(release, SignSettings::from(signing)),
             Command::Exec(e) => Action::Exec(
                 load_stage(&config_path, &e.stage, &e.narrow)?.0,
                 e.command.join(" "),
@@ -283,7 +317,7 @@ impl Settings {
         // Commands that read bundle files only need no config: a broken
         // ferry.toml in the current directory is none of their business.
         let needs_store = match &action {
-            Action::Build(_) | Action::Bundles | Action::Delta(..) => true,
+            Action::Build(_) | Action::Bundles | Action::Delta(..) | Action::Sign(..) => true,
             Action::Inspect(t) | Action::Verify(t) => matches!(t, Target::Name(_)),
             Action::Diff(a, b) => matches!(a, Target::Name(_)) || matches!(b, Target::Name(_)),
             Action::Push(..)
@@ -299,7 +333,8 @@ impl Settings {
             | Action::AgentHash
             | Action::Agent(_)
             | Action::Completions(_)
-            | Action::Init(..) => false,
+            | Action::Init(..)
+            | Action::Keygen(..) => false,
         };
         let store = match cli.store {
             Some(s) => s,
@@ -388,6 +423,7 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
         force: false,
         load_balancer,
         out_of_rotation: false,
+        trusted_keys: stage.trusted_keys.clone(),
     };
     let groups = config.stages[name]
         .groups
@@ -476,8 +512,8 @@ fn host_action(verb: HostVerb) -> Result<HostAction> {
         })
     };
     Ok(match verb {
-        HostVerb::Stage { input, options: o } => {
-            HostAction::Stage(Some(input).filter(|p| p.as_os_str() != "-"), options(o)?)
+        HostVerb::Stage { input, options: o, signature } => {
+            HostAction::Stage(Some(input).filter(|p| p.as_os_str() != "-"), options(o)?, signature)
         }
         HostVerb::Activate { id, options: o } => HostAction::Activate(id, options(o)?),
         HostVerb::Rollback { to } => HostAction::Rollback(to),

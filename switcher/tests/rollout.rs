@@ -114,6 +114,7 @@ fn fleet() -> Fleet {
         force: false,
         load_balancer: None,
         out_of_rotation: false,
+        trusted_keys: Vec::new(),
     };
     let source = Bundles(bundles);
     let report = fleet::push(&stage, &Local, &source, &v1, &Quiet);

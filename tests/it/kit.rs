@@ -323,6 +323,7 @@ pub fn stage(name: &str, hosts: Vec<HostSpec>) -> Stage {
         force: false,
         load_balancer: None,
         out_of_rotation: false,
+        trusted_keys: Vec::new(),
     }
 }
 

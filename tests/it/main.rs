@@ -27,6 +27,7 @@ mod read;
 mod rsync;
 mod runtime;
 mod setup_install;
+mod signing;
 mod snapshots;
 mod source;
 mod ssh;

@@ -33,7 +33,7 @@ use ferry_formats::journal::Record;
 use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
 
-use crate::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
+use crate::host::{Flipped, HostError, Pinned, Pruned, StageOptions, Staged, Status};
 
 pub use agent::Agent;
 pub use gates::{Gate, Hooks, HttpProbe, Runtime};
@@ -59,6 +59,11 @@ pub trait ReleaseSource: Sync {
     /// The path of an rsync delta to `target` for a host whose content is
     /// known only by its `signature`.
     fn rsync_delta(&self, signature: &Signature, target: &ReleaseId) -> Result<PathBuf, SourceError>;
+    /// The release's minisign signature (see `ferry_formats::signed`), if
+    /// it was signed.
+    fn release_signature(&self, _id: &ReleaseId) -> Result<Option<String>, SourceError> {
+        Ok(None)
+    }
 }
 
 pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
@@ -76,7 +81,12 @@ pub struct HostSpec {
 /// lock from [`Transport::connect`] until they are dropped.
 pub trait Session: Send {
     fn status(&mut self) -> Result<Status, HostError>;
-    fn stage(&mut self, payload: &Path, opts: &StageOptions) -> Result<Staged, HostError>;
+    /// Ships `payload` (a bundle or delta) with the release's `signature`
+    /// (a minisign file's text) and stages it.
+    fn stage(&mut self, payload: &Path, opts: &StageOptions, signature: Option<&str>) -> Result<Staged, HostError>;
+    /// Pins the minisign public `keys` on the host (see
+    /// [`Host::pin_keys`](crate::host::Host::pin_keys)).
+    fn pin_keys(&mut self, keys: &[String], replace: bool) -> Result<Pinned, HostError>;
     fn activate(&mut self, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError>;
     fn rollback(&mut self, to: Option<&ReleaseId>) -> Result<Flipped, HostError>;
     fn prune(&mut self, keep: usize) -> Result<Pruned, HostError>;
@@ -147,4 +157,7 @@ pub struct Stage {
     /// `--out`: the hosts are out of rotation already (checked), and the
     /// push leaves the load balancer's states as they are.
     pub out_of_rotation: bool,
+    /// Minisign public keys the hosts must hold releases to (see
+    /// `host::trust`): a push pins them on a host that has none.
+    pub trusted_keys: Vec<String>,
 }
