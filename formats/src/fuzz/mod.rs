@@ -16,7 +16,7 @@ use crate::release::{Component, ComponentKind, FORMAT_VERSION};
 use crate::signature::{Signature, SignedFile};
 pub mod seeds;
 
-use crate::{journal, BlobHash, Entry, EntryKind, Manifest, RelPath, ReleaseMeta};
+use crate::{journal, signed, BlobHash, Entry, EntryKind, Manifest, RelPath, ReleaseMeta};
 
 /// The most a fuzz input may be: the readers' own caps are larger, and
 /// the fuzzers need not spend their time on megabytes.
@@ -106,6 +106,31 @@ pub fn journal(data: &[u8]) {
     for r in records {
         let (again, none) = journal::parse(&r.to_line());
         assert!(none.is_empty() && again.len() == 1, "a record written back reads");
+    }
+}
+
+/// The public key that signed the committed release-signature seed
+/// (`fuzz/corpus/release_signature/`), the key a fuzzed signature is
+/// verified under.
+pub const SEED_KEY: &str = "RWSLHm9KRyjoqBaRXyXOrAfIPU0WXpahb4QUrZGdj8vCT0gNzlUXkNj+";
+
+/// A release signature (`.minisig` with ferry's statement), then verified
+/// under [`SEED_KEY`]: what reads keeps its text and statement, and only a
+/// signature that verifies says it was made by that key. The same bytes are
+/// also read as a trusted key's text.
+pub fn release_signature(data: &[u8]) {
+    let key = signed::TrustedKey::parse(SEED_KEY).expect("the seed key parses");
+    if let Ok(sig) = signed::parse(data) {
+        assert_eq!(sig.text().as_bytes(), data, "a signature keeps the text it was read from");
+        let line = sig.statement.to_line();
+        let again = signed::Statement::parse(line.as_bytes()).expect("a statement written back reads");
+        assert_eq!(again, sig.statement, "a statement written back reads the same");
+        if let Ok(id) = sig.verify(std::slice::from_ref(&key)) {
+            assert_eq!(id, key.id, "a signature verifies only under its own key");
+        }
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = signed::TrustedKey::parse(text);
     }
 }
 
