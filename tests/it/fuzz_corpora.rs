@@ -12,6 +12,7 @@ type Body = fn(&[u8]);
 
 const TARGETS: &[(&str, Body)] = &[
     ("manifest", ferry_formats::fuzz::manifest),
+    ("manifest_entries", ferry_formats::fuzz::manifest_entries),
     ("release_meta", ferry_formats::fuzz::release_meta),
     ("bundle", ferry_formats::fuzz::bundle),
     ("delta", ferry_formats::fuzz::delta),
