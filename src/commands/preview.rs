@@ -245,12 +245,12 @@ fn ship_text(ship: &Ship, p: &Planned, force: bool) -> String {
         }
         Ship::AlreadyCurrent => "nothing: already current".into(),
         Ship::OnHost => "nothing: the host keeps this release already; it is only flipped".into(),
-        Ship::Delta { bytes } if p.current_missing => format!(
-            "delta, {} — but its current release is not on its disk (removed by hand?): it will refuse the delta and \
-             get the whole bundle too",
+        Ship::Delta { bytes } => format!("delta, {}", sized(*bytes)),
+        Ship::Bundle { bytes } if p.current_missing => format!(
+            "whole bundle, {}: its current release is not on its disk (removed by hand?), so there is no base \
+             for a delta, and a failed push cannot go back to it",
             sized(*bytes)
         ),
-        Ship::Delta { bytes } => format!("delta, {}", sized(*bytes)),
         Ship::Bundle { bytes } => format!("first release: whole bundle, {}", sized(*bytes)),
         Ship::Rsync { bundle_bytes } => format!(
             "rsync delta, size unknown: it runs a release the store does not have, so the push has it sign its \

@@ -57,8 +57,8 @@ pub struct Planned {
     /// Who holds its lock now, if anyone (a push now would be refused there).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub locked_by: Option<String>,
-    /// Its current release is not on its disk (removed by hand): it would
-    /// refuse the delta and get the whole bundle too.
+    /// Its current release is not on its disk (removed by hand): it gets
+    /// the whole bundle, and a failed push cannot go back there.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub current_missing: bool,
 }
@@ -85,7 +85,9 @@ pub fn preview(
                 } else if has(release) {
                     Ship::OnHost
                 } else {
-                    let made = payloads.entry(st.current).or_insert_with(|| payload(source, st.current, release));
+                    // As the push: a current release gone from the disk is no base.
+                    let base = st.current.filter(|c| has(c));
+                    let made = payloads.entry(base).or_insert_with(|| payload(source, base, release));
                     match made {
                         Ok(Payload::File(path, Shipped::Bundle)) => Ship::Bundle { bytes: size(path) },
                         Ok(Payload::File(path, _)) => Ship::Delta { bytes: size(path) },

@@ -261,6 +261,7 @@ fn look(host: &mut Connected, release: &ReleaseId, observer: &dyn Observer) {
     }
     let name = &host.slot.spec.name;
     if let Some(gone) = status.current.filter(|c| !status.releases.iter().any(|r| r.id == *c)) {
+        host.current_gone = true;
         let said = format!(
             "its current release {} is not on disk (removed by hand?): it gets the whole bundle, and cannot go \
              back to {0} if the push fails",

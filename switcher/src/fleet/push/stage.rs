@@ -64,8 +64,9 @@ pub(super) fn stage_all(
         }
     };
     let signature = signature.as_deref();
-    // The delta's base: what the host runs, unless that is the release.
-    let base = |host: &Connected| host.current.filter(|b| b != release);
+    // The delta's base: what the host runs, unless that is the release or
+    // is gone from its disk (then the bundle: there is nothing to sign).
+    let base = |host: &Connected| host.current.filter(|b| b != release && !host.current_gone);
     // One delta per distinct base, made once, before any host is staged.
     let mut payloads: BTreeMap<Option<ReleaseId>, Result<Payload, String>> = BTreeMap::new();
     for host in hosts.iter() {
