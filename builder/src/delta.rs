@@ -9,7 +9,7 @@
 //! delta's size and what a slower level would gain (see [`levels`]). The
 //! format is in `ferry_formats::delta`.
 
-mod levels;
+pub mod levels;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};

@@ -51,6 +51,7 @@ impl Default for Compressor<'_> {
 }
 
 impl<'p> Compressor<'p> {
+    /// A compressor whose context is allocated at its first frame.
     pub fn new() -> Self {
         Self { cctx: zstd_safe::CCtx::create() }
     }
