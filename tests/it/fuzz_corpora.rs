@@ -1,7 +1,7 @@
 //! Every committed fuzz input replayed through the fuzz targets' own code
-//! (`fuzz/`): the minimized corpora (`fuzz/corpus/<target>/`) and every
-//! input a fuzzer once crashed on (`fuzz/regressions/<target>/`), so what
-//! was found stays found.
+//! (`fuzz/`): the minimized corpora (`fuzz/corpus/<target>/`), the named
+//! seeds (`fuzz/seeds/<target>/`) and every input a fuzzer once crashed on
+//! (`fuzz/regressions/<target>/`), so what was found stays found.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -51,6 +51,7 @@ fn every_committed_fuzz_input_replays_without_a_crash() {
         let (n, bad) = replay(&fuzz_dir().join("corpus").join(name), *body);
         assert!(n > 0, "fuzz/corpus/{name} is empty: scripts/fuzz seeds and grows it");
         failed.extend(bad);
+        failed.extend(replay(&fuzz_dir().join("seeds").join(name), *body).1);
         failed.extend(replay(&fuzz_dir().join("regressions").join(name), *body).1);
     }
     assert!(failed.is_empty(), "fuzz inputs that crash their target:\n{}", failed.join("\n"));
@@ -88,11 +89,11 @@ fn the_seed_inputs_are_accepted_by_their_readers() {
     let (records, bad) = journal::parse(&String::from_utf8(seed("journal", "two")).unwrap());
     assert_eq!((records.len(), bad.len()), (2, 0));
     // The committed release signature is verified under the fuzz key.
-    let sig = fs::read(fuzz_dir().join("corpus/release_signature/golden-serial-7")).unwrap();
+    let sig = fs::read(fuzz_dir().join("seeds/release_signature/golden-serial-7")).unwrap();
     let key = ferry_formats::signed::TrustedKey::parse(fuzz::SEED_KEY).unwrap();
     ferry_formats::signed::parse(&sig).unwrap().verify(&[key]).unwrap();
     // The committed agent session seed is all requests the agent reads.
-    let session = fs::read_to_string(fuzz_dir().join("corpus/agent_request/session")).unwrap();
+    let session = fs::read_to_string(fuzz_dir().join("seeds/agent_request/session")).unwrap();
     for line in session.lines() {
         serde_json::from_str::<ferry_switcher::host::serve::Request>(line).unwrap_or_else(|e| panic!("{line}: {e}"));
     }
