@@ -112,7 +112,7 @@ impl Config {
         ferry_switcher::host::check_linked(&all, &configs)
             .map_err(|e| anyhow::anyhow!("{}: [deploy] {e}", path.display()))?;
         for (name, stage) in &raw.stages {
-            stages.insert(name.clone(), check_stage(name, stage.get_ref(), &raw, &linked, &dir, &at)?);
+            stages.insert(name.clone(), check_stage(name, stage.get_ref(), stage.span(), &raw, &linked, &dir, &at)?);
         }
         let mut hooks = hooks(&raw, &at)?;
         if let Some(h) = &hooks.migrate_on {
@@ -234,6 +234,42 @@ mod tests {
         assert!(err.contains("ferry.toml:3:21: compression_level 30"), "{err}");
         let err = parse("service = \"s\"\n[components]\ncode = \"app\"\nmedia = \"app\"\n").unwrap_err().to_string();
         assert!(err.contains("media path \"app\" is already the code component"), "{err}");
+    }
+
+    /// The class the ferry_toml fuzz target found (its input is kept in
+    /// fuzz/regressions/ferry_toml/): checks of a stage's health gates and
+    /// name that said what but not where. Each now names line and column.
+    #[test]
+    fn stage_and_health_errors_say_where() {
+        let stage = "service = \"s\"\n[stages.prod]\nhosts = [\"web1\", \"web2\"]\ntransport = \"local\"\n";
+        let cases = [
+            // A health URL for a host the stage does not have (the fuzzer's input).
+            (
+                format!("{stage}[stages.prod.health.http]\nurl = \"http://{{host}}:8000/\"\nurls = {{ web9 = \"http://x/\" }}\n"),
+                "/srv/svc/ferry.toml:6:7: stage prod: health urls name \"web9\"",
+            ),
+            // One URL without {host} for two hosts.
+            (
+                format!("{stage}[stages.prod.health.http]\nurl = \"http://127.0.0.1:8000/\"\n"),
+                "/srv/svc/ferry.toml:6:7: stage prod: health.http.url",
+            ),
+            (
+                format!("{stage}[stages.prod.health.command]\nrun = \"true\"\ntimeout = 0\n"),
+                "/srv/svc/ferry.toml:7:11: stage prod: health.command.timeout must be at least 1 second",
+            ),
+            (
+                format!("{stage}[stages.prod.health.errors]\nsource = \"load_balancer\"\n"),
+                "/srv/svc/ferry.toml:5:1: stage prod: health.errors has source = \"load_balancer\"",
+            ),
+            (
+                "service = \"s\"\n[stages.\"pr od\"]\nhosts = [\"web1\"]\n".to_owned(),
+                "/srv/svc/ferry.toml:2:1: stage \"pr od\": a stage name is",
+            ),
+        ];
+        for (text, says) in cases {
+            let err = format!("{:#}", parse(&text).unwrap_err());
+            assert!(err.starts_with(says), "{text}\n→ {err}");
+        }
     }
 
     /// Every example config the project ships parses: the fixtures and the

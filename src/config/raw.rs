@@ -168,7 +168,7 @@ pub struct ErrorsSection {
 #[serde(deny_unknown_fields)]
 pub struct CommandSection {
     pub run: String,
-    pub timeout: Option<u64>,
+    pub timeout: Option<Spanned<u64>>,
 }
 
 /// `[deploy]`: how releases live on every host, for every stage.

@@ -96,7 +96,7 @@ pub(super) fn gates(stage: &str, health: &HealthSection, at: &dyn Fn(Range<usize
                 max_excess: rate(e.max_excess, defaults::ERRORS_MAX_EXCESS, "max_excess")?,
                 min_requests: e.min_requests.unwrap_or(defaults::ERRORS_MIN_REQUESTS),
             });
-            return gates_then_command(gates, health, stage);
+            return gates_then_command(gates, health, stage, at);
         }
         gates.push(Gate::Errors {
             probe: HttpProbe {
@@ -114,18 +114,23 @@ pub(super) fn gates(stage: &str, health: &HealthSection, at: &dyn Fn(Range<usize
             min_requests: e.min_requests.unwrap_or(defaults::ERRORS_MIN_REQUESTS),
         });
     }
-    gates_then_command(gates, health, stage)
+    gates_then_command(gates, health, stage, at)
 }
 
 /// `gates` and then the stage's command gate, if any.
-fn gates_then_command(mut gates: Vec<Gate>, health: &HealthSection, stage: &str) -> Result<Vec<Gate>> {
+fn gates_then_command(
+    mut gates: Vec<Gate>,
+    health: &HealthSection,
+    stage: &str,
+    at: &dyn Fn(Range<usize>) -> String,
+) -> Result<Vec<Gate>> {
     if let Some(c) = &health.command {
-        if c.timeout == Some(0) {
-            bail!("stage {stage}: health.command.timeout must be at least 1 second");
+        if let Some(t) = c.timeout.as_ref().filter(|t| *t.get_ref() == 0) {
+            bail!("{}: stage {stage}: health.command.timeout must be at least 1 second", at(t.span()));
         }
         gates.push(Gate::Command {
             run: c.run.clone(),
-            timeout: Duration::from_secs(c.timeout.unwrap_or(defaults::COMMAND_TIMEOUT)),
+            timeout: Duration::from_secs(c.timeout.as_ref().map_or(defaults::COMMAND_TIMEOUT, |t| *t.get_ref())),
         });
     }
     Ok(gates)

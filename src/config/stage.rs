@@ -85,13 +85,14 @@ pub struct Stage {
 pub(super) fn check_stage(
     name: &str,
     stage: &StageSection,
+    span: Range<usize>,
     raw: &FerryToml,
     linked: &Linked,
     dir: &Path,
     at: &dyn Fn(Range<usize>) -> String,
 ) -> Result<Stage> {
     if !valid_env_name(name) {
-        bail!("stage {name:?}: a stage name is letters, digits, '_' or '-'");
+        bail!("{}: stage {name:?}: a stage name is letters, digits, '_' or '-'", at(span));
     }
     let home = || std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(defaults::HOME));
     let expand = |p: &str| match p.strip_prefix("~/") {
@@ -262,15 +263,23 @@ pub(super) fn check_stage(
         }
     }
     for gate in &gates {
+        // Where in ferry.toml: the gate's own table (its url), else the stage.
+        let here = match gate {
+            Gate::Http(_) => stage.health.http.as_ref().map(|h| h.url.span()),
+            Gate::Errors { .. } => stage.health.errors.as_ref().map(toml::Spanned::span),
+            _ => None,
+        }
+        .unwrap_or_else(|| span.clone());
         if let Gate::Http(probe) | Gate::Errors { probe, .. } = gate {
             if let Some(h) = probe.urls.keys().find(|h| !hosts.iter().any(|(n, _)| n == *h)) {
-                bail!("stage {name}: health urls name {h:?}, which is not one of the stage's hosts");
+                bail!("{}: stage {name}: health urls name {h:?}, which is not one of the stage's hosts", at(here));
             }
             let unnamed = hosts.iter().filter(|(n, _)| !probe.urls.contains_key(n)).count();
             if !probe.url.contains("{host}") && unnamed > 1 {
                 bail!(
-                    "stage {name}: health.{}.url {:?} has no {{host}}: {unnamed} hosts would all be probed at the \
+                    "{}: stage {name}: health.{}.url {:?} has no {{host}}: {unnamed} hosts would all be probed at the \
                      same address; put {{host}} in it, or give each host its URL in urls",
+                    at(here),
                     gate.name(),
                     probe.url
                 );
@@ -293,9 +302,11 @@ pub(super) fn check_stage(
         })
         .transpose()?;
     if load_balancer.is_none() && gates.iter().any(|g| matches!(g, Gate::LbErrors { .. })) {
+        let here = stage.health.errors.as_ref().map_or_else(|| span.clone(), toml::Spanned::span);
         bail!(
-            "stage {name}: health.errors has source = \"load_balancer\", and the stage has no \
-             [stages.{name}.load_balancer] to read"
+            "{}: stage {name}: health.errors has source = \"load_balancer\", and the stage has no \
+             [stages.{name}.load_balancer] to read",
+            at(here)
         );
     }
     let tag_format = stage.tag_format.as_ref().map_or(defaults::TAG_FORMAT, |f| f.get_ref().as_str());
