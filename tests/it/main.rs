@@ -24,6 +24,7 @@ mod names;
 mod read;
 mod rsync;
 mod runtime;
+mod s3kit;
 mod setup_install;
 mod snapshots;
 mod source;
