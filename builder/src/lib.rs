@@ -6,6 +6,7 @@
 //!   a release is unpacked.
 //! - [`cache`]: reuse the last build's hashes for files whose stat is unchanged.
 //! - [`store`]: the local directory of bundles.
+//! - [`remote`]: an S3-compatible store behind it: publish, fetch, presign.
 //! - [`git`]: builds from a clean export of a git ref.
 //! - [`steps`]: `[build]` steps run in the tree before it is packed, and their cache.
 
@@ -15,6 +16,7 @@ pub mod delta;
 mod error;
 pub mod git;
 pub mod pyc;
+pub mod remote;
 pub mod steps;
 pub mod store;
 pub mod tags;

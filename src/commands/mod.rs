@@ -9,6 +9,7 @@ mod host;
 mod init;
 mod inspect;
 mod lb;
+mod publish;
 mod report;
 
 use std::io::BufReader;
@@ -41,6 +42,7 @@ pub fn run(settings: &Settings) -> Result<u8> {
         Action::Deploy(s, d) => deploy::run(settings, s, d),
         Action::Host(host, action) => host::run(settings, host, action),
         Action::Init(dir, force) => init::run(dir, *force),
+        Action::Publish(name) => publish::run(settings, name),
         Action::Completions(shell) => {
             // Made whole first, then written as any output is (a closed
             // pipe, `| head`, ends it quietly).

@@ -332,4 +332,11 @@ pub(super) fn each(field: &Option<Spanned<OneOrMany>>) -> Vec<Spanned<String>> {
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
     pub path: Option<String>,
+    /// `s3://bucket/prefix`: an S3-compatible store behind the local one.
+    pub url: Option<Spanned<String>>,
+    pub endpoint: Option<Spanned<String>>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub path_style: bool,
+    pub profile: Option<String>,
 }
