@@ -334,6 +334,7 @@ mod tests {
             result: Outcome::Ok,
             shipped: Shipped::None,
             bytes: 0,
+            fetched: 0,
             seconds: 0.0,
             batch: None,
             staged: true,

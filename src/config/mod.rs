@@ -25,7 +25,7 @@ use defaults::DEFAULT_EXCLUDES;
 use raw::{each, FerryToml};
 use runtime::{hooks, programs};
 use stage::{check_stage, linked_paths};
-pub use stage::{Stage, StageGit, Strategy};
+pub use stage::{FetchFrom, Stage, StageGit, Strategy};
 
 /// A loaded and checked `ferry.toml`.
 #[derive(Debug, Clone)]

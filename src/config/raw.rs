@@ -246,6 +246,11 @@ pub struct StageSection {
     /// Where the dated tag is pushed.
     pub tag_remote: Option<Spanned<String>>,
     pub load_balancer: Option<LoadBalancerSection>,
+    /// Where hosts get the payload: "push" (from the controller, the
+    /// default) or "store" (they download it from `[store] url`).
+    pub fetch: Option<Spanned<String>>,
+    /// How long, in seconds, a host's presigned URL is good for.
+    pub fetch_url_ttl: Option<Spanned<u64>>,
 }
 
 fn no_host_env() -> Spanned<BTreeMap<String, BTreeMap<String, String>>> {

@@ -98,6 +98,8 @@ pub struct StageSettings {
     pub git: crate::config::StageGit,
     /// The directory of ferry.toml, whose git repository `ref` is of.
     pub repo_dir: PathBuf,
+    /// Where the hosts get the payload (`fetch`).
+    pub fetch: crate::config::FetchFrom,
 }
 
 /// `ferry deploy`: the ref as given, and where the config is.
@@ -413,7 +415,8 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    Ok((StageSettings { service: config.service, stage, ssh, groups, lb_state, git, repo_dir }, store))
+    let fetch = config.stages[name].fetch;
+    Ok((StageSettings { service: config.service, stage, ssh, groups, lb_state, git, repo_dir, fetch }, store))
 }
 
 /// The programs, hooks and gates for `hosts`, with host names as ferry.toml

@@ -25,6 +25,7 @@ mod read;
 mod rsync;
 mod runtime;
 mod s3kit;
+mod s3pull;
 mod s3store;
 mod setup_install;
 mod snapshots;

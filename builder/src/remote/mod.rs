@@ -101,7 +101,7 @@ pub enum RemoteError {
     #[error("{key} is not in the store {url}")]
     NotFound { url: String, key: String },
     #[error(
-        "{key} is already in the store {url} with other content (blake3 {theirs}, ours {ours}): objects there \
+        "{key} is already in the store {url} with other content (there: {theirs}; ours: {ours}): objects there \
          never change; remove it by hand if it is damaged"
     )]
     Conflict { url: String, key: String, theirs: String, ours: String },
@@ -250,8 +250,8 @@ impl Remote {
                     Err(RemoteError::Conflict {
                         url: self.spec.url(),
                         key: key.to_string(),
-                        theirs: theirs.to_hex()[..16].to_owned(),
-                        ours: ours.to_hex()[..16].to_owned(),
+                        theirs: format!("blake3 {}", &theirs.to_hex()[..16]),
+                        ours: format!("blake3 {}", &ours.to_hex()[..16]),
                     })
                 }
             }

@@ -200,3 +200,46 @@ impl Store {
         Ok(true)
     }
 }
+
+/// A payload in the remote store, and how a host may read it.
+#[derive(Debug, Clone)]
+pub struct Presigned {
+    /// A GET URL good for the `ttl` it was signed for.
+    pub url: String,
+    /// The payload's blake3, hex.
+    pub blake3: String,
+    pub len: u64,
+}
+
+/// Makes sure the remote of `store` has the file at `path` under `key`
+/// (relative to the prefix), and signs a URL that reads it for `ttl`. A
+/// key already there with the file's length is taken as this content (keys
+/// are content-addressed; the hosts check the hash before they apply a
+/// byte); with another length it is refused.
+pub fn put_for_fetch(
+    store: &Store,
+    key: &str,
+    path: &std::path::Path,
+    ttl: std::time::Duration,
+) -> Result<Presigned, StoreError> {
+    let remote = store.remote_or_err()?;
+    let bytes = fs::read(path).map_err(|source| StoreError::Io { path: path.to_owned(), source })?;
+    let blake3 = blake3::hash(&bytes).to_hex().to_string();
+    let len = bytes.len() as u64;
+    match remote.size(key)? {
+        Some(n) if n == len => {}
+        Some(n) => {
+            return Err(RemoteError::Conflict {
+                url: remote.spec().url(),
+                key: key.to_owned(),
+                theirs: format!("{n} bytes"),
+                ours: format!("{len} bytes"),
+            }
+            .into())
+        }
+        None => {
+            remote.put_bytes(key, bytes, "application/octet-stream")?;
+        }
+    }
+    Ok(Presigned { url: remote.presign_get(key, ttl)?, blake3, len })
+}

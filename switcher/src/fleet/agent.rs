@@ -214,6 +214,11 @@ impl Session for AgentSession {
         self.reply()
     }
 
+    fn stage_fetched(&mut self, fetch: &crate::host::fetch::Fetch, opts: &StageOptions) -> Result<Staged, HostError> {
+        let crate::host::fetch::Fetch { url, blake3, len } = fetch.clone();
+        self.call(Request::Fetch { url, blake3, len, options: opts.clone() })
+    }
+
     fn activate(&mut self, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError> {
         self.call(Request::Activate { id: *id, options: opts.clone() })
     }

@@ -49,6 +49,10 @@ impl Session for LocalSession {
         self.host.stage(self.lock(), &mut file, opts)
     }
 
+    fn stage_fetched(&mut self, fetch: &crate::host::fetch::Fetch, opts: &StageOptions) -> Result<Staged, HostError> {
+        self.host.stage_fetched(self.lock(), fetch, opts)
+    }
+
     fn activate(&mut self, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError> {
         self.host.activate(self.lock(), id, opts)
     }
