@@ -12,9 +12,12 @@
 //!
 //! [`TestHosts::gateway`]: crate::testhosts::TestHosts
 
-use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fs_err as fs;
@@ -157,9 +160,15 @@ impl S3Server {
 
     /// A `[store]` section that uses this server under `prefix`.
     pub fn store_section(&self, prefix: &str) -> String {
+        self.store_section_via(prefix, &self.endpoint)
+    }
+
+    /// A `[store]` section that reaches this server at `endpoint` (a
+    /// [`CuttingProxy`] in front of it).
+    pub fn store_section_via(&self, prefix: &str, endpoint: &str) -> String {
         format!(
-            "[store]\nurl = \"s3://{}/{prefix}\"\nendpoint = \"{}\"\nregion = \"{REGION}\"\npath_style = true\n",
-            self.bucket, self.endpoint
+            "[store]\nurl = \"s3://{}/{prefix}\"\nendpoint = \"{endpoint}\"\nregion = \"{REGION}\"\npath_style = true\n",
+            self.bucket
         )
     }
 }
@@ -176,6 +185,100 @@ fn walkdir(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// A TCP forwarder in front of an [`S3Server`] that cuts short the first
+/// `cuts` presigned downloads (a GET with `X-Amz-Signature` in its URL):
+/// their response headers and `keep` bytes of body go through, then the
+/// connection closes. Everything else passes whole. Stopped on drop.
+#[derive(Debug)]
+pub struct CuttingProxy {
+    /// `http://<addr>:<port>`: the endpoint to give ferry.
+    pub endpoint: String,
+    /// How many downloads it has cut.
+    pub cut: Arc<AtomicUsize>,
+    left: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CuttingProxy {
+    pub fn start(addr: IpAddr, upstream: &S3Server, cuts: usize, keep: usize) -> Self {
+        let port = local_ports(1)[0] as u16;
+        let listener = TcpListener::bind((addr, port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let to: SocketAddr = (upstream.addr, upstream.port).into();
+        let (stop, cut) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let left = Arc::new(AtomicUsize::new(cuts));
+        let (stop2, cut2, left2) = (stop.clone(), cut.clone(), left.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let (left, cut) = (left2.clone(), cut2.clone());
+                        std::thread::spawn(move || forward(client, to, &left, &cut, keep));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        CuttingProxy { endpoint: format!("http://{addr}:{port}"), cut, left, stop, thread: Some(thread) }
+    }
+
+    /// Cuts the next `n` presigned downloads.
+    pub fn cut_next(&self, n: usize) {
+        self.left.store(n, Ordering::SeqCst);
+    }
+}
+
+fn forward(mut client: TcpStream, to: SocketAddr, left: &AtomicUsize, cut: &AtomicUsize, keep: usize) {
+    let _ = client.set_nonblocking(false);
+    let Ok(mut upstream) = TcpStream::connect(to) else { return };
+    let mut first = vec![0u8; 64 * 1024];
+    let n = client.read(&mut first).unwrap_or(0);
+    let head = String::from_utf8_lossy(&first[..n]).into_owned();
+    let cutting = head.starts_with("GET ")
+        && head.lines().next().is_some_and(|l| l.contains("X-Amz-Signature"))
+        && left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1)).is_ok();
+    if upstream.write_all(&first[..n]).is_err() {
+        return;
+    }
+    let (mut c_in, mut u_out) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c_in, &mut u_out);
+    });
+    let mut seen: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match upstream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if !cutting {
+            if client.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            continue;
+        }
+        seen.extend_from_slice(&buf[..n]);
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            let upto = (end + 4 + keep).min(seen.len());
+            let _ = client.write_all(&seen[..upto]);
+            cut.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+    }
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    let _ = upstream.shutdown(std::net::Shutdown::Both);
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Drop for S3Server {

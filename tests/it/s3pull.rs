@@ -19,6 +19,11 @@ use crate::testhosts::TestHosts;
 /// The sample project with an ssh stage `prod` over `hosts` that fetches
 /// from `s3` (under prefix `shop`).
 fn pull_project(hosts: &TestHosts, s3: &S3Server, extra: &str) -> Project {
+    pull_project_via(hosts, &s3.store_section("shop"), extra)
+}
+
+/// [`pull_project`] with its own `[store]` section.
+fn pull_project_via(hosts: &TestHosts, section: &str, extra: &str) -> Project {
     let p = sample_project();
     let list: Vec<String> = hosts.hosts.iter().map(|h| format!("\"root@{}\"", h.addr)).collect();
     let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
@@ -27,7 +32,7 @@ fn pull_project(hosts: &TestHosts, s3: &S3Server, extra: &str) -> Project {
         format!(
             "{toml}\n{}\n[deploy]\ndeploy_to = \"/srv/shop\"\n\n[stages.prod]\ntransport = \"ssh\"\nhosts = [{}]\n\
              env = \"staging\"\nknown_hosts = \"{}\"\nidentity = \"{}\"\nagent = \"{}\"\nfetch = \"store\"\nmax_parallel = 8\n{extra}",
-            s3.store_section("shop"),
+            section,
             list.join(", "),
             hosts.known_hosts.display(),
             hosts.key.display(),
@@ -295,4 +300,38 @@ fn an_expired_url_is_refused_by_the_store_and_nothing_is_staged() {
     let replies = serve(host.path(), &[request(r.presign_get(&key, Duration::from_secs(60)).unwrap())], &[]);
     assert_eq!(replies[1]["ok"], true, "{replies:?}");
     assert_eq!(release_names(host.path()), [v1]);
+}
+
+#[test]
+fn a_download_cut_short_is_tried_again_and_one_cut_short_every_time_is_pushed_instead() {
+    let hosts = TestHosts::start(2);
+    let s3 = S3Server::start_on(hosts.gateway.into());
+    let proxy = crate::s3kit::CuttingProxy::start(hosts.gateway.into(), &s3, 1, 100);
+    let p = pull_project_via(&hosts, &s3.store_section_via("shop", &proxy.endpoint), "");
+    let v1 = build(&p, &s3, "v1");
+    // One download cut short: that host tries again, and fetches it whole.
+    let report = ferry_s3(&p, &s3, &["push", "prod", "--json"]).ok().json();
+    let bundle = fs::metadata(p.store.path().join(format!("bundles/{v1}.tar.zst"))).unwrap().len();
+    assert_eq!(proxy.cut.load(std::sync::atomic::Ordering::SeqCst), 1);
+    for h in rows(&report) {
+        assert_eq!(h["bytes"], 0, "{h}");
+        assert_eq!(h["fetched"], bundle, "{h}");
+    }
+    end_state(&hosts, &v1, &[&v1]);
+
+    // Every attempt cut short (two hosts, three attempts each): pushed.
+    p.write("app/main.py", "print('shop v2')\n");
+    let v2 = build(&p, &s3, "v2");
+    proxy.cut_next(6);
+    let report = ferry_s3(&p, &s3, &["push", "prod", "--json"]).ok().json();
+    assert_eq!(proxy.cut.load(std::sync::atomic::Ordering::SeqCst), 7);
+    let delta = delta_len(&p, &v1, &v2);
+    for h in rows(&report) {
+        let notes = h["notes"].to_string();
+        assert!(notes.contains("the download"), "{h}");
+        assert!(notes.contains(&format!("of {delta} bytes")), "{h}");
+        assert!(notes.contains("pushed the delta instead"), "{h}");
+        assert_eq!(h["bytes"], delta, "{h}");
+    }
+    end_state(&hosts, &v2, &[&v1, &v2]);
 }

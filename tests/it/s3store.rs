@@ -63,9 +63,16 @@ fn a_published_release_is_content_addressed_listed_and_fetched_by_another_contro
     assert!(headers.starts_with("http/1.1 200"), "{headers}");
     assert!(headers.contains("cache-control: public, max-age=31536000, immutable"), "{headers}");
 
-    // Publishing again finds everything there: nothing uploaded, success.
+    // Publishing again finds everything there: nothing uploaded, success;
+    // a signature beside the bundle (the signing hook) goes with it.
+    let sig = p.store.path().join(format!("signatures/{id}.minisig"));
+    fs::create_dir_all(sig.parent().unwrap()).unwrap();
+    fs::write(&sig, "untrusted comment: test\nRWQ...\n").unwrap();
     let again = ferry_s3(&p, &s3, &["publish", "v1", "--json"]).ok().json();
-    assert!(again["objects"].as_array().unwrap().iter().all(|o| o["existed"] == true), "{again}");
+    for o in again["objects"].as_array().unwrap() {
+        assert_eq!(o["existed"], o["key"] != format!("signatures/{id}.minisig").as_str(), "{again}");
+    }
+    assert_eq!(fs::read(s3.object_path(&format!("ci/shop/signatures/{id}.minisig"))).unwrap(), fs::read(&sig).unwrap());
 
     // Another controller, with an empty local store, lists it and resolves
     // an id prefix and the version label against the remote; the first use
@@ -79,6 +86,7 @@ fn a_published_release_is_content_addressed_listed_and_fetched_by_another_contro
     let shown = ferry_s3(&other, &s3, &["inspect", &id[..8], "--json"]).ok().json();
     assert_eq!(shown["id"], id.as_str(), "{shown}");
     assert_eq!(fs::read(other.store.path().join(format!("bundles/{id}.tar.zst"))).unwrap(), local);
+    assert_eq!(fs::read(other.store.path().join(format!("signatures/{id}.minisig"))).unwrap(), fs::read(&sig).unwrap());
     ferry_s3(&other, &s3, &["verify", "v1"]).ok();
     // Listed once, though now in both.
     assert_eq!(ferry_s3(&other, &s3, &["bundles", "--json"]).ok().json().as_array().unwrap().len(), 1);
@@ -235,6 +243,9 @@ fn a_bad_store_section_is_refused_with_its_line_and_column() {
     p.write("ferry.toml", format!("{toml}\n[store]\nurl = \"s3://bucket/x\"\nendpoint = \"minio:9000\"\n"));
     let err = p.ferry(["bundles"]).fails(2);
     assert!(err.contains("[store] endpoint \"minio:9000\" is not an http:// or https:// URL"), "{err}");
+    p.write("ferry.toml", format!("{toml}\n[stages.web]\nhosts = [\"fleet/a\"]\nfetch = \"store\"\n"));
+    let err = p.ferry(["bundles"]).fails(2);
+    assert!(err.contains("fetch = \"store\" needs a remote store: set [store] url"), "{err}");
     // Without a remote, publish says how to get one.
     let p = sample_project();
     let id = crate::kit::build(&p, "v1");
