@@ -287,6 +287,14 @@ impl Store {
     /// if given): see [`mod@self`] for the names and which wins. Every
     /// command that takes a release from the store resolves it here.
     pub fn find(&self, service: Option<&str>, name: &str) -> Result<ReleaseId, StoreError> {
+        // A whole id the local store has is rule 1 whatever the remote
+        // holds: no need to ask it (nor for it to answer).
+        if let Ok(id) = name.parse::<ReleaseId>() {
+            let of_service = || service.is_none_or(|s| self.info(&id).is_ok_and(|i| i.service == s));
+            if self.has_intact(&id) && of_service() {
+                return Ok(id);
+            }
+        }
         let id = self.resolve(service, name)?;
         // Found only in the remote: into the local cache before anyone reads it.
         self.fetch(&id)?;

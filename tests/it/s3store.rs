@@ -231,6 +231,10 @@ fn bad_credentials_a_missing_bucket_and_no_credentials_say_what_and_what_to_do()
     p.write("ferry.toml", toml);
     let err = with(&[]).fails(2);
     assert!(err.contains(&format!("the store s3://ferry-test/shop at {}", s3.endpoint)), "{err}");
+    // A prefix needs the remote's list too; a whole id built here does not.
+    let err = ferry_s3(&p, &s3, &["inspect", &id[..8]]).fails(2);
+    assert!(err.contains("listing"), "{err}");
+    ferry_s3(&p, &s3, &["inspect", &id]).ok();
 }
 
 #[test]

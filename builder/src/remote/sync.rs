@@ -109,6 +109,10 @@ impl Store {
         if !self.has_intact(id) {
             return Err(StoreError::NotLocal { id: *id, store: self.root().to_owned() });
         }
+        // The bucket and the keys, checked before any bundle's bytes go:
+        // a listing fails on either (and a lax server's PUT would make a
+        // missing bucket rather than say so).
+        remote.list("bundles")?;
         let mut objects = Vec::new();
         let mut put = |key: String, path: PathBuf, kind: &str| -> Result<(), StoreError> {
             let bytes = fs::metadata(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?.len();
