@@ -334,6 +334,14 @@ fn a_download_cut_short_is_tried_again_and_one_cut_short_every_time_is_pushed_in
         assert_eq!(h["bytes"], delta, "{h}");
     }
     end_state(&hosts, &v2, &[&v1, &v2]);
+
+    // Downloads whole again; the push's last line says where the bytes came from.
+    p.write("app/extra.py", "X = 2\n");
+    let v3 = build(&p, &s3, "v3");
+    let said = ferry_s3(&p, &s3, &["push", "prod"]).ok().stderr;
+    assert!(said.contains("; shipped 0 B from here, and the hosts fetched "), "{said}");
+    assert!(said.trim_end().ends_with("from the store"), "{said}");
+    end_state(&hosts, &v3, &[&v1, &v2, &v3]);
 }
 
 /// Push against pull on 20 test hosts, base → a release with 4 MiB of new,
