@@ -19,6 +19,7 @@ mod push;
 mod query;
 pub mod report;
 mod rollback;
+pub mod sim;
 mod ssh;
 
 use std::collections::BTreeMap;
