@@ -96,6 +96,7 @@ fn main() -> Result<()> {
         force: false,
         load_balancer: None,
         out_of_rotation: false,
+        trusted_keys: Vec::new(),
     };
     let source = Source(store.clone());
 
@@ -172,7 +173,7 @@ fn main() -> Result<()> {
         let mut session = ssh.connect(&spec, Some("ferry bench"))?;
         let start = Instant::now();
         // Not a bundle: the agent reads the whole payload, then refuses it.
-        let refused = session.stage(&payload, &StageOptions::default());
+        let refused = session.stage(&payload, &StageOptions::default(), None);
         ours.push(start.elapsed().as_secs_f64());
         ensure!(refused.is_err(), "the agent took random bytes for a release");
         drop(session);

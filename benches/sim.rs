@@ -73,6 +73,7 @@ fn stage(sim: &Sim) -> Stage {
         force: false,
         load_balancer: None,
         out_of_rotation: false,
+        trusted_keys: Vec::new(),
     }
 }
 

@@ -93,6 +93,7 @@ Examples:
   ferry push production --json       the per-host report as JSON, for CI
   ferry push staging --force         restart and re-run hooks on hosts already on the release
   ferry push production --out        only the hosts out of the load balancer's rotation
+  ferry push production v2.1.0 --dry-run   what it would ship and change on each host; nothing moves
 
 RELEASE is an id or id prefix (4+ hex digits), a version label, or the git tag
 or commit (7+ hex digits) it was built from, unique among the service's builds
@@ -105,7 +106,14 @@ Each host gets the delta from its current release (the whole bundle when it has
 none), stages it beside the running release, then the hosts flip in the stage's
 batches (default: 1 host, then half, then all). A failure stops the push and
 flips back every host it flipped. Exit 0: all hosts ok; 1: some failed; 2: nothing
-could start.")]
+could start.
+
+--dry-run changes nothing on any host (no lock, staging, journal line or
+restart) and shows, per host: from → to, the bytes it would ship (the deltas are
+made in the store, as the push makes them), files added, changed and removed,
+config files changed in the stage's environment, and packages changed (venv
+dist-info, jars' pom.properties or manifest). Exit 1 when a host could not be
+reached (the others are shown).")]
     Push(PushArgs),
     /// Build a git ref and push it to a stage, in one command (and tag the deployed commit).
     #[command(after_help = "\
@@ -114,6 +122,7 @@ Examples:
   ferry deploy staging               the stage's ref (ferry.toml: ref = \"main\")
   ferry deploy staging 3f2a1b9       a commit, branch or tag
   ferry deploy production stable --json
+  ferry deploy production stable --dry-run   build, then preview the push; no push, no tag
 
 Exports the ref with git archive, builds it (running the [build] steps, whose
 outputs are reused from the build cache when their inputs did not change),
@@ -193,6 +202,18 @@ where it no longer has what ferry set, and the same `out` sets it again.")]
     /// The blake3 of this binary (how the controller checks its agent on a host).
     #[command(hide = true)]
     AgentHash,
+    /// Show the agent ferry uploads to ssh hosts: its size and what it needs of a host.
+    #[command(after_help = "\
+Examples:
+  ferry agent           its path, size (and gzipped), machine, glibc floor, libraries
+  ferry agent --json
+
+An ssh stage without `agent` gets ferry-agent uploaded to each host that lacks
+it, found by FERRY_AGENT, beside ferry, or in cargo's target/agent/ (build it
+with `cargo build -p ferry-agent --profile agent`). It runs on a Linux host of
+its machine whose glibc is at least the one shown (read from the binary's own
+version needs); an older host is refused before anything is sent.")]
+    Agent,
     /// Run a command on a stage's hosts, in the current release with its environment.
     #[command(after_help = "\
 Examples:
@@ -226,6 +247,42 @@ over a ferry.toml unless --force.")]
         /// Write over an existing ferry.toml.
         #[arg(long)]
         force: bool,
+    },
+    /// Make a minisign key pair for signing releases.
+    #[command(after_help = "\
+Examples:
+  FERRY_KEY_PASSWORD=… ferry keygen          ~/.ferry/ferry.key (encrypted) and ferry.pub
+  ferry keygen --out ci-key --no-password    for CI: keep ferry.key in CI's secret store
+
+Prints the public key (for a stage's trusted_keys in ferry.toml) on stdout. The
+secret key is encrypted with the password in FERRY_KEY_PASSWORD unless
+--no-password; an existing key is never written over.")]
+    Keygen {
+        /// Where to write ferry.key and ferry.pub [default: ~/.ferry].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Leave the secret key unencrypted (for CI, where a secret store keeps it).
+        #[arg(long)]
+        no_password: bool,
+    },
+    /// Sign a release in the store, for hosts whose stage has trusted_keys.
+    #[command(after_help = "\
+Examples:
+  ferry sign 9c1e
+  ferry sign v2.1.0 --key ci-key/ferry.key --expires 7d
+  ferry build --sign                 build and sign in one step
+
+Signs the statement `service, release id, serial, expiry` with minisign and keeps
+it in <store>/signatures/<id>.minisig, which a push sends with the release.
+The serial is the time of signing (seconds) unless --serial: a host refuses a
+release whose serial is below the highest it took (use `ferry rollback` to go
+back). Prints the signature's path on stdout.")]
+    Sign {
+        /// The release: id prefix, version label, git tag or commit.
+        #[arg(value_name = "RELEASE")]
+        release: String,
+        #[command(flatten)]
+        signing: SignArgs,
     },
     /// Print a shell completion script for ferry.
     #[command(after_help = "\
@@ -289,6 +346,10 @@ pub struct PushArgs {
     /// load balancer's states are left as they are.
     #[arg(long, conflicts_with_all = ["hosts", "groups"])]
     pub out: bool,
+    /// Change nothing: show per host what the push would ship and change (files, bytes, config,
+    /// packages).
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -306,6 +367,15 @@ pub struct DeployArgs {
     /// As `ferry push --force`.
     #[arg(long)]
     pub force: bool,
+    /// Build the ref (the store keeps the release), then show what pushing it would do, as `ferry
+    /// push --dry-run`; no host is touched and no tag is made.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Sign the release once built, before it is pushed (as `ferry sign`).
+    #[arg(long)]
+    pub sign: bool,
+    #[command(flatten)]
+    pub signing: SignArgs,
 }
 
 #[derive(Debug, Args)]
@@ -413,6 +483,10 @@ pub enum HostVerb {
         input: PathBuf,
         #[command(flatten)]
         options: HostOptions,
+        /// The release's minisign signature (`<store>/signatures/<id>.minisig`), checked against the
+        /// keys pinned in <deploy_to>/.ferry/trusted_keys before anything is written.
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
     },
     /// Flip current to a staged release.
     Activate {
@@ -483,6 +557,27 @@ pub struct BuildArgs {
     /// Then upload the release to the remote store (as `ferry publish`).
     #[arg(long)]
     pub publish: bool,
+    /// Sign the release once built (as `ferry sign`).
+    #[arg(long)]
+    pub sign: bool,
+
+    #[command(flatten)]
+    pub signing: SignArgs,
+}
+
+/// How to sign a release.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The secret key [default: ~/.ferry/ferry.key]; an encrypted one's password is read from
+    /// FERRY_KEY_PASSWORD.
+    #[arg(long, value_name = "FILE", env = "FERRY_SIGNING_KEY")]
+    pub key: Option<PathBuf>,
+    /// How long hosts take the signature: 30d, 12h…
+    #[arg(long, value_name = "DURATION", default_value = "30d")]
+    pub expires: humantime::Duration,
+    /// The release's serial [default: the time of signing, in seconds].
+    #[arg(long, value_name = "N")]
+    pub serial: Option<u64>,
 }
 
 #[derive(Debug, Args)]

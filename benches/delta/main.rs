@@ -2,8 +2,9 @@
 //! against the tools a user would use instead, on the same releases, in the same run.
 //!
 //! Run it with `scripts/bench delta` (it makes the fixture first), or directly:
-//! `cargo bench --bench delta -- DELTA_DIR`, where DELTA_DIR holds `base/` (Django 4.2.10)
-//! and `deps/` (Django 4.2.11), both made by `fixtures/bench/make-release.sh` at the path
+//! `cargo bench --bench delta -- DELTA_DIR`, where DELTA_DIR holds `base/` (Django 4.2.10),
+//! `deps/` (Django 4.2.11) and `bump/` (Django 5.0.14), each made by
+//! `fixtures/bench/make-release.sh` at the path
 //! DELTA_DIR/tree and then renamed: a venv records its path in its bytecode, so trees made
 //! at two paths differ in every `.pyc`. Each release is built from a `cp -a` copy at
 //! DELTA_DIR/tree again. `FERRY_BENCH_RUNS` (default 3) sets the repetitions; medians are
@@ -12,14 +13,17 @@
 //! Releases:
 //! - base: `base/` as made;
 //! - hot:  base with two small app files edited (one line appended to each);
-//! - deps: `deps/`, the same service with Django 4.2.11.
+//! - deps: `deps/`, the same service with Django 4.2.11 (a patch release: 3 files of Django
+//!   change, with their pycs and the dist-info);
+//! - bump: `bump/`, the same service with Django 5.0.14: the many-file dependency bump (about
+//!   800 of Django's files change, with their pycs; and its admin's static files in media/).
 //!
-//! Measured, for base→hot and base→deps:
-//! - encode: `ferry delta` (whole command, wall; `<store>/deltas/` removed first so it
-//!   really encodes), `ferry_builder::delta::one_stream_size` (in-process: one zstd
+//! Measured, for base→hot, base→deps and base→bump:
+//! - encode: `ferry delta` (whole command, wall and CPU time; `<store>/deltas/` removed first
+//!   so it really encodes), `ferry_builder::delta::one_stream_size` (in-process: one zstd
 //!   stream over all changed files, compression time only), `xdelta3 -e -9` and
 //!   `zstd --patch-from --long=N` (default level 3, one thread) on the two bundles
-//!   decompressed (ferry bundles are reproducible tars), and `rsync -a --no-whole-file -z
+//!   decompressed (xdelta3's CPU time too) (ferry bundles are reproducible tars), and `rsync -a --no-whole-file -z
 //!   --delete --stats` of the target tree onto a `cp -a` copy of the base tree ("Total
 //!   bytes sent"; a local rsync with --no-whole-file still runs its delta algorithm);
 //! - apply: `ferry host stage <delta>` onto a host holding base (every file is verified:
@@ -85,8 +89,9 @@ impl Bench<'_> {
 
 fn main() -> Result<()> {
     let (dir, runs) = args()?;
-    let (base_src, deps_src, build_at) = (dir.join("base"), dir.join("deps"), dir.join("tree"));
-    for tree in [&base_src, &deps_src] {
+    let (base_src, deps_src, bump_src) = (dir.join("base"), dir.join("deps"), dir.join("bump"));
+    let build_at = dir.join("tree");
+    for tree in [&base_src, &deps_src, &bump_src] {
         ensure!(tree.join("ferry.toml").is_file(), "{} has no ferry.toml; is it a bench fixture?", tree.display());
     }
     let ferry = Path::new(env!("CARGO_BIN_EXE_ferry"));
@@ -94,10 +99,11 @@ fn main() -> Result<()> {
     let started = Instant::now();
 
     println!(
-        "fixture: {} (base: Django {}, deps: Django {}; every release built at {})",
+        "fixture: {} (base: Django {}, deps: Django {}, bump: Django {}; every release built at {})",
         dir.display(),
         marker(&dir, "base"),
         marker(&dir, "deps"),
+        marker(&dir, "bump"),
         build_at.display()
     );
     println!("ferry: {}", ferry.display());
@@ -110,18 +116,23 @@ fn main() -> Result<()> {
     let s = scratch.path();
     let store = s.join("store");
 
-    // --- the three releases, built untimed into one store ---------------------------------
+    // --- the four releases, built untimed into one store ----------------------------------
     remove_bench_tree(&build_at)?;
     let hot_tree = s.join("tree-hot");
     let base = build(ferry, &base_src, &build_at, &store, "base", &[], &s.join("tree-base"))?;
     let hot = build(ferry, &base_src, &build_at, &store, "hot", &HOT_EDITS, &hot_tree)?;
     let deps = build(ferry, &deps_src, &build_at, &store, "deps", &[], &s.join("tree-deps"))?;
-    let releases = [&base, &hot, &deps];
+    let bump = build(ferry, &bump_src, &build_at, &store, "bump", &[], &s.join("tree-bump"))?;
+    let releases = [&base, &hot, &deps, &bump];
     let (tars, long) = decompress(s, &releases)?;
     let bench = Bench { ferry, scratch: s, store, tars, long, runs };
     report::releases(&bench, &releases)?;
 
-    let cases = [Case::new("hot", &base, &hot, &hot_tree), Case::new("deps", &base, &deps, &deps_src)];
+    let cases = [
+        Case::new("hot", &base, &hot, &hot_tree),
+        Case::new("deps", &base, &deps, &deps_src),
+        Case::new("bump", &base, &bump, &bump_src),
+    ];
     let mut results: Vec<Results> = cases.iter().map(|_| Results::default()).collect();
     warm_up(&bench, &releases)?;
 
@@ -164,7 +175,7 @@ fn args() -> Result<(PathBuf, usize)> {
 
 /// Decompresses each release's bundle to `<scratch>/tars/<label>.tar`; returns that
 /// directory and the smallest zstd window log that covers the largest tar.
-fn decompress(scratch: &Path, releases: &[&Release; 3]) -> Result<(PathBuf, u32)> {
+fn decompress(scratch: &Path, releases: &[&Release]) -> Result<(PathBuf, u32)> {
     let tars = scratch.join("tars");
     fs_err::create_dir(&tars)?;
     let tar_of = |r: &Release| tars.join(format!("{}.tar", r.label));
@@ -172,14 +183,14 @@ fn decompress(scratch: &Path, releases: &[&Release; 3]) -> Result<(PathBuf, u32)
         run(Command::new("zstd").args(["-dcq", "-o"]).arg(tar_of(r)).arg(&r.bundle))?;
     }
     let tar_sizes: Vec<u64> = releases.iter().map(|r| file_size(&tar_of(r))).collect::<Result<_>>()?;
-    let max_tar = *tar_sizes.iter().max().expect("three tars");
+    let max_tar = *tar_sizes.iter().max().context("no releases")?;
     // The smallest window that covers the reference, as encoder and decoder both need it.
     let long = (64 - (max_tar - 1).leading_zeros()).max(27);
     Ok((tars, long))
 }
 
 /// Untimed warm-up: the tars, every tool's binary.
-fn warm_up(bench: &Bench<'_>, releases: &[&Release; 3]) -> Result<()> {
+fn warm_up(bench: &Bench<'_>, releases: &[&Release]) -> Result<()> {
     for r in releases {
         run(Command::new("cat").arg(bench.tar_of(r)).stdout(Stdio::null()))?;
     }

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::fixture::{Case, Release};
 use crate::tools::{
-    count_files, ferry_cmd, file_size, max_rss, num, patch_from, remove_if_exists, rotated, run, same_file, set_aside,
-    settle, slash, stage, stat, untar, Staged,
+    count_files, ferry_cmd, file_size, max_rss, num, patch_from, remove_if_exists, rotated, run, run_cpu, same_file,
+    set_aside, settle, slash, stage, stat, untar, Staged,
 };
 use crate::{Bench, RSYNC_FLAGS};
 
@@ -34,6 +34,8 @@ enum Apply {
 #[derive(Debug)]
 pub struct FerryDelta {
     pub wall: Duration,
+    /// User + system CPU time of the command.
+    pub cpu: Duration,
     pub bytes: u64,
     pub patches: u64,
     pub literals: u64,
@@ -64,7 +66,8 @@ pub struct Rss {
 pub struct Results {
     pub ferry: Vec<FerryDelta>,
     pub one_stream: Vec<(Duration, u64)>,
-    pub xdelta: Vec<(Duration, u64)>,
+    /// Wall, bytes, CPU time.
+    pub xdelta: Vec<(Duration, u64, Duration)>,
     pub zstd: Vec<(Duration, u64)>,
     pub rsync: Vec<Rsync>,
     pub stage: Vec<(Duration, Staged)>,
@@ -94,8 +97,8 @@ pub fn encode(bench: &Bench<'_>, cases: &[Case<'_>], results: &mut [Results]) ->
                 match tool {
                     Encoder::Ferry => res.ferry.push(ferry_delta(bench, case, i, &delta_files[c])?),
                     Encoder::Xdelta => {
-                        let (wall, _) = run(&mut xdelta_encode(bench, case, &vcdiff))?;
-                        res.xdelta.push((wall, file_size(&vcdiff)?));
+                        let (wall, cpu, _) = run_cpu(&mut xdelta_encode(bench, case, &vcdiff))?;
+                        res.xdelta.push((wall, file_size(&vcdiff)?, cpu));
                     }
                     Encoder::Zstd => {
                         let (wall, _) = run(&mut zstd_encode(bench, case, &zst))?;
@@ -112,11 +115,13 @@ pub fn encode(bench: &Bench<'_>, cases: &[Case<'_>], results: &mut [Results]) ->
 fn ferry_delta(bench: &Bench<'_>, case: &Case<'_>, i: usize, kept: &Path) -> Result<FerryDelta> {
     remove_if_exists(&bench.store.join("deltas"))?;
     settle()?;
-    let (wall, out) = run(ferry_cmd(bench.ferry)
-        .args(["delta", "--json", "--quiet", "--store"])
-        .arg(&bench.store)
-        .arg(case.base.id.to_hex())
-        .arg(case.target.id.to_hex()))?;
+    let (wall, cpu, out) = run_cpu(
+        ferry_cmd(bench.ferry)
+            .args(["delta", "--json", "--quiet", "--store"])
+            .arg(&bench.store)
+            .arg(case.base.id.to_hex())
+            .arg(case.target.id.to_hex()),
+    )?;
     let json: Value = serde_json::from_slice(&out).context("ferry delta --json printed no JSON")?;
     ensure!(
         json.get("cached").and_then(Value::as_bool) == Some(false),
@@ -129,6 +134,7 @@ fn ferry_delta(bench: &Bench<'_>, case: &Case<'_>, i: usize, kept: &Path) -> Res
     ensure!(file_size(kept)? == bytes, "{path} is not the {bytes} bytes ferry delta reported");
     Ok(FerryDelta {
         wall,
+        cpu,
         bytes,
         patches: num(&json, "patches")?,
         literals: num(&json, "literals")?,
@@ -277,7 +283,10 @@ pub fn apply(
     let trash = s.join("trash");
     fs_err::create_dir(&trash)?;
     let mut cp_al: Vec<Duration> = Vec::new();
-    let tasks = [Apply::Stage(0), Apply::Stage(1), Apply::CpAl, Apply::Untar(0), Apply::Untar(1), Apply::Bundle(1)];
+    let mut tasks: Vec<Apply> = (0..cases.len()).map(Apply::Stage).collect();
+    tasks.push(Apply::CpAl);
+    tasks.extend((0..cases.len()).map(Apply::Untar));
+    tasks.push(Apply::Bundle(1));
     for i in 0..bench.runs {
         for task in rotated(&tasks, i) {
             match task {

@@ -91,6 +91,37 @@ pub fn run(cmd: &mut Command) -> Result<(Duration, Vec<u8>)> {
     Ok((wall, out.stdout))
 }
 
+/// Runs a command to success like [`run`]; also returns its CPU time (user + system, from
+/// this process's waited-for children's times in /proc/self/stat, in clock ticks).
+pub fn run_cpu(cmd: &mut Command) -> Result<(Duration, Duration, Vec<u8>)> {
+    let before = children_cpu()?;
+    let (wall, out) = run(cmd)?;
+    Ok((wall, children_cpu()? - before, out))
+}
+
+/// The user + system time of this process's waited-for children so far.
+fn children_cpu() -> Result<Duration> {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100)
+    });
+    let stat = fs_err::read_to_string("/proc/self/stat")?;
+    // The fields after the command name, which is in parentheses: cutime and cstime are
+    // the 16th and 17th of the line.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("/proc/self/stat has no ')'")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> Result<u64> {
+        fields.get(i).and_then(|f| f.parse().ok()).with_context(|| format!("/proc/self/stat: no field {}", i + 3))
+    };
+    let total = field(13)? + field(14)?;
+    Ok(Duration::from_micros(total * 1_000_000 / ticks))
+}
+
 pub fn ferry_cmd(ferry: &Path) -> Command {
     let mut cmd = Command::new(ferry);
     cmd.env_remove("FERRY_CONFIG").env_remove("FERRY_STORE").env_remove("FERRY_DEPLOY_TO");

@@ -418,18 +418,16 @@ impl Context {
         let mode = file_mode(f)?;
         let stamp = Stamp::of(&f.meta);
         let (treatment, dep) = self.treatment(&f.rel);
-        buf.clear();
-        buf.reserve(stamp.size as usize + 1);
         let file = fs::File::open(&f.abs).map_err(BuildError::Fs)?;
         // The size is known from the walk; a bounded read spares a stat per file.
-        io::Read::read_to_end(&mut io::Read::take(file, stamp.size + 1), buf).map_err(BuildError::Fs)?;
-        if buf.len() as u64 != stamp.size {
+        let len = read_up_to(file, stamp.size as usize + 1, buf).map_err(BuildError::Fs)?;
+        if len as u64 != stamp.size {
             return Err(BuildError::Io {
                 path: f.abs.clone(),
                 source: io::Error::other("the file changed size while it was read; build again"),
             });
         }
-        let (content, note) = self.transform(f, treatment, dep.as_ref(), buf);
+        let (content, note) = self.transform(f, treatment, dep.as_ref(), &buf[..len]);
         let hash = files
             .file(&f.rel, mode, &content)
             .map_err(|source| BuildError::Write { path: bundles.to_path_buf(), source })?;
@@ -469,6 +467,27 @@ impl Context {
             }
         }
     }
+}
+
+/// Reads `file` into the start of `buf`, up to `limit` bytes or its end, and
+/// returns how many bytes it read. `buf` only grows (zeroed once, as it
+/// grows), and what lies beyond the bytes read is left over from earlier
+/// files: `read_to_end` would zero the spare room on every call, which was 2%
+/// of a cold build's instructions.
+fn read_up_to(mut file: impl io::Read, limit: usize, buf: &mut Vec<u8>) -> io::Result<usize> {
+    if buf.len() < limit {
+        buf.resize(limit, 0);
+    }
+    let mut filled = 0;
+    while filled < limit {
+        match file.read(&mut buf[filled..limit]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// Venv files that name the build path but are never read by Python:

@@ -5,8 +5,11 @@
 //! the file at the same path once version-like digit runs are ignored (so
 //! `django-4.2.10.dist-info/RECORD` patches against
 //! `django-4.2.11.dist-info/RECORD`) — or on its own when no base file
-//! matches. Files are encoded in parallel. The format is in
-//! `ferry_formats::delta`.
+//! matches. Files are encoded in parallel, each at a level chosen by the
+//! delta's size and what a slower level would gain (see [`levels`]). The
+//! format is in `ferry_formats::delta`.
+
+pub mod levels;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
@@ -14,23 +17,15 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ferry_formats::bundle::{self, Head, ReadError, Visitor};
-use ferry_formats::delta::{self, Ends, Op};
+use ferry_formats::delta::{self, Compressor, Ends, Op};
 use ferry_formats::signature::Signature;
 use ferry_formats::{atomic, BlobHash, Entry, EntryKind, Manifest, ReleaseId};
 use fs_err as fs;
 use rayon::prelude::*;
 
+pub use levels::{Levels, HEAD, LEVEL};
+
 use crate::{Store, StoreError};
-
-/// zstd level for patches and literals: deltas are encoded once and shipped
-/// to every host, so they are worth the slower level.
-pub const LEVEL: i32 = 19;
-
-/// zstd level for the head: the manifest against the base's. On the
-/// benchmark release (10,000 entries, Django 4.2.10 → 4.2.11) the whole delta
-/// is 3,682 bytes at level 19 in 0.63 s, 3,703 at 16 in 0.31 s, 3,866 at 12
-/// in 0.26 s — and 186 KB at 3, whose matcher loses the 1 MB prefix.
-pub const HEAD_LEVEL: i32 = 16;
 
 /// A delta in the store.
 #[derive(Debug, Clone)]
@@ -223,22 +218,25 @@ impl Plan {
                     || collect(store, &self.target.id, &want_target),
                 )
             },
-            || delta::encode_head(&self.base, &self.target, HEAD_LEVEL),
+            || delta::encode_head(&self.base, &self.target, HEAD),
         );
         let (base_blobs, target_blobs) = (base_blobs?, target_blobs?);
         let head = head.map_err(|source| DeltaBuildError::Encode { path: "the head".into(), source })?;
+        let content: u64 = self.ops.iter().map(|(t, _)| file_size(&self.target.manifest.entries()[*t])).sum();
+        let levels = Levels::for_content(content);
+        // The global pool has one thread a core, and each op is one thread's work.
         let ops = self
             .ops
             .par_iter()
-            .map(|&(t, r)| {
+            .map_init(Compressor::new, |z, &(t, r)| {
                 let entry = &self.target.manifest.entries()[t];
                 let content = &target_blobs[file_hash(entry)];
                 let result = match r {
                     Some(r) => {
                         let reference = &base_blobs[file_hash(&self.base.manifest.entries()[r])];
-                        delta::compress(content, reference, LEVEL).map(|data| Op::Patch { reference: r, data })
+                        levels.compress(z, content, reference).map(|data| Op::Patch { reference: r, data })
                     }
-                    None => delta::compress(content, &[], LEVEL).map(|data| Op::Literal { data }),
+                    None => levels.compress(z, content, &[]).map(|data| Op::Literal { data }),
                 };
                 result.map_err(|source| DeltaBuildError::Encode { path: entry.path.to_string(), source })
             })
@@ -250,6 +248,13 @@ impl Plan {
 fn file_hash(e: &Entry) -> &BlobHash {
     match &e.kind {
         EntryKind::File { hash, .. } => hash,
+        _ => unreachable!("delta ops and references are files"),
+    }
+}
+
+fn file_size(e: &Entry) -> u64 {
+    match &e.kind {
+        EntryKind::File { size, .. } => *size,
         _ => unreachable!("delta ops and references are files"),
     }
 }
@@ -336,7 +341,7 @@ pub fn one_stream_size(
         .collect();
     let data = delta::compress(&content, &prefix, LEVEL)
         .map_err(|source| DeltaBuildError::Encode { path: "one stream".into(), source })?;
-    let head = delta::encode_head(&plan.base, &plan.target, HEAD_LEVEL)
+    let head = delta::encode_head(&plan.base, &plan.target, HEAD)
         .map_err(|source| DeltaBuildError::Encode { path: "the head".into(), source })?;
     Ok(((data.len() + head.len() + 76 + 32) as u64, start.elapsed()))
 }
@@ -382,9 +387,10 @@ pub fn encode_rsync(store: &Store, signature: &Signature, target: &ReleaseId) ->
     }
     let want: HashSet<&BlobHash> = needed.iter().map(|e| file_hash(e)).collect();
     let blobs = collect(store, target, &want)?;
+    let levels = Levels::for_content(needed.iter().map(|e| file_size(e)).sum());
     let ops = needed
         .par_iter()
-        .map(|entry| {
+        .map_init(Compressor::new, |z, entry| {
             let content = &blobs[file_hash(entry)];
             let encode_error = |source| DeltaBuildError::Encode { path: entry.path.to_string(), source };
             match reference(entry) {
@@ -395,14 +401,14 @@ pub fn encode_rsync(store: &Store, signature: &Signature, target: &ReleaseId) ->
                     let mut diff = Vec::new();
                     fast_rsync::diff(&parsed.index(), content, &mut diff)
                         .map_err(|e| encode_error(io::Error::other(e)))?;
-                    let data = delta::compress(&diff, &[], LEVEL).map_err(encode_error)?;
+                    let data = levels.compress(z, &diff, &[]).map_err(encode_error)?;
                     Ok(Op::Rsync { reference: r, data })
                 }
-                None => Ok(Op::Literal { data: delta::compress(content, &[], LEVEL).map_err(encode_error)? }),
+                None => Ok(Op::Literal { data: levels.compress(z, content, &[]).map_err(encode_error)? }),
             }
         })
         .collect::<Result<Vec<_>, DeltaBuildError>>()?;
-    let head_frame = delta::encode_head_rsync(signature, &head, HEAD_LEVEL)
+    let head_frame = delta::encode_head_rsync(signature, &head, HEAD)
         .map_err(|source| DeltaBuildError::Encode { path: "the head".into(), source })?;
     let dir = store.root().join("deltas");
     fs::create_dir_all(&dir).map_err(|source| DeltaBuildError::Write { path: dir.clone(), source })?;
@@ -415,4 +421,135 @@ pub fn encode_rsync(store: &Store, signature: &Signature, target: &ReleaseId) ->
     .map_err(|source| DeltaBuildError::Write { path: path.clone(), source })?;
     let patches = ops.iter().filter(|o| matches!(o, Op::Rsync { .. })).count();
     Ok(Encoded { path, bytes, patches, literals: ops.len() - patches, reused, made: true, elapsed: start.elapsed() })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ferry_formats::bundle::WriteOptions;
+    use ferry_formats::release::FORMAT_VERSION;
+    use ferry_formats::{Component, ComponentKind, RelPath, ReleaseMeta};
+
+    use super::*;
+
+    /// Text-like bytes: words drawn by a xorshift from a small vocabulary.
+    fn text(seed: u64, n: usize) -> Vec<u8> {
+        let words = ["def ", "return ", "self", ".value", "(x)", " = ", "msgid ", "django", "\n", "    "];
+        let mut x = seed.max(1);
+        let mut out = Vec::with_capacity(n + 8);
+        while out.len() < n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(words[(x % words.len() as u64) as usize].as_bytes());
+        }
+        out.truncate(n);
+        out
+    }
+
+    /// A release of `files` (component `app`), written as a bundle into the store.
+    fn release(store: &Store, version: &str, files: &BTreeMap<String, Vec<u8>>) -> Head {
+        let mut entries: Vec<Entry> = files
+            .iter()
+            .map(|(p, c)| Entry {
+                path: RelPath::new(p).unwrap(),
+                kind: EntryKind::File { mode: 0o644, size: c.len() as u64, hash: BlobHash::of(c) },
+            })
+            .collect();
+        for dir in ["app", "app/lib", "app/new"] {
+            entries.push(Entry { path: RelPath::new(dir).unwrap(), kind: EntryKind::Dir { mode: 0o755 } });
+        }
+        let app = Component { kind: ComponentKind::Code, path: RelPath::new("app").unwrap(), environments: vec![] };
+        let meta = ReleaseMeta {
+            format: FORMAT_VERSION,
+            service: "shop".into(),
+            version: Some(version.into()),
+            git: None,
+            components: vec![app],
+        };
+        let head = Head::new(Manifest::from_entries(entries).unwrap(), meta).unwrap();
+        store.prepare().unwrap();
+        let out = fs::File::create(store.bundle_path(&head.id)).unwrap();
+        let opts = WriteOptions { level: 3, workers: 1 };
+        bundle::write(out, &head, &opts, |e| Ok(io::Cursor::new(files[e.path.as_str()].clone()))).unwrap();
+        head
+    }
+
+    /// A dependency bump: `n` files of 8 KiB, most edited here and there, some new.
+    fn bump(n: u64) -> (BTreeMap<String, Vec<u8>>, BTreeMap<String, Vec<u8>>) {
+        let (mut old, mut new) = (BTreeMap::new(), BTreeMap::new());
+        for i in 0..n {
+            let content = text(i + 1, 8192);
+            let mut edited = content.clone();
+            for at in
+                (usize::try_from(i).unwrap() % 97..edited.len()).step_by(300 + 40 * usize::try_from(i % 7).unwrap())
+            {
+                edited[at] ^= 0x20;
+            }
+            old.insert(format!("app/lib/m{i:04}.py"), content);
+            new.insert(format!("app/lib/m{i:04}.py"), edited);
+        }
+        for i in 0..n / 10 {
+            new.insert(format!("app/new/n{i:04}.po"), text(10_000 + i, 4096));
+        }
+        (old, new)
+    }
+
+    /// The delta's bytes, encoded anew on a pool of `threads` threads.
+    fn encoded_on(threads: usize, store: &Store, base: &ReleaseId, target: &ReleaseId) -> Vec<u8> {
+        let _ = fs::remove_dir_all(store.root().join("deltas"));
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let encoded = pool.install(|| encode(store, base, target)).unwrap();
+        assert!(encoded.made);
+        fs::read(&encoded.path).unwrap()
+    }
+
+    #[test]
+    fn parallel_encoding_gives_the_bytes_of_one_thread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        // 300 files of 8 KiB: more content than a small delta's, so each op's level is chosen.
+        let (old, new) = bump(300);
+        let content: u64 = new.iter().filter(|(p, c)| old.get(*p) != Some(c)).map(|(_, c)| c.len() as u64).sum();
+        assert_eq!(Levels::for_content(content), Levels::ByGain, "{content} bytes of ops");
+        let (base, target) = (release(&store, "1", &old), release(&store, "2", &new));
+        let serial = encoded_on(1, &store, &base.id, &target.id);
+        for threads in [2, 4] {
+            assert!(serial == encoded_on(threads, &store, &base.id, &target.id), "{threads} threads differ from one");
+        }
+        // And the delta gives every target file back.
+        let parsed = delta::read(&mut &serial[..], &base).unwrap();
+        let needed = delta::needed(&base.manifest, &target.manifest);
+        assert_eq!(parsed.ops.len(), needed.len());
+        for (op, entry) in parsed.ops.iter().zip(&needed) {
+            let reference = match op {
+                Op::Patch { reference, .. } => Some(&old[base.manifest.entries()[*reference].path.as_str()][..]),
+                _ => None,
+            };
+            assert_eq!(op.decode(entry, reference).unwrap(), new[entry.path.as_str()], "{}", entry.path);
+        }
+    }
+
+    #[test]
+    fn a_small_delta_is_level_19_throughout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let (old, new) = bump(20);
+        let (base, target) = (release(&store, "1", &old), release(&store, "2", &new));
+        let bytes = encoded_on(2, &store, &base.id, &target.id);
+        let parsed = delta::read(&mut &bytes[..], &base).unwrap();
+        let needed = delta::needed(&base.manifest, &target.manifest);
+        for (op, entry) in parsed.ops.iter().zip(&needed) {
+            let content = &new[entry.path.as_str()];
+            let (data, want) = match op {
+                Op::Patch { reference, data } => {
+                    let prefix = &old[base.manifest.entries()[*reference].path.as_str()];
+                    (data, delta::compress(content, prefix, LEVEL).unwrap())
+                }
+                Op::Literal { data } | Op::Rsync { data, .. } => (data, delta::compress(content, &[], LEVEL).unwrap()),
+            };
+            assert!(*data == want, "{} is not level {LEVEL}'s frame", entry.path);
+        }
+    }
 }

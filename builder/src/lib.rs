@@ -8,6 +8,8 @@
 //! - [`store`]: the local directory of bundles.
 //! - [`remote`]: an S3-compatible store behind it: publish, fetch, presign.
 //! - [`git`]: builds from a clean export of a git ref.
+//! - [`packages`]: the Python packages and jars a release carries, and how two differ.
+//! - [`signing`]: minisign keys and release signatures (`ferry keygen`, `ferry sign`).
 //! - [`steps`]: `[build]` steps run in the tree before it is packed, and their cache.
 
 pub mod build;
@@ -15,8 +17,10 @@ pub mod cache;
 pub mod delta;
 mod error;
 pub mod git;
+pub mod packages;
 pub mod pyc;
 pub mod remote;
+pub mod signing;
 pub mod steps;
 pub mod store;
 pub mod tags;

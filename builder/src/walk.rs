@@ -21,7 +21,6 @@ use ferry_formats::RelPath;
 use fs_err as fs;
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
-use walkdir::WalkDir;
 
 use crate::BuildError;
 
@@ -209,26 +208,24 @@ fn keep(
     Ok(Some(Found { rel, abs, meta, kind }))
 }
 
-/// Everything below `dir` (not `dir` itself), with walkdir.
+/// Everything below `dir` (not `dir` itself). Each entry is stat'ed by its
+/// name in the directory being read (`fstatat` on the directory's descriptor,
+/// as `std::fs::DirEntry::metadata` does), not by its whole path, which the
+/// kernel would resolve from the root again for each of the tree's entries.
 fn walk_below(root: &Path, dir: &Path, filter: &Filter, skip: &[PathBuf]) -> Result<Vec<Found>, BuildError> {
     let mut out = Vec::new();
-    let mut walker = WalkDir::new(dir).min_depth(1).follow_links(false).follow_root_links(false).into_iter();
-    while let Some(entry) = walker.next() {
-        let entry = entry.map_err(|e| {
-            let path = e.path().map_or_else(|| dir.to_path_buf(), Path::to_path_buf);
-            let source = e.into_io_error().unwrap_or_else(|| std::io::Error::other("filesystem loop"));
-            BuildError::Io { path, source }
-        })?;
-        let meta = entry.metadata().map_err(|e| BuildError::Io {
-            path: entry.path().to_path_buf(),
-            source: e.into_io_error().unwrap_or_else(|| std::io::Error::other("cannot stat")),
-        })?;
-        let is_dir = entry.file_type().is_dir();
-        match keep(root, entry.into_path(), meta, filter, skip)? {
-            Some(f) => out.push(f),
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in fs::read_dir(&dir).map_err(BuildError::Fs)? {
+            let entry = entry.map_err(BuildError::Fs)?;
+            let meta = entry.metadata().map_err(BuildError::Fs)?;
             // An excluded directory is not entered.
-            None if is_dir => walker.skip_current_dir(),
-            None => {}
+            if let Some(f) = keep(root, entry.path(), meta, filter, skip)? {
+                if f.kind == FoundKind::Dir {
+                    todo.push(f.abs.clone());
+                }
+                out.push(f);
+            }
         }
     }
     Ok(out)

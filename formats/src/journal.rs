@@ -11,6 +11,8 @@
 //! | `to` | release id or absent | `current` after (deploy, rollback); the staged or pinned release |
 //! | `result` | string | `ok` or `failed` |
 //! | `reason` | string or absent | why, when it failed or was asked for |
+//! | `key` | string or absent | the minisign key id that signed `to` (stage, deploy, rollback on a host with trusted keys) |
+//! | `serial` | number or absent | the serial `to` was signed with |
 //!
 //! A line cut short by a crash is skipped by readers (and reported); the
 //! next append starts on a new line.
@@ -49,6 +51,12 @@ pub struct Record {
     pub result: Outcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The key id that signed `to` (see [`crate::signed`]), where it was signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The serial `to` was signed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +77,8 @@ impl Record {
             to,
             result: Outcome::Ok,
             reason: None,
+            key: None,
+            serial: None,
         }
     }
 

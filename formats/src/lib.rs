@@ -5,6 +5,7 @@
 //! - [`manifest`]: one entry per path of a release, canonical text.
 //! - [`release`]: release metadata (service, version, git, components).
 //! - [`bundle`]: the `.tar.zst` stream that carries a release, its writer and strict reader.
+//! - [`signed`]: signed releases: the statement a minisign signature vouches for.
 //! - [`atomic`]: the few file-system steps that must be all-or-nothing.
 //!
 //! Nothing here opens a network connection or starts a process.
@@ -20,6 +21,7 @@ pub mod manifest;
 pub mod path;
 pub mod release;
 pub mod signature;
+pub mod signed;
 mod varint;
 
 pub use id::{BlobHash, ReleaseId};

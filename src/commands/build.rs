@@ -12,6 +12,9 @@ use crate::settings::{BuildSettings, ConfigSource, Settings};
 
 pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
     let (built, steps) = build(settings, b)?;
+    if let Some(s) = &b.sign {
+        super::sign::sign_release(settings, &built.id, s)?;
+    }
     // A store without a remote is said before the build's report, not after.
     if b.publish && settings.store.remote_spec().is_none() {
         return Err(ferry_builder::StoreError::NoRemote { store: settings.store.root().to_owned() }.into());

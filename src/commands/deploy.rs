@@ -60,6 +60,7 @@ pub fn run(settings: &Settings, s: &StageSettings, d: &DeploySettings) -> Result
         version,
         strict: false,
         publish: false,
+        sign: None,
     };
     let (built, steps) = super::build::build(settings, &build)?;
     if !quiet {
@@ -67,7 +68,18 @@ pub fn run(settings: &Settings, s: &StageSettings, d: &DeploySettings) -> Result
         let what = if built.reused { "unchanged, reused" } else { "built" };
         eprintln!("{what} {} in {:.2}s", built.id.short(12), built.timings.total.as_secs_f64());
     }
+    if let Some(sign) = &d.sign {
+        super::sign::sign_release(settings, &built.id, sign)?;
+    }
 
+    if s.dry_run {
+        // The store keeps the build; no host is touched and no tag is made.
+        let deploy = json!({
+            "ref": asked, "resolved": reference, "commit": commit, "dirty": dirty,
+            "release": built.id, "reused": built.reused, "steps": steps, "tag": null,
+        });
+        return super::preview::run(settings, s, &built.id, "", Some(deploy));
+    }
     let (code, report) = push_release(settings, s, &built.id, "", Verb::Deploy)?;
     let dated = (code == exit::OK && report.ok && s.git.tag)
         .then(|| {

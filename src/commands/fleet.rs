@@ -31,7 +31,7 @@ impl StageSettings {
 
 /// The store, as the fleet sees it, and where the stage's hosts get
 /// their payload.
-struct StoreSource<'a>(&'a Store, crate::config::FetchFrom);
+pub(super) struct StoreSource<'a>(pub(super) &'a Store, pub(super) crate::config::FetchFrom);
 
 impl ReleaseSource for StoreSource<'_> {
     fn bundle(&self, id: &ReleaseId) -> Result<PathBuf, SourceError> {
@@ -69,6 +69,10 @@ impl ReleaseSource for StoreSource<'_> {
         let put = ferry_builder::remote::sync::put_for_fetch(self.0, &key, path, ttl)?;
         Ok(Some(fleet::Fetch { url: put.url, blake3: put.blake3, len: put.len }))
     }
+
+    fn release_signature(&self, id: &ReleaseId) -> Result<Option<String>, SourceError> {
+        Ok(self.0.signature(id)?)
+    }
 }
 
 pub fn push(settings: &Settings, s: &StageSettings, id: Option<&str>) -> Result<u8> {
@@ -77,6 +81,9 @@ pub fn push(settings: &Settings, s: &StageSettings, id: Option<&str>) -> Result<
         Some(name) => (store.find(Some(&s.service), name)?, String::new()),
         None => picked(store, s)?,
     };
+    if s.dry_run {
+        return super::preview::run(settings, s, &release, &picked, None);
+    }
     Ok(push_release(settings, s, &release, &picked, Verb::Push)?.0)
 }
 
@@ -92,6 +99,43 @@ pub(super) fn push_release(
 ) -> Result<(u8, fleet::Report)> {
     let release = *release;
     let store = &settings.store;
+    check_release(settings, s, &release)?;
+    let stage = &pushed_stage(s)?;
+    if !settings.output.json && !settings.output.quiet {
+        let info = store.info(&release).ok();
+        eprintln!(
+            "pushing {} ({}){picked} to {} of {}",
+            release.short(12),
+            describe(info.as_ref()),
+            crate::config::plural(stage.hosts.len(), "host"),
+            s.stage.name
+        );
+    }
+    // Hosts decide (their pinned keys, not ferry.toml's): this only says
+    // early what they will say.
+    if !settings.output.json && !s.stage.trusted_keys.is_empty() && store.signature(&release)?.is_none() {
+        eprintln!(
+            "warning: release {} is not signed, and stage {}'s hosts take only signed releases: sign it (`ferry sign {}`)",
+            release.short(12),
+            s.stage.name,
+            release.short(12)
+        );
+    }
+    let hosts = stage.hosts.len() as u64;
+    let observer = observer(settings, 2 * hosts);
+    let report = fleet::push(stage, s.transport(), &StoreSource(&settings.store, s.fetch), &release, observer.as_ref());
+    drop(observer);
+    if let Some(lb) = report.load_balancer.as_ref().filter(|lb| !lb.left_out.is_empty()) {
+        super::lb::left_out(s, &lb.left_out)?;
+    }
+    Ok((show(settings, &report, verb)?, report))
+}
+
+/// What a push checks of a release before any host is contacted (`push`
+/// and `push --dry-run`): the stage's service, and a config for its
+/// environment.
+pub(super) fn check_release(settings: &Settings, s: &StageSettings, release: &ReleaseId) -> Result<()> {
+    let release = *release;
     let head = settings.store.read_head(&release)?;
     if head.meta.service != s.service {
         bail!("release {} is of service {}, not {}", release.short(12), head.meta.service, s.service);
@@ -112,32 +156,16 @@ pub(super) fn push_release(
             }
         }
     }
-    let out_only;
-    let stage = match &s.stage.load_balancer {
-        Some(lb) if s.stage.out_of_rotation => {
-            out_only = out_of_rotation(s, lb)?;
-            &out_only
-        }
-        _ => &s.stage,
-    };
-    if !settings.output.json && !settings.output.quiet {
-        let info = store.info(&release).ok();
-        eprintln!(
-            "pushing {} ({}){picked} to {} of {}",
-            release.short(12),
-            describe(info.as_ref()),
-            crate::config::plural(stage.hosts.len(), "host"),
-            s.stage.name
-        );
-    }
-    let hosts = stage.hosts.len() as u64;
-    let observer = observer(settings, 2 * hosts);
-    let report = fleet::push(stage, s.transport(), &StoreSource(&settings.store, s.fetch), &release, observer.as_ref());
-    drop(observer);
-    if let Some(lb) = report.load_balancer.as_ref().filter(|lb| !lb.left_out.is_empty()) {
-        super::lb::left_out(s, &lb.left_out)?;
-    }
-    Ok((show(settings, &report, verb)?, report))
+    Ok(())
+}
+
+/// The hosts a push goes to: the stage's, or with `--out` those out of
+/// the load balancer's rotation, in one batch.
+pub(super) fn pushed_stage(s: &StageSettings) -> Result<std::borrow::Cow<'_, fleet::Stage>> {
+    Ok(match &s.stage.load_balancer {
+        Some(lb) if s.stage.out_of_rotation => std::borrow::Cow::Owned(out_of_rotation(s, lb)?),
+        _ => std::borrow::Cow::Borrowed(&s.stage),
+    })
 }
 
 /// The release a push with none named picks, and how it was picked (for
@@ -172,7 +200,7 @@ fn picked(store: &Store, s: &StageSettings) -> Result<(ReleaseId, String)> {
 
 /// A release as the push line shows it: `v1.1.0, commit 9c1e2d3, tag
 /// v1.1.0, built 2026-12-06 04:10 UTC`, with what the store knows.
-fn describe(info: Option<&BundleInfo>) -> String {
+pub(super) fn describe(info: Option<&BundleInfo>) -> String {
     let Some(info) = info else { return "not in the store's records".into() };
     let mut parts = vec![info.version.clone().unwrap_or_else(|| "no version".into())];
     parts.extend(info.git_commit.as_deref().map(|c| format!("commit {}", short_commit(c))));
@@ -279,6 +307,15 @@ pub fn status(settings: &Settings, s: &StageSettings) -> Result<u8> {
                             "", p.name, p.state, p.pid, p.description
                         ))?;
                     }
+                    if !st.trusted_keys.is_empty() {
+                        let current = st.releases.iter().find(|r| Some(r.id) == st.current);
+                        let signed = match current.map(|r| r.signed_by.as_deref()) {
+                            Some(Some(key)) => format!("; current signed by {key}"),
+                            Some(None) => "; current unsigned (staged before the keys were pinned)".to_owned(),
+                            None => String::new(),
+                        };
+                        output::line(&format!("{:<w$}    trusts keys {}{signed}", "", st.trusted_keys.join(", ")))?;
+                    }
                 }
                 Err(e) => output::line(&format!("{host:<w$}  error: {}", error_chain(e)))?,
             }
@@ -328,7 +365,7 @@ pub fn history(settings: &Settings, s: &StageSettings) -> Result<u8> {
 /// `--install`, then what its init system got. Exit 1 when a host failed
 /// either.
 pub fn setup(settings: &Settings, s: &StageSettings, install: bool) -> Result<u8> {
-    if s.stage.runtime.programs.is_empty() {
+    if s.stage.runtime.programs.is_empty() && s.stage.trusted_keys.is_empty() {
         bail!("ferry.toml has no [programs.<name>]: there is nothing to set up");
     }
     let results: Vec<(String, fleet::Answer<SetUp>, Option<fleet::Answer<Installed>>)> = if install {

@@ -14,14 +14,16 @@ pub fn run(settings: &Settings, host: &Host, action: &HostAction) -> Result<u8> 
     let json = settings.output.json;
     let lock = |verb: &str| -> Result<Lock> { Ok(host.lock(&format!("ferry host {verb}"))?) };
     match action {
-        HostAction::Stage(input, options) => {
+        HostAction::Stage(input, options, signature) => {
             // Opened before the lock is taken: a path that is no regular
             // file is refused without holding the host.
             let mut file = input.as_deref().map(super::open_input).transpose()?;
+            let signature = signature.as_deref().map(fs_err::read_to_string).transpose()?;
+            let signature = signature.as_deref();
             let lock = lock("stage")?;
             let staged = match &mut file {
-                Some(file) => host.stage(&lock, file, options),
-                None => host.stage(&lock, &mut std::io::stdin().lock() as &mut dyn Read, options),
+                Some(file) => host.stage(&lock, file, options, signature),
+                None => host.stage(&lock, &mut std::io::stdin().lock() as &mut dyn Read, options, signature),
             }
             .with_context(|| format!("cannot stage into {}", host.root().display()))?;
             let id = staged.id.expect("a staged release has an id");

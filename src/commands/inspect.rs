@@ -14,9 +14,11 @@ use crate::settings::{Settings, Target};
 
 pub fn inspect(settings: &Settings, target: &Target) -> Result<u8> {
     let head = head(settings, target)?;
+    let (signed, signed_json) = super::sign::describe(settings, &head.id);
     if settings.output.json {
         output::json(&json!({
             "id": head.id,
+            "signature": signed_json,
             "meta": head.meta,
             "entries": head.manifest.entries().iter().map(entry_json).collect::<Vec<_>>(),
         }))?;
@@ -24,6 +26,9 @@ pub fn inspect(settings: &Settings, target: &Target) -> Result<u8> {
     }
     let mut out = std::io::stdout().lock();
     print_head(&mut out, &head)?;
+    for line in signed {
+        writeln!(out, "{line}")?;
+    }
     writeln!(out, "entries")?;
     for e in head.manifest.entries() {
         match &e.kind {

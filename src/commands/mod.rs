@@ -1,5 +1,6 @@
 //! One module per command; each takes the validated settings.
 
+mod agent;
 mod build;
 mod bundles;
 mod delta;
@@ -9,8 +10,10 @@ mod host;
 mod init;
 mod inspect;
 mod lb;
+mod preview;
 mod publish;
 mod report;
+mod sign;
 
 use std::io::BufReader;
 use std::path::PathBuf;
@@ -43,6 +46,8 @@ pub fn run(settings: &Settings) -> Result<u8> {
         Action::Host(host, action) => host::run(settings, host, action),
         Action::Init(dir, force) => init::run(dir, *force),
         Action::Publish(name) => publish::run(settings, name),
+        Action::Keygen(dir, no_password) => sign::keygen(settings, dir, *no_password),
+        Action::Sign(name, s) => sign::sign(settings, name, s),
         Action::Completions(shell) => {
             // Made whole first, then written as any output is (a closed
             // pipe, `| head`, ends it quietly).
@@ -52,6 +57,7 @@ pub fn run(settings: &Settings) -> Result<u8> {
             crate::output::line(String::from_utf8_lossy(&script).trim_end())?;
             Ok(crate::exit::OK)
         }
+        Action::Agent(path) => agent::run(settings, path),
         Action::AgentHash => {
             let exe = std::env::current_exe()?;
             crate::output::line(&blake3::hash(&fs_err::read(exe)?).to_hex())?;

@@ -80,6 +80,8 @@ pub struct Stage {
     pub git: StageGit,
     /// Where the hosts get the payload.
     pub fetch: FetchFrom,
+    /// Minisign public keys the hosts pin (see `ferry_switcher::host::trust`).
+    pub trusted_keys: Vec<String>,
 }
 
 /// `fetch`: where a stage's hosts get their payload.
@@ -338,7 +340,9 @@ pub(super) fn check_stage(
         tag_format: tag_format.to_owned(),
         tag_remote: stage.tag_remote.as_ref().map_or(defaults::TAG_REMOTE, |r| r.get_ref().as_str()).to_owned(),
     };
+    let trusted_keys = trusted_keys(name, stage, at)?;
     Ok(Stage {
+        trusted_keys,
         git,
         hooks: stage.hooks.clone(),
         load_balancer,
@@ -358,6 +362,27 @@ pub(super) fn check_stage(
         host_env,
         fetch,
     })
+}
+
+/// The stage's trusted_keys, each a minisign public key, none twice.
+fn trusted_keys(name: &str, stage: &StageSection, at: &dyn Fn(Range<usize>) -> String) -> Result<Vec<String>> {
+    let Some(keys) = &stage.trusted_keys else { return Ok(Vec::new()) };
+    if keys.get_ref().is_empty() {
+        bail!(
+            "{}: stage {name}: trusted_keys is empty; list at least one minisign public key (`ferry keygen` prints one), or leave it out",
+            at(keys.span())
+        );
+    }
+    let mut seen = Vec::new();
+    for key in keys.get_ref() {
+        let parsed = ferry_formats::signed::TrustedKey::parse(key.get_ref())
+            .map_err(|e| anyhow::anyhow!("{}: stage {name}: trusted_keys: {e}", at(key.span())))?;
+        if seen.contains(&parsed.id) {
+            bail!("{}: stage {name}: trusted_keys lists key {} twice", at(key.span()), parsed.id);
+        }
+        seen.push(parsed.id);
+    }
+    Ok(keys.get_ref().iter().map(|k| k.get_ref().trim().to_owned()).collect())
 }
 
 /// `[deploy]`'s linked_dirs and linked_files, the same for every stage,

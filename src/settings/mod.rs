@@ -13,6 +13,7 @@ use ferry_formats::RelPath;
 use ferry_switcher::fleet::{read_ssh_config, AgentBinary, HostSpec, Runtime, Ssh, Stage};
 use ferry_switcher::host::{Host, StageOptions};
 
+mod agent;
 mod hosts;
 
 use crate::cli::{Cli, Command, HostOptions, HostVerb, Narrow};
@@ -76,10 +77,35 @@ pub enum Action {
     Exec(StageSettings, String, std::time::Duration),
     Host(Host, HostAction),
     AgentHash,
+    /// `ferry agent`: the agent ferry would upload.
+    Agent(PathBuf),
     Completions(clap_complete::Shell),
     Init(PathBuf, bool),
     /// `ferry publish`: the release as written, resolved in the local store.
     Publish(String),
+    /// `ferry keygen`: where, and whether without a password.
+    Keygen(PathBuf, bool),
+    /// `ferry sign`: the release as written, and how.
+    Sign(String, SignSettings),
+}
+
+/// How to sign a release (`ferry sign`, `ferry build --sign`).
+#[derive(Debug, Clone)]
+pub struct SignSettings {
+    pub key: PathBuf,
+    pub expires: std::time::Duration,
+    pub serial: Option<u64>,
+}
+
+impl SignSettings {
+    fn from(s: crate::cli::SignArgs) -> Self {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+        Self {
+            key: s.key.unwrap_or_else(|| home.join(".ferry/ferry.key")),
+            expires: s.expires.into(),
+            serial: s.serial,
+        }
+    }
 }
 
 /// A stage of ferry.toml, as the fleet runs it.
@@ -100,6 +126,8 @@ pub struct StageSettings {
     pub repo_dir: PathBuf,
     /// Where the hosts get the payload (`fetch`).
     pub fetch: crate::config::FetchFrom,
+    /// `--dry-run`: show what a push would do, change nothing.
+    pub dry_run: bool,
 }
 
 /// `ferry deploy`: the ref as given, and where the config is.
@@ -110,6 +138,8 @@ pub struct DeploySettings {
     /// The config's directory (the work tree) and its name there.
     pub workdir: PathBuf,
     pub file_name: PathBuf,
+    /// `--sign`: sign the release once built.
+    pub sign: Option<SignSettings>,
 }
 
 /// What `ferry logs` shows of each process.
@@ -128,8 +158,8 @@ pub struct LogsSettings {
 /// host's lock.
 #[derive(Debug)]
 pub enum HostAction {
-    /// `None` reads stdin.
-    Stage(Option<PathBuf>, StageOptions),
+    /// `None` reads stdin; then the release's signature file, if given.
+    Stage(Option<PathBuf>, StageOptions, Option<PathBuf>),
     Activate(String, StageOptions),
     Rollback(Option<String>),
     Prune(usize),
@@ -148,6 +178,8 @@ pub struct BuildSettings {
     pub strict: bool,
     /// `--publish`: upload the release to the remote store once built.
     pub publish: bool,
+    /// `--sign`: sign the release once built.
+    pub sign: Option<SignSettings>,
 }
 
 #[derive(Debug)]
@@ -200,10 +232,12 @@ impl Settings {
                 if let Some(v) = args.version.as_deref().filter(|v| !valid_version(v)) {
                     anyhow::bail!("--version {v:?} must be {VERSION_RULE}");
                 }
+                let sign = args.sign.then(|| SignSettings::from(args.signing));
                 Action::Build(BuildSettings {
                     config,
                     version: args.version,
                     strict: args.strict,
+                    sign,
                     publish: args.publish,
                 })
             }
@@ -223,6 +257,7 @@ impl Settings {
                     );
                 }
                 stage.stage.out_of_rotation = p.out;
+                stage.dry_run = p.dry_run;
                 store_hint = Some(store);
                 Action::Push(stage, p.id)
             }
@@ -250,6 +285,7 @@ impl Settings {
             Command::Deploy(d) => {
                 let (mut stage, store) = load_stage(&config_path, &d.stage, &d.narrow)?;
                 stage.stage.force = d.force;
+                stage.dry_run = d.dry_run;
                 store_hint = Some(store);
                 let abs = std::path::absolute(&config_path)?;
                 Action::Deploy(
@@ -259,6 +295,7 @@ impl Settings {
                         allow_dirty: d.allow_dirty,
                         workdir: abs.parent().map(Path::to_path_buf).unwrap_or_default(),
                         file_name: abs.file_name().map(PathBuf::from).unwrap_or_default(),
+                        sign: d.sign.then(|| SignSettings::from(d.signing)),
                     },
                 )
             }
@@ -274,8 +311,14 @@ impl Settings {
                 Action::Lb(stage, a.verb)
             }
             Command::AgentHash => Action::AgentHash,
+            Command::Agent => Action::Agent(agent::to_upload()?),
             Command::Completions { shell } => Action::Completions(shell),
             Command::Init { dir, force } => Action::Init(dir, force),
+            Command::Keygen { out, no_password } => {
+                let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+                Action::Keygen(out.unwrap_or_else(|| home.join(".ferry")), no_password)
+            }
+            Command::Sign { release, signing } => Action::Sign(release, SignSettings::from(signing)),
             Command::Exec(e) => Action::Exec(
                 load_stage(&config_path, &e.stage, &e.narrow)?.0,
                 e.command.join(" "),
@@ -287,7 +330,7 @@ impl Settings {
         // Commands that read bundle files only need no config: a broken
         // ferry.toml in the current directory is none of their business.
         let needs_store = match &action {
-            Action::Build(_) | Action::Bundles | Action::Delta(..) | Action::Publish(_) => true,
+            Action::Build(_) | Action::Bundles | Action::Delta(..) | Action::Sign(..) | Action::Publish(_) => true,
             Action::Inspect(t) | Action::Verify(t) => matches!(t, Target::Name(_)),
             Action::Diff(a, b) => matches!(a, Target::Name(_)) || matches!(b, Target::Name(_)),
             Action::Push(..)
@@ -301,8 +344,10 @@ impl Settings {
             | Action::Exec(..)
             | Action::Host(..)
             | Action::AgentHash
+            | Action::Agent(_)
             | Action::Completions(_)
-            | Action::Init(..) => false,
+            | Action::Init(..)
+            | Action::Keygen(..) => false,
         };
         let store_at = match store_hint {
             Some(s) => s,
@@ -350,7 +395,7 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
             user: s.user.clone(),
             ferry: match &s.agent {
                 Some(path) => AgentBinary::OnHost(path.clone()),
-                None => AgentBinary::Upload(std::env::current_exe()?),
+                None => AgentBinary::Upload(agent::to_upload()?),
             },
             connect_timeout: s.connect_timeout,
             step_timeout: s.step_timeout,
@@ -397,6 +442,7 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
         force: false,
         load_balancer,
         out_of_rotation: false,
+        trusted_keys: stage.trusted_keys.clone(),
     };
     let groups = config.stages[name]
         .groups
@@ -416,7 +462,10 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
         _ => PathBuf::from("."),
     };
     let fetch = config.stages[name].fetch;
-    Ok((StageSettings { service: config.service, stage, ssh, groups, lb_state, git, repo_dir, fetch }, store))
+    Ok((
+        StageSettings { service: config.service, stage, ssh, groups, lb_state, git, repo_dir, dry_run: false, fetch },
+        store,
+    ))
 }
 
 /// The programs, hooks and gates for `hosts`, with host names as ferry.toml
@@ -486,8 +535,8 @@ fn host_action(verb: HostVerb) -> Result<HostAction> {
         })
     };
     Ok(match verb {
-        HostVerb::Stage { input, options: o } => {
-            HostAction::Stage(Some(input).filter(|p| p.as_os_str() != "-"), options(o)?)
+        HostVerb::Stage { input, options: o, signature } => {
+            HostAction::Stage(Some(input).filter(|p| p.as_os_str() != "-"), options(o)?, signature)
         }
         HostVerb::Activate { id, options: o } => HostAction::Activate(id, options(o)?),
         HostVerb::Rollback { to } => HostAction::Rollback(to),

@@ -114,6 +114,7 @@ fn fleet() -> Fleet {
         force: false,
         load_balancer: None,
         out_of_rotation: false,
+        trusted_keys: Vec::new(),
     };
     let source = Bundles(bundles);
     let report = fleet::push(&stage, &Local, &source, &v1, &Quiet);
@@ -179,6 +180,27 @@ fn a_failure_in_the_last_batch_reverts_every_host_this_push_flipped() {
     // With why: the failure that stopped the push, as the report says it.
     let reason = last.reason.as_deref().unwrap_or_default();
     assert!(reason.contains("web3 failed at activate: injected fault: activate on web3"), "{last:?}");
+}
+
+#[test]
+fn a_host_whose_old_release_is_gone_says_it_could_not_go_back_and_where_it_stays() {
+    let f = fleet();
+    // web1's current v1 is removed by hand; v2 is pushed and fails in the
+    // last batch, so web1 is to go back to a release it no longer has.
+    let web1 = &f.stage.hosts[0].deploy_to;
+    fs::remove_dir_all(web1.join(format!("releases/{}", f.v1))).unwrap();
+    let report = fleet::push(&f.stage, &faulty(&[], &["web3"]), &f.source, &f.v2, &Quiet);
+    assert!(!report.ok);
+    let w1 = report.hosts.iter().find(|h| h.host == "web1").unwrap();
+    assert_eq!(Fleet::outcome(&report, "web1"), (Outcome::Failed, HostStep::Revert), "{w1:?}");
+    let error = report.hosts.iter().find(|h| h.host == "web1").unwrap().error.as_deref().unwrap();
+    assert!(
+        error.starts_with(&format!("could not go back to {}: release {}", f.v1.short(12), f.v1))
+            && error.ends_with(&format!("`current` stays on {}", f.v2.short(12))),
+        "{error}"
+    );
+    assert_eq!(Host::new(web1).current().unwrap(), Some(f.v2), "web1 is where the report says");
+    assert_eq!(Fleet::outcome(&report, "web2"), (Outcome::Reverted, HostStep::Revert));
 }
 
 #[test]

@@ -83,10 +83,10 @@ fn a_session_refused_by_the_lock_names_its_holder_and_a_bad_payload_leaves_the_s
     let mut session = fleet::Transport::connect(&agent(), spec, Some("test")).unwrap();
     let junk = p.store.path().join("junk.delta");
     fs::write(&junk, b"FERRYDLT\x01\x00\x00\x00 and then nothing that makes sense").unwrap();
-    let err = session.stage(&junk, &stage.options).unwrap_err();
+    let err = session.stage(&junk, &stage.options, None).unwrap_err();
     assert!(err.to_string().contains("the delta is refused"), "{err}");
     // The payload was read to its end: the next request is understood.
-    let staged = session.stage(&source_bundle(&p, &v1), &stage.options).unwrap();
+    let staged = session.stage(&source_bundle(&p, &v1), &stage.options, None).unwrap();
     assert_eq!(staged.id, Some(v1));
     session.activate(&v1, &stage.options).unwrap();
     assert_eq!(session.status().unwrap().current, Some(v1));

@@ -12,12 +12,14 @@ type Body = fn(&[u8]);
 
 const TARGETS: &[(&str, Body)] = &[
     ("manifest", ferry_formats::fuzz::manifest),
+    ("manifest_entries", ferry_formats::fuzz::manifest_entries),
     ("release_meta", ferry_formats::fuzz::release_meta),
     ("bundle", ferry_formats::fuzz::bundle),
     ("delta", ferry_formats::fuzz::delta),
     ("rsync_delta", ferry_formats::fuzz::rsync_delta),
     ("signature", ferry_formats::fuzz::signature),
     ("journal", ferry_formats::fuzz::journal),
+    ("release_signature", ferry_formats::fuzz::release_signature),
     ("agent_request", ferry_switcher::fuzz::agent_request),
     ("ferry_toml", ferry::fuzz::ferry_toml),
 ];
@@ -85,6 +87,10 @@ fn the_seed_inputs_are_accepted_by_their_readers() {
     Signature::read(&mut &seed("signature", "base")[..], 1 << 20).unwrap();
     let (records, bad) = journal::parse(&String::from_utf8(seed("journal", "two")).unwrap());
     assert_eq!((records.len(), bad.len()), (2, 0));
+    // The committed release signature is verified under the fuzz key.
+    let sig = fs::read(fuzz_dir().join("corpus/release_signature/golden-serial-7")).unwrap();
+    let key = ferry_formats::signed::TrustedKey::parse(fuzz::SEED_KEY).unwrap();
+    ferry_formats::signed::parse(&sig).unwrap().verify(&[key]).unwrap();
     // The committed agent session seed is all requests the agent reads.
     let session = fs::read_to_string(fuzz_dir().join("corpus/agent_request/session")).unwrap();
     for line in session.lines() {

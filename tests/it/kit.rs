@@ -15,6 +15,27 @@ pub fn ferry_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ferry")
 }
 
+/// The agent ferry uploads to ssh hosts (`ferry-agent`, agent/), built as
+/// it ships, with its own profile: `target/agent/ferry-agent`, where the
+/// ferry under test finds it (`../agent/` from `target/debug/ferry`).
+/// Built once per run of the tests, by cargo (a no-op when it is fresh:
+/// scripts/test builds it before the tests).
+pub fn agent_bin() -> &'static Path {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let target = Path::new(ferry_bin()).parent().and_then(Path::parent).expect("ferry is in target/<profile>/");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "ferry-agent", "--profile", "agent", "--target-dir"])
+            .arg(target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo runs");
+        assert!(out.status.success(), "building ferry-agent failed: {}", String::from_utf8_lossy(&out.stderr));
+        target.join("agent/ferry-agent")
+    })
+}
+
 /// A finished run of a command.
 #[derive(Debug)]
 pub struct Run {
@@ -68,7 +89,7 @@ pub fn sh(script: &str) -> String {
 /// A `ferry` command with a clean environment for ferry's own variables.
 pub fn ferry_cmd() -> Command {
     let mut c = Command::new(ferry_bin());
-    c.env_remove("FERRY_STORE").env_remove("FERRY_CONFIG");
+    c.env_remove("FERRY_STORE").env_remove("FERRY_CONFIG").env_remove("FERRY_AGENT");
     c
 }
 
@@ -302,6 +323,7 @@ pub fn stage(name: &str, hosts: Vec<HostSpec>) -> Stage {
         force: false,
         load_balancer: None,
         out_of_rotation: false,
+        trusted_keys: Vec::new(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests: they drive the real `ferry` binary.
 
 mod agent;
+mod agent_upload;
 mod bridge;
 mod build;
 mod build_steps;
@@ -21,6 +22,7 @@ mod linked;
 mod load;
 mod local_fleet;
 mod names;
+mod preview;
 mod read;
 mod rsync;
 mod runtime;
@@ -28,6 +30,7 @@ mod s3kit;
 mod s3pull;
 mod s3store;
 mod setup_install;
+mod signing;
 mod snapshots;
 mod source;
 mod ssh;

@@ -135,6 +135,7 @@ fn twenty_hosts_pull_bundle_then_delta_from_the_store_and_the_controller_ships_n
         blake3: blake3::hash(b"x").to_hex().to_string(),
         len: delta,
         options: ferry_switcher::host::StageOptions { env: Some("staging".into()), ..Default::default() },
+        signature: None,
     })
     .unwrap();
     assert!(request.len() < 1024, "{} bytes of control: {request}", request.len());
@@ -283,6 +284,7 @@ fn an_expired_url_is_refused_by_the_store_and_nothing_is_staged() {
             blake3: blake3::hash(&bytes).to_hex().to_string(),
             len: bytes.len() as u64,
             options: ferry_switcher::host::StageOptions { env: Some("staging".into()), ..Default::default() },
+            signature: None,
         })
         .unwrap()
     };
@@ -370,5 +372,40 @@ fn measure_push_against_pull_on_twenty_hosts() {
         let sent: u64 = rows(&report).iter().map(|h| h["bytes"].as_u64().unwrap()).sum();
         let fetched: u64 = rows(&report).iter().map(|h| h["fetched"].as_u64().unwrap_or(0)).sum();
         eprintln!("fetch = {fetch:5}: 20 hosts, wall {wall:.2} s, controller sent hosts {sent} payload bytes, hosts fetched {fetched} from the store");
+    }
+}
+
+#[test]
+fn hosts_with_pinned_keys_check_the_signature_of_what_they_fetch_as_of_what_is_pushed() {
+    let hosts = TestHosts::start(2);
+    let s3 = S3Server::start_on(hosts.gateway.into());
+    let keys = tempdir();
+    let made = run(ferry_cmd().args(["keygen", "--no-password", "--out"]).arg(keys.path())).ok();
+    let public = made.stdout.trim().to_owned();
+    let p = pull_project(&hosts, &s3, &format!("trusted_keys = [\"{public}\"]\n"));
+    let v1 = build(&p, &s3, "v1");
+    // Unsigned: refused by every host, fetched or pushed; nothing written.
+    let out = ferry_s3(&p, &s3, &["push", "prod", "--json"]);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    for h in rows(&out.json()) {
+        assert!(h["notes"].to_string().contains("it is not signed"), "{h}");
+        assert!(h["error"].as_str().unwrap_or_default().contains("it is not signed"), "{h}");
+    }
+    for h in &hosts.hosts {
+        assert!(release_names(&h.srv.join("shop")).is_empty(), "{}", h.name);
+        assert_eq!(leftovers(&h.srv.join("shop")), Vec::<String>::new());
+    }
+    // Signed: fetched, checked, staged and flipped; the journal names the key.
+    let key = keys.path().join("ferry.key");
+    let signed = ferry_s3(&p, &s3, &["sign", &v1, "--json", "--key", key.to_str().unwrap()]).ok().json();
+    let report = ferry_s3(&p, &s3, &["push", "prod", "--json"]).ok().json();
+    for h in rows(&report) {
+        assert_eq!(h["bytes"], 0, "{h}");
+        assert!(h["fetched"].as_u64().unwrap() > 0, "{h}");
+    }
+    end_state(&hosts, &v1, &[&v1]);
+    for h in &hosts.hosts {
+        let last = crate::kit::journal(&h.srv.join("shop")).pop().unwrap();
+        assert_eq!(last["key"], signed["key_id"], "{last}");
     }
 }

@@ -26,4 +26,8 @@ impl ReleaseSource for Source {
     fn rsync_delta(&self, signature: &Signature, target: &ReleaseId) -> Result<PathBuf, SourceError> {
         Ok(delta::encode_rsync(&self.0, signature, target)?.path)
     }
+
+    fn release_signature(&self, id: &ReleaseId) -> Result<Option<String>, SourceError> {
+        Ok(self.0.signature(id)?)
+    }
 }

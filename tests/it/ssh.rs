@@ -9,7 +9,7 @@ use ferry_switcher::fleet::fault::{At, Fault, Faults, Then};
 use ferry_switcher::fleet::{self, AgentBinary, HostSpec, Quiet, Shipped, Ssh, Stage, Transport};
 use fs_err as fs;
 
-use crate::kit::{self, build, build_id, ferry_bin, sample_project, Project};
+use crate::kit::{self, agent_bin, build, build_id, ferry_bin, sample_project, Project};
 use crate::source::Source;
 use crate::testhosts::TestHosts;
 
@@ -83,6 +83,8 @@ fn an_unknown_host_key_is_refused_with_its_fingerprint_unless_new_keys_are_allow
 #[test]
 fn ferry_push_status_history_and_rollback_over_an_ssh_stage() {
     let hosts = TestHosts::start(6);
+    // Built before ferry looks for it.
+    agent_bin();
     let p = sample_project();
     let list: Vec<String> = hosts.hosts.iter().map(|h| format!("\"root@{}\"", h.addr)).collect();
     let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
@@ -107,11 +109,12 @@ fn ferry_push_status_history_and_rollback_over_an_ssh_stage() {
     for h in report["hosts"].as_array().unwrap() {
         assert_eq!(h["shipped"], "delta", "{h}");
     }
-    // No `agent` in the stage: ferry uploaded itself, once, named by its hash.
-    let hash = p.ferry(["agent-hash"]).ok().stdout.trim().to_owned();
+    // No `agent` in the stage: ferry uploaded ferry-agent (found in
+    // target/agent/), once, named by its hash.
+    let hash = kit::run(std::process::Command::new(agent_bin()).arg("agent-hash")).ok().stdout.trim().to_owned();
     for h in &hosts.hosts {
         let agent = h.srv.join(format!("shop/.ferry/bin/ferry-{}", &hash[..16]));
-        assert_eq!(fs::read(&agent).unwrap(), fs::read(ferry_bin()).unwrap(), "{}", h.name);
+        assert_eq!(fs::read(&agent).unwrap(), fs::read(agent_bin()).unwrap(), "{}", h.name);
     }
     let status = p.ferry(["status", "prod", "--json"]).ok().json();
     for h in status["hosts"].as_array().unwrap() {
@@ -397,7 +400,7 @@ fn an_agent_killed_mid_session_is_reported_with_its_signal() {
 fn a_session_that_began_with_an_upload_keeps_the_step_timeout() {
     let hosts = TestHosts::start(1);
     let mut ssh = ssh(&hosts);
-    ssh.ferry = AgentBinary::Upload(ferry_bin().into());
+    ssh.ferry = AgentBinary::Upload(agent_bin().into());
     let spec = HostSpec { name: format!("root@{}", hosts.hosts[0].addr), deploy_to: "/srv/slow".into() };
     // A fresh host: the agent is uploaded in this very connection.
     let mut session = ssh.connect(&spec, Some("ferry test")).unwrap();
@@ -426,10 +429,10 @@ fn a_host_of_another_os_is_refused_before_anything_is_uploaded() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "FreeBSD\n", "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(crate::kit::sh("uname -s"), "Linux\n", "only the test host's uname changed");
     let mut ssh = ssh(&hosts);
-    ssh.ferry = AgentBinary::Upload(ferry_bin().into());
+    ssh.ferry = AgentBinary::Upload(agent_bin().into());
     let spec = HostSpec { name: format!("root@{}", hosts.hosts[0].addr), deploy_to: "/srv/shop".into() };
     let err = ssh.connect(&spec, None).err().expect("a FreeBSD host is refused").to_string();
-    let ours = format!("this ferry is built for {} {}", std::env::consts::OS, std::env::consts::ARCH);
+    let ours = format!("the agent {} is built for linux {}", agent_bin().display(), std::env::consts::ARCH);
     assert!(err.contains(&format!("the host runs FreeBSD amd64, {ours}")), "{err}");
     assert!(err.contains("build ferry on or for FreeBSD amd64 and name that build with `agent`"), "{err}");
     assert!(!hosts.hosts[0].srv.join("shop/.ferry/bin").exists(), "nothing was uploaded");
@@ -511,7 +514,7 @@ fn new_host_keys_accepted_in_parallel_are_all_recorded_and_nothing_else_is_lost(
 fn two_pushes_uploading_the_agent_at_once_both_get_it() {
     let hosts = TestHosts::start(1);
     let mut ssh = ssh(&hosts);
-    ssh.ferry = AgentBinary::Upload(ferry_bin().into());
+    ssh.ferry = AgentBinary::Upload(agent_bin().into());
     let spec = HostSpec { name: format!("root@{}", hosts.hosts[0].addr), deploy_to: "/srv/shop".into() };
     std::thread::scope(|s| {
         let a = s.spawn(|| ssh.connect(&spec, None).map(drop));

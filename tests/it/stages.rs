@@ -133,6 +133,8 @@ fn hosts_takes_the_names_reports_print() {
 
 #[test]
 fn hosts_takes_an_ssh_host_by_the_address_it_resolves_to() {
+    // An ssh stage without `agent` needs the agent to upload, found or not.
+    crate::kit::agent_bin();
     let p = sample_project();
     let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
     p.write("ssh_config", "Host web1\n  HostName 127.0.0.1\n  Port 1\n  User deploy\n").write("known_hosts", "");

@@ -33,6 +33,9 @@ impl From<io::Error> for WriteError {
     }
 }
 
+/// The buffer in front of a files frame's encoder.
+const WRITE_BUFFER: usize = 128 << 10;
+
 /// Writes a bundle's files frame: the release's entries, in manifest order,
 /// hashing each file as it goes in, multi-threaded.
 #[allow(missing_debug_implementations)] // the zstd encoder has no Debug
@@ -61,8 +64,12 @@ impl<W: Write> FilesWriter<W> {
         enc.include_checksum(true)?;
         enc.multithread(opts.workers.max(1))?;
         enc.window_log(WINDOW_LOG)?;
-        // A large buffer in front of the encoder: zstd gets few, large writes.
-        Ok(Self { out: BufWriter::with_capacity(1 << 20, enc), entries: Vec::new() })
+        // A buffer in front of the encoder gathers headers, padding and small
+        // files into larger writes; a file of at least its size goes to zstd
+        // directly (BufWriter passes it through), not copied once more on the
+        // way. zstd cuts its jobs by size, not by write, so the output does
+        // not depend on it.
+        Ok(Self { out: BufWriter::with_capacity(WRITE_BUFFER, enc), entries: Vec::new() })
     }
 
     /// Appends an entry and its content, in manifest order.

@@ -12,22 +12,73 @@ use crate::signature::Signature;
 use crate::varint::put_varint;
 use crate::{BlobHash, ReleaseId};
 
-/// Compresses `content` with `prefix` as zstd's reference prefix (empty for
-/// none), at `level`.
-pub fn compress(content: &[u8], prefix: &[u8], level: i32) -> io::Result<Vec<u8>> {
-    let mut cctx = zstd_safe::CCtx::create();
-    let window = window_log(prefix.len() + content.len());
-    let set = |cctx: &mut zstd_safe::CCtx<'_>, p| cctx.set_parameter(p).map(drop).map_err(zstd_error);
-    set(&mut cctx, zstd_safe::CParameter::CompressionLevel(level))?;
-    set(&mut cctx, zstd_safe::CParameter::WindowLog(window))?;
-    set(&mut cctx, zstd_safe::CParameter::ChecksumFlag(false))?;
-    set(&mut cctx, zstd_safe::CParameter::ContentSizeFlag(true))?;
-    if !prefix.is_empty() {
-        cctx.ref_prefix(prefix).map_err(zstd_error)?;
+/// How hard zstd works on one frame: a level, and optionally a shallower
+/// search than the level's own (zstd's `searchLog`). The decoder needs to know
+/// neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Effort {
+    /// zstd level, 1 to 19.
+    pub level: i32,
+    /// log2 of the match candidates searched at each position; `None` keeps the level's.
+    pub search_log: Option<u32>,
+}
+
+impl From<i32> for Effort {
+    fn from(level: i32) -> Self {
+        Self { level, search_log: None }
     }
-    let mut out = Vec::with_capacity(zstd_safe::compress_bound(content.len()));
-    cctx.compress2(&mut out, content).map_err(zstd_error)?;
-    Ok(out)
+}
+
+/// Compresses `content` with `prefix` as zstd's reference prefix (empty for
+/// none), at a level (an `i32`) or an [`Effort`].
+pub fn compress(content: &[u8], prefix: &[u8], effort: impl Into<Effort>) -> io::Result<Vec<u8>> {
+    Compressor::new().compress(content, prefix, effort)
+}
+
+/// A zstd context kept from frame to frame, so that its tables are allocated
+/// (and their pages faulted in) once: for a thread that compresses many
+/// frames whose prefixes live at least as long as it (`'p`). Each frame is
+/// the same bytes [`compress`] makes.
+#[allow(missing_debug_implementations)] // the zstd context has no Debug
+pub struct Compressor<'p> {
+    cctx: zstd_safe::CCtx<'p>,
+}
+
+impl Default for Compressor<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'p> Compressor<'p> {
+    /// A compressor whose context is allocated at its first frame.
+    pub fn new() -> Self {
+        Self { cctx: zstd_safe::CCtx::create() }
+    }
+
+    /// Compresses `content` with `prefix` as zstd's reference prefix (empty for
+    /// none), at a level (an `i32`) or an [`Effort`].
+    pub fn compress(&mut self, content: &[u8], prefix: &'p [u8], effort: impl Into<Effort>) -> io::Result<Vec<u8>> {
+        let effort = effort.into();
+        let cctx = &mut self.cctx;
+        // Parameters and any prefix of the last frame are forgotten; the tables are kept.
+        cctx.reset(zstd_safe::ResetDirective::SessionAndParameters).map_err(zstd_error)?;
+        let window = window_log(prefix.len() + content.len());
+        let set = |cctx: &mut zstd_safe::CCtx<'_>, p| cctx.set_parameter(p).map(drop).map_err(zstd_error);
+        set(cctx, zstd_safe::CParameter::CompressionLevel(effort.level))?;
+        if let Some(search_log) = effort.search_log {
+            set(cctx, zstd_safe::CParameter::SearchLog(search_log))?;
+        }
+        set(cctx, zstd_safe::CParameter::WindowLog(window))?;
+        set(cctx, zstd_safe::CParameter::ChecksumFlag(false))?;
+        set(cctx, zstd_safe::CParameter::ContentSizeFlag(true))?;
+        if !prefix.is_empty() {
+            cctx.ref_prefix(prefix).map_err(zstd_error)?;
+        }
+        let mut out = Vec::with_capacity(zstd_safe::compress_bound(content.len()));
+        cctx.compress2(&mut out, content).map_err(zstd_error)?;
+        Ok(out)
+    }
 }
 
 /// The smallest window that holds prefix and content, within zstd's limits
@@ -42,15 +93,15 @@ fn zstd_error(code: usize) -> io::Error {
 }
 
 /// The head frame: the target's manifest and metadata against the base's.
-pub fn encode_head(base: &Head, target: &Head, level: i32) -> io::Result<Vec<u8>> {
-    compress(&head_text(target, true), &head_text(base, false), level)
+pub fn encode_head(base: &Head, target: &Head, effort: impl Into<Effort>) -> io::Result<Vec<u8>> {
+    compress(&head_text(target, true), &head_text(base, false), effort)
 }
 
 /// The head frame of an rsync delta: the target's manifest and metadata
 /// against the signature's list of sizes, hashes and paths (which most
 /// manifest lines repeat).
-pub fn encode_head_rsync(basis: &Signature, target: &Head, level: i32) -> io::Result<Vec<u8>> {
-    compress(&head_text(target, true), &signature_text(basis), level)
+pub fn encode_head_rsync(basis: &Signature, target: &Head, effort: impl Into<Effort>) -> io::Result<Vec<u8>> {
+    compress(&head_text(target, true), &signature_text(basis), effort)
 }
 
 /// Writes a delta and returns its length. `ops` must be in [`needed`](super::needed) order.

@@ -56,7 +56,7 @@ use crate::varint::put_varint;
 use crate::{BlobHash, Entry, EntryKind, Manifest, ReleaseId};
 
 pub use decode::{read, read_ends, read_rsync, read_rsync_basis, Parsed, RsyncParsed};
-pub use encode::{compress, encode_head, encode_head_rsync, write, write_rsync};
+pub use encode::{compress, encode_head, encode_head_rsync, write, write_rsync, Compressor, Effort};
 
 /// The magic at the start of every delta against a release.
 pub const MAGIC: [u8; 8] = *b"FERRYDLT";

@@ -16,7 +16,7 @@ use crate::release::{Component, ComponentKind, FORMAT_VERSION};
 use crate::signature::{Signature, SignedFile};
 pub mod seeds;
 
-use crate::{journal, BlobHash, Entry, EntryKind, Manifest, RelPath, ReleaseMeta};
+use crate::{journal, signed, BlobHash, Entry, EntryKind, Manifest, RelPath, ReleaseMeta};
 
 /// The most a fuzz input may be: the readers' own caps are larger, and
 /// the fuzzers need not spend their time on megabytes.
@@ -26,6 +26,38 @@ pub const MAX_INPUT: usize = 1 << 20;
 pub fn manifest(data: &[u8]) {
     if let Ok(m) = Manifest::parse(data) {
         assert_eq!(m.to_text(), data, "a manifest that parses is its own canonical text");
+    }
+}
+
+/// Manifests made from structured entries (paths, kinds, modes, sizes,
+/// hashes, link targets drawn from the input by `arbitrary`): whatever
+/// [`Manifest::from_entries`] accepts — what a builder writes — must write
+/// text that [`Manifest::parse`] — what a host reads — takes back as the
+/// same entries. A byte fuzzer of the text alone rarely gets this far.
+pub fn manifest_entries(data: &[u8]) {
+    let mut u = arbitrary::Unstructured::new(data);
+    let n = u.int_in_range(0..=64u8).unwrap_or(0);
+    let mut entries = Vec::new();
+    for _ in 0..n {
+        let Ok(path) = u.arbitrary::<String>() else { break };
+        let Ok(path) = RelPath::new(path) else { continue };
+        let mode = u.arbitrary::<u32>().unwrap_or(0o644);
+        let kind = match u.int_in_range(0..=2u8).unwrap_or(0) {
+            0 => EntryKind::Dir { mode },
+            1 => EntryKind::File {
+                mode,
+                size: u.arbitrary().unwrap_or(0),
+                hash: BlobHash::from_bytes(u.arbitrary().unwrap_or([0; 32])),
+            },
+            _ => EntryKind::Symlink { target: u.arbitrary().unwrap_or_default() },
+        };
+        entries.push(Entry { path, kind });
+    }
+    if let Ok(m) = Manifest::from_entries(entries) {
+        let text = m.to_text();
+        let back =
+            Manifest::parse(&text).unwrap_or_else(|e| panic!("a manifest from_entries accepts does not parse: {e}"));
+        assert_eq!(back.entries(), m.entries(), "a manifest reads back as the entries it was made of");
     }
 }
 
@@ -106,6 +138,31 @@ pub fn journal(data: &[u8]) {
     for r in records {
         let (again, none) = journal::parse(&r.to_line());
         assert!(none.is_empty() && again.len() == 1, "a record written back reads");
+    }
+}
+
+/// The public key that signed the committed release-signature seed
+/// (`fuzz/corpus/release_signature/`), the key a fuzzed signature is
+/// verified under.
+pub const SEED_KEY: &str = "RWSLHm9KRyjoqBaRXyXOrAfIPU0WXpahb4QUrZGdj8vCT0gNzlUXkNj+";
+
+/// A release signature (`.minisig` with ferry's statement), then verified
+/// under [`SEED_KEY`]: what reads keeps its text and statement, and only a
+/// signature that verifies says it was made by that key. The same bytes are
+/// also read as a trusted key's text.
+pub fn release_signature(data: &[u8]) {
+    let key = signed::TrustedKey::parse(SEED_KEY).expect("the seed key parses");
+    if let Ok(sig) = signed::parse(data) {
+        assert_eq!(sig.text().as_bytes(), data, "a signature keeps the text it was read from");
+        let line = sig.statement.to_line();
+        let again = signed::Statement::parse(line.as_bytes()).expect("a statement written back reads");
+        assert_eq!(again, sig.statement, "a statement written back reads the same");
+        if let Ok(id) = sig.verify(std::slice::from_ref(&key)) {
+            assert_eq!(id, key.id, "a signature verifies only under its own key");
+        }
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = signed::TrustedKey::parse(text);
     }
 }
 

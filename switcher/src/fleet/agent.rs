@@ -21,7 +21,7 @@ use std::time::Duration;
 use super::{HostSpec, Session, Transport};
 use crate::host::runtime::{HookKind, HookRun, Installed, LogChunk, PortHolder, Program, SetUp};
 use crate::host::serve::{Reply, Request};
-use crate::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
+use crate::host::{Flipped, HostError, Pinned, Pruned, StageOptions, Staged, Status};
 
 /// Starts `ferry host --deploy-to … serve [--lock …]` on a host with the
 /// command `start` makes for it (the lock argument is added here).
@@ -207,16 +207,27 @@ impl Session for AgentSession {
         self.call(Request::Status)
     }
 
-    fn stage(&mut self, payload: &Path, opts: &StageOptions) -> Result<Staged, HostError> {
+    fn stage(&mut self, payload: &Path, opts: &StageOptions, signature: Option<&str>) -> Result<Staged, HostError> {
         let mut file = fs::File::open(payload).map_err(HostError::Fs)?;
         let len = file.metadata().map_err(HostError::Fs)?.len();
-        self.send(&Request::Stage { len, options: opts.clone() }, Some(&mut file))?;
+        let signature = signature.map(str::to_owned);
+        self.send(&Request::Stage { len, options: opts.clone(), signature }, Some(&mut file))?;
         self.reply()
     }
 
-    fn stage_fetched(&mut self, fetch: &crate::host::fetch::Fetch, opts: &StageOptions) -> Result<Staged, HostError> {
+    fn stage_fetched(
+        &mut self,
+        fetch: &crate::host::fetch::Fetch,
+        opts: &StageOptions,
+        signature: Option<&str>,
+    ) -> Result<Staged, HostError> {
         let crate::host::fetch::Fetch { url, blake3, len } = fetch.clone();
-        self.call(Request::Fetch { url, blake3, len, options: opts.clone() })
+        let signature = signature.map(str::to_owned);
+        self.call(Request::Fetch { url, blake3, len, options: opts.clone(), signature })
+    }
+
+    fn pin_keys(&mut self, keys: &[String], replace: bool) -> Result<Pinned, HostError> {
+        self.call(Request::Trust { keys: keys.to_vec(), replace })
     }
 
     fn activate(&mut self, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError> {

@@ -37,6 +37,9 @@ pub(super) struct Connected {
     /// What `current` was when it connected: the delta's base, and where a
     /// revert goes back to.
     pub current: Option<ReleaseId>,
+    /// `current` names a release that is not on disk (removed by hand): no
+    /// delta or rsync delta has a base there, so it gets the bundle.
+    pub current_gone: bool,
     /// This push flipped it (a revert flips it back).
     pub flipped: bool,
 }
@@ -80,7 +83,7 @@ pub(super) fn connect_each(
                     Slot { spec: spec.clone(), report: HostReport::new(&spec.name), started: Instant::now() };
                 match transport.connect(spec, lock) {
                     Ok(session) => {
-                        let mut host = Connected { slot, session, current: None, flipped: false };
+                        let mut host = Connected { slot, session, current: None, current_gone: false, flipped: false };
                         then(&mut host);
                         Ok(host)
                     }

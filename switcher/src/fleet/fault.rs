@@ -102,15 +102,20 @@ impl Session for FaultySession {
     fn status(&mut self) -> Result<Status, HostError> {
         self.inner.status()
     }
-    fn stage(&mut self, payload: &Path, opts: &StageOptions) -> Result<Staged, HostError> {
+    fn stage(&mut self, payload: &Path, opts: &StageOptions, signature: Option<&str>) -> Result<Staged, HostError> {
         self.strike(At::BeforeStage, "stage")?;
-        let staged = self.inner.stage(payload, opts);
+        let staged = self.inner.stage(payload, opts, signature);
         self.strike(At::AfterStage, "stage")?;
         staged
     }
-    fn stage_fetched(&mut self, fetch: &super::Fetch, opts: &StageOptions) -> Result<Staged, HostError> {
+    fn stage_fetched(
+        &mut self,
+        fetch: &super::Fetch,
+        opts: &StageOptions,
+        sig: Option<&str>,
+    ) -> Result<Staged, HostError> {
         self.strike(At::BeforeStage, "stage")?;
-        let staged = self.inner.stage_fetched(fetch, opts);
+        let staged = self.inner.stage_fetched(fetch, opts, sig);
         self.strike(At::AfterStage, "stage")?;
         staged
     }
@@ -123,6 +128,9 @@ impl Session for FaultySession {
     }
     fn prune(&mut self, keep: usize) -> Result<Pruned, HostError> {
         self.inner.prune(keep)
+    }
+    fn pin_keys(&mut self, keys: &[String], replace: bool) -> Result<crate::host::Pinned, HostError> {
+        self.inner.pin_keys(keys, replace)
     }
     fn signature(&mut self) -> Result<Signature, HostError> {
         self.inner.signature()

@@ -208,7 +208,7 @@ pub enum HttpGateError {
 /// IPv6 address in brackets (for a URL).
 pub fn address_of(name: &str) -> String {
     // The same reading of a host's name as the ssh transport's.
-    let host = super::ssh::address(name).map_or_else(|_| name.to_owned(), |(_, host, _)| host);
+    let host = super::host_name::address(name).map_or_else(|_| name.to_owned(), |(_, host, _)| host);
     if host.contains(':') {
         format!("[{host}]")
     } else {

@@ -14,7 +14,7 @@ use fs_err as fs;
 
 use super::{HostSpec, Session, Transport};
 use crate::host::runtime::{HookKind, HookRun, Installed, LogChunk, PortHolder, Program, SetUp};
-use crate::host::{Flipped, Host, HostError, Lock, Pruned, StageOptions, Staged, Status};
+use crate::host::{Flipped, Host, HostError, Lock, Pinned, Pruned, StageOptions, Staged, Status};
 
 /// Reaches hosts that are directories.
 #[derive(Debug, Default)]
@@ -44,13 +44,23 @@ impl Session for LocalSession {
         self.host.status()
     }
 
-    fn stage(&mut self, payload: &Path, opts: &StageOptions) -> Result<Staged, HostError> {
+    fn stage(&mut self, payload: &Path, opts: &StageOptions, signature: Option<&str>) -> Result<Staged, HostError> {
         let mut file = fs::File::open(payload).map_err(HostError::Fs)?;
-        self.host.stage(self.lock(), &mut file, opts)
+        self.host.stage(self.lock(), &mut file, opts, signature)
     }
 
-    fn stage_fetched(&mut self, fetch: &crate::host::fetch::Fetch, opts: &StageOptions) -> Result<Staged, HostError> {
-        self.host.stage_fetched(self.lock(), fetch, opts)
+    fn pin_keys(&mut self, keys: &[String], replace: bool) -> Result<Pinned, HostError> {
+        self.lock();
+        self.host.pin_keys(keys, replace)
+    }
+
+    fn stage_fetched(
+        &mut self,
+        fetch: &crate::host::fetch::Fetch,
+        opts: &StageOptions,
+        signature: Option<&str>,
+    ) -> Result<Staged, HostError> {
+        self.host.stage_fetched(self.lock(), fetch, opts, signature)
     }
 
     fn activate(&mut self, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError> {

@@ -12,14 +12,17 @@ mod agent;
 mod connect;
 pub mod fault;
 pub mod gates;
+mod host_name;
 pub mod lb;
 mod local;
 mod plan;
+mod preview;
 mod push;
 mod query;
 pub mod report;
 mod rollback;
 pub mod sim;
+#[cfg(feature = "ssh")]
 mod ssh;
 
 use std::collections::BTreeMap;
@@ -32,18 +35,20 @@ use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
 
 pub use crate::host::fetch::Fetch;
-use crate::host::{Flipped, HostError, Pruned, StageOptions, Staged, Status};
+use crate::host::{Flipped, HostError, Pinned, Pruned, StageOptions, Staged, Status};
 
 pub use agent::Agent;
 pub use gates::{Gate, Hooks, HttpProbe, Runtime};
 pub use lb::{LbError, LbNode, LoadBalancer};
 pub use local::Local;
 pub use plan::{batches, Step};
+pub use preview::{preview, Planned, Ship};
 pub use push::{push, LbBatch, LbReport};
 pub use query::{exec, journals, logs, setup, setup_install, status, Answer};
 pub use report::{Down, Event, EventKind, HostReport, HostStep, Observer, Outcome, Quiet, Report, Shipped};
 pub use rollback::{rollback, RollbackError};
-pub use ssh::{read_ssh_config, AgentBinary, Ssh, SshConfigError};
+#[cfg(feature = "ssh")]
+pub use ssh::{agent_info, read_ssh_config, AgentBinary, AgentInfo, Ssh, SshConfigError};
 
 /// Where the fleet gets bundles and deltas: the CLI hands it the builder's
 /// store.
@@ -70,6 +75,11 @@ pub trait ReleaseSource: Sync {
         let _ = (base, target, kind, path);
         Ok(None)
     }
+    /// The release's minisign signature (see `ferry_formats::signed`), if
+    /// it was signed.
+    fn release_signature(&self, _id: &ReleaseId) -> Result<Option<String>, SourceError> {
+        Ok(None)
+    }
 }
 
 pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
@@ -87,7 +97,12 @@ pub struct HostSpec {
 /// lock from [`Transport::connect`] until they are dropped.
 pub trait Session: Send {
     fn status(&mut self) -> Result<Status, HostError>;
-    fn stage(&mut self, payload: &Path, opts: &StageOptions) -> Result<Staged, HostError>;
+    /// Ships `payload` (a bundle or delta) with the release's `signature`
+    /// (a minisign file's text) and stages it.
+    fn stage(&mut self, payload: &Path, opts: &StageOptions, signature: Option<&str>) -> Result<Staged, HostError>;
+    /// Pins the minisign public `keys` on the host (see
+    /// [`Host::pin_keys`](crate::host::Host::pin_keys)).
+    fn pin_keys(&mut self, keys: &[String], replace: bool) -> Result<Pinned, HostError>;
     fn activate(&mut self, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError>;
     fn rollback(&mut self, to: Option<&ReleaseId>) -> Result<Flipped, HostError>;
     fn prune(&mut self, keep: usize) -> Result<Pruned, HostError>;
@@ -122,8 +137,14 @@ pub trait Session: Send {
     /// Has the host download its payload itself and stage it (see
     /// [`fetch`](crate::host::fetch)); a transport that cannot says so,
     /// and the controller pushes the bytes instead.
-    fn stage_fetched(&mut self, fetch: &Fetch, opts: &StageOptions) -> Result<Staged, HostError> {
-        let _ = (fetch, opts);
+    /// `signature` as for [`Session::stage`].
+    fn stage_fetched(
+        &mut self,
+        fetch: &Fetch,
+        opts: &StageOptions,
+        signature: Option<&str>,
+    ) -> Result<Staged, HostError> {
+        let _ = (fetch, opts, signature);
         Err(HostError::Input("this transport cannot have hosts fetch from a store".into()))
     }
 }
@@ -165,4 +186,7 @@ pub struct Stage {
     /// `--out`: the hosts are out of rotation already (checked), and the
     /// push leaves the load balancer's states as they are.
     pub out_of_rotation: bool,
+    /// Minisign public keys the hosts must hold releases to (see
+    /// `host::trust`): a push pins them on a host that has none.
+    pub trusted_keys: Vec<String>,
 }

@@ -64,8 +64,25 @@ pub fn journals(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Answer
 pub fn setup(stage: &Stage, transport: &dyn Transport) -> Vec<(String, Answer<SetUp>)> {
     let rt = &stage.runtime;
     ask_each(stage, transport, Some(&format!("ferry setup {}", stage.name)), |h| {
+        // The pinned keys follow ferry.toml's trusted_keys: new ones listed
+        // beside the old are taken at once; keys dropped are no longer.
+        let pinned = h.session.pin_keys(&stage.trusted_keys, true)?;
         let programs = rt.programs_for(h.name());
-        h.session.setup(&rt.service, &programs)
+        let mut set_up = match rt.programs.is_empty() {
+            // Keys only: no supervisord to configure.
+            true => SetUp { did: Vec::new(), started_supervisord: false },
+            false => h.session.setup(&rt.service, &programs)?,
+        };
+        if pinned.changed {
+            set_up.did.insert(
+                0,
+                match pinned.keys.is_empty() {
+                    true => "removed the pinned keys: the host takes unsigned releases".to_owned(),
+                    false => format!("pinned keys {}", pinned.keys.join(", ")),
+                },
+            );
+        }
+        Ok(set_up)
     })
 }
 

@@ -20,7 +20,7 @@ use ferry_formats::ReleaseId;
 
 use super::{Fetch, HostSpec, Session, Transport};
 use crate::host::runtime::{HookKind, HookRun, Installed, LogChunk, PortHolder, Program, SetUp};
-use crate::host::{Flipped, HostError, Pruned, ReleaseStatus, StageOptions, Staged, Status};
+use crate::host::{Flipped, HostError, Pinned, Pruned, ReleaseStatus, StageOptions, Staged, Status};
 
 /// What each simulated host's link is like.
 #[derive(Debug, Clone, Copy)]
@@ -208,21 +208,29 @@ impl Session for SimSession {
                 .releases
                 .iter()
                 .rev()
-                .map(|id| ReleaseStatus { id: *id, version: None, pinned: false, last_used: None, bridged: 0 })
+                .map(|id| ReleaseStatus {
+                    id: *id,
+                    version: None,
+                    pinned: false,
+                    last_used: None,
+                    bridged: 0,
+                    signed_by: None,
+                })
                 .collect(),
             lock: None,
             current_migrated: None,
             programs: Vec::new(),
             supervisord_down: None,
+            trusted_keys: Vec::new(),
         }))
     }
-    fn stage(&mut self, payload: &Path, _opts: &StageOptions) -> Result<Staged, HostError> {
+    fn stage(&mut self, payload: &Path, _opts: &StageOptions, _sig: Option<&str>) -> Result<Staged, HostError> {
         let len = fs_err::metadata(payload).map_err(HostError::Fs)?.len();
         self.send(len);
         self.bytes.0.fetch_add(len, Ordering::Relaxed);
         self.staged()
     }
-    fn stage_fetched(&mut self, fetch: &Fetch, _opts: &StageOptions) -> Result<Staged, HostError> {
+    fn stage_fetched(&mut self, fetch: &Fetch, _opts: &StageOptions, _sig: Option<&str>) -> Result<Staged, HostError> {
         if self.fails {
             std::thread::sleep(self.links.round_trip);
             return Err(HostError::Input("the store is unreachable (a seeded fault)".into()));
@@ -230,6 +238,9 @@ impl Session for SimSession {
         self.transfer(fetch.len, self.links.store_bytes_per_sec);
         self.bytes.1.fetch_add(fetch.len, Ordering::Relaxed);
         self.staged()
+    }
+    fn pin_keys(&mut self, _keys: &[String], _replace: bool) -> Result<Pinned, HostError> {
+        Err(unsupported("pin keys"))
     }
     fn activate(&mut self, id: &ReleaseId, _opts: &StageOptions) -> Result<Flipped, HostError> {
         self.flip(*id)
@@ -340,6 +351,7 @@ mod tests {
             force: false,
             load_balancer: None,
             out_of_rotation: false,
+            trusted_keys: Vec::new(),
         };
         let report = fleet::push(&stage, &sim, &OneDelta(delta), &deps, &Quiet);
         assert!(report.ok, "{report:?}");

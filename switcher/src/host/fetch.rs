@@ -43,7 +43,15 @@ impl Fetch {
 
 impl Host {
     /// Downloads `fetch`, checks its length and blake3, and stages it.
-    pub fn stage_fetched(&self, lock: &Lock, fetch: &Fetch, opts: &StageOptions) -> Result<Staged, HostError> {
+    /// `signature` as for [`Host::stage`]: a host with pinned keys checks it
+    /// before it writes a byte, as for a pushed payload.
+    pub fn stage_fetched(
+        &self,
+        lock: &Lock,
+        fetch: &Fetch,
+        opts: &StageOptions,
+        signature: Option<&str>,
+    ) -> Result<Staged, HostError> {
         let dir = self.ferry_dir();
         fs::create_dir_all(&dir).map_err(HostError::Fs)?;
         let mut file = tempfile::Builder::new()
@@ -59,7 +67,7 @@ impl Host {
                 Ok(()) => {
                     let f = file.as_file_mut();
                     f.seek(io::SeekFrom::Start(0)).map_err(|source| HostError::Io { path: dir.clone(), source })?;
-                    return self.stage(lock, f, opts);
+                    return self.stage(lock, f, opts, signature);
                 }
                 Err(Failed { message, again }) => {
                     last = message;

@@ -87,6 +87,11 @@ impl Host {
         let from = self.current()?;
         let mut record = Record::now(whoami(), action, from, Some(*id));
         record.reason = reason;
+        // Who vouched for it, when it was staged under pinned keys.
+        if let Some(signed) = self.release_signature(id) {
+            record.key = Some(signed.key_id.to_string());
+            record.serial = Some(signed.statement.serial);
+        }
         if let Err(e) = self.check_flip(id, opts) {
             let _ = self.record(&record.failed(error_chain(&e)));
             return Err(e);

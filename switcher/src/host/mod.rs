@@ -16,6 +16,8 @@
 //!   .ferry/lock               flock(2)ed by whoever works here; holds their name
 //!   .ferry/journal            what happened, one JSON line each (formats::journal)
 //!   .ferry/pins/<id>          releases `prune` never removes
+//!   .ferry/trusted_keys       pinned minisign keys: releases must be signed (trust.rs)
+//!   .ferry/serial             the highest release serial accepted
 //! ```
 //!
 //! Every verb that changes something takes the [`Lock`] first; whatever a
@@ -35,6 +37,7 @@ mod sign;
 mod stage;
 mod status;
 pub mod supervisor;
+mod trust;
 
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -52,6 +55,7 @@ pub use lock::{Holder, Lock};
 pub use prune::Pruned;
 pub use stage::{check_linked, LinkedError, StageOptions, Staged, ACTIVE_CONFIG};
 pub use status::{ReleaseStatus, Status, Verified};
+pub use trust::{Accepted, Pinned, Refusal};
 
 /// One service's directory on one host.
 #[derive(Debug, Clone)]
@@ -83,6 +87,10 @@ pub enum HostError {
     Bundle(#[source] ReadError),
     #[error("{0}")]
     Input(String),
+    /// A release the host's pinned keys do not vouch for; refused before
+    /// anything of it was written.
+    #[error("release {} is refused before anything was written: {reason}", id.short(12))]
+    Untrusted { id: ReleaseId, reason: trust::Refusal },
     #[error("release {id} in {}: {reason}", root.display())]
     Broken { id: ReleaseId, root: PathBuf, reason: String },
     #[error("linked file {} is missing; create it in {} before deploying (it is linked into every release)", path.display(), shared.display())]
@@ -121,6 +129,7 @@ pub enum ErrorKind {
     DeltaRefused,
     BundleRefused,
     Input,
+    Untrusted,
     Broken,
     MissingLinked,
     NoEnvironment,
@@ -141,6 +150,7 @@ impl HostError {
             HostError::Delta(_) => ErrorKind::DeltaRefused,
             HostError::Bundle(_) => ErrorKind::BundleRefused,
             HostError::Input(_) => ErrorKind::Input,
+            HostError::Untrusted { .. } => ErrorKind::Untrusted,
             HostError::Broken { .. } => ErrorKind::Broken,
             HostError::MissingLinked { .. } => ErrorKind::MissingLinked,
             HostError::NoEnvironment { .. } => ErrorKind::NoEnvironment,

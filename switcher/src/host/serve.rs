@@ -9,7 +9,8 @@
 //! |---|---|---|
 //! | (none: the session opens) | | `{"ferry": <version>}`, or the lock's error |
 //! | `{"op":"status"}` | | [`Status`](super::Status) |
-//! | `{"op":"stage","len":N,"options":…}` | N bytes: a bundle or delta | [`Staged`](super::Staged) |
+//! | `{"op":"stage","len":N,"options":…,"signature":…}` | N bytes: a bundle or delta | [`Staged`](super::Staged) (`signature`: the release's minisign file, optional) |
+//! | `{"op":"trust","keys":[…],"replace":B}` | | [`Pinned`](super::Pinned) |
 //! | `{"op":"activate","id":…,"options":…}` | | [`Flipped`](super::Flipped) |
 //! | `{"op":"rollback","to":…,"reason":…}` | | [`Flipped`](super::Flipped) |
 //! | `{"op":"setup","service":…,"programs":[…]}` | | what it did, a line each |
@@ -46,6 +47,14 @@ pub enum Request {
     Stage {
         len: u64,
         options: StageOptions,
+        /// The release's minisign signature file (see `host::trust`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
+    },
+    /// Pins minisign public keys on the host.
+    Trust {
+        keys: Vec<String>,
+        replace: bool,
     },
     Activate {
         id: ReleaseId,
@@ -102,6 +111,9 @@ pub enum Request {
         blake3: String,
         len: u64,
         options: StageOptions,
+        /// As for `stage`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
     },
 }
 
@@ -179,9 +191,9 @@ fn answer(
     let locked = || lock.ok_or_else(|| HostError::Input("this session holds no lock; open it with --lock".into()));
     Ok(Some(match request {
         Request::Status => Reply::of(host.status()),
-        Request::Stage { len, options } => {
+        Request::Stage { len, options, signature } => {
             let mut payload = input.take(len);
-            let staged = locked().and_then(|lock| host.stage(lock, &mut payload, &options));
+            let staged = locked().and_then(|lock| host.stage(lock, &mut payload, &options, signature.as_deref()));
             // Whatever the stage read, the payload ends where the
             // controller said: read what is left, to stay in step.
             io::copy(&mut payload, &mut io::sink())?;
@@ -199,11 +211,12 @@ fn answer(
         Request::Logs { program, offsets, bytes } => Reply::of(host.logs(program.as_deref(), &offsets, bytes)),
         Request::Restart { id } => Reply::of(locked().and_then(|lock| host.restart(lock, &id))),
         Request::Listeners { port } => Reply::of(host.listeners(port)),
+        Request::Trust { keys, replace } => Reply::of(locked().and_then(|_| host.pin_keys(&keys, replace))),
         Request::Prune { keep } => Reply::of(locked().and_then(|lock| host.prune(lock, keep))),
         Request::Journal => Reply::of(host.journal()),
-        Request::Fetch { url, blake3, len, options } => {
+        Request::Fetch { url, blake3, len, options, signature } => {
             let fetch = super::fetch::Fetch { url, blake3, len };
-            Reply::of(locked().and_then(|lock| host.stage_fetched(lock, &fetch, &options)))
+            Reply::of(locked().and_then(|lock| host.stage_fetched(lock, &fetch, &options, signature.as_deref())))
         }
         Request::AdminSocket { socket, command } => {
             Reply::of(super::admin_socket::command(&socket, &command, super::admin_socket::TIMEOUT))

@@ -29,6 +29,10 @@ pub struct Status {
     /// programs and it did not (every program is down then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supervisord_down: Option<String>,
+    /// The ids of the keys pinned here (see `host::trust`): none, and the
+    /// host takes unsigned releases.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -42,6 +46,9 @@ pub struct ReleaseStatus {
     /// (`bridge_assets`), which are not in its manifest.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub bridged: usize,
+    /// The key id whose signature it was staged with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -77,6 +84,7 @@ impl Host {
                     pinned: self.is_pinned(&id),
                     last_used: last.map(|i| journal[i].time.clone()),
                     bridged: self.bridged(&id).map_or(0, |(_, files)| files.len()),
+                    signed_by: self.release_signature(&id).map(|s| s.key_id.to_string()),
                 },
             ));
         }
@@ -105,6 +113,7 @@ impl Host {
             current_migrated,
             programs,
             supervisord_down,
+            trusted_keys: self.trusted_keys()?.iter().map(|k| k.id.to_string()).collect(),
         })
     }
 

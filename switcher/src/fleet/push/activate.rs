@@ -151,7 +151,16 @@ pub(super) fn revert(pool: &rayon::ThreadPool, hosts: &mut [Connected], observer
                     }
                     observer.done(&host.slot.spec.name, "reverted", &from.short(12));
                 }
-                Err(e) => host.fail(HostStep::Revert, &e),
+                Err(e) => {
+                    // Say where the host is left: the release it could not leave.
+                    let to = host.slot.report.to.map_or_else(|| "the new release".to_owned(), |t| t.short(12));
+                    let cause = format!(
+                        "could not go back to {}: {}; `current` stays on {to}",
+                        from.short(12),
+                        crate::host::error_chain(&e)
+                    );
+                    host.slot.report.fail(HostStep::Revert, cause);
+                }
             }
         });
     });

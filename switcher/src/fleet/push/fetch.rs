@@ -46,6 +46,7 @@ pub(super) fn stage_fetched(
     fetch: &Result<Fetch, String>,
     kind: Shipped,
     stage: &Stage,
+    signature: Option<&str>,
     observer: &dyn Observer,
 ) -> bool {
     let name = host.slot.spec.name.clone();
@@ -59,7 +60,7 @@ pub(super) fn stage_fetched(
         }
     };
     observer.note(&name, "fetch", &format!("{kind} from the store"));
-    match host.session.stage_fetched(fetch, &stage.options) {
+    match host.session.stage_fetched(fetch, &stage.options, signature) {
         Ok(staged) => {
             let report = &mut host.slot.report;
             if !staged.already {

@@ -10,6 +10,8 @@ mod health;
 mod stage;
 
 pub use balance::{LbBatch, LbReport};
+// The preview decides what each host gets as the push does.
+pub(super) use stage::{payload, Payload};
 
 use std::time::Instant;
 
@@ -260,6 +262,7 @@ fn look(host: &mut Connected, release: &ReleaseId, observer: &dyn Observer) {
     }
     let name = &host.slot.spec.name;
     if let Some(gone) = status.current.filter(|c| !status.releases.iter().any(|r| r.id == *c)) {
+        host.current_gone = true;
         let said = format!(
             "its current release {} is not on disk (removed by hand?): it gets the whole bundle, and cannot go \
              back to {0} if the push fails",

@@ -15,7 +15,7 @@ use super::super::{ReleaseSource, Stage};
 use crate::host::{error_chain, ErrorKind, HostError};
 
 /// What a host gets.
-enum Payload {
+pub(in crate::fleet) enum Payload {
     /// A delta or the whole bundle, and which.
     File(PathBuf, Shipped),
     /// The host runs a release the source does not have.
@@ -24,7 +24,11 @@ enum Payload {
 
 /// The payload a host on `base` needs: a delta when the source has `base`,
 /// the whole bundle when the host has nothing.
-fn payload(source: &dyn ReleaseSource, base: Option<ReleaseId>, target: &ReleaseId) -> Result<Payload, String> {
+pub(in crate::fleet) fn payload(
+    source: &dyn ReleaseSource,
+    base: Option<ReleaseId>,
+    target: &ReleaseId,
+) -> Result<Payload, String> {
     if let Some(base) = base {
         return match source.delta(&base, target) {
             Ok(Some(path)) => Ok(Payload::File(path, Shipped::Delta)),
@@ -48,8 +52,21 @@ pub(super) fn stage_all(
     release: &ReleaseId,
     observer: &dyn Observer,
 ) {
-    // The delta's base: what the host runs, unless that is the release.
-    let base = |host: &Connected| host.current.filter(|b| b != release);
+    // The release's signature, sent with every payload: a host with pinned
+    // keys checks it before it writes anything.
+    let signature = match source.release_signature(release) {
+        Ok(s) => s,
+        Err(e) => {
+            for host in hosts.iter_mut() {
+                host.slot.report.fail(HostStep::Stage, format!("cannot read the release's signature: {e}"));
+            }
+            return;
+        }
+    };
+    let signature = signature.as_deref();
+    // The delta's base: what the host runs, unless that is the release or
+    // is gone from its disk (then the bundle: there is nothing to sign).
+    let base = |host: &Connected| host.current.filter(|b| b != release && !host.current_gone);
     // One delta per distinct base, made once, before any host is staged.
     let mut payloads: BTreeMap<Option<ReleaseId>, Result<Payload, String>> = BTreeMap::new();
     for host in hosts.iter() {
@@ -71,6 +88,9 @@ pub(super) fn stage_all(
     pool.install(|| {
         hosts.par_iter_mut().for_each(|host| {
             host.slot.report.step = HostStep::Stage;
+            if !pin(host, stage, observer) {
+                return;
+            }
             let payload = match &payloads[&base(host)] {
                 Ok(Payload::File(path, kind)) => Ok((path.clone(), *kind)),
                 // The store does not know what this host runs: it signs its
@@ -87,12 +107,12 @@ pub(super) fn stage_all(
                 Err(e) => Err(e.clone()),
             };
             if let (Ok((_, kind)), Some(fetch)) = (&payload, fetches.get(&base(host))) {
-                if super::fetch::stage_fetched(host, fetch, *kind, stage, observer) {
+                if super::fetch::stage_fetched(host, fetch, *kind, stage, signature, observer) {
                     return;
                 }
             }
             match payload {
-                Ok((path, kind)) => stage_one(host, &path, kind, stage, source, release, observer),
+                Ok((path, kind)) => stage_one(host, &path, kind, stage, source, release, signature, observer),
                 Err(e) => host.slot.report.fail(HostStep::Stage, e),
             }
         });
@@ -102,6 +122,7 @@ pub(super) fn stage_all(
 /// Ships `path` (of `kind`) to one host and stages it there; a delta the
 /// host refuses (a base file it changed, one given over to shared/) is
 /// replaced by the whole bundle.
+#[allow(clippy::too_many_arguments)]
 fn stage_one(
     host: &mut Connected,
     path: &Path,
@@ -109,22 +130,24 @@ fn stage_one(
     stage: &Stage,
     source: &dyn ReleaseSource,
     release: &ReleaseId,
+    signature: Option<&str>,
     observer: &dyn Observer,
 ) {
     let name = host.slot.spec.name.clone();
     observer.note(&name, "stage", kind.as_str());
     let size = |p: &Path| fs::metadata(p).map_or(0, |m| m.len());
     let report = &mut host.slot.report;
-    let mut staged = host.session.stage(path, &stage.options);
+    let mut staged = host.session.stage(path, &stage.options, signature);
     match &staged {
         // A host that refused the delta gets the bundle; one whose link
-        // broke does not (it would fail the same way, later).
-        Err(e) if kind.is_delta() && e.kind() != ErrorKind::Link => {
+        // broke, or that does not trust the release, does not (it would
+        // fail the same way).
+        Err(e) if kind.is_delta() && !matches!(e.kind(), ErrorKind::Link | ErrorKind::Untrusted) => {
             observer.note(&name, "stage", &format!("{kind} refused ({}); sending the bundle", error_chain(e)));
             report.bytes += size(path);
             match source.bundle(release) {
                 Ok(bundle) => {
-                    staged = host.session.stage(&bundle, &stage.options);
+                    staged = host.session.stage(&bundle, &stage.options, signature);
                     if staged.is_ok() {
                         report.shipped = Shipped::Bundle;
                         report.bytes += size(&bundle);
@@ -155,6 +178,34 @@ fn stage_one(
         Err(e) => {
             observer.failed(&name, "stage", &error_chain(&e));
             host.fail(HostStep::Stage, &e);
+        }
+    }
+}
+
+/// Pins the stage's trusted keys on a host that has none (a host's own
+/// pins are changed by `ferry setup` only); false when the host failed.
+fn pin(host: &mut Connected, stage: &Stage, observer: &dyn Observer) -> bool {
+    if stage.trusted_keys.is_empty() {
+        return true;
+    }
+    let name = host.slot.spec.name.clone();
+    match host.session.pin_keys(&stage.trusted_keys, false) {
+        Ok(pinned) => {
+            if pinned.changed {
+                observer.note(&name, "trust", &format!("pinned keys {}", pinned.keys.join(", ")));
+            } else if pinned.kept_other {
+                host.slot.report.warn(format!(
+                    "the host trusts keys {}, not ferry.toml's trusted_keys; `ferry setup {}` pins those",
+                    pinned.keys.join(", "),
+                    stage.name
+                ));
+            }
+            true
+        }
+        Err(e) => {
+            observer.failed(&name, "trust", &error_chain(&e));
+            host.fail(HostStep::Stage, &e);
+            false
         }
     }
 }

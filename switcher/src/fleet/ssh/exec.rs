@@ -13,7 +13,8 @@ pub(super) const NO_AGENT: &str = "ferry-no-agent";
 
 pub(super) enum Started {
     Session(Box<dyn Session>),
-    /// The host lacks the agent; it runs this `uname -s` and `uname -m`.
+    /// The host lacks the agent; this is what it says it runs (see
+    /// [`super::upload::PROBE`]).
     NoAgent(String),
 }
 

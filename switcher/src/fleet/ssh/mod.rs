@@ -3,6 +3,7 @@
 //! exec channel — bundles and deltas go down that channel, not over SFTP.
 
 mod exec;
+mod image;
 mod jump;
 mod known_hosts;
 mod target;
@@ -19,12 +20,12 @@ use ssh2_config::SshConfig;
 use super::{HostSpec, Session, Transport};
 use crate::host::HostError;
 use exec::{start, Started, NO_AGENT};
+pub use image::{agent_info, AgentInfo};
 use jump::pump;
 use known_hosts::known_key_types;
-pub(crate) use target::address;
 use target::Target;
 pub use target::{read_ssh_config, SshConfigError};
-use upload::{agent_path, upload_agent};
+use upload::{agent_path, upload_agent, PROBE};
 
 /// How to reach hosts over SSH.
 #[derive(Debug, Clone)]
@@ -53,8 +54,10 @@ pub struct Ssh {
 pub enum AgentBinary {
     /// A `ferry` the host already has (a path, or a name on its PATH).
     OnHost(String),
-    /// This binary, uploaded to `<deploy_to>/.ferry/bin/` unless a copy with
-    /// the same blake3 is there, after checking the host's OS and machine.
+    /// This agent binary (`ferry-agent`, or any ferry), uploaded gzipped to
+    /// `<deploy_to>/.ferry/bin/` unless a copy with the same blake3 is
+    /// there, after checking that the host's OS, machine and glibc can run
+    /// it.
     Upload(PathBuf),
 }
 
@@ -83,13 +86,13 @@ impl Transport for Ssh {
                 // (its name is its hash), or the host says what it runs.
                 let path = agent_path(spec, local)?;
                 let first = format!(
-                    "p={path}; if [ -x \"$p\" ]; then exec \"$p\" {serve}; fi; echo {NO_AGENT} $(uname -s) $(uname -m)",
+                    "p={path}; if [ -x \"$p\" ]; then exec \"$p\" {serve}; fi; echo {NO_AGENT} {PROBE}",
                     path = quote(&path)
                 );
                 match start(&session, &spec.name, &path, &first)? {
                     Started::Session(s) => Ok(s),
-                    Started::NoAgent(uname) => {
-                        upload_agent(&session, spec, local, &path, &uname)?;
+                    Started::NoAgent(said) => {
+                        upload_agent(&session, spec, local, &path, &said)?;
                         match start(&session, &spec.name, &path, &format!("exec {} {serve}", quote(&path)))? {
                             Started::Session(s) => Ok(s),
                             Started::NoAgent(what) => {

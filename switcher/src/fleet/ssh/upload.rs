@@ -1,77 +1,143 @@
-//! The agent uploaded to a host that lacks it, named by its blake3.
+//! The agent uploaded to a host that lacks it, named by its blake3: checked
+//! against what the host says it runs (OS, machine, glibc) before a byte
+//! goes, sent gzipped, and checked by its hash on the host.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use super::exec::exec;
+use super::image::{image, Glibc, Image};
 use super::{quote, refused};
 use crate::fleet::HostSpec;
 use crate::host::HostError;
 
+/// The shell words that make a host without the agent say what it runs,
+/// on one line after [`super::exec::NO_AGENT`]: read by [`Facts::parse`].
+/// `gzip -V` must run, not only be there; the glibc version comes from
+/// getconf, else from the first line of `ldd --version`.
+pub(super) const PROBE: &str = "$(uname -s) $(uname -m) $(gzip -V >/dev/null 2>&1 && echo gzip || echo no-gzip) \
+     libc: $(getconf GNU_LIBC_VERSION 2>/dev/null || ldd --version 2>&1 | head -n 1)";
+
+/// What a host without the agent says of itself.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Facts {
+    /// `uname -s`, `uname -m`.
+    pub os: String,
+    pub machine: String,
+    /// It can undo gzip.
+    pub gzip: bool,
+    /// What it says of its libc, as said.
+    pub libc: String,
+}
+
+impl Facts {
+    /// `Linux x86_64 gzip libc: glibc 2.36`, as [`PROBE`] prints it.
+    pub(super) fn parse(said: &str) -> Self {
+        let (head, libc) = said.split_once("libc:").unwrap_or((said, ""));
+        let mut words = head.split_whitespace();
+        let mut word = || words.next().unwrap_or_default().to_owned();
+        let (os, machine, gzip) = (word(), word(), word());
+        Facts { os, machine, gzip: gzip == "gzip", libc: libc.trim().to_owned() }
+    }
+}
+
 /// Where this very agent lives on the host: named by its blake3, so a copy
 /// there is this binary (an upload takes the name only once checked).
-pub(super) fn agent_path(spec: &HostSpec, local: &std::path::Path) -> Result<String, HostError> {
-    let hash = agent_hash(local)?;
+pub(super) fn agent_path(spec: &HostSpec, local: &Path) -> Result<String, HostError> {
+    let hash = &image(local)?.hash;
     let dir = spec.deploy_to.to_string_lossy().trim_end_matches('/').to_owned();
     Ok(format!("{dir}/.ferry/bin/ferry-{}", &hash[..16]))
 }
 
-/// The blake3 of a binary, hashed once per process.
-fn agent_hash(local: &std::path::Path) -> Result<String, HostError> {
-    static HASHES: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
-    let mut hashes = HASHES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some((_, hash)) = hashes.iter().find(|(p, _)| p == local) {
-        return Ok(hash.clone());
-    }
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_mmap(local).map_err(HostError::Fs)?;
-    let hash = hasher.finalize().to_hex().to_string();
-    hashes.push((local.to_owned(), hash.clone()));
-    Ok(hash)
-}
-
-/// Uploads this binary to `path` on a host that runs `uname` (`uname -s`
-/// and `uname -m`), once that is what the binary is built for.
-pub(super) fn upload_agent(
-    session: &ssh2::Session,
-    spec: &HostSpec,
-    local: &std::path::Path,
-    path: &str,
-    uname: &str,
-) -> Result<(), HostError> {
-    let name = &spec.name;
-    let (os, machine) = uname.split_once(' ').unwrap_or((uname, ""));
-    if !os.eq_ignore_ascii_case(std::env::consts::OS) || machine != std::env::consts::ARCH {
+/// Why the agent cannot run on a host that says `facts`, if it cannot: its
+/// OS and machine, then its glibc.
+fn unfit(agent: &Image, facts: &Facts) -> Option<String> {
+    let Facts { os, machine, libc, .. } = facts;
+    let built = format!("the agent {} is built for linux {}", agent.path.display(), agent.machine);
+    if !os.eq_ignore_ascii_case("linux") || *machine != agent.machine {
         let way_out = if os.eq_ignore_ascii_case("linux") {
             format!(
-                "build ferry for it and name that build with `agent` (a static musl build, \
-                 --target {machine}-unknown-linux-musl, runs on any Linux of that machine)"
+                "build ferry-agent for it (--target {machine}-unknown-linux-gnu, or -musl for a static one) and \
+                 point FERRY_AGENT at it, or install ferry there and name it with `agent`"
             )
         } else {
             format!("build ferry on or for {os} {machine} and name that build with `agent`")
         };
-        return Err(refused(
-            name,
-            format!(
-                "the host runs {os} {machine}, this ferry is built for {} {}: {way_out}",
-                std::env::consts::OS,
-                std::env::consts::ARCH
-            ),
-        ));
+        return Some(format!("the host runs {os} {machine}, {built}: {way_out}"));
     }
-    let hash = agent_hash(local)?;
+    let need = agent.glibc?;
+    // Its glibc sets the floor: glibc's symbols are versioned, and a binary
+    // needs the versions of the glibc it was linked against.
+    let way_out = "upgrade the host, or build ferry-agent on a machine with an older glibc (the one it is \
+                   linked against sets its floor), or install ferry there and name it with `agent`";
+    match Glibc::of_host(libc) {
+        Some(have) if have >= need => None,
+        Some(have) => Some(format!(
+            "the host has glibc {have}, and the agent {} needs glibc {need} or newer (its ELF version needs \
+             say so): nothing was uploaded; {way_out}",
+            agent.path.display()
+        )),
+        None => Some(format!(
+            "the host's libc is not a glibc that says its version (`getconf GNU_LIBC_VERSION` and `ldd --version` \
+             said {libc:?}), and the agent {} needs glibc {need} or newer: nothing was uploaded; {way_out}",
+            agent.path.display()
+        )),
+    }
+}
+
+/// Uploads the agent at `local` to `path` on a host that said `said` (see
+/// [`PROBE`]), once that host can run it: gzipped when the host has gzip.
+pub(super) fn upload_agent(
+    session: &ssh2::Session,
+    spec: &HostSpec,
+    local: &Path,
+    path: &str,
+    said: &str,
+) -> Result<(), HostError> {
+    let name = &spec.name;
+    let agent = image(local)?;
+    let facts = Facts::parse(said);
+    if let Some(why) = unfit(&agent, &facts) {
+        return Err(refused(name, why));
+    }
     let dir = path.rsplit_once('/').map_or(".", |(d, _)| d);
+    let (unpack, gzipped) = match facts.gzip {
+        true => ("gzip -dc", Some(agent.gzip()?)),
+        false => ("cat", None),
+    };
+    let mut payload: &[u8] = gzipped.as_deref().map_or(agent.bytes(), Vec::as_slice);
     // A temporary name of its own (two pushes may upload at once), checked
     // by running it before it takes the final name.
     let upload = format!(
-        "set -e; mkdir -p {dir}; t=$(mktemp {dir}/.upload.XXXXXX); trap 'rm -f \"$t\"' EXIT; cat > \"$t\"; \
+        "set -e; mkdir -p {dir}; t=$(mktemp {dir}/.upload.XXXXXX); trap 'rm -f \"$t\"' EXIT; {unpack} > \"$t\"; \
          chmod 755 \"$t\"; test \"$(\"$t\" agent-hash)\" = {hash}; mv \"$t\" {path}; trap - EXIT",
         dir = quote(dir),
-        path = quote(path)
+        path = quote(path),
+        hash = agent.hash,
     );
-    let mut binary = fs_err::File::open(local).map_err(HostError::Fs)?;
-    let (status, out) = exec(session, name, &format!("{upload} 2>&1"), Some(&mut binary))?;
+    let (status, out) = exec(session, name, &format!("{upload} 2>&1"), Some(&mut payload))?;
     if status != 0 {
         return Err(refused(name, format!("uploading the agent to {path} failed (exit {status}): {}", out.trim())));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_host_says_is_read_word_by_word_and_its_libc_whole() {
+        assert_eq!(
+            Facts::parse(" Linux x86_64 gzip libc: ldd (Debian GLIBC 2.36-9) 2.36\n"),
+            Facts {
+                os: "Linux".into(),
+                machine: "x86_64".into(),
+                gzip: true,
+                libc: "ldd (Debian GLIBC 2.36-9) 2.36".into()
+            }
+        );
+        let facts = Facts::parse("Linux aarch64 no-gzip libc:");
+        assert!(!facts.gzip);
+        assert_eq!(facts.libc, "");
+    }
 }

@@ -43,8 +43,16 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 impl Host {
     /// Stages the bundle or delta read from `input` (told apart by their
-    /// magic). Takes the lock's word that nobody else works here.
-    pub fn stage(&self, _lock: &Lock, input: &mut dyn Read, opts: &StageOptions) -> Result<Staged, HostError> {
+    /// magic), with its `signature` (a minisign file's text), which a host
+    /// with pinned keys checks before it writes anything (see `trust`).
+    /// Takes the lock's word that nobody else works here.
+    pub fn stage(
+        &self,
+        _lock: &Lock,
+        input: &mut dyn Read,
+        opts: &StageOptions,
+        signature: Option<&str>,
+    ) -> Result<Staged, HostError> {
         let start = std::time::Instant::now();
         // A pipe may hand over fewer bytes than a magic at a time.
         let mut magic = Vec::with_capacity(8);
@@ -54,11 +62,11 @@ impl Host {
             .map_err(|e| HostError::Input(format!("cannot read the input: {e}")))?;
         let mut input = BufReader::with_capacity(1 << 20, io::Cursor::new(magic.clone()).chain(input));
         let mut staged = if magic.starts_with(&delta::MAGIC) {
-            self.stage_delta(&mut input, opts)
+            self.stage_delta(&mut input, opts, signature)
         } else if magic.starts_with(&delta::RSYNC_MAGIC) {
-            self.stage_rsync(&mut input, opts)
+            self.stage_rsync(&mut input, opts, signature)
         } else if magic.starts_with(&ZSTD_MAGIC) {
-            self.stage_bundle(&mut input, opts)
+            self.stage_bundle(&mut input, opts, signature)
         } else if magic.is_empty() {
             Err(HostError::Input("the input is empty: expected a bundle or a delta".into()))
         } else {
@@ -70,13 +78,19 @@ impl Host {
         staged
     }
 
-    fn stage_delta(&self, input: &mut dyn Read, opts: &StageOptions) -> Result<Staged, HostError> {
+    fn stage_delta(
+        &self,
+        input: &mut dyn Read,
+        opts: &StageOptions,
+        signature: Option<&str>,
+    ) -> Result<Staged, HostError> {
         let mut fixed = Vec::new();
         let ends = {
             let mut tee = TeeRead { inner: &mut *input, copy: &mut fixed };
             delta::read_ends(&mut tee).map_err(HostError::Delta)?
         };
         if let Some(already) = self.already_staged(&ends.target, opts)? {
+            self.check_kept(&ends.target, signature)?;
             return Ok(already);
         }
         if !self.has(&ends.base) {
@@ -91,19 +105,27 @@ impl Host {
             Op::Patch { reference, .. } => Some(base_dir.join(base.manifest.entries()[*reference].path.as_str())),
             _ => None,
         };
-        let staging = Staging::begin(self, &parsed.head, Some(&base), opts)?;
+        let signed = self.check_signature(&parsed.head.id, &parsed.head.meta.service, signature, false)?;
+        let mut staging = Staging::begin(self, &parsed.head, Some(&base), opts)?;
+        staging.signed = signed;
         self.apply(staging, &parsed.head, &needed, &parsed.ops, &reference, opts)
     }
 
     /// Stages an rsync delta against the signature this host last gave of
     /// its current release.
-    fn stage_rsync(&self, input: &mut dyn Read, opts: &StageOptions) -> Result<Staged, HostError> {
+    fn stage_rsync(
+        &self,
+        input: &mut dyn Read,
+        opts: &StageOptions,
+        release_sig: Option<&str>,
+    ) -> Result<Staged, HostError> {
         let mut fixed = Vec::new();
         let (basis, target) = {
             let mut tee = TeeRead { inner: &mut *input, copy: &mut fixed };
             delta::read_rsync_basis(&mut tee).map_err(HostError::Delta)?
         };
         if let Some(already) = self.already_staged(&target, opts)? {
+            self.check_kept(&target, release_sig)?;
             return Ok(already);
         }
         let (signature, basis_dir) = self.saved_signature()?;
@@ -126,7 +148,9 @@ impl Host {
             Op::Rsync { reference, .. } => Some(basis_dir.join(signature.files[*reference].path.as_str())),
             _ => None,
         };
+        let signed = self.check_signature(&parsed.head.id, &parsed.head.meta.service, release_sig, false)?;
         let mut staging = Staging::begin(self, &parsed.head, None, opts)?;
+        staging.signed = signed;
         // What the signature lists can be copied from where it is (its mode
         // is whatever the host has, so never hardlinked).
         for f in &signature.files {
@@ -187,23 +211,37 @@ impl Host {
         staging.finish(result.map(|()| target), opts)
     }
 
-    fn stage_bundle(&self, input: &mut dyn Read, opts: &StageOptions) -> Result<Staged, HostError> {
+    fn stage_bundle(
+        &self,
+        input: &mut dyn Read,
+        opts: &StageOptions,
+        signature: Option<&str>,
+    ) -> Result<Staged, HostError> {
         struct Stager<'a> {
             host: &'a Host,
             opts: &'a StageOptions,
+            signature: Option<&'a str>,
             staging: Option<Staging<'a>>,
             already: Option<ReleaseId>,
         }
         impl Visitor for Stager<'_> {
             fn head(&mut self, head: &Head) -> io::Result<()> {
                 if self.host.already_staged(&head.id, self.opts).map_err(io::Error::other)?.is_some() {
+                    self.host.check_kept(&head.id, self.signature).map_err(io::Error::other)?;
                     self.already = Some(head.id);
                     return Err(io::Error::other("already staged"));
                 }
+                // Checked before the staging directory is made: a release
+                // the pinned keys do not vouch for writes nothing.
+                let signed = self
+                    .host
+                    .check_signature(&head.id, &head.meta.service, self.signature, false)
+                    .map_err(io::Error::other)?;
                 // Directories are made as their entries arrive, not all at
                 // once from the manifest: a bundle cut short after its head
                 // makes none.
-                let staging = Staging::begin(self.host, head, None, self.opts).map_err(io::Error::other)?;
+                let mut staging = Staging::begin(self.host, head, None, self.opts).map_err(io::Error::other)?;
+                staging.signed = signed;
                 self.staging = Some(staging);
                 Ok(())
             }
@@ -228,13 +266,20 @@ impl Host {
                 done.map_err(io::Error::other)
             }
         }
-        let mut stager = Stager { host: self, opts, staging: None, already: None };
+        let mut stager = Stager { host: self, opts, signature, staging: None, already: None };
         let read = bundle::read(input, None, &mut stager);
         if let Some(id) = stager.already {
             return Ok(Staged::already(id));
         }
         let Some(staging) = stager.staging.take() else {
-            return Err(HostError::Bundle(read.expect_err("a bundle read without a head failed")));
+            // Refused at its head (by the pinned keys, say), or no head.
+            return Err(match read.expect_err("a bundle read without a head failed") {
+                ReadError::Visitor { source, .. } => match source.downcast::<HostError>() {
+                    Ok(host) => host,
+                    Err(other) => HostError::Input(other.to_string()),
+                },
+                other => HostError::Bundle(other),
+            });
         };
         // The head is the reader's, handed back once every byte was checked
         // (a staging keeps only the id: a second copy of a large manifest

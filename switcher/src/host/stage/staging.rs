@@ -90,6 +90,9 @@ pub(super) struct Staging<'a> {
     /// hashing them again.
     pub(super) verified: std::collections::HashSet<PathBuf>,
     pub(super) counts: Counts,
+    /// The signature the pinned keys vouched for (none pinned: `None`),
+    /// kept with the release.
+    pub(super) signed: Option<crate::host::Accepted>,
 }
 
 impl<'a> Staging<'a> {
@@ -123,6 +126,7 @@ impl<'a> Staging<'a> {
             deferred: Vec::new(),
             verified: std::collections::HashSet::new(),
             counts: Counts::default(),
+            signed: None,
         })
     }
 
@@ -342,6 +346,12 @@ impl<'a> Staging<'a> {
         let bridged = self.bridge(opts)?;
         let (files, bytes) = head.manifest.file_totals();
         let checked = StagedCheck { id: head.id, files, bytes };
+        if let Some(signed) = &self.signed {
+            let path = self.dir.join(crate::host::trust::SIGNATURE);
+            let mut file = fs::File::create(&path).map_err(HostError::Fs)?;
+            file.write_all(signed.signature.text().as_bytes()).map_err(at(&path))?;
+            finish_file(file.file(), 0o444).map_err(at(&path))?;
+        }
         for (name, bytes) in [
             (STAGED_WITH, serde_json::to_vec(opts).expect("options serialize")),
             (VERIFIED, serde_json::to_vec(&checked).expect("a record serializes")),
@@ -369,7 +379,13 @@ impl<'a> Staging<'a> {
         if replaced {
             fs::remove_dir_all(&doomed).map_err(HostError::Fs)?;
         }
-        self.host.record(&Record::now(crate::host::whoami(), Action::Stage, None, Some(head.id)))?;
+        let mut record = Record::now(crate::host::whoami(), Action::Stage, None, Some(head.id));
+        if let Some(signed) = &self.signed {
+            self.host.raise_serial(signed)?;
+            record.key = Some(signed.key.to_string());
+            record.serial = Some(signed.serial);
+        }
+        self.host.record(&record)?;
         Ok(Staged {
             id: Some(head.id),
             already: false,
