@@ -19,6 +19,7 @@ Examples:
   ferry status staging                what each host runs, what it keeps, who holds its lock
   ferry rollback staging              flip every host back to its previous release
   ferry delta 3f2a 9c1e               make (or find) the delta a host on 3f2a needs for 9c1e
+  ferry publish 3f2a                  upload a build to the remote store ([store] url)
   ferry host --deploy-to /srv/app status    on a host: what the agent sees
 
 Exit codes: 0 ok, 1 some hosts failed, 2 usage error or fatal error.";
@@ -293,6 +294,21 @@ Examples:
         /// The shell: bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Upload a release built here to the remote store (`[store] url = "s3://…"`).
+    #[command(after_help = "\
+Examples:
+  ferry publish 3f2a                 a build of the local store, by id prefix
+  ferry publish v2.1.0 --json        by version label or tag; what was uploaded, as JSON
+  ferry build --publish              build, then publish
+
+Uploads bundles/<id>.tar.zst, the release's signature if the local store has
+one (signatures/<id>.minisig), and its record (what `ferry bundles` shows),
+each with a conditional put: an object already there with the same bytes is
+success, so two CI jobs publishing one release at once both succeed; other
+bytes under the same key are refused. Credentials come from the environment
+(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) or the AWS
+profile files (~/.aws/credentials, ~/.aws/config; AWS_PROFILE).")]
+    Publish(TargetArgs),
 }
 
 #[derive(Debug, Args)]
@@ -538,6 +554,9 @@ pub struct BuildArgs {
     #[arg(long)]
     pub strict: bool,
 
+    /// Then upload the release to the remote store (as `ferry publish`).
+    #[arg(long)]
+    pub publish: bool,
     /// Sign the release once built (as `ferry sign`).
     #[arg(long)]
     pub sign: bool,

@@ -72,6 +72,12 @@ pub enum StoreError {
         #[source]
         source: ReadError,
     },
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
+    #[error("the store {} has no remote: set [store] url = \"s3://BUCKET/PREFIX\" in ferry.toml", store.display())]
+    NoRemote { store: PathBuf },
+    #[error("release {} is not built in the store {}: `ferry build` it here first", id.short(12), store.display())]
+    NotLocal { id: ferry_formats::ReleaseId, store: PathBuf },
 }
 
 /// A name that names no release of the store: what it was tried as, and

@@ -6,6 +6,7 @@
 //!   a release is unpacked.
 //! - [`cache`]: reuse the last build's hashes for files whose stat is unchanged.
 //! - [`store`]: the local directory of bundles.
+//! - [`remote`]: an S3-compatible store behind it: publish, fetch, presign.
 //! - [`git`]: builds from a clean export of a git ref.
 //! - [`packages`]: the Python packages and jars a release carries, and how two differ.
 //! - [`signing`]: minisign keys and release signatures (`ferry keygen`, `ferry sign`).
@@ -18,6 +19,7 @@ mod error;
 pub mod git;
 pub mod packages;
 pub mod pyc;
+pub mod remote;
 pub mod signing;
 pub mod steps;
 pub mod store;

@@ -186,12 +186,14 @@ impl BundleInfo {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// `[store] url`: an S3-compatible store behind this one (see [`crate::remote`]).
+    pub(crate) remote: Option<std::sync::Arc<crate::remote::sync::RemoteHandle>>,
 }
 
 impl Store {
     /// Opens the store at `root`; it need not exist yet.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { root: root.into(), remote: None }
     }
 
     pub fn root(&self) -> &Path {
@@ -285,6 +287,21 @@ impl Store {
     /// if given): see [`mod@self`] for the names and which wins. Every
     /// command that takes a release from the store resolves it here.
     pub fn find(&self, service: Option<&str>, name: &str) -> Result<ReleaseId, StoreError> {
+        // A whole id the local store has is rule 1 whatever the remote
+        // holds: no need to ask it (nor for it to answer).
+        if let Ok(id) = name.parse::<ReleaseId>() {
+            let of_service = || service.is_none_or(|s| self.info(&id).is_ok_and(|i| i.service == s));
+            if self.has_intact(&id) && of_service() {
+                return Ok(id);
+            }
+        }
+        let id = self.resolve(service, name)?;
+        // Found only in the remote: into the local cache before anyone reads it.
+        self.fetch(&id)?;
+        Ok(id)
+    }
+
+    fn resolve(&self, service: Option<&str>, name: &str) -> Result<ReleaseId, StoreError> {
         let all = self.catalog()?;
         let mine: Vec<&Entry> =
             all.iter().filter(|e| service.is_none_or(|s| e.info.as_ref().is_none_or(|i| i.service == s))).collect();
@@ -356,6 +373,11 @@ impl Store {
     /// head does not read), newest first.
     fn catalog(&self) -> Result<Vec<Entry>, StoreError> {
         let mut all: Vec<Entry> = self.ids()?.into_iter().map(|id| Entry { id, info: self.info(&id).ok() }).collect();
+        for (id, info) in self.remote_entries()? {
+            if !all.iter().any(|e| e.id == id) {
+                all.push(Entry { id, info });
+            }
+        }
         let modified = |id: &ReleaseId| fs::metadata(self.bundle_path(id)).and_then(|m| m.modified()).ok();
         all.sort_by_cached_key(|e| {
             (std::cmp::Reverse(e.info.as_ref().map_or(0, |i| i.built_at)), std::cmp::Reverse(modified(&e.id)), e.id)
@@ -385,6 +407,12 @@ impl Store {
     /// Every bundle's record, newest first.
     pub fn list(&self) -> Result<Vec<BundleInfo>, StoreError> {
         let mut all = self.ids()?.iter().map(|id| self.info(id)).collect::<Result<Vec<_>, _>>()?;
+        // The remote's, with a record; a bundle without one is listed once fetched.
+        for (_, info) in self.remote_entries()? {
+            if let Some(info) = info.filter(|i| !all.iter().any(|a| a.id == i.id)) {
+                all.push(info);
+            }
+        }
         // Builds in the same second are told apart by their bundle files' mtimes.
         let modified = |id: &ReleaseId| fs::metadata(self.bundle_path(id)).and_then(|m| m.modified()).ok();
         all.sort_by_cached_key(|b| (std::cmp::Reverse(b.built_at), std::cmp::Reverse(modified(&b.id)), b.id));

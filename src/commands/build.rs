@@ -15,7 +15,15 @@ pub fn run(settings: &Settings, b: &BuildSettings) -> Result<u8> {
     if let Some(s) = &b.sign {
         super::sign::sign_release(settings, &built.id, s)?;
     }
-    show(settings, &built, &steps)?;
+    // A store without a remote is said before the build's report, not after.
+    if b.publish && settings.store.remote_spec().is_none() {
+        return Err(ferry_builder::StoreError::NoRemote { store: settings.store.root().to_owned() }.into());
+    }
+    let published = if b.publish { Some(settings.store.publish(&built.id)?) } else { None };
+    show(settings, &built, &steps, published.as_ref())?;
+    if let Some(p) = published.as_ref().filter(|_| !settings.output.json) {
+        super::publish::say(p);
+    }
     Ok(exit::OK)
 }
 
@@ -74,12 +82,13 @@ fn show(
     settings: &Settings,
     built: &ferry_builder::build::Built,
     steps: &[ferry_builder::steps::StepReport],
+    published: Option<&ferry_builder::remote::sync::Published>,
 ) -> Result<()> {
     let info = &built.info;
     let warnings: Vec<String> =
         steps.iter().flat_map(|s| s.warnings.iter().cloned()).chain(built.warnings.iter().cloned()).collect();
     if settings.output.json {
-        output::json(&json!({
+        let mut doc = json!({
             "id": built.id,
             "path": built.path,
             "service": info.service,
@@ -105,7 +114,11 @@ fn show(
                 "write": output::ms(built.timings.write),
                 "total": output::ms(built.timings.total),
             },
-        }))?;
+        });
+        if let Some(p) = published {
+            doc["published"] = serde_json::to_value(p)?;
+        }
+        output::json(&doc)?;
     } else {
         if !settings.output.quiet {
             say_steps(steps);

@@ -15,7 +15,8 @@ pub fn run(settings: &Settings) -> Result<u8> {
         return Ok(exit::OK);
     }
     if list.is_empty() {
-        eprintln!("no bundles in {}; `ferry build` makes one", settings.store.root().display());
+        let remote = settings.store.remote_spec().map(|r| format!(" or {}", r.url())).unwrap_or_default();
+        eprintln!("no bundles in {}{remote}; `ferry build` makes one", settings.store.root().display());
         return Ok(exit::OK);
     }
     let mut out = std::io::stdout().lock();

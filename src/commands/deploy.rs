@@ -59,6 +59,7 @@ pub fn run(settings: &Settings, s: &StageSettings, d: &DeploySettings) -> Result
         },
         version,
         strict: false,
+        publish: false,
         sign: None,
     };
     let (built, steps) = super::build::build(settings, &build)?;

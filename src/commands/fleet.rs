@@ -29,8 +29,9 @@ impl StageSettings {
     }
 }
 
-/// The store, as the fleet sees it.
-pub(super) struct StoreSource<'a>(pub(super) &'a Store);
+/// The store, as the fleet sees it, and where the stage's hosts get
+/// their payload.
+pub(super) struct StoreSource<'a>(pub(super) &'a Store, pub(super) crate::config::FetchFrom);
 
 impl ReleaseSource for StoreSource<'_> {
     fn bundle(&self, id: &ReleaseId) -> Result<PathBuf, SourceError> {
@@ -49,6 +50,24 @@ impl ReleaseSource for StoreSource<'_> {
 
     fn rsync_delta(&self, signature: &Signature, target: &ReleaseId) -> Result<PathBuf, SourceError> {
         Ok(delta::encode_rsync(self.0, signature, target)?.path)
+    }
+
+    fn fetchable(
+        &self,
+        base: Option<&ReleaseId>,
+        target: &ReleaseId,
+        kind: fleet::Shipped,
+        path: &std::path::Path,
+    ) -> Result<Option<fleet::Fetch>, SourceError> {
+        let crate::config::FetchFrom::Store { ttl } = self.1 else { return Ok(None) };
+        let key = match (kind, base) {
+            (fleet::Shipped::Delta, Some(base)) => ferry_builder::remote::sync::delta_key(base, target),
+            (fleet::Shipped::Bundle, _) => ferry_builder::remote::sync::bundle_key(target),
+            // An rsync delta is for one host's files: not worth a store object.
+            _ => return Ok(None),
+        };
+        let put = ferry_builder::remote::sync::put_for_fetch(self.0, &key, path, ttl)?;
+        Ok(Some(fleet::Fetch { url: put.url, blake3: put.blake3, len: put.len }))
     }
 
     fn release_signature(&self, id: &ReleaseId) -> Result<Option<String>, SourceError> {
@@ -104,7 +123,7 @@ pub(super) fn push_release(
     }
     let hosts = stage.hosts.len() as u64;
     let observer = observer(settings, 2 * hosts);
-    let report = fleet::push(stage, s.transport(), &StoreSource(&settings.store), &release, observer.as_ref());
+    let report = fleet::push(stage, s.transport(), &StoreSource(&settings.store, s.fetch), &release, observer.as_ref());
     drop(observer);
     if let Some(lb) = report.load_balancer.as_ref().filter(|lb| !lb.left_out.is_empty()) {
         super::lb::left_out(s, &lb.left_out)?;

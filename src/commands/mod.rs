@@ -11,6 +11,7 @@ mod init;
 mod inspect;
 mod lb;
 mod preview;
+mod publish;
 mod report;
 mod sign;
 
@@ -44,6 +45,7 @@ pub fn run(settings: &Settings) -> Result<u8> {
         Action::Deploy(s, d) => deploy::run(settings, s, d),
         Action::Host(host, action) => host::run(settings, host, action),
         Action::Init(dir, force) => init::run(dir, *force),
+        Action::Publish(name) => publish::run(settings, name),
         Action::Keygen(dir, no_password) => sign::keygen(settings, dir, *no_password),
         Action::Sign(name, s) => sign::sign(settings, name, s),
         Action::Completions(shell) => {

@@ -154,7 +154,7 @@ pub(super) fn run(
             s.stage.name
         );
     }
-    let planned = fleet::preview(&stage, s.transport(), &StoreSource(store), release);
+    let planned = fleet::preview(&stage, s.transport(), &StoreSource(store, crate::config::FetchFrom::Push), release);
 
     // One diff per release the hosts run (that the store has).
     let target = store.read_head(release)?;

@@ -168,9 +168,15 @@ pub(super) fn show(settings: &Settings, report: &Report, verb: Verb) -> Result<u
         (None, Verb::Push | Verb::Deploy) => {
             let batches: Vec<String> = report.batches.iter().map(|b| b.join(", ")).collect();
             let shipped: u64 = report.hosts.iter().map(|h| h.bytes).sum();
+            let fetched: u64 = report.hosts.iter().map(|h| h.fetched).sum();
+            let fetched = if fetched == 0 {
+                String::new()
+            } else {
+                format!(" from here, and the hosts fetched {} from the store", output::bytes(fetched))
+            };
             let current = report.hosts.iter().filter(|h| h.step == HostStep::Current).count();
             format!(
-                "pushed {} to {hosts} of {} in {:.2}s{}{}; shipped {}",
+                "pushed {} to {hosts} of {} in {:.2}s{}{}; shipped {}{fetched}",
                 id(&report.release),
                 report.stage,
                 report.seconds,
@@ -334,6 +340,7 @@ mod tests {
             result: Outcome::Ok,
             shipped: Shipped::None,
             bytes: 0,
+            fetched: 0,
             seconds: 0.0,
             batch: None,
             staged: true,

@@ -25,7 +25,7 @@ use defaults::DEFAULT_EXCLUDES;
 use raw::{each, FerryToml};
 use runtime::{hooks, programs};
 use stage::{check_stage, linked_paths};
-pub use stage::{Stage, StageGit, Strategy};
+pub use stage::{FetchFrom, Stage, StageGit, Strategy};
 
 /// A loaded and checked `ferry.toml`.
 #[derive(Debug, Clone)]
@@ -38,6 +38,8 @@ pub struct Config {
     pub exclude: Vec<String>,
     pub compression_level: i32,
     pub store: Option<PathBuf>,
+    /// `[store] url` and its settings: the remote behind the local store.
+    pub remote: Option<ferry_builder::remote::RemoteSpec>,
     pub stages: BTreeMap<String, Stage>,
     pub programs: Vec<Program>,
     pub hooks: Hooks,
@@ -104,6 +106,7 @@ impl Config {
         }
         exclude.extend(raw.release.exclude.iter().cloned());
         let store = raw.store.path.as_ref().map(|p| normalize(&dir.join(p)));
+        let remote = remote(&raw.store, &at)?;
         let mut stages = BTreeMap::new();
         let configs: Vec<RelPath> =
             components.iter().filter(|(k, _)| *k == ComponentKind::Config).map(|(_, p)| p.clone()).collect();
@@ -147,12 +150,49 @@ impl Config {
             exclude,
             compression_level: level,
             store,
+            remote,
             stages,
             programs: programs(&raw, &at)?,
             hooks,
             build_steps: build::steps(&raw, &at)?,
         })
     }
+}
+
+/// `[store] url` and the keys that go with it, checked.
+fn remote(
+    raw: &raw::StoreSection,
+    at: &dyn Fn(Range<usize>) -> String,
+) -> Result<Option<ferry_builder::remote::RemoteSpec>> {
+    let Some(url) = &raw.url else {
+        if let Some(e) = &raw.endpoint {
+            bail!("{}: [store] endpoint needs a url = \"s3://BUCKET/PREFIX\" beside it", at(e.span()));
+        }
+        return Ok(None);
+    };
+    let (bucket, prefix) = ferry_builder::remote::RemoteSpec::parse_url(url.get_ref())
+        .map_err(|e| anyhow::anyhow!("{}: [store] url: {e}", at(url.span())))?;
+    let endpoint = match &raw.endpoint {
+        Some(e) => {
+            let text = e.get_ref().trim_end_matches('/');
+            if !(text.starts_with("http://") || text.starts_with("https://")) || text.len() <= "https://".len() {
+                bail!(
+                    "{}: [store] endpoint {text:?} is not an http:// or https:// URL (e.g. https://minio.example:9000)",
+                    at(e.span())
+                );
+            }
+            Some(text.to_owned())
+        }
+        None => None,
+    };
+    Ok(Some(ferry_builder::remote::RemoteSpec {
+        bucket,
+        prefix,
+        endpoint,
+        region: raw.region.clone(),
+        path_style: raw.path_style,
+        profile: raw.profile.clone(),
+    }))
 }
 
 /// A local host's name, lexically tidied as the path it is: no `./`, no

@@ -246,6 +246,11 @@ pub struct StageSection {
     /// Where the dated tag is pushed.
     pub tag_remote: Option<Spanned<String>>,
     pub load_balancer: Option<LoadBalancerSection>,
+    /// Where hosts get the payload: "push" (from the controller, the
+    /// default) or "store" (they download it from `[store] url`).
+    pub fetch: Option<Spanned<String>>,
+    /// How long, in seconds, a host's presigned URL is good for.
+    pub fetch_url_ttl: Option<Spanned<u64>>,
     /// Minisign public keys (`RWS…`): the hosts take only releases one of
     /// them signed. Rotation: list the new key beside the old.
     pub trusted_keys: Option<Spanned<Vec<Spanned<String>>>>,
@@ -335,4 +340,11 @@ pub(super) fn each(field: &Option<Spanned<OneOrMany>>) -> Vec<Spanned<String>> {
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
     pub path: Option<String>,
+    /// `s3://bucket/prefix`: an S3-compatible store behind the local one.
+    pub url: Option<Spanned<String>>,
+    pub endpoint: Option<Spanned<String>>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub path_style: bool,
+    pub profile: Option<String>,
 }

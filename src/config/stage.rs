@@ -78,8 +78,20 @@ pub struct Stage {
     pub hooks: StageHooksSection,
     pub load_balancer: Option<super::balancer::LoadBalancer>,
     pub git: StageGit,
+    /// Where the hosts get the payload.
+    pub fetch: FetchFrom,
     /// Minisign public keys the hosts pin (see `ferry_switcher::host::trust`).
     pub trusted_keys: Vec<String>,
+}
+
+/// `fetch`: where a stage's hosts get their payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FetchFrom {
+    /// The controller sends the bytes over each host's session.
+    #[default]
+    Push,
+    /// The hosts download it from the remote store, with a URL good for `ttl`.
+    Store { ttl: std::time::Duration },
 }
 
 pub(super) fn check_stage(
@@ -239,6 +251,21 @@ pub(super) fn check_stage(
         Some((_, "stop")) => OnFailure::Stop,
         Some((o, other)) => bail!("{}: on_failure {other:?} must be \"revert\" or \"stop\"", at(o.span())),
     };
+    let ttl = match &stage.fetch_url_ttl {
+        Some(t) if !(1..=7 * 24 * 3600).contains(t.get_ref()) => {
+            bail!("{}: fetch_url_ttl must be from 1 to 604800 seconds (S3's limit is 7 days)", at(t.span()))
+        }
+        Some(t) => std::time::Duration::from_secs(*t.get_ref()),
+        None => std::time::Duration::from_secs(900),
+    };
+    let fetch = match stage.fetch.as_ref().map(|f| (f, f.get_ref().as_str())) {
+        None | Some((_, "push")) => FetchFrom::Push,
+        Some((f, "store")) if raw.store.url.is_none() => {
+            bail!("{}: fetch = \"store\" needs a remote store: set [store] url = \"s3://BUCKET/PREFIX\"", at(f.span()))
+        }
+        Some((_, "store")) => FetchFrom::Store { ttl },
+        Some((f, other)) => bail!("{}: fetch {other:?} must be \"push\" or \"store\"", at(f.span())),
+    };
     let mut gates = gates(name, &stage.health, at)?;
     for gate in &mut gates {
         if let Gate::Http(probe) | Gate::Errors { probe, .. } = gate {
@@ -344,6 +371,7 @@ pub(super) fn check_stage(
         bridge_assets,
         gates,
         host_env,
+        fetch,
     })
 }
 

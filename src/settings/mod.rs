@@ -81,6 +81,8 @@ pub enum Action {
     Agent(PathBuf),
     Completions(clap_complete::Shell),
     Init(PathBuf, bool),
+    /// `ferry publish`: the release as written, resolved in the local store.
+    Publish(String),
     /// `ferry keygen`: where, and whether without a password.
     Keygen(PathBuf, bool),
     /// `ferry sign`: the release as written, and how.
@@ -122,6 +124,8 @@ pub struct StageSettings {
     pub git: crate::config::StageGit,
     /// The directory of ferry.toml, whose git repository `ref` is of.
     pub repo_dir: PathBuf,
+    /// Where the hosts get the payload (`fetch`).
+    pub fetch: crate::config::FetchFrom,
     /// `--dry-run`: show what a push would do, change nothing.
     pub dry_run: bool,
 }
@@ -172,6 +176,8 @@ pub struct BuildSettings {
     pub config: ConfigSource,
     pub version: Option<String>,
     pub strict: bool,
+    /// `--publish`: upload the release to the remote store once built.
+    pub publish: bool,
     /// `--sign`: sign the release once built.
     pub sign: Option<SignSettings>,
 }
@@ -205,7 +211,7 @@ impl Settings {
         let config_path = cli.config.clone().unwrap_or_else(|| PathBuf::from("ferry.toml"));
         let explicit = cli.config.is_some();
         // Where the config says the store is, once a command has loaded it.
-        let mut store_hint: Option<PathBuf> = None;
+        let mut store_hint: Option<StoreAt> = None;
         let action = match cli.command {
             Command::Build(args) => {
                 let config = match args.git_ref {
@@ -219,7 +225,7 @@ impl Settings {
                     }
                     None => {
                         let c = Config::load(&config_path)?;
-                        store_hint = Some(c.store.clone().unwrap_or_else(|| default_store(&c.path)));
+                        store_hint = Some(StoreAt::of(&c));
                         ConfigSource::Loaded(Box::new(c))
                     }
                 };
@@ -227,7 +233,13 @@ impl Settings {
                     anyhow::bail!("--version {v:?} must be {VERSION_RULE}");
                 }
                 let sign = args.sign.then(|| SignSettings::from(args.signing));
-                Action::Build(BuildSettings { config, version: args.version, strict: args.strict, sign })
+                Action::Build(BuildSettings {
+                    config,
+                    version: args.version,
+                    strict: args.strict,
+                    sign,
+                    publish: args.publish,
+                })
             }
             Command::Inspect(t) => Action::Inspect(Target::parse(&t.target)),
             Command::Verify(t) => Action::Verify(Target::parse(&t.target)),
@@ -312,12 +324,13 @@ impl Settings {
                 e.command.join(" "),
                 std::time::Duration::from_secs(e.timeout.max(1)),
             ),
+            Command::Publish(t) => Action::Publish(t.target),
             Command::Host(h) => Action::Host(Host::new(std::path::absolute(&h.deploy_to)?), host_action(h.verb)?),
         };
         // Commands that read bundle files only need no config: a broken
         // ferry.toml in the current directory is none of their business.
         let needs_store = match &action {
-            Action::Build(_) | Action::Bundles | Action::Delta(..) | Action::Sign(..) => true,
+            Action::Build(_) | Action::Bundles | Action::Delta(..) | Action::Sign(..) | Action::Publish(_) => true,
             Action::Inspect(t) | Action::Verify(t) => matches!(t, Target::Name(_)),
             Action::Diff(a, b) => matches!(a, Target::Name(_)) || matches!(b, Target::Name(_)),
             Action::Push(..)
@@ -336,26 +349,32 @@ impl Settings {
             | Action::Init(..)
             | Action::Keygen(..) => false,
         };
-        let store = match cli.store {
+        let store_at = match store_hint {
             Some(s) => s,
-            None => match store_hint {
-                Some(s) => s,
-                None if needs_store && (explicit || config_path.exists()) => {
-                    let c = Config::load(&config_path)?;
-                    c.store.clone().unwrap_or_else(|| default_store(&c.path))
-                }
-                None => default_store(&config_path),
+            None if needs_store && explicit => StoreAt::of(&Config::load(&config_path)?),
+            // With --store, a broken ferry.toml found in the current
+            // directory is none of a bundle command's business.
+            None if needs_store && config_path.exists() => match (&cli.store, Config::load(&config_path)) {
+                (_, Ok(c)) => StoreAt::of(&c),
+                (Some(_), Err(_)) => StoreAt { path: default_store(&config_path), remote: None },
+                (None, Err(e)) => return Err(e),
             },
+            None => StoreAt { path: default_store(&config_path), remote: None },
         };
-        let store = std::path::absolute(&store)?;
-        Ok(Self { output, store: Store::new(store), action })
+        // --store replaces the local directory; a remote stays.
+        let store = Store::new(std::path::absolute(cli.store.unwrap_or(store_at.path))?);
+        let store = match store_at.remote {
+            Some(spec) => store.with_remote(spec),
+            None => store,
+        };
+        Ok(Self { output, store, action })
     }
 }
 
 /// The named stage of the config at `path`, and the config's store.
-fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings, PathBuf)> {
+fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings, StoreAt)> {
     let config = Config::load(path)?;
-    let store = config.store.clone().unwrap_or_else(|| default_store(&config.path));
+    let store = StoreAt::of(&config);
     let Some(stage) = config.stages.get(name) else {
         let known: Vec<&str> = config.stages.keys().map(String::as_str).collect();
         anyhow::bail!(
@@ -436,13 +455,17 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
             (g.clone(), members)
         })
         .collect();
-    let lb_state = store.parent().unwrap_or(Path::new("")).join("lb").join(format!("{name}.json"));
+    let lb_state = store.path.parent().unwrap_or(Path::new("")).join("lb").join(format!("{name}.json"));
     let git = config.stages[name].git.clone();
     let repo_dir = match config.path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    Ok((StageSettings { service: config.service, stage, ssh, groups, lb_state, git, repo_dir, dry_run: false }, store))
+    let fetch = config.stages[name].fetch;
+    Ok((
+        StageSettings { service: config.service, stage, ssh, groups, lb_state, git, repo_dir, dry_run: false, fetch },
+        store,
+    ))
 }
 
 /// The programs, hooks and gates for `hosts`, with host names as ferry.toml
@@ -525,6 +548,20 @@ fn host_action(verb: HostVerb) -> Result<HostAction> {
         HostVerb::Verify { id } => HostAction::Verify(id),
         HostVerb::Serve { lock } => HostAction::Serve(lock),
     })
+}
+
+/// Where a config keeps its store: the local directory, and the remote
+/// behind it (`[store] url`).
+#[derive(Debug)]
+struct StoreAt {
+    path: PathBuf,
+    remote: Option<ferry_builder::remote::RemoteSpec>,
+}
+
+impl StoreAt {
+    fn of(c: &Config) -> Self {
+        Self { path: c.store.clone().unwrap_or_else(|| default_store(&c.path)), remote: c.remote.clone() }
+    }
 }
 
 /// `.ferry/store` beside the config file.

@@ -59,6 +59,10 @@ pub struct TestHosts {
     pub key: PathBuf,
     /// Every host's key, by address.
     pub known_hosts: PathBuf,
+    /// This machine's address on the hosts' bridge: a server of the test
+    /// listening there (the S3 kit's) is reached by the hosts and by the
+    /// controller alike.
+    pub gateway: Ipv4Addr,
     bridge: String,
     dir: tempfile::TempDir,
 }
@@ -120,6 +124,7 @@ impl TestHosts {
             hosts: Vec::new(),
             key: dir.path().join("id_ed25519"),
             known_hosts: dir.path().join("known_hosts"),
+            gateway: Ipv4Addr::new(subnet[0], subnet[1], subnet[2], 1),
             bridge: bridge.clone(),
             dir,
         };

@@ -215,6 +215,17 @@ impl Session for AgentSession {
         self.reply()
     }
 
+    fn stage_fetched(
+        &mut self,
+        fetch: &crate::host::fetch::Fetch,
+        opts: &StageOptions,
+        signature: Option<&str>,
+    ) -> Result<Staged, HostError> {
+        let crate::host::fetch::Fetch { url, blake3, len } = fetch.clone();
+        let signature = signature.map(str::to_owned);
+        self.call(Request::Fetch { url, blake3, len, options: opts.clone(), signature })
+    }
+
     fn pin_keys(&mut self, keys: &[String], replace: bool) -> Result<Pinned, HostError> {
         self.call(Request::Trust { keys: keys.to_vec(), replace })
     }

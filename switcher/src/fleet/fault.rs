@@ -108,6 +108,17 @@ impl Session for FaultySession {
         self.strike(At::AfterStage, "stage")?;
         staged
     }
+    fn stage_fetched(
+        &mut self,
+        fetch: &super::Fetch,
+        opts: &StageOptions,
+        sig: Option<&str>,
+    ) -> Result<Staged, HostError> {
+        self.strike(At::BeforeStage, "stage")?;
+        let staged = self.inner.stage_fetched(fetch, opts, sig);
+        self.strike(At::AfterStage, "stage")?;
+        staged
+    }
     fn activate(&mut self, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError> {
         self.strike(At::BeforeActivate, "activate")?;
         self.inner.activate(id, opts)

@@ -54,6 +54,15 @@ impl Session for LocalSession {
         self.host.pin_keys(keys, replace)
     }
 
+    fn stage_fetched(
+        &mut self,
+        fetch: &crate::host::fetch::Fetch,
+        opts: &StageOptions,
+        signature: Option<&str>,
+    ) -> Result<Staged, HostError> {
+        self.host.stage_fetched(self.lock(), fetch, opts, signature)
+    }
+
     fn activate(&mut self, id: &ReleaseId, opts: &StageOptions) -> Result<Flipped, HostError> {
         self.host.activate(self.lock(), id, opts)
     }

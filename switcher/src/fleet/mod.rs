@@ -21,6 +21,7 @@ mod push;
 mod query;
 pub mod report;
 mod rollback;
+pub mod sim;
 #[cfg(feature = "ssh")]
 mod ssh;
 
@@ -33,6 +34,7 @@ use ferry_formats::journal::Record;
 use ferry_formats::signature::Signature;
 use ferry_formats::ReleaseId;
 
+pub use crate::host::fetch::Fetch;
 use crate::host::{Flipped, HostError, Pinned, Pruned, StageOptions, Staged, Status};
 
 pub use agent::Agent;
@@ -59,6 +61,20 @@ pub trait ReleaseSource: Sync {
     /// The path of an rsync delta to `target` for a host whose content is
     /// known only by its `signature`.
     fn rsync_delta(&self, signature: &Signature, target: &ReleaseId) -> Result<PathBuf, SourceError>;
+    /// Where hosts can download the payload at `path` (of `kind`, for hosts
+    /// on `base`) themselves: the source has put it in an object store the
+    /// hosts reach, and signed a short-lived URL (`fetch = "store"`).
+    /// `None`: the controller pushes it, as by default.
+    fn fetchable(
+        &self,
+        base: Option<&ReleaseId>,
+        target: &ReleaseId,
+        kind: Shipped,
+        path: &Path,
+    ) -> Result<Option<Fetch>, SourceError> {
+        let _ = (base, target, kind, path);
+        Ok(None)
+    }
     /// The release's minisign signature (see `ferry_formats::signed`), if
     /// it was signed.
     fn release_signature(&self, _id: &ReleaseId) -> Result<Option<String>, SourceError> {
@@ -118,6 +134,19 @@ pub trait Session: Send {
     /// Sends one command to a load balancer's admin socket on the host and
     /// returns its reply (see [`admin_socket`](crate::host::admin_socket)).
     fn admin_socket(&mut self, socket: &Path, command: &str) -> Result<String, HostError>;
+    /// Has the host download its payload itself and stage it (see
+    /// [`fetch`](crate::host::fetch)); a transport that cannot says so,
+    /// and the controller pushes the bytes instead.
+    /// `signature` as for [`Session::stage`].
+    fn stage_fetched(
+        &mut self,
+        fetch: &Fetch,
+        opts: &StageOptions,
+        signature: Option<&str>,
+    ) -> Result<Staged, HostError> {
+        let _ = (fetch, opts, signature);
+        Err(HostError::Input("this transport cannot have hosts fetch from a store".into()))
+    }
 }
 
 /// How to reach hosts.

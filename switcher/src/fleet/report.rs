@@ -121,7 +121,12 @@ pub struct HostReport {
     pub step: HostStep,
     pub result: Outcome,
     pub shipped: Shipped,
+    /// Payload bytes the controller sent it.
     pub bytes: u64,
+    /// Payload bytes it downloaded from the object store itself
+    /// (`fetch = "store"`), not through the controller.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub fetched: u64,
     pub seconds: f64,
     /// The batch it was flipped in (1-based), if any.
     pub batch: Option<usize>,
@@ -156,6 +161,7 @@ impl HostReport {
             result: Outcome::Skipped,
             shipped: Shipped::None,
             bytes: 0,
+            fetched: 0,
             seconds: 0.0,
             batch: None,
             staged: false,
@@ -307,4 +313,8 @@ pub struct Quiet;
 
 impl Observer for Quiet {
     fn event(&self, _: &Event<'_>) {}
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

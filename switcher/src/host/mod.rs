@@ -25,6 +25,7 @@
 //! symlink) is cleared right after.
 
 pub mod admin_socket;
+pub mod fetch;
 mod files;
 mod flip;
 mod lock;

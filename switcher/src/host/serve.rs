@@ -23,6 +23,7 @@
 //! | `{"op":"signature"}` | | `{"len":N}`, then N bytes of signature |
 //! | `{"op":"journal"}` | | every journal record, oldest first |
 //! | `{"op":"admin_socket","socket":…,"command":…}` | | the load balancer's reply, as text |
+//! | `{"op":"fetch","url":…,"blake3":…,"len":N,"options":…}` | | [`Staged`](super::Staged): the payload downloaded from `url`, checked, staged |
 //!
 //! Every reply is `{"ok":true,"value":…}` or `{"ok":false,"error":"…","kind":"…"}`
 //! (the error's [`ErrorKind`](super::ErrorKind), so the controller can tell a
@@ -103,6 +104,16 @@ pub enum Request {
     AdminSocket {
         socket: std::path::PathBuf,
         command: String,
+    },
+    /// Stage a payload the host downloads itself (see [`fetch`](super::fetch)).
+    Fetch {
+        url: String,
+        blake3: String,
+        len: u64,
+        options: StageOptions,
+        /// As for `stage`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
     },
 }
 
@@ -203,6 +214,10 @@ fn answer(
         Request::Trust { keys, replace } => Reply::of(locked().and_then(|_| host.pin_keys(&keys, replace))),
         Request::Prune { keep } => Reply::of(locked().and_then(|lock| host.prune(lock, keep))),
         Request::Journal => Reply::of(host.journal()),
+        Request::Fetch { url, blake3, len, options, signature } => {
+            let fetch = super::fetch::Fetch { url, blake3, len };
+            Reply::of(locked().and_then(|lock| host.stage_fetched(lock, &fetch, &options, signature.as_deref())))
+        }
         Request::AdminSocket { socket, command } => {
             Reply::of(super::admin_socket::command(&socket, &command, super::admin_socket::TIMEOUT))
         }

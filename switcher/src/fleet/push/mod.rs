@@ -5,6 +5,7 @@
 
 mod activate;
 mod balance;
+mod fetch;
 mod health;
 mod stage;
 

@@ -76,6 +76,15 @@ pub(super) fn stage_all(
     // asks for the rsync delta, so it is encoded once and the others find
     // it made.
     let one_rsync = std::sync::Mutex::new(());
+    // With the source's object store: the payloads put there once, each.
+    let files: BTreeMap<Option<ReleaseId>, (PathBuf, Shipped)> = payloads
+        .iter()
+        .filter_map(|(b, p)| match p {
+            Ok(Payload::File(path, kind)) => Some((*b, (path.clone(), *kind))),
+            _ => None,
+        })
+        .collect();
+    let fetches = super::fetch::fetches(source, &files, release);
     pool.install(|| {
         hosts.par_iter_mut().for_each(|host| {
             host.slot.report.step = HostStep::Stage;
@@ -97,6 +106,11 @@ pub(super) fn stage_all(
                     .map(|path| (path, Shipped::Rsync)),
                 Err(e) => Err(e.clone()),
             };
+            if let (Ok((_, kind)), Some(fetch)) = (&payload, fetches.get(&base(host))) {
+                if super::fetch::stage_fetched(host, fetch, *kind, stage, signature, observer) {
+                    return;
+                }
+            }
             match payload {
                 Ok((path, kind)) => stage_one(host, &path, kind, stage, source, release, signature, observer),
                 Err(e) => host.slot.report.fail(HostStep::Stage, e),
