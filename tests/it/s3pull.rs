@@ -346,35 +346,6 @@ fn a_download_cut_short_is_tried_again_and_one_cut_short_every_time_is_pushed_in
     end_state(&hosts, &v3, &[&v1, &v2, &v3]);
 }
 
-/// Push against pull on 20 test hosts, base → a release with 4 MiB of new,
-/// incompressible content: the controller's payload bytes and the wall time of each.
-/// `cargo test --test it s3pull::measure -- --ignored --nocapture`.
-#[test]
-#[ignore = "a measurement, not a check"]
-fn measure_push_against_pull_on_twenty_hosts() {
-    let hosts = TestHosts::start(20);
-    let s3 = S3Server::start_on(hosts.gateway.into());
-    for fetch in ["push", "store"] {
-        let p = pull_project(&hosts, &s3, "");
-        let toml = fs::read_to_string(p.path("ferry.toml"))
-            .unwrap()
-            .replace("fetch = \"store\"", &format!("fetch = \"{fetch}\""));
-        p.write("ferry.toml", toml.replace("deploy_to = \"/srv/shop\"", &format!("deploy_to = \"/srv/{fetch}\"")));
-        build(&p, &s3, "base");
-        ferry_s3(&p, &s3, &["push", "prod"]).ok();
-        let mut blob = vec![0u8; 4 << 20];
-        blake3::Hasher::new().update(b"deps").finalize_xof().fill(&mut blob);
-        p.write("app/blob.bin", blob);
-        build(&p, &s3, "deps");
-        let start = std::time::Instant::now();
-        let report = ferry_s3(&p, &s3, &["push", "prod", "--json"]).ok().json();
-        let wall = start.elapsed().as_secs_f64();
-        let sent: u64 = rows(&report).iter().map(|h| h["bytes"].as_u64().unwrap()).sum();
-        let fetched: u64 = rows(&report).iter().map(|h| h["fetched"].as_u64().unwrap_or(0)).sum();
-        eprintln!("fetch = {fetch:5}: 20 hosts, wall {wall:.2} s, controller sent hosts {sent} payload bytes, hosts fetched {fetched} from the store");
-    }
-}
-
 #[test]
 fn hosts_with_pinned_keys_check_the_signature_of_what_they_fetch_as_of_what_is_pushed() {
     let hosts = TestHosts::start(2);
