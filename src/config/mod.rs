@@ -112,8 +112,21 @@ impl Config {
             components.iter().filter(|(k, _)| *k == ComponentKind::Config).map(|(_, p)| p.clone()).collect();
         let linked = linked_paths(&raw, &at)?;
         let all: Vec<RelPath> = linked.dirs.iter().chain(&linked.files).cloned().collect();
-        ferry_switcher::host::check_linked(&all, &configs)
-            .map_err(|e| anyhow::anyhow!("{}: [deploy] {e}", path.display()))?;
+        ferry_switcher::host::check_linked(&all, &configs).map_err(|e| {
+            use ferry_switcher::host::LinkedError;
+            // Where: the linked path the error names, as ferry.toml spells it.
+            let named = match &e {
+                LinkedError::Ours { path } | LinkedError::Config { path, .. } => path,
+                LinkedError::Overlap { b, .. } => b,
+            };
+            let listed: Vec<&toml::Spanned<String>> =
+                raw.deploy.linked_dirs.iter().chain(&raw.deploy.linked_files).collect();
+            let entry = listed.iter().find(|p| p.get_ref().trim_end_matches('/') == named.as_str()).or(listed.first());
+            match entry {
+                Some(p) => anyhow::anyhow!("{}: [deploy] {e}", at(p.span())),
+                None => anyhow::anyhow!("{}: [deploy] {e}", path.display()),
+            }
+        })?;
         for (name, stage) in &raw.stages {
             stages.insert(name.clone(), check_stage(name, stage.get_ref(), stage.span(), &raw, &linked, &dir, &at)?);
         }
@@ -276,9 +289,10 @@ mod tests {
         assert!(err.contains("media path \"app\" is already the code component"), "{err}");
     }
 
-    /// The class the ferry_toml fuzz target found (its input is kept in
+    /// The class the ferry_toml fuzz target found (its inputs are kept in
     /// fuzz/regressions/ferry_toml/): checks of a stage's health gates and
-    /// name that said what but not where. Each now names line and column.
+    /// name, and of linked paths, that said what but not where. Each now
+    /// names line and column.
     #[test]
     fn stage_and_health_errors_say_where() {
         let stage = "service = \"s\"\n[stages.prod]\nhosts = [\"web1\", \"web2\"]\ntransport = \"local\"\n";
@@ -304,6 +318,12 @@ mod tests {
             (
                 "service = \"s\"\n[stages.\"pr od\"]\nhosts = [\"web1\"]\n".to_owned(),
                 "/srv/svc/ferry.toml:2:1: stage \"pr od\": a stage name is",
+            ),
+            // The second input it found: a linked path over the active config link.
+            (
+                "service = \"s\"\n[components]\nconfig = \"config\"\n[deploy]\nlinked_dirs = [\"log\", \"config/active\"]\n"
+                    .to_owned(),
+                "/srv/svc/ferry.toml:5:23: [deploy] linked path config/active overlaps the config directory config",
             ),
         ];
         for (text, says) in cases {
