@@ -78,6 +78,7 @@ fn the_agent_is_small_stripped_and_links_nothing_beyond_libc() {
 
 #[test]
 fn first_contact_with_20_hosts_ships_the_gzipped_agent_to_each_and_it_runs_there() {
+    let _one = crate::kit::one_at_a_time();
     let hosts = TestHosts::start(20);
     let agent = agent_bin();
     let p = sample_project();

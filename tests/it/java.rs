@@ -168,6 +168,7 @@ fn jar_entry(jar: &Path, entry: &str) -> String {
 
 #[test]
 fn a_java_service_is_built_by_javac_pushed_gated_reverted_and_rolled_back_under_supervisord() {
+    let _one = crate::kit::one_at_a_time();
     let start = Instant::now();
     let hosts = TestHosts::start(2);
     let p = project(&hosts);

@@ -446,3 +446,14 @@ pub fn local_ports(n: usize) -> Vec<u32> {
     }
     out
 }
+
+/// Held by the tests whose assertions depend on timing under load (a
+/// rolling push through HAProxy under a load generator, drain timeouts) and
+/// by the heaviest ones (20 test hosts, JVMs, real venvs), so no two of them
+/// run at once on a small machine: a 2-core CI runner shared by a load
+/// generator, 20 sshds and a JVM starves HAProxy's health checks. Others
+/// still run beside them.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

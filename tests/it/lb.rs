@@ -120,6 +120,7 @@ pub(crate) fn two_loads(lb: &Haproxy) -> (Load, Load) {
 /// default `retry-on`, or the first half would prove nothing.
 #[test]
 fn a_rolling_push_behind_haproxy_fails_no_request_and_the_same_push_without_it_does() {
+    let _one = crate::kit::one_at_a_time();
     let (_hosts, lb, p, _) = fleet(HaproxyOpts::default(), "drain_timeout = 30\n");
     let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
     let (plain, _) = toml.split_once("\n[stages.prod.load_balancer]\n").unwrap();
@@ -200,6 +201,7 @@ fn statuses(lb: &Haproxy) -> Vec<String> {
 /// asserted from HAProxy's own state and from what each host serves.
 #[test]
 fn the_opensky_group_flow_by_hand_and_as_one_push() {
+    let _one = crate::kit::one_at_a_time();
     let hosts = TestHosts::start(5);
     let host = |i: usize| format!("\"root@{}\"", hosts.hosts[i].addr);
     let groups =

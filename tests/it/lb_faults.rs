@@ -243,6 +243,7 @@ fn a_server_name_not_in_the_backend_is_refused_listing_the_backends_servers() {
 /// states at the end.
 #[test]
 fn a_drain_that_times_out_shuts_the_sessions_down_and_says_so() {
+    let _one = crate::kit::one_at_a_time();
     let opts = HaproxyOpts {
         server_cookies: true,
         backend_lines: vec!["cookie SRV insert indirect nocache".into()],
@@ -321,6 +322,7 @@ const TIMEOUTS: &str = "connect_timeout = 3\nstep_timeout = 10\n";
 /// once the link is back.
 #[test]
 fn an_lb_node_lost_before_a_batch_stops_the_push_and_flips_back_without_draining() {
+    let _one = crate::kit::one_at_a_time();
     let (hosts, lb, p, v1) = fleet(HaproxyOpts::default(), "");
     let veth = hosts.hosts[LB].veth.clone();
     let lb_node = format!("load balancer root@{}", hosts.hosts[LB].addr);
@@ -386,6 +388,7 @@ fn an_lb_node_lost_before_a_batch_stops_the_push_and_flips_back_without_draining
 /// prod status` (no mismatch: ferry recorded it) and `ferry lb prod in`.
 #[test]
 fn an_lb_node_lost_mid_push_stops_the_push_and_reports_what_it_left_out() {
+    let _one = crate::kit::one_at_a_time();
     let (hosts, lb, p, v1) = fleet(HaproxyOpts::default(), "");
     let veth = hosts.hosts[LB].veth.clone();
     let lb_node = format!("load balancer root@{}", hosts.hosts[LB].addr);
@@ -556,6 +559,7 @@ fn a_reload_of_haproxy_shows_as_a_mismatch_and_out_sets_it_again() {
 /// counters; and what two loads through HAProxy (kept alive and not) saw.
 #[test]
 fn a_failed_gate_behind_the_load_balancer_reverts_while_out_of_rotation_and_loses_no_request() {
+    let _one = crate::kit::one_at_a_time();
     // Traffic through HAProxy says Host: shop.test; ferry's http gate asks
     // each host directly, as its address.
     let opts =

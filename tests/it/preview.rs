@@ -104,6 +104,7 @@ fn host_row<'a>(report: &'a Value, host: &str) -> &'a Value {
 
 #[test]
 fn a_dry_run_shows_djangos_change_files_and_bytes_per_host_changes_nothing_and_ships_what_the_push_ships() {
+    let _one = crate::kit::one_at_a_time();
     let hosts = TestHosts::start(3);
     let p = ssh_project(&hosts);
     django_project(&p, DJANGO_BASE);

@@ -79,6 +79,7 @@ fn delta_len(p: &Project, from: &str, to: &str) -> u64 {
 
 #[test]
 fn twenty_hosts_pull_bundle_then_delta_from_the_store_and_the_controller_ships_none_of_their_bytes() {
+    let _one = crate::kit::one_at_a_time();
     let hosts = TestHosts::start(20);
     let s3 = S3Server::start_on(hosts.gateway.into());
     let p = pull_project(&hosts, &s3, "");
