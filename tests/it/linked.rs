@@ -114,11 +114,16 @@ fn overlapping_linked_paths_are_refused_before_anything_is_written() {
     }
     assert_eq!(read(dir.join("shared/log/archive/old.log")), "keep me\n", "shared data untouched");
 
-    // The controller refuses the same in ferry.toml, naming the file.
+    // The controller refuses the same in ferry.toml, naming the file, line and column.
     let toml = read(p.path("ferry.toml"));
     p.write("ferry.toml", format!("{toml}\n[deploy]\nlinked_dirs = [\"log\", \"log/archive\"]\n"));
     let err = p.ferry(["status", "any"]).fails(2);
-    assert!(err.contains("ferry.toml: [deploy] linked paths log and log/archive overlap"), "{err}");
+    let at = format!(
+        "{}:{}:23: [deploy] linked paths log and log/archive overlap",
+        p.path("ferry.toml").display(),
+        toml.lines().count() + 3
+    );
+    assert!(err.contains(&at), "{err}\nwanted: {at}");
 }
 
 #[test]

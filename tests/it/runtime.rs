@@ -265,7 +265,11 @@ fn a_host_whose_supervisord_died_gets_it_started_again_and_says_so() {
     build(&p, "v2");
     let report = p.ferry(["push", "prod", "--json"]).ok().json();
     let second = row(&report, hosts.hosts[1].addr);
-    assert_eq!(second["warning"], "supervisord was not running: started it", "{second}");
+    // Said first; a busy machine may add what the restart then saw (a slow stop).
+    assert!(
+        second["warning"].as_str().unwrap_or_default().starts_with("supervisord was not running: started it"),
+        "{second}"
+    );
     assert_eq!(second["down_before"][0]["process"], "supervisord", "{second}");
     assert!(row(&report, hosts.hosts[0].addr)["warning"].is_null(), "{report}");
     serves(&hosts, "v2");
