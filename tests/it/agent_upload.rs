@@ -6,7 +6,7 @@
 //! host's own mount namespace.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ferry_switcher::fleet::{AgentBinary, HostSpec, Ssh, Transport};
 use fs_err as fs;
@@ -20,16 +20,7 @@ const MAX_AGENT: u64 = 15 << 20;
 const MAX_SHIPPED_PER_HOST: u64 = 8 << 20;
 
 fn ssh(hosts: &TestHosts) -> Ssh {
-    Ssh {
-        known_hosts: hosts.known_hosts.clone(),
-        accept_new: false,
-        identity: Some(hosts.key.clone()),
-        user: Some("root".into()),
-        ferry: AgentBinary::Upload(agent_bin().into()),
-        connect_timeout: Duration::from_secs(5),
-        step_timeout: Duration::from_secs(60),
-        ssh_config: None,
-    }
+    crate::ssh::ssh_with(hosts, AgentBinary::Upload(agent_bin().into()))
 }
 
 fn spec(hosts: &TestHosts, i: usize) -> HostSpec {

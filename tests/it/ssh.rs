@@ -14,13 +14,18 @@ use crate::source::Source;
 use crate::testhosts::TestHosts;
 
 fn ssh(hosts: &TestHosts) -> Ssh {
+    // The test hosts share this machine's file system but for /srv.
+    ssh_with(hosts, AgentBinary::OnHost(ferry_bin().into()))
+}
+
+/// The transport to the test hosts as root with their key, and `ferry` as the agent.
+pub(crate) fn ssh_with(hosts: &TestHosts, ferry: AgentBinary) -> Ssh {
     Ssh {
         known_hosts: hosts.known_hosts.clone(),
         accept_new: false,
         identity: Some(hosts.key.clone()),
         user: Some("root".into()),
-        // The test hosts share this machine's file system but for /srv.
-        ferry: AgentBinary::OnHost(ferry_bin().into()),
+        ferry,
         connect_timeout: Duration::from_secs(5),
         step_timeout: Duration::from_secs(60),
         ssh_config: None,
