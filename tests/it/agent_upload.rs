@@ -73,19 +73,10 @@ fn first_contact_with_20_hosts_ships_the_gzipped_agent_to_each_and_it_runs_there
     let hosts = TestHosts::start(20);
     let agent = agent_bin();
     let p = sample_project();
-    let list: Vec<String> = hosts.hosts.iter().map(|h| format!("\"root@{}\"", h.addr)).collect();
     let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
     // No `agent`: ferry uploads the ferry-agent it finds (target/agent/).
-    p.write(
-        "ferry.toml",
-        format!(
-            "{toml}\n[deploy]\ndeploy_to = \"/srv/shop\"\n\n[stages.prod]\ntransport = \"ssh\"\nhosts = [{}]\n\
-             env = \"staging\"\nknown_hosts = \"{}\"\nidentity = \"{}\"\n",
-            list.join(", "),
-            hosts.known_hosts.display(),
-            hosts.key.display(),
-        ),
-    );
+    let stage = hosts.ssh_stage("prod", "env = \"staging\"\n");
+    p.write("ferry.toml", format!("{toml}\n[deploy]\ndeploy_to = \"/srv/shop\"\n\n{stage}"));
     let n = hosts.hosts.len();
     let before: Vec<u64> = (0..n).map(|i| sent_to(&hosts, i)).collect();
     let start = Instant::now();

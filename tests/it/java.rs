@@ -43,20 +43,16 @@ fn fixture() -> Project {
 /// rest, each batch gated by the health URL on each host.
 fn project(hosts: &TestHosts) -> Project {
     let p = fixture();
-    let list: Vec<String> = hosts.hosts.iter().map(|h| format!("\"root@{}\"", h.addr)).collect();
     let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
-    p.write(
-        "ferry.toml",
-        format!(
-            "{toml}\n[stages.prod]\ntransport = \"ssh\"\nhosts = [{}]\nenv = \"staging\"\nstrategy = [\"1\", \"100%\"]\n\
-             known_hosts = \"{}\"\nidentity = \"{}\"\nagent = \"{}\"\n\n\
+    let stage = hosts.ssh_stage(
+        "prod",
+        &format!(
+            "env = \"staging\"\nstrategy = [\"1\", \"100%\"]\nagent = \"{}\"\n\n\
              [stages.prod.health.http]\nurl = \"http://{{host}}:{PORT}/health\"\ntimeout = 2\nretries = 10\n",
-            list.join(", "),
-            hosts.known_hosts.display(),
-            hosts.key.display(),
             ferry_bin()
         ),
     );
+    p.write("ferry.toml", format!("{toml}\n{stage}"));
     p
 }
 

@@ -76,20 +76,10 @@ fn django_project(p: &Project, version: &str) {
 /// (the agent is this binary, so nothing is uploaded).
 fn ssh_project(hosts: &TestHosts) -> Project {
     let p = sample_project();
-    let list: Vec<String> = hosts.hosts.iter().map(|h| format!("\"root@{}\"", h.addr)).collect();
     let toml =
         fs::read_to_string(p.path("ferry.toml")).unwrap().replace("code = \"app\"", "code = \"app\"\nvenv = \"venv\"");
-    p.write(
-        "ferry.toml",
-        format!(
-            "{toml}\n[deploy]\ndeploy_to = \"/srv/shop\"\n\n[stages.prod]\ntransport = \"ssh\"\nhosts = [{}]\nenv = \"staging\"\n\
-             known_hosts = \"{}\"\nidentity = \"{}\"\nagent = \"{}\"\n",
-            list.join(", "),
-            hosts.known_hosts.display(),
-            hosts.key.display(),
-            ferry_bin()
-        ),
-    );
+    let stage = hosts.ssh_stage("prod", &format!("env = \"staging\"\nagent = \"{}\"\n", ferry_bin()));
+    p.write("ferry.toml", format!("{toml}\n[deploy]\ndeploy_to = \"/srv/shop\"\n\n{stage}"));
     p
 }
 

@@ -25,20 +25,12 @@ fn pull_project(hosts: &TestHosts, s3: &S3Server, extra: &str) -> Project {
 /// [`pull_project`] with its own `[store]` section.
 fn pull_project_via(hosts: &TestHosts, section: &str, extra: &str) -> Project {
     let p = sample_project();
-    let list: Vec<String> = hosts.hosts.iter().map(|h| format!("\"root@{}\"", h.addr)).collect();
     let toml = fs::read_to_string(p.path("ferry.toml")).unwrap();
-    p.write(
-        "ferry.toml",
-        format!(
-            "{toml}\n{}\n[deploy]\ndeploy_to = \"/srv/shop\"\n\n[stages.prod]\ntransport = \"ssh\"\nhosts = [{}]\n\
-             env = \"staging\"\nknown_hosts = \"{}\"\nidentity = \"{}\"\nagent = \"{}\"\nfetch = \"store\"\nmax_parallel = 8\n{extra}",
-            section,
-            list.join(", "),
-            hosts.known_hosts.display(),
-            hosts.key.display(),
-            ferry_bin()
-        ),
+    let stage = hosts.ssh_stage(
+        "prod",
+        &format!("env = \"staging\"\nagent = \"{}\"\nfetch = \"store\"\nmax_parallel = 8\n{extra}", ferry_bin()),
     );
+    p.write("ferry.toml", format!("{toml}\n{section}\n[deploy]\ndeploy_to = \"/srv/shop\"\n\n{stage}"));
     p
 }
 

@@ -73,6 +73,18 @@ fn run(args: &[&str]) {
 }
 
 impl TestHosts {
+    /// A ferry.toml `[stages.<name>]` over every host as root, with this kit's
+    /// known_hosts and key, then `extra` (more keys of the stage).
+    pub fn ssh_stage(&self, name: &str, extra: &str) -> String {
+        let list: Vec<String> = self.hosts.iter().map(|h| format!("\"root@{}\"", h.addr)).collect();
+        format!(
+            "[stages.{name}]\ntransport = \"ssh\"\nhosts = [{}]\nknown_hosts = \"{}\"\nidentity = \"{}\"\n{extra}",
+            list.join(", "),
+            self.known_hosts.display(),
+            self.key.display()
+        )
+    }
+
     /// Starts `n` hosts named `host1`…, with sshd listening on port 22.
     pub fn start(n: usize) -> Self {
         Self::start_with(n, |_| None)
