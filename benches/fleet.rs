@@ -33,6 +33,10 @@ use source::Source;
 #[path = "../tests/it/testhosts.rs"]
 mod testhosts;
 
+#[allow(dead_code)]
+#[path = "../tests/it/s3kit.rs"]
+mod s3kit;
+
 const GOAL_ROLLBACK: f64 = 1.0;
 const GOAL_ACTIVATE: f64 = 3.0;
 const GOAL_THROUGHPUT: f64 = 0.7;
@@ -137,17 +141,39 @@ fn main() -> Result<()> {
     let (rsync_wall, rsync_bytes) = rsync_all(&dir.join("deps"))?;
 
     // --- rollback of all hosts ------------------------------------------------
+    // Where a rollback's time goes: the controller's CPU (this process), and
+    // the hosts' (each sshd with everything it ran: the handshakes, the
+    // sessions, the agents), against N OpenSSH handshakes alone (`ssh host
+    // true`, 10 at a time as the stage's max_parallel) on the same sshds.
+    ticks_per_second();
     let mut rollbacks = Vec::new();
     let mut rollback_phases = Vec::new();
+    let (mut ctl_cpu, mut host_cpu) = (Vec::new(), Vec::new());
     for i in 0..runs {
         // Back to base, then forward again, so each rollback has somewhere to go.
+        let (ctl0, hosts0) = (self_cpu(), hosts_cpu(&hosts));
         let start = Instant::now();
         let report = fleet::rollback(&stage, &ssh, Some(&base), &Quiet)?;
         rollbacks.push(start.elapsed().as_secs_f64());
+        ctl_cpu.push(self_cpu() - ctl0);
+        // The sessions' CPU reaches their sshd once it has reaped them.
+        std::thread::sleep(Duration::from_millis(300));
+        host_cpu.push(hosts_cpu(&hosts) - hosts0);
         ensure!(report.ok, "rollback {i} failed: {report:#?}");
         rollback_phases.push((rollbacks[i], report.phases));
         let forward = fleet::push(&stage, &ssh, &source, &deps, &Quiet);
         ensure!(forward.ok, "the push back to deps failed");
+    }
+
+    let (mut hs_wall, mut hs_cpu) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let list: Vec<String> = hosts.hosts.iter().map(|h| h.addr.to_string()).collect();
+        let hosts0 = hosts_cpu(&hosts);
+        let start = Instant::now();
+        kit::sh(&format!("printf '%s\\n' {} | xargs -P 10 -I{{}} {ssh_cmd} root@{{}} true", list.join(" ")));
+        hs_wall.push(start.elapsed().as_secs_f64());
+        std::thread::sleep(Duration::from_millis(300));
+        hs_cpu.push(hosts_cpu(&hosts) - hosts0);
     }
 
     // --- one connection: ferry's session (SSH + agent greeting) vs `ssh host true`
@@ -182,6 +208,64 @@ fn main() -> Result<()> {
         openssh.push(start.elapsed().as_secs_f64());
     }
 
+    // --- pull against push: base→deps, the hosts fetching from an S3 store --
+    // The CLI as a user runs it, on fresh deploy directories each run: base
+    // (untimed; first contact uploads the agent), then deps, timed.
+    let s3 = s3kit::S3Server::start_on(std::net::IpAddr::V4(hosts.gateway));
+    let project = scratch.path().join("pull.toml");
+    let mut toml = format!("service = \"bench\"\n{}\n", s3.store_section("bench"));
+    for mode in ["push", "pull"] {
+        let fetch = if mode == "pull" { "fetch = \"store\"\n" } else { "" };
+        toml += &hosts.ssh_stage(
+            mode,
+            &format!(
+                "agent = \"{}\"\nenv = \"staging\"\nmax_parallel = 10\nstrategy = [\"1\", \"50%\", \"100%\"]\n\
+                     deploy_to = \"/srv/{mode}\"\n{fetch}",
+                ferry.display()
+            ),
+        );
+        toml += "\n";
+    }
+    fs::write(&project, toml)?;
+    let ferry_push = |stage: &str, id: &ReleaseId| -> Result<(f64, u64, u64)> {
+        let start = Instant::now();
+        let out = Command::new(ferry)
+            .args(["push", stage, &id.to_string(), "--json", "-c"])
+            .arg(&project)
+            .arg("--store")
+            .arg(store.root())
+            .envs(s3.env())
+            .output()?;
+        let wall = start.elapsed().as_secs_f64();
+        ensure!(
+            out.status.success(),
+            "ferry push {stage} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let rows = report["hosts"].as_array().context("a report without hosts")?;
+        let sum = |key: &str| rows.iter().map(|h| h[key].as_u64().unwrap_or(0)).sum::<u64>();
+        Ok((wall, sum("bytes"), sum("fetched")))
+    };
+    let (mut push_runs, mut pull_runs) = (Vec::new(), Vec::new());
+    // The test hosts' disks are small: only this section's releases on them.
+    for h in &hosts.hosts {
+        for dir in ["bench", "throughput", "rsync", "connect"] {
+            let _ = fs::remove_dir_all(h.srv.join(dir));
+        }
+    }
+    for _ in 0..runs {
+        for (mode, out) in [("push", &mut push_runs), ("pull", &mut pull_runs)] {
+            for h in &hosts.hosts {
+                let _ = fs::remove_dir_all(h.srv.join(mode));
+            }
+            ferry_push(mode, &base)?;
+            out.push(ferry_push(mode, &deps)?);
+        }
+    }
+    let delta_len = fs::metadata(store.root().join(format!("deltas/{base}..{deps}")))?.len();
+
     let mb = |bytes: f64| bytes / 1e6;
     let (roll, ours_t, openssh_t) = (median(&mut rollbacks), median(&mut ours), median(&mut openssh));
     let (ours_rate, openssh_rate) = (mb(PAYLOAD as f64) / ours_t, mb(PAYLOAD as f64) / openssh_t);
@@ -207,12 +291,43 @@ fn main() -> Result<()> {
         phases.join("  ")
     );
     println!(
+        "  CPU of the rollback          controller {:.2} s   hosts (sshd, sessions, agents) {:.2} s   on {} cores",
+        median(&mut ctl_cpu),
+        median(&mut host_cpu),
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
+    println!(
+        "  {n} OpenSSH handshakes alone  `ssh host true`, 10 at a time: wall {:.2} s   hosts' CPU {:.2} s",
+        median(&mut hs_wall),
+        median(&mut hs_cpu)
+    );
+    println!(
         "one connection, idle fleet     ferry session open+close {:.3} s   ssh host true {:.3} s   ratio {:.2}",
         median(&mut ferry_connect),
         median(&mut openssh_connect),
         median(&mut ferry_connect) / median(&mut openssh_connect)
     );
     println!("throughput, {} MB           ferry session {ours_rate:.0} MB/s ({ours_t:.2} s)   ssh 'cat > /dev/null' {openssh_rate:.0} MB/s ({openssh_t:.2} s)", PAYLOAD >> 20);
+    let walls = |v: &[(f64, u64, u64)]| v.iter().map(|r| format!("{:.2}", r.0)).collect::<Vec<_>>().join(" ");
+    let mid = |v: &[(f64, u64, u64)]| median(&mut v.iter().map(|r| r.0).collect::<Vec<_>>());
+    let (push_mid, pull_mid) = (mid(&push_runs), mid(&pull_runs));
+    println!("push base→deps, `ferry push` (the CLI), {n} hosts, gates off; {runs} runs, medians; the delta is {delta_len} bytes");
+    println!(
+        "  fetch = \"push\"   wall {push_mid:.2} s ({})   controller sent hosts {} payload bytes",
+        walls(&push_runs),
+        push_runs[0].1
+    );
+    println!(
+        "  fetch = \"store\"  wall {pull_mid:.2} s ({})   controller sent hosts {} payload bytes and the store {delta_len} (one delta); hosts fetched {}",
+        walls(&pull_runs),
+        pull_runs[0].1,
+        pull_runs[0].2
+    );
+    println!(
+        "  ratio pull / push: wall {:.2}   controller bytes {:.3}",
+        pull_mid / push_mid,
+        (pull_runs[0].1 + delta_len) as f64 / push_runs[0].1.max(1) as f64
+    );
     let goal = |name: &str, value: f64, bound: f64, less: bool| {
         let met = if less { value < bound } else { value >= bound };
         println!(
@@ -225,6 +340,35 @@ fn main() -> Result<()> {
     goal("canary→50%→50% activation (s)", phase("activate"), GOAL_ACTIVATE, true);
     goal("transport / OpenSSH throughput", ours_rate / openssh_rate, GOAL_THROUGHPUT, false);
     Ok(())
+}
+
+/// CPU seconds (user + system) of `stat`'s process and of the children it
+/// has reaped (fields 14–17 of /proc/PID/stat, in clock ticks).
+fn cpu_of(stat: &str) -> f64 {
+    let fields: Vec<f64> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // After the command: state is field 3, so utime (14) is index 11.
+    fields.get(11..15).map_or(0.0, |t| t.iter().sum::<f64>()) / ticks_per_second()
+}
+
+fn ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| kit::sh("getconf CLK_TCK").trim().parse().unwrap_or(100.0))
+}
+
+/// This process's CPU seconds, all its threads.
+fn self_cpu() -> f64 {
+    cpu_of(&fs::read_to_string("/proc/self/stat").unwrap_or_default())
+}
+
+/// The test hosts' CPU seconds: each sshd and what it ran and reaped.
+fn hosts_cpu(hosts: &testhosts::TestHosts) -> f64 {
+    let stat = |pid: u32| fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    hosts.hosts.iter().filter_map(testhosts::TestHost::sshd_pid).map(|pid| cpu_of(&stat(pid))).sum()
 }
 
 fn median(v: &mut [f64]) -> f64 {

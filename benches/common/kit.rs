@@ -15,3 +15,13 @@ pub fn tempdir() -> tempfile::TempDir {
 pub fn is_root() -> bool {
     sh("id -u").trim() == "0"
 }
+
+/// `n` free TCP ports of this machine (the kernel's choice).
+pub fn local_ports(n: usize) -> Vec<u32> {
+    (0..n)
+        .map(|_| {
+            let l = std::net::TcpListener::bind(("0.0.0.0", 0)).expect("a free port");
+            u32::from(l.local_addr().expect("its address").port())
+        })
+        .collect()
+}

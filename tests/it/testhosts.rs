@@ -40,6 +40,14 @@ pub struct TestHost {
     sshd: Option<Child>,
 }
 
+impl TestHost {
+    /// Its sshd's pid (the listener, which forks and reaps each session),
+    /// while it runs.
+    pub fn sshd_pid(&self) -> Option<u32> {
+        self.sshd.as_ref().map(Child::id)
+    }
+}
+
 /// What a test host sees as `/etc`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Etc {
