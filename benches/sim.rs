@@ -74,6 +74,7 @@ fn stage(sim: &Sim) -> Stage {
         load_balancer: None,
         out_of_rotation: false,
         trusted_keys: Vec::new(),
+        fetch_parallel: 32,
     }
 }
 

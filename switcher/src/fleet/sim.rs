@@ -352,6 +352,7 @@ mod tests {
             load_balancer: None,
             out_of_rotation: false,
             trusted_keys: Vec::new(),
+            fetch_parallel: 32,
         };
         let report = fleet::push(&stage, &sim, &OneDelta(delta), &deps, &Quiet);
         assert!(report.ok, "{report:?}");
