@@ -101,6 +101,7 @@ fn main() -> Result<()> {
         load_balancer: None,
         out_of_rotation: false,
         trusted_keys: Vec::new(),
+        fetch_parallel: 32,
     };
     let source = Source(store.clone());
 

@@ -51,6 +51,13 @@ pub const STRATEGY: &[&str] = &["1", "50%", "100%"];
 /// `max_parallel`: hosts worked on at once; enough that a fleet of dozens
 /// goes in a few rounds, few enough not to swamp the controller's link.
 pub const MAX_PARALLEL: usize = 10;
+/// `fetch_parallel`: hosts downloading from the store at once. A
+/// self-hosted store (MinIO, SeaweedFS) or a cache in front of S3 serves
+/// about a 10 Gbit/s link, which 32 hosts at ~40 MB/s each fill; more at
+/// once only split the same bandwidth into slower downloads (and URLs that
+/// expire while they wait). S3 itself takes far more, so 32 costs it
+/// little.
+pub const FETCH_PARALLEL: usize = 32;
 /// `load_balancer.drain_timeout`: seconds a draining server's sessions may
 /// take to end; HAProxy's own `timeout server` is often about this.
 pub const DRAIN_TIMEOUT: u64 = 30;
@@ -153,6 +160,7 @@ mod tests {
             format!("`[{}]`", STRATEGY.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", "))
         );
         assert_eq!(default("max_parallel"), MAX_PARALLEL.to_string());
+        assert_eq!(default("fetch_parallel"), FETCH_PARALLEL.to_string());
         assert_eq!(default("on_failure"), quoted(&format!("{ON_FAILURE:?}").to_lowercase()));
         assert_eq!(default("connect_timeout"), CONNECT_TIMEOUT.to_string());
         assert_eq!(default("step_timeout"), STEP_TIMEOUT.to_string());

@@ -251,6 +251,8 @@ pub struct StageSection {
     pub fetch: Option<Spanned<String>>,
     /// How long, in seconds, a host's presigned URL is good for.
     pub fetch_url_ttl: Option<Spanned<u64>>,
+    /// `fetch = "store"`: the most hosts downloading from the store at once.
+    pub fetch_parallel: Option<Spanned<usize>>,
     /// Minisign public keys (`RWS…`): the hosts take only releases one of
     /// them signed. Rotation: list the new key beside the old.
     pub trusted_keys: Option<Spanned<Vec<Spanned<String>>>>,

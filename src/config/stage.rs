@@ -80,6 +80,8 @@ pub struct Stage {
     pub git: StageGit,
     /// Where the hosts get the payload.
     pub fetch: FetchFrom,
+    /// `fetch = "store"`: the most hosts downloading at once.
+    pub fetch_parallel: usize,
     /// Minisign public keys the hosts pin (see `ferry_switcher::host::trust`).
     pub trusted_keys: Vec<String>,
 }
@@ -266,6 +268,13 @@ pub(super) fn check_stage(
         Some((_, "store")) => FetchFrom::Store { ttl },
         Some((f, other)) => bail!("{}: fetch {other:?} must be \"push\" or \"store\"", at(f.span())),
     };
+    let fetch_parallel = match &stage.fetch_parallel {
+        Some(n) if *n.get_ref() < 1 => {
+            bail!("{}: stage {name}: fetch_parallel must be at least 1 (hosts downloading at once)", at(n.span()))
+        }
+        Some(n) => *n.get_ref(),
+        None => defaults::FETCH_PARALLEL,
+    };
     let mut gates = gates(name, &stage.health, at)?;
     for gate in &mut gates {
         if let Gate::Http(probe) | Gate::Errors { probe, .. } = gate {
@@ -372,6 +381,7 @@ pub(super) fn check_stage(
         gates,
         host_env,
         fetch,
+        fetch_parallel,
     })
 }
 
@@ -504,6 +514,17 @@ mod tests {
         assert!(err.starts_with("/srv/svc/ferry.toml:4:18: bridge_assets \"/abs\""), "{err}");
         let err = parse("service = \"s\"\n[deploy]\nbridge_assets = [\".ferry/x\"]\n").unwrap_err().to_string();
         assert!(err.contains("ferry.toml:3:18: bridge_assets \".ferry/x\": .ferry is reserved"), "{err}");
+    }
+
+    #[test]
+    fn fetch_parallel_defaults_to_32_and_zero_is_refused_where_it_is_said() {
+        let base = "service = \"s\"\n[stages.prod]\nhosts = [\"web1\"]\n";
+        assert_eq!(parse(base).unwrap().stages["prod"].fetch_parallel, 32);
+        assert_eq!(parse(&format!("{base}fetch_parallel = 5\n")).unwrap().stages["prod"].fetch_parallel, 5);
+        let err = parse(&format!("{base}fetch_parallel = 0\n")).unwrap_err().to_string();
+        assert!(err.starts_with("/srv/svc/ferry.toml:4:18: stage prod: fetch_parallel must be at least 1"), "{err}");
+        let err = parse(&format!("{base}fetch_parallel = -1\n")).unwrap_err().to_string();
+        assert!(err.contains("at line 4, column 18") && err.contains("expected usize"), "{err}");
     }
 
     #[test]

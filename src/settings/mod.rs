@@ -443,6 +443,7 @@ fn load_stage(path: &Path, name: &str, narrow: &Narrow) -> Result<(StageSettings
         load_balancer,
         out_of_rotation: false,
         trusted_keys: stage.trusted_keys.clone(),
+        fetch_parallel: stage.fetch_parallel,
     };
     let groups = config.stages[name]
         .groups

@@ -115,6 +115,7 @@ fn fleet() -> Fleet {
         load_balancer: None,
         out_of_rotation: false,
         trusted_keys: Vec::new(),
+        fetch_parallel: 32,
     };
     let source = Bundles(bundles);
     let report = fleet::push(&stage, &Local, &source, &v1, &Quiet);

@@ -324,6 +324,7 @@ pub fn stage(name: &str, hosts: Vec<HostSpec>) -> Stage {
         load_balancer: None,
         out_of_rotation: false,
         trusted_keys: Vec::new(),
+        fetch_parallel: 32,
     }
 }
 

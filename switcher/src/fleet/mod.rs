@@ -189,4 +189,9 @@ pub struct Stage {
     /// Minisign public keys the hosts must hold releases to (see
     /// `host::trust`): a push pins them on a host that has none.
     pub trusted_keys: Vec<String>,
+    /// `fetch = "store"`: the most hosts downloading from the store at
+    /// once (the stage's `max_parallel` bounds it too). The first host to
+    /// fetch each payload downloads it alone, before any other, so a cache
+    /// in front of the store is filled by one download.
+    pub fetch_parallel: usize,
 }

@@ -4,9 +4,14 @@
 //! bytes. A host that cannot fetch it (the store unreachable from it, down,
 //! an object that is not what its key says, an expired URL, a truncated
 //! download) is pushed the bytes by the controller, and its report says why.
+//!
+//! At most `fetch_parallel` hosts download at once, and the first host of
+//! each payload downloads it alone: the others of that payload start once
+//! it is done, whether it succeeded or not (see [`Downloads`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use ferry_formats::ReleaseId;
 
@@ -38,11 +43,108 @@ pub(super) fn fetches(
     out
 }
 
-/// Has `host` fetch its payload. `true`: the host is done with this phase
-/// (staged from the store, or its link broke); `false`: the controller is
-/// to push the bytes, and a note says why.
+/// The downloads of one stage phase: a counting semaphore of
+/// `fetch_parallel` slots, and each payload's warm-up.
+///
+/// The first host to fetch a payload is its warmer: it downloads alone, and
+/// every other host of that payload waits until it is done (ok or not) so a
+/// cache in front of the store is filled by one download. A warmer that
+/// failed does not hold the others back: each still tries, and falls back
+/// on its own failure. Waiters hold no slot, and a warmer takes its slot
+/// only once it is the warmer, so no host waits on one that waits on it.
+pub(super) struct Downloads {
+    free: Mutex<usize>,
+    freed: Condvar,
+    /// Each payload's state, by the base it is for.
+    warm: Mutex<BTreeMap<Option<ReleaseId>, Warmth>>,
+    warmed: Condvar,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Warmth {
+    /// Its first download is under way.
+    Warming,
+    /// Its first download is over: the others may go.
+    Warm,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Downloads {
+    /// At most `parallel` (at least 1) downloads at once.
+    pub(super) fn new(parallel: usize) -> Self {
+        Self {
+            free: Mutex::new(parallel.max(1)),
+            freed: Condvar::new(),
+            warm: Mutex::default(),
+            warmed: Condvar::new(),
+        }
+    }
+
+    /// Runs `download` of the payload for `base` in a slot, after the
+    /// payload's warm-up (or as it).
+    fn run<T>(&self, base: Option<ReleaseId>, download: impl FnOnce() -> T) -> T {
+        let warmer = {
+            let mut warm = lock(&self.warm);
+            loop {
+                match warm.get(&base) {
+                    None => {
+                        warm.insert(base, Warmth::Warming);
+                        break true;
+                    }
+                    Some(Warmth::Warming) => warm = self.warmed.wait(warm).unwrap_or_else(PoisonError::into_inner),
+                    Some(Warmth::Warm) => break false,
+                }
+            }
+        };
+        // Dropped in reverse: the slot is given back, then the payload is
+        // warm (also when `download` panics, so no one waits forever).
+        let _warmed = warmer.then(|| Warmed(self, base));
+        let _slot = self.slot();
+        download()
+    }
+
+    fn slot(&self) -> Slot<'_> {
+        let mut free = lock(&self.free);
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(PoisonError::into_inner);
+        }
+        *free -= 1;
+        Slot(self)
+    }
+}
+
+/// A download slot, given back when dropped.
+struct Slot<'a>(&'a Downloads);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.free) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
+/// A payload's warm-up, over when dropped.
+struct Warmed<'a>(&'a Downloads, Option<ReleaseId>);
+
+impl Drop for Warmed<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.warm).insert(self.1, Warmth::Warm);
+        self.0.warmed.notify_all();
+    }
+}
+
+/// Has `host` fetch its payload (the one for `base`), in a download slot of
+/// `downloads`. `true`: the host is done with this phase (staged from the
+/// store, or its link broke); `false`: the controller is to push the bytes,
+/// and a note says why.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn stage_fetched(
     host: &mut Connected,
+    downloads: &Downloads,
+    base: Option<ReleaseId>,
     fetch: &Result<Fetch, String>,
     kind: Shipped,
     stage: &Stage,
@@ -60,7 +162,8 @@ pub(super) fn stage_fetched(
         }
     };
     observer.note(&name, "fetch", &format!("{kind} from the store"));
-    match host.session.stage_fetched(fetch, &stage.options, signature) {
+    let session = &mut host.session;
+    match downloads.run(base, || session.stage_fetched(fetch, &stage.options, signature)) {
         Ok(staged) => {
             let report = &mut host.slot.report;
             if !staged.already {

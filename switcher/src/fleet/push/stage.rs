@@ -85,6 +85,7 @@ pub(super) fn stage_all(
         })
         .collect();
     let fetches = super::fetch::fetches(source, &files, release);
+    let downloads = super::fetch::Downloads::new(stage.fetch_parallel);
     pool.install(|| {
         hosts.par_iter_mut().for_each(|host| {
             host.slot.report.step = HostStep::Stage;
@@ -107,7 +108,7 @@ pub(super) fn stage_all(
                 Err(e) => Err(e.clone()),
             };
             if let (Ok((_, kind)), Some(fetch)) = (&payload, fetches.get(&base(host))) {
-                if super::fetch::stage_fetched(host, fetch, *kind, stage, signature, observer) {
+                if super::fetch::stage_fetched(host, &downloads, base(host), fetch, *kind, stage, signature, observer) {
                     return;
                 }
             }
