@@ -29,6 +29,7 @@ mod runtime;
 mod s3kit;
 mod s3pull;
 mod s3store;
+mod s3tls;
 mod setup_install;
 mod signing;
 mod snapshots;
