@@ -26,6 +26,7 @@ mod preview;
 mod read;
 mod rsync;
 mod runtime;
+mod s3agent;
 mod s3kit;
 mod s3pull;
 mod s3store;

@@ -448,3 +448,74 @@ impl Drop for TlsFront {
         }
     }
 }
+
+/// A TCP forwarder on loopback that counts the bytes its clients send
+/// upstream: put in front of a test host's sshd, it measures what the
+/// controller sent that host over SSH alone (the host's link also carries
+/// what it downloads from the store). Stopped on drop.
+#[derive(Debug)]
+pub struct CountingForward {
+    pub port: u16,
+    /// Bytes from clients to upstream so far.
+    pub sent: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CountingForward {
+    pub fn start(upstream: SocketAddr) -> Self {
+        let port = local_ports(1)[0] as u16;
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(std::sync::atomic::AtomicU64::new(0)));
+        let (stop2, sent2) = (stop.clone(), sent.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let sent = sent2.clone();
+                std::thread::spawn(move || {
+                    let _ = client.set_nonblocking(false);
+                    let Ok(up) = TcpStream::connect(upstream) else { return };
+                    let _ = (client.set_nodelay(true), up.set_nodelay(true));
+                    let (mut c_in, mut u_out) = (client.try_clone().unwrap(), up.try_clone().unwrap());
+                    let (mut u_in, mut c_out) = (up, client);
+                    let back = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut u_in, &mut c_out);
+                        let _ = c_out.shutdown(std::net::Shutdown::Write);
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match c_in.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                sent.fetch_add(n as u64, Ordering::SeqCst);
+                                if u_out.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = u_out.shutdown(std::net::Shutdown::Write);
+                    let _ = back.join();
+                });
+            }
+        });
+        CountingForward { port, sent, stop, thread: Some(thread) }
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingForward {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -7,6 +7,7 @@
 //!   bundles/<id>.json          what `ferry bundles` shows (the first publisher's record)
 //!   deltas/<from>..<to>        a delta, by the two release ids
 //!   signatures/<id>.minisig    a release's signature, when the local store has one
+//!   agents/<blake3>.gz         the gzipped agent hosts download (fetch = "store"), by its hash
 //! ```
 //!
 //! Every object is written once, with a conditional put (`If-None-Match:
