@@ -70,6 +70,8 @@ fn hosts_fetch_over_https_trusting_their_own_store_and_one_without_the_ca_is_pus
         assert_eq!(h["result"], "ok", "{h}");
         assert_eq!(h["bytes"], 0, "the controller pushed bytes to a host that trusts the CA: {h}");
         assert_eq!(h["fetched"], bundle, "{h}");
+        // Its curl trusts what it trusts: the agent came over HTTPS too.
+        assert!(h["notes"].to_string().contains("the agent came from the store (curl on the host)"), "{h}");
     }
     let untrusting = &rows[2];
     let notes = untrusting["notes"].to_string();
@@ -77,6 +79,8 @@ fn hosts_fetch_over_https_trusting_their_own_store_and_one_without_the_ca_is_pus
     assert!(notes.contains("UnknownIssuer"), "{untrusting}");
     assert!(notes.contains("update-ca-certificates"), "{untrusting}");
     assert!(notes.contains("pushed the bundle instead"), "{untrusting}");
+    assert!(notes.contains("curl: (60) SSL certificate problem"), "{untrusting}");
+    assert!(notes.contains("sent it over SSH"), "{untrusting}");
     assert!(!notes.contains("X-Amz-Signature"), "the report shows the signed URL: {untrusting}");
     assert_eq!(untrusting["bytes"], bundle, "{untrusting}");
     assert!(untrusting.get("fetched").is_none(), "{untrusting}");
