@@ -179,8 +179,8 @@ fn a_host_that_cannot_reach_the_store_or_gets_something_else_is_sent_the_agent_o
     let report = ferry_s3(&p, &s3, &["push", "prod", "--json"]).ok().json();
     let h = &report["hosts"][0];
     let notes = h["notes"].to_string();
-    assert!(notes.contains("the agent could not come from the store (curl of http://127.0.0.1:"), "{h}");
-    assert!(notes.contains("failed (exit 7)"), "{h}");
+    assert!(notes.contains("the agent could not come from the store (curl http://127.0.0.1:"), "{h}");
+    assert!(notes.contains(", exit 7: curl: (7)"), "{h}");
     eprintln!("a host that cannot reach the store: {notes}");
     assert!(notes.contains("sent it over SSH"), "{h}");
     assert!(!notes.contains("X-Amz-Signature"), "the report shows the signed URL: {h}");
@@ -191,7 +191,7 @@ fn a_host_that_cannot_reach_the_store_or_gets_something_else_is_sent_the_agent_o
     // agent (replaced after the first host fetched it, by bytes of its
     // length: the controller takes the key as the agent, as it takes every
     // content-addressed key; the hosts' check is the gate).
-    let hosts = TestHosts::start(2);
+    let hosts = TestHosts::start(3);
     let s3 = S3Server::start_on(hosts.gateway.into());
     let links = Links::start(&hosts);
     let p = project(&hosts, &links, &s3);
@@ -201,23 +201,50 @@ fn a_host_that_cannot_reach_the_store_or_gets_something_else_is_sent_the_agent_o
     assert!(h["notes"].to_string().contains("the agent came from the store (curl on the host)"), "{h}");
     let keys = agent_keys(&s3);
     assert_eq!(keys.len(), 1, "{keys:?}");
+    // Not gzip: gzip refuses it.
     fs::write(s3.object_path(&keys[0]), vec![b'x'; gz as usize]).unwrap();
     let before = links.sent()[1];
     let report = ferry_s3(&p, &s3, &["push", "prod", "--json", "--hosts", &links.name(1)]).ok().json();
     let h = &report["hosts"][0];
     let notes = h["notes"].to_string();
-    assert!(notes.contains("the agent could not come from the store (curl of http://"), "{h}");
+    assert!(notes.contains("the agent could not come from the store (curl http://"), "{h}");
     assert!(notes.contains("not in gzip format"), "{h}");
     eprintln!("a host given something else: {notes}");
     assert!(notes.contains("sent it over SSH"), "{h}");
     assert!(links.sent()[1] - before > gz, "the agent went over SSH");
-    for i in 0..2 {
+    // A gzipped program that runs and says another hash: the check by
+    // running it before it takes its name refuses it.
+    fs::write(s3.object_path(&keys[0]), impostor(gz as usize)).unwrap();
+    let before = links.sent()[2];
+    let report = ferry_s3(&p, &s3, &["push", "prod", "--json", "--hosts", &links.name(2)]).ok().json();
+    let h = &report["hosts"][0];
+    let notes = h["notes"].to_string();
+    assert!(notes.contains("what came is not the agent (its agent-hash said: not-the-agent)"), "{h}");
+    assert!(notes.contains("sent it over SSH"), "{h}");
+    eprintln!("a host given another program: {notes}");
+    assert!(links.sent()[2] - before > gz, "the agent went over SSH");
+    for i in 0..3 {
         has_the_agent(&hosts, i, &hash);
-        let left: Vec<String> = fs::read_dir(hosts.hosts[i].srv.join("shop/.ferry/bin"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.starts_with(".upload"))
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
     }
+}
+
+/// A gzip stream of exactly `len` bytes that unpacks to a shell script
+/// saying `not-the-agent` to anything (its tail: random bytes, which gzip
+/// cannot shrink, to make up the length).
+fn impostor(len: usize) -> Vec<u8> {
+    let dir = kit::tempdir();
+    let script = dir.path().join("impostor");
+    let mut pad = len.saturating_sub(100);
+    for _ in 0..20 {
+        let mut tail = vec![0u8; pad];
+        blake3::Hasher::new().update(b"impostor").finalize_xof().fill(&mut tail);
+        fs::write(&script, [b"#!/bin/sh\necho not-the-agent\nexit 0\n".as_slice(), &tail].concat()).unwrap();
+        let out = std::process::Command::new("gzip").arg("-9nc").arg(&script).output().unwrap();
+        match out.stdout.len().cmp(&len) {
+            std::cmp::Ordering::Equal => return out.stdout,
+            std::cmp::Ordering::Less => pad += len - out.stdout.len(),
+            std::cmp::Ordering::Greater => pad -= out.stdout.len() - len,
+        }
+    }
+    panic!("no gzip stream of {len} bytes");
 }

@@ -160,7 +160,7 @@ pub(super) fn fetch_agent(
         let out = out.replace(&url, &shown);
         let said: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         let said = said[..said.len().min(2)].join(" / ");
-        return Ok(Err(format!("{fetcher} of {shown} failed (exit {status}): {said}")));
+        return Ok(Err(format!("{fetcher} {shown}, exit {status}: {said}")));
     }
     Ok(Ok(fetcher))
 }
