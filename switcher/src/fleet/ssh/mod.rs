@@ -130,26 +130,10 @@ impl Transport for Ssh {
                 match start(&session, &spec.name, &path, &first)? {
                     Started::Session(s) => Ok(s as Box<dyn Session>),
                     Started::NoAgent(said) => {
-                        let note = match &self.ferry {
-                            AgentBinary::Fetch(_, store) => {
-                                match fetch_agent(&session, spec, local, &path, &said, store)? {
-                                    Ok(tool) => format!("the agent came from the store ({tool} on the host)"),
-                                    Err(why) => {
-                                        upload_agent(&session, spec, local, &path, &said)?;
-                                        format!("the agent could not come from the store ({why}); sent it over SSH")
-                                    }
-                                }
-                            }
-                            _ => {
-                                upload_agent(&session, spec, local, &path, &said)?;
-                                String::new()
-                            }
-                        };
+                        let note = self.deliver(&session, spec, local, &path, &said)?;
                         match start(&session, &spec.name, &path, &format!("exec {} {serve}", quote(&path)))? {
                             Started::Session(mut s) => {
-                                if !note.is_empty() {
-                                    s.notes.push(note);
-                                }
+                                s.notes.extend(note);
                                 Ok(s as Box<dyn Session>)
                             }
                             Started::NoAgent(what) => {
@@ -164,6 +148,30 @@ impl Transport for Ssh {
 }
 
 impl Ssh {
+    /// Gets the agent at `local` to `path` on a host that lacks it (and said
+    /// `said`): from the store when the stage has hosts fetch from one and
+    /// this host can, else over SSH. The line for the host's report, if any.
+    fn deliver(
+        &self,
+        session: &ssh2::Session,
+        spec: &HostSpec,
+        local: &std::path::Path,
+        path: &str,
+        said: &str,
+    ) -> Result<Option<String>, HostError> {
+        if let AgentBinary::Fetch(_, store) = &self.ferry {
+            match fetch_agent(session, spec, local, path, said, store)? {
+                Ok(tool) => return Ok(Some(format!("the agent came from the store ({tool} on the host)"))),
+                Err(why) => {
+                    upload_agent(session, spec, local, path, said)?;
+                    return Ok(Some(format!("the agent could not come from the store ({why}); sent it over SSH")));
+                }
+            }
+        }
+        upload_agent(session, spec, local, path, said)?;
+        Ok(None)
+    }
+
     /// An authenticated session with the host `name`, through its ProxyJump
     /// hosts: `jumps` when given (the hops before this one in a chain), else
     /// the ssh config's. As OpenSSH does, a chain `a,b` reaches the target
