@@ -204,25 +204,27 @@ fn a_host_that_cannot_reach_the_store_or_gets_something_else_is_sent_the_agent_o
     assert!(h["notes"].to_string().contains("the agent came from the store (curl on the host)"), "{h}");
     let keys = agent_keys(&s3);
     assert_eq!(keys.len(), 1, "{keys:?}");
-    // Not gzip: gzip refuses it.
+    // Not the agent's gzip: refused by its sha256.
     fs::write(s3.object_path(&keys[0]), vec![b'x'; gz as usize]).unwrap();
     let before = links.sent()[1];
     let report = ferry_s3(&p, &s3, &["push", "prod", "--json", "--hosts", &links.name(1)]).ok().json();
     let h = &report["hosts"][0];
     let notes = h["notes"].to_string();
     assert!(notes.contains("the agent could not come from the store (curl http://"), "{h}");
-    assert!(notes.contains("not in gzip format"), "{h}");
+    assert!(notes.contains("the download is not the agent: its sha256 is "), "{h}");
+    assert!(notes.contains("nothing of it was run"), "{h}");
     eprintln!("a host given something else: {notes}");
     assert!(notes.contains("sent it over SSH"), "{h}");
     assert!(links.sent()[1] - before > gz, "the agent went over SSH");
-    // A gzipped program that runs and says another hash: the check by
-    // running it before it takes its name refuses it.
+    // A gzipped program of the object's length: refused by its sha256
+    // before anything of it runs (it would leave a mark).
     fs::write(s3.object_path(&keys[0]), impostor(gz as usize)).unwrap();
     let before = links.sent()[2];
     let report = ferry_s3(&p, &s3, &["push", "prod", "--json", "--hosts", &links.name(2)]).ok().json();
     let h = &report["hosts"][0];
     let notes = h["notes"].to_string();
-    assert!(notes.contains("what came is not the agent (its agent-hash said: not-the-agent)"), "{h}");
+    assert!(notes.contains("the download is not the agent: its sha256 is "), "{h}");
+    assert!(!hosts.hosts[2].srv.join("impostor-ran").exists(), "the host ran what it downloaded");
     assert!(notes.contains("sent it over SSH"), "{h}");
     eprintln!("a host given another program: {notes}");
     assert!(links.sent()[2] - before > gz, "the agent went over SSH");
@@ -232,8 +234,8 @@ fn a_host_that_cannot_reach_the_store_or_gets_something_else_is_sent_the_agent_o
 }
 
 /// A gzip stream of exactly `len` bytes that unpacks to a shell script
-/// saying `not-the-agent` to anything (its tail: random bytes, which gzip
-/// cannot shrink, to make up the length).
+/// that leaves `/srv/impostor-ran` and says `not-the-agent` (its tail:
+/// random bytes, which gzip cannot shrink, to make up the length).
 fn impostor(len: usize) -> Vec<u8> {
     let dir = kit::tempdir();
     let script = dir.path().join("impostor");
@@ -241,7 +243,11 @@ fn impostor(len: usize) -> Vec<u8> {
     for _ in 0..20 {
         let mut tail = vec![0u8; pad];
         blake3::Hasher::new().update(b"impostor").finalize_xof().fill(&mut tail);
-        fs::write(&script, [b"#!/bin/sh\necho not-the-agent\nexit 0\n".as_slice(), &tail].concat()).unwrap();
+        fs::write(
+            &script,
+            [b"#!/bin/sh\ntouch /srv/impostor-ran\necho not-the-agent\nexit 0\n".as_slice(), &tail].concat(),
+        )
+        .unwrap();
         let out = std::process::Command::new("gzip").arg("-9nc").arg(&script).output().unwrap();
         match out.stdout.len().cmp(&len) {
             std::cmp::Ordering::Equal => return out.stdout,

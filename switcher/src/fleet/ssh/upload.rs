@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use sha2::Digest as _;
+
 use super::exec::exec;
 use super::image::{image, Glibc, Image};
 use super::{quote, refused};
@@ -111,8 +113,11 @@ fn unfit(agent: &Image, facts: &Facts) -> Option<String> {
 }
 
 /// Has a host that said `said` (see [`PROBE`]) download the gzipped agent
-/// at `local` from `store` into `path`, checked as an upload is: it takes
-/// the name only once it ran and said its hash. `Err` for a host that
+/// at `local` from `store` into `path`. What it downloads is checked
+/// against the gzip's sha256 (with the host's `sha256sum`: a host has no
+/// b3sum) before anything of it runs — the store is not trusted to run code
+/// as the host's user — then as an upload is: it takes the name only once
+/// it ran and said its hash. `Err` for a host that
 /// cannot run it (nothing is sent); `Ok(Err(why))` when it could not come
 /// from the store (the caller uploads it); `Ok(Ok(tool))` when it did.
 pub(super) fn fetch_agent(
@@ -133,7 +138,9 @@ pub(super) fn fetch_agent(
     if !facts.gzip {
         return Ok(Err("the host cannot undo gzip".into()));
     }
-    let url = match store.url(&agent.gzip()?) {
+    let gz = agent.gzip()?;
+    let sha256 = sha2::Sha256::digest(gz.as_slice()).iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let url = match store.url(&gz) {
         Ok(url) => url,
         Err(e) => return Ok(Err(format!("cannot put it in the store: {e}"))),
     };
@@ -143,10 +150,14 @@ pub(super) fn fetch_agent(
         Fetcher::Wget => format!("wget -q -T 30 -t 3 -O \"$t.gz\" {}", quote(&url)),
     };
     let dir = path.rsplit_once('/').map_or(".", |(d, _)| d);
-    // As an upload: a temporary name of its own, run before it takes the
-    // final one. A download that is not the agent fails that check.
+    // The download's sha256 first: nothing that is not the agent's gzip
+    // runs. Then as an upload: a temporary name of its own, run before it
+    // takes the final one.
     let fetch = format!(
-        "set -e; mkdir -p {dir}; t=$(mktemp {dir}/.upload.XXXXXX); trap 'rm -f \"$t\" \"$t.gz\"' EXIT; {get}; \
+        "set -e; command -v sha256sum >/dev/null || {{ echo 'the host has no sha256sum to check the download with'; \
+         exit 1; }}; mkdir -p {dir}; t=$(mktemp {dir}/.upload.XXXXXX); trap 'rm -f \"$t\" \"$t.gz\"' EXIT; {get}; \
+         set -- $(sha256sum < \"$t.gz\"); if [ \"$1\" != {sha256} ]; then echo \"the download is not the agent: \
+         its sha256 is $1, the agent's gzip has {sha256}; nothing of it was run\"; exit 1; fi; \
          gzip -dc < \"$t.gz\" > \"$t\"; rm -f \"$t.gz\"; chmod 755 \"$t\"; h=$(\"$t\" agent-hash 2>&1 || true); \
          if [ \"$h\" != {hash} ]; then echo \"what came is not the agent (its agent-hash said: $h)\"; exit 1; fi; \
          mv \"$t\" {path}; trap - EXIT",
