@@ -106,7 +106,7 @@ impl Config {
         }
         exclude.extend(raw.release.exclude.iter().cloned());
         let store = raw.store.path.as_ref().map(|p| normalize(&dir.join(p)));
-        let remote = remote(&raw.store, &at)?;
+        let remote = remote(&raw.store, &at, &dir)?;
         let mut stages = BTreeMap::new();
         let configs: Vec<RelPath> =
             components.iter().filter(|(k, _)| *k == ComponentKind::Config).map(|(_, p)| p.clone()).collect();
@@ -176,10 +176,14 @@ impl Config {
 fn remote(
     raw: &raw::StoreSection,
     at: &dyn Fn(Range<usize>) -> String,
+    dir: &Path,
 ) -> Result<Option<ferry_builder::remote::RemoteSpec>> {
     let Some(url) = &raw.url else {
         if let Some(e) = &raw.endpoint {
             bail!("{}: [store] endpoint needs a url = \"s3://BUCKET/PREFIX\" beside it", at(e.span()));
+        }
+        if let Some(e) = &raw.ca_file {
+            bail!("{}: [store] ca_file needs a url = \"s3://BUCKET/PREFIX\" beside it", at(e.span()));
         }
         return Ok(None);
     };
@@ -198,6 +202,15 @@ fn remote(
         }
         None => None,
     };
+    let ca_file = match &raw.ca_file {
+        Some(f) => {
+            let path = normalize(&dir.join(f.get_ref()));
+            ferry_builder::remote::read_ca_file(&path)
+                .map_err(|e| anyhow::anyhow!("{}: [store] ca_file: {e}", at(f.span())))?;
+            Some(path)
+        }
+        None => None,
+    };
     Ok(Some(ferry_builder::remote::RemoteSpec {
         bucket,
         prefix,
@@ -205,6 +218,7 @@ fn remote(
         region: raw.region.clone(),
         path_style: raw.path_style,
         profile: raw.profile.clone(),
+        ca_file,
     }))
 }
 

@@ -349,4 +349,7 @@ pub struct StoreSection {
     #[serde(default)]
     pub path_style: bool,
     pub profile: Option<String>,
+    /// PEM CA certificates the controller trusts for an `https://`
+    /// endpoint, beside the system's (hosts use their own trust store).
+    pub ca_file: Option<Spanned<String>>,
 }

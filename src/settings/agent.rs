@@ -36,3 +36,20 @@ pub fn to_upload() -> Result<PathBuf> {
         ),
     }
 }
+
+/// With `fetch = "store"` and a remote store, a host that lacks the agent
+/// downloads it from the store (put there once per run, gzipped, under its
+/// hash) rather than being sent it over SSH; see `AgentBinary::Fetch`.
+pub fn via_store(stage: &mut super::StageSettings, store: &ferry_builder::Store) {
+    let crate::config::FetchFrom::Store { ttl } = stage.fetch else { return };
+    if !matches!(store.remote(), Ok(Some(_))) {
+        return;
+    }
+    let Some(ssh) = stage.ssh.as_mut() else { return };
+    let ferry_switcher::fleet::AgentBinary::Upload(local) = &ssh.ferry else { return };
+    let store = store.clone();
+    let put = move |gz: &[u8]| {
+        ferry_builder::remote::sync::put_agent(&store, gz, ttl).map_err(|e| ferry_switcher::host::error_chain(&e))
+    };
+    ssh.ferry = ferry_switcher::fleet::AgentBinary::Fetch(local.clone(), ferry_switcher::fleet::AgentStore::new(put));
+}

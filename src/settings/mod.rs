@@ -367,6 +367,10 @@ impl Settings {
             Some(spec) => store.with_remote(spec),
             None => store,
         };
+        let mut action = action;
+        if let Action::Push(s, _) | Action::Deploy(s, _) | Action::Status(s) | Action::Rollback(s, _) = &mut action {
+            agent::via_store(s, &store);
+        }
         Ok(Self { output, store, action })
     }
 }

@@ -327,3 +327,195 @@ fn the_test_server_checks_signatures_and_honours_if_none_match() {
     s3.restart();
     assert_eq!(curl(&[&sigv4[..], &[&url]].concat()).0, 200, "a restarted server has its data");
 }
+
+/// A test CA and a server certificate it signed for one IP address, made
+/// with the `openssl` CLI at test time (valid for two days).
+#[derive(Debug)]
+pub struct TestCa {
+    /// The CA's certificate, PEM.
+    pub ca_pem: String,
+    /// Its path (for `[store] ca_file`).
+    pub ca_file: PathBuf,
+    /// The server's certificate then its key, PEM (what HAProxy's `crt` reads).
+    pub server_pem: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    /// A CA and a certificate for `ip` (its subjectAltName), signed by it.
+    pub fn for_ip(ip: IpAddr) -> Self {
+        let dir = tempdir();
+        let at = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).output().expect("openssl is installed");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let ca = ["-keyout", &at("ca.key"), "-out", &at("ca.pem"), "-days", "2", "-subj", "/CN=ferry test CA"];
+        openssl(&[&["req", "-x509"], &ec[..], &ca[..]].concat());
+        fs::write(
+            at("ext"),
+            format!(
+                "subjectAltName=IP:{ip}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+                 extendedKeyUsage=serverAuth\n"
+            ),
+        )
+        .unwrap();
+        let (key, csr) = (at("srv.key"), at("srv.csr"));
+        openssl(&[&["req"], &ec[..], &["-keyout", &key, "-out", &csr, "-subj", "/CN=s3"]].concat());
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &at("srv.csr"),
+            "-CA",
+            &at("ca.pem"),
+            "-CAkey",
+            &at("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &at("ext"),
+            "-out",
+            &at("srv.pem"),
+        ]);
+        let server_pem = dir.path().join("haproxy.pem");
+        let both = fs::read_to_string(at("srv.pem")).unwrap() + &fs::read_to_string(at("srv.key")).unwrap();
+        fs::write(&server_pem, both).unwrap();
+        TestCa {
+            ca_pem: fs::read_to_string(at("ca.pem")).unwrap(),
+            ca_file: at("ca.pem").into(),
+            server_pem,
+            _dir: dir,
+        }
+    }
+}
+
+/// Debian's HAProxy terminating TLS in front of an [`S3Server`], on this
+/// machine (the same address as the server, a port of its own): the
+/// store's `https://` endpoint. Stopped on drop.
+#[derive(Debug)]
+pub struct TlsFront {
+    /// `https://<addr>:<port>`.
+    pub endpoint: String,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsFront {
+    pub fn start(upstream: &S3Server, ca: &TestCa) -> Self {
+        let dir = tempdir();
+        let port = local_ports(1)[0] as u16;
+        let addr = upstream.addr;
+        let cfg = format!(
+            "global\n    log stderr format raw local0 info\n\ndefaults\n    mode tcp\n    timeout connect 2s\n    \
+             timeout client 60s\n    timeout server 60s\n\nfrontend s3tls\n    bind {addr}:{port} ssl crt {crt}\n    \
+             default_backend s3\n\nbackend s3\n    server s3s {addr}:{up}\n",
+            crt = ca.server_pem.display(),
+            up = upstream.port
+        );
+        let config = dir.path().join("haproxy.cfg");
+        fs::write(&config, cfg).unwrap();
+        let log = dir.path().join("haproxy.log");
+        let child = Command::new("/usr/sbin/haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap().into_file())
+            .spawn()
+            .expect("Debian's haproxy (scripts/test installs it)");
+        let mut front = TlsFront { endpoint: format!("https://{addr}:{port}"), child: Some(child), _dir: dir };
+        let start = Instant::now();
+        while TcpStream::connect_timeout(&(addr, port).into(), Duration::from_millis(200)).is_err() {
+            if let Some(status) = front.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("haproxy exited ({status}): {}", fs::read_to_string(&log).unwrap_or_default());
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "haproxy did not come up in 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        front
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A TCP forwarder on loopback that counts the bytes its clients send
+/// upstream: put in front of a test host's sshd, it measures what the
+/// controller sent that host over SSH alone (the host's link also carries
+/// what it downloads from the store). Stopped on drop.
+#[derive(Debug)]
+pub struct CountingForward {
+    pub port: u16,
+    /// Bytes from clients to upstream so far.
+    pub sent: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CountingForward {
+    pub fn start(upstream: SocketAddr) -> Self {
+        let port = local_ports(1)[0] as u16;
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(std::sync::atomic::AtomicU64::new(0)));
+        let (stop2, sent2) = (stop.clone(), sent.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let sent = sent2.clone();
+                std::thread::spawn(move || {
+                    let _ = client.set_nonblocking(false);
+                    let Ok(up) = TcpStream::connect(upstream) else { return };
+                    let _ = (client.set_nodelay(true), up.set_nodelay(true));
+                    let (mut c_in, mut u_out) = (client.try_clone().unwrap(), up.try_clone().unwrap());
+                    let (mut u_in, mut c_out) = (up, client);
+                    let back = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut u_in, &mut c_out);
+                        let _ = c_out.shutdown(std::net::Shutdown::Write);
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match c_in.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                sent.fetch_add(n as u64, Ordering::SeqCst);
+                                if u_out.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = u_out.shutdown(std::net::Shutdown::Write);
+                    let _ = back.join();
+                });
+            }
+        });
+        CountingForward { port, sent, stop, thread: Some(thread) }
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingForward {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

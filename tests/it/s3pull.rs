@@ -119,6 +119,7 @@ fn twenty_hosts_pull_bundle_then_delta_from_the_store_and_the_controller_ships_n
             region: Some(crate::s3kit::REGION.into()),
             path_style: true,
             profile: None,
+            ca_file: None,
         };
         ferry_builder::remote::Remote::open(&spec).unwrap()
     };
@@ -267,6 +268,7 @@ fn an_expired_url_is_refused_by_the_store_and_nothing_is_staged() {
         region: Some(crate::s3kit::REGION.into()),
         path_style: true,
         profile: None,
+        ca_file: None,
     };
     let r = ferry_builder::remote::Remote::open(&spec).unwrap();
     let key = format!("bundles/{v1}.tar.zst");

@@ -32,6 +32,7 @@ fn spec(s3: &S3Server, prefix: &str) -> RemoteSpec {
         region: Some(REGION.into()),
         path_style: true,
         profile: None,
+        ca_file: None,
     }
 }
 

@@ -7,6 +7,7 @@
 //!   bundles/<id>.json          what `ferry bundles` shows (the first publisher's record)
 //!   deltas/<from>..<to>        a delta, by the two release ids
 //!   signatures/<id>.minisig    a release's signature, when the local store has one
+//!   agents/<blake3>.gz         the gzipped agent hosts download (fetch = "store"), by its hash
 //! ```
 //!
 //! Every object is written once, with a conditional put (`If-None-Match:
@@ -52,6 +53,20 @@ pub struct RemoteSpec {
     pub path_style: bool,
     /// The AWS profile to read (default: `AWS_PROFILE`, else `default`).
     pub profile: Option<String>,
+    /// PEM CA certificates trusted for an `https://` endpoint beside the
+    /// system's ([`read_ca_file`]); hosts check the store against their own.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The CA certificates of a PEM file (`[store] ca_file`); the error says
+/// why there are none.
+pub fn read_ca_file(path: &Path) -> Result<Vec<object_store::Certificate>, String> {
+    let pem = fs::read(path).map_err(|e| e.to_string())?;
+    match object_store::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        Ok(_) => Err(format!("{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display())),
+        Err(e) => Err(format!("{}: not PEM certificates: {e}", path.display())),
+    }
 }
 
 impl RemoteSpec {
@@ -148,10 +163,22 @@ impl Remote {
         };
         let region = spec.region.clone().or(found.region).unwrap_or_else(|| "us-east-1".into());
         let endpoint = spec.endpoint.clone().or(found.endpoint);
-        let options = ClientOptions::new()
+        let mut options = ClientOptions::new()
             .with_allow_http(endpoint.as_deref().is_some_and(|e| e.starts_with("http://")))
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(600));
+        if let Some(path) = &spec.ca_file {
+            let certs = read_ca_file(path).map_err(|message| RemoteError::Other {
+                url: spec.url(),
+                endpoint: endpoint.clone().unwrap_or_default(),
+                op: "reading ca_file",
+                key: String::new(),
+                message,
+            })?;
+            for cert in certs {
+                options = options.with_root_certificate(cert);
+            }
+        }
         let retry = RetryConfig { max_retries: 2, retry_timeout: Duration::from_secs(15), ..RetryConfig::default() };
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&spec.bucket)

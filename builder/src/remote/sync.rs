@@ -247,3 +247,29 @@ pub fn put_for_fetch(
     }
     Ok(Presigned { url: remote.presign_get(key, ttl)?, blake3, len })
 }
+
+/// Makes sure the remote of `store` has the gzipped agent `gz` under
+/// `agents/<blake3 of gz>.gz` (a create-only put; a key already there with
+/// its length is taken as it, as for [`put_for_fetch`]), and signs a URL
+/// that reads it for `ttl`: hosts that lack the agent download it there
+/// (`fetch = "store"`) and run it to check its hash before using it.
+pub fn put_agent(store: &Store, gz: &[u8], ttl: std::time::Duration) -> Result<String, StoreError> {
+    let remote = store.remote_or_err()?;
+    let key = format!("agents/{}.gz", blake3::hash(gz).to_hex());
+    match remote.size(&key)? {
+        Some(n) if n == gz.len() as u64 => {}
+        Some(n) => {
+            return Err(RemoteError::Conflict {
+                url: remote.spec().url(),
+                key,
+                theirs: format!("{n} bytes"),
+                ours: format!("{} bytes", gz.len()),
+            }
+            .into())
+        }
+        None => {
+            remote.put_bytes(&key, gz.to_vec(), "application/gzip")?;
+        }
+    }
+    Ok(remote.presign_get(&key, ttl)?)
+}

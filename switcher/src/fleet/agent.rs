@@ -51,6 +51,8 @@ pub(crate) struct AgentSession {
     /// Why the streams broke, once they did: a request after that would
     /// wait again, or read a late answer to an earlier one.
     broken: Option<String>,
+    /// For the host's report (see [`Session::take_notes`]).
+    pub(crate) notes: Vec<String>,
 }
 
 /// The far end of a session's streams: the agent's process.
@@ -124,6 +126,7 @@ impl AgentSession {
             output: Box::new(BufReader::new(output)),
             agent,
             broken: None,
+            notes: Vec::new(),
         };
         #[derive(serde::Deserialize)]
         struct Hello {
@@ -296,6 +299,10 @@ impl Session for AgentSession {
 
     fn admin_socket(&mut self, socket: &Path, command: &str) -> Result<String, HostError> {
         self.call(Request::AdminSocket { socket: socket.to_owned(), command: command.to_owned() })
+    }
+
+    fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 }
 

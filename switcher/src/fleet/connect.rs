@@ -82,7 +82,11 @@ pub(super) fn connect_each(
                 let mut slot =
                     Slot { spec: spec.clone(), report: HostReport::new(&spec.name), started: Instant::now() };
                 match transport.connect(spec, lock) {
-                    Ok(session) => {
+                    Ok(mut session) => {
+                        for note in session.take_notes() {
+                            observer.note(&spec.name, "connect", &note);
+                            slot.report.notes.push(note);
+                        }
                         let mut host = Connected { slot, session, current: None, current_gone: false, flipped: false };
                         then(&mut host);
                         Ok(host)

@@ -48,7 +48,7 @@ pub use query::{exec, journals, logs, setup, setup_install, status, Answer};
 pub use report::{Down, Event, EventKind, HostReport, HostStep, Observer, Outcome, Quiet, Report, Shipped};
 pub use rollback::{rollback, RollbackError};
 #[cfg(feature = "ssh")]
-pub use ssh::{agent_info, read_ssh_config, AgentBinary, AgentInfo, Ssh, SshConfigError};
+pub use ssh::{agent_info, read_ssh_config, AgentBinary, AgentInfo, AgentStore, Ssh, SshConfigError};
 
 /// Where the fleet gets bundles and deltas: the CLI hands it the builder's
 /// store.
@@ -146,6 +146,11 @@ pub trait Session: Send {
     ) -> Result<Staged, HostError> {
         let _ = (fetch, opts, signature);
         Err(HostError::Input("this transport cannot have hosts fetch from a store".into()))
+    }
+    /// What happened on the way to this session worth a line in the host's
+    /// report (how the agent got there), once.
+    fn take_notes(&mut self) -> Vec<String> {
+        Vec::new()
     }
 }
 

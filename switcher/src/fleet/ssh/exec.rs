@@ -5,14 +5,13 @@ use std::io::{BufRead, Read, Write};
 
 use super::refused;
 use crate::fleet::agent::{AgentSession, Remote};
-use crate::fleet::Session;
 use crate::host::HostError;
 
 /// What the first command says when the agent is not on the host yet.
 pub(super) const NO_AGENT: &str = "ferry-no-agent";
 
 pub(super) enum Started {
-    Session(Box<dyn Session>),
+    Session(Box<AgentSession>),
     /// The host lacks the agent; this is what it says it runs (see
     /// [`super::upload::PROBE`]).
     NoAgent(String),

@@ -13,6 +13,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ssh2_config::SshConfig;
@@ -25,7 +26,7 @@ use jump::pump;
 use known_hosts::known_key_types;
 use target::Target;
 pub use target::{read_ssh_config, SshConfigError};
-use upload::{agent_path, upload_agent, PROBE};
+use upload::{agent_path, fetch_agent, upload_agent, PROBE};
 
 /// How to reach hosts over SSH.
 #[derive(Debug, Clone)]
@@ -59,6 +60,43 @@ pub enum AgentBinary {
     /// there, after checking that the host's OS, machine and glibc can run
     /// it.
     Upload(PathBuf),
+    /// This agent binary, as [`AgentBinary::Upload`], but a host that lacks
+    /// it downloads it gzipped from the object store (`fetch = "store"`)
+    /// with its own curl or wget, and it takes its name only once it ran
+    /// and said its hash; a host that cannot is sent it over SSH, and its
+    /// report says why.
+    Fetch(PathBuf, AgentStore),
+}
+
+/// Puts the gzipped agent in an object store the hosts reach and signs a
+/// short-lived URL for it, once per run (every host that lacks the agent
+/// gets the same URL).
+#[derive(Clone)]
+pub struct AgentStore {
+    put: Arc<PutAgent>,
+    url: Arc<OnceLock<Result<String, String>>>,
+}
+
+/// Puts the gzipped agent in the store; its URL, or why not.
+type PutAgent = dyn Fn(&[u8]) -> Result<String, String> + Send + Sync;
+
+impl std::fmt::Debug for AgentStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentStore")
+    }
+}
+
+impl AgentStore {
+    /// `put` stores the gzipped agent it is given (under a key named by its
+    /// content) and returns a GET URL for it, or says why it cannot.
+    pub fn new(put: impl Fn(&[u8]) -> Result<String, String> + Send + Sync + 'static) -> Self {
+        AgentStore { put: Arc::new(put), url: Arc::new(OnceLock::new()) }
+    }
+
+    /// The URL of `gz` in the store, put there on the first call.
+    fn url(&self, gz: &[u8]) -> Result<String, String> {
+        self.url.get_or_init(|| (self.put)(gz)).clone()
+    }
 }
 
 fn refused(host: &str, message: impl std::fmt::Display) -> HostError {
@@ -75,13 +113,13 @@ impl Transport for Ssh {
         match &self.ferry {
             AgentBinary::OnHost(path) => {
                 match start(&session, &spec.name, path, &format!("exec {} {serve}", quote(path)))? {
-                    Started::Session(s) => Ok(s),
+                    Started::Session(s) => Ok(s as Box<dyn Session>),
                     Started::NoAgent(what) => {
                         Err(refused(&spec.name, format!("the agent {path} said {what:?}, not hello")))
                     }
                 }
             }
-            AgentBinary::Upload(local) => {
+            AgentBinary::Upload(local) | AgentBinary::Fetch(local, _) => {
                 // One exec channel in the usual case: the agent is there
                 // (its name is its hash), or the host says what it runs.
                 let path = agent_path(spec, local)?;
@@ -90,11 +128,14 @@ impl Transport for Ssh {
                     path = quote(&path)
                 );
                 match start(&session, &spec.name, &path, &first)? {
-                    Started::Session(s) => Ok(s),
+                    Started::Session(s) => Ok(s as Box<dyn Session>),
                     Started::NoAgent(said) => {
-                        upload_agent(&session, spec, local, &path, &said)?;
+                        let note = self.deliver(&session, spec, local, &path, &said)?;
                         match start(&session, &spec.name, &path, &format!("exec {} {serve}", quote(&path)))? {
-                            Started::Session(s) => Ok(s),
+                            Started::Session(mut s) => {
+                                s.notes.extend(note);
+                                Ok(s as Box<dyn Session>)
+                            }
                             Started::NoAgent(what) => {
                                 Err(refused(&spec.name, format!("the uploaded agent {path} said {what:?}, not hello")))
                             }
@@ -107,6 +148,30 @@ impl Transport for Ssh {
 }
 
 impl Ssh {
+    /// Gets the agent at `local` to `path` on a host that lacks it (and said
+    /// `said`): from the store when the stage has hosts fetch from one and
+    /// this host can, else over SSH. The line for the host's report, if any.
+    fn deliver(
+        &self,
+        session: &ssh2::Session,
+        spec: &HostSpec,
+        local: &std::path::Path,
+        path: &str,
+        said: &str,
+    ) -> Result<Option<String>, HostError> {
+        if let AgentBinary::Fetch(_, store) = &self.ferry {
+            match fetch_agent(session, spec, local, path, said, store)? {
+                Ok(tool) => return Ok(Some(format!("the agent came from the store ({tool} on the host)"))),
+                Err(why) => {
+                    upload_agent(session, spec, local, path, said)?;
+                    return Ok(Some(format!("the agent could not come from the store ({why}); sent it over SSH")));
+                }
+            }
+        }
+        upload_agent(session, spec, local, path, said)?;
+        Ok(None)
+    }
+
     /// An authenticated session with the host `name`, through its ProxyJump
     /// hosts: `jumps` when given (the hops before this one in a chain), else
     /// the ssh config's. As OpenSSH does, a chain `a,b` reaches the target

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use sha2::Digest as _;
+
 use super::exec::exec;
 use super::image::{image, Glibc, Image};
 use super::{quote, refused};
@@ -14,8 +16,11 @@ use crate::host::HostError;
 /// on one line after [`super::exec::NO_AGENT`]: read by [`Facts::parse`].
 /// `gzip -V` must run, not only be there; the glibc version comes from
 /// getconf, else from the first line of `ldd --version`.
+/// Then the downloader it has for an agent from the store: curl, else
+/// wget, else `no-fetch`.
 pub(super) const PROBE: &str = "$(uname -s) $(uname -m) $(gzip -V >/dev/null 2>&1 && echo gzip || echo no-gzip) \
-     libc: $(getconf GNU_LIBC_VERSION 2>/dev/null || ldd --version 2>&1 | head -n 1)";
+     $(if curl --version >/dev/null 2>&1; then echo curl; elif wget --version >/dev/null 2>&1; then echo wget; \
+     else echo no-fetch; fi) libc: $(getconf GNU_LIBC_VERSION 2>/dev/null || ldd --version 2>&1 | head -n 1)";
 
 /// What a host without the agent says of itself.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,6 +30,8 @@ pub(super) struct Facts {
     pub machine: String,
     /// It can undo gzip.
     pub gzip: bool,
+    /// Its downloader (`curl`, `wget`), if it has one.
+    pub fetcher: Option<Fetcher>,
     /// What it says of its libc, as said.
     pub libc: String,
 }
@@ -35,8 +42,29 @@ impl Facts {
         let (head, libc) = said.split_once("libc:").unwrap_or((said, ""));
         let mut words = head.split_whitespace();
         let mut word = || words.next().unwrap_or_default().to_owned();
-        let (os, machine, gzip) = (word(), word(), word());
-        Facts { os, machine, gzip: gzip == "gzip", libc: libc.trim().to_owned() }
+        let (os, machine, gzip, fetcher) = (word(), word(), word(), word());
+        let fetcher = match fetcher.as_str() {
+            "curl" => Some(Fetcher::Curl),
+            "wget" => Some(Fetcher::Wget),
+            _ => None,
+        };
+        Facts { os, machine, gzip: gzip == "gzip", fetcher, libc: libc.trim().to_owned() }
+    }
+}
+
+/// A host's own downloader, for the agent from the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fetcher {
+    Curl,
+    Wget,
+}
+
+impl std::fmt::Display for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Fetcher::Curl => "curl",
+            Fetcher::Wget => "wget",
+        })
     }
 }
 
@@ -84,6 +112,70 @@ fn unfit(agent: &Image, facts: &Facts) -> Option<String> {
     }
 }
 
+/// Has a host that said `said` (see [`PROBE`]) download the gzipped agent
+/// at `local` from `store` into `path`. What it downloads is checked
+/// against the gzip's sha256 (with the host's `sha256sum`: a host has no
+/// b3sum) before anything of it runs — the store is not trusted to run code
+/// as the host's user — then as an upload is: it takes the name only once
+/// it ran and said its hash. `Err` for a host that
+/// cannot run it (nothing is sent); `Ok(Err(why))` when it could not come
+/// from the store (the caller uploads it); `Ok(Ok(tool))` when it did.
+pub(super) fn fetch_agent(
+    session: &ssh2::Session,
+    spec: &HostSpec,
+    local: &Path,
+    path: &str,
+    said: &str,
+    store: &super::AgentStore,
+) -> Result<Result<Fetcher, String>, HostError> {
+    let name = &spec.name;
+    let agent = image(local)?;
+    let facts = Facts::parse(said);
+    if let Some(why) = unfit(&agent, &facts) {
+        return Err(refused(name, why));
+    }
+    let Some(fetcher) = facts.fetcher else { return Ok(Err("the host has neither curl nor wget".into())) };
+    if !facts.gzip {
+        return Ok(Err("the host cannot undo gzip".into()));
+    }
+    let gz = agent.gzip()?;
+    let sha256 = sha2::Sha256::digest(gz.as_slice()).iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let url = match store.url(&gz) {
+        Ok(url) => url,
+        Err(e) => return Ok(Err(format!("cannot put it in the store: {e}"))),
+    };
+    let shown = url.split('?').next().unwrap_or_default().to_owned();
+    let get = match fetcher {
+        Fetcher::Curl => format!("curl -fsS --connect-timeout 5 --max-time 300 --retry 2 -o \"$t.gz\" {}", quote(&url)),
+        Fetcher::Wget => format!("wget -q -T 30 -t 3 -O \"$t.gz\" {}", quote(&url)),
+    };
+    let dir = path.rsplit_once('/').map_or(".", |(d, _)| d);
+    // The download's sha256 first: nothing that is not the agent's gzip
+    // runs. Then as an upload: a temporary name of its own, run before it
+    // takes the final one.
+    let fetch = format!(
+        "set -e; command -v sha256sum >/dev/null || {{ echo 'the host has no sha256sum to check the download with'; \
+         exit 1; }}; mkdir -p {dir}; t=$(mktemp {dir}/.upload.XXXXXX); trap 'rm -f \"$t\" \"$t.gz\"' EXIT; {get}; \
+         set -- $(sha256sum < \"$t.gz\"); if [ \"$1\" != {sha256} ]; then echo \"the download is not the agent: \
+         its sha256 is $1, the agent's gzip has {sha256}; nothing of it was run\"; exit 1; fi; \
+         gzip -dc < \"$t.gz\" > \"$t\"; rm -f \"$t.gz\"; chmod 755 \"$t\"; h=$(\"$t\" agent-hash 2>&1 || true); \
+         if [ \"$h\" != {hash} ]; then echo \"what came is not the agent (its agent-hash said: $h)\"; exit 1; fi; \
+         mv \"$t\" {path}; trap - EXIT",
+        dir = quote(dir),
+        path = quote(path),
+        hash = agent.hash,
+    );
+    // Everything it says, to stdout: the report says why it failed.
+    let (status, out) = exec(session, name, &format!("exec 2>&1; {fetch}"), None)?;
+    if status != 0 {
+        let out = out.replace(&url, &shown);
+        let said: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let said = said[..said.len().min(2)].join(" / ");
+        return Ok(Err(format!("{fetcher} {shown}, exit {status}: {said}")));
+    }
+    Ok(Ok(fetcher))
+}
+
 /// Uploads the agent at `local` to `path` on a host that said `said` (see
 /// [`PROBE`]), once that host can run it: gzipped when the host has gzip.
 pub(super) fn upload_agent(
@@ -114,7 +206,7 @@ pub(super) fn upload_agent(
         path = quote(path),
         hash = agent.hash,
     );
-    let (status, out) = exec(session, name, &format!("{upload} 2>&1"), Some(&mut payload))?;
+    let (status, out) = exec(session, name, &format!("exec 2>&1; {upload}"), Some(&mut payload))?;
     if status != 0 {
         return Err(refused(name, format!("uploading the agent to {path} failed (exit {status}): {}", out.trim())));
     }
@@ -128,16 +220,19 @@ mod tests {
     #[test]
     fn what_a_host_says_is_read_word_by_word_and_its_libc_whole() {
         assert_eq!(
-            Facts::parse(" Linux x86_64 gzip libc: ldd (Debian GLIBC 2.36-9) 2.36\n"),
+            Facts::parse(" Linux x86_64 gzip curl libc: ldd (Debian GLIBC 2.36-9) 2.36\n"),
             Facts {
                 os: "Linux".into(),
                 machine: "x86_64".into(),
                 gzip: true,
+                fetcher: Some(Fetcher::Curl),
                 libc: "ldd (Debian GLIBC 2.36-9) 2.36".into()
             }
         );
-        let facts = Facts::parse("Linux aarch64 no-gzip libc:");
+        let facts = Facts::parse("Linux aarch64 no-gzip no-fetch libc:");
         assert!(!facts.gzip);
+        assert_eq!(facts.fetcher, None);
+        assert_eq!(Facts::parse("Linux x86_64 gzip wget libc: glibc 2.36").fetcher, Some(Fetcher::Wget));
         assert_eq!(facts.libc, "");
     }
 }
