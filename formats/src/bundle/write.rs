@@ -5,7 +5,7 @@ use std::io::{self, BufWriter, Read, Write};
 
 use tar::EntryType;
 
-use super::{trailer, Head, WriteOptions, MANIFEST_PATH, META_DIR, RELEASE_PATH, WINDOW_LOG};
+use super::{trailer, Head, WriteOptions, JOB_SIZE, MANIFEST_PATH, META_DIR, RELEASE_PATH, WINDOW_LOG};
 use crate::{BlobHash, Entry, EntryKind, RelPath, NORMALIZED_MTIME};
 
 /// Why a bundle could not be written.
@@ -61,9 +61,11 @@ impl FilesFrame {
 impl<W: Write> FilesWriter<W> {
     pub fn new(out: W, opts: &WriteOptions) -> Result<Self, WriteError> {
         let mut enc = zstd::Encoder::new(HashWriter { inner: out, hasher: blake3::Hasher::new() }, opts.level)?;
-        enc.include_checksum(true)?;
+        // No content checksum: blake3 covers every byte (see the module docs).
+        enc.include_checksum(false)?;
         enc.multithread(opts.workers.max(1))?;
         enc.window_log(WINDOW_LOG)?;
+        enc.set_parameter(zstd::stream::raw::CParameter::JobSize(JOB_SIZE))?;
         // A buffer in front of the encoder gathers headers, padding and small
         // files into larger writes; a file of at least its size goes to zstd
         // directly (BufWriter passes it through), not copied once more on the
@@ -128,7 +130,7 @@ pub fn assemble<W: Write, R: Read>(
         return Err(WriteError::Mismatch);
     }
     let mut enc = zstd::Encoder::new(Vec::new(), opts.level)?;
-    enc.include_checksum(true)?;
+    enc.include_checksum(false)?;
     enc.write_all(&metadata_tar(head)?)?;
     let metadata_frame = enc.finish()?;
     out.write_all(&metadata_frame)?;
