@@ -17,17 +17,16 @@
 //!    frame in a second temporary file, which is fsynced and renamed to
 //!    `bundles/<id>.tar.zst`: an interrupted build leaves no bundle.
 
-use std::io::BufWriter;
+use std::io::{self, BufWriter, Read as _, Write as _};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferry_formats::bundle::{self, FilesFrame, FilesWriter, Head, WriteOptions};
+use ferry_formats::bundle::{self, FilesFrame, FilesWriter, Head, WriteError, WriteOptions};
 use ferry_formats::release::{GitInfo, FORMAT_VERSION};
 use ferry_formats::{atomic, Component, ComponentKind, Entry, EntryKind, Manifest, RelPath, ReleaseId, ReleaseMeta};
 use fs_err as fs;
 use rayon::prelude::*;
-use tempfile::NamedTempFile;
 
 use crate::cache::{Cache, Note, Prepared, Stamp, Treatment};
 use crate::pack::{file_mode, Context};
@@ -157,36 +156,12 @@ pub fn build(spec: &BuildSpec, store: &Store, progress: &dyn Progress) -> Result
         // 2. Otherwise one pass reads each file once, hashing and compressing it,
         //    into the files frame; the metadata frame goes in front of it after.
         let t = Instant::now();
-        // The cache is saved while the bundle is written: it needs nothing from it.
-        let saving;
-        let mut reused = release.is_some();
-        let release = match release {
-            Some(r) => {
-                saving = std::thread::spawn(move || cache.save());
-                r
-            }
+        let (release, reused, saving) = match release {
+            Some(r) => (r, true, std::thread::spawn(move || cache.save())),
             None => {
-                let (release, temp, frame) = pack(spec, store, &mut ctx, &cache, paths, progress)?;
-                timings.pack = t.elapsed();
-                saving = std::thread::spawn(move || cache.save());
-
-                let t = Instant::now();
-                let path = store.bundle_path(&release.head.id);
-                // Files touched but not changed: the store has this release after all.
-                reused = store.has_intact(&release.head.id);
-                if !reused {
-                    progress.phase("writing", 0);
-                    let writing = |source| BuildError::Write { path: path.clone(), source };
-                    let frame_bytes = temp.reopen().map_err(|e| writing(e.into()))?;
-                    // Plain files on both sides: the kernel copies the frame (copy_file_range).
-                    atomic::write_atomic(&path, |file| {
-                        bundle::assemble(file.file_mut(), &release.head, &frame, frame_bytes, &spec.compression)?;
-                        Ok(())
-                    })
-                    .map_err(|source| BuildError::Write { path: path.clone(), source })?;
-                }
-                timings.write = t.elapsed();
-                release
+                let packed = pack(spec, store, &mut ctx, cache, paths, progress, t)?;
+                (timings.pack, timings.write) = (packed.pack, packed.write);
+                (packed.release, packed.reused, packed.saving)
             }
         };
         progress.finish();
@@ -229,16 +204,18 @@ fn known_release(
 }
 
 /// Reads, hashes and compresses every path, in path order, into the files
-/// frame in a temporary file of the store; the release is worked out as
-/// zstd compresses its last job, which leaves a core free.
+/// frame in a temporary file of the store; works out the release as zstd
+/// compresses its last jobs, which leaves a core free, and begins the bundle
+/// then: the metadata frame, and what the files frame has so far.
 fn pack(
     spec: &BuildSpec,
     store: &Store,
     ctx: &mut Context,
-    cache: &Cache,
+    cache: Cache,
     paths: Paths,
     progress: &dyn Progress,
-) -> Result<(Release, NamedTempFile, FilesFrame), BuildError> {
+    start: Instant,
+) -> Result<Packed, BuildError> {
     let bundles = store.bundles_dir();
     let writing = |source| BuildError::Write { path: bundles.clone(), source };
     let temp = atomic::temp_file(&bundles).map_err(|e| writing(e.into()))?;
@@ -260,7 +237,7 @@ fn pack(
             prepared.push(match &f.kind {
                 FoundKind::Dir => files.dir(&f.rel, 0o755).map(|()| None).map_err(writing)?,
                 FoundKind::Symlink(target) => files.symlink(&f.rel, target).map(|()| None).map_err(writing)?,
-                FoundKind::File => Some(ctx.pack(&f, &mut files, &mut buf, cache, &bundles)?),
+                FoundKind::File => Some(ctx.pack(&f, &mut files, &mut buf, &cache, &bundles)?),
             });
             if f.kind == FoundKind::File {
                 progress.advance(f.meta.len());
@@ -268,15 +245,78 @@ fn pack(
             found.push(f);
         }
     }
+    // The cache is saved while the bundle is written: it needs nothing from it.
+    let saving = std::thread::spawn(move || cache.save());
     let meta = release_meta(spec, &found);
-    let (finished, release) = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let finishing = s.spawn(move || files.finish());
-        let release = Release::of(spec, &found, &prepared, meta);
-        (finishing.join().expect("finishing the files frame does not panic"), release)
-    });
-    let (out, frame) = finished.map_err(writing)?;
-    out.into_inner().map_err(|e| writing(e.into_error().into()))?;
-    Ok((release?, temp, frame))
+        let release = Release::of(spec, &found, &prepared, meta)?;
+        let (pack, t) = (start.elapsed(), Instant::now());
+        let frame = move || -> Result<FilesFrame, WriteError> {
+            let (out, frame) = finishing.join().expect("finishing the files frame does not panic")?;
+            out.into_inner().map_err(|e| WriteError::Output(e.into_error()))?;
+            Ok(frame)
+        };
+        let path = store.bundle_path(&release.head.id);
+        // Files touched but not changed: the store has this release after all.
+        let reused = store.has_intact(&release.head.id);
+        if reused {
+            frame().map_err(writing)?;
+        } else {
+            progress.phase("writing", 0);
+            let frame_bytes = temp.reopen().map_err(|e| writing(e.into()))?;
+            atomic::write_atomic(&path, |file| -> Result<(), Failed> {
+                let out = file.file_mut();
+                let metadata_frame = bundle::metadata_frame(&release.head, &spec.compression)?;
+                out.write_all(&metadata_frame)?;
+                // Plain files on both sides: the kernel copies the frame
+                // (copy_file_range), what is written of it now, the rest once done.
+                let so_far = frame_bytes.metadata()?.len();
+                io::copy(&mut (&frame_bytes).take(so_far), out)?;
+                let frame = frame().map_err(Failed::Frame)?;
+                io::copy(&mut &frame_bytes, out)?;
+                out.write_all(&bundle::seal(&release.head, &metadata_frame, &frame)?)?;
+                Ok(())
+            })
+            .map_err(|failed| match failed {
+                Failed::Frame(source) => writing(source),
+                Failed::Bundle(source) => BuildError::Write { path: path.clone(), source },
+            })?;
+        }
+        Ok(Packed { release, reused, saving, pack, write: t.elapsed() })
+    })
+}
+
+/// What failed as a bundle was written: finishing the files frame (in its
+/// temporary file), or the bundle itself.
+enum Failed {
+    Frame(WriteError),
+    Bundle(WriteError),
+}
+
+impl From<WriteError> for Failed {
+    fn from(e: WriteError) -> Self {
+        Failed::Bundle(e)
+    }
+}
+
+impl From<io::Error> for Failed {
+    fn from(e: io::Error) -> Self {
+        Failed::Bundle(e.into())
+    }
+}
+
+/// What [`pack`] made.
+struct Packed {
+    release: Release,
+    /// The store had the release already: nothing was written.
+    reused: bool,
+    /// The build cache, being saved.
+    saving: std::thread::JoinHandle<std::io::Result<()>>,
+    /// Until the release was known.
+    pack: Duration,
+    /// From then until the bundle was in the store.
+    write: Duration,
 }
 
 /// What a build reports once its bundle is in the store.

@@ -82,7 +82,7 @@ mod read;
 mod write;
 
 pub use read::{read, read_head, Discard, ReadError, Verified, Visitor};
-pub use write::{assemble, write, FilesFrame, FilesWriter, WriteError};
+pub use write::{assemble, metadata_frame, seal, write, FilesFrame, FilesWriter, WriteError};
 
 use crate::manifest::ManifestError;
 use crate::release::MetaError;
@@ -111,7 +111,7 @@ pub(crate) const MAX_WINDOW_LOG: u32 = 27;
 /// GNU long names longer than a path can be are refused before they are read.
 pub(crate) const MAX_LONG_NAME: u64 = crate::path::MAX_PATH as u64 + 1;
 /// The trailer: a skippable frame holding the blake3 of each frame before it.
-pub(crate) const TRAILER_LEN: usize = 80;
+pub const TRAILER_LEN: usize = 80;
 const TRAILER_MAGIC: u32 = 0x184D_2A5E;
 const TRAILER_TAG: &[u8; 8] = b"ferry-b3";
 /// The trailer's first 16 bytes, the same in every bundle.
