@@ -3,8 +3,8 @@
 //! 1. Walk the components (in parallel) with the include and exclude patterns.
 //! 2. Check every file's stat against the build cache. If all match, the
 //!    manifest — and so the release id — is known without reading a byte; if
-//!    the store has that release, the build is done. A cold build (an empty
-//!    cache) has nothing to check: it packs the paths as the walk finds them,
+//!    the store has that release, the build is done. A cold build (no cache
+//!    file) has nothing to check: it packs the paths as the walk finds them,
 //!    in manifest order, while threads walk the rest of the tree.
 //! 3. Otherwise, one pass in manifest order reads each file once, normalizes
 //!    `.pyc` timestamps and relocates venv scripts, and hands the result to the
@@ -121,34 +121,37 @@ pub fn build(spec: &BuildSpec, store: &Store, progress: &dyn Progress) -> Result
     }
     let starts: Vec<RelPath> = spec.components.iter().map(|(_, p)| p.clone()).collect();
     let skip = vec![store.root().to_path_buf()];
-    // The cache is parsed while the tree is walked.
+    // The cache is parsed while the tree is walked. A cold build (no cache
+    // to check) packs the paths as the walk finds them, while threads walk
+    // the rest of the tree.
     let (cache_path, root) = (store.cache_path(&spec.service), spec.root.clone());
     let use_cache = spec.use_cache;
+    let cold = !use_cache || fs::symlink_metadata(&cache_path).is_err();
     let loading = std::thread::spawn(move || if use_cache { Cache::load(cache_path, &root) } else { Cache::off() });
+    let loaded = move || loading.join().expect("loading the build cache does not panic");
     let begun = walk::begin(&spec.root, &starts, &filter, &skip)?;
-    let cache = loading.join().expect("loading the build cache does not panic");
     store.prepare()?;
     let mut ctx = Context::new(spec);
     ctx.add_sources(begun.known());
 
     std::thread::scope(|scope| {
-        // A cold build has nothing cached to check: it packs while the rest of the tree is walked.
-        let walk = if cache.is_empty() { begun.stream(scope) } else { Err(begun) };
+        let walk = if cold { begun.stream(scope) } else { Err(begun) };
         let mut release = None;
-        let paths = match walk {
+        let (paths, cache) = match walk {
             Ok(stream) => {
                 timings.walk = start.elapsed();
-                Paths::Walking(Box::new(stream))
+                (Paths::Walking(Box::new(stream)), loaded())
             }
             Err(begun) => {
                 let found = begun.finish()?;
+                let cache = loaded();
                 ctx.add_sources(&found);
                 timings.walk = start.elapsed();
                 // 1. When every file's stat is the cache's, the release is known without reading a byte.
                 let t = Instant::now();
                 release = known_release(spec, store, &ctx, &cache, &found)?;
                 timings.check = t.elapsed();
-                Paths::Walked(found)
+                (Paths::Walked(found), cache)
             }
         };
         let cache_hits = cache.hits.load(Ordering::Relaxed);
