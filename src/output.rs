@@ -37,6 +37,12 @@ impl ferry_builder::Progress for Bar {
         }
     }
 
+    fn total(&self, total: u64) {
+        if let Some(b) = &self.0 {
+            b.set_length(total);
+        }
+    }
+
     fn advance(&self, n: u64) {
         if let Some(b) = &self.0 {
             b.inc(n);

@@ -3,7 +3,9 @@
 //! 1. Walk the components (in parallel) with the include and exclude patterns.
 //! 2. Check every file's stat against the build cache. If all match, the
 //!    manifest — and so the release id — is known without reading a byte; if
-//!    the store has that release, the build is done.
+//!    the store has that release, the build is done. A cold build (no cache
+//!    file) has nothing to check: it packs the paths as the walk finds them,
+//!    in manifest order, while threads walk the rest of the tree.
 //! 3. Otherwise, one pass in manifest order reads each file once, normalizes
 //!    `.pyc` timestamps and relocates venv scripts, and hands the result to the
 //!    bundle's files frame, which hashes it (blake3) and compresses it
@@ -15,23 +17,21 @@
 //!    frame in a second temporary file, which is fsynced and renamed to
 //!    `bundles/<id>.tar.zst`: an interrupted build leaves no bundle.
 
-use std::collections::HashMap;
-use std::io::{self, BufWriter};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::io::{self, BufWriter, Read as _, Write as _};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferry_formats::bundle::{self, FilesWriter, Head, WriteOptions};
+use ferry_formats::bundle::{self, FilesFrame, FilesWriter, Head, WriteError, WriteOptions};
 use ferry_formats::release::{GitInfo, FORMAT_VERSION};
 use ferry_formats::{atomic, Component, ComponentKind, Entry, EntryKind, Manifest, RelPath, ReleaseId, ReleaseMeta};
 use fs_err as fs;
 use rayon::prelude::*;
 
 use crate::cache::{Cache, Note, Prepared, Stamp, Treatment};
-use crate::pyc::{self, Pyc};
+use crate::pack::{file_mode, Context};
 use crate::store::{BundleInfo, Store};
-use crate::venv::{self, Venv};
+use crate::venv;
 use crate::walk::{self, Filter, Found, FoundKind};
 use crate::BuildError;
 
@@ -59,6 +59,9 @@ pub struct BuildSpec {
 /// Hears how a build is going (a progress bar, or nothing).
 pub trait Progress: Sync {
     fn phase(&self, _name: &str, _total_bytes: u64) {}
+    /// The phase's total grew to `total_bytes` (a cold build learns it as
+    /// the walk goes on).
+    fn total(&self, _total_bytes: u64) {}
     fn advance(&self, _bytes: u64) {}
     fn finish(&self) {}
 }
@@ -87,7 +90,8 @@ pub struct Built {
 /// Where a build's time went.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Timings {
-    /// Walking the tree.
+    /// Walking the tree; a cold build, which packs while the walk goes on,
+    /// counts only its first levels here, and the rest in `pack`.
     pub walk: Duration,
     /// Comparing every file's stat with the build cache.
     pub check: Duration,
@@ -117,112 +121,219 @@ pub fn build(spec: &BuildSpec, store: &Store, progress: &dyn Progress) -> Result
     }
     let starts: Vec<RelPath> = spec.components.iter().map(|(_, p)| p.clone()).collect();
     let skip = vec![store.root().to_path_buf()];
-    // The cache is parsed while the tree is walked.
+    // The cache is parsed while the tree is walked. A cold build (no cache
+    // to check) packs the paths as the walk finds them, while threads walk
+    // the rest of the tree.
     let (cache_path, root) = (store.cache_path(&spec.service), spec.root.clone());
     let use_cache = spec.use_cache;
+    let cold = !use_cache || fs::symlink_metadata(&cache_path).is_err();
     let loading = std::thread::spawn(move || if use_cache { Cache::load(cache_path, &root) } else { Cache::off() });
-    let found = walk::walk(&spec.root, &starts, &filter, &skip)?;
-    let cache = loading.join().expect("loading the build cache does not panic");
-    timings.walk = start.elapsed();
-
-    let ctx = Context::new(spec, &found);
-    let meta = ReleaseMeta {
-        format: FORMAT_VERSION,
-        service: spec.service.clone(),
-        version: spec.version.clone(),
-        git: spec.git.clone(),
-        components: components(spec, &found),
-    };
+    let loaded = move || loading.join().expect("loading the build cache does not panic");
+    let begun = walk::begin(&spec.root, &starts, &filter, &skip)?;
     store.prepare()?;
+    let mut ctx = Context::new(spec);
+    ctx.add_sources(begun.known());
 
-    // 1. When every file's stat is the cache's, the release is known without reading a byte.
-    let t = Instant::now();
-    // A cold build (nothing cached) has nothing to check.
+    std::thread::scope(|scope| {
+        let walk = if cold { begun.stream(scope) } else { Err(begun) };
+        let mut release = None;
+        let (paths, cache) = match walk {
+            Ok(stream) => {
+                timings.walk = start.elapsed();
+                (Paths::Walking(Box::new(stream)), loaded())
+            }
+            Err(begun) => {
+                let found = begun.finish()?;
+                let cache = loaded();
+                ctx.add_sources(&found);
+                timings.walk = start.elapsed();
+                // 1. When every file's stat is the cache's, the release is known without reading a byte.
+                let t = Instant::now();
+                release = known_release(spec, store, &ctx, &cache, &found)?;
+                timings.check = t.elapsed();
+                (Paths::Walked(found), cache)
+            }
+        };
+        let cache_hits = cache.hits.load(Ordering::Relaxed);
+
+        // 2. Otherwise one pass reads each file once, hashing and compressing it,
+        //    into the files frame; the metadata frame goes in front of it after.
+        let t = Instant::now();
+        let (release, reused, saving) = match release {
+            Some(r) => (r, true, std::thread::spawn(move || cache.save())),
+            None => {
+                let packed = pack(spec, store, &mut ctx, cache, paths, progress, t)?;
+                (timings.pack, timings.write) = (packed.pack, packed.write);
+                (packed.release, packed.reused, packed.saving)
+            }
+        };
+        progress.finish();
+        finish(spec, store, release, reused, cache_hits, saving, start, timings)
+    })
+}
+
+/// Where the packer takes the tree's paths from.
+enum Paths {
+    /// All of them, walked.
+    Walked(Vec<Found>),
+    /// A walk going on.
+    Walking(Box<walk::Stream>),
+}
+
+/// The release, when every file's stat is the cache's and the store has it.
+fn known_release(
+    spec: &BuildSpec,
+    store: &Store,
+    ctx: &Context,
+    cache: &Cache,
+    found: &[Found],
+) -> Result<Option<Release>, BuildError> {
     let cached: Vec<Option<Prepared>> = found
         .par_iter()
         .map(|f| match f.kind {
-            FoundKind::File if !cache.is_empty() => {
+            FoundKind::File => {
                 let (_, dep) = ctx.treatment(&f.rel);
                 cache.get(f.rel.as_str(), &Stamp::of(&f.meta), dep.as_ref())
             }
             _ => None,
         })
         .collect();
-    let cache_hits = cache.hits.load(Ordering::Relaxed);
     let all_known = found.iter().zip(&cached).all(|(f, p)| f.kind != FoundKind::File || p.is_some());
-    let mut release = None;
-    if all_known {
-        let known = Release::of(spec, &found, &cached, meta.clone())?;
-        if store.has_intact(&known.head.id) {
-            release = Some(known);
+    if !all_known {
+        return Ok(None);
+    }
+    let known = Release::of(spec, found, &cached, release_meta(spec, found))?;
+    Ok(store.has_intact(&known.head.id).then_some(known))
+}
+
+/// Reads, hashes and compresses every path, in path order, into the files
+/// frame in a temporary file of the store; works out the release as zstd
+/// compresses its last jobs, which leaves a core free, and begins the bundle
+/// then: the metadata frame, and what the files frame has so far.
+fn pack(
+    spec: &BuildSpec,
+    store: &Store,
+    ctx: &mut Context,
+    cache: Cache,
+    paths: Paths,
+    progress: &dyn Progress,
+    start: Instant,
+) -> Result<Packed, BuildError> {
+    let bundles = store.bundles_dir();
+    let writing = |source| BuildError::Write { path: bundles.clone(), source };
+    let temp = atomic::temp_file(&bundles).map_err(|e| writing(e.into()))?;
+    let mut files =
+        FilesWriter::new(BufWriter::with_capacity(1 << 20, temp.as_file()), &spec.compression).map_err(writing)?;
+    let runs: Box<dyn Iterator<Item = Result<Vec<Found>, BuildError>>> = match paths {
+        Paths::Walked(found) => Box::new(std::iter::once(Ok(found))),
+        Paths::Walking(stream) => stream,
+    };
+    progress.phase("packing", 0);
+    let (mut found, mut prepared, mut buf, mut total) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for run in runs {
+        let run = run?;
+        // A run's pycs have their sources in the run or among the paths known from the start.
+        ctx.add_sources(&run);
+        total += run.iter().filter(|f| f.kind == FoundKind::File).map(|f| f.meta.len()).sum::<u64>();
+        progress.total(total);
+        for f in run {
+            prepared.push(match &f.kind {
+                FoundKind::Dir => files.dir(&f.rel, 0o755).map(|()| None).map_err(writing)?,
+                FoundKind::Symlink(target) => files.symlink(&f.rel, target).map(|()| None).map_err(writing)?,
+                FoundKind::File => Some(ctx.pack(&f, &mut files, &mut buf, &cache, &bundles)?),
+            });
+            if f.kind == FoundKind::File {
+                progress.advance(f.meta.len());
+            }
+            found.push(f);
         }
     }
-    timings.check = t.elapsed();
-
-    // 2. Otherwise one pass reads each file once, hashing and compressing it,
-    //    into the files frame; the metadata frame goes in front of it after.
-    let t = Instant::now();
     // The cache is saved while the bundle is written: it needs nothing from it.
-    let saving;
-    let mut reused = release.is_some();
-    let release = match release {
-        Some(r) => {
-            saving = std::thread::spawn(move || cache.save());
-            r
+    let saving = std::thread::spawn(move || cache.save());
+    let meta = release_meta(spec, &found);
+    std::thread::scope(|s| {
+        let finishing = s.spawn(move || files.finish());
+        let release = Release::of(spec, &found, &prepared, meta)?;
+        let (pack, t) = (start.elapsed(), Instant::now());
+        let frame = move || -> Result<FilesFrame, WriteError> {
+            let (out, frame) = finishing.join().expect("finishing the files frame does not panic")?;
+            out.into_inner().map_err(|e| WriteError::Output(e.into_error()))?;
+            Ok(frame)
+        };
+        let path = store.bundle_path(&release.head.id);
+        // Files touched but not changed: the store has this release after all.
+        let reused = store.has_intact(&release.head.id);
+        if reused {
+            frame().map_err(writing)?;
+        } else {
+            progress.phase("writing", 0);
+            let frame_bytes = temp.reopen().map_err(|e| writing(e.into()))?;
+            atomic::write_atomic(&path, |file| -> Result<(), Failed> {
+                let out = file.file_mut();
+                let metadata_frame = bundle::metadata_frame(&release.head, &spec.compression)?;
+                out.write_all(&metadata_frame)?;
+                // Plain files on both sides: the kernel copies the frame
+                // (copy_file_range), what is written of it now, the rest once done.
+                let so_far = frame_bytes.metadata()?.len();
+                io::copy(&mut (&frame_bytes).take(so_far), out)?;
+                let frame = frame().map_err(Failed::Frame)?;
+                io::copy(&mut &frame_bytes, out)?;
+                out.write_all(&bundle::seal(&release.head, &metadata_frame, &frame)?)?;
+                Ok(())
+            })
+            .map_err(|failed| match failed {
+                Failed::Frame(source) => writing(source),
+                Failed::Bundle(source) => BuildError::Write { path: path.clone(), source },
+            })?;
         }
-        None => {
-            let bundles = store.bundles_dir();
-            let writing = |source| BuildError::Write { path: bundles.clone(), source };
-            let temp = atomic::temp_file(&bundles).map_err(|e| writing(e.into()))?;
-            let total: u64 = found.iter().filter(|f| f.kind == FoundKind::File).map(|f| f.meta.len()).sum();
-            progress.phase("packing", total);
-            let mut files = FilesWriter::new(BufWriter::with_capacity(1 << 20, temp.as_file()), &spec.compression)
-                .map_err(writing)?;
-            let mut prepared = Vec::with_capacity(found.len());
-            let mut buf = Vec::new();
-            for f in &found {
-                prepared.push(match &f.kind {
-                    FoundKind::Dir => files.dir(&f.rel, 0o755).map(|()| None).map_err(writing)?,
-                    FoundKind::Symlink(target) => files.symlink(&f.rel, target).map(|()| None).map_err(writing)?,
-                    FoundKind::File => Some(ctx.pack(f, &mut files, &mut buf, &cache, &bundles)?),
-                });
-                if f.kind == FoundKind::File {
-                    progress.advance(f.meta.len());
-                }
-            }
-            // The release is known once the last file is in; it is worked out
-            // while zstd compresses its last job, which leaves a core free.
-            let (finished, release) = std::thread::scope(|s| {
-                let finishing = s.spawn(move || files.finish());
-                let release = Release::of(spec, &found, &prepared, meta);
-                (finishing.join().expect("finishing the files frame does not panic"), release)
-            });
-            let (out, frame) = finished.map_err(writing)?;
-            out.into_inner().map_err(|e| writing(e.into_error().into()))?;
-            let release = release?;
-            timings.pack = t.elapsed();
-            saving = std::thread::spawn(move || cache.save());
+        Ok(Packed { release, reused, saving, pack, write: t.elapsed() })
+    })
+}
 
-            let t = Instant::now();
-            let path = store.bundle_path(&release.head.id);
-            // Files touched but not changed: the store has this release after all.
-            reused = store.has_intact(&release.head.id);
-            if !reused {
-                progress.phase("writing", 0);
-                let frame_bytes = temp.reopen().map_err(|e| writing(e.into()))?;
-                // Plain files on both sides: the kernel copies the frame (copy_file_range).
-                atomic::write_atomic(&path, |file| {
-                    bundle::assemble(file.file_mut(), &release.head, &frame, frame_bytes, &spec.compression)?;
-                    Ok(())
-                })
-                .map_err(|source| BuildError::Write { path: path.clone(), source })?;
-            }
-            timings.write = t.elapsed();
-            release
-        }
-    };
-    progress.finish();
+/// What failed as a bundle was written: finishing the files frame (in its
+/// temporary file), or the bundle itself.
+enum Failed {
+    Frame(WriteError),
+    Bundle(WriteError),
+}
 
+impl From<WriteError> for Failed {
+    fn from(e: WriteError) -> Self {
+        Failed::Bundle(e)
+    }
+}
+
+impl From<io::Error> for Failed {
+    fn from(e: io::Error) -> Self {
+        Failed::Bundle(e.into())
+    }
+}
+
+/// What [`pack`] made.
+struct Packed {
+    release: Release,
+    /// The store had the release already: nothing was written.
+    reused: bool,
+    /// The build cache, being saved.
+    saving: std::thread::JoinHandle<std::io::Result<()>>,
+    /// Until the release was known.
+    pack: Duration,
+    /// From then until the bundle was in the store.
+    write: Duration,
+}
+
+/// What a build reports once its bundle is in the store.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    spec: &BuildSpec,
+    store: &Store,
+    release: Release,
+    reused: bool,
+    cache_hits: usize,
+    saving: std::thread::JoinHandle<std::io::Result<()>>,
+    start: Instant,
+    mut timings: Timings,
+) -> Result<Built, BuildError> {
     let id = release.head.id;
     let path = store.bundle_path(&id);
     // The store keeps what it knows of the first build of this release.
@@ -311,16 +422,15 @@ impl Release {
         Ok(Self { head: Head::new(manifest, meta)?, report })
     }
 }
-
-/// A file's mode in the release: 755 if anyone may run it, else 644, as git
-/// does. Setuid and setgid files are refused.
-fn file_mode(f: &Found) -> Result<u32, BuildError> {
-    let mode = f.meta.mode();
-    if mode & 0o6000 != 0 {
-        let bit = if mode & 0o4000 != 0 { "setuid" } else { "setgid" };
-        return Err(BuildError::SetId { path: f.abs.clone(), bit });
+/// The release metadata of `spec`'s tree, whose paths are `found`.
+fn release_meta(spec: &BuildSpec, found: &[Found]) -> ReleaseMeta {
+    ReleaseMeta {
+        format: FORMAT_VERSION,
+        service: spec.service.clone(),
+        version: spec.version.clone(),
+        git: spec.git.clone(),
+        components: components(spec, found),
     }
-    Ok(if mode & 0o111 != 0 { 0o755 } else { 0o644 })
 }
 
 /// The release metadata's components, with each config's environments.
@@ -352,149 +462,4 @@ fn components(spec: &BuildSpec, found: &[Found]) -> Vec<Component> {
 // ferry-formats (the crate both share) holds data formats, not questions to the system.
 fn hostname() -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()
-}
-
-/// What preparing a file needs to know about the whole tree.
-struct Context {
-    venvs: Vec<Venv>,
-    /// Each `.py` file's stat, for pycs to check themselves against.
-    sources: HashMap<RelPath, Stamp>,
-}
-
-impl Context {
-    fn new(spec: &BuildSpec, found: &[Found]) -> Self {
-        let mut venvs = Vec::new();
-        for (kind, rel) in &spec.components {
-            if *kind != ComponentKind::Venv {
-                continue;
-            }
-            let abs = spec.root.join(rel.as_str());
-            let mut origins = Vec::new();
-            if let Ok(activate) = fs::read(abs.join("bin/activate")) {
-                origins.extend(venv::origin_from_activate(&activate));
-            }
-            origins.push(abs.to_string_lossy().into_owned());
-            if let Ok(canonical) = fs::canonicalize(&abs) {
-                origins.push(canonical.to_string_lossy().into_owned());
-            }
-            origins.sort();
-            origins.dedup();
-            venvs.push(Venv { rel: rel.clone(), origins });
-        }
-        let sources = found
-            .iter()
-            .filter(|f| f.kind == FoundKind::File && f.rel.as_str().ends_with(".py"))
-            .map(|f| (f.rel.clone(), Stamp::of(&f.meta)))
-            .collect();
-        Self { venvs, sources }
-    }
-
-    fn venv_of(&self, rel: &RelPath) -> Option<&Venv> {
-        self.venvs.iter().find(|v| rel.starts_with(&v.rel))
-    }
-
-    fn treatment(&self, rel: &RelPath) -> (Treatment, Option<Stamp>) {
-        if let Some(source) = pyc::source_of(rel) {
-            if let Some(stamp) = self.sources.get(&source) {
-                return (Treatment::Pyc, Some(*stamp));
-            }
-        }
-        match self.venv_of(rel).and_then(|v| v.rewrite_for(rel)) {
-            Some(r) => (Treatment::Venv(r), None),
-            None => (Treatment::Plain, None),
-        }
-    }
-
-    /// Reads one file into `buf`, makes its bundled content, and adds it to
-    /// the files frame, which hashes it.
-    fn pack<W: io::Write>(
-        &self,
-        f: &Found,
-        files: &mut FilesWriter<W>,
-        buf: &mut Vec<u8>,
-        cache: &Cache,
-        bundles: &Path,
-    ) -> Result<Prepared, BuildError> {
-        let mode = file_mode(f)?;
-        let stamp = Stamp::of(&f.meta);
-        let (treatment, dep) = self.treatment(&f.rel);
-        let file = fs::File::open(&f.abs).map_err(BuildError::Fs)?;
-        // The size is known from the walk; a bounded read spares a stat per file.
-        let len = read_up_to(file, stamp.size as usize + 1, buf).map_err(BuildError::Fs)?;
-        if len as u64 != stamp.size {
-            return Err(BuildError::Io {
-                path: f.abs.clone(),
-                source: io::Error::other("the file changed size while it was read; build again"),
-            });
-        }
-        let (content, note) = self.transform(f, treatment, dep.as_ref(), &buf[..len]);
-        let hash = files
-            .file(&f.rel, mode, &content)
-            .map_err(|source| BuildError::Write { path: bundles.to_path_buf(), source })?;
-        let prepared = Prepared { hash, size: content.len() as u64, treatment, note };
-        cache.put(f.rel.as_str(), stamp, dep, prepared.clone());
-        Ok(prepared)
-    }
-
-    /// The bundled content of a file, and anything to tell about it.
-    fn transform<'a>(
-        &self,
-        f: &Found,
-        treatment: Treatment,
-        dep: Option<&Stamp>,
-        data: &'a [u8],
-    ) -> (std::borrow::Cow<'a, [u8]>, Option<Note>) {
-        use std::borrow::Cow;
-        match treatment {
-            Treatment::Pyc => {
-                let source = dep.expect("a pyc's treatment comes with its source's stamp");
-                match pyc::normalize(data.to_vec(), source.mtime.0, source.size) {
-                    Pyc::Normalized(out) => (Cow::Owned(out), None),
-                    Pyc::Stale => (Cow::Borrowed(data), Some(Note::StalePyc)),
-                    Pyc::HashBased | Pyc::Unknown => (Cow::Borrowed(data), None),
-                }
-            }
-            Treatment::Venv(r) => {
-                let v = self.venv_of(&f.rel).expect("venv treatment is only given inside a venv");
-                let out = v.apply(r, data);
-                let note = v.names_build_path(&out).then_some(Note::Unrelocated);
-                (out, note)
-            }
-            Treatment::Plain => {
-                let unrelocated =
-                    self.venv_of(&f.rel).is_some_and(|v| !is_informational(&f.rel) && v.names_build_path(data));
-                (Cow::Borrowed(data), unrelocated.then_some(Note::Unrelocated))
-            }
-        }
-    }
-}
-
-/// Reads `file` into the start of `buf`, up to `limit` bytes or its end, and
-/// returns how many bytes it read. `buf` only grows (zeroed once, as it
-/// grows), and what lies beyond the bytes read is left over from earlier
-/// files: `read_to_end` would zero the spare room on every call, which was 2%
-/// of a cold build's instructions.
-fn read_up_to(mut file: impl io::Read, limit: usize, buf: &mut Vec<u8>) -> io::Result<usize> {
-    if buf.len() < limit {
-        buf.resize(limit, 0);
-    }
-    let mut filled = 0;
-    while filled < limit {
-        match file.read(&mut buf[filled..limit]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
-/// Venv files that name the build path but are never read by Python:
-/// bytecode (Python replaces `co_filename` with the real source path when it
-/// loads a pyc) and pip's `RECORD`s. (`pyvenv.cfg`'s `command` line is
-/// rewritten instead; see the venv module.)
-fn is_informational(rel: &RelPath) -> bool {
-    let name = rel.file_name();
-    name.ends_with(".pyc") || name == "RECORD"
 }

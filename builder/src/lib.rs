@@ -17,6 +17,7 @@ pub mod cache;
 pub mod delta;
 mod error;
 pub mod git;
+mod pack;
 pub mod packages;
 pub mod pyc;
 pub mod remote;

@@ -13,9 +13,13 @@
 
 use std::collections::BTreeMap;
 use std::fs::{FileType, Metadata};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread::Scope;
 
 use ferry_formats::RelPath;
 use fs_err as fs;
@@ -121,6 +125,30 @@ const PARALLEL_TASKS: usize = 32;
 /// directories above each start are included. Paths in `skip` (absolute) are
 /// left out with everything below them.
 pub fn walk(root: &Path, starts: &[RelPath], filter: &Filter, skip: &[PathBuf]) -> Result<Vec<Found>, BuildError> {
+    begin(root, starts, filter, skip)?.finish()
+}
+
+/// A walk whose first levels are done, breadth first, until there are enough
+/// directories to share out; what lies below those is walked by
+/// [`Begun::finish`] or, while the paths are used, by [`Begun::stream`].
+#[derive(Debug)]
+pub struct Begun<'a> {
+    root: &'a Path,
+    filter: &'a Filter,
+    skip: &'a [PathBuf],
+    /// Every path found so far (the frontier directories too).
+    known: BTreeMap<RelPath, Found>,
+    /// The directories not read yet, each with its path relative to the root.
+    frontier: Vec<(RelPath, PathBuf)>,
+}
+
+/// Starts a walk: see [`walk`].
+pub fn begin<'a>(
+    root: &'a Path,
+    starts: &[RelPath],
+    filter: &'a Filter,
+    skip: &'a [PathBuf],
+) -> Result<Begun<'a>, BuildError> {
     let mut found: BTreeMap<RelPath, Found> = BTreeMap::new();
     let mut frontier: Vec<PathBuf> = Vec::new();
     if starts.is_empty() {
@@ -163,30 +191,147 @@ pub fn walk(root: &Path, starts: &[RelPath], filter: &Filter, skip: &[PathBuf]) 
         }
         frontier = next;
     }
-    let walked: Vec<Result<Vec<Found>, BuildError>> =
-        frontier.par_iter().map(|dir| walk_below(root, dir, filter, skip)).collect();
-    for part in walked {
-        for f in part? {
-            found.insert(f.rel.clone(), f);
-        }
+    let mut frontier =
+        frontier.into_iter().map(|dir| Ok((rel_of(root, &dir)?, dir))).collect::<Result<Vec<_>, BuildError>>()?;
+    frontier.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(Begun { root, filter, skip, known: found, frontier })
+}
+
+impl<'a> Begun<'a> {
+    /// The paths found so far, in path order.
+    pub fn known(&self) -> impl Iterator<Item = &Found> {
+        self.known.values()
     }
-    let mut out: Vec<Found> = found.into_values().collect();
-    if let Some(include) = &filter.include {
-        let mut keep_dir: std::collections::HashSet<RelPath> = Default::default();
-        for f in out.iter().filter(|f| f.kind != FoundKind::Dir && include.matches(&f.rel, false)) {
-            let mut at = f.rel.parent();
-            while let Some(p) = at {
-                at = p.parent();
-                if !keep_dir.insert(p) {
-                    break;
-                }
+
+    /// Walks the rest in parallel; every kept path by path order.
+    pub fn finish(self) -> Result<Vec<Found>, BuildError> {
+        let Begun { root, filter, skip, known: mut found, frontier } = self;
+        let walked: Vec<Result<Vec<Found>, BuildError>> =
+            frontier.par_iter().map(|(_, dir)| walk_below(root, dir, filter, skip)).collect();
+        for part in walked {
+            for f in part? {
+                found.insert(f.rel.clone(), f);
             }
         }
-        out.retain(
-            |f| if f.kind == FoundKind::Dir { keep_dir.contains(&f.rel) } else { include.matches(&f.rel, false) },
-        );
+        let mut out: Vec<Found> = found.into_values().collect();
+        if let Some(include) = &filter.include {
+            let mut keep_dir: std::collections::HashSet<RelPath> = Default::default();
+            for f in out.iter().filter(|f| f.kind != FoundKind::Dir && include.matches(&f.rel, false)) {
+                let mut at = f.rel.parent();
+                while let Some(p) = at {
+                    at = p.parent();
+                    if !keep_dir.insert(p) {
+                        break;
+                    }
+                }
+            }
+            out.retain(|f| {
+                if f.kind == FoundKind::Dir {
+                    keep_dir.contains(&f.rel)
+                } else {
+                    include.matches(&f.rel, false)
+                }
+            });
+        }
+        Ok(out)
     }
-    Ok(out)
+
+    /// Walks the rest on threads of `scope`, in path order, and hands the
+    /// paths out in path order as they are found: runs of the paths already
+    /// known, and each frontier directory's subtree whole (below a directory
+    /// the paths are one run in path order, after the directory's own). Not
+    /// with include patterns, which keep a directory only once every path
+    /// below it is known: the walk is handed back, for [`Begun::finish`].
+    pub fn stream<'scope>(self, scope: &'scope Scope<'scope, '_>) -> Result<Stream, Self>
+    where
+        'a: 'scope,
+    {
+        if self.filter.include.is_some() {
+            return Err(self);
+        }
+        let Begun { root, filter, skip, known, frontier } = self;
+        // Each subtree sorts where its directory's path and a `/` would.
+        let mut runs: Vec<(Vec<u8>, Item)> =
+            known.into_values().map(|f| (f.rel.as_str().as_bytes().to_vec(), Item::Known(f))).collect();
+        let dirs: Vec<PathBuf> = frontier.iter().map(|(_, abs)| abs.clone()).collect();
+        for (i, (rel, _)) in frontier.into_iter().enumerate() {
+            runs.push((format!("{}/", rel.as_str()).into_bytes(), Item::Below(i)));
+        }
+        runs.sort_by(|a, b| a.0.cmp(&b.0));
+        let (tx, rx) = mpsc::channel();
+        let next = std::sync::Arc::new(AtomicUsize::new(0));
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(dirs.len());
+        let dirs = std::sync::Arc::new(dirs);
+        for _ in 0..threads {
+            let (tx, next, dirs) = (tx.clone(), next.clone(), dirs.clone());
+            // In order, so the subtree the packer needs next is walked first.
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(dir) = dirs.get(i) else { break };
+                let part = walk_below(root, dir, filter, skip).map(|mut part| {
+                    part.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+                    part
+                });
+                if tx.send((i, part)).is_err() {
+                    break; // the packer stopped
+                }
+            });
+        }
+        let arrived = (0..dirs.len()).map(|_| None).collect();
+        // Paths known side by side go out as one run.
+        let mut grouped: Vec<Run> = Vec::new();
+        for (_, item) in runs {
+            match (item, grouped.last_mut()) {
+                (Item::Known(f), Some(Run::Known(run))) => run.push(f),
+                (Item::Known(f), _) => grouped.push(Run::Known(vec![f])),
+                (Item::Below(i), _) => grouped.push(Run::Below(i)),
+            }
+        }
+        Ok(Stream { runs: grouped.into_iter(), rx, arrived })
+    }
+}
+
+/// A walk going on: see [`Begun::stream`].
+#[derive(Debug)]
+pub struct Stream {
+    runs: std::vec::IntoIter<Run>,
+    rx: mpsc::Receiver<(usize, Result<Vec<Found>, BuildError>)>,
+    arrived: Vec<Option<Result<Vec<Found>, BuildError>>>,
+}
+
+/// A path known from the start, or a frontier directory's subtree.
+#[allow(clippy::large_enum_variant)] // a few hundred, while they are sorted
+enum Item {
+    Known(Found),
+    Below(usize),
+}
+
+/// Paths known from the start, side by side in path order, or a frontier
+/// directory's subtree.
+#[derive(Debug)]
+enum Run {
+    Known(Vec<Found>),
+    Below(usize),
+}
+
+impl Iterator for Stream {
+    type Item = Result<Vec<Found>, BuildError>;
+
+    /// The next run of paths, in path order.
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.runs.next()? {
+            Run::Known(run) => Some(Ok(run)),
+            Run::Below(i) => {
+                while self.arrived[i].is_none() {
+                    match self.rx.recv() {
+                        Ok((j, part)) => self.arrived[j] = Some(part),
+                        Err(_) => return Some(Err(BuildError::Fs(io::Error::other("a walking thread died")))),
+                    }
+                }
+                self.arrived[i].take()
+            }
+        }
+    }
 }
 
 /// One path, unless the patterns or `skip` leave it out.
@@ -320,6 +465,43 @@ mod tests {
         let filter = Filter::new(&[], &[]).unwrap();
         let found = walk(tmp.path(), &[RelPath::new("build/libs/app.jar").unwrap()], &filter, &[]).unwrap();
         assert_eq!(rels(&found), ["build", "build/libs", "build/libs/app.jar"]);
+    }
+
+    #[test]
+    fn a_streamed_walk_hands_out_the_paths_of_a_whole_walk_in_the_same_order() {
+        // Names that sort before `/` (`p00-1.0.dist-info`, `p00.py`, `a.txt`)
+        // put a directory's subtree after its siblings; 40 packages make the
+        // walk go parallel below `lib/`, each package and its dist-info a
+        // subtree of its own.
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path();
+        for i in 0..40 {
+            let pkg = r.join(format!("venv/lib/p{i:02}"));
+            fs::create_dir_all(pkg.join("__pycache__")).unwrap();
+            fs::create_dir_all(pkg.join("a/b")).unwrap();
+            fs::create_dir_all(pkg.join("a-b")).unwrap();
+            for f in ["a.txt", "a/b/c", "a-b/x", "m.py", "__pycache__/m.cpython-311.pyc", "Z"] {
+                fs::write(pkg.join(f), f).unwrap();
+            }
+            fs::write(r.join(format!("venv/lib/p{i:02}.py")), b"").unwrap();
+            fs::create_dir_all(r.join(format!("venv/lib/p{i:02}-1.0.dist-info"))).unwrap();
+            fs::write(r.join(format!("venv/lib/p{i:02}-1.0.dist-info/RECORD")), b"").unwrap();
+        }
+        fs::write(r.join("venv/lib.txt"), b"").unwrap();
+        let filter = Filter::new(&[], &[]).unwrap();
+        let starts = [RelPath::new("venv").unwrap()];
+        let whole = walk(r, &starts, &filter, &[]).unwrap();
+        assert_eq!(whole.len(), 3 + 40 * 14);
+        let begun = begin(r, &starts, &filter, &[]).unwrap();
+        assert!(!begun.frontier.is_empty(), "the walk did not go parallel");
+        let streamed: Vec<Found> = std::thread::scope(|s| {
+            let stream = begun.stream(s).expect("no include patterns");
+            stream.flat_map(Result::unwrap).collect()
+        });
+        assert_eq!(rels(&streamed), rels(&whole));
+        // Include patterns need the whole walk.
+        let only_py = Filter::new(&["*.py".into()], &[]).unwrap();
+        std::thread::scope(|s| assert!(begin(r, &starts, &only_py, &[]).unwrap().stream(s).is_err()));
     }
 
     #[test]

@@ -21,15 +21,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::RelPath;
 
-/// The version of the release metadata format.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version of the release metadata format, and of the bundle that
+/// carries it: what a build writes. 2: the bundle's zstd frames carry no
+/// content checksum and the files frame is compressed in jobs of
+/// [`JOB_SIZE`](crate::bundle::JOB_SIZE) (see [`crate::bundle`]).
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format this ferry reads: releases built before the last
+/// change of format still verify, deploy and roll back.
+pub const OLDEST_FORMAT: u32 = 1;
 
 /// Why release metadata was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
     #[error("release metadata is not valid JSON of the expected shape: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("release metadata has format {0}; this ferry reads format {FORMAT_VERSION}")]
+    #[error("release metadata has format {0}; this ferry reads formats {OLDEST_FORMAT} to {FORMAT_VERSION}")]
     Format(u32),
     #[error("release metadata is not in canonical form (compact JSON, fields in order, one trailing newline)")]
     NotCanonical,
@@ -102,7 +109,7 @@ impl ReleaseMeta {
     /// Parses canonical bytes, refusing anything that would not round-trip.
     pub fn parse(bytes: &[u8]) -> Result<Self, MetaError> {
         let meta: ReleaseMeta = serde_json::from_slice(bytes)?;
-        if meta.format != FORMAT_VERSION {
+        if !(OLDEST_FORMAT..=FORMAT_VERSION).contains(&meta.format) {
             return Err(MetaError::Format(meta.format));
         }
         meta.validate()?;
@@ -244,9 +251,12 @@ mod tests {
 "#;
         let err = ReleaseMeta::parse(extra).unwrap_err().to_string();
         assert!(err.contains("unknown field `evil`"), "{err}");
-        let future = br#"{"format":2,"service":"x","components":[]}
+        let future = br#"{"format":3,"service":"x","components":[]}
 "#;
-        assert!(matches!(ReleaseMeta::parse(future), Err(MetaError::Format(2))));
+        assert!(matches!(ReleaseMeta::parse(future), Err(MetaError::Format(3))));
+        let old = br#"{"format":1,"service":"x","components":[]}
+"#;
+        assert_eq!(ReleaseMeta::parse(old).unwrap().format, 1, "format 1 is still read");
     }
 
     #[test]

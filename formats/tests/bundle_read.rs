@@ -934,9 +934,12 @@ fn release_json_invalid() {
     assert!(msg.contains(".ferry/release.json: release metadata: service name \"Shop\""), "{msg}");
     let msg = head_refused(&with_manifest_and_meta(
         b"ferry-manifest 1\n",
-        b"{\"format\":2,\"service\":\"shop\",\"components\":[]}\n",
+        b"{\"format\":3,\"service\":\"shop\",\"components\":[]}\n",
     ));
-    assert!(msg.contains(".ferry/release.json: release metadata has format 2"), "{msg}");
+    assert!(
+        msg.contains(".ferry/release.json: release metadata has format 3; this ferry reads formats 1 to 2"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -305,3 +305,48 @@ fn a_truncated_bundle_in_the_store_is_written_again() {
     assert_eq!(again["reused"], false, "a damaged bundle is not reused");
     p.ferry(["verify", first["id"].as_str().unwrap()]).ok();
 }
+
+#[test]
+fn a_cold_build_packing_as_it_walks_gives_the_bytes_of_one_that_walked_first() {
+    // 80 directories below app/lib: the walk goes parallel there. Names that
+    // sort before `/` (p00.py, p00-1.0.dist-info) put each package's subtree
+    // after its siblings; each package has a timestamp pyc in its
+    // __pycache__, and app/lib/__pycache__ (a subtree of its own) has one
+    // whose source, app/lib/z.py, comes after it.
+    let p = Project::new("service = \"wide\"\n\n[components]\ncode = \"app\"\n");
+    let mut modules = vec![("app/lib".to_owned(), "z".to_owned())];
+    for i in 0..40 {
+        p.write(&format!("app/lib/p{i:02}.py"), "");
+        p.write(&format!("app/lib/p{i:02}-1.0.dist-info/RECORD"), "");
+        modules.push((format!("app/lib/p{i:02}"), "m".to_owned()));
+    }
+    for (dir, module) in &modules {
+        p.write(&format!("{dir}/{module}.py"), format!("X = {dir:?}\n"));
+    }
+    sh(&format!("find {} -exec touch -h -d '-1 hour' {{}} +", p.root().display()));
+    for (dir, module) in &modules {
+        let source = fs::metadata(p.path(&format!("{dir}/{module}.py"))).unwrap();
+        let mut pyc = vec![0xa7, 0x0d, 0x0d, 0x0a, 0, 0, 0, 0];
+        pyc.extend_from_slice(&(std::os::unix::fs::MetadataExt::mtime(&source) as u32).to_le_bytes());
+        pyc.extend_from_slice(&(source.len() as u32).to_le_bytes());
+        pyc.extend_from_slice(b"code");
+        p.write(&format!("{dir}/__pycache__/{module}.cpython-311.pyc"), pyc);
+    }
+    let cold = p.build(&[]);
+    assert_eq!((cold["cache_hits"].as_u64(), cold["reused"].as_bool()), (Some(0), Some(false)), "{cold}");
+    assert_eq!(cold["pycs_normalized"], 41, "every pyc found its source: {cold}");
+    assert_eq!(cold["stale_pycs"], serde_json::json!([]));
+    let kept = tempdir();
+    let first = kept.path().join("first.tar.zst");
+    fs::rename(cold["path"].as_str().unwrap(), &first).unwrap();
+    let record = cold["path"].as_str().unwrap().replace(".tar.zst", ".json");
+    fs::remove_file(record).unwrap();
+    // The cache is not empty now, and a chmod changes every file's ctime: this
+    // build walks the whole tree, misses the cache for every file, then packs.
+    sh(&format!("find {} -exec chmod u+w {{}} +", p.path("app").display()));
+    let walked = p.build(&[]);
+    assert_eq!((walked["cache_hits"].as_u64(), walked["reused"].as_bool()), (Some(0), Some(false)), "{walked}");
+    assert_eq!(walked["id"], cold["id"]);
+    assert_eq!(walked["pycs_normalized"], 41);
+    sh(&format!("cmp {} {}", first.display(), walked["path"].as_str().unwrap()));
+}

@@ -5,7 +5,7 @@ use std::io::{self, BufWriter, Read, Write};
 
 use tar::EntryType;
 
-use super::{trailer, Head, WriteOptions, MANIFEST_PATH, META_DIR, RELEASE_PATH, WINDOW_LOG};
+use super::{trailer, Head, WriteOptions, JOB_SIZE, MANIFEST_PATH, META_DIR, RELEASE_PATH, TRAILER_LEN, WINDOW_LOG};
 use crate::{BlobHash, Entry, EntryKind, RelPath, NORMALIZED_MTIME};
 
 /// Why a bundle could not be written.
@@ -61,9 +61,11 @@ impl FilesFrame {
 impl<W: Write> FilesWriter<W> {
     pub fn new(out: W, opts: &WriteOptions) -> Result<Self, WriteError> {
         let mut enc = zstd::Encoder::new(HashWriter { inner: out, hasher: blake3::Hasher::new() }, opts.level)?;
-        enc.include_checksum(true)?;
+        // No content checksum: blake3 covers every byte (see the module docs).
+        enc.include_checksum(false)?;
         enc.multithread(opts.workers.max(1))?;
         enc.window_log(WINDOW_LOG)?;
+        enc.set_parameter(zstd::stream::raw::CParameter::JobSize(JOB_SIZE))?;
         // A buffer in front of the encoder gathers headers, padding and small
         // files into larger writes; a file of at least its size goes to zstd
         // directly (BufWriter passes it through), not copied once more on the
@@ -124,17 +126,31 @@ pub fn assemble<W: Write, R: Read>(
     mut files: R,
     opts: &WriteOptions,
 ) -> Result<W, WriteError> {
+    let metadata_frame = metadata_frame(head, opts)?;
+    let trailer = seal(head, &metadata_frame, frame)?;
+    out.write_all(&metadata_frame)?;
+    io::copy(&mut files, &mut out)?;
+    out.write_all(&trailer)?;
+    Ok(out)
+}
+
+/// The metadata frame of `head`: the first bytes of its bundle. A builder
+/// that writes the pieces of a bundle itself (to begin it before the files
+/// frame is done) writes this, then the files frame, then [`seal`]'s trailer.
+pub fn metadata_frame(head: &Head, opts: &WriteOptions) -> Result<Vec<u8>, WriteError> {
+    let mut enc = zstd::Encoder::new(Vec::new(), opts.level)?;
+    enc.include_checksum(false)?;
+    enc.write_all(&metadata_tar(head)?)?;
+    Ok(enc.finish()?)
+}
+
+/// The trailer of the bundle of `head` made of `metadata_frame` and `frame`,
+/// whose entries must be the manifest's.
+pub fn seal(head: &Head, metadata_frame: &[u8], frame: &FilesFrame) -> Result<[u8; TRAILER_LEN], WriteError> {
     if head.manifest.entries() != frame.entries() {
         return Err(WriteError::Mismatch);
     }
-    let mut enc = zstd::Encoder::new(Vec::new(), opts.level)?;
-    enc.include_checksum(true)?;
-    enc.write_all(&metadata_tar(head)?)?;
-    let metadata_frame = enc.finish()?;
-    out.write_all(&metadata_frame)?;
-    io::copy(&mut files, &mut out)?;
-    out.write_all(&trailer(blake3::hash(&metadata_frame), frame.hash))?;
-    Ok(out)
+    Ok(trailer(blake3::hash(metadata_frame), frame.hash))
 }
 
 /// Writes the bundle of `head` to `out`, asking `open` for each file's
