@@ -16,7 +16,9 @@ pub fn is_root() -> bool {
     sh("id -u").trim() == "0"
 }
 
-/// `n` free TCP ports of this machine (the kernel's choice).
+/// `n` free TCP ports of this machine (the kernel's choice), for the S3
+/// test server (only the fleet benchmark starts one).
+#[allow(dead_code)]
 pub fn local_ports(n: usize) -> Vec<u32> {
     (0..n)
         .map(|_| {

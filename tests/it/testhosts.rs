@@ -42,7 +42,8 @@ pub struct TestHost {
 
 impl TestHost {
     /// Its sshd's pid (the listener, which forks and reaps each session),
-    /// while it runs.
+    /// while it runs (the fleet benchmark reads the hosts' CPU from it).
+    #[allow(dead_code)]
     pub fn sshd_pid(&self) -> Option<u32> {
         self.sshd.as_ref().map(Child::id)
     }
