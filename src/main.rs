@@ -18,6 +18,7 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
+    more_open_files();
     let cli = cli::Cli::parse();
     let json = cli.json;
     match settings::Settings::new(cli).and_then(|s| commands::run(&s)) {
@@ -37,4 +38,18 @@ fn main() -> ExitCode {
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// Raises the soft limit on open files to the hard one: a push or rollback
+/// holds a session (a socket) per host until it ends, and the soft limit a
+/// shell gives (often 1024) is smaller than a big fleet. What Go programs and
+/// many servers do at start; the hard limit stays the operator's. Failing
+/// that, ferry runs with the limit it has (a host it cannot reach says
+/// "Too many open files").
+fn more_open_files() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
+    }
 }

@@ -561,3 +561,28 @@ fn an_old_entry_of_another_key_type_does_not_read_as_a_changed_key() {
     let spec = HostSpec { name: format!("root@{addr}"), deploy_to: "/srv/shop".into() };
     ssh.connect(&spec, None).unwrap();
 }
+
+/// A push holds one session per host until it ends, so a fleet bigger than
+/// the soft limit on open files a shell gives (1024 on most machines) would
+/// run out of descriptors: ferry raises its soft limit to the hard one.
+#[test]
+fn a_push_to_more_hosts_than_the_soft_open_files_limit_allows_still_reaches_every_host() {
+    let _one = kit::one_at_a_time();
+    let hosts = TestHosts::start(20);
+    let p = ssh_project(&hosts, &hosts.key.clone());
+    let v1 = build(&p, "v1");
+    // 20 sessions need 20 sockets besides stdio: a soft limit of 16 is too few.
+    let mut push = std::process::Command::new("prlimit");
+    push.args(["--nofile=16:4096", "--"])
+        .arg(ferry_bin())
+        .args(["push", "prod", "--json", "--store"])
+        .arg(p.store.path())
+        .arg("-c")
+        .arg(p.path("ferry.toml"));
+    let run = kit::run(&mut push);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    for h in &hosts.hosts {
+        let current = fs::read_link(h.srv.join("shop/current")).unwrap();
+        assert_eq!(current, PathBuf::from(format!("releases/{v1}")), "{}", h.name);
+    }
+}
