@@ -350,3 +350,20 @@ fn a_cold_build_packing_as_it_walks_gives_the_bytes_of_one_that_walked_first() {
     assert_eq!(walked["pycs_normalized"], 41);
     sh(&format!("cmp {} {}", first.display(), walked["path"].as_str().unwrap()));
 }
+
+#[test]
+fn a_cold_build_of_components_inside_others_packs_each_path_once() {
+    // `config` inside `code`: a walk that streamed both would hand out
+    // app/config/ twice ("duplicate path").
+    let p = Project::new("service = \"nested\"\n\n[components]\ncode = \"app\"\nconfig = \"app/config\"\n");
+    for i in 0..40 {
+        p.write(&format!("app/lib/p{i:02}/m.py"), format!("X = {i}\n"));
+    }
+    p.write("app/config/production/settings.toml", "debug = false\n");
+    p.write("app/config/staging/settings.toml", "debug = true\n");
+    let cold = p.build(&[]);
+    assert_eq!((cold["cache_hits"].as_u64(), cold["reused"].as_bool()), (Some(0), Some(false)), "{cold}");
+    let listing = sh(&format!("zstd -dc {} | tar -t", cold["path"].as_str().unwrap()));
+    let settings = listing.lines().filter(|l| l.ends_with("production/settings.toml")).count();
+    assert_eq!(settings, 1, "{listing}");
+}

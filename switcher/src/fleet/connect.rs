@@ -58,6 +58,23 @@ impl Connected {
     }
 }
 
+/// Runs `each` on every item, at most `parallel` at once, each on a thread
+/// of its own (for steps that wait on each other; see `push::stage`).
+pub(super) fn each_host<T: Send>(parallel: usize, items: &mut [T], each: impl Fn(&mut T) + Sync) {
+    let threads = parallel.max(1).min(items.len());
+    let queue = std::sync::Mutex::new(items.iter_mut());
+    let next = || queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).next();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                while let Some(item) = next() {
+                    each(item);
+                }
+            });
+        }
+    });
+}
+
 pub(super) fn pool(max_parallel: usize) -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new().num_threads(max_parallel.max(1)).build().expect("a thread pool")
 }

@@ -70,7 +70,7 @@ pub fn push(
         phases.done("load_balancer");
     }
 
-    stage::stage_all(&pool, &mut hosts, stage, source, release, observer);
+    stage::stage_all(&mut hosts, stage, source, release, observer);
     if hosts.iter().any(Connected::failed) {
         return stop(super::connect::close(hosts), phases);
     }

@@ -45,7 +45,6 @@ pub(in crate::fleet) fn payload(
 /// Stages `release` on every host. A host that fails is marked failed at
 /// [`HostStep::Stage`] with why.
 pub(super) fn stage_all(
-    pool: &rayon::ThreadPool,
     hosts: &mut [Connected],
     stage: &Stage,
     source: &dyn ReleaseSource,
@@ -86,37 +85,39 @@ pub(super) fn stage_all(
         .collect();
     let fetches = super::fetch::fetches(source, &files, release);
     let downloads = super::fetch::Downloads::new(stage.fetch_parallel);
-    pool.install(|| {
-        hosts.par_iter_mut().for_each(|host| {
-            host.slot.report.step = HostStep::Stage;
-            if !pin(host, stage, observer) {
+    // On threads of their own, not the push's rayon pool: a host may wait
+    // here (a download slot, its payload's warm-up, the one rsync encoder)
+    // while host-side work of the local transport runs on rayon, and a pool
+    // worker that waits can be handed another host's job that waits on it.
+    super::super::connect::each_host(stage.max_parallel, hosts, |host| {
+        host.slot.report.step = HostStep::Stage;
+        if !pin(host, stage, observer) {
+            return;
+        }
+        let payload = match &payloads[&base(host)] {
+            Ok(Payload::File(path, kind)) => Ok((path.clone(), *kind)),
+            // The store does not know what this host runs: it signs its
+            // files and gets an rsync delta against them.
+            Ok(Payload::Unknown) => host
+                .session
+                .signature()
+                .map_err(|e| format!("cannot sign the host's files: {}", error_chain(&e)))
+                .and_then(|sig| {
+                    let _one = one_rsync.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    source.rsync_delta(&sig, release).map_err(|e| format!("cannot make the rsync delta: {e}"))
+                })
+                .map(|path| (path, Shipped::Rsync)),
+            Err(e) => Err(e.clone()),
+        };
+        if let (Ok((_, kind)), Some(fetch)) = (&payload, fetches.get(&base(host))) {
+            if super::fetch::stage_fetched(host, &downloads, base(host), fetch, *kind, stage, signature, observer) {
                 return;
             }
-            let payload = match &payloads[&base(host)] {
-                Ok(Payload::File(path, kind)) => Ok((path.clone(), *kind)),
-                // The store does not know what this host runs: it signs its
-                // files and gets an rsync delta against them.
-                Ok(Payload::Unknown) => host
-                    .session
-                    .signature()
-                    .map_err(|e| format!("cannot sign the host's files: {}", error_chain(&e)))
-                    .and_then(|sig| {
-                        let _one = one_rsync.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                        source.rsync_delta(&sig, release).map_err(|e| format!("cannot make the rsync delta: {e}"))
-                    })
-                    .map(|path| (path, Shipped::Rsync)),
-                Err(e) => Err(e.clone()),
-            };
-            if let (Ok((_, kind)), Some(fetch)) = (&payload, fetches.get(&base(host))) {
-                if super::fetch::stage_fetched(host, &downloads, base(host), fetch, *kind, stage, signature, observer) {
-                    return;
-                }
-            }
-            match payload {
-                Ok((path, kind)) => stage_one(host, &path, kind, stage, source, release, signature, observer),
-                Err(e) => host.slot.report.fail(HostStep::Stage, e),
-            }
-        });
+        }
+        match payload {
+            Ok((path, kind)) => stage_one(host, &path, kind, stage, source, release, signature, observer),
+            Err(e) => host.slot.report.fail(HostStep::Stage, e),
+        }
     });
 }
 

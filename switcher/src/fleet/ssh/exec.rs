@@ -101,7 +101,19 @@ pub(super) fn exec(
     command: &str,
     input: Option<&mut dyn Read>,
 ) -> Result<(i32, String), HostError> {
-    let failed = |e: &dyn std::fmt::Display| refused(host, format!("`{command}` failed: {e}"));
+    exec_shown(session, host, command, command, input)
+}
+
+/// [`exec`], naming the command `shown` in its errors (a command that holds
+/// a secret, such as a presigned URL, is not repeated in reports).
+pub(super) fn exec_shown(
+    session: &ssh2::Session,
+    host: &str,
+    command: &str,
+    shown: &str,
+    input: Option<&mut dyn Read>,
+) -> Result<(i32, String), HostError> {
+    let failed = |e: &dyn std::fmt::Display| refused(host, format!("`{shown}` failed: {e}"));
     let mut channel = session.channel_session().map_err(|e| failed(&e))?;
     channel.exec(command).map_err(|e| failed(&e))?;
     if let Some(input) = input {

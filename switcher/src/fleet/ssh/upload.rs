@@ -6,7 +6,7 @@ use std::path::Path;
 
 use sha2::Digest as _;
 
-use super::exec::exec;
+use super::exec::{exec, exec_shown};
 use super::image::{image, Glibc, Image};
 use super::{quote, refused};
 use crate::fleet::HostSpec;
@@ -146,8 +146,8 @@ pub(super) fn fetch_agent(
     };
     let shown = url.split('?').next().unwrap_or_default().to_owned();
     let get = match fetcher {
-        Fetcher::Curl => format!("curl -fsS --connect-timeout 5 --max-time 300 --retry 2 -o \"$t.gz\" {}", quote(&url)),
-        Fetcher::Wget => format!("wget -q -T 30 -t 3 -O \"$t.gz\" {}", quote(&url)),
+        Fetcher::Curl => format!("curl -fsS --connect-timeout 5 --max-time 60 --retry 2 -o \"$t.gz\" {}", quote(&url)),
+        Fetcher::Wget => format!("wget -q -T 20 -t 2 -O \"$t.gz\" {}", quote(&url)),
     };
     let dir = path.rsplit_once('/').map_or(".", |(d, _)| d);
     // The download's sha256 first: nothing that is not the agent's gzip
@@ -166,7 +166,8 @@ pub(super) fn fetch_agent(
         hash = agent.hash,
     );
     // Everything it says, to stdout: the report says why it failed.
-    let (status, out) = exec(session, name, &format!("exec 2>&1; {fetch}"), None)?;
+    let command = format!("exec 2>&1; {fetch}");
+    let (status, out) = exec_shown(session, name, &command, &command.replace(&url, &shown), None)?;
     if status != 0 {
         let out = out.replace(&url, &shown);
         let said: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
