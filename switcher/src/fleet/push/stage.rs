@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use ferry_formats::ReleaseId;
 use fs_err as fs;
-use rayon::prelude::*;
 
 use super::super::connect::Connected;
 use super::super::report::{HostStep, Observer, Shipped};
