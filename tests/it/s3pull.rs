@@ -48,7 +48,7 @@ fn rows(report: &serde_json::Value) -> Vec<serde_json::Value> {
 
 /// Every host runs `cur`, keeps exactly `kept`, and has nothing half-made:
 /// no staging directory, no temporary file, no download left in `.ferry/`.
-fn end_state(hosts: &TestHosts, cur: &str, kept: &[&str]) {
+pub(crate) fn end_state(hosts: &TestHosts, cur: &str, kept: &[&str]) {
     let mut kept: Vec<String> = kept.iter().map(ToString::to_string).collect();
     kept.sort();
     for h in &hosts.hosts {

@@ -9,7 +9,7 @@
 
 use fs_err as fs;
 
-use crate::kit::{current, ferry_cmd, leftovers, release_names, run, sample_project, Project, Run};
+use crate::kit::{ferry_cmd, run, sample_project, Project, Run};
 use crate::s3kit::{S3Server, TestCa, TlsFront};
 use crate::testhosts::{Etc, TestHosts};
 
@@ -33,23 +33,6 @@ fn tls_project(hosts: &TestHosts, s3: &S3Server, endpoint: &str, store_extra: &s
 fn trust(hosts: &TestHosts, i: usize, ca: &TestCa) {
     let out = hosts.ssh(i, &format!("printf '%s\\n' '{}' >> /etc/ssl/certs/ca-certificates.crt", ca.ca_pem.trim()));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn end_state(hosts: &TestHosts, cur: &str, kept: &[&str]) {
-    let mut kept: Vec<String> = kept.iter().map(ToString::to_string).collect();
-    kept.sort();
-    for h in &hosts.hosts {
-        let dir = h.srv.join("shop");
-        assert_eq!(current(&dir).as_deref(), Some(cur), "{}", h.name);
-        assert_eq!(release_names(&dir), kept, "{}", h.name);
-        assert_eq!(leftovers(&dir), Vec::<String>::new(), "{}", h.name);
-        let fetches: Vec<String> = fs::read_dir(dir.join(".ferry"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".fetch-"))
-            .collect();
-        assert!(fetches.is_empty(), "{}: {fetches:?}", h.name);
-    }
 }
 
 #[test]
@@ -85,7 +68,7 @@ fn hosts_fetch_over_https_trusting_their_own_store_and_one_without_the_ca_is_pus
     assert_eq!(untrusting["bytes"], bundle, "{untrusting}");
     assert!(untrusting.get("fetched").is_none(), "{untrusting}");
     eprintln!("a host without the CA: {notes}");
-    end_state(&hosts, &v1, &[&v1]);
+    crate::s3pull::end_state(&hosts, &v1, &[&v1]);
     // The bundle went through the TLS front: it is in the store.
     assert!(s3.keys().contains(&format!("shop/bundles/{v1}.tar.zst")), "{:?}", s3.keys());
 
@@ -100,7 +83,7 @@ fn hosts_fetch_over_https_trusting_their_own_store_and_one_without_the_ca_is_pus
     }
     assert_eq!(rows[2]["bytes"], delta, "{}", rows[2]);
     assert!(rows[2]["notes"].to_string().contains("not trusted by this host"), "{}", rows[2]);
-    end_state(&hosts, &v2, &[&v1, &v2]);
+    crate::s3pull::end_state(&hosts, &v2, &[&v1, &v2]);
 }
 
 #[test]
