@@ -161,9 +161,14 @@ pub(super) fn stage_fetched(
             return false;
         }
     };
-    observer.note(&name, "fetch", &format!("{kind} from the store"));
     let session = &mut host.session;
-    match downloads.run(base, || session.stage_fetched(fetch, &stage.options, signature)) {
+    // Said once the host has its slot (and its payload is warm): not while
+    // it waits in line.
+    let fetched = downloads.run(base, || {
+        observer.note(&name, "fetch", &format!("{kind} from the store"));
+        session.stage_fetched(fetch, &stage.options, signature)
+    });
+    match fetched {
         Ok(staged) => {
             let report = &mut host.slot.report;
             if !staged.already {
