@@ -42,22 +42,22 @@ pub const BUILD_STEP_TIMEOUT: u64 = 600;
 pub const DEPLOY_ROOT: &str = "/srv";
 /// `keep_releases`: as Capistrano's `keep_releases`, enough to roll back a
 /// few pushes without filling the disk.
-pub const KEEP_RELEASES: usize = 5;
+pub const KEEP_RELEASES: usize = ferry_switcher::fleet::DEFAULT_KEEP_RELEASES;
 /// `transport`: directories on this machine need nothing set up, so a first
 /// `ferry push` works before any host does.
 pub const TRANSPORT: &str = "local";
 /// `strategy`: a canary, then half the fleet, then the rest.
-pub const STRATEGY: &[&str] = &["1", "50%", "100%"];
+pub const STRATEGY: &[&str] = ferry_switcher::fleet::DEFAULT_STRATEGY;
 /// `max_parallel`: hosts worked on at once; enough that a fleet of dozens
 /// goes in a few rounds, few enough not to swamp the controller's link.
-pub const MAX_PARALLEL: usize = 10;
+pub const MAX_PARALLEL: usize = ferry_switcher::fleet::DEFAULT_MAX_PARALLEL;
 /// `fetch_parallel`: hosts downloading from the store at once. A
 /// self-hosted store (MinIO, SeaweedFS) or a cache in front of S3 serves
 /// about a 10 Gbit/s link, which 32 hosts at ~40 MB/s each fill; more at
 /// once only split the same bandwidth into slower downloads (and URLs that
 /// expire while they wait). S3 itself takes far more, so 32 costs it
 /// little.
-pub const FETCH_PARALLEL: usize = 32;
+pub const FETCH_PARALLEL: usize = ferry_switcher::fleet::DEFAULT_FETCH_PARALLEL;
 /// `load_balancer.drain_timeout`: seconds a draining server's sessions may
 /// take to end; HAProxy's own `timeout server` is often about this.
 pub const DRAIN_TIMEOUT: u64 = 30;

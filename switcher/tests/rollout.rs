@@ -12,7 +12,7 @@ use ferry_formats::signature::Signature;
 use ferry_formats::{BlobHash, Component, ComponentKind, Entry, EntryKind, Manifest, RelPath, ReleaseId, ReleaseMeta};
 use ferry_switcher::fleet::fault::{At, Fault, Faults, Then};
 use ferry_switcher::fleet::{
-    self, HostSpec, HostStep, Local, OnFailure, Outcome, Quiet, ReleaseSource, Shipped, SourceError, Stage, Step,
+    self, HostSpec, HostStep, Local, OnFailure, Outcome, Quiet, ReleaseSource, Shipped, SourceError, Stage,
 };
 use ferry_switcher::host::{Host, StageOptions};
 use fs_err as fs;
@@ -103,19 +103,9 @@ fn fleet() -> Fleet {
         .map(|i| HostSpec { name: format!("web{i}"), deploy_to: dir.path().join(format!("web{i}/srv/shop")) })
         .collect();
     let stage = Stage {
-        name: "test".into(),
-        hosts,
-        strategy: ["1", "50%", "100%"].iter().map(|s| s.parse::<Step>().unwrap()).collect(),
         options: StageOptions { env: Some("staging".into()), ..StageOptions::default() },
-        keep_releases: 5,
         max_parallel: 4,
-        on_failure: OnFailure::Revert,
-        runtime: Default::default(),
-        force: false,
-        load_balancer: None,
-        out_of_rotation: false,
-        trusted_keys: Vec::new(),
-        fetch_parallel: 32,
+        ..Stage::new("test", hosts)
     };
     let source = Bundles(bundles);
     let report = fleet::push(&stage, &Local, &source, &v1, &Quiet);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use ferry_formats::ReleaseId;
-use ferry_switcher::fleet::{HostSpec, OnFailure, Stage, Step};
+use ferry_switcher::fleet::{HostSpec, Stage};
 use ferry_switcher::host::StageOptions;
 use fs_err as fs;
 use serde_json::Value;
@@ -312,19 +312,9 @@ pub fn build_id(p: &Project, version: &str) -> ReleaseId {
 /// 1, 50% and 100%, for the staging environment, reverting on failure.
 pub fn stage(name: &str, hosts: Vec<HostSpec>) -> Stage {
     Stage {
-        name: name.into(),
-        hosts,
-        strategy: ["1", "50%", "100%"].iter().map(|s| s.parse::<Step>().unwrap()).collect(),
         options: StageOptions { env: Some("staging".into()), ..StageOptions::default() },
-        keep_releases: 5,
         max_parallel: 4,
-        on_failure: OnFailure::Revert,
-        runtime: Default::default(),
-        force: false,
-        load_balancer: None,
-        out_of_rotation: false,
-        trusted_keys: Vec::new(),
-        fetch_parallel: 32,
+        ..Stage::new(name, hosts)
     }
 }
 

@@ -200,3 +200,37 @@ pub struct Stage {
     /// in front of the store is filled by one download.
     pub fetch_parallel: usize,
 }
+
+/// ferry.toml's `strategy` when it names none: a canary, then half the
+/// fleet, then the rest (why each default is what it is: the config's
+/// `defaults` module).
+pub const DEFAULT_STRATEGY: &[&str] = &["1", "50%", "100%"];
+/// ferry.toml's `keep_releases` when unset.
+pub const DEFAULT_KEEP_RELEASES: usize = 5;
+/// ferry.toml's `max_parallel` when unset.
+pub const DEFAULT_MAX_PARALLEL: usize = 10;
+/// ferry.toml's `fetch_parallel` when unset.
+pub const DEFAULT_FETCH_PARALLEL: usize = 32;
+
+impl Stage {
+    /// A stage over `hosts` as ferry.toml makes one that sets nothing else:
+    /// the default strategy, releases kept, parallelism and downloads; a
+    /// failure reverted; no environment, runtime, load balancer or keys.
+    pub fn new(name: impl Into<String>, hosts: Vec<HostSpec>) -> Self {
+        Self {
+            name: name.into(),
+            hosts,
+            strategy: DEFAULT_STRATEGY.iter().map(|s| s.parse().expect("the default strategy parses")).collect(),
+            options: StageOptions::default(),
+            keep_releases: DEFAULT_KEEP_RELEASES,
+            max_parallel: DEFAULT_MAX_PARALLEL,
+            on_failure: OnFailure::Revert,
+            runtime: Runtime::default(),
+            force: false,
+            load_balancer: None,
+            out_of_rotation: false,
+            trusted_keys: Vec::new(),
+            fetch_parallel: DEFAULT_FETCH_PARALLEL,
+        }
+    }
+}

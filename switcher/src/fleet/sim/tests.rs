@@ -4,8 +4,7 @@ use std::time::Duration;
 use ferry_formats::ReleaseId;
 
 use super::{Sim, SimFault, SimFaults, SimLinks, SimSource, SimStep};
-use crate::fleet::{self, OnFailure, Outcome, Quiet, Report, Stage, Step};
-use crate::host::StageOptions;
+use crate::fleet::{self, Outcome, Quiet, Report, Stage};
 
 const DELTA: u64 = 1_000_000;
 
@@ -14,21 +13,7 @@ fn ids() -> (ReleaseId, ReleaseId) {
 }
 
 fn stage(sim: &Sim, max_parallel: usize, fetch_parallel: usize) -> Stage {
-    Stage {
-        name: "sim".into(),
-        hosts: sim.specs(),
-        strategy: ["1", "50%", "100%"].iter().map(|s| s.parse::<Step>().unwrap()).collect(),
-        options: StageOptions::default(),
-        keep_releases: 5,
-        max_parallel,
-        on_failure: OnFailure::Revert,
-        runtime: Default::default(),
-        force: false,
-        load_balancer: None,
-        out_of_rotation: false,
-        trusted_keys: Vec::new(),
-        fetch_parallel,
-    }
+    Stage { max_parallel, fetch_parallel, ..Stage::new("sim", sim.specs()) }
 }
 
 /// Each download from the store takes 20 ms (a 1 MB delta at 50 MB/s).
