@@ -23,6 +23,8 @@ use serde_json::Value;
 use common::{fmt_mib, list, median_by, secs, verdict, MIB};
 
 mod common;
+#[path = "common/cpu.rs"]
+mod cpu;
 
 /// What ferry packs, and so what tar gets: the component roots of the fixture's ferry.toml.
 const PATHS: [&str; 4] = ["app", "venv", "media", "config"];
@@ -355,12 +357,7 @@ fn run_tar(fixture: &Path, scratch_parent: &Path) -> Result<(Duration, u64, Dura
 /// /proc/self/stat, in USER_HZ: 100 a second on Linux): wall time depends on
 /// what else the machine runs, this much less.
 fn children_cpu() -> Result<Duration> {
-    let stat = fs_err::read_to_string("/proc/self/stat")?;
-    // Fields after the command name (which may hold spaces), from field 3 on.
-    let rest = stat.rsplit_once(')').context("no ')' in /proc/self/stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| -> Result<u64> { Ok(fields.get(i - 3).context("short /proc/self/stat")?.parse()?) };
-    Ok(Duration::from_millis((tick(16)? + tick(17)?) * 10))
+    Ok(Duration::from_secs_f64(cpu::of("self").children))
 }
 
 /// `zstd -dc ARCHIVE | tar -tvf -`: counts regular files and all members.

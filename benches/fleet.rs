@@ -18,9 +18,12 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context as _, Result};
 use ferry_builder::Store;
 use ferry_formats::ReleaseId;
-use ferry_switcher::fleet::{self, AgentBinary, HostSpec, OnFailure, Quiet, Ssh, Stage, Step, Transport};
+use ferry_switcher::fleet::{self, AgentBinary, HostSpec, Quiet, Ssh, Stage, Transport};
 use ferry_switcher::host::StageOptions;
 use fs_err as fs;
+
+#[path = "common/cpu.rs"]
+mod cpu;
 
 #[path = "common/kit.rs"]
 mod kit;
@@ -84,24 +87,15 @@ fn main() -> Result<()> {
         step_timeout: Duration::from_secs(600),
         ssh_config: None,
     };
+    let specs = hosts
+        .hosts
+        .iter()
+        .map(|h| HostSpec { name: format!("root@{}", h.addr), deploy_to: "/srv/bench".into() })
+        .collect();
     let stage = Stage {
-        name: "bench".into(),
-        hosts: hosts
-            .hosts
-            .iter()
-            .map(|h| HostSpec { name: format!("root@{}", h.addr), deploy_to: "/srv/bench".into() })
-            .collect(),
-        strategy: ["1", "50%", "100%"].iter().map(|s| s.parse::<Step>()).collect::<Result<_, _>>().unwrap(),
         options: StageOptions { env: Some("staging".into()), ..StageOptions::default() },
-        keep_releases: 5,
         max_parallel: 10,
-        on_failure: OnFailure::Revert,
-        runtime: Default::default(),
-        force: false,
-        load_balancer: None,
-        out_of_rotation: false,
-        trusted_keys: Vec::new(),
-        fetch_parallel: 32,
+        ..Stage::new("bench", specs)
     };
     let source = Source(store.clone());
 
@@ -146,7 +140,6 @@ fn main() -> Result<()> {
     // the hosts' (each sshd with everything it ran: the handshakes, the
     // sessions, the agents), against N OpenSSH handshakes alone (`ssh host
     // true`, 10 at a time as the stage's max_parallel) on the same sshds.
-    ticks_per_second();
     let mut rollbacks = Vec::new();
     let mut rollback_phases = Vec::new();
     let (mut ctl_cpu, mut host_cpu) = (Vec::new(), Vec::new());
@@ -343,33 +336,14 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// CPU seconds (user + system) of `stat`'s process and of the children it
-/// has reaped (fields 14–17 of /proc/PID/stat, in clock ticks).
-fn cpu_of(stat: &str) -> f64 {
-    let fields: Vec<f64> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0.0))
-        .collect();
-    // After the command: state is field 3, so utime (14) is index 11.
-    fields.get(11..15).map_or(0.0, |t| t.iter().sum::<f64>()) / ticks_per_second()
-}
-
-fn ticks_per_second() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| kit::sh("getconf CLK_TCK").trim().parse().unwrap_or(100.0))
-}
-
-/// This process's CPU seconds, all its threads.
+/// This process's CPU seconds, all its threads and what it reaped.
 fn self_cpu() -> f64 {
-    cpu_of(&fs::read_to_string("/proc/self/stat").unwrap_or_default())
+    cpu::of("self").total()
 }
 
 /// The test hosts' CPU seconds: each sshd and what it ran and reaped.
 fn hosts_cpu(hosts: &testhosts::TestHosts) -> f64 {
-    let stat = |pid: u32| fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    hosts.hosts.iter().filter_map(testhosts::TestHost::sshd_pid).map(|pid| cpu_of(&stat(pid))).sum()
+    hosts.hosts.iter().filter_map(testhosts::TestHost::sshd_pid).map(|pid| cpu::of(&pid.to_string()).total()).sum()
 }
 
 fn median(v: &mut [f64]) -> f64 {

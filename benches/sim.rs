@@ -19,9 +19,12 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Result};
 use ferry_formats::ReleaseId;
 use ferry_switcher::fleet::sim::{Sim, SimFault, SimFaults, SimLinks, SimSource, SimStep};
-use ferry_switcher::fleet::{self, OnFailure, Outcome, Quiet, Report, Stage, Step};
+use ferry_switcher::fleet::{self, Outcome, Quiet, Report, Stage};
 use ferry_switcher::host::StageOptions;
 use fs_err as fs;
+
+#[path = "common/cpu.rs"]
+mod cpu;
 
 const DELTA: u64 = 20 << 20;
 const BUNDLE: u64 = 200 << 20;
@@ -42,28 +45,16 @@ const FAULTS: SimFaults =
 
 fn stage(sim: &Sim) -> Stage {
     Stage {
-        name: "sim".into(),
-        hosts: sim.specs(),
-        strategy: ["1", "50%", "100%"].iter().map(|s| s.parse::<Step>()).collect::<Result<_, _>>().unwrap(),
         options: StageOptions { env: Some("staging".into()), ..StageOptions::default() },
-        keep_releases: 5,
         max_parallel: MAX_PARALLEL,
-        on_failure: OnFailure::Revert,
-        runtime: Default::default(),
-        force: false,
-        load_balancer: None,
-        out_of_rotation: false,
-        trusted_keys: Vec::new(),
         fetch_parallel: FETCH_PARALLEL,
+        ..Stage::new("sim", sim.specs())
     }
 }
 
 /// User + system CPU seconds of this process so far.
 fn cpu() -> f64 {
-    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
-    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
+    cpu::of("self").own
 }
 
 /// The resident peak of this process since the last reset, in MiB.
