@@ -126,10 +126,7 @@ pub fn build(spec: &BuildSpec, store: &Store, progress: &dyn Progress) -> Result
     // the rest of the tree.
     let (cache_path, root) = (store.cache_path(&spec.service), spec.root.clone());
     let use_cache = spec.use_cache;
-    // Components inside others (`app` and `app/config`) would be walked
-    // twice by the streamed walk: those trees are walked first.
-    let nested = starts.iter().any(|a| starts.iter().any(|b| b.as_str().starts_with(&format!("{}/", a.as_str()))));
-    let cold = (!use_cache || fs::symlink_metadata(&cache_path).is_err()) && !nested;
+    let cold = !use_cache || fs::symlink_metadata(&cache_path).is_err();
     let loading = std::thread::spawn(move || if use_cache { Cache::load(cache_path, &root) } else { Cache::off() });
     let loaded = move || loading.join().expect("loading the build cache does not panic");
     let begun = walk::begin(&spec.root, &starts, &filter, &skip)?;

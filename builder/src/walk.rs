@@ -170,7 +170,10 @@ pub fn begin<'a>(
             at = rel.parent();
             found.insert(rel.clone(), Found { rel, abs, meta, kind });
         }
-        if found[start].kind == FoundKind::Dir {
+        // A component inside another (`app/config` in `app`) is walked as
+        // part of it: walked twice, its paths would come out twice.
+        let inside_another = starts.iter().any(|s| start.as_str().starts_with(&format!("{}/", s.as_str())));
+        if found[start].kind == FoundKind::Dir && !inside_another {
             frontier.push(root.join(start.as_str()));
         }
     }

@@ -366,4 +366,15 @@ fn a_cold_build_of_components_inside_others_packs_each_path_once() {
     let listing = sh(&format!("zstd -dc {} | tar -t", cold["path"].as_str().unwrap()));
     let settings = listing.lines().filter(|l| l.ends_with("production/settings.toml")).count();
     assert_eq!(settings, 1, "{listing}");
+    // And the bytes of a build that walked the whole tree first (a cache
+    // that misses every file: the chmod changes each ctime).
+    let kept = tempdir();
+    let first = kept.path().join("first.tar.zst");
+    fs::rename(cold["path"].as_str().unwrap(), &first).unwrap();
+    fs::remove_file(cold["path"].as_str().unwrap().replace(".tar.zst", ".json")).unwrap();
+    sh(&format!("find {} -exec chmod u+w {{}} +", p.path("app").display()));
+    let walked = p.build(&[]);
+    assert_eq!((walked["cache_hits"].as_u64(), walked["reused"].as_bool()), (Some(0), Some(false)), "{walked}");
+    assert_eq!(walked["id"], cold["id"]);
+    sh(&format!("cmp {} {}", first.display(), walked["path"].as_str().unwrap()));
 }
