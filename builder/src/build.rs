@@ -14,10 +14,12 @@
 //!    the disk twice, and hashing overlaps compression.
 //! 4. The manifest (modes normalized to 644/755, as git does) and the release
 //!    metadata make the id. The metadata frame goes in front of the files
-//!    frame in a second temporary file, which is fsynced and renamed to
-//!    `bundles/<id>.tar.zst`: an interrupted build leaves no bundle.
+//!    frame in its temporary file (see `bundle_file`: by moving the frame's
+//!    blocks where the file system can, else by copying it into a second
+//!    one), which is fsynced and renamed to `bundles/<id>.tar.zst`: an
+//!    interrupted build leaves no bundle.
 
-use std::io::{self, BufWriter, Read as _, Write as _};
+use std::io::BufWriter;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,6 +30,7 @@ use ferry_formats::{atomic, Component, ComponentKind, Entry, EntryKind, Manifest
 use fs_err as fs;
 use rayon::prelude::*;
 
+use crate::bundle_file::{self, Writeback};
 use crate::cache::{Cache, Note, Prepared, Stamp, Treatment};
 use crate::pack::{file_mode, Context};
 use crate::store::{BundleInfo, Store};
@@ -207,9 +210,9 @@ fn known_release(
 }
 
 /// Reads, hashes and compresses every path, in path order, into the files
-/// frame in a temporary file of the store; works out the release as zstd
-/// compresses its last jobs, which leaves a core free, and begins the bundle
-/// then: the metadata frame, and what the files frame has so far.
+/// frame in a temporary file of the store; works out the release and its
+/// metadata frame as zstd compresses its last jobs, which leaves a core
+/// free, and puts the metadata in front of the frame (see [`bundle_file`]).
 fn pack(
     spec: &BuildSpec,
     store: &Store,
@@ -222,8 +225,8 @@ fn pack(
     let bundles = store.bundles_dir();
     let writing = |source| BuildError::Write { path: bundles.clone(), source };
     let temp = atomic::temp_file(&bundles).map_err(|e| writing(e.into()))?;
-    let mut files =
-        FilesWriter::new(BufWriter::with_capacity(1 << 20, temp.as_file()), &spec.compression).map_err(writing)?;
+    let out = Writeback::new(temp.as_file()).map_err(|e| writing(e.into()))?;
+    let mut files = FilesWriter::new(BufWriter::with_capacity(1 << 20, out), &spec.compression).map_err(writing)?;
     let runs: Box<dyn Iterator<Item = Result<Vec<Found>, BuildError>>> = match paths {
         Paths::Walked(found) => Box::new(std::iter::once(Ok(found))),
         Paths::Walking(stream) => stream,
@@ -267,46 +270,17 @@ fn pack(
             frame().map_err(writing)?;
         } else {
             progress.phase("writing", 0);
-            let frame_bytes = temp.reopen().map_err(|e| writing(e.into()))?;
-            atomic::write_atomic(&path, |file| -> Result<(), Failed> {
-                let out = file.file_mut();
-                let metadata_frame = bundle::metadata_frame(&release.head, &spec.compression)?;
-                out.write_all(&metadata_frame)?;
-                // Plain files on both sides: the kernel copies the frame
-                // (copy_file_range), what is written of it now, the rest once done.
-                let so_far = frame_bytes.metadata()?.len();
-                io::copy(&mut (&frame_bytes).take(so_far), out)?;
-                let frame = frame().map_err(Failed::Frame)?;
-                io::copy(&mut &frame_bytes, out)?;
-                out.write_all(&bundle::seal(&release.head, &metadata_frame, &frame)?)?;
-                Ok(())
-            })
-            .map_err(|failed| match failed {
-                Failed::Frame(source) => writing(source),
-                Failed::Bundle(source) => BuildError::Write { path: path.clone(), source },
-            })?;
+            // Made while zstd compresses the last jobs.
+            let head_frames = bundle::head_frames(&release.head, &spec.compression)
+                .map_err(|source| BuildError::Write { path: path.clone(), source })?;
+            let frame = frame().map_err(writing)?;
+            let trailer = bundle::seal(&release.head, &head_frames, &frame)
+                .map_err(|source| BuildError::Write { path: path.clone(), source })?;
+            bundle_file::put(temp, &head_frames, &trailer, &path)
+                .map_err(|source| BuildError::Write { path: path.clone(), source: source.into() })?;
         }
         Ok(Packed { release, reused, saving, pack, write: t.elapsed() })
     })
-}
-
-/// What failed as a bundle was written: finishing the files frame (in its
-/// temporary file), or the bundle itself.
-enum Failed {
-    Frame(WriteError),
-    Bundle(WriteError),
-}
-
-impl From<WriteError> for Failed {
-    fn from(e: WriteError) -> Self {
-        Failed::Bundle(e)
-    }
-}
-
-impl From<io::Error> for Failed {
-    fn from(e: io::Error) -> Self {
-        Failed::Bundle(e.into())
-    }
 }
 
 /// What [`pack`] made.

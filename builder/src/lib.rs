@@ -13,6 +13,7 @@
 //! - [`steps`]: `[build]` steps run in the tree before it is packed, and their cache.
 
 pub mod build;
+mod bundle_file;
 pub mod cache;
 pub mod delta;
 mod error;

@@ -41,13 +41,28 @@ pub fn write_atomic_mode<T, E: From<io::Error>>(
     file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     let value = fill(&mut file)?;
     file.flush()?;
+    let (file, _) = file.into_parts();
+    persist(file, temp_path, path)?;
+    Ok(value)
+}
+
+/// Makes `temp` (a file of [`temp_file`], written in full) `path`, as
+/// [`write_atomic_mode`] does: permission bits `mode`, flushed to disk,
+/// renamed over `path`, the directory fsynced.
+pub fn commit(temp: tempfile::NamedTempFile, path: &Path, mode: u32) -> io::Result<()> {
+    let (file, temp_path) = temp.into_parts();
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    persist(file, temp_path, path)
+}
+
+/// fsyncs a written temporary file, renames it to `path` and fsyncs the directory.
+fn persist(file: std::fs::File, temp_path: tempfile::TempPath, path: &Path) -> io::Result<()> {
     file.sync_all()?;
     drop(file);
     temp_path
         .persist(path)
         .map_err(|e| io::Error::new(e.error.kind(), format!("cannot rename into {}: {}", path.display(), e.error)))?;
-    fsync_dir(dir)?;
-    Ok(value)
+    fsync_dir(parent(path))
 }
 
 /// A temporary file in `dir` with this module's naming, removed when dropped

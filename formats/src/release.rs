@@ -24,8 +24,10 @@ use crate::RelPath;
 /// The version of the release metadata format, and of the bundle that
 /// carries it: what a build writes. 2: the bundle's zstd frames carry no
 /// content checksum and the files frame is compressed in jobs of
-/// [`JOB_SIZE`](crate::bundle::JOB_SIZE) (see [`crate::bundle`]).
-pub const FORMAT_VERSION: u32 = 2;
+/// [`JOB_SIZE`](crate::bundle::JOB_SIZE). 3: a padding frame after the
+/// metadata frame starts the files frame on a 4 KiB boundary (see
+/// [`crate::bundle`]).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The oldest format this ferry reads: releases built before the last
 /// change of format still verify, deploy and roll back.
@@ -251,9 +253,9 @@ mod tests {
 "#;
         let err = ReleaseMeta::parse(extra).unwrap_err().to_string();
         assert!(err.contains("unknown field `evil`"), "{err}");
-        let future = br#"{"format":3,"service":"x","components":[]}
+        let future = br#"{"format":4,"service":"x","components":[]}
 "#;
-        assert!(matches!(ReleaseMeta::parse(future), Err(MetaError::Format(3))));
+        assert!(matches!(ReleaseMeta::parse(future), Err(MetaError::Format(4))));
         let old = br#"{"format":1,"service":"x","components":[]}
 "#;
         assert_eq!(ReleaseMeta::parse(old).unwrap().format, 1, "format 1 is still read");

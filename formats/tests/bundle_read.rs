@@ -157,11 +157,19 @@ fn zst(tar: &[u8]) -> Vec<u8> {
     zstd::stream::encode_all(tar, 3).unwrap()
 }
 
-/// A metadata frame and a files frame, followed by ferry's trailer: a
-/// skippable frame holding the blake3 of each.
+/// A metadata frame and the padding frame format 3 puts after it.
+fn padded(metadata_frame: Vec<u8>) -> Vec<u8> {
+    let pad = ferry_formats::bundle::padding(metadata_frame.len());
+    [metadata_frame, pad].concat()
+}
+
+/// A metadata frame, its padding and a files frame, followed by ferry's
+/// trailer: a skippable frame holding the blake3 of what comes before the
+/// files frame and of the files frame.
 fn seal(metadata_frame: Vec<u8>, files_frame: Vec<u8>) -> Vec<u8> {
-    let trailer = ferry_formats::bundle::trailer(blake3::hash(&metadata_frame), blake3::hash(&files_frame));
-    [metadata_frame, files_frame, trailer.to_vec()].concat()
+    let head = padded(metadata_frame);
+    let trailer = ferry_formats::bundle::trailer(blake3::hash(&head), blake3::hash(&files_frame));
+    [head, files_frame, trailer.to_vec()].concat()
 }
 
 /// The one helper that crafts a bundle.
@@ -934,12 +942,87 @@ fn release_json_invalid() {
     assert!(msg.contains(".ferry/release.json: release metadata: service name \"Shop\""), "{msg}");
     let msg = head_refused(&with_manifest_and_meta(
         b"ferry-manifest 1\n",
-        b"{\"format\":3,\"service\":\"shop\",\"components\":[]}\n",
+        b"{\"format\":4,\"service\":\"shop\",\"components\":[]}\n",
     ));
     assert!(
-        msg.contains(".ferry/release.json: release metadata has format 3; this ferry reads formats 1 to 2"),
+        msg.contains(".ferry/release.json: release metadata has format 4; this ferry reads formats 1 to 3"),
         "{msg}"
     );
+}
+
+// ---- format 3's padding frame ---------------------------------------------------
+
+/// The good release as a bundle whose bytes before the files frame are
+/// `head(metadata frame)`, sealed over them.
+fn with_head(head: impl Fn(Vec<u8>) -> Vec<u8>) -> Vec<u8> {
+    let (metadata, files) = two_frames(&tar_of(&good()));
+    let head = head(metadata);
+    let trailer = ferry_formats::bundle::trailer(blake3::hash(&head), blake3::hash(&files));
+    [head, files, trailer.to_vec()].concat()
+}
+
+#[test]
+fn the_files_frame_starts_on_a_4_kib_boundary_after_zeros() {
+    let bytes = bundle(&good());
+    read(&bytes[..], None, &mut Discard).unwrap();
+    let (metadata, files) = two_frames(&tar_of(&good()));
+    let start = bytes.len() - 80 - files.len();
+    assert_eq!(start % 4096, 0, "the files frame starts at {start}");
+    let pad = &bytes[metadata.len()..start];
+    assert!(pad.len() >= 8 && pad.len() < 4096 + 8, "{} bytes of padding", pad.len());
+    assert_eq!(pad[..4], 0x184D_2A50u32.to_le_bytes(), "a skippable frame");
+    assert_eq!(u32::from_le_bytes(pad[4..8].try_into().unwrap()) as usize, pad.len() - 8);
+    assert!(pad[8..].iter().all(|&b| b == 0));
+    // Any zstd decoder passes over it: the bundle is one tar stream.
+    assert_eq!(zstd::decode_all(&bytes[..]).unwrap(), tar_of(&good()));
+}
+
+#[test]
+fn a_format_3_bundle_without_its_padding_or_with_other_padding_is_refused() {
+    let no_padding = with_head(|m| m);
+    let msg = corrupt(&no_padding);
+    assert!(msg.contains("format 3 has a padding frame of"), "{msg}");
+    let nonzero = with_head(|m| {
+        let mut head = padded(m);
+        let last = head.len() - 1;
+        head[last] = 1;
+        head
+    });
+    let msg = corrupt(&nonzero);
+    assert!(msg.contains("format 3 has a padding frame of") && msg.contains("these bytes are not it"), "{msg}");
+    // A valid skippable frame 4 KiB longer than the rule's: the files frame
+    // would still start on a boundary, but the same release has one byte sequence.
+    let longer = with_head(|m| {
+        let at = m.len();
+        let mut head = padded(m);
+        let len = u32::from_le_bytes(head[at + 4..at + 8].try_into().unwrap()) + 4096;
+        head[at + 4..at + 8].copy_from_slice(&len.to_le_bytes());
+        head.extend_from_slice(&[0; 4096]);
+        head
+    });
+    let msg = corrupt(&longer);
+    assert!(msg.contains("these bytes are not it"), "{msg}");
+}
+
+#[test]
+fn a_format_2_bundle_with_a_padding_frame_is_refused() {
+    let mut old = meta();
+    old.format = 2;
+    let head = Head::new(Manifest::from_entries(good_entries()).unwrap(), old).unwrap();
+    let tar = tar_of(&parts_of(&head, content));
+    let split = (tar_of(&parts_of(&head, content)[..3]).len() - 1024).min(tar.len());
+    let (metadata, files) = (zst(&tar[..split]), zst(&tar[split..]));
+    let plain = {
+        let trailer = ferry_formats::bundle::trailer(blake3::hash(&metadata), blake3::hash(&files));
+        [metadata.clone(), files.clone(), trailer.to_vec()].concat()
+    };
+    read(&plain[..], Some(&head.id), &mut Discard).unwrap();
+    let with_pad = {
+        let head = padded(metadata);
+        let trailer = ferry_formats::bundle::trailer(blake3::hash(&head), blake3::hash(&files));
+        [head, files, trailer.to_vec()].concat()
+    };
+    assert!(read(&with_pad[..], Some(&head.id), &mut Discard).is_err(), "format 2 has no padding frame");
 }
 
 #[test]
@@ -1040,8 +1123,8 @@ fn a_flipped_bit_that_decodes_the_same_is_caught_by_the_trailer() {
 
 #[test]
 fn a_missing_or_damaged_trailer_is_refused() {
-    let plain = two_frames(&tar_of(&good())).0;
-    let plain = [plain, two_frames(&tar_of(&good())).1].concat();
+    let (metadata, files) = two_frames(&tar_of(&good()));
+    let plain = [padded(metadata), files].concat();
     assert_eq!(refused(&plain), "after the files frame: the checksum trailer is missing (truncated?)");
     let good_bytes = bundle(&good());
     let cut = &good_bytes[..good_bytes.len() - 10];
@@ -1061,7 +1144,7 @@ fn a_flipped_bit_in_the_files_frame_header_is_caught_too() {
     read(&sealed_good[..], None, &mut Discard).unwrap();
     let good_trailer = sealed_good[sealed_good.len() - 80..].to_vec();
     files[4] ^= 0x10; // the unused bit of the files frame's header descriptor
-    let bytes = [metadata, files, good_trailer].concat();
+    let bytes = [padded(metadata), files, good_trailer].concat();
     let msg = refused(&bytes);
     assert!(msg.starts_with("after the files frame: the files frame's bytes hash to "), "{msg}");
 }

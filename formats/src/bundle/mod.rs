@@ -17,13 +17,22 @@
 //! devices. GNU tar and bsdtar list and extract a bundle as they would any
 //! tarball.
 //!
-//! The file is three zstd frames, which any zstd decoder reads as one stream:
+//! The file is four zstd frames, which any zstd decoder reads as one stream:
 //!
 //! | frame | holds | compression |
 //! |---|---|---|
 //! | metadata | entries 1–3 | level of [`WriteOptions`], one thread |
+//! | padding (format 3) | a *skippable* frame (magic `0x184D2A50`) of zero bytes, 8 to 4,103 bytes long in all: the fewest that end it on a multiple of [`ALIGN`] (4,096) bytes from the start of the file | |
 //! | files | entries 4… and the end blocks | the same level, multi-threaded in jobs of [`JOB_SIZE`], window 2^[`WINDOW_LOG`] |
 //! | trailer | 80 bytes, a *skippable* frame that decoders pass over | |
+//!
+//! The padding lets a builder write the files frame, as it compresses it,
+//! into the very file that becomes the bundle, and put the metadata — known
+//! only at the end — in front of it without copying the frame: the file
+//! systems that move a file's blocks (`fallocate`'s `FALLOC_FL_INSERT_RANGE`,
+//! ext4 and XFS) do so only by whole blocks. Where that is not possible the
+//! builder copies the frame, to the same bytes. Its length is a function of
+//! the metadata frame's, so the same release still has one byte sequence.
 //!
 //! Neither frame carries zstd's content checksum (XXH64 of what it
 //! decompresses to): every byte it would cover is covered by blake3 already,
@@ -34,11 +43,13 @@
 //! |---|---|
 //! | 1 | both with zstd's content checksum; the files frame in zstd's default jobs (four windows, 16 MiB) |
 //! | 2 | neither frame with a content checksum; the files frame in jobs of [`JOB_SIZE`] |
+//! | 3 | as 2, and the padding frame after the metadata frame |
 //!
-//! A reader takes either: what it checks — the tar stream, every hash, the
-//! trailer — is the same in both. The format is in the id, so a release built
-//! in format 2 has another id than the same tree built in format 1, and the
-//! same id always means the same bytes.
+//! A reader takes any of them: what it checks — the tar stream, every hash,
+//! the trailer — is the same in all, and the padding is checked byte for byte
+//! (its length and its zeros) in format 3 and refused before it. The format
+//! is in the id, so a release built in format 3 has another id than the same
+//! tree built in format 2, and the same id always means the same bytes.
 //!
 //! The metadata has a frame of its own so a builder can read each file once,
 //! hashing and compressing it in the same pass, and put the manifest — known
@@ -51,14 +62,14 @@
 //! | 0..4 | skippable-frame magic `0x184D2A5E`, little-endian |
 //! | 4..8 | payload length, 72, little-endian |
 //! | 8..16 | `ferry-b3`, which also names this layout: another layout gets another tag |
-//! | 16..48 | blake3 of the metadata frame's bytes |
+//! | 16..48 | blake3 of the metadata frame's bytes (and from format 3 the padding frame's: every byte before the files frame) |
 //! | 48..80 | blake3 of the files frame's bytes |
 //!
 //! Some bits of a compressed stream do not change what it decodes to (unused
 //! header bits, slack in entropy tables); the trailer makes a flip of any bit
 //! of the file an error, not only one that changes a file's content. Each
 //! frame has its own hash so a builder can hash the files frame as it writes
-//! it, and copy it behind the metadata without reading it again.
+//! it, and put the metadata in front of it without reading it again.
 //!
 //! | limit | value |
 //! |---|---|
@@ -82,7 +93,7 @@ mod read;
 mod write;
 
 pub use read::{read, read_head, Discard, ReadError, Verified, Visitor};
-pub use write::{assemble, metadata_frame, seal, write, FilesFrame, FilesWriter, WriteError};
+pub use write::{assemble, head_frames, seal, write, FilesFrame, FilesWriter, WriteError};
 
 use crate::manifest::ManifestError;
 use crate::release::MetaError;
@@ -131,6 +142,30 @@ pub(crate) const TRAILER_START: [u8; 16] = {
     }
     t
 };
+
+/// The files frame of a format 3 bundle starts at a multiple of this many bytes.
+pub const ALIGN: usize = 4096;
+/// The skippable-frame magic of the padding frame.
+const PAD_MAGIC: u32 = 0x184D_2A50;
+/// The first format with a padding frame.
+pub(crate) const PADDED_FORMAT: u32 = 3;
+
+/// The padding frame that follows a metadata frame of `metadata_frame_len`
+/// bytes: the skippable-frame header and zeros, ending on a multiple of
+/// [`ALIGN`].
+pub fn padding(metadata_frame_len: usize) -> Vec<u8> {
+    let len = padding_len(metadata_frame_len);
+    let mut pad = vec![0u8; len];
+    pad[..4].copy_from_slice(&PAD_MAGIC.to_le_bytes());
+    pad[4..8].copy_from_slice(&((len - 8) as u32).to_le_bytes());
+    pad
+}
+
+/// How long the padding frame after a metadata frame of this length is:
+/// at least its 8-byte header, at most [`ALIGN`] − 1 more.
+pub(crate) fn padding_len(metadata_frame_len: usize) -> usize {
+    8 + (ALIGN - (metadata_frame_len + 8) % ALIGN) % ALIGN
+}
 
 /// The trailer of a bundle whose metadata and files frames hash to these.
 pub fn trailer(metadata_frame: blake3::Hash, files_frame: blake3::Hash) -> [u8; TRAILER_LEN] {

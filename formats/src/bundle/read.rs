@@ -1,13 +1,15 @@
 //! Reading bundles: every rule of the format, checked as the stream goes by.
 
+use std::cell::Cell;
 use std::io::{self, BufReader, Read};
+use std::rc::Rc;
 
 use tar::EntryType;
 
 use super::write::{header_blocks, metadata_entry};
 use super::{
-    Head, MANIFEST_PATH, MAX_LONG_NAME, MAX_MANIFEST, MAX_META, MAX_WINDOW_LOG, META_DIR, RELEASE_PATH, TRAILER_LEN,
-    TRAILER_START,
+    padding, Head, MANIFEST_PATH, MAX_LONG_NAME, MAX_MANIFEST, MAX_META, MAX_WINDOW_LOG, META_DIR, PADDED_FORMAT,
+    RELEASE_PATH, TRAILER_LEN, TRAILER_START,
 };
 use crate::{BlobHash, Entry, EntryKind, Manifest, ReleaseId, ReleaseMeta};
 
@@ -186,8 +188,10 @@ fn read_impl<R: Read>(
         let at = at.to_owned();
         move |source| ReadError::Corrupt { at, source }
     };
-    let mut archive =
-        tar::Archive::new(Frames::new(input).map_err(corrupt("in the metadata frame, before the first entry"))?);
+    let padded = Rc::new(Cell::new(None));
+    let frames =
+        Frames::new(input, Rc::clone(&padded)).map_err(corrupt("in the metadata frame, before the first entry"))?;
+    let mut archive = tar::Archive::new(frames);
     let head;
     let meta_frame_len;
     {
@@ -208,6 +212,8 @@ fn read_impl<R: Read>(
         meta.check_components(&manifest).map_err(|e| refused(RELEASE_PATH, e.to_string()))?;
         let id = ReleaseId::compute(&manifest_text, &meta_text);
         meta_frame_len = metadata_frame_len(manifest_text.len(), meta_text.len());
+        // Known before the files frame begins: whether a padding frame comes first.
+        padded.set((meta.format >= PADDED_FORMAT).then_some(meta_frame_len));
         if let Some(expected) = expect {
             if *expected != id {
                 return Err(ReadError::IdMismatch { expected: *expected, actual: id });
@@ -520,6 +526,10 @@ struct Frames<R: Read> {
     frame: Frame<R>,
     /// Bytes the metadata frame decompressed to.
     meta_len: u64,
+    /// From format 3, once the release metadata is read: what the metadata
+    /// frame decompresses to, which a padding frame follows. (A metadata
+    /// frame that decompresses to anything else is refused for that.)
+    padded: Rc<Cell<Option<u64>>>,
 }
 
 enum Frame<R: Read> {
@@ -529,13 +539,13 @@ enum Frame<R: Read> {
 }
 
 impl<R: Read> Frames<R> {
-    fn new(input: R) -> io::Result<Self> {
+    fn new(input: R, padded: Rc<Cell<Option<u64>>>) -> io::Result<Self> {
         let input = TrailerReader::new(input);
         // One frame at a time: anything after the files frame, even a valid
         // zstd frame, is trailing data.
         let mut meta = zstd::Decoder::new(input)?.single_frame();
         meta.window_log_max(MAX_WINDOW_LOG)?;
-        Ok(Self { frame: Frame::Meta(meta), meta_len: 0 })
+        Ok(Self { frame: Frame::Meta(meta), meta_len: 0, padded })
     }
 
     /// The raw input after the files frame, once the files frame has ended.
@@ -561,6 +571,11 @@ impl<R: Read> Read for Frames<R> {
                         unreachable!("matched above")
                     };
                     let mut raw = d.finish();
+                    if self.padded.get() == Some(self.meta_len) {
+                        let meta_frame_len = raw.get_ref().kept.len() - raw.buffer().len();
+                        read_padding(&mut raw, meta_frame_len)?;
+                    }
+                    // The trailer's first hash covers the padding too: every byte before the files frame.
                     let unconsumed = raw.buffer().len();
                     raw.get_mut().split(unconsumed);
                     let mut files = zstd::Decoder::with_buffer(raw)?.single_frame();
@@ -572,6 +587,27 @@ impl<R: Read> Read for Frames<R> {
             }
         }
     }
+}
+
+/// Reads the padding frame that follows a format 3 bundle's metadata frame of
+/// `meta_frame_len` bytes: exactly [`padding`]'s bytes, or the bundle is refused.
+fn read_padding(raw: &mut impl Read, meta_frame_len: usize) -> io::Result<()> {
+    let want = padding(meta_frame_len);
+    let mut got = Vec::with_capacity(want.len());
+    raw.take(want.len() as u64).read_to_end(&mut got)?;
+    if got.len() < want.len() && want.starts_with(&got) {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the padding frame after the metadata frame is cut short",
+        ));
+    }
+    if got != want {
+        return Err(io::Error::other(format!(
+            "format 3 has a padding frame of {} bytes (a skippable-frame header and zeros) after the metadata frame of {meta_frame_len} bytes; these bytes are not it",
+            want.len()
+        )));
+    }
+    Ok(())
 }
 
 /// What the metadata frame decompresses to: three headers and two padded files.

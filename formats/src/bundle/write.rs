@@ -5,7 +5,10 @@ use std::io::{self, BufWriter, Read, Write};
 
 use tar::EntryType;
 
-use super::{trailer, Head, WriteOptions, JOB_SIZE, MANIFEST_PATH, META_DIR, RELEASE_PATH, TRAILER_LEN, WINDOW_LOG};
+use super::{
+    padding, trailer, Head, WriteOptions, JOB_SIZE, MANIFEST_PATH, META_DIR, PADDED_FORMAT, RELEASE_PATH, TRAILER_LEN,
+    WINDOW_LOG,
+};
 use crate::{BlobHash, Entry, EntryKind, RelPath, NORMALIZED_MTIME};
 
 /// Why a bundle could not be written.
@@ -115,10 +118,11 @@ impl<W: Write> FilesWriter<W> {
     }
 }
 
-/// Writes a whole bundle to `out`: the metadata frame of `head`, the files
-/// frame read from `files` (what a [`FilesWriter`] wrote, whose entries must be
-/// the manifest's), and the trailer. When both `files` and `out` are files,
-/// the frame is copied by the kernel (`copy_file_range`), not read and written.
+/// Writes a whole bundle to `out`: the [`head_frames`] of `head`, the files
+/// frame read from `files` (what a [`FilesWriter`] wrote, whose entries must
+/// be the manifest's), and the trailer. When both `files` and `out` are
+/// files, the frame is copied by the kernel (`copy_file_range`), not read and
+/// written.
 pub fn assemble<W: Write, R: Read>(
     mut out: W,
     head: &Head,
@@ -126,31 +130,36 @@ pub fn assemble<W: Write, R: Read>(
     mut files: R,
     opts: &WriteOptions,
 ) -> Result<W, WriteError> {
-    let metadata_frame = metadata_frame(head, opts)?;
-    let trailer = seal(head, &metadata_frame, frame)?;
-    out.write_all(&metadata_frame)?;
+    let head_frames = head_frames(head, opts)?;
+    let trailer = seal(head, &head_frames, frame)?;
+    out.write_all(&head_frames)?;
     io::copy(&mut files, &mut out)?;
     out.write_all(&trailer)?;
     Ok(out)
 }
 
-/// The metadata frame of `head`: the first bytes of its bundle. A builder
-/// that writes the pieces of a bundle itself (to begin it before the files
-/// frame is done) writes this, then the files frame, then [`seal`]'s trailer.
-pub fn metadata_frame(head: &Head, opts: &WriteOptions) -> Result<Vec<u8>, WriteError> {
+/// The bytes of `head`'s bundle before its files frame: the metadata frame
+/// and, from format 3, the padding frame that ends them on a multiple of
+/// [`ALIGN`](super::ALIGN). A builder that writes the pieces of a bundle
+/// itself writes these, then the files frame, then [`seal`]'s trailer.
+pub fn head_frames(head: &Head, opts: &WriteOptions) -> Result<Vec<u8>, WriteError> {
     let mut enc = zstd::Encoder::new(Vec::new(), opts.level)?;
     enc.include_checksum(false)?;
     enc.write_all(&metadata_tar(head)?)?;
-    Ok(enc.finish()?)
+    let mut out = enc.finish()?;
+    if head.meta.format >= PADDED_FORMAT {
+        out.extend_from_slice(&padding(out.len()));
+    }
+    Ok(out)
 }
 
-/// The trailer of the bundle of `head` made of `metadata_frame` and `frame`,
+/// The trailer of the bundle of `head` made of `head_frames` and `frame`,
 /// whose entries must be the manifest's.
-pub fn seal(head: &Head, metadata_frame: &[u8], frame: &FilesFrame) -> Result<[u8; TRAILER_LEN], WriteError> {
+pub fn seal(head: &Head, head_frames: &[u8], frame: &FilesFrame) -> Result<[u8; TRAILER_LEN], WriteError> {
     if head.manifest.entries() != frame.entries() {
         return Err(WriteError::Mismatch);
     }
-    Ok(trailer(blake3::hash(metadata_frame), frame.hash))
+    Ok(trailer(blake3::hash(head_frames), frame.hash))
 }
 
 /// Writes the bundle of `head` to `out`, asking `open` for each file's
