@@ -270,14 +270,12 @@ fn pack(
             frame().map_err(writing)?;
         } else {
             progress.phase("writing", 0);
+            let bundle_error = |source| BuildError::Write { path: path.clone(), source };
             // Made while zstd compresses the last jobs.
-            let head_frames = bundle::head_frames(&release.head, &spec.compression)
-                .map_err(|source| BuildError::Write { path: path.clone(), source })?;
+            let head_frames = bundle::head_frames(&release.head, &spec.compression).map_err(bundle_error)?;
             let frame = frame().map_err(writing)?;
-            let trailer = bundle::seal(&release.head, &head_frames, &frame)
-                .map_err(|source| BuildError::Write { path: path.clone(), source })?;
-            bundle_file::put(temp, &head_frames, &trailer, &path)
-                .map_err(|source| BuildError::Write { path: path.clone(), source: source.into() })?;
+            let trailer = bundle::seal(&release.head, &head_frames, &frame).map_err(bundle_error)?;
+            bundle_file::put(temp, &head_frames, &trailer, &path).map_err(|e| bundle_error(e.into()))?;
         }
         Ok(Packed { release, reused, saving, pack, write: t.elapsed() })
     })

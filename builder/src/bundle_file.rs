@@ -100,10 +100,12 @@ fn put_as(
     {
         file.write_all_at(head_frames, 0)?;
         file.write_all_at(trailer, head_len + frame_len)?;
+        let bundle = file.try_clone()?;
         atomic::commit(frame, path, 0o644)?;
         // Moving the blocks dropped the file's pages from memory; a push
         // right after the build reads them back, so have them read now.
-        let _ = rustix::fs::fadvise(&fs_err::File::open(path)?, 0, None, Advice::WillNeed);
+        // Only a hint: the bundle is in place whatever it says.
+        let _ = rustix::fs::fadvise(&bundle, 0, None, Advice::WillNeed);
         return Ok(Assembled::InPlace);
     }
     let mut from = frame.reopen()?;
