@@ -98,11 +98,7 @@ impl<W: Write> FilesWriter<W> {
     /// Adds a file and returns the blake3 of its content.
     pub fn file(&mut self, path: &RelPath, mode: u32, content: &[u8]) -> Result<BlobHash, WriteError> {
         let mut hasher = blake3::Hasher::new();
-        if content.len() > 1 << 20 {
-            hasher.update_rayon(content);
-        } else {
-            hasher.update(content);
-        }
+        hasher.update(content);
         let hash = BlobHash::from(hasher.finalize());
         let size = content.len() as u64;
         self.push(Entry { path: path.clone(), kind: EntryKind::File { mode, size, hash } }, content)?;
