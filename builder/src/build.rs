@@ -32,7 +32,7 @@ use rayon::prelude::*;
 
 use crate::bundle_file::{self, Writeback};
 use crate::cache::{Cache, Note, Prepared, Stamp, Treatment};
-use crate::pack::{file_mode, Context};
+use crate::pack::{file_mode, Context, Reader};
 use crate::store::{BundleInfo, Store};
 use crate::venv;
 use crate::walk::{self, Filter, Found, FoundKind};
@@ -232,7 +232,7 @@ fn pack(
         Paths::Walking(stream) => stream,
     };
     progress.phase("packing", 0);
-    let (mut found, mut prepared, mut buf, mut total) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    let (mut found, mut prepared, mut reader, mut total) = (Vec::new(), Vec::new(), Reader::default(), 0);
     for run in runs {
         let run = run?;
         // A run's pycs have their sources in the run or among the paths known from the start.
@@ -243,7 +243,7 @@ fn pack(
             prepared.push(match &f.kind {
                 FoundKind::Dir => files.dir(&f.rel, 0o755).map(|()| None).map_err(writing)?,
                 FoundKind::Symlink(target) => files.symlink(&f.rel, target).map(|()| None).map_err(writing)?,
-                FoundKind::File => Some(ctx.pack(&f, &mut files, &mut buf, &cache, &bundles)?),
+                FoundKind::File => Some(ctx.pack(&f, &mut files, &mut reader, &cache, &bundles)?),
             });
             if f.kind == FoundKind::File {
                 progress.advance(f.meta.len());

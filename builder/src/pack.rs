@@ -4,12 +4,14 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ferry_formats::bundle::FilesWriter;
 use ferry_formats::{ComponentKind, RelPath};
 use fs_err as fs;
+use rustix::fs::{Mode, OFlags};
 
 use crate::build::BuildSpec;
 use crate::cache::{Cache, Note, Prepared, Stamp, Treatment};
@@ -88,29 +90,30 @@ impl Context {
         }
     }
 
-    /// Reads one file into `buf`, makes its bundled content, and adds it to
-    /// the files frame, which hashes it.
+    /// Reads one file, makes its bundled content, and adds it to the files
+    /// frame, which hashes it.
     pub(crate) fn pack<W: io::Write>(
         &self,
         f: &Found,
         files: &mut FilesWriter<W>,
-        buf: &mut Vec<u8>,
+        reader: &mut Reader,
         cache: &Cache,
         bundles: &Path,
     ) -> Result<Prepared, BuildError> {
         let mode = file_mode(f)?;
         let stamp = Stamp::of(&f.meta);
         let (treatment, dep) = self.treatment(&f.rel);
-        let file = fs::File::open(&f.abs).map_err(BuildError::Fs)?;
+        let file = reader.open(&f.abs).map_err(BuildError::io(&f.abs))?;
         // The size is known from the walk; a bounded read spares a stat per file.
-        let len = read_up_to(file, stamp.size as usize + 1, buf).map_err(BuildError::Fs)?;
+        let buf = &mut reader.buf;
+        let len = read_up_to(file, stamp.size as usize + 1, buf).map_err(BuildError::io(&f.abs))?;
         if len as u64 != stamp.size {
             return Err(BuildError::Io {
                 path: f.abs.clone(),
                 source: io::Error::other("the file changed size while it was read; build again"),
             });
         }
-        let (content, note) = self.transform(f, treatment, dep.as_ref(), &buf[..len]);
+        let (content, note) = self.transform(f, treatment, dep.as_ref(), &mut buf[..len]);
         let hash = files
             .file(&f.rel, mode, &content)
             .map_err(|source| BuildError::Write { path: bundles.to_path_buf(), source })?;
@@ -119,23 +122,24 @@ impl Context {
         Ok(prepared)
     }
 
-    /// The bundled content of a file, and anything to tell about it.
+    /// The bundled content of a file, and anything to tell about it. A pyc
+    /// is normalized where it was read.
     fn transform<'a>(
         &self,
         f: &Found,
         treatment: Treatment,
         dep: Option<&Stamp>,
-        data: &'a [u8],
+        data: &'a mut [u8],
     ) -> (std::borrow::Cow<'a, [u8]>, Option<Note>) {
         use std::borrow::Cow;
         match treatment {
             Treatment::Pyc => {
                 let source = dep.expect("a pyc's treatment comes with its source's stamp");
-                match pyc::normalize(data.to_vec(), source.mtime.0, source.size) {
-                    Pyc::Normalized(out) => (Cow::Owned(out), None),
-                    Pyc::Stale => (Cow::Borrowed(data), Some(Note::StalePyc)),
-                    Pyc::HashBased | Pyc::Unknown => (Cow::Borrowed(data), None),
-                }
+                let note = match pyc::normalize(data, source.mtime.0, source.size) {
+                    Pyc::Stale => Some(Note::StalePyc),
+                    Pyc::Normalized | Pyc::HashBased | Pyc::Unknown => None,
+                };
+                (Cow::Borrowed(data), note)
             }
             Treatment::Venv(r) => {
                 let v = self.venv_of(&f.rel).expect("venv treatment is only given inside a venv");
@@ -149,6 +153,31 @@ impl Context {
                 (Cow::Borrowed(data), unrelocated.then_some(Note::Unrelocated))
             }
         }
+    }
+}
+
+/// Opens the files of a release, in path order, and keeps the buffer they
+/// are read into.
+#[derive(Default)]
+pub(crate) struct Reader {
+    buf: Vec<u8>,
+    /// The directory of the file opened last: its files are opened from it,
+    /// so the kernel looks up one name, not every directory of the path again
+    /// (a venv's files are 6 to 10 directories deep).
+    dir: Option<(PathBuf, OwnedFd)>,
+}
+
+impl Reader {
+    fn open(&mut self, abs: &Path) -> io::Result<std::fs::File> {
+        let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
+            return Ok(fs::File::open(abs)?.into_parts().0);
+        };
+        if self.dir.as_ref().is_none_or(|(dir, _)| dir != parent) {
+            let fd = rustix::fs::open(parent, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+            self.dir = Some((parent.to_path_buf(), fd));
+        }
+        let (_, dir) = self.dir.as_ref().expect("set above");
+        Ok(rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?.into())
     }
 }
 
@@ -180,4 +209,36 @@ fn read_up_to(mut file: impl io::Read, limit: usize, buf: &mut Vec<u8>) -> io::R
 fn is_informational(rel: &RelPath) -> bool {
     let name = rel.file_name();
     name.ends_with(".pyc") || name == "RECORD"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reader_opens_each_file_of_its_directory_and_names_one_that_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        for (path, text) in [(a.join("1"), "one"), (a.join("2"), "two"), (b.join("3"), "three")] {
+            fs::write(path, text).unwrap();
+        }
+        let mut reader = Reader::default();
+        let mut read = |path: &Path| {
+            let file = reader.open(path)?;
+            let mut buf = Vec::new();
+            let len = read_up_to(file, 64, &mut buf)?;
+            io::Result::Ok(String::from_utf8(buf[..len].to_vec()).unwrap())
+        };
+        // From one directory, then another, then back: each file is its own.
+        assert_eq!(read(&a.join("1")).unwrap(), "one");
+        assert_eq!(read(&a.join("2")).unwrap(), "two");
+        assert_eq!(read(&b.join("3")).unwrap(), "three");
+        assert_eq!(read(&a.join("2")).unwrap(), "two");
+        fs::remove_file(a.join("1")).unwrap();
+        assert_eq!(read(&a.join("1")).unwrap_err().kind(), io::ErrorKind::NotFound);
+        let err = BuildError::io(a.join("1"))(read(&a.join("1")).unwrap_err());
+        assert!(err.to_string().contains("a/1"), "{err}");
+    }
 }

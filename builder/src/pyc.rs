@@ -23,7 +23,7 @@ use ferry_formats::{RelPath, NORMALIZED_MTIME};
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pyc {
     /// Timestamp-based and valid: the mtime field now says [`NORMALIZED_MTIME`].
-    Normalized(Vec<u8>),
+    Normalized,
     /// Hash-based: valid whatever the mtime.
     HashBased,
     /// Timestamp-based but compiled from another version of the source.
@@ -32,9 +32,9 @@ pub enum Pyc {
     Unknown,
 }
 
-/// Rewrites a pyc's recorded source mtime, if it was valid for a source of
-/// this mtime (seconds) and size.
-pub fn normalize(mut pyc: Vec<u8>, source_mtime: i64, source_size: u64) -> Pyc {
+/// Rewrites a pyc's recorded source mtime in place, if it was valid for a
+/// source of this mtime (seconds) and size.
+pub fn normalize(pyc: &mut [u8], source_mtime: i64, source_size: u64) -> Pyc {
     if pyc.len() < 16 || &pyc[2..4] != b"\r\n" {
         return Pyc::Unknown;
     }
@@ -49,7 +49,7 @@ pub fn normalize(mut pyc: Vec<u8>, source_mtime: i64, source_size: u64) -> Pyc {
         return Pyc::Stale;
     }
     pyc[8..12].copy_from_slice(&(NORMALIZED_MTIME as u32).to_le_bytes());
-    Pyc::Normalized(pyc)
+    Pyc::Normalized
 }
 
 /// The source of a `__pycache__/<module>.<tag>[.opt-N].pyc` file:
@@ -87,12 +87,20 @@ mod tests {
 
     #[test]
     fn rewrites_only_valid_timestamp_pycs() {
-        let Pyc::Normalized(out) = normalize(pyc(0, 1_700_000_000, 42), 1_700_000_000, 42) else { panic!() };
-        assert_eq!(out, pyc(0, NORMALIZED_MTIME as u32, 42));
-        assert_eq!(normalize(pyc(0, 1_700_000_000, 42), 1_700_000_001, 42), Pyc::Stale);
-        assert_eq!(normalize(pyc(0, 1_700_000_000, 42), 1_700_000_000, 43), Pyc::Stale);
-        assert_eq!(normalize(pyc(3, 0, 0), 5, 5), Pyc::HashBased);
-        assert_eq!(normalize(b"#!/bin/sh".to_vec(), 0, 0), Pyc::Unknown);
+        let mut valid = pyc(0, 1_700_000_000, 42);
+        assert_eq!(normalize(&mut valid, 1_700_000_000, 42), Pyc::Normalized);
+        assert_eq!(valid, pyc(0, NORMALIZED_MTIME as u32, 42));
+        // Left as they were, byte for byte.
+        for (mut bytes, mtime, size, verdict) in [
+            (pyc(0, 1_700_000_000, 42), 1_700_000_001, 42, Pyc::Stale),
+            (pyc(0, 1_700_000_000, 42), 1_700_000_000, 43, Pyc::Stale),
+            (pyc(3, 0, 0), 5, 5, Pyc::HashBased),
+            (b"#!/bin/sh".to_vec(), 0, 0, Pyc::Unknown),
+        ] {
+            let before = bytes.clone();
+            assert_eq!(normalize(&mut bytes, mtime, size), verdict);
+            assert_eq!(bytes, before);
+        }
     }
 
     #[test]
