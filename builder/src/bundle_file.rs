@@ -22,7 +22,7 @@ use rustix::fs::{Advice, FallocateFlags};
 
 /// How much of the files frame is written before the disk is asked to write
 /// it out.
-const WRITEBACK_STEP: u64 = 8 << 20;
+const WRITEBACK_STEP: u64 = 1 << 20;
 
 /// A file being written from its start, whose written bytes the kernel is
 /// asked to start writing to disk every [`WRITEBACK_STEP`] bytes, so the
