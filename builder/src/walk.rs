@@ -17,7 +17,6 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::Scope;
 
@@ -239,7 +238,7 @@ impl<'a> Begun<'a> {
         Ok(out)
     }
 
-    /// Walks the rest on threads of `scope`, in path order, and hands the
+    /// Walks the rest on a thread of `scope`, in path order, and hands the
     /// paths out in path order as they are found: runs of the paths already
     /// known, and each frontier directory's subtree whole (below a directory
     /// the paths are one run in path order, after the directory's own). Not
@@ -262,15 +261,14 @@ impl<'a> Begun<'a> {
         }
         runs.sort_by(|a, b| a.0.cmp(&b.0));
         let (tx, rx) = mpsc::channel();
-        let next = std::sync::Arc::new(AtomicUsize::new(0));
-        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(dirs.len());
-        let dirs = std::sync::Arc::new(dirs);
-        for _ in 0..threads {
-            let (tx, next, dirs) = (tx.clone(), next.clone(), dirs.clone());
-            // In order, so the subtree the packer needs next is walked first.
-            scope.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(dir) = dirs.get(i) else { break };
+        // One thread, in path order: it stats what the packer then opens,
+        // reads, hashes and compresses, so it keeps ahead of the packer. On
+        // 2 cores a second walking thread took a core from the packer while
+        // zstd's workers waited for their first job (cold build of the
+        // benchmark release 0.486 -> 0.472 s, 12 alternating runs).
+        let count = dirs.len();
+        scope.spawn(move || {
+            for (i, dir) in dirs.iter().enumerate() {
                 let part = walk_below(root, dir, filter, skip).map(|mut part| {
                     part.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
                     part
@@ -278,9 +276,9 @@ impl<'a> Begun<'a> {
                 if tx.send((i, part)).is_err() {
                     break; // the packer stopped
                 }
-            });
-        }
-        let arrived = (0..dirs.len()).map(|_| None).collect();
+            }
+        });
+        let arrived = (0..count).map(|_| None).collect();
         // Paths known side by side go out as one run.
         let mut grouped: Vec<Run> = Vec::new();
         for (_, item) in runs {
@@ -345,7 +343,10 @@ fn keep(
     filter: &Filter,
     skip: &[PathBuf],
 ) -> Result<Option<Found>, BuildError> {
-    if skip.contains(&abs) {
+    // Skipped paths are the store's directories: a regular file is never one
+    // (and comparing paths component by component was most of the walk's
+    // own time).
+    if !meta.is_file() && skip.contains(&abs) {
         return Ok(None);
     }
     let rel = rel_of(root, &abs)?;
@@ -380,8 +381,13 @@ fn walk_below(root: &Path, dir: &Path, filter: &Filter, skip: &[PathBuf]) -> Res
 }
 
 fn rel_of(root: &Path, abs: &Path) -> Result<RelPath, BuildError> {
-    let rel = abs.strip_prefix(root).expect("walked paths are under the root");
-    RelPath::from_bytes(rel.as_os_str().as_bytes()).map_err(|e| match e {
+    // Every walked path is `root` joined with names: its bytes start with
+    // root's, which spares comparing them component by component.
+    let bytes = match abs.as_os_str().as_bytes().strip_prefix(root.as_os_str().as_bytes()) {
+        Some(rest) => rest.strip_prefix(b"/").unwrap_or(rest),
+        None => abs.strip_prefix(root).expect("walked paths are under the root").as_os_str().as_bytes(),
+    };
+    RelPath::from_bytes(bytes).map_err(|e| match e {
         ferry_formats::path::PathError::NotUtf8 => BuildError::NotUtf8(abs.to_path_buf()),
         e => BuildError::BadPath { path: abs.to_path_buf(), reason: e.to_string() },
     })
