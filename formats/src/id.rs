@@ -72,7 +72,7 @@ macro_rules! hash_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.to_hex())
+                f.write_str(blake3::Hash::from_bytes(self.0).to_hex().as_str())
             }
         }
 

@@ -95,13 +95,50 @@ impl Entry {
         }
     }
 
+    /// Appends the entry's line. Written out by hand, not with `write!`:
+    /// a build renders each of its 10,000s of lines twice (for the id and
+    /// for the bundle) between its last file and its bundle.
     fn render(&self, out: &mut String) {
-        use std::fmt::Write;
-        let _ = match &self.kind {
-            EntryKind::Dir { mode } => writeln!(out, "d\t{mode:03o}\t{}", self.path),
-            EntryKind::File { mode, size, hash } => writeln!(out, "f\t{mode:03o}\t{size}\t{hash}\t{}", self.path),
-            EntryKind::Symlink { target } => writeln!(out, "l\t{}\t{target}", self.path),
+        let octal = |out: &mut String, mode: u32| {
+            // `{mode:03o}`: at least three digits.
+            let digits = (32 - mode.leading_zeros()).div_ceil(3).max(3);
+            for i in (0..digits).rev() {
+                out.push(char::from(b'0' + ((mode >> (3 * i)) & 7) as u8));
+            }
         };
+        match &self.kind {
+            EntryKind::Dir { mode } => {
+                out.push_str("d\t");
+                octal(out, *mode);
+            }
+            EntryKind::File { mode, size, hash } => {
+                out.push_str("f\t");
+                octal(out, *mode);
+                out.push('\t');
+                let mut digits = [0u8; 20];
+                let mut at = digits.len();
+                let mut n = *size;
+                loop {
+                    at -= 1;
+                    digits[at] = b'0' + (n % 10) as u8;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
+                out.push('\t');
+                out.push_str(blake3::Hash::from_bytes(*hash.as_bytes()).to_hex().as_str());
+            }
+            EntryKind::Symlink { .. } => out.push('l'),
+        }
+        out.push('\t');
+        out.push_str(self.path.as_str());
+        if let EntryKind::Symlink { target } = &self.kind {
+            out.push('\t');
+            out.push_str(target);
+        }
+        out.push('\n');
     }
 }
 
@@ -374,6 +411,26 @@ pub fn diff<'a>(old: &'a Manifest, new: &'a Manifest) -> Diff<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The hand-written line is what `write!` made before it, for any
+        /// mode and size (the canonical form is a format: ids depend on it).
+        #[test]
+        fn a_line_is_what_the_format_string_makes(mode in proptest::prelude::any::<u32>(), size in proptest::prelude::any::<u64>(), small in 0u64..100_000) {
+            let path = RelPath::new("venv/lib/a b.py").unwrap();
+            let hash = BlobHash::of(&size.to_le_bytes());
+            for (kind, expected) in [
+                (EntryKind::Dir { mode }, format!("d\t{mode:03o}\t{path}\n")),
+                (EntryKind::File { mode, size, hash }, format!("f\t{mode:03o}\t{size}\t{hash}\t{path}\n")),
+                (EntryKind::File { mode: mode & 0o777, size: small, hash }, format!("f\t{:03o}\t{small}\t{hash}\t{path}\n", mode & 0o777)),
+                (EntryKind::Symlink { target: "../x".into() }, format!("l\t{path}\t../x\n")),
+            ] {
+                let mut line = String::new();
+                Entry { path: path.clone(), kind }.render(&mut line);
+                proptest::prop_assert_eq!(line, expected);
+            }
+        }
+    }
 
     fn file(p: &str, content: &[u8]) -> Entry {
         Entry {
