@@ -75,6 +75,12 @@ impl Venv {
         self.origins.iter().any(|o| memmem::find(content, o.as_bytes()).is_some())
     }
 
+    /// A search for the build path in a file read in pieces.
+    pub fn scan(&self) -> Scan<'_> {
+        let keep = self.origins.iter().map(String::len).max().unwrap_or(1).saturating_sub(1);
+        Scan { venv: self, keep, tail: Vec::with_capacity(2 * keep), found: false }
+    }
+
     /// Applies a rewrite. Content without the build path comes back borrowed.
     pub fn apply<'a>(&self, rewrite: Rewrite, content: &'a [u8]) -> Cow<'a, [u8]> {
         let mut out = Cow::Borrowed(content);
@@ -84,6 +90,42 @@ impl Venv {
             }
         }
         out
+    }
+}
+
+/// [`Venv::names_build_path`] over a file's pieces, in order, including a
+/// path that a boundary between two pieces cuts.
+#[derive(Debug)]
+pub struct Scan<'a> {
+    venv: &'a Venv,
+    /// An origin's length less one: the most of it one piece can end with.
+    keep: usize,
+    /// The last `keep` bytes seen.
+    tail: Vec<u8>,
+    found: bool,
+}
+
+impl Scan<'_> {
+    pub fn feed(&mut self, piece: &[u8]) {
+        if self.found {
+            return;
+        }
+        // Across the boundary: the end of what came before, the start of this.
+        self.tail.extend_from_slice(&piece[..piece.len().min(self.keep)]);
+        self.found = self.venv.names_build_path(&self.tail) || self.venv.names_build_path(piece);
+        if piece.len() >= self.keep {
+            self.tail.clear();
+            self.tail.extend_from_slice(&piece[piece.len() - self.keep..]);
+        } else {
+            // A piece shorter than an origin: keep the last bytes of both.
+            let drop = self.tail.len().saturating_sub(self.keep);
+            self.tail.drain(..drop);
+        }
+    }
+
+    /// Whether any piece so far, or two side by side, named the build path.
+    pub fn found(&self) -> bool {
+        self.found
     }
 }
 
@@ -242,6 +284,29 @@ mod tests {
 
     fn venv() -> Venv {
         Venv { rel: RelPath::new("venv").unwrap(), origins: vec!["/build/svc/venv".into()] }
+    }
+
+    #[test]
+    fn a_scan_in_pieces_finds_the_build_path_wherever_the_pieces_are_cut() {
+        let v = Venv { origins: vec!["/build/svc/venv".into(), "/b/v".into()], ..venv() };
+        let with = b"\x7fELF...RPATH=/build/svc/venv/lib\0...".to_vec();
+        let without = b"\x7fELF...RPATH=/build/svc/ven/lib\0.../b/x".to_vec();
+        // Every way of cutting each into two or three pieces (and into bytes).
+        for (text, expected) in [(&with, true), (&without, false)] {
+            for a in 0..=text.len() {
+                for b in a..=text.len() {
+                    let mut scan = v.scan();
+                    for piece in [&text[..a], &text[a..b], &text[b..]] {
+                        scan.feed(piece);
+                    }
+                    assert_eq!(scan.found(), expected, "cut at {a} and {b}");
+                }
+            }
+            let mut scan = v.scan();
+            text.chunks(1).for_each(|byte| scan.feed(byte));
+            assert_eq!(scan.found(), expected, "byte by byte");
+            assert_eq!(v.names_build_path(text), expected);
+        }
     }
 
     #[test]

@@ -97,6 +97,36 @@ fn strict_fails_on_a_venv_file_that_names_the_build_path() {
     assert!(err.contains("1 file(s) of the venv still name the build path (--strict): venv/lib/python3"), "{err}");
 }
 
+/// A big file is read, hashed and compressed a megabyte at a time: the build
+/// path is still found where a piece ends inside it, and the bytes are the
+/// file's.
+#[test]
+fn a_big_library_that_names_the_build_path_across_a_piece_boundary_is_reported() {
+    let p = project_with_venv();
+    let venv = p.path("venv");
+    let rpath = venv.join("lib").display().to_string();
+    let site =
+        sh(&format!("{}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'", venv.display()));
+    let site = Path::new(site.trim());
+    let filler = |len: usize| (0..len).map(|i| (i * 31 % 253) as u8).collect::<Vec<u8>>();
+    // The path starts 5 bytes before the first megabyte ends.
+    let mut named = filler((1 << 20) - 5);
+    named.extend_from_slice(rpath.as_bytes());
+    named.extend_from_slice(&filler(2 << 20));
+    fs::write(site.join("_named.so"), &named).unwrap();
+    let plain = filler((3 << 20) + 17);
+    fs::write(site.join("_plain.so"), &plain).unwrap();
+    let built = p.build(&[]);
+    let reported: Vec<&str> = built["unrelocated"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert!(reported.iter().any(|f| f.ends_with("site-packages/_named.so")), "{built}");
+    assert!(!reported.iter().any(|f| f.ends_with("site-packages/_plain.so")), "{built}");
+    let release = tempdir();
+    unpack(built["path"].as_str().unwrap(), release.path(), "");
+    let rel = site.strip_prefix(p.root()).unwrap();
+    assert!(fs::read(release.path().join(rel).join("_named.so")).unwrap() == named);
+    assert!(fs::read(release.path().join(rel).join("_plain.so")).unwrap() == plain);
+}
+
 #[test]
 fn a_venv_copied_elsewhere_with_other_owners_builds_the_same_bytes() {
     let p = project_with_venv();

@@ -93,7 +93,7 @@ mod read;
 mod write;
 
 pub use read::{read, read_head, Discard, ReadError, Verified, Visitor};
-pub use write::{assemble, head_frames, seal, write, FilesFrame, FilesWriter, WriteError};
+pub use write::{assemble, head_frames, seal, write, FilesFrame, FilesWriter, PiecesOf, WriteError};
 
 use crate::manifest::ManifestError;
 use crate::release::MetaError;
@@ -372,6 +372,44 @@ mod tests {
         w.dir(&RelPath::new("b").unwrap(), 0o755).unwrap();
         let err = w.file(&RelPath::new("a").unwrap(), 0o644, b"").unwrap_err();
         assert_eq!(err.to_string(), "entry \"a\" comes after \"b\": a bundle's entries must be in manifest order");
+    }
+
+    #[test]
+    fn a_file_in_pieces_is_the_same_bytes_as_whole_and_must_have_its_size() {
+        let content: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (a, b) = (RelPath::new("a").unwrap(), RelPath::new("b").unwrap());
+        let whole = {
+            let mut w = FilesWriter::new(Vec::new(), &WriteOptions::default()).unwrap();
+            let hash = w.file(&a, 0o755, &content).unwrap();
+            w.file(&b, 0o644, b"after").unwrap();
+            (hash, w.finish().unwrap())
+        };
+        let pieces = {
+            let mut w = FilesWriter::new(Vec::new(), &WriteOptions::default()).unwrap();
+            let mut file = w.file_in_pieces(&a, 0o755, content.len() as u64).unwrap();
+            for piece in content.chunks(1 << 20) {
+                file.piece(piece).unwrap();
+            }
+            let hash = file.end().unwrap();
+            w.file(&b, 0o644, b"after").unwrap();
+            (hash, w.finish().unwrap())
+        };
+        assert_eq!(whole.0, pieces.0);
+        assert_eq!(whole.0, BlobHash::of(&content));
+        assert_eq!(whole.1 .0, pieces.1 .0, "the frames differ");
+        assert_eq!(whole.1 .1.entries(), pieces.1 .1.entries());
+
+        let mut w = FilesWriter::new(Vec::new(), &WriteOptions::default()).unwrap();
+        let mut file = w.file_in_pieces(&a, 0o644, 4).unwrap();
+        file.piece(b"abc").unwrap();
+        let err = file.end().unwrap_err().to_string();
+        assert_eq!(err, "\"a\" changed while the bundle was written (3 bytes, not the 4 of its header); build again");
+        let mut w = FilesWriter::new(Vec::new(), &WriteOptions::default()).unwrap();
+        let mut file = w.file_in_pieces(&a, 0o644, 4).unwrap();
+        let err = file.piece(b"abcde").unwrap_err().to_string();
+        assert!(err.contains("more than the 4 bytes of its header"), "{err}");
+        w.dir(&b, 0o755).unwrap();
+        assert!(w.file_in_pieces(&a, 0o644, 0).is_err(), "out of order");
     }
 
     #[test]

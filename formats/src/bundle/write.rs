@@ -79,12 +79,17 @@ impl<W: Write> FilesWriter<W> {
 
     /// Appends an entry and its content, in manifest order.
     fn push(&mut self, entry: Entry, content: &[u8]) -> Result<(), WriteError> {
-        if let Some(last) = self.entries.last().filter(|last| last.path >= entry.path) {
-            return Err(WriteError::Order { path: entry.path.to_string(), after: last.path.to_string() });
-        }
+        self.check_order(&entry.path)?;
         append(&mut self.out, &entry, content)?;
         self.entries.push(entry);
         Ok(())
+    }
+
+    fn check_order(&self, path: &RelPath) -> Result<(), WriteError> {
+        match self.entries.last().filter(|last| last.path >= *path) {
+            Some(last) => Err(WriteError::Order { path: path.to_string(), after: last.path.to_string() }),
+            None => Ok(()),
+        }
     }
 
     pub fn dir(&mut self, path: &RelPath, mode: u32) -> Result<(), WriteError> {
@@ -105,12 +110,67 @@ impl<W: Write> FilesWriter<W> {
         Ok(hash)
     }
 
+    /// Starts a file of `size` bytes whose content comes in pieces (a file
+    /// too big to hold whole, read a piece at a time so each piece stays in
+    /// the CPU's caches from the read to the hash and zstd's copy). The same
+    /// bytes as [`FilesWriter::file`] with the whole content. A file not
+    /// ended with [`PiecesOf::end`] leaves the frame unusable.
+    pub fn file_in_pieces(&mut self, path: &RelPath, mode: u32, size: u64) -> Result<PiecesOf<'_, W>, WriteError> {
+        self.check_order(path)?;
+        let hash = BlobHash::of(b""); // the header does not hold it
+        let entry = Entry { path: path.clone(), kind: EntryKind::File { mode, size, hash } };
+        self.out.write_all(&header_blocks(&entry)?)?;
+        Ok(PiecesOf { files: self, entry, hasher: blake3::Hasher::new(), written: 0 })
+    }
+
     /// Ends the tar stream (two zero blocks) and the frame.
     pub fn finish(mut self) -> Result<(W, FilesFrame), WriteError> {
         self.out.write_all(&[0; 1024])?;
         let enc = self.out.into_inner().map_err(|e| WriteError::Output(e.into_error()))?;
         let HashWriter { inner, hasher } = enc.finish()?;
         Ok((inner, FilesFrame { entries: self.entries, hash: hasher.finalize() }))
+    }
+}
+
+/// A file of a [`FilesWriter`] being written in pieces.
+#[allow(missing_debug_implementations)] // the writer has no Debug
+pub struct PiecesOf<'a, W: Write> {
+    files: &'a mut FilesWriter<W>,
+    entry: Entry,
+    hasher: blake3::Hasher,
+    written: u64,
+}
+
+impl<W: Write> PiecesOf<'_, W> {
+    /// The next piece of the content.
+    pub fn piece(&mut self, piece: &[u8]) -> Result<(), WriteError> {
+        self.written += piece.len() as u64;
+        if self.written > self.entry.size() {
+            return Err(WriteError::Changed {
+                path: self.entry.path.to_string(),
+                reason: format!("more than the {} bytes of its header", self.entry.size()),
+            });
+        }
+        self.hasher.update(piece);
+        Ok(self.files.out.write_all(piece)?)
+    }
+
+    /// Ends the file, which must have had its size, and returns its blake3.
+    pub fn end(self) -> Result<BlobHash, WriteError> {
+        let Self { files, mut entry, hasher, written } = self;
+        if written != entry.size() {
+            return Err(WriteError::Changed {
+                path: entry.path.to_string(),
+                reason: format!("{written} bytes, not the {} of its header", entry.size()),
+            });
+        }
+        files.out.write_all(&[0; 512][..(512 - (written % 512) as usize) % 512])?;
+        let got = BlobHash::from(hasher.finalize());
+        if let EntryKind::File { hash, .. } = &mut entry.kind {
+            *hash = got;
+        }
+        files.entries.push(entry);
+        Ok(got)
     }
 }
 
@@ -139,9 +199,11 @@ pub fn assemble<W: Write, R: Read>(
 /// [`ALIGN`](super::ALIGN). A builder that writes the pieces of a bundle
 /// itself writes these, then the files frame, then [`seal`]'s trailer.
 pub fn head_frames(head: &Head, opts: &WriteOptions) -> Result<Vec<u8>, WriteError> {
-    let mut enc = zstd::Encoder::new(Vec::new(), opts.level)?;
+    let tar = metadata_tar(head)?;
+    // A manifest is mostly hex digits: it compresses to about a quarter.
+    let mut enc = zstd::Encoder::new(Vec::with_capacity(tar.len() / 3 + super::ALIGN), opts.level)?;
     enc.include_checksum(false)?;
-    enc.write_all(&metadata_tar(head)?)?;
+    enc.write_all(&tar)?;
     let mut out = enc.finish()?;
     if head.meta.format >= PADDED_FORMAT {
         out.extend_from_slice(&padding(out.len()));
@@ -196,7 +258,8 @@ pub fn write<W: Write, R: Read>(
 fn metadata_tar(head: &Head) -> io::Result<Vec<u8>> {
     let manifest = head.manifest.to_text();
     let meta = head.meta.to_canonical();
-    let mut out = Vec::new();
+    // Headers and padding: under 4 KiB.
+    let mut out = Vec::with_capacity(manifest.len() + meta.len() + 4096);
     append(&mut out, &metadata_entry(META_DIR, None), &[])?;
     append(&mut out, &metadata_entry(MANIFEST_PATH, Some(manifest.len() as u64)), &manifest)?;
     append(&mut out, &metadata_entry(RELEASE_PATH, Some(meta.len() as u64)), &meta)?;
