@@ -55,14 +55,15 @@ impl Venv {
     /// scripts or its `pyvenv.cfg` (decided by path; the content decides
     /// whether anything changes).
     pub fn rewrite_for(&self, rel: &RelPath) -> Option<Rewrite> {
-        if rel.parent().as_ref() == Some(&self.rel) && rel.file_name() == "pyvenv.cfg" {
+        // Asked for every file of the venv: compared as text, not as new paths.
+        let (parent, name) = rel.as_str().rsplit_once('/')?;
+        if parent == self.rel.as_str() && name == "pyvenv.cfg" {
             return Some(Rewrite::PyvenvCfg);
         }
-        let bin = self.rel.join("bin").ok()?;
-        if rel.parent().as_ref() != Some(&bin) {
+        if parent.strip_prefix(self.rel.as_str()) != Some("/bin") {
             return None;
         }
-        Some(match rel.file_name() {
+        Some(match name {
             "activate" => Rewrite::ActivateSh,
             "activate.fish" => Rewrite::ActivateFish,
             "activate.csh" => Rewrite::ActivateCsh,
