@@ -251,8 +251,10 @@ fn pack(
             found.push(f);
         }
     }
-    // The cache is saved while the bundle is written: it needs nothing from it.
-    let saving = std::thread::spawn(move || cache.save());
+    // The cache is saved while the bundle is put in place (it needs nothing
+    // from it), once zstd is done: while zstd ends its last jobs, the cores
+    // are busy.
+    let save = move || std::thread::spawn(move || cache.save());
     let meta = release_meta(spec, &found);
     std::thread::scope(|s| {
         let finishing = s.spawn(move || files.finish());
@@ -269,17 +271,20 @@ fn pack(
         let path = store.bundle_path(&release.head.id);
         // Files touched but not changed: the store has this release after all.
         let reused = store.has_intact(&release.head.id);
-        if reused {
+        let saving = if reused {
             frame().map_err(writing)?;
+            save()
         } else {
             progress.phase("writing", 0);
             let bundle_error = |source| BuildError::Write { path: path.clone(), source };
             // Made while zstd compresses the last jobs.
             let head_frames = bundle::head_frames(&release.head, &spec.compression).map_err(bundle_error)?;
             let frame = frame().map_err(writing)?;
+            let saving = save();
             let trailer = bundle::seal(&release.head, &head_frames, &frame).map_err(bundle_error)?;
             bundle_file::put(temp, &head_frames, &trailer, &path).map_err(|e| bundle_error(e.into()))?;
-        }
+            saving
+        };
         Ok(Packed { release, reused, saving, pack, write: t.elapsed() })
     })
 }
