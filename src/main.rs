@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 use ferry::config;
+mod huge_pages;
 mod output;
 mod settings;
 
@@ -18,8 +19,9 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
-    more_open_files();
     let cli = cli::Cli::parse();
+    huge_pages::start_again_if_useful(&cli);
+    more_open_files();
     let json = cli.json;
     match settings::Settings::new(cli).and_then(|s| commands::run(&s)) {
         Ok(code) => ExitCode::from(code),

@@ -378,3 +378,51 @@ fn a_cold_build_of_components_inside_others_packs_each_path_once() {
     assert_eq!(walked["id"], cold["id"]);
     sh(&format!("cmp {} {}", first.display(), walked["path"].as_str().unwrap()));
 }
+
+/// `ferry build` starts itself again with glibc's huge pages when the kernel
+/// gives them on request (src/huge_pages.rs); the programs it runs, here a
+/// build step, get the environment as it was. Off with FERRY_HUGE_PAGES=0:
+/// the same scenario without the feature, where ferry's own environment
+/// lacks the tunable.
+#[test]
+fn a_build_asks_glibc_for_huge_pages_and_its_steps_see_the_environment_as_it_was() {
+    let out = tempdir();
+    let o = out.path().display();
+    let p = Project::new(&format!(
+        r#"service = "hp"
+
+[components]
+code = "app"
+
+[[build.steps]]
+name = "env"
+run = "tr '\\0' '\\n' < /proc/$PPID/environ | grep '^GLIBC_TUNABLES=' > {o}/ferry; env | grep '^GLIBC_TUNABLES=' > {o}/step; true"
+"#
+    ));
+    p.write("app/main.py", "print('hi')\n");
+    let thp = fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let asks = thp.contains("[madvise]");
+    let seen = |env: &[(&str, &str)]| {
+        let mut cmd = ferry_cmd();
+        cmd.env_remove("GLIBC_TUNABLES").env_remove("FERRY_HUGE_PAGES");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let r = run(cmd.args(["build", "--json", "--store"]).arg(p.store.path()).arg("-c").arg(p.path("ferry.toml")));
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        let read = |name: &str| fs::read_to_string(out.path().join(name)).unwrap().trim().to_owned();
+        (read("ferry"), read("step"))
+    };
+    let huge = "GLIBC_TUNABLES=glibc.malloc.hugetlb=1";
+    let (ferry, step) = seen(&[]);
+    assert_eq!(ferry, if asks { huge } else { "" }, "transparent_hugepage: {thp}");
+    assert_eq!(step, "");
+    // A user's tunables are kept, for ferry and for what it runs. (glibc
+    // ends the variable where it read it after its first tunable, which is
+    // ferry's.)
+    let (ferry, step) = seen(&[("GLIBC_TUNABLES", "glibc.malloc.tcache_count=7")]);
+    assert_eq!(ferry, if asks { huge } else { "GLIBC_TUNABLES=glibc.malloc.tcache_count=7" });
+    assert_eq!(step, "GLIBC_TUNABLES=glibc.malloc.tcache_count=7");
+    let (ferry, step) = seen(&[("FERRY_HUGE_PAGES", "0")]);
+    assert_eq!((ferry.as_str(), step.as_str()), ("", ""));
+}
