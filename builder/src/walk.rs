@@ -255,40 +255,40 @@ impl<'a> Begun<'a> {
         // Each subtree sorts where its directory's path and a `/` would.
         let mut runs: Vec<(Vec<u8>, Item)> =
             known.into_values().map(|f| (f.rel.as_str().as_bytes().to_vec(), Item::Known(f))).collect();
-        let dirs: Vec<PathBuf> = frontier.iter().map(|(_, abs)| abs.clone()).collect();
-        for (i, (rel, _)) in frontier.into_iter().enumerate() {
-            runs.push((format!("{}/", rel.as_str()).into_bytes(), Item::Below(i)));
+        for (rel, abs) in frontier {
+            runs.push((format!("{}/", rel.as_str()).into_bytes(), Item::Below(abs)));
         }
         runs.sort_by(|a, b| a.0.cmp(&b.0));
-        let (tx, rx) = mpsc::channel();
-        // One thread, in path order: it stats what the packer then opens,
-        // reads, hashes and compresses, so it keeps ahead of the packer. On
-        // 2 cores a second walking thread took a core from the packer while
-        // zstd's workers waited for their first job (cold build of the
-        // benchmark release 0.486 -> 0.472 s, 12 alternating runs).
-        let count = dirs.len();
-        scope.spawn(move || {
-            for (i, dir) in dirs.iter().enumerate() {
-                let part = walk_below(root, dir, filter, skip).map(|mut part| {
-                    part.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
-                    part
-                });
-                if tx.send((i, part)).is_err() {
-                    break; // the packer stopped
-                }
-            }
-        });
-        let arrived = (0..count).map(|_| None).collect();
-        // Paths known side by side go out as one run.
-        let mut grouped: Vec<Run> = Vec::new();
+        // Paths known side by side go out as one run; the subtrees, in the
+        // order the packer takes them, go to the walking thread.
+        let (mut grouped, mut dirs) = (Vec::new(), Vec::new());
         for (_, item) in runs {
             match (item, grouped.last_mut()) {
                 (Item::Known(f), Some(Run::Known(run))) => run.push(f),
                 (Item::Known(f), _) => grouped.push(Run::Known(vec![f])),
-                (Item::Below(i), _) => grouped.push(Run::Below(i)),
+                (Item::Below(dir), _) => {
+                    dirs.push(dir);
+                    grouped.push(Run::Below);
+                }
             }
         }
-        Ok(Stream { runs: grouped.into_iter(), rx, arrived })
+        let (tx, rx) = mpsc::channel();
+        // One thread, in the packer's order: it stats what the packer then
+        // opens, reads, hashes and compresses, so it keeps ahead of it. On 2
+        // cores a second walking thread took a core from the packer while
+        // zstd's workers waited for their first job.
+        scope.spawn(move || {
+            for dir in dirs {
+                let part = walk_below(root, &dir, filter, skip).map(|mut part| {
+                    part.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+                    part
+                });
+                if tx.send(part).is_err() {
+                    break; // the packer stopped
+                }
+            }
+        });
+        Ok(Stream { runs: grouped.into_iter(), rx })
     }
 }
 
@@ -296,15 +296,15 @@ impl<'a> Begun<'a> {
 #[derive(Debug)]
 pub struct Stream {
     runs: std::vec::IntoIter<Run>,
-    rx: mpsc::Receiver<(usize, Result<Vec<Found>, BuildError>)>,
-    arrived: Vec<Option<Result<Vec<Found>, BuildError>>>,
+    /// Each subtree's paths, in the order of the runs.
+    rx: mpsc::Receiver<Result<Vec<Found>, BuildError>>,
 }
 
 /// A path known from the start, or a frontier directory's subtree.
 #[allow(clippy::large_enum_variant)] // a few hundred, while they are sorted
 enum Item {
     Known(Found),
-    Below(usize),
+    Below(PathBuf),
 }
 
 /// Paths known from the start, side by side in path order, or a frontier
@@ -312,7 +312,8 @@ enum Item {
 #[derive(Debug)]
 enum Run {
     Known(Vec<Found>),
-    Below(usize),
+    /// The next subtree the walking thread sends.
+    Below,
 }
 
 impl Iterator for Stream {
@@ -322,15 +323,10 @@ impl Iterator for Stream {
     fn next(&mut self) -> Option<Self::Item> {
         match self.runs.next()? {
             Run::Known(run) => Some(Ok(run)),
-            Run::Below(i) => {
-                while self.arrived[i].is_none() {
-                    match self.rx.recv() {
-                        Ok((j, part)) => self.arrived[j] = Some(part),
-                        Err(_) => return Some(Err(BuildError::Fs(io::Error::other("a walking thread died")))),
-                    }
-                }
-                self.arrived[i].take()
-            }
+            Run::Below => match self.rx.recv() {
+                Ok(part) => Some(part),
+                Err(_) => Some(Err(BuildError::Fs(io::Error::other("a walking thread died")))),
+            },
         }
     }
 }
@@ -383,10 +379,9 @@ fn walk_below(root: &Path, dir: &Path, filter: &Filter, skip: &[PathBuf]) -> Res
 fn rel_of(root: &Path, abs: &Path) -> Result<RelPath, BuildError> {
     // Every walked path is `root` joined with names: its bytes start with
     // root's, which spares comparing them component by component.
-    let bytes = match abs.as_os_str().as_bytes().strip_prefix(root.as_os_str().as_bytes()) {
-        Some(rest) => rest.strip_prefix(b"/").unwrap_or(rest),
-        None => abs.strip_prefix(root).expect("walked paths are under the root").as_os_str().as_bytes(),
-    };
+    let rest = abs.as_os_str().as_bytes().strip_prefix(root.as_os_str().as_bytes());
+    let rest = rest.expect("walked paths are the root joined with names");
+    let bytes = rest.strip_prefix(b"/").unwrap_or(rest);
     RelPath::from_bytes(bytes).map_err(|e| match e {
         ferry_formats::path::PathError::NotUtf8 => BuildError::NotUtf8(abs.to_path_buf()),
         e => BuildError::BadPath { path: abs.to_path_buf(), reason: e.to_string() },

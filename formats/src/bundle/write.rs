@@ -102,12 +102,9 @@ impl<W: Write> FilesWriter<W> {
 
     /// Adds a file and returns the blake3 of its content.
     pub fn file(&mut self, path: &RelPath, mode: u32, content: &[u8]) -> Result<BlobHash, WriteError> {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(content);
-        let hash = BlobHash::from(hasher.finalize());
-        let size = content.len() as u64;
-        self.push(Entry { path: path.clone(), kind: EntryKind::File { mode, size, hash } }, content)?;
-        Ok(hash)
+        let mut file = self.file_in_pieces(path, mode, content.len() as u64)?;
+        file.piece(content)?;
+        file.end()
     }
 
     /// Starts a file of `size` bytes whose content comes in pieces (a file
@@ -164,7 +161,7 @@ impl<W: Write> PiecesOf<'_, W> {
                 reason: format!("{written} bytes, not the {} of its header", entry.size()),
             });
         }
-        files.out.write_all(&[0; 512][..(512 - (written % 512) as usize) % 512])?;
+        files.out.write_all(padding_to_block(written))?;
         let got = BlobHash::from(hasher.finalize());
         if let EntryKind::File { hash, .. } = &mut entry.kind {
             *hash = got;
@@ -280,7 +277,12 @@ pub(crate) fn metadata_entry(path: &str, size: Option<u64>) -> Entry {
 fn append(out: &mut impl Write, entry: &Entry, content: &[u8]) -> io::Result<()> {
     out.write_all(&header_blocks(entry)?)?;
     out.write_all(content)?;
-    out.write_all(&[0; 512][..(512 - content.len() % 512) % 512])
+    out.write_all(padding_to_block(content.len() as u64))
+}
+
+/// The zeros after `len` bytes of content, to the next 512-byte tar block.
+fn padding_to_block(len: u64) -> &'static [u8] {
+    &[0; 512][..(512 - (len % 512) as usize) % 512]
 }
 
 /// The exact header blocks ferry writes for an entry: a GNU long-name entry

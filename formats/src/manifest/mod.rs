@@ -115,18 +115,7 @@ impl Entry {
                 out.push_str("f\t");
                 octal(out, *mode);
                 out.push('\t');
-                let mut digits = [0u8; 20];
-                let mut at = digits.len();
-                let mut n = *size;
-                loop {
-                    at -= 1;
-                    digits[at] = b'0' + (n % 10) as u8;
-                    n /= 10;
-                    if n == 0 {
-                        break;
-                    }
-                }
-                out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
+                out.push_str(itoa::Buffer::new().format(*size));
                 out.push('\t');
                 out.push_str(blake3::Hash::from_bytes(*hash.as_bytes()).to_hex().as_str());
             }
